@@ -1,0 +1,3 @@
+//! Types and plumbing shared by tutti's coordinator, workers and CLI.
+
+pub mod prompt;

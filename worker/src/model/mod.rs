@@ -1,0 +1,30 @@
+//! The model runtime: prompt -> tokens -> text embeddings -> guided diffusion -> mel -> vocoder -> audio.
+//!
+//! Everything here is written natively with `tch` (libtorch) and runs unchanged on CPU and CUDA.
+//! The farm only talks to [`Pipeline`] and [`DenoiseState`]; the rest is the pipeline's parts.
+
+pub mod sampler;
+pub mod vocoder;
+
+use thiserror::Error;
+
+/// Errors of the model runtime. Messages are lowercase and name the file, key or value at fault.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("model pack {path}: {message}")]
+    Pack { path: String, message: String },
+    #[error("tensor {key}: {message}")]
+    Weights { key: String, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
