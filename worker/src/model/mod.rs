@@ -3,8 +3,15 @@
 //! Everything here is written natively with `tch` (libtorch) and runs unchanged on CPU and CUDA.
 //! The farm only talks to [`Pipeline`] and [`DenoiseState`]; the rest is the pipeline's parts.
 
+pub mod attention;
+pub mod conditioners;
+pub mod device;
+pub mod dit;
+pub mod rope;
 pub mod sampler;
+pub mod text_encoder;
 pub mod vocoder;
+pub mod weights;
 
 use thiserror::Error;
 
