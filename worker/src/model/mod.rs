@@ -6,7 +6,9 @@
 pub mod attention;
 pub mod conditioners;
 pub mod device;
+pub mod decoder;
 pub mod dit;
+pub mod mel;
 pub mod rope;
 pub mod sampler;
 pub mod text_encoder;
