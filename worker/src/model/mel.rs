@@ -155,10 +155,11 @@ impl MelFrontEnd {
             .to_kind(Kind::Float);
         Ok(Self {
             cfg: cfg.clone(),
+            // Built in f64 and rounded once per use, as close to librosa's window as f32 allows.
             window: Tensor::f_hann_window_periodic(
                 cfg.win_length as i64,
                 true,
-                (Kind::Float, device),
+                (Kind::Double, device),
             )?,
             filterbank: fb.to_device(device),
             pinv: pinv.to_device(device),
@@ -174,7 +175,7 @@ impl MelFrontEnd {
         &self.filterbank
     }
 
-    /// The periodic Hann window (`win_length`).
+    /// The periodic Hann window (`win_length`, f64).
     pub fn window(&self) -> &Tensor {
         &self.window
     }
@@ -266,8 +267,10 @@ impl MelFrontEnd {
         Ok(self.mel(wave)?.clamp_min(self.cfg.log_floor).log())
     }
 
-    /// Least-squares linear spectrogram `[B, n_freqs, frames]` (same power as the mel) from a mel
-    /// spectrogram (not its log), clamped at 0.
+    /// Non-negative least-squares estimate of the linear spectrogram `[B, n_freqs, frames]` (same
+    /// power as the mel) from a mel spectrogram (not its log): the pseudo-inverse solution clamped
+    /// at 0, refined by multiplicative (NMF-style) updates, which keep it non-negative and reduce
+    /// `|filterbank @ linear - mel|`.
     pub fn mel_to_linear(&self, mel: &Tensor) -> Result<Tensor> {
         if mel.dim() != 3 || mel.size()[1] != self.cfg.n_mels as i64 {
             return Err(ModelError::Input(format!(
@@ -276,9 +279,26 @@ impl MelFrontEnd {
                 mel.size()
             )));
         }
-        Ok(self.pinv.to_kind(mel.kind()).f_matmul(mel)?.clamp_min(0.0))
+        let fb = self.filterbank.to_kind(mel.kind());
+        let fb_t = fb.tr();
+        let mel = mel.clamp_min(0.0);
+        // A small floor so that bins the clamp zeroed can still grow.
+        let mut lin = self
+            .pinv
+            .to_kind(mel.kind())
+            .f_matmul(&mel)?
+            .clamp_min(1e-8);
+        let num = fb_t.matmul(&mel);
+        let gram = fb_t.matmul(&fb);
+        for _ in 0..MEL_INVERSE_ITERS {
+            lin = &lin * &num / (gram.matmul(&lin) + 1e-12);
+        }
+        Ok(lin)
     }
 }
+
+/// Multiplicative refinement steps in [`MelFrontEnd::mel_to_linear`].
+const MEL_INVERSE_ITERS: usize = 32;
 
 #[cfg(test)]
 mod tests {
