@@ -1,1 +1,105 @@
+//! tutti's coordinator: the gRPC API, job state in Postgres, dispatch over RabbitMQ and the
+//! consumer of worker results. Several replicas may run against one database and broker.
 
+pub mod api;
+pub mod config;
+pub mod dispatcher;
+pub mod error;
+pub mod events;
+pub mod results;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+use tokio_stream::wrappers::TcpListenerStream;
+use tutti_proto::v1::generation_server::GenerationServer;
+use tutti_shared::blob::{BlobStore, S3Store};
+use tutti_shared::models::ModelRegistry;
+use tutti_shared::queue::Topology;
+
+pub use config::CoordinatorConfig;
+
+/// Runs a coordinator on `listener` until `shutdown` flips to true.
+pub async fn serve(
+    cfg: &CoordinatorConfig,
+    topology: Topology,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let registry = ModelRegistry::scan(&cfg.models_dir)
+        .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
+    if registry.is_empty() {
+        tracing::warn!(dir = %cfg.models_dir.display(), "no model packs found: every request will be NOT_FOUND");
+    }
+    for m in registry.all() {
+        tracing::info!(model = %m.name, version = %m.version, dir = %m.dir.display(), "model pack");
+    }
+    let store = store::Store::connect(&cfg.database.database_url)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", tutti_shared::config::redact_url(&cfg.database.database_url)))?;
+    let s3 = S3Store::new(&cfg.s3.settings());
+    s3.ensure_bucket()
+        .await
+        .with_context(|| format!("checking bucket {:?}", cfg.s3.s3_bucket))?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(s3);
+
+    let validator = validate::Validator::new(registry, cfg.default_model.clone(), cfg.chunk_steps)?;
+    let events = events::JobEvents::start(store.pool().clone(), shutdown.clone());
+
+    let dispatcher = dispatcher::Dispatcher {
+        store: store.clone(),
+        amqp_url: cfg.amqp.amqp_url.clone(),
+        topology: topology.clone(),
+        max_in_flight: cfg.max_in_flight,
+        max_attempts: cfg.max_attempts,
+        task_lease: cfg.task_lease,
+    };
+    let dispatch_task = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let results = results::ResultsConsumer {
+        store: store.clone(),
+        amqp_url: cfg.amqp.amqp_url.clone(),
+        topology: topology.clone(),
+        max_attempts: cfg.max_attempts,
+        retry_backoff: cfg.retry_backoff,
+    };
+    let results_task = tokio::spawn(results.run(shutdown.clone()));
+
+    let service = Arc::new(api::GenerationService {
+        store,
+        validator,
+        blobs,
+        events,
+        url_ttl: cfg.url_ttl,
+        amqp_url: cfg.amqp.amqp_url.clone(),
+        topology,
+        control: Mutex::new(None),
+    });
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<GenerationServer<api::GenerationApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tutti_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+
+    tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    let mut stop = shutdown.clone();
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(GenerationServer::new(api::GenerationApi(service)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("gRPC server")?;
+    let _ = dispatch_task.await;
+    let _ = results_task.await;
+    Ok(())
+}

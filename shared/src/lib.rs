@@ -1,3 +1,11 @@
 //! Types and plumbing shared by tutti's coordinator, workers and CLI.
 
+pub mod audio;
+pub mod blob;
+pub mod config;
+pub mod job;
+pub mod messages;
+pub mod models;
 pub mod prompt;
+pub mod queue;
+pub mod telemetry;

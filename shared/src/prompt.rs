@@ -23,3 +23,218 @@ pub struct Controls {
     pub key: Option<u8>,
     pub mode: Option<Mode>,
 }
+
+/// Pitch-class names, sharps first; flats are parsed too.
+const PITCH_NAMES: [&str; 12] = [
+    "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
+];
+
+/// Structure words a structured prompt may carry.
+pub const STRUCTURE_WORDS: &[&str] = &[
+    "intro", "verse", "pre-chorus", "chorus", "bridge", "build", "drop", "breakdown", "outro",
+];
+
+/// The structured form of a prompt (the API's `StructuredPrompt`, validated).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StructuredPrompt {
+    pub genre: String,
+    pub subgenre: String,
+    pub mood: String,
+    pub tempo_bpm: Option<f32>,
+    pub key: Option<(u8, Option<Mode>)>,
+    pub instruments: Vec<String>,
+    pub structure: Vec<String>,
+    pub extra: String,
+}
+
+/// Renders a structured prompt into the text the model sees. The order follows the captions
+/// the built-in model was trained on: mood, style, instruments, tempo, key, structure, extra.
+/// Example: `melancholic lo-fi hip hop with piano and bass, 75 BPM, in A minor, intro and verse`.
+pub fn build(p: &StructuredPrompt) -> String {
+    let mut head: Vec<&str> = Vec::new();
+    for word in [p.mood.trim(), p.subgenre.trim(), p.genre.trim()] {
+        if !word.is_empty() {
+            head.push(word);
+        }
+    }
+    let mut text = head.join(" ");
+    let instruments: Vec<&str> = p
+        .instruments
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !instruments.is_empty() {
+        let list = join_and(&instruments);
+        text = if text.is_empty() {
+            list
+        } else {
+            format!("{text} with {list}")
+        };
+    }
+    let mut parts = vec![text];
+    if let Some(bpm) = p.tempo_bpm {
+        parts.push(format!("{} BPM", bpm.round() as i64));
+    }
+    if let Some((tonic, mode)) = p.key {
+        let name = PITCH_NAMES[usize::from(tonic % 12)];
+        parts.push(match mode {
+            Some(Mode::Major) => format!("in {name} major"),
+            Some(Mode::Minor) => format!("in {name} minor"),
+            None => format!("in {name}"),
+        });
+    }
+    let structure: Vec<&str> = p.structure.iter().map(|s| s.trim()).collect();
+    if !structure.is_empty() {
+        parts.push(join_and(&structure));
+    }
+    if !p.extra.trim().is_empty() {
+        parts.push(p.extra.trim().to_string());
+    }
+    parts.retain(|s| !s.is_empty());
+    parts.join(", ")
+}
+
+fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Parses a key such as "A minor", "F# major", "Eb", "c#m", "Bb min": tonic and optional mode.
+pub fn parse_key(text: &str) -> Option<(u8, Option<Mode>)> {
+    let t = text.trim();
+    let mut chars = t.chars();
+    let letter = chars.next()?.to_ascii_uppercase();
+    let base: i32 = match letter {
+        'C' => 0,
+        'D' => 2,
+        'E' => 4,
+        'F' => 5,
+        'G' => 7,
+        'A' => 9,
+        'B' => 11,
+        _ => return None,
+    };
+    let rest = chars.as_str();
+    let (shift, rest) = if let Some(r) = rest.strip_prefix(['#', '♯']) {
+        (1, r)
+    } else if let Some(r) = rest.strip_prefix(['b', '♭']) {
+        (-1, r)
+    } else {
+        (0, rest)
+    };
+    let mode = match rest.trim().to_ascii_lowercase().as_str() {
+        "" => None,
+        "major" | "maj" | "ionian" => Some(Mode::Major),
+        "minor" | "min" | "m" | "aeolian" => Some(Mode::Minor),
+        _ => return None,
+    };
+    Some(((base + shift).rem_euclid(12) as u8, mode))
+}
+
+fn bpm_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(r"(?i)\b(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)\b").expect("valid regex")
+    })
+}
+
+fn key_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(r"(?i)\b(?:in|key of|in the key of)\s+([a-g](?:#|♯|b|♭)?)(?:\s+(major|minor|maj|min))?\b|\b([a-g](?:#|♯|b|♭)?)\s+(major|minor)\b")
+            .expect("valid regex")
+    })
+}
+
+fn mode_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"(?i)\b(major|minor)\b").expect("valid regex"))
+}
+
+/// Numeric controls parsed from free text: "75 BPM" sets the tempo, "in A minor" or "F# major"
+/// the key and mode, a lone "minor"/"major" the mode. Tempos outside 40-240 BPM are ignored.
+pub fn parse_controls(text: &str, duration_s: f32) -> Controls {
+    let mut c = Controls {
+        duration_s,
+        ..Controls::default()
+    };
+    if let Some(m) = bpm_regex().captures(text) {
+        if let Ok(bpm) = m[1].parse::<f32>() {
+            if (40.0..=240.0).contains(&bpm) {
+                c.bpm = Some(bpm);
+            }
+        }
+    }
+    if let Some(m) = key_regex().captures(text) {
+        let (tonic, mode) = match (m.get(1), m.get(3)) {
+            (Some(t), _) => (t.as_str(), m.get(2)),
+            (None, Some(t)) => (t.as_str(), m.get(4)),
+            _ => ("", None),
+        };
+        let spec = format!("{tonic} {}", mode.map(|m| m.as_str()).unwrap_or(""));
+        if let Some((k, mode)) = parse_key(&spec) {
+            c.key = Some(k);
+            c.mode = mode;
+        }
+    }
+    if c.mode.is_none() {
+        if let Some(m) = mode_regex().captures(text) {
+            c.mode = parse_key(&format!("C {}", &m[1])).and_then(|(_, mode)| mode);
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tempo_and_key_from_free_text() {
+        let c = parse_controls("melancholic lo-fi piano, 75 BPM, late night, in A minor", 10.0);
+        assert_eq!(c.bpm, Some(75.0));
+        assert_eq!(c.key, Some(9));
+        assert_eq!(c.mode, Some(Mode::Minor));
+        let c = parse_controls("uplifting house in the key of F# major at 124 bpm", 8.0);
+        assert_eq!((c.bpm, c.key, c.mode), (Some(124.0), Some(6), Some(Mode::Major)));
+        let c = parse_controls("dark ambient, minor, no drums", 5.0);
+        assert_eq!((c.bpm, c.key, c.mode), (None, None, Some(Mode::Minor)));
+        let c = parse_controls("Eb major waltz", 5.0);
+        assert_eq!((c.key, c.mode), (Some(3), Some(Mode::Major)));
+        assert_eq!(parse_controls("1000 bpm chaos", 1.0).bpm, None);
+    }
+
+    #[test]
+    fn builds_text_that_parses_back() {
+        let p = StructuredPrompt {
+            genre: "hip hop".into(),
+            subgenre: "lo-fi".into(),
+            mood: "melancholic".into(),
+            tempo_bpm: Some(75.0),
+            key: parse_key("A minor"),
+            instruments: vec!["piano".into(), "bass".into(), "drums".into()],
+            structure: vec!["intro".into(), "verse".into()],
+            extra: "late night study session".into(),
+        };
+        let text = build(&p);
+        assert_eq!(
+            text,
+            "melancholic lo-fi hip hop with piano, bass and drums, 75 BPM, in A minor, intro and verse, late night study session"
+        );
+        let c = parse_controls(&text, 10.0);
+        assert_eq!((c.bpm, c.key, c.mode), (Some(75.0), Some(9), Some(Mode::Minor)));
+    }
+
+    #[test]
+    fn parses_keys() {
+        assert_eq!(parse_key("c#m"), Some((1, Some(Mode::Minor))));
+        assert_eq!(parse_key("Bb min"), Some((10, Some(Mode::Minor))));
+        assert_eq!(parse_key("G"), Some((7, None)));
+        assert_eq!(parse_key("H major"), None);
+        assert_eq!(parse_key("A dorian"), None);
+    }
+}

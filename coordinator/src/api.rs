@@ -1,0 +1,365 @@
+//! The `tutti.v1.Generation` gRPC service.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use lapin::types::FieldTable;
+use prost::Message;
+use tokio::sync::{broadcast, Mutex};
+use tonic::{Request, Response, Status};
+use tutti_proto::v1 as pb;
+use tutti_shared::blob::BlobStore;
+use tutti_shared::job::{JobState, Stage};
+use tutti_shared::messages::ControlMessage;
+use tutti_shared::queue::{self, Topology};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::events::JobEvents;
+use crate::store::{JobRecord, Store};
+use crate::validate::Validator;
+
+/// Until API keys land, every caller acts for this tenant.
+pub const DEFAULT_TENANT: &str = "default";
+
+pub struct GenerationService {
+    pub store: Store,
+    pub validator: Validator,
+    pub blobs: Arc<dyn BlobStore>,
+    pub events: JobEvents,
+    pub url_ttl: Duration,
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// Channel for cancel broadcasts, opened on first use and reopened after a broker restart.
+    pub control: Mutex<Option<(lapin::Connection, lapin::Channel)>>,
+}
+
+fn parse_id(field: &str, id: &str) -> Result<Uuid> {
+    id.parse()
+        .map_err(|_| Error::invalid(field, "must be a job id (a UUID)"))
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn state_pb(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+fn stage_pb(s: Stage) -> pb::Stage {
+    match s {
+        Stage::Queued => pb::Stage::Queued,
+        Stage::Denoise => pb::Stage::Denoise,
+        Stage::Vocode => pb::Stage::Vocode,
+        Stage::Done => pb::Stage::Done,
+    }
+}
+
+impl GenerationService {
+    /// The API view of a stored job, with fresh presigned URLs for its outputs.
+    pub async fn to_pb(&self, r: &JobRecord) -> Result<pb::Job> {
+        let j = &r.job;
+        let mut outputs = Vec::with_capacity(r.outputs.len());
+        for o in &r.outputs {
+            let signed = self.blobs.presign_get(&o.key, self.url_ttl).await?;
+            let expires: DateTime<Utc> = signed.expires_at.into();
+            outputs.push(pb::Output {
+                index: o.idx as u32,
+                uri: self.blobs.uri(&o.key),
+                url: signed.url,
+                url_expires_at: Some(ts(expires)),
+                duration_seconds: o.duration_s,
+                sample_rate: o.sample_rate as u32,
+                sha256: o.sha256.clone(),
+                size_bytes: o.size_bytes as u64,
+                format: if o.format == "flac" {
+                    pb::AudioFormat::Flac
+                } else {
+                    pb::AudioFormat::Wav
+                } as i32,
+            });
+        }
+        let timings = j
+            .timings
+            .0
+            .iter()
+            .filter_map(|(stage, ms)| {
+                let stage: Stage = stage.parse().ok()?;
+                Some(pb::StageTiming {
+                    stage: stage_pb(stage) as i32,
+                    millis: (*ms).max(0) as u64,
+                })
+            })
+            .collect();
+        let request = pb::SubmitGenerationRequest::decode(j.request.as_slice())
+            .map_err(|e| Error::Internal(format!("stored request of job {}: {e}", j.id)))?;
+        Ok(pb::Job {
+            id: j.id.to_string(),
+            state: state_pb(j.state()?) as i32,
+            stage: stage_pb(j.stage()?) as i32,
+            steps_done: j.steps_done as u32,
+            steps_total: j.steps_total as u32,
+            attempts: j.attempts as u32,
+            error: j.error_code.as_ref().map(|code| pb::JobError {
+                code: code.clone(),
+                message: j.error_message.clone().unwrap_or_default(),
+            }),
+            outputs,
+            timings,
+            request: Some(request),
+            prompt_text: j.spec.0.prompt.clone(),
+            model_version: j.spec.0.model.to_string(),
+            created_at: Some(ts(j.created_at)),
+            started_at: j.started_at.map(ts),
+            finished_at: j.finished_at.map(ts),
+        })
+    }
+
+    async fn broadcast_cancel(&self, job: Uuid) -> Result<()> {
+        let mut guard = self.control.lock().await;
+        if guard.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+            let conn = queue::connect(&self.amqp_url, Duration::from_secs(2)).await?;
+            queue::declare_topology(&conn, &self.topology).await?;
+            let ch = queue::confirm_channel(&conn).await?;
+            *guard = Some((conn, ch));
+        }
+        let Some((_, ch)) = guard.as_ref() else {
+            return Err(Error::Internal("control channel missing".into()));
+        };
+        let res = queue::publish_json(
+            ch,
+            &self.topology.control_exchange(),
+            "",
+            &ControlMessage::Cancel { job_id: job },
+            FieldTable::default(),
+        )
+        .await;
+        if res.is_err() {
+            *guard = None;
+        }
+        Ok(res?)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+fn event_kind(what: &str) -> pb::job_event::Kind {
+    use pb::job_event::Kind;
+    match what {
+        "queued" => Kind::Queued,
+        "started" => Kind::Started,
+        "step" => Kind::Step,
+        "stage" => Kind::Stage,
+        "retry" => Kind::Retry,
+        "succeeded" => Kind::Succeeded,
+        "failed" => Kind::Failed,
+        "cancelled" => Kind::Cancelled,
+        _ => Kind::Unspecified,
+    }
+}
+
+/// The tonic service: a cheap handle over the shared state.
+#[derive(Clone)]
+pub struct GenerationApi(pub Arc<GenerationService>);
+
+impl std::ops::Deref for GenerationApi {
+    type Target = GenerationService;
+    fn deref(&self) -> &GenerationService {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl pb::generation_server::Generation for GenerationApi {
+    #[tracing::instrument(skip_all, fields(job_id))]
+    async fn submit_generation(
+        &self,
+        request: Request<pb::SubmitGenerationRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let req = request.into_inner();
+        let new = self.validator.validate(&req)?;
+        let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
+        tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
+        tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
+        Ok(Response::new(self.to_pb(&record).await?))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = parse_id("id", &request.get_ref().id)?;
+        let record = self
+            .store
+            .get_job(DEFAULT_TENANT, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        Ok(Response::new(self.to_pb(&record).await?))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = parse_id("id", &request.get_ref().id)?;
+        // Subscribe before the snapshot so no change between the two is missed.
+        let mut changes = self.events.subscribe();
+        let first = self
+            .store
+            .get_job(DEFAULT_TENANT, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        let svc = Arc::clone(&self.0);
+        let stream = async_stream(move |tx| async move {
+            let snapshot = svc.to_pb(&first).await?;
+            let mut done = first.job.state().map(JobState::is_terminal)?;
+            send(&tx, pb::job_event::Kind::Snapshot, snapshot).await?;
+            let mut last_step = first.job.steps_done;
+            while !done {
+                let what = match tokio::time::timeout(Duration::from_secs(5), changes.recv()).await {
+                    Ok(Ok(c)) if c.job == id => c.what,
+                    Ok(Ok(_)) => continue,
+                    // Lagged, or quiet for a while: re-read the job in case a notice was lost.
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => "poll".to_string(),
+                    Ok(Err(broadcast::error::RecvError::Closed)) => break,
+                };
+                let Some(rec) = svc.store.get_job(DEFAULT_TENANT, id).await? else { break };
+                let state = rec.job.state()?;
+                done = state.is_terminal();
+                let kind = match (what.as_str(), state) {
+                    (_, JobState::Succeeded) => pb::job_event::Kind::Succeeded,
+                    (_, JobState::Failed) => pb::job_event::Kind::Failed,
+                    (_, JobState::Cancelled) => pb::job_event::Kind::Cancelled,
+                    ("poll", _) if rec.job.steps_done == last_step => continue,
+                    ("poll", _) => pb::job_event::Kind::Step,
+                    (w, _) => event_kind(w),
+                };
+                last_step = rec.job.steps_done;
+                if done && !rec.outputs.is_empty() {
+                    let job = svc.to_pb(&rec).await?;
+                    send(&tx, pb::job_event::Kind::OutputReady, job).await?;
+                }
+                send(&tx, kind, svc.to_pb(&rec).await?).await?;
+            }
+            Ok(())
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = parse_id("id", &request.get_ref().id)?;
+        let (record, changed) = self
+            .store
+            .cancel_job(DEFAULT_TENANT, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        if changed {
+            // The cancel is committed; the broadcast only makes running chunks stop sooner.
+            if let Err(e) = self.broadcast_cancel(id).await {
+                tracing::warn!(job_id = %id, error = %e, "cancel broadcast failed; the job stops at its chunk boundary");
+            }
+        }
+        Ok(Response::new(self.to_pb(&record).await?))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 50,
+            n if n > 500 => return Err(Error::invalid("page_size", "must be at most 500").into()),
+            n => n,
+        } as i64;
+        let state = match pb::JobState::try_from(req.state) {
+            Ok(pb::JobState::Unspecified) => None,
+            Ok(pb::JobState::Queued) => Some(JobState::Queued),
+            Ok(pb::JobState::Running) => Some(JobState::Running),
+            Ok(pb::JobState::Succeeded) => Some(JobState::Succeeded),
+            Ok(pb::JobState::Failed) => Some(JobState::Failed),
+            Ok(pb::JobState::Cancelled) => Some(JobState::Cancelled),
+            Err(_) => return Err(Error::invalid("state", "unknown job state").into()),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(decode_token(t)?),
+        };
+        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
+        let rows = self
+            .store
+            .list_jobs(DEFAULT_TENANT, state, &labels, after, limit + 1)
+            .await?;
+        let more = rows.len() as i64 > limit;
+        let mut jobs = Vec::new();
+        for r in rows.iter().take(limit as usize) {
+            jobs.push(self.to_pb(r).await?);
+        }
+        let next_page_token = match (more, rows.get(limit as usize - 1)) {
+            (true, Some(last)) => format!("{}_{}", last.job.created_at.timestamp_micros(), last.job.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+}
+
+fn decode_token(t: &str) -> Result<(DateTime<Utc>, Uuid)> {
+    let bad = || Error::invalid("page_token", "must be a token from a previous ListJobs response");
+    let (micros, id) = t.split_once('_').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Result<pb::JobEvent, Status>>,
+    kind: pb::job_event::Kind,
+    job: pb::Job,
+) -> Result<()> {
+    tx.send(Ok(pb::JobEvent {
+        kind: kind as i32,
+        job: Some(job),
+        at: Some(ts(Utc::now())),
+    }))
+    .await
+    .map_err(|_| Error::Internal("watcher went away".into()))
+}
+
+/// Runs `body` as a task feeding a channel-backed stream; an error ends the stream with a status
+/// (a departed watcher just ends it).
+fn async_stream<F, Fut>(body: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::JobEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let fut = body(tx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            let _ = tx.send(Err(Status::from(e))).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

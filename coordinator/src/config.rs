@@ -1,0 +1,57 @@
+//! The coordinator's configuration: flags and `TUTTI_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tutti_shared::config::{AmqpArgs, DatabaseArgs, S3Args};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorConfig {
+    /// Address of the gRPC server.
+    #[arg(long, env = "TUTTI_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Folder of model packs (each with a model.toml); the same packs the workers load.
+    #[arg(long, env = "TUTTI_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Model used when a request names none (default: the only pack, or `tutti-mini`).
+    #[arg(long, env = "TUTTI_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Denoising steps per chunk (0: the model's default).
+    #[arg(long, env = "TUTTI_CHUNK_STEPS", default_value_t = 0)]
+    pub chunk_steps: u32,
+    /// Attempts per task before its job fails.
+    #[arg(long, env = "TUTTI_MAX_ATTEMPTS", default_value_t = 4)]
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each attempt.
+    #[arg(long, env = "TUTTI_RETRY_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+    /// A dispatched task with no sign of life for this long is dispatched again (attempt + 1).
+    /// The broker's redelivery covers dead workers; this covers lost messages.
+    #[arg(long, env = "TUTTI_TASK_LEASE", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub task_lease: Duration,
+    /// Tasks dispatched but unfinished per queue; the rest of the backlog waits in Postgres.
+    #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: u32,
+    /// Lifetime of presigned output URLs.
+    #[arg(long, env = "TUTTI_URL_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub url_ttl: Duration,
+}
+
+impl CoordinatorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.url_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err("url_ttl must be at most 7 days (an S3 limit)".into());
+        }
+        Ok(())
+    }
+}

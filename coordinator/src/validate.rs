@@ -1,0 +1,420 @@
+//! Validation of a SubmitGenerationRequest into the job the coordinator stores. Every rule
+//! names its field; nothing is stored unless every rule holds.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+use tutti_proto::v1 as pb;
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName};
+use tutti_shared::models::{ModelInfo, ModelRegistry};
+use tutti_shared::prompt::{self, StructuredPrompt, STRUCTURE_WORDS};
+
+use crate::error::{Error, Result};
+
+pub const MAX_PROMPT_CHARS: usize = 1000;
+pub const MIN_DURATION_S: f32 = 1.0;
+pub const MAX_GUIDANCE: f32 = 20.0;
+pub const MAX_VARIATIONS: u32 = 4;
+pub const MAX_LABELS: usize = 16;
+pub const MAX_LABEL_KEY: usize = 63;
+pub const MAX_LABEL_VALUE: usize = 256;
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+pub const MAX_LIST_ITEMS: usize = 8;
+pub const MAX_WORD_CHARS: usize = 40;
+pub const TEMPO_RANGE: (f32, f32) = (40.0, 240.0);
+
+/// A request that passed every rule, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub spec: JobSpec,
+    pub priority: Priority,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    /// Hash of the request as sent (before defaults), to tell a retry from a conflicting reuse.
+    pub request_hash: String,
+    /// The request with defaults filled in and the seed chosen, as GetJob reports it.
+    pub accepted: pb::SubmitGenerationRequest,
+    pub chunk_steps: u32,
+}
+
+/// Models and their tokenizers, for the rules that depend on the model.
+pub struct Validator {
+    registry: ModelRegistry,
+    default_model: Option<String>,
+    chunk_steps_override: u32,
+    tokenizers: HashMap<(String, String), Tokenizer>,
+}
+
+impl Validator {
+    pub fn new(
+        registry: ModelRegistry,
+        default_model: Option<String>,
+        chunk_steps_override: u32,
+    ) -> Result<Self> {
+        let mut tokenizers = HashMap::new();
+        for m in registry.all() {
+            if let Some(path) = m.tokenizer_path() {
+                let tok = Tokenizer::from_file(&path).map_err(|e| {
+                    Error::Internal(format!("loading tokenizer {}: {e}", path.display()))
+                })?;
+                tokenizers.insert((m.name.clone(), m.version.clone()), tok);
+            }
+        }
+        Ok(Self {
+            registry,
+            default_model,
+            chunk_steps_override,
+            tokenizers,
+        })
+    }
+
+    pub fn registry(&self) -> &ModelRegistry {
+        &self.registry
+    }
+
+    fn model(&self, r: Option<&pb::ModelRef>) -> Result<&ModelInfo> {
+        let (name, version) = match r {
+            Some(m) if !m.name.is_empty() => (m.name.clone(), m.version.clone()),
+            Some(m) if !m.version.is_empty() => {
+                return Err(Error::invalid("model.name", "required when model.version is set"))
+            }
+            _ => {
+                let name = match &self.default_model {
+                    Some(n) => n.clone(),
+                    None => {
+                        let names: Vec<&str> = self.registry.names().collect();
+                        match names.as_slice() {
+                            [only] => (*only).to_string(),
+                            _ => "tutti-mini".to_string(),
+                        }
+                    }
+                };
+                (name, String::new())
+            }
+        };
+        self.registry.resolve(&name, &version).ok_or_else(|| {
+            if version.is_empty() {
+                Error::NotFound(format!("model {name:?} not found"))
+            } else {
+                Error::NotFound(format!("model {name:?} version {version:?} not found"))
+            }
+        })
+    }
+
+    fn check_tokens(&self, model: &ModelInfo, field: &str, text: &str) -> Result<()> {
+        if let Some(tok) = self
+            .tokenizers
+            .get(&(model.name.clone(), model.version.clone()))
+        {
+            let n = tok
+                .encode(text, true)
+                .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?
+                .len();
+            let max = model.limits.max_prompt_tokens;
+            if n > max {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be at most {max} tokens for model {} (got {n})", model.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self, req: &pb::SubmitGenerationRequest) -> Result<NewJob> {
+        let request_hash = hex::encode(Sha256::digest(req.encode_to_vec()));
+        let model = self.model(req.model.as_ref())?;
+
+        let prompt_text = match &req.prompt_kind {
+            Some(pb::submit_generation_request::PromptKind::Prompt(p)) => {
+                check_text("prompt", p)?;
+                p.trim().to_string()
+            }
+            Some(pb::submit_generation_request::PromptKind::Structured(s)) => {
+                let text = prompt::build(&structured(s)?);
+                check_text("structured", &text)?;
+                text
+            }
+            None => return Err(Error::invalid("prompt", "required (a prompt or a structured prompt)")),
+        };
+        self.check_tokens(model, "prompt", &prompt_text)?;
+        if req.negative_prompt.chars().count() > MAX_PROMPT_CHARS {
+            return Err(Error::invalid(
+                "negative_prompt",
+                format!("must be at most {MAX_PROMPT_CHARS} characters"),
+            ));
+        }
+        self.check_tokens(model, "negative_prompt", &req.negative_prompt)?;
+
+        let duration_s = req.duration_seconds.unwrap_or(model.defaults.duration_s);
+        let max_d = model.limits.max_duration_s;
+        if !duration_s.is_finite() || !(MIN_DURATION_S..=max_d).contains(&duration_s) {
+            return Err(Error::invalid(
+                "duration_seconds",
+                format!("must be between {MIN_DURATION_S} and {max_d} seconds for model {}", model.name),
+            ));
+        }
+        let steps = req.steps.unwrap_or(model.defaults.steps);
+        if !(1..=model.limits.max_steps).contains(&steps) {
+            return Err(Error::invalid(
+                "steps",
+                format!("must be between 1 and {} for model {}", model.limits.max_steps, model.name),
+            ));
+        }
+        let guidance_scale = req.guidance_scale.unwrap_or(model.defaults.guidance_scale);
+        if !guidance_scale.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&guidance_scale) {
+            return Err(Error::invalid(
+                "guidance_scale",
+                format!("must be between 0 and {MAX_GUIDANCE}"),
+            ));
+        }
+        let sampler = match pb::Sampler::try_from(req.sampler) {
+            Ok(pb::Sampler::Unspecified) => model.defaults.sampler,
+            Ok(pb::Sampler::FlowEuler) => SamplerName::FlowEuler,
+            Ok(pb::Sampler::Ddim) => SamplerName::Ddim,
+            Ok(pb::Sampler::DpmSolverPp2m) => SamplerName::DpmSolverPp2m,
+            Ok(pb::Sampler::CosineDpmSolverPp2m) => SamplerName::CosineDpmSolverPp2m,
+            Err(_) => return Err(Error::invalid("sampler", "unknown sampler")),
+        };
+        let format = match pb::AudioFormat::try_from(req.format) {
+            Ok(pb::AudioFormat::Unspecified | pb::AudioFormat::Wav) => AudioFormat::Wav,
+            Ok(pb::AudioFormat::Flac) => AudioFormat::Flac,
+            Err(_) => return Err(Error::invalid("format", "must be wav or flac")),
+        };
+        let variations = if req.variations == 0 { 1 } else { req.variations };
+        if variations > MAX_VARIATIONS {
+            return Err(Error::invalid(
+                "variations",
+                format!("must be between 1 and {MAX_VARIATIONS}"),
+            ));
+        }
+        let priority = match pb::Priority::try_from(req.priority) {
+            Ok(pb::Priority::Unspecified | pb::Priority::Standard) => Priority::Standard,
+            Ok(pb::Priority::Interactive) => Priority::Interactive,
+            Ok(pb::Priority::Batch) => Priority::Batch,
+            Err(_) => {
+                return Err(Error::invalid(
+                    "priority",
+                    "must be interactive, standard or batch",
+                ))
+            }
+        };
+        let idempotency_key = match req.idempotency_key.as_str() {
+            "" => None,
+            k if k.len() > MAX_IDEMPOTENCY_KEY => {
+                return Err(Error::invalid(
+                    "idempotency_key",
+                    format!("must be at most {MAX_IDEMPOTENCY_KEY} bytes"),
+                ))
+            }
+            k => Some(k.to_string()),
+        };
+        let labels = labels(&req.labels)?;
+        // Seeds stay within i64 so that every store and libtorch take them as they are.
+        let seed = req
+            .seed
+            .unwrap_or_else(|| rand::random::<u64>() >> 1);
+        if seed > i64::MAX as u64 {
+            return Err(Error::invalid("seed", format!("must be at most {}", i64::MAX)));
+        }
+
+        let controls = {
+            let mut c = prompt::parse_controls(&prompt_text, duration_s);
+            if let Some(pb::submit_generation_request::PromptKind::Structured(s)) = &req.prompt_kind {
+                // Structured fields are the controls themselves, not a guess from the text.
+                if let Some(bpm) = s.tempo_bpm {
+                    c.bpm = Some(bpm);
+                }
+                if let Some((k, m)) = prompt::parse_key(&s.key) {
+                    c.key = Some(k);
+                    c.mode = m.or(c.mode);
+                }
+            }
+            c
+        };
+
+        let model_ref = ModelRef {
+            name: model.name.clone(),
+            version: model.version.clone(),
+        };
+        let mut accepted = req.clone();
+        accepted.duration_seconds = Some(duration_s);
+        accepted.steps = Some(steps);
+        accepted.guidance_scale = Some(guidance_scale);
+        accepted.seed = Some(seed);
+        accepted.variations = variations;
+        accepted.sampler = match sampler {
+            SamplerName::FlowEuler => pb::Sampler::FlowEuler,
+            SamplerName::Ddim => pb::Sampler::Ddim,
+            SamplerName::DpmSolverPp2m => pb::Sampler::DpmSolverPp2m,
+            SamplerName::CosineDpmSolverPp2m => pb::Sampler::CosineDpmSolverPp2m,
+        } as i32;
+        accepted.format = match format {
+            AudioFormat::Wav => pb::AudioFormat::Wav,
+            AudioFormat::Flac => pb::AudioFormat::Flac,
+        } as i32;
+        accepted.priority = match priority {
+            Priority::Interactive => pb::Priority::Interactive,
+            Priority::Standard => pb::Priority::Standard,
+            Priority::Batch => pb::Priority::Batch,
+        } as i32;
+        accepted.model = Some(pb::ModelRef {
+            name: model_ref.name.clone(),
+            version: model_ref.version.clone(),
+        });
+
+        let chunk_steps = match self.chunk_steps_override {
+            0 => model.defaults.chunk_steps.max(1),
+            k => k,
+        };
+        Ok(NewJob {
+            spec: JobSpec {
+                model: model_ref,
+                prompt: prompt_text,
+                negative_prompt: req.negative_prompt.trim().to_string(),
+                controls,
+                duration_s,
+                seed,
+                steps,
+                guidance_scale,
+                sampler,
+                variations,
+                format,
+            },
+            priority,
+            labels,
+            idempotency_key,
+            request_hash,
+            accepted,
+            chunk_steps,
+        })
+    }
+}
+
+fn check_text(field: &str, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    let n = text.chars().count();
+    if n > MAX_PROMPT_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_PROMPT_CHARS} characters (got {n})"),
+        ));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn word(field: &str, s: &str) -> Result<String> {
+    let s = s.trim();
+    if s.chars().count() > MAX_WORD_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_WORD_CHARS} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(s.to_string())
+}
+
+fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
+    if let Some(bpm) = s.tempo_bpm {
+        if !bpm.is_finite() || !(TEMPO_RANGE.0..=TEMPO_RANGE.1).contains(&bpm) {
+            return Err(Error::invalid(
+                "structured.tempo_bpm",
+                format!("must be between {} and {} BPM", TEMPO_RANGE.0, TEMPO_RANGE.1),
+            ));
+        }
+    }
+    let key = match s.key.trim() {
+        "" => None,
+        k => Some(prompt::parse_key(k).ok_or_else(|| {
+            Error::invalid(
+                "structured.key",
+                "must be a pitch (C, C#, Db, ... B) optionally followed by major or minor",
+            )
+        })?),
+    };
+    if s.instruments.len() > MAX_LIST_ITEMS {
+        return Err(Error::invalid(
+            "structured.instruments",
+            format!("at most {MAX_LIST_ITEMS} instruments"),
+        ));
+    }
+    if s.structure.len() > MAX_LIST_ITEMS {
+        return Err(Error::invalid(
+            "structured.structure",
+            format!("at most {MAX_LIST_ITEMS} words"),
+        ));
+    }
+    let mut structure = Vec::new();
+    for w in &s.structure {
+        let w = w.trim().to_ascii_lowercase();
+        if !STRUCTURE_WORDS.contains(&w.as_str()) {
+            return Err(Error::invalid(
+                "structured.structure",
+                format!("{w:?} is not one of {}", STRUCTURE_WORDS.join(", ")),
+            ));
+        }
+        structure.push(w);
+    }
+    Ok(StructuredPrompt {
+        genre: word("structured.genre", &s.genre)?,
+        subgenre: word("structured.subgenre", &s.subgenre)?,
+        mood: word("structured.mood", &s.mood)?,
+        tempo_bpm: s.tempo_bpm,
+        key,
+        instruments: s
+            .instruments
+            .iter()
+            .map(|i| word("structured.instruments", i))
+            .collect::<Result<_>>()?,
+        structure,
+        extra: {
+            if s.extra.chars().count() > MAX_PROMPT_CHARS {
+                return Err(Error::invalid(
+                    "structured.extra",
+                    format!("must be at most {MAX_PROMPT_CHARS} characters"),
+                ));
+            }
+            s.extra.trim().to_string()
+        },
+    })
+}
+
+/// Label keys: 1-63 characters of `a-z 0-9 _ . - /`, starting with a letter or digit.
+fn labels(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    if raw.len() > MAX_LABELS {
+        return Err(Error::invalid("labels", format!("at most {MAX_LABELS} labels")));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in raw {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY
+            && k.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && k.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-' | '/')
+            });
+        if !key_ok {
+            return Err(Error::invalid(
+                format!("labels[{k:?}]"),
+                format!("keys are 1-{MAX_LABEL_KEY} characters of a-z, 0-9, _ . - /, starting with a letter or digit"),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                format!("labels[{k:?}]"),
+                format!("values are at most {MAX_LABEL_VALUE} bytes without control characters"),
+            ));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}

@@ -1,0 +1,87 @@
+//! Audio utilities: loudness normalisation, WAV encoding, content hashes.
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("wav: {0}")]
+    Wav(#[from] hound::Error),
+    #[error("flac: {0}")]
+    Flac(String),
+}
+
+/// Target loudness (RMS, dBFS) and peak ceiling of rendered audio.
+const TARGET_RMS_DBFS: f32 = -18.0;
+const PEAK_CEILING: f32 = 0.89; // about -1 dBFS
+
+/// Scales a clip to a common RMS loudness, never past the peak ceiling. Silence stays silence.
+pub fn normalize_loudness(samples: &mut [f32]) {
+    if samples.is_empty() {
+        return;
+    }
+    let rms = (samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64)
+        .sqrt() as f32;
+    let peak = samples.iter().fold(0f32, |m, s| m.max(s.abs()));
+    if rms < 1e-6 || peak < 1e-6 {
+        return;
+    }
+    let target = 10f32.powf(TARGET_RMS_DBFS / 20.0);
+    let gain = (target / rms).min(PEAK_CEILING / peak);
+    for s in samples.iter_mut() {
+        *s *= gain;
+    }
+}
+
+/// 16-bit PCM mono WAV.
+pub fn encode_wav(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, AudioError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut cursor = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    {
+        let mut w = hound::WavWriter::new(&mut cursor, spec)?;
+        for s in samples {
+            w.write_sample(to_i16(*s))?;
+        }
+        w.finalize()?;
+    }
+    Ok(cursor.into_inner())
+}
+
+fn to_i16(s: f32) -> i16 {
+    (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16
+}
+
+/// Lowercase hex SHA-256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wav_round_trips_length_and_rate() {
+        let samples: Vec<f32> = (0..16000).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        let bytes = encode_wav(&samples, 16000).unwrap();
+        let r = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+        assert_eq!(r.spec().sample_rate, 16000);
+        assert_eq!(r.duration(), 16000);
+    }
+
+    #[test]
+    fn normalisation_respects_the_peak_ceiling() {
+        let mut s = vec![0.0f32; 1000];
+        s[10] = 0.01;
+        normalize_loudness(&mut s);
+        assert!(s.iter().all(|x| x.abs() <= PEAK_CEILING + 1e-6));
+        assert!((s[10] - PEAK_CEILING).abs() < 1e-5);
+        let mut quiet = vec![0.0f32; 10];
+        normalize_loudness(&mut quiet);
+        assert!(quiet.iter().all(|x| *x == 0.0));
+    }
+}

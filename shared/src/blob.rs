@@ -1,0 +1,271 @@
+//! Blob storage for checkpoints, outputs and model packs: S3 (any S3-compatible server) or a
+//! local folder with the same key layout.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("s3 {op} {key}: {message}")]
+    S3 {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid key {0:?}: keys are relative paths without '..'")]
+    InvalidKey(String),
+}
+
+/// Where a key can be fetched from: a presigned URL and when it stops working.
+#[derive(Debug, Clone)]
+pub struct SignedUrl {
+    pub url: String,
+    pub expires_at: std::time::SystemTime,
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Writes (or overwrites) an object.
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), BlobError>;
+    /// Reads an object; `None` when it does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobError>;
+    /// The object's URI (`s3://bucket/key` or `file:///path`).
+    fn uri(&self, key: &str) -> String;
+    /// A URL that fetches the object without credentials until it expires.
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError>;
+}
+
+/// Settings of an S3-compatible store.
+#[derive(Clone)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub path_style: bool,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("path_style", &self.path_style)
+            .finish()
+    }
+}
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(s: &S3Settings) -> Self {
+        let creds = Credentials::new(
+            s.access_key_id.clone(),
+            s.secret_access_key.clone(),
+            None,
+            None,
+            "tutti-config",
+        );
+        let mut conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .credentials_provider(creds)
+            .force_path_style(s.path_style);
+        if let Some(ep) = &s.endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(conf.build()),
+            bucket: s.bucket.clone(),
+        }
+    }
+
+    /// Creates the bucket when it does not exist (development servers start empty).
+    pub async fn ensure_bucket(&self) -> Result<(), BlobError> {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let msg = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e));
+                if msg.contains("BucketAlreadyOwnedByYou") || msg.contains("BucketAlreadyExists") {
+                    Ok(())
+                } else {
+                    Err(BlobError::S3 {
+                        op: "create_bucket",
+                        key: self.bucket.clone(),
+                        message: msg,
+                    })
+                }
+            }
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+fn s3_err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> BlobError {
+    BlobError::S3 {
+        op,
+        key: key.to_string(),
+        message: format!("{}", aws_sdk_s3::error::DisplayErrorContext(e)),
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), BlobError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let data = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| s3_err("get", key, e))?;
+                Ok(Some(data.into_bytes()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_err("get", key, e)),
+        }
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError> {
+        let cfg = PresigningConfig::expires_in(ttl).map_err(|e| s3_err("presign", key, e))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(cfg)
+            .await
+            .map_err(|e| s3_err("presign", key, e))?;
+        Ok(SignedUrl {
+            url: req.uri().to_string(),
+            expires_at: std::time::SystemTime::now() + ttl,
+        })
+    }
+}
+
+/// A local folder with the S3 key layout; `file://` URLs stand in for presigned ones.
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+        let rel = std::path::Path::new(key);
+        let ok = !key.is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !ok {
+            return Err(BlobError::InvalidKey(key.to_string()));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+fn file_err(path: &std::path::Path, source: std::io::Error) -> BlobError {
+    BlobError::File {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalStore {
+    async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), BlobError> {
+        let path = self.path(key)?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| file_err(dir, e))?;
+        }
+        // Write then rename, so a reader never sees half an object.
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+        tokio::fs::write(&tmp, &body)
+            .await
+            .map_err(|e| file_err(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| file_err(&path, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobError> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(file_err(&path, e)),
+        }
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("file://{}", self.root.join(key).display())
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError> {
+        let path = self.path(key)?;
+        Ok(SignedUrl {
+            url: format!("file://{}", path.display()),
+            expires_at: std::time::SystemTime::now() + ttl,
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! Domain types of a generation job, independent of the wire format (protobuf stays at the edge).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::prompt::Controls;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownVariant;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(UnknownVariant { kind: stringify!($name), value: other.to_string() }),
+                }
+            }
+        }
+    };
+}
+
+/// A string that names no variant of an enum (e.g. a state read back from the database).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownVariant {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+string_enum!(
+    /// Scheduling class; lower sorts first.
+    Priority { Interactive => "interactive", Standard => "standard", Batch => "batch" }
+);
+
+impl Priority {
+    /// The rank stored in Postgres; dispatch orders by it ascending.
+    pub fn rank(self) -> i16 {
+        match self {
+            Priority::Interactive => 0,
+            Priority::Standard => 1,
+            Priority::Batch => 2,
+        }
+    }
+}
+
+string_enum!(AudioFormat { Wav => "wav", Flac => "flac" });
+
+impl AudioFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            AudioFormat::Wav => "audio/wav",
+            AudioFormat::Flac => "audio/flac",
+        }
+    }
+}
+
+string_enum!(
+    JobState {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+string_enum!(Stage { Queued => "queued", Denoise => "denoise", Vocode => "vocode", Done => "done" });
+
+string_enum!(
+    /// Samplers a request may name (the model runtime's `SamplerKind`, by the same names).
+    SamplerName {
+        FlowEuler => "flow_euler",
+        Ddim => "ddim",
+        DpmSolverPp2m => "dpm_solver_pp2m",
+        CosineDpmSolverPp2m => "cosine_dpm_solver_pp2m",
+    }
+);
+
+string_enum!(TaskKind { Denoise => "denoise", Vocode => "vocode" });
+
+/// A model pack by name and (resolved) version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// Everything a worker needs to run a job, fixed when the job is accepted: defaults filled in,
+/// the seed chosen, the prompt rendered and its numeric controls parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub model: ModelRef,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub controls: Controls,
+    pub duration_s: f32,
+    pub seed: u64,
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub sampler: SamplerName,
+    pub variations: u32,
+    pub format: AudioFormat,
+}
+
+/// Output key layout: `outputs/<tenant>/<job>/<n>.<ext>`, deterministic so that a redone upload
+/// overwrites the same object.
+pub fn output_key(tenant: &str, job: uuid::Uuid, index: u32, format: AudioFormat) -> String {
+    format!("outputs/{tenant}/{job}/{index}.{format}")
+}
+
+/// Checkpoint written at the end of denoise chunk `chunk`: `checkpoints/<job>/<chunk>`.
+pub fn checkpoint_key(job: uuid::Uuid, chunk: u32) -> String {
+    format!("checkpoints/{job}/{chunk}")
+}
+
+/// Splits `steps` denoising steps into chunks of at most `chunk_steps`: `[(from, to))`.
+pub fn chunk_ranges(steps: u32, chunk_steps: u32) -> Vec<(u32, u32)> {
+    let k = chunk_steps.max(1);
+    (0..steps.div_ceil(k))
+        .map(|c| (c * k, ((c + 1) * k).min(steps)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_step_once() {
+        assert_eq!(chunk_ranges(10, 4), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(chunk_ranges(8, 8), vec![(0, 8)]);
+        assert_eq!(chunk_ranges(3, 0), vec![(0, 1), (1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn enums_round_trip_through_strings() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().ok(), Some(*s));
+        }
+        assert!("nope".parse::<Stage>().is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! Messages between the coordinator and the workers (JSON bodies of AMQP messages).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::job::{JobSpec, TaskKind};
+
+/// One unit of work: a chunk of denoising steps or the vocoding stage of a job.
+/// `(job_id, chunk, attempt)` identifies it; results carry the same triple for fencing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub job_id: Uuid,
+    pub tenant: String,
+    /// 0-based: denoise chunks first, the vocode task last.
+    pub chunk: u32,
+    pub attempt: u32,
+    pub kind: TaskKind,
+    pub from_step: u32,
+    pub to_step: u32,
+    pub spec: JobSpec,
+}
+
+/// One finished audio file, as uploaded by a vocode task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    pub index: u32,
+    pub key: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub duration_s: f32,
+    pub sample_rate: u32,
+}
+
+/// How a task ended on a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Done {
+        millis: u64,
+        #[serde(default)]
+        outputs: Vec<OutputInfo>,
+    },
+    Failed {
+        code: String,
+        message: String,
+        /// False for errors that a retry cannot fix (e.g. a model pack the worker lacks).
+        retryable: bool,
+    },
+    /// The worker saw a cancellation for the job and stopped.
+    Cancelled,
+}
+
+/// What workers send back on the results queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// Step progress inside a chunk (best effort, not confirmed).
+    Progress {
+        job_id: Uuid,
+        chunk: u32,
+        attempt: u32,
+        steps_done: u32,
+    },
+    /// The end of a task (published with a confirm before the task is acked).
+    Result {
+        job_id: Uuid,
+        chunk: u32,
+        attempt: u32,
+        worker: String,
+        outcome: Outcome,
+    },
+}
+
+/// Broadcast on the control fanout exchange to every worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    Cancel { job_id: Uuid },
+}

@@ -1,0 +1,186 @@
+//! What the coordinator needs to know of a model pack: its name, version, defaults and limits,
+//! read from the `[model]`, `[defaults]` and `[limits]` tables of its `model.toml`. The worker's
+//! model runtime reads the whole file; unknown tables are ignored here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::job::SamplerName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PackToml {
+    model: ModelTable,
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ModelTable {
+    name: String,
+    version: String,
+    sample_rate: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Defaults {
+    pub sampler: SamplerName,
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub chunk_steps: u32,
+    pub duration_s: f32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerName::FlowEuler,
+            steps: 50,
+            guidance_scale: 4.0,
+            chunk_steps: 10,
+            duration_s: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub max_steps: u32,
+    pub max_duration_s: f32,
+    pub max_prompt_tokens: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_steps: 200,
+            max_duration_s: 30.0,
+            max_prompt_tokens: 128,
+        }
+    }
+}
+
+/// One pack found on disk.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub sample_rate: u32,
+    pub defaults: Defaults,
+    pub limits: Limits,
+    pub dir: PathBuf,
+}
+
+impl ModelInfo {
+    pub fn read(dir: &Path) -> Result<Self, ModelsError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let t: PackToml = toml::from_str(&text).map_err(|e| ModelsError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            name: t.model.name,
+            version: t.model.version,
+            sample_rate: t.model.sample_rate,
+            defaults: t.defaults,
+            limits: t.limits,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The pack's tokenizer, wherever the pack keeps it.
+    pub fn tokenizer_path(&self) -> Option<PathBuf> {
+        ["text_encoder/tokenizer.json", "tokenizer.json"]
+            .iter()
+            .map(|p| self.dir.join(p))
+            .find(|p| p.is_file())
+    }
+}
+
+/// Packs under a folder: the folder itself if it holds `model.toml`, else each subfolder (one
+/// level, or two for a `<name>/<version>/` layout) that does.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRegistry {
+    by_name: BTreeMap<String, BTreeMap<String, ModelInfo>>,
+}
+
+impl ModelRegistry {
+    pub fn scan(root: &Path) -> Result<Self, ModelsError> {
+        let mut reg = Self::default();
+        let mut dirs = vec![root.to_path_buf()];
+        for depth in 0..3 {
+            let mut next = Vec::new();
+            for d in dirs {
+                if d.join("model.toml").is_file() {
+                    reg.insert(ModelInfo::read(&d)?);
+                } else if depth < 2 {
+                    let entries = std::fs::read_dir(&d).map_err(|source| ModelsError::Read {
+                        path: d.display().to_string(),
+                        source,
+                    })?;
+                    next.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+            }
+            dirs = next;
+        }
+        Ok(reg)
+    }
+
+    pub fn insert(&mut self, info: ModelInfo) {
+        self.by_name
+            .entry(info.name.clone())
+            .or_default()
+            .insert(info.version.clone(), info);
+    }
+
+    /// A model by name and version; an empty version picks the newest (sorted as numbers where
+    /// the versions are numbers, else as text).
+    pub fn resolve(&self, name: &str, version: &str) -> Option<&ModelInfo> {
+        let versions = self.by_name.get(name)?;
+        if version.is_empty() {
+            versions.values().max_by(|a, b| version_cmp(&a.version, &b.version))
+        } else {
+            versions.get(version)
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ModelInfo> {
+        self.by_name.values().flat_map(|v| v.values())
+    }
+}
+
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |s: &str| -> Option<Vec<u64>> { s.split('.').map(|p| p.parse().ok()).collect() };
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
