@@ -111,10 +111,9 @@ impl ConditionerConfig {
             );
         }
         for (name, r) in [("duration", self.duration), ("tempo", self.tempo)] {
-            if let Some(r) = r {
-                if !(r.max > r.min) || !r.min.is_finite() || !r.max.is_finite() {
-                    return Err(format!("conditioners.{name}: max must be greater than min"));
-                }
+            let ok = r.is_none_or(|r| r.min.is_finite() && r.max.is_finite() && r.max > r.min);
+            if !ok {
+                return Err(format!("conditioners.{name}: max must be greater than min"));
             }
         }
         Ok(())

@@ -5,15 +5,22 @@
 
 pub mod attention;
 pub mod conditioners;
-pub mod device;
 pub mod decoder;
+pub mod device;
 pub mod dit;
 pub mod mel;
+pub mod pack;
+pub mod pipeline;
 pub mod rope;
 pub mod sampler;
+pub mod state;
 pub mod text_encoder;
+pub mod tiny;
 pub mod vocoder;
 pub mod weights;
+
+pub use pack::PackConfig;
+pub use pipeline::{DenoiseState, GenerationParams, Pipeline};
 
 use thiserror::Error;
 

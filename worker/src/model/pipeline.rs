@@ -1,0 +1,367 @@
+//! The API the farm uses: load a pack, prepare a generation, advance any set of generations by one
+//! step in one denoiser forward (continuous batching), render the audio.
+//!
+//! Guidance: each state contributes `2 * variations` rows to the batch: its variations conditioned
+//! on the negative prompt (the unconditional half), then on the prompt; the guided output is
+//! `uncond + scale * (cond - uncond)` with the state's own scale. The numeric controls condition
+//! both halves (as Stable Audio duplicates its duration embedding).
+//!
+//! Batch invariance: text tokens are padded to the longest in the batch and masked in
+//! cross-attention; latents of different lengths are padded at the end and masked as keys in
+//! self-attention (rotary positions start at the global token, so padding does not move them).
+//! Masked keys get exactly zero attention weight; what can still differ between a state run alone
+//! and in a batch is float reassociation inside libtorch kernels (GEMM blocking depends on the
+//! batch size). The tests measure it.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use tch::{Device, Kind, Tensor};
+
+use super::dit::DitInput;
+use super::pack::{LoadedPack, PackConfig};
+use super::sampler::{self, SamplerState};
+use super::state::seeded_noise;
+pub use super::state::{DenoiseState, GenerationParams};
+use super::{ModelError, Result};
+
+/// Most variations one request may ask for.
+pub const MAX_VARIATIONS: usize = 16;
+
+/// A loaded pack on one device. `Send + Sync`: the modules sit behind a mutex (libtorch tensors are
+/// `Send` but not `Sync`), so calls from several threads run one at a time.
+pub struct Pipeline {
+    config: PackConfig,
+    device: Device,
+    model_id: String,
+    pack: Mutex<LoadedPack>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("model", &self.model_id)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    pub fn load(pack_dir: &Path, device: Device) -> Result<Self> {
+        let pack = LoadedPack::load(pack_dir, device)?;
+        let config = pack.config.clone();
+        let model_id = format!("{}@{}", config.model.name, config.model.version);
+        Ok(Self {
+            config,
+            device,
+            model_id,
+            pack: Mutex::new(pack),
+        })
+    }
+
+    /// The parsed `model.toml`.
+    pub fn config(&self) -> &PackConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// `name@version`.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Parameters with the pack's defaults for a prompt.
+    pub fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
+        let d = &self.config.defaults;
+        GenerationParams {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            controls: tutti_shared::prompt::Controls {
+                duration_s,
+                ..Default::default()
+            },
+            seed: 0,
+            steps: d.steps,
+            guidance_scale: d.guidance_scale,
+            sampler: d.sampler,
+            variations: 1,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LoadedPack> {
+        // A panic inside libtorch leaves no torn state in the modules (inference only).
+        self.pack.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a request against the pack's limits.
+    pub fn validate(&self, p: &GenerationParams) -> Result<()> {
+        let l = &self.config.limits;
+        let bad = |m: String| Err(ModelError::Input(m));
+        if p.steps == 0 || p.steps > l.max_steps {
+            return bad(format!(
+                "steps must be in 1..={}, got {}",
+                l.max_steps, p.steps
+            ));
+        }
+        if p.variations == 0 || p.variations > MAX_VARIATIONS {
+            return bad(format!(
+                "variations must be in 1..={MAX_VARIATIONS}, got {}",
+                p.variations
+            ));
+        }
+        let d = p.controls.duration_s;
+        if !d.is_finite() || d <= 0.0 || d > l.max_duration_s {
+            return bad(format!(
+                "duration must be in (0, {}] seconds, got {d}",
+                l.max_duration_s
+            ));
+        }
+        if !p.guidance_scale.is_finite() || p.guidance_scale < 0.0 {
+            return bad(format!(
+                "guidance_scale must be finite and non-negative, got {}",
+                p.guidance_scale
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encodes the guidance pair and draws the initial noise; step 0.
+    pub fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
+        self.validate(params)?;
+        let sampler = sampler::build(params.sampler, &self.config.schedule, params.steps)?;
+        let pack = self.lock();
+        let _guard = tch::no_grad_guard();
+        let text = pack
+            .text_encoder
+            .encode(&[&params.negative_prompt, &params.prompt])?;
+        let numeric = pack
+            .conditioners
+            .embed(&[params.controls, params.controls], self.device);
+        let global_cond = Tensor::cat(&[&text.pooled, &numeric], 1);
+        let frames = self.config.latent_frames(params.controls.duration_s);
+        let channels = self.config.model.latent_channels;
+        let noise: Vec<Tensor> = (0..params.variations as u64)
+            .map(|i| seeded_noise(params.seed.wrapping_add(i), &[1, channels, frames]))
+            .collect();
+        let latent = (Tensor::cat(&noise, 0) * sampler.init_noise_sigma()).to_device(self.device);
+        Ok(DenoiseState {
+            params: params.clone(),
+            step: 0,
+            model: self.model_id.clone(),
+            schedule: self.config.schedule.clone(),
+            sampler,
+            latent,
+            text_states: text.token_states,
+            text_mask: text.mask,
+            global_cond,
+            sampler_state: SamplerState::default(),
+        })
+    }
+
+    /// Advances every state by one step with one denoiser forward over all of them.
+    pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        for s in states.iter() {
+            if s.model != self.model_id {
+                return Err(ModelError::Input(format!(
+                    "state of model {} given to {}",
+                    s.model, self.model_id
+                )));
+            }
+            if s.is_done() {
+                return Err(ModelError::Input(format!(
+                    "state already finished its {} steps",
+                    s.params.steps
+                )));
+            }
+        }
+        let _guard = tch::no_grad_guard();
+        let dev = self.device;
+        let max_t = states.iter().map(|s| s.latent.size()[2]).max().unwrap_or(1);
+        let max_l = states
+            .iter()
+            .map(|s| s.text_states.size()[1])
+            .max()
+            .unwrap_or(1);
+        let ragged = states.iter().any(|s| s.latent.size()[2] != max_t);
+        let (mut xs, mut ts, mut texts, mut tmasks, mut globals, mut fmasks) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for s in states.iter() {
+            let v = s.params.variations as i64;
+            let (c, t) = (s.latent.size()[1], s.latent.size()[2]);
+            let x = s
+                .sampler
+                .scale_model_input(&s.latent, s.step)
+                .to_device(dev)
+                .to_kind(Kind::Float);
+            let x = Tensor::cat(&[&x, &x], 0);
+            xs.push(if t < max_t {
+                Tensor::cat(
+                    &[x, Tensor::zeros([2 * v, c, max_t - t], (Kind::Float, dev))],
+                    2,
+                )
+            } else {
+                x
+            });
+            if ragged {
+                let m = Tensor::cat(
+                    &[
+                        Tensor::ones([2 * v, t], (Kind::Bool, dev)),
+                        Tensor::zeros([2 * v, max_t - t], (Kind::Bool, dev)),
+                    ],
+                    1,
+                );
+                fmasks.push(m);
+            }
+            ts.push(Tensor::full(
+                [2 * v],
+                s.sampler.model_timestep(s.step),
+                (Kind::Float, dev),
+            ));
+            // Row order: v copies of the negative prompt, then v of the prompt.
+            let rows: Vec<i64> = (0..2 * v).map(|r| r / v).collect();
+            let rows = Tensor::from_slice(&rows).to_device(dev);
+            let (l, d) = (s.text_states.size()[1], s.text_states.size()[2]);
+            let text = s.text_states.to_device(dev).index_select(0, &rows);
+            let mask = s.text_mask.to_device(dev).index_select(0, &rows);
+            texts.push(if l < max_l {
+                Tensor::cat(
+                    &[
+                        text,
+                        Tensor::zeros([2 * v, max_l - l, d], (Kind::Float, dev)),
+                    ],
+                    1,
+                )
+            } else {
+                text
+            });
+            tmasks.push(if l < max_l {
+                Tensor::cat(
+                    &[mask, Tensor::zeros([2 * v, max_l - l], (Kind::Float, dev))],
+                    1,
+                )
+            } else {
+                mask
+            });
+            globals.push(s.global_cond.to_device(dev).index_select(0, &rows));
+        }
+        let hidden = Tensor::cat(&xs, 0);
+        let timestep = Tensor::cat(&ts, 0);
+        let text = Tensor::cat(&texts, 0);
+        let text_mask = Tensor::cat(&tmasks, 0).to_kind(Kind::Bool);
+        let global = Tensor::cat(&globals, 0);
+        let frame_mask = ragged.then(|| Tensor::cat(&fmasks, 0));
+        let out = {
+            let pack = self.lock();
+            let rotary = pack.denoiser.rotary(max_t, dev);
+            pack.denoiser.forward(&DitInput {
+                hidden_states: &hidden,
+                timestep: &timestep,
+                encoder_hidden_states: &text,
+                global_hidden_states: &global.unsqueeze(1),
+                rotary: &rotary,
+                attention_mask: frame_mask.as_ref(),
+                encoder_attention_mask: Some(&text_mask),
+            })
+        }
+        .to_kind(Kind::Float);
+        let mut row = 0;
+        for s in states.iter_mut() {
+            let v = s.params.variations as i64;
+            let t = s.latent.size()[2];
+            let uncond = out.narrow(0, row, v).narrow(2, 0, t);
+            let cond = out.narrow(0, row + v, v).narrow(2, 0, t);
+            row += 2 * v;
+            let guided = &uncond + (&cond - &uncond) * s.params.guidance_scale;
+            let guided = guided.to_device(s.latent.device());
+            let next = s
+                .sampler
+                .step(s.step, &s.latent, &guided, &mut s.sampler_state);
+            s.latent = next.to_kind(Kind::Float);
+            s.step += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs steps until `state.step() == to_step`, calling `on_step(steps_done)` after each; a
+    /// `Break` stops early. Returns the step reached.
+    pub fn denoise(
+        &self,
+        state: &mut DenoiseState,
+        to_step: usize,
+        on_step: &mut dyn FnMut(usize) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        if to_step > state.total_steps() || to_step < state.step() {
+            return Err(ModelError::Input(format!(
+                "cannot denoise from step {} to step {to_step} of {}",
+                state.step(),
+                state.total_steps()
+            )));
+        }
+        while state.step() < to_step {
+            self.step_batch(&mut [&mut *state])?;
+            if on_step(state.step()).is_break() {
+                break;
+            }
+        }
+        Ok(state.step())
+    }
+
+    /// Decodes and vocodes: one mono waveform per variation, exactly `duration * sample_rate`
+    /// samples, non-finite samples zeroed, scaled down if its peak exceeds 0.99.
+    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+        if state.model != self.model_id {
+            return Err(ModelError::Input(format!(
+                "state of model {} given to {}",
+                state.model, self.model_id
+            )));
+        }
+        let m = &self.config.model;
+        let _guard = tch::no_grad_guard();
+        let raw = state.latent.to_device(self.device) / m.latent_scale + m.latent_shift;
+        let wave = {
+            let pack = self.lock();
+            let log_mel = pack.decoder.decode(&raw)?;
+            pack.vocoder.vocode(&log_mel)?
+        };
+        let wave = wave
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let (b, len) = wave
+            .size2()
+            .map_err(|e| ModelError::Input(format!("vocoder output: {e}")))?;
+        let n = self.config.samples(state.params.controls.duration_s);
+        let mut out = Vec::with_capacity(b as usize);
+        for i in 0..b {
+            let row = wave.get(i);
+            let mut samples = vec![0f32; len as usize];
+            row.f_copy_data(&mut samples, len as usize)?;
+            samples.resize(n, 0.0);
+            for x in samples.iter_mut() {
+                if !x.is_finite() {
+                    *x = 0.0;
+                }
+            }
+            let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
+            if peak > 0.99 {
+                let g = 0.99 / peak;
+                samples.iter_mut().for_each(|x| *x *= g);
+            }
+            out.push(samples);
+        }
+        Ok(out)
+    }
+}
