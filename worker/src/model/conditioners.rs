@@ -301,3 +301,49 @@ impl Conditioners {
             .to_device(device)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controls(bpm: Option<f32>, key: Option<u8>, mode: Option<Mode>) -> Controls {
+        Controls {
+            duration_s: 10.0,
+            bpm,
+            key,
+            mode,
+        }
+    }
+
+    #[test]
+    fn layout_unknowns_and_clamping() {
+        let cfg = ConditionerConfig::builtin(4, 6, 30.0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let c = Conditioners::new(vs.root(), &cfg);
+        assert_eq!(cfg.output_dim(), 16);
+        let e = c.embed(
+            &[
+                controls(None, None, None),
+                controls(Some(120.0), Some(9), Some(Mode::Minor)),
+                controls(Some(1000.0), Some(9), Some(Mode::Major)),
+                controls(Some(240.0), Some(2), Some(Mode::Major)),
+            ],
+            Device::Cpu,
+        );
+        assert_eq!(e.size(), [4, 16]);
+        let vars = vs.variables();
+        // Row 0: tempo, key and mode are unknown.
+        assert_eq!(e.get(0).narrow(0, 4, 4), vars["tempo.unknown"]);
+        assert_eq!(e.get(0).narrow(0, 8, 4), vars["key.unknown"]);
+        assert_eq!(e.get(0).narrow(0, 12, 4), vars["mode.unknown"]);
+        // Row 1: key A = table row 9, minor = row 1.
+        assert_eq!(e.get(1).narrow(0, 8, 4), vars["key.table"].get(9));
+        assert_eq!(e.get(1).narrow(0, 12, 4), vars["mode.table"].get(1));
+        // Tempo is clamped to its range: 1000 BPM embeds like 240 (up to GEMM row rounding).
+        assert!(e
+            .get(2)
+            .narrow(0, 4, 4)
+            .allclose(&e.get(3).narrow(0, 4, 4), 1e-6, 1e-6, false));
+        assert_ne!(e.get(1).narrow(0, 4, 4), e.get(3).narrow(0, 4, 4));
+    }
+}

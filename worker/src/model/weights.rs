@@ -69,8 +69,8 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile> {
     })
 }
 
-/// Serialises named tensors (converted to contiguous f32 on CPU unless they are integer or bool)
-/// with metadata.
+/// Serialises named tensors with metadata: on CPU, contiguous; f64 and int64 kept, bool as u8,
+/// every other kind as f32.
 pub fn to_safetensors_bytes(
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
@@ -79,6 +79,7 @@ pub fn to_safetensors_bytes(
     for (name, t) in tensors {
         let (t, dtype) = match t.kind() {
             Kind::Int64 => (t.to_device(tch::Device::Cpu).contiguous(), Dtype::I64),
+            Kind::Double => (t.to_device(tch::Device::Cpu).contiguous(), Dtype::F64),
             Kind::Bool => (
                 t.to_device(tch::Device::Cpu)
                     .to_kind(Kind::Uint8)
