@@ -23,12 +23,22 @@ pub struct AmqpArgs {
     /// RabbitMQ URL.
     #[arg(long, env = "TUTTI_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
+    /// Prefix of every exchange and queue name, so several farms can share one broker.
+    #[arg(long, env = "TUTTI_QUEUE_PREFIX", default_value = "tutti")]
+    pub queue_prefix: String,
+}
+
+impl AmqpArgs {
+    pub fn topology(&self) -> crate::queue::Topology {
+        crate::queue::Topology::new(self.queue_prefix.clone())
+    }
 }
 
 impl std::fmt::Debug for AmqpArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpArgs")
             .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("queue_prefix", &self.queue_prefix)
             .finish()
     }
 }

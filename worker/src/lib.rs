@@ -1,3 +1,35 @@
 //! tutti's worker: consumes denoise and vocode tasks and runs them with the model runtime.
 
+pub mod config;
+pub mod engine;
 pub mod model;
+pub mod runner;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tutti_shared::blob::{BlobStore, S3Store};
+
+pub use config::WorkerConfig;
+
+/// Runs a worker until `shutdown` flips to true (then finishes the task in hand and returns).
+pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let device = model::device::select(&cfg.device).context("choosing the device")?;
+    let engine = engine::Engine::start(cfg.models_dir.clone(), device)
+        .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(S3Store::new(&cfg.s3.settings()));
+    let worker = runner::Worker {
+        name: cfg.worker_name(),
+        amqp_url: cfg.amqp.amqp_url.clone(),
+        topology: cfg.amqp.topology(),
+        stages: cfg.stages.iter().map(|s| (*s).into()).collect(),
+        prefetch: cfg.prefetch,
+        engine,
+        blobs,
+    };
+    tracing::info!(worker = %worker.name, device = ?device, "worker starting");
+    worker.run(shutdown).await;
+    Ok(())
+}

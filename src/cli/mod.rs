@@ -1,0 +1,88 @@
+//! Subcommands of `tutti`.
+
+mod client;
+mod signals;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tutti_coordinator::CoordinatorConfig;
+use tutti_shared::telemetry::LogFormat;
+use tutti_worker::WorkerConfig;
+
+pub(crate) use client::GenerateArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "tutti", version, about = "A render farm for text-to-music generation")]
+pub(crate) struct Cli {
+    /// Log lines as text or JSON.
+    #[arg(long, env = "TUTTI_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a coordinator: the gRPC API, dispatch and result handling.
+    Coordinator(CoordinatorConfig),
+    /// Run a worker: consume denoise and/or vocode tasks.
+    Worker(WorkerConfig),
+    /// Generate music: submit a request to a farm and (by default) wait for the audio.
+    Generate(GenerateArgs),
+    /// Show a job.
+    Job(client::JobArgs),
+    /// Follow a job's progress until it ends.
+    Watch(client::JobArgs),
+    /// Cancel a job.
+    Cancel(client::JobArgs),
+    /// List jobs.
+    List(client::ListArgs),
+    /// Model packs.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Print what a model pack holds.
+    Inspect { path: PathBuf },
+    /// Write a tiny random-weight pack of the real architecture (for tests and demos of the farm).
+    Tiny {
+        path: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Coordinator(cfg) => {
+            tracing::info!(config = ?cfg, "starting coordinator");
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
+            let shutdown = signals::shutdown_on_signal();
+            tutti_coordinator::serve(&cfg, cfg.amqp.topology(), listener, shutdown).await
+        }
+        Command::Worker(cfg) => {
+            tracing::info!(config = ?cfg, "starting worker");
+            let shutdown = signals::shutdown_on_signal();
+            tutti_worker::serve(&cfg, shutdown).await
+        }
+        Command::Generate(args) => client::generate(args).await,
+        Command::Job(args) => client::show_job(args).await,
+        Command::Watch(args) => client::watch(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::List(args) => client::list(args).await,
+        Command::Model(ModelCommand::Inspect { path }) => {
+            println!("{}", tutti_worker::model::pack::inspect(&path)?);
+            Ok(())
+        }
+        Command::Model(ModelCommand::Tiny { path, seed }) => {
+            tutti_worker::model::tiny::write_tiny_pack(&path, seed)?;
+            println!("wrote a tiny random pack to {}", path.display());
+            Ok(())
+        }
+    }
+}

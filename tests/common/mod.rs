@@ -1,0 +1,293 @@
+//! A test farm on real servers: Postgres, RabbitMQ and S3 (see `scripts/setup`), with the
+//! coordinator and workers as child processes of the `tutti` binary so tests can SIGKILL and
+//! restart them. Each farm has its own database, queue prefix and tiny random model pack, so
+//! tests run side by side on one broker without taking each other's work.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tutti_proto::v1 as pb;
+use tutti_proto::v1::generation_client::GenerationClient;
+use tutti_shared::blob::{S3Settings, S3Store};
+use uuid::Uuid;
+
+pub fn pg_url(db: &str) -> String {
+    let base = std::env::var("TUTTI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    format!("{base}/{db}")
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TUTTI_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn s3_settings() -> S3Settings {
+    S3Settings {
+        endpoint: Some(std::env::var("TUTTI_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8333".into())),
+        region: "us-east-1".into(),
+        bucket: std::env::var("TUTTI_TEST_BUCKET").unwrap_or_else(|_| "tutti-test".into()),
+        access_key_id: std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "tutti".into()),
+        secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "tutti-secret".into()),
+        path_style: true,
+    }
+}
+
+pub struct FarmOptions {
+    pub workers: usize,
+    pub chunk_steps: u32,
+    pub retry_backoff: &'static str,
+}
+
+impl Default for FarmOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            chunk_steps: 0,
+            retry_backoff: "200ms",
+        }
+    }
+}
+
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    pub db: String,
+    pub prefix: String,
+    pub addr: SocketAddr,
+    pub coordinator: Option<Child>,
+    pub workers: Vec<Child>,
+    pub opts: FarmOptions,
+    pub pool: sqlx::PgPool,
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tutti")
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+impl Farm {
+    pub async fn start(opts: FarmOptions) -> Farm {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let models = dir.path().join("models");
+        tutti_worker::model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
+        let id = Uuid::new_v4().simple().to_string();
+        let db = format!("tutti_test_{}", &id[..12]);
+        let prefix = format!("test-{}", &id[..12]);
+        let mut farm = Farm {
+            dir,
+            db: db.clone(),
+            prefix,
+            addr: free_addr(),
+            coordinator: None,
+            workers: Vec::new(),
+            opts,
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_lazy(&pg_url(&db))
+                .expect("pool"),
+        };
+        farm.start_coordinator().await;
+        for _ in 0..farm.opts.workers {
+            farm.add_worker(&[]);
+        }
+        farm.wait_for_consumers(farm.opts.workers as u32).await;
+        farm
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
+
+    fn command(&self, sub: &str) -> Command {
+        let s3 = s3_settings();
+        let mut c = Command::new(bin());
+        c.arg(sub)
+            .env("RUST_LOG", std::env::var("TUTTI_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("TUTTI_DATABASE_URL", pg_url(&self.db))
+            .env("TUTTI_AMQP_URL", amqp_url())
+            .env("TUTTI_QUEUE_PREFIX", &self.prefix)
+            .env("TUTTI_S3_ENDPOINT", s3.endpoint.unwrap_or_default())
+            .env("TUTTI_S3_BUCKET", &s3.bucket)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
+            .env("TUTTI_MODELS_DIR", self.models_dir())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub async fn start_coordinator(&mut self) {
+        let child = self
+            .command("coordinator")
+            .env("TUTTI_LISTEN", self.addr.to_string())
+            .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
+            .env("TUTTI_RETRY_BACKOFF", self.opts.retry_backoff)
+            .spawn()
+            .expect("spawn coordinator");
+        self.coordinator = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if GenerationClient::connect(format!("http://{}", self.addr)).await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "coordinator did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs the coordinator (no drain, no goodbye).
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn add_worker(&mut self, extra: &[&str]) -> usize {
+        let n = self.workers.len();
+        let child = self
+            .command("worker")
+            .args(extra)
+            .env("TUTTI_WORKER_NAME", format!("w{n}"))
+            .env("TUTTI_DEVICE", "cpu")
+            .spawn()
+            .expect("spawn worker");
+        self.workers.push(child);
+        n
+    }
+
+    pub fn kill_worker(&mut self, i: usize) {
+        let _ = self.workers[i].kill();
+        let _ = self.workers[i].wait();
+    }
+
+    /// Sends SIGTERM to a worker and waits for it to exit; returns its exit status.
+    pub fn terminate_worker(&mut self, i: usize) -> std::process::ExitStatus {
+        let pid = self.workers[i].id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.workers[i].wait().expect("wait worker")
+    }
+
+    /// Waits until the denoise queue has `n` consumers (workers loaded and consuming).
+    pub async fn wait_for_consumers(&self, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if self.consumers(&format!("{}.denoise", self.prefix)).await >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "workers did not start consuming");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn queue_counts(&self, queue: &str) -> Option<(u32, u32)> {
+        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .ok()?;
+        let ch = conn.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                queue,
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = conn.close(200, "bye").await;
+        Some((q.message_count(), q.consumer_count()))
+    }
+
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.queue_counts(queue).await.map(|c| c.1).unwrap_or(0)
+    }
+
+    pub async fn client(&self) -> GenerationClient<Channel> {
+        GenerationClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to coordinator")
+    }
+
+    pub fn s3(&self) -> S3Store {
+        S3Store::new(&s3_settings())
+    }
+
+    /// Polls GetJob until the job ends (tolerating a coordinator restart); panics after `limit`.
+    pub async fn wait_job(&self, id: &str, limit: Duration) -> pb::Job {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(mut c) = GenerationClient::connect(format!("http://{}", self.addr)).await {
+                if let Ok(r) = c.get_job(pb::GetJobRequest { id: id.into() }).await {
+                    let job = r.into_inner();
+                    if matches!(
+                        pb::JobState::try_from(job.state),
+                        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+                    ) {
+                        return job;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "job {id} did not finish in {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the job has done at least `steps` steps.
+    pub async fn wait_steps(&self, id: &str, steps: u32, limit: Duration) -> pb::Job {
+        let deadline = Instant::now() + limit;
+        let mut c = self.client().await;
+        loop {
+            let job = c
+                .get_job(pb::GetJobRequest { id: id.into() })
+                .await
+                .expect("get job")
+                .into_inner();
+            if job.steps_done >= steps {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not reach step {steps}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (kind, chunk, attempt, detail) of a job's history, oldest first.
+    pub async fn events(&self, id: &str) -> Vec<(String, Option<i32>, Option<i32>, serde_json::Value)> {
+        let id: Uuid = id.parse().expect("uuid");
+        sqlx::query_as("SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("events")
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        self.kill_coordinator();
+    }
+}
+
+pub fn request(prompt: &str) -> pb::SubmitGenerationRequest {
+    pb::SubmitGenerationRequest {
+        prompt_kind: Some(pb::submit_generation_request::PromptKind::Prompt(prompt.into())),
+        duration_seconds: Some(2.0),
+        seed: Some(42),
+        ..Default::default()
+    }
+}
+
+pub fn state(job: &pb::Job) -> pb::JobState {
+    pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified)
+}

@@ -1,0 +1,387 @@
+//! The worker's task loop: consume stage tasks, run them on the engine, store checkpoints and
+//! outputs, publish the result with a confirm, and only then ack. A message that cannot be
+//! parsed is rejected to the dead-letter queue. SIGTERM (the `shutdown` watch) stops the intake;
+//! the task in hand finishes and is acked before the worker exits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use tutti_shared::audio;
+use tutti_shared::blob::BlobStore;
+use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, TaskKind};
+use tutti_shared::messages::{ControlMessage, Outcome, OutputInfo, TaskMessage, WorkerEvent};
+use tutti_shared::queue::{self, QueueError, Topology};
+use uuid::Uuid;
+
+use crate::engine::{DenoiseOutcome, Engine, EngineError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Jobs cancelled while this worker runs, with the flags of the tasks in hand.
+#[derive(Default)]
+struct Cancellations {
+    cancelled: std::collections::HashSet<Uuid>,
+    running: HashMap<Uuid, Arc<AtomicBool>>,
+}
+
+pub struct Worker {
+    pub name: String,
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub stages: Vec<TaskKind>,
+    pub prefetch: u16,
+    pub engine: Engine,
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+impl Worker {
+    /// Runs until `shutdown` flips to true, reconnecting with backoff when the broker goes away.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let cancels = Arc::new(Mutex::new(Cancellations::default()));
+        let mut backoff = Duration::from_millis(100);
+        while !*shutdown.borrow() {
+            match self.session(&mut shutdown, &cancels).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, worker = %self.name, "broker connection lost, reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!(worker = %self.name, "worker stopped");
+    }
+
+    /// One broker connection's worth of work. Returns Ok on shutdown.
+    async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        cancels: &Arc<Mutex<Cancellations>>,
+    ) -> Result<(), WorkerError> {
+        let conn = queue::connect(&self.amqp_url, Duration::from_secs(2)).await?;
+        queue::declare_topology(&conn, &self.topology).await?;
+
+        // Control: a private queue bound to the fanout exchange.
+        let control = conn.create_channel().await?;
+        let q = control
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        control
+            .queue_bind(
+                q.name().as_str(),
+                &self.topology.control_exchange(),
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut control_consumer = control
+            .basic_consume(
+                q.name().as_str(),
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let cancels_ctl = Arc::clone(cancels);
+        let control_task = tokio::spawn(async move {
+            while let Some(Ok(d)) = control_consumer.next().await {
+                if let Ok(ControlMessage::Cancel { job_id }) = serde_json::from_slice(&d.data) {
+                    if let Ok(mut c) = cancels_ctl.lock() {
+                        c.cancelled.insert(job_id);
+                        if let Some(flag) = c.running.get(&job_id) {
+                            flag.store(true, Ordering::Relaxed);
+                            tracing::info!(job_id = %job_id, "cancel received for a running task");
+                        }
+                    }
+                }
+            }
+        });
+
+        let results = queue::confirm_channel(&conn).await?;
+        let tasks = conn.create_channel().await?;
+        queue::set_prefetch(&tasks, self.prefetch).await?;
+        let mut consumers = Vec::new();
+        for kind in &self.stages {
+            let c = tasks
+                .basic_consume(
+                    &self.topology.task_queue(*kind),
+                    &format!("{}-{}", self.name, kind),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push(c);
+        }
+        let mut deliveries = futures::stream::select_all(consumers);
+        tracing::info!(worker = %self.name, stages = ?self.stages, "worker consuming");
+
+        let outcome = loop {
+            let next = tokio::select! {
+                d = deliveries.next() => d,
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break Ok(()); } else { continue; }
+                }
+            };
+            let Some(delivery) = next else {
+                break Err(WorkerError::Queue(QueueError::NotConfirmed(
+                    "task consumer closed".into(),
+                )));
+            };
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => break Err(e.into()),
+            };
+            let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            multiple: false,
+                        })
+                        .await?;
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("task", job_id = %task.job_id, chunk = task.chunk, attempt = task.attempt, kind = task.kind.as_str());
+            let event = self
+                .execute(&task, &results, cancels)
+                .instrument(span.clone())
+                .await;
+            // Confirmed result first, ack second: a crash between the two redoes the task,
+            // and the coordinator drops the duplicate result.
+            queue::publish_json(&results, "", &self.topology.results_queue(), &event, FieldTable::default())
+                .instrument(span)
+                .await?;
+            delivery.ack(BasicAckOptions::default()).await?;
+        };
+        control_task.abort();
+        // Closing the channels returns prefetched, unacked tasks to their queues.
+        let _ = tasks.close(200, "worker stopping").await;
+        let _ = conn.close(200, "worker stopping").await;
+        outcome
+    }
+
+    async fn execute(
+        &self,
+        task: &TaskMessage,
+        results: &lapin::Channel,
+        cancels: &Arc<Mutex<Cancellations>>,
+    ) -> WorkerEvent {
+        let started = Instant::now();
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut c) = cancels.lock() {
+            if c.cancelled.contains(&task.job_id) {
+                flag.store(true, Ordering::Relaxed);
+            }
+            c.running.insert(task.job_id, Arc::clone(&flag));
+        }
+        let result = match task.kind {
+            TaskKind::Denoise => self.denoise(task, results, &flag).await,
+            TaskKind::Vocode => self.vocode(task).await,
+        };
+        if let Ok(mut c) = cancels.lock() {
+            c.running.remove(&task.job_id);
+        }
+        let outcome = match result {
+            Ok(Some(outputs)) => Outcome::Done {
+                millis: started.elapsed().as_millis() as u64,
+                outputs,
+            },
+            Ok(None) => Outcome::Cancelled,
+            Err(TaskError { code, message, retryable }) => {
+                tracing::warn!(code, message = %message, "task failed");
+                Outcome::Failed {
+                    code: code.to_string(),
+                    message,
+                    retryable,
+                }
+            }
+        };
+        tracing::info!(millis = started.elapsed().as_millis() as u64, outcome = ?std::mem::discriminant(&outcome), "task finished");
+        WorkerEvent::Result {
+            job_id: task.job_id,
+            chunk: task.chunk,
+            attempt: task.attempt,
+            worker: self.name.clone(),
+            outcome,
+        }
+    }
+
+    /// Returns `Ok(None)` when cancelled.
+    async fn denoise(
+        &self,
+        task: &TaskMessage,
+        results: &lapin::Channel,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Option<Vec<OutputInfo>>, TaskError> {
+        let checkpoint = if task.from_step == 0 {
+            None
+        } else {
+            Some(self.checkpoint(task).await?)
+        };
+        // Progress goes out best effort (no confirm wait), at most every 200 ms and at the end.
+        let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
+        let progress_ch = results.clone();
+        let queue_name = self.topology.results_queue();
+        let (job_id, chunk, attempt, to_step) = (task.job_id, task.chunk, task.attempt, task.to_step);
+        let progress = tokio::spawn(async move {
+            let mut last = Instant::now() - Duration::from_secs(1);
+            while let Some(done) = rx.recv().await {
+                if last.elapsed() < Duration::from_millis(200) && done as u32 != to_step {
+                    continue;
+                }
+                last = Instant::now();
+                let ev = WorkerEvent::Progress {
+                    job_id,
+                    chunk,
+                    attempt,
+                    steps_done: done as u32,
+                };
+                if let Ok(body) = serde_json::to_vec(&ev) {
+                    let _ = progress_ch
+                        .basic_publish(
+                            "",
+                            &queue_name,
+                            BasicPublishOptions::default(),
+                            &body,
+                            BasicProperties::default(),
+                        )
+                        .await;
+                }
+            }
+        });
+        let out = self
+            .engine
+            .denoise(
+                task.spec.clone(),
+                task.from_step as usize,
+                task.to_step as usize,
+                checkpoint,
+                Arc::clone(cancel),
+                tx,
+            )
+            .await;
+        let _ = progress.await;
+        match out.map_err(TaskError::engine)? {
+            DenoiseOutcome::Cancelled => Ok(None),
+            DenoiseOutcome::Done(bytes) => {
+                let key = checkpoint_key(task.job_id, task.chunk);
+                self.blobs
+                    .put(&key, Bytes::from(bytes), "application/octet-stream")
+                    .await
+                    .map_err(|e| TaskError::retry("CHECKPOINT_WRITE", e.to_string()))?;
+                Ok(Some(Vec::new()))
+            }
+        }
+    }
+
+    async fn checkpoint(&self, task: &TaskMessage) -> Result<Vec<u8>, TaskError> {
+        let key = checkpoint_key(task.job_id, task.chunk.saturating_sub(1));
+        match self.blobs.get(&key).await {
+            Ok(Some(b)) => Ok(b.to_vec()),
+            Ok(None) => Err(TaskError::retry(
+                "CHECKPOINT_MISSING",
+                format!("checkpoint {key} not found"),
+            )),
+            Err(e) => Err(TaskError::retry("CHECKPOINT_READ", e.to_string())),
+        }
+    }
+
+    async fn vocode(&self, task: &TaskMessage) -> Result<Option<Vec<OutputInfo>>, TaskError> {
+        let checkpoint = self.checkpoint(task).await?;
+        let rendered = self
+            .engine
+            .vocode(task.spec.clone(), checkpoint)
+            .await
+            .map_err(TaskError::engine)?;
+        let mut outputs = Vec::new();
+        for (i, mut wave) in rendered.waveforms.into_iter().enumerate() {
+            audio::normalize_loudness(&mut wave);
+            let encoded = match task.spec.format {
+                AudioFormat::Wav => audio::encode_wav(&wave, rendered.sample_rate),
+                AudioFormat::Flac => audio::encode_flac(&wave, rendered.sample_rate),
+            }
+            .map_err(|e| TaskError::fatal("ENCODE", e.to_string()))?;
+            let key = output_key(&task.tenant, task.job_id, i as u32, task.spec.format);
+            let info = OutputInfo {
+                index: i as u32,
+                key: key.clone(),
+                sha256: audio::sha256_hex(&encoded),
+                size_bytes: encoded.len() as u64,
+                duration_s: wave.len() as f32 / rendered.sample_rate as f32,
+                sample_rate: rendered.sample_rate,
+            };
+            self.blobs
+                .put(&key, Bytes::from(encoded), task.spec.format.content_type())
+                .await
+                .map_err(|e| TaskError::retry("OUTPUT_WRITE", e.to_string()))?;
+            outputs.push(info);
+        }
+        Ok(Some(outputs))
+    }
+}
+
+struct TaskError {
+    code: &'static str,
+    message: String,
+    retryable: bool,
+}
+
+impl TaskError {
+    fn retry(code: &'static str, message: String) -> Self {
+        Self {
+            code,
+            message,
+            retryable: true,
+        }
+    }
+    fn fatal(code: &'static str, message: String) -> Self {
+        Self {
+            code,
+            message,
+            retryable: false,
+        }
+    }
+    fn engine(e: EngineError) -> Self {
+        Self {
+            code: e.code(),
+            retryable: e.retryable(),
+            message: e.to_string(),
+        }
+    }
+}
