@@ -2,6 +2,7 @@
 
 mod client;
 mod signals;
+mod train;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,9 @@ pub(crate) enum Command {
     /// Model packs.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Train the built-in model: dataset, denoiser, vocoder, pack, eval.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +79,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::List(args) => client::list(args).await,
+        Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {
             println!("{}", tutti_worker::model::pack::inspect(&path)?);
             Ok(())

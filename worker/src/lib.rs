@@ -4,6 +4,7 @@ pub mod config;
 pub mod engine;
 pub mod model;
 pub mod runner;
+pub mod train;
 
 use std::sync::Arc;
 

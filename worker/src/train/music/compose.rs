@@ -1,0 +1,289 @@
+//! Procedural compositions: a chord progression per style and mode, a melody over it, a bass
+//! line, a drum groove and sections (intro, verse, chorus, build, drop, breakdown), so that every
+//! word a caption says about the result is true by construction.
+
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tutti_shared::prompt::Mode;
+
+use super::grooves::{self, Intensity};
+use super::theory::{chord, degree_pitch, fold, midi, progressions};
+use super::{Dynamics, Family, Note, Piece, Style, Track};
+
+/// What a section plays.
+#[derive(Debug, Clone, Copy)]
+struct SectionPlan {
+    name: &'static str,
+    drums: Intensity,
+    melody: bool,
+    bass: bool,
+    /// Velocity offset.
+    lift: i32,
+}
+
+fn plan(name: &'static str) -> SectionPlan {
+    let (drums, melody, bass, lift) = match name {
+        "intro" => (Intensity::None, false, false, -12),
+        "verse" => (Intensity::Light, true, true, -6),
+        "chorus" => (Intensity::Full, true, true, 6),
+        "build" => (Intensity::Roll, false, false, 0),
+        "drop" => (Intensity::Full, true, true, 10),
+        "breakdown" => (Intensity::None, true, false, -10),
+        "bridge" => (Intensity::Light, true, true, -2),
+        "outro" => (Intensity::Light, false, true, -12),
+        _ => (Intensity::Full, true, true, 0),
+    };
+    SectionPlan {
+        name,
+        drums,
+        melody,
+        bass,
+        lift,
+    }
+}
+
+/// Section sequences a clip may show, per style (empty: no structure, the whole clip plays).
+fn section_choices(style: Style) -> &'static [&'static [&'static str]] {
+    match style {
+        Style::Rock => &[&[], &["intro", "verse"], &["verse", "chorus"], &["chorus"], &["bridge", "chorus"]],
+        Style::LofiHipHop => &[&[], &["intro", "verse"], &["verse"], &["chorus"], &["verse", "outro"]],
+        Style::House | Style::Trap => {
+            &[&[], &["build", "drop"], &["intro", "build"], &["drop"], &["breakdown", "build"], &["drop", "breakdown"]]
+        }
+        Style::Waltz | Style::Ambient | Style::Classical | Style::Folk => &[&[], &["intro", "verse"], &["verse"]],
+    }
+}
+
+/// (harmony families, lead families, bass program choices, drums?) of a style.
+fn palette(style: Style) -> (&'static [Family], &'static [Family], bool, bool) {
+    use Family::*;
+    match style {
+        Style::Rock => (&[ElectricGuitar, Organ, Piano], &[ElectricGuitar, Organ, Piano, Flute], true, true),
+        Style::LofiHipHop => (&[ElectricPiano, Piano, AcousticGuitar], &[Flute, Piano, ElectricGuitar, ElectricPiano], true, true),
+        Style::House => (&[Piano, SynthPad, Organ], &[Piano, Flute, ElectricPiano, SynthPad], true, true),
+        Style::Trap => (&[SynthPad, Piano, Strings], &[Piano, Flute, ElectricPiano], true, true),
+        Style::Waltz => (&[Strings, Piano, AcousticGuitar], &[Flute, Strings, Piano], true, false),
+        Style::Ambient => (&[SynthPad, Strings, Organ], &[Piano, Flute, ElectricPiano], false, false),
+        Style::Classical | Style::Folk => (&[Piano, Strings], &[Flute, Piano], false, false),
+    }
+}
+
+fn pick_track(rng: &mut ChaCha8Rng, family: Family, volume: u8) -> Track {
+    let program = *family.programs().choose(rng).unwrap_or(&0);
+    Track {
+        family,
+        program,
+        volume,
+    }
+}
+
+/// Composes `seconds` (plus a bar) of music in `style`.
+pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
+    let mode = if rng.random_bool(0.5) { Mode::Major } else { Mode::Minor };
+    let tonic: u8 = rng.random_range(0..12);
+    let (lo, hi) = style.tempo_range();
+    let bpm = rng.random_range(lo..=hi).round();
+    let bpb: u32 = if style == Style::Waltz { 3 } else { 4 };
+    let dynamics = match (style, rng.random_range(0..3)) {
+        (Style::Ambient, _) => Dynamics::Soft,
+        (_, 0) => Dynamics::Soft,
+        (_, 1) => Dynamics::Medium,
+        _ => Dynamics::Loud,
+    };
+    let base_vel: i32 = match dynamics {
+        Dynamics::Soft => 58,
+        Dynamics::Medium => 82,
+        Dynamics::Loud => 106,
+    };
+    let bar_beats = bpb as f64;
+    let clip_bars = seconds * bpm as f64 / 60.0 / bar_beats;
+    let bars = clip_bars.ceil() as usize + 1;
+    let choice = *section_choices(style).choose(rng).unwrap_or(&&[][..]);
+    let split = ((clip_bars / 2.0).round() as usize).max(1);
+    let sections: Vec<(usize, SectionPlan)> = match choice {
+        [] => vec![(0, plan(""))],
+        [one] => vec![(0, plan(one))],
+        [a, b, ..] => vec![(0, plan(a)), (split, plan(b))],
+    };
+
+    let (harm_f, lead_f, has_bass, has_drums) = palette(style);
+    let harm_family = *harm_f.choose(rng).unwrap_or(&Family::Piano);
+    let mut tracks = vec![pick_track(rng, harm_family, 100)];
+    let lead_choices: Vec<Family> = lead_f.iter().copied().filter(|f| *f != harm_family).collect();
+    let lead = (rng.random_bool(0.85) && !lead_choices.is_empty())
+        .then(|| *lead_choices.choose(rng).unwrap_or(&Family::Flute));
+    let lead_track = lead.map(|f| {
+        tracks.push(pick_track(rng, f, 110));
+        tracks.len() - 1
+    });
+    let bass_track = (has_bass && rng.random_bool(0.9)).then(|| {
+        let program = match style {
+            Style::House | Style::Trap => 38,
+            Style::Waltz => 32,
+            _ => *[32u8, 33].choose(rng).unwrap_or(&33),
+        };
+        tracks.push(Track {
+            family: Family::Bass,
+            program,
+            volume: 105,
+        });
+        tracks.len() - 1
+    });
+    let drum_track = (has_drums && rng.random_bool(0.92)).then(|| {
+        tracks.push(Track {
+            family: Family::Drums,
+            program: 0,
+            volume: 100,
+        });
+        tracks.len() - 1
+    });
+
+    let prog = *progressions(mode).choose(rng).unwrap_or(&[0, 3, 4, 0]);
+    let chord_base = fold(48 + tonic as i32, 52, 63);
+    let mel_base = chord_base + 12;
+    let seventh = matches!(style, Style::LofiHipHop | Style::Ambient) || rng.random_bool(0.2);
+    let mut notes = Vec::new();
+    let mut mel_deg: i32 = *[0, 2, 4].choose(rng).unwrap_or(&0);
+    for bar in 0..bars {
+        let sec = sections
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= bar)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| plan(""));
+        let b0 = bar as f64 * bar_beats;
+        let root = prog[bar % 4];
+        let vel = base_vel + sec.lift;
+        let tones = chord(chord_base, mode, root, seventh);
+        harmony(&mut notes, rng, style, 0, b0, bpb, &tones, vel - 8);
+        if let (Some(t), true) = (lead_track, sec.melody) {
+            let lift = if sec.name == "chorus" || sec.name == "drop" { 7 } else { 0 };
+            mel_deg = melody(&mut notes, rng, style, t, b0, bpb, mode, mel_base, root, mel_deg, lift, vel);
+        }
+        if let (Some(t), true) = (bass_track, sec.bass || sec.name.is_empty()) {
+            bass(&mut notes, rng, style, t, b0, bpb, degree_pitch(fold(36 + tonic as i32, 33, 44), mode, root), vel);
+        }
+        if let Some(t) = drum_track {
+            let crash = sections.iter().any(|(s, _)| *s == bar);
+            grooves::bar(&mut notes, rng, style, t, b0, bpb, vel, sec.drums, crash);
+        }
+    }
+    let sections = if choice.is_empty() {
+        Vec::new()
+    } else {
+        sections
+            .iter()
+            .map(|(s, p)| (*s as f64 * bar_beats, p.name.to_string()))
+            .collect()
+    };
+    Piece {
+        style,
+        source: "procedural".into(),
+        bpm,
+        beats_per_bar: bpb,
+        tonic,
+        mode,
+        dynamics,
+        tracks,
+        notes,
+        sections,
+    }
+}
+
+fn push(out: &mut Vec<Note>, track: usize, start: f64, dur: f64, pitch: i32, vel: i32) {
+    out.push(Note {
+        start,
+        dur,
+        pitch: midi(pitch),
+        vel: vel.clamp(1, 127) as u8,
+        track,
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn harmony(out: &mut Vec<Note>, rng: &mut ChaCha8Rng, style: Style, track: usize, b0: f64, bpb: u32, tones: &[i32], vel: i32) {
+    let bar = bpb as f64;
+    let hits: Vec<(f64, f64)> = match style {
+        Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45)).collect(),
+        Style::LofiHipHop => vec![(0.0, 1.9), (grooves::swing(style, 2.5) , 1.4)],
+        Style::House => {
+            if rng.random_bool(0.5) {
+                (0..4).map(|q| (q as f64 + 0.5, 0.3)).collect()
+            } else {
+                vec![(0.0, bar)]
+            }
+        }
+        Style::Waltz => (1..bpb).map(|q| (q as f64, 0.8)).collect(),
+        Style::Trap | Style::Ambient | Style::Classical | Style::Folk => vec![(0.0, bar)],
+    };
+    for (t, d) in hits {
+        let v = vel + rng.random_range(-5..=5);
+        for &p in tones {
+            push(out, track, b0 + t, d, p, v);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn melody(
+    out: &mut Vec<Note>,
+    rng: &mut ChaCha8Rng,
+    style: Style,
+    track: usize,
+    b0: f64,
+    bpb: u32,
+    mode: Mode,
+    base: i32,
+    root: i32,
+    mut deg: i32,
+    lift: i32,
+    vel: i32,
+) -> i32 {
+    let patterns: &[&[f64]] = match (style, bpb) {
+        (_, 3) => &[&[1.0, 1.0, 1.0], &[2.0, 1.0], &[1.5, 0.5, 1.0], &[3.0]],
+        (Style::Ambient, _) => &[&[4.0], &[2.0, 2.0], &[3.0, 1.0]],
+        (Style::Trap, _) | (Style::LofiHipHop, _) => {
+            &[&[0.75, 0.75, 0.5, 1.0, 1.0], &[1.0, 0.5, 0.5, 2.0], &[0.5, 0.5, 0.5, 0.5, 2.0], &[1.5, 0.5, 2.0]]
+        }
+        _ => &[&[1.0, 1.0, 1.0, 1.0], &[0.5, 0.5, 1.0, 2.0], &[1.5, 0.5, 1.0, 1.0], &[0.5, 0.5, 0.5, 0.5, 1.0, 1.0], &[2.0, 2.0]],
+    };
+    let rhythm = *patterns.choose(rng).unwrap_or(&&[1.0][..]);
+    let mut t = 0.0f64;
+    for (i, &d) in rhythm.iter().enumerate() {
+        if i == 0 || t.fract() == 0.0 {
+            // Strong positions land on a chord tone near the current degree.
+            let targets = [root, root + 2, root + 4, root + 7, root - 3];
+            deg = *targets.iter().min_by_key(|&&x| (x - deg).abs()).unwrap_or(&root);
+        } else {
+            deg += *[-2, -1, -1, 1, 1, 2].choose(rng).unwrap_or(&1);
+        }
+        deg = deg.clamp(-2, 11);
+        if rng.random_bool(0.08) && i > 0 {
+            t += d;
+            continue; // a rest
+        }
+        let p = degree_pitch(base, mode, deg) + if lift > 0 { 12 } else { 0 };
+        let v = vel + rng.random_range(-6..=8) + if t == 0.0 { 6 } else { 0 };
+        push(out, track, grooves::swing(style, b0 + t), d * 0.95, p, v);
+        t += d;
+    }
+    deg
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bass(out: &mut Vec<Note>, rng: &mut ChaCha8Rng, style: Style, track: usize, b0: f64, bpb: u32, root: i32, vel: i32) {
+    let fifth = root + 7;
+    let hits: Vec<(f64, f64, i32)> = match style {
+        Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45, root)).collect(),
+        Style::LofiHipHop => vec![(0.0, 1.5, root), (1.75, 0.5, root), (2.5, 1.2, fifth - 12)],
+        Style::House => (0..4).map(|q| (q as f64 + 0.5, 0.4, root)).collect(),
+        Style::Trap => vec![(0.0, 1.4, root), (*[1.5, 2.5].choose(rng).unwrap_or(&2.5), 1.0, root)],
+        Style::Waltz => vec![(0.0, 0.9, root)],
+        _ => vec![(0.0, bpb as f64 * 0.9, root), (2.0, 1.8, fifth - 12)],
+    };
+    for (t, d, p) in hits {
+        let v = vel + rng.random_range(-4..=4);
+        push(out, track, grooves::swing(style, b0 + t), d, p, v);
+    }
+}
