@@ -74,3 +74,233 @@ async fn a_job_becomes_a_wav_in_s3_with_every_chunk_recorded() {
     );
     assert_eq!(events.iter().filter(|e| e.0 == "succeeded").count(), 1);
 }
+
+async fn submit(farm: &Farm, req: pb::SubmitGenerationRequest) -> pb::Job {
+    farm.client()
+        .await
+        .submit_generation(req)
+        .await
+        .expect("submit")
+        .into_inner()
+}
+
+fn long_request(prompt: &str, steps: u32) -> pb::SubmitGenerationRequest {
+    let mut req = request(prompt);
+    req.steps = Some(steps);
+    req.duration_seconds = Some(20.0);
+    req
+}
+
+/// Chunk indices of a job's `chunk_done` events with the worker that did each.
+async fn chunks_done(farm: &Farm, id: &str) -> Vec<(i32, String)> {
+    farm.events(id)
+        .await
+        .into_iter()
+        .filter(|e| e.0 == "chunk_done")
+        .map(|e| (e.1.unwrap_or(-1), e.3["worker"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn assert_each_chunk_once(chunks: &[(i32, String)]) {
+    let idx: Vec<i32> = chunks.iter().map(|c| c.0).collect();
+    let expected: Vec<i32> = (0..idx.len() as i32).collect();
+    assert_eq!(idx, expected, "every chunk exactly once, in order");
+}
+
+#[tokio::test]
+async fn two_workers_share_a_stream_of_jobs_and_each_completes_once() {
+    let farm = Farm::start(FarmOptions {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let mut req = request(&format!("upbeat house groove number {i}"));
+        req.steps = Some(12);
+        req.duration_seconds = Some(6.0);
+        ids.push(submit(&farm, req).await.id);
+    }
+    for id in &ids {
+        let job = farm.wait_job(id, Duration::from_secs(120)).await;
+        assert_eq!(state(&job), pb::JobState::Succeeded, "{job:?}");
+        assert_eq!(job.outputs.len(), 1);
+        let events = farm.events(id).await;
+        assert_eq!(events.iter().filter(|e| e.0 == "succeeded").count(), 1);
+        assert_each_chunk_once(&chunks_done(&farm, id).await);
+    }
+    let workers: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT worker FROM tasks WHERE state = 'done' ORDER BY worker")
+            .fetch_all(&farm.pool)
+            .await
+            .expect("workers");
+    assert_eq!(workers.len(), 2, "both workers took tasks: {workers:?}");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_only_its_chunk() {
+    let mut farm = Farm::start(FarmOptions {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let job = submit(&farm, long_request("slow ambient pad in D minor", 120)).await;
+    farm.wait_steps(&job.id, 30, Duration::from_secs(60)).await;
+    // Kill whichever worker holds the job's chunk right now.
+    // (Between chunks no task is in hand for a moment, so look until one is.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT worker FROM tasks WHERE job_id = $1::uuid AND state = 'dispatched' AND worker IS NOT NULL",
+        )
+        .bind(&job.id)
+        .fetch_optional(&farm.pool)
+        .await
+        .expect("query tasks");
+        if let Some((w,)) = row {
+            break w;
+        }
+        assert!(std::time::Instant::now() < deadline, "no chunk in hand");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let victim: usize = holder.trim_start_matches('w').parse().expect("worker index");
+    farm.kill_worker(victim);
+
+    let done = farm.wait_job(&job.id, Duration::from_secs(180)).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+    assert_eq!(done.outputs.len(), 1);
+    let chunks = chunks_done(&farm, &job.id).await;
+    assert_each_chunk_once(&chunks);
+    // The victim's last chunk came before its death; from there the survivor carried the job
+    // on from checkpoints (no chunk, and so not chunk 0 which starts from noise, ran twice).
+    let survivor = format!("w{}", 1 - victim);
+    let last_of_victim = chunks.iter().rposition(|c| c.1 == holder);
+    let resumed_at = last_of_victim.map_or(0, |i| i + 1);
+    assert!(resumed_at < chunks.len(), "{chunks:?}");
+    assert!(chunks[resumed_at..].iter().all(|c| c.1 == survivor), "{chunks:?}");
+    let retried: Vec<_> = farm.events(&job.id).await.into_iter().filter(|e| e.0 == "dispatched").collect();
+    assert_eq!(retried.len(), chunks.len(), "the chunk in hand was redelivered, not re-dispatched");
+}
+
+#[tokio::test]
+async fn a_coordinator_restart_loses_and_duplicates_nothing() {
+    let mut farm = Farm::start(FarmOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit(&farm, long_request(&format!("restart test {i}"), 40)).await.id);
+    }
+    farm.wait_steps(&ids[0], 8, Duration::from_secs(60)).await;
+    farm.kill_coordinator();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    farm.start_coordinator().await;
+    for id in &ids {
+        let job = farm.wait_job(id, Duration::from_secs(240)).await;
+        assert_eq!(state(&job), pb::JobState::Succeeded, "{job:?}");
+        assert_eq!(job.outputs.len(), 1);
+        assert_eq!(farm.events(id).await.iter().filter(|e| e.0 == "succeeded").count(), 1);
+        assert_each_chunk_once(&chunks_done(&farm, id).await);
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_job_stops_within_its_chunk_and_stays_cancelled() {
+    let farm = Farm::start(FarmOptions {
+        workers: 1,
+        chunk_steps: 100,
+        ..Default::default()
+    })
+    .await;
+    let job = submit(&farm, long_request("endless drone", 200)).await;
+    farm.wait_steps(&job.id, 5, Duration::from_secs(60)).await;
+    let cancelled = farm
+        .client()
+        .await
+        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(state(&cancelled), pb::JobState::Cancelled);
+    // The worker stops mid-chunk and says so; the coordinator drops that result.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = farm.events(&job.id).await;
+        if let Some(e) = events.iter().find(|e| e.0 == "stale_result") {
+            assert_eq!(e.3["outcome"], "cancelled", "{events:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no word from the worker: {events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = farm.wait_job(&job.id, Duration::from_secs(5)).await;
+    assert_eq!(state(&again), pb::JobState::Cancelled);
+    assert!(again.steps_done < 100, "stopped inside the first chunk: {}", again.steps_done);
+    assert!(again.outputs.is_empty());
+    let events = farm.events(&job.id).await;
+    assert_eq!(events.iter().filter(|e| e.0 == "dispatched").count(), 1, "{events:?}");
+    // Cancelling again changes nothing.
+    let twice = farm
+        .client()
+        .await
+        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(state(&twice), pb::JobState::Cancelled);
+}
+
+#[tokio::test]
+async fn garbage_on_a_task_queue_is_dead_lettered_and_the_queue_keeps_flowing() {
+    let farm = Farm::start(FarmOptions::default()).await;
+    let conn = lapin::Connection::connect(&common::amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let ch = tutti_shared::queue::confirm_channel(&conn).await.expect("channel");
+    let dead = format!("{}.dead", farm.prefix);
+    let before = farm.queue_counts(&dead).await.map(|c| c.0).unwrap_or(0);
+    tutti_shared::queue::publish_bytes(
+        &ch,
+        "",
+        &format!("{}.denoise", farm.prefix),
+        b"\x00not a task{",
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("publish garbage");
+    let job = submit(&farm, request("after the garbage")).await;
+    let job = farm.wait_job(&job.id, Duration::from_secs(60)).await;
+    assert_eq!(state(&job), pb::JobState::Succeeded);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while farm.queue_counts(&dead).await.map(|c| c.0).unwrap_or(0) <= before {
+        assert!(std::time::Instant::now() < deadline, "garbage never reached {dead}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_same_seed_and_parameters_give_byte_identical_audio() {
+    let farm = Farm::start(FarmOptions {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut req = request("deterministic waltz in G major, 90 BPM");
+    req.steps = Some(10);
+    req.variations = 2;
+    let a = submit(&farm, req.clone()).await;
+    let b = submit(&farm, req.clone()).await;
+    req.seed = Some(43);
+    let c = submit(&farm, req).await;
+    let a = farm.wait_job(&a.id, Duration::from_secs(60)).await;
+    let b = farm.wait_job(&b.id, Duration::from_secs(60)).await;
+    let c = farm.wait_job(&c.id, Duration::from_secs(60)).await;
+    let sums = |j: &pb::Job| j.outputs.iter().map(|o| o.sha256.clone()).collect::<Vec<_>>();
+    assert_eq!(sums(&a).len(), 2);
+    assert_eq!(sums(&a), sums(&b));
+    assert_ne!(sums(&a)[0], sums(&a)[1], "variations differ");
+    assert_ne!(sums(&a), sums(&c), "another seed gives other audio");
+}

@@ -111,8 +111,9 @@ impl ResultsConsumer {
                 job_id,
                 chunk,
                 attempt,
+                worker,
                 steps_done,
-            } => self.progress(*job_id, *chunk, *attempt, *steps_done).await,
+            } => self.progress(*job_id, *chunk, *attempt, worker, *steps_done).await,
             WorkerEvent::Result {
                 job_id,
                 chunk,
@@ -123,15 +124,23 @@ impl ResultsConsumer {
         }
     }
 
-    async fn progress(&self, job: Uuid, chunk: u32, attempt: u32, steps_done: u32) -> Result<()> {
+    async fn progress(
+        &self,
+        job: Uuid,
+        chunk: u32,
+        attempt: u32,
+        worker: &str,
+        steps_done: u32,
+    ) -> Result<()> {
         let mut tx = self.store.pool().begin().await?;
         let live = sqlx::query(
-            "UPDATE tasks SET heartbeat_at = now() \
+            "UPDATE tasks SET heartbeat_at = now(), worker = $4 \
              WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'dispatched'",
         )
         .bind(job)
         .bind(chunk as i32)
         .bind(attempt as i32)
+        .bind(worker)
         .execute(&mut *tx)
         .await?
         .rows_affected()

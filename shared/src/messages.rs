@@ -59,6 +59,7 @@ pub enum WorkerEvent {
         job_id: Uuid,
         chunk: u32,
         attempt: u32,
+        worker: String,
         steps_done: u32,
     },
     /// The end of a task (published with a confirm before the task is acked).

@@ -259,6 +259,7 @@ impl Worker {
         let progress_ch = results.clone();
         let queue_name = self.topology.results_queue();
         let (job_id, chunk, attempt, to_step) = (task.job_id, task.chunk, task.attempt, task.to_step);
+        let worker = self.name.clone();
         let progress = tokio::spawn(async move {
             let mut last = Instant::now() - Duration::from_secs(1);
             while let Some(done) = rx.recv().await {
@@ -270,6 +271,7 @@ impl Worker {
                     job_id,
                     chunk,
                     attempt,
+                    worker: worker.clone(),
                     steps_done: done as u32,
                 };
                 if let Ok(body) = serde_json::to_vec(&ev) {
