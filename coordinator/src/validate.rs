@@ -56,9 +56,14 @@ impl Validator {
         let mut tokenizers = HashMap::new();
         for m in registry.all() {
             if let Some(path) = m.tokenizer_path() {
-                let tok = Tokenizer::from_file(&path).map_err(|e| {
+                let mut tok = Tokenizer::from_file(&path).map_err(|e| {
                     Error::Internal(format!("loading tokenizer {}: {e}", path.display()))
                 })?;
+                // Count every token: a pack's tokenizer.json may truncate, which would hide
+                // an over-long prompt instead of rejecting it.
+                tok.with_truncation(None)
+                    .map_err(|e| Error::Internal(format!("tokenizer {}: {e}", path.display())))?;
+                tok.with_padding(None);
                 tokenizers.insert((m.name.clone(), m.version.clone()), tok);
             }
         }
