@@ -21,7 +21,11 @@ fn rabbitmqctl(arg: &str) -> bool {
 #[tokio::test]
 async fn jobs_survive_a_broker_restart() {
     if std::env::var("TUTTI_TEST_BROKER_RESTART").as_deref() == Ok("0")
-        || !Command::new("rabbitmqctl").arg("status").stdout(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+        || !Command::new("rabbitmqctl")
+            .arg("status")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     {
         eprintln!("SKIPPED: rabbitmqctl cannot control the local broker here");
         return;
@@ -37,7 +41,14 @@ async fn jobs_survive_a_broker_restart() {
         let mut req = request(&format!("broker restart {i}"));
         req.steps = Some(40);
         req.duration_seconds = Some(20.0);
-        ids.push(client.submit_generation(req).await.expect("submit").into_inner().id);
+        ids.push(
+            client
+                .submit_generation(req)
+                .await
+                .expect("submit")
+                .into_inner()
+                .id,
+        );
     }
     farm.wait_steps(&ids[0], 8, Duration::from_secs(60)).await;
     assert!(rabbitmqctl("stop_app"), "rabbitmqctl stop_app");
@@ -49,7 +60,11 @@ async fn jobs_survive_a_broker_restart() {
         assert_eq!(job.outputs.len(), 1);
         let events = farm.events(id).await;
         assert_eq!(events.iter().filter(|e| e.0 == "succeeded").count(), 1);
-        let mut chunks: Vec<i32> = events.iter().filter(|e| e.0 == "chunk_done").filter_map(|e| e.1).collect();
+        let mut chunks: Vec<i32> = events
+            .iter()
+            .filter(|e| e.0 == "chunk_done")
+            .filter_map(|e| e.1)
+            .collect();
         let n = chunks.len();
         chunks.dedup();
         assert_eq!(chunks.len(), n, "no chunk counted twice");

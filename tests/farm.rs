@@ -15,7 +15,11 @@ async fn a_job_becomes_a_wav_in_s3_with_every_chunk_recorded() {
     let mut client = farm.client().await;
     let mut req = request("melancholic lo-fi piano, 75 BPM, late night study session");
     req.steps = Some(8); // the tiny pack's chunks are 4 steps: two denoise chunks, then vocode
-    let job = client.submit_generation(req).await.expect("submit").into_inner();
+    let job = client
+        .submit_generation(req)
+        .await
+        .expect("submit")
+        .into_inner();
     assert_eq!(state(&job), pb::JobState::Queued);
 
     // Watch the job to its end through the progress stream.
@@ -40,25 +44,48 @@ async fn a_job_becomes_a_wav_in_s3_with_every_chunk_recorded() {
     assert_eq!(kinds.last(), Some(&pb::job_event::Kind::Succeeded));
     assert!(kinds.contains(&pb::job_event::Kind::OutputReady));
     assert_eq!((job.steps_done, job.steps_total), (8, 8));
-    assert_eq!(job.prompt_text, "melancholic lo-fi piano, 75 BPM, late night study session");
+    assert_eq!(
+        job.prompt_text,
+        "melancholic lo-fi piano, 75 BPM, late night study session"
+    );
     let stages: Vec<i32> = job.timings.iter().map(|t| t.stage).collect();
-    assert!(stages.contains(&(pb::Stage::Denoise as i32)) && stages.contains(&(pb::Stage::Vocode as i32)));
+    assert!(
+        stages.contains(&(pb::Stage::Denoise as i32))
+            && stages.contains(&(pb::Stage::Vocode as i32))
+    );
 
     // The WAV is in S3, with the requested duration and the pack's sample rate.
     assert_eq!(job.outputs.len(), 1);
     let out = &job.outputs[0];
-    assert_eq!(out.uri, format!("s3://{}/outputs/default/{}/0.wav", common::s3_settings().bucket, job.id));
+    assert_eq!(
+        out.uri,
+        format!(
+            "s3://{}/outputs/default/{}/0.wav",
+            common::s3_settings().bucket,
+            job.id
+        )
+    );
     assert_eq!(out.sample_rate, 16000);
     assert!((out.duration_seconds - 2.0).abs() < 1e-3);
     let key = out.uri.splitn(4, '/').nth(3).expect("key");
-    let object = farm.s3().get(key).await.expect("s3 get").expect("object exists");
+    let object = farm
+        .s3()
+        .get(key)
+        .await
+        .expect("s3 get")
+        .expect("object exists");
     let wav = hound::WavReader::new(std::io::Cursor::new(object.to_vec())).expect("wav");
     assert_eq!(wav.spec().sample_rate, 16000);
     assert_eq!(wav.duration(), 32000);
     assert_eq!(hex::encode(Sha256::digest(&object)), out.sha256);
 
     // The presigned URL downloads the same bytes.
-    let fetched = reqwest::get(&out.url).await.expect("download").bytes().await.expect("body");
+    let fetched = reqwest::get(&out.url)
+        .await
+        .expect("download")
+        .bytes()
+        .await
+        .expect("body");
     assert_eq!(fetched.as_ref(), object.as_ref());
 
     // The job's history in Postgres shows every chunk: two denoise chunks and the vocode task.
@@ -70,7 +97,11 @@ async fn a_job_becomes_a_wav_in_s3_with_every_chunk_recorded() {
         .collect();
     assert_eq!(
         done,
-        vec![(Some(0), "denoise".into()), (Some(1), "denoise".into()), (Some(2), "vocode".into())]
+        vec![
+            (Some(0), "denoise".into()),
+            (Some(1), "denoise".into()),
+            (Some(2), "vocode".into())
+        ]
     );
     assert_eq!(events.iter().filter(|e| e.0 == "succeeded").count(), 1);
 }
@@ -97,7 +128,12 @@ async fn chunks_done(farm: &Farm, id: &str) -> Vec<(i32, String)> {
         .await
         .into_iter()
         .filter(|e| e.0 == "chunk_done")
-        .map(|e| (e.1.unwrap_or(-1), e.3["worker"].as_str().unwrap_or("").to_string()))
+        .map(|e| {
+            (
+                e.1.unwrap_or(-1),
+                e.3["worker"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
@@ -163,7 +199,10 @@ async fn a_worker_killed_mid_job_loses_only_its_chunk() {
         assert!(std::time::Instant::now() < deadline, "no chunk in hand");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let victim: usize = holder.trim_start_matches('w').parse().expect("worker index");
+    let victim: usize = holder
+        .trim_start_matches('w')
+        .parse()
+        .expect("worker index");
     farm.kill_worker(victim);
 
     let done = farm.wait_job(&job.id, Duration::from_secs(180)).await;
@@ -177,9 +216,21 @@ async fn a_worker_killed_mid_job_loses_only_its_chunk() {
     let last_of_victim = chunks.iter().rposition(|c| c.1 == holder);
     let resumed_at = last_of_victim.map_or(0, |i| i + 1);
     assert!(resumed_at < chunks.len(), "{chunks:?}");
-    assert!(chunks[resumed_at..].iter().all(|c| c.1 == survivor), "{chunks:?}");
-    let retried: Vec<_> = farm.events(&job.id).await.into_iter().filter(|e| e.0 == "dispatched").collect();
-    assert_eq!(retried.len(), chunks.len(), "the chunk in hand was redelivered, not re-dispatched");
+    assert!(
+        chunks[resumed_at..].iter().all(|c| c.1 == survivor),
+        "{chunks:?}"
+    );
+    let retried: Vec<_> = farm
+        .events(&job.id)
+        .await
+        .into_iter()
+        .filter(|e| e.0 == "dispatched")
+        .collect();
+    assert_eq!(
+        retried.len(),
+        chunks.len(),
+        "the chunk in hand was redelivered, not re-dispatched"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +242,11 @@ async fn a_coordinator_restart_loses_and_duplicates_nothing() {
     .await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(submit(&farm, long_request(&format!("restart test {i}"), 40)).await.id);
+        ids.push(
+            submit(&farm, long_request(&format!("restart test {i}"), 40))
+                .await
+                .id,
+        );
     }
     farm.wait_steps(&ids[0], 8, Duration::from_secs(60)).await;
     farm.kill_coordinator();
@@ -201,7 +256,14 @@ async fn a_coordinator_restart_loses_and_duplicates_nothing() {
         let job = farm.wait_job(id, Duration::from_secs(240)).await;
         assert_eq!(state(&job), pb::JobState::Succeeded, "{job:?}");
         assert_eq!(job.outputs.len(), 1);
-        assert_eq!(farm.events(id).await.iter().filter(|e| e.0 == "succeeded").count(), 1);
+        assert_eq!(
+            farm.events(id)
+                .await
+                .iter()
+                .filter(|e| e.0 == "succeeded")
+                .count(),
+            1
+        );
         assert_each_chunk_once(&chunks_done(&farm, id).await);
     }
 }
@@ -232,16 +294,27 @@ async fn a_cancelled_job_stops_within_its_chunk_and_stays_cancelled() {
             assert_eq!(e.3["outcome"], "cancelled", "{events:?}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no word from the worker: {events:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no word from the worker: {events:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let again = farm.wait_job(&job.id, Duration::from_secs(5)).await;
     assert_eq!(state(&again), pb::JobState::Cancelled);
-    assert!(again.steps_done < 100, "stopped inside the first chunk: {}", again.steps_done);
+    assert!(
+        again.steps_done < 100,
+        "stopped inside the first chunk: {}",
+        again.steps_done
+    );
     assert!(again.outputs.is_empty());
     let events = farm.events(&job.id).await;
-    assert_eq!(events.iter().filter(|e| e.0 == "dispatched").count(), 1, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| e.0 == "dispatched").count(),
+        1,
+        "{events:?}"
+    );
     // Cancelling again changes nothing.
     let twice = farm
         .client()
@@ -256,10 +329,13 @@ async fn a_cancelled_job_stops_within_its_chunk_and_stays_cancelled() {
 #[tokio::test]
 async fn garbage_on_a_task_queue_is_dead_lettered_and_the_queue_keeps_flowing() {
     let farm = Farm::start(FarmOptions::default()).await;
-    let conn = lapin::Connection::connect(&common::amqp_url(), lapin::ConnectionProperties::default())
+    let conn =
+        lapin::Connection::connect(&common::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp");
+    let ch = tutti_shared::queue::confirm_channel(&conn)
         .await
-        .expect("amqp");
-    let ch = tutti_shared::queue::confirm_channel(&conn).await.expect("channel");
+        .expect("channel");
     let dead = format!("{}.dead", farm.prefix);
     let before = farm.queue_counts(&dead).await.map(|c| c.0).unwrap_or(0);
     tutti_shared::queue::publish_bytes(
@@ -276,7 +352,10 @@ async fn garbage_on_a_task_queue_is_dead_lettered_and_the_queue_keeps_flowing() 
     assert_eq!(state(&job), pb::JobState::Succeeded);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while farm.queue_counts(&dead).await.map(|c| c.0).unwrap_or(0) <= before {
-        assert!(std::time::Instant::now() < deadline, "garbage never reached {dead}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "garbage never reached {dead}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -298,7 +377,12 @@ async fn the_same_seed_and_parameters_give_byte_identical_audio() {
     let a = farm.wait_job(&a.id, Duration::from_secs(60)).await;
     let b = farm.wait_job(&b.id, Duration::from_secs(60)).await;
     let c = farm.wait_job(&c.id, Duration::from_secs(60)).await;
-    let sums = |j: &pb::Job| j.outputs.iter().map(|o| o.sha256.clone()).collect::<Vec<_>>();
+    let sums = |j: &pb::Job| {
+        j.outputs
+            .iter()
+            .map(|o| o.sha256.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(sums(&a).len(), 2);
     assert_eq!(sums(&a), sums(&b));
     assert_ne!(sums(&a)[0], sums(&a)[1], "variations differ");

@@ -34,66 +34,280 @@ async fn every_rule_names_its_field_and_stores_nothing() {
     })
     .await;
     let mut client = farm.client().await;
-    type Case = (&'static str, pb::SubmitGenerationRequest, Code, &'static str);
+    type Case = (
+        &'static str,
+        pb::SubmitGenerationRequest,
+        Code,
+        &'static str,
+    );
     let with = |f: fn(&mut pb::SubmitGenerationRequest)| {
         let mut r = request("a valid prompt");
         f(&mut r);
         r
     };
     let cases: Vec<Case> = vec![
-        ("no prompt", pb::SubmitGenerationRequest::default(), Code::InvalidArgument, "prompt: required"),
-        ("blank prompt", with(|r| r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt("   ".into()))), Code::InvalidArgument, "prompt: must not be empty"),
-        ("long prompt", with(|r| r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt("la ".repeat(400)))), Code::InvalidArgument, "prompt: must be at most 1000 characters"),
-        ("too many tokens", with(|r| r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt("piano ".repeat(150)))), Code::InvalidArgument, "prompt: must be at most 128 tokens"),
-        ("control chars", with(|r| r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt("piano\u{7}".into()))), Code::InvalidArgument, "prompt: must not contain control characters"),
-        ("long negative", with(|r| r.negative_prompt = "x".repeat(1001)), Code::InvalidArgument, "negative_prompt: must be at most 1000 characters"),
-        ("short duration", with(|r| r.duration_seconds = Some(0.5)), Code::InvalidArgument, "duration_seconds: must be between 1 and 30"),
-        ("long duration", with(|r| r.duration_seconds = Some(31.0)), Code::InvalidArgument, "duration_seconds: must be between 1 and 30"),
-        ("nan duration", with(|r| r.duration_seconds = Some(f32::NAN)), Code::InvalidArgument, "duration_seconds"),
-        ("zero steps", with(|r| r.steps = Some(0)), Code::InvalidArgument, "steps: must be between 1 and 200"),
-        ("many steps", with(|r| r.steps = Some(201)), Code::InvalidArgument, "steps: must be between 1 and 200"),
-        ("negative guidance", with(|r| r.guidance_scale = Some(-1.0)), Code::InvalidArgument, "guidance_scale: must be between 0 and 20"),
-        ("huge guidance", with(|r| r.guidance_scale = Some(21.0)), Code::InvalidArgument, "guidance_scale: must be between 0 and 20"),
-        ("variations", with(|r| r.variations = 5), Code::InvalidArgument, "variations: must be between 1 and 4"),
-        ("sampler", with(|r| r.sampler = 99), Code::InvalidArgument, "sampler: unknown sampler"),
-        ("format", with(|r| r.format = 7), Code::InvalidArgument, "format: must be wav or flac"),
-        ("priority", with(|r| r.priority = 9), Code::InvalidArgument, "priority: must be interactive, standard or batch"),
-        ("seed", with(|r| r.seed = Some(u64::MAX)), Code::InvalidArgument, "seed: must be at most"),
-        ("idempotency key", with(|r| r.idempotency_key = "k".repeat(129)), Code::InvalidArgument, "idempotency_key: must be at most 128 bytes"),
-        ("label key", with(|r| { r.labels.insert("Bad Key".into(), "v".into()); }), Code::InvalidArgument, "labels[\"Bad Key\"]: keys are"),
-        ("label value", with(|r| { r.labels.insert("k".into(), "v".repeat(257)); }), Code::InvalidArgument, "labels[\"k\"]: values are at most 256 bytes"),
-        ("label count", with(|r| { for i in 0..17 { r.labels.insert(format!("k{i}"), "v".into()); } }), Code::InvalidArgument, "labels: at most 16 labels"),
-        ("tempo", structured(|s| s.tempo_bpm = Some(500.0)), Code::InvalidArgument, "structured.tempo_bpm: must be between 40 and 240 BPM"),
-        ("key", structured(|s| s.key = "H major".into()), Code::InvalidArgument, "structured.key: must be a pitch"),
-        ("structure word", structured(|s| s.structure = vec!["crescendo".into()]), Code::InvalidArgument, "structured.structure: \"crescendo\" is not one of"),
-        ("instruments", structured(|s| s.instruments = vec!["piano".into(); 9]), Code::InvalidArgument, "structured.instruments: at most 8 instruments"),
-        ("genre", structured(|s| s.genre = "g".repeat(41)), Code::InvalidArgument, "structured.genre: must be at most 40 characters"),
-        ("model", with(|r| r.model = Some(pb::ModelRef { name: "nope".into(), version: String::new() })), Code::NotFound, "model \"nope\" not found"),
-        ("model version", with(|r| r.model = Some(pb::ModelRef { name: "tiny".into(), version: "9".into() })), Code::NotFound, "model \"tiny\" version \"9\" not found"),
-        ("version without name", with(|r| r.model = Some(pb::ModelRef { name: String::new(), version: "1".into() })), Code::InvalidArgument, "model.name: required when model.version is set"),
+        (
+            "no prompt",
+            pb::SubmitGenerationRequest::default(),
+            Code::InvalidArgument,
+            "prompt: required",
+        ),
+        (
+            "blank prompt",
+            with(|r| {
+                r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt(
+                    "   ".into(),
+                ))
+            }),
+            Code::InvalidArgument,
+            "prompt: must not be empty",
+        ),
+        (
+            "long prompt",
+            with(|r| {
+                r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt(
+                    "la ".repeat(400),
+                ))
+            }),
+            Code::InvalidArgument,
+            "prompt: must be at most 1000 characters",
+        ),
+        (
+            "too many tokens",
+            with(|r| {
+                r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt(
+                    "piano ".repeat(150),
+                ))
+            }),
+            Code::InvalidArgument,
+            "prompt: must be at most 128 tokens",
+        ),
+        (
+            "control chars",
+            with(|r| {
+                r.prompt_kind = Some(pb::submit_generation_request::PromptKind::Prompt(
+                    "piano\u{7}".into(),
+                ))
+            }),
+            Code::InvalidArgument,
+            "prompt: must not contain control characters",
+        ),
+        (
+            "long negative",
+            with(|r| r.negative_prompt = "x".repeat(1001)),
+            Code::InvalidArgument,
+            "negative_prompt: must be at most 1000 characters",
+        ),
+        (
+            "short duration",
+            with(|r| r.duration_seconds = Some(0.5)),
+            Code::InvalidArgument,
+            "duration_seconds: must be between 1 and 30",
+        ),
+        (
+            "long duration",
+            with(|r| r.duration_seconds = Some(31.0)),
+            Code::InvalidArgument,
+            "duration_seconds: must be between 1 and 30",
+        ),
+        (
+            "nan duration",
+            with(|r| r.duration_seconds = Some(f32::NAN)),
+            Code::InvalidArgument,
+            "duration_seconds",
+        ),
+        (
+            "zero steps",
+            with(|r| r.steps = Some(0)),
+            Code::InvalidArgument,
+            "steps: must be between 1 and 200",
+        ),
+        (
+            "many steps",
+            with(|r| r.steps = Some(201)),
+            Code::InvalidArgument,
+            "steps: must be between 1 and 200",
+        ),
+        (
+            "negative guidance",
+            with(|r| r.guidance_scale = Some(-1.0)),
+            Code::InvalidArgument,
+            "guidance_scale: must be between 0 and 20",
+        ),
+        (
+            "huge guidance",
+            with(|r| r.guidance_scale = Some(21.0)),
+            Code::InvalidArgument,
+            "guidance_scale: must be between 0 and 20",
+        ),
+        (
+            "variations",
+            with(|r| r.variations = 5),
+            Code::InvalidArgument,
+            "variations: must be between 1 and 4",
+        ),
+        (
+            "sampler",
+            with(|r| r.sampler = 99),
+            Code::InvalidArgument,
+            "sampler: unknown sampler",
+        ),
+        (
+            "format",
+            with(|r| r.format = 7),
+            Code::InvalidArgument,
+            "format: must be wav or flac",
+        ),
+        (
+            "priority",
+            with(|r| r.priority = 9),
+            Code::InvalidArgument,
+            "priority: must be interactive, standard or batch",
+        ),
+        (
+            "seed",
+            with(|r| r.seed = Some(u64::MAX)),
+            Code::InvalidArgument,
+            "seed: must be at most",
+        ),
+        (
+            "idempotency key",
+            with(|r| r.idempotency_key = "k".repeat(129)),
+            Code::InvalidArgument,
+            "idempotency_key: must be at most 128 bytes",
+        ),
+        (
+            "label key",
+            with(|r| {
+                r.labels.insert("Bad Key".into(), "v".into());
+            }),
+            Code::InvalidArgument,
+            "labels[\"Bad Key\"]: keys are",
+        ),
+        (
+            "label value",
+            with(|r| {
+                r.labels.insert("k".into(), "v".repeat(257));
+            }),
+            Code::InvalidArgument,
+            "labels[\"k\"]: values are at most 256 bytes",
+        ),
+        (
+            "label count",
+            with(|r| {
+                for i in 0..17 {
+                    r.labels.insert(format!("k{i}"), "v".into());
+                }
+            }),
+            Code::InvalidArgument,
+            "labels: at most 16 labels",
+        ),
+        (
+            "tempo",
+            structured(|s| s.tempo_bpm = Some(500.0)),
+            Code::InvalidArgument,
+            "structured.tempo_bpm: must be between 40 and 240 BPM",
+        ),
+        (
+            "key",
+            structured(|s| s.key = "H major".into()),
+            Code::InvalidArgument,
+            "structured.key: must be a pitch",
+        ),
+        (
+            "structure word",
+            structured(|s| s.structure = vec!["crescendo".into()]),
+            Code::InvalidArgument,
+            "structured.structure: \"crescendo\" is not one of",
+        ),
+        (
+            "instruments",
+            structured(|s| s.instruments = vec!["piano".into(); 9]),
+            Code::InvalidArgument,
+            "structured.instruments: at most 8 instruments",
+        ),
+        (
+            "genre",
+            structured(|s| s.genre = "g".repeat(41)),
+            Code::InvalidArgument,
+            "structured.genre: must be at most 40 characters",
+        ),
+        (
+            "model",
+            with(|r| {
+                r.model = Some(pb::ModelRef {
+                    name: "nope".into(),
+                    version: String::new(),
+                })
+            }),
+            Code::NotFound,
+            "model \"nope\" not found",
+        ),
+        (
+            "model version",
+            with(|r| {
+                r.model = Some(pb::ModelRef {
+                    name: "tiny".into(),
+                    version: "9".into(),
+                })
+            }),
+            Code::NotFound,
+            "model \"tiny\" version \"9\" not found",
+        ),
+        (
+            "version without name",
+            with(|r| {
+                r.model = Some(pb::ModelRef {
+                    name: String::new(),
+                    version: "1".into(),
+                })
+            }),
+            Code::InvalidArgument,
+            "model.name: required when model.version is set",
+        ),
     ];
     for (name, req, code, message) in cases {
         let err = client.submit_generation(req).await.expect_err(name);
         assert_eq!(err.code(), code, "{name}: {}", err.message());
-        assert!(err.message().starts_with(message), "{name}: {:?} does not start with {message:?}", err.message());
+        assert!(
+            err.message().starts_with(message),
+            "{name}: {:?} does not start with {message:?}",
+            err.message()
+        );
     }
     assert_eq!(job_count(&farm).await, 0, "nothing stored");
 
     // Other RPCs validate too.
-    let err = client.get_job(pb::GetJobRequest { id: "not-a-uuid".into() }).await.expect_err("bad id");
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "id: must be a job id (a UUID)"));
     let err = client
-        .get_job(pb::GetJobRequest { id: uuid::Uuid::new_v4().to_string() })
+        .get_job(pb::GetJobRequest {
+            id: "not-a-uuid".into(),
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "id: must be a job id (a UUID)")
+    );
+    let err = client
+        .get_job(pb::GetJobRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .list_jobs(pb::ListJobsRequest { page_size: 501, ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 501,
+            ..Default::default()
+        })
         .await
         .expect_err("page size");
     assert_eq!(err.message(), "page_size: must be at most 500");
     let err = client
-        .list_jobs(pb::ListJobsRequest { page_token: "garbage".into(), ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("token");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -110,11 +324,23 @@ async fn idempotency_keys_return_the_first_job_and_refuse_other_parameters() {
     let mut req = request("idempotent jazz trio");
     req.seed = None;
     req.idempotency_key = "order-17".into();
-    let first = client.submit_generation(req.clone()).await.expect("first").into_inner();
-    let again = client.submit_generation(req.clone()).await.expect("again").into_inner();
+    let first = client
+        .submit_generation(req.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    let again = client
+        .submit_generation(req.clone())
+        .await
+        .expect("again")
+        .into_inner();
     assert_eq!(first.id, again.id);
     // The chosen seed is returned and kept.
-    let seed = first.request.as_ref().and_then(|r| r.seed).expect("seed chosen");
+    let seed = first
+        .request
+        .as_ref()
+        .and_then(|r| r.seed)
+        .expect("seed chosen");
     assert_eq!(again.request.as_ref().and_then(|r| r.seed), Some(seed));
     req.steps = Some(3);
     let err = client.submit_generation(req).await.expect_err("conflict");
@@ -135,7 +361,10 @@ async fn idempotency_keys_return_the_first_job_and_refuse_other_parameters() {
         .await
         .expect("structured")
         .into_inner();
-    assert_eq!(job.prompt_text, "melancholic lo-fi hip hop with piano, 75 BPM, in A minor");
+    assert_eq!(
+        job.prompt_text,
+        "melancholic lo-fi hip hop with piano, 75 BPM, in A minor"
+    );
     let accepted = job.request.expect("request");
     assert_eq!(accepted.steps, Some(8));
     assert_eq!(accepted.duration_seconds, Some(10.0));
@@ -146,13 +375,20 @@ async fn idempotency_keys_return_the_first_job_and_refuse_other_parameters() {
     labelled.labels.insert("catalog".into(), "spring".into());
     client.submit_generation(labelled).await.expect("labelled");
     let page = client
-        .list_jobs(pb::ListJobsRequest { page_size: 2, ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();
     assert_eq!(page.jobs.len(), 2);
     let rest = client
-        .list_jobs(pb::ListJobsRequest { page_size: 2, page_token: page.next_page_token, ..Default::default() })
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 2,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();

@@ -198,7 +198,10 @@ impl pb::generation_server::Generation for GenerationApi {
         Ok(Response::new(self.to_pb(&record).await?))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
         let record = self
             .store
@@ -229,14 +232,17 @@ impl pb::generation_server::Generation for GenerationApi {
             send(&tx, pb::job_event::Kind::Snapshot, snapshot).await?;
             let mut last_step = first.job.steps_done;
             while !done {
-                let what = match tokio::time::timeout(Duration::from_secs(5), changes.recv()).await {
+                let what = match tokio::time::timeout(Duration::from_secs(5), changes.recv()).await
+                {
                     Ok(Ok(c)) if c.job == id => c.what,
                     Ok(Ok(_)) => continue,
                     // Lagged, or quiet for a while: re-read the job in case a notice was lost.
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => "poll".to_string(),
                     Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 };
-                let Some(rec) = svc.store.get_job(DEFAULT_TENANT, id).await? else { break };
+                let Some(rec) = svc.store.get_job(DEFAULT_TENANT, id).await? else {
+                    break;
+                };
                 let state = rec.job.state()?;
                 done = state.is_terminal();
                 let kind = match (what.as_str(), state) {
@@ -312,7 +318,9 @@ impl pb::generation_server::Generation for GenerationApi {
             jobs.push(self.to_pb(r).await?);
         }
         let next_page_token = match (more, rows.get(limit as usize - 1)) {
-            (true, Some(last)) => format!("{}_{}", last.job.created_at.timestamp_micros(), last.job.id),
+            (true, Some(last)) => {
+                format!("{}_{}", last.job.created_at.timestamp_micros(), last.job.id)
+            }
             _ => String::new(),
         };
         Ok(Response::new(pb::ListJobsResponse {
@@ -323,7 +331,12 @@ impl pb::generation_server::Generation for GenerationApi {
 }
 
 fn decode_token(t: &str) -> Result<(DateTime<Utc>, Uuid)> {
-    let bad = || Error::invalid("page_token", "must be a token from a previous ListJobs response");
+    let bad = || {
+        Error::invalid(
+            "page_token",
+            "must be a token from a previous ListJobs response",
+        )
+    };
     let (micros, id) = t.split_once('_').ok_or_else(bad)?;
     let at = micros
         .parse::<i64>()

@@ -179,8 +179,14 @@ impl Dispatcher {
                 to_step: row.to_step as u32,
                 spec: row.spec.0.clone(),
             };
-            queue::publish_json(ch, "", &self.topology.task_queue(kind), &msg, FieldTable::default())
-                .await?;
+            queue::publish_json(
+                ch,
+                "",
+                &self.topology.task_queue(kind),
+                &msg,
+                FieldTable::default(),
+            )
+            .await?;
             sqlx::query(
                 "UPDATE tasks SET state = 'dispatched', dispatched_at = now(), heartbeat_at = now() \
                  WHERE job_id = $1 AND chunk = $2",
@@ -189,7 +195,11 @@ impl Dispatcher {
             .bind(row.chunk)
             .execute(&mut *tx)
             .await?;
-            let stage = if kind == TaskKind::Denoise { "denoise" } else { "vocode" };
+            let stage = if kind == TaskKind::Denoise {
+                "denoise"
+            } else {
+                "vocode"
+            };
             sqlx::query(
                 "UPDATE jobs SET attempts = attempts + 1, stage = $2, \
                    state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
@@ -209,7 +219,11 @@ impl Dispatcher {
                 serde_json::json!({ "kind": kind.as_str(), "from_step": msg.from_step, "to_step": msg.to_step }),
             )
             .await?;
-            let what = if msg.chunk == 0 && msg.attempt == 1 { "started" } else { "stage" };
+            let what = if msg.chunk == 0 && msg.attempt == 1 {
+                "started"
+            } else {
+                "stage"
+            };
             store::notify_job(&mut tx, row.job_id, what).await?;
             *left -= 1;
             sent += 1;

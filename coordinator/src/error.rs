@@ -48,7 +48,10 @@ impl Error {
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        if matches!(e.grpc_code(), tonic::Code::Unavailable | tonic::Code::Internal) {
+        if matches!(
+            e.grpc_code(),
+            tonic::Code::Unavailable | tonic::Code::Internal
+        ) {
             tracing::error!(error = %e, "request failed");
         }
         tonic::Status::new(e.grpc_code(), e.to_string())

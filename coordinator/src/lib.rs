@@ -41,7 +41,12 @@ pub async fn serve(
     }
     let store = store::Store::connect(&cfg.database.database_url)
         .await
-        .with_context(|| format!("connecting to Postgres at {}", tutti_shared::config::redact_url(&cfg.database.database_url)))?;
+        .with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                tutti_shared::config::redact_url(&cfg.database.database_url)
+            )
+        })?;
     let s3 = S3Store::new(&cfg.s3.settings());
     s3.ensure_bucket()
         .await

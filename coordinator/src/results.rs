@@ -47,7 +47,10 @@ impl ResultsConsumer {
     async fn consume(&self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let conn = queue::connect(&self.amqp_url, Duration::from_secs(2)).await?;
         queue::declare_topology(&conn, &self.topology).await?;
-        let ch = conn.create_channel().await.map_err(queue::QueueError::from)?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(queue::QueueError::from)?;
         queue::set_prefetch(&ch, 64).await?;
         let mut consumer = ch
             .basic_consume(
@@ -113,14 +116,20 @@ impl ResultsConsumer {
                 attempt,
                 worker,
                 steps_done,
-            } => self.progress(*job_id, *chunk, *attempt, worker, *steps_done).await,
+            } => {
+                self.progress(*job_id, *chunk, *attempt, worker, *steps_done)
+                    .await
+            }
             WorkerEvent::Result {
                 job_id,
                 chunk,
                 attempt,
                 worker,
                 outcome,
-            } => self.result(*job_id, *chunk, *attempt, worker, outcome).await,
+            } => {
+                self.result(*job_id, *chunk, *attempt, worker, outcome)
+                    .await
+            }
         }
     }
 
@@ -249,17 +258,21 @@ impl ResultsConsumer {
                 .await?;
                 match kind {
                     TaskKind::Denoise => {
-                        sqlx::query("UPDATE jobs SET steps_done = GREATEST(steps_done, $2) WHERE id = $1")
-                            .bind(job)
-                            .bind(to_step)
-                            .execute(&mut *tx)
-                            .await?;
+                        sqlx::query(
+                            "UPDATE jobs SET steps_done = GREATEST(steps_done, $2) WHERE id = $1",
+                        )
+                        .bind(job)
+                        .bind(to_step)
+                        .execute(&mut *tx)
+                        .await?;
                         let ranges = chunk_ranges(steps_total as u32, chunk_steps as u32);
                         let next = chunk + 1;
                         match ranges.get(next as usize) {
                             Some((from, to)) => {
-                                store::insert_task(&mut tx, job, next, "denoise", *from, *to, priority)
-                                    .await?;
+                                store::insert_task(
+                                    &mut tx, job, next, "denoise", *from, *to, priority,
+                                )
+                                .await?;
                                 store::notify_job(&mut tx, job, "step").await?;
                             }
                             None => {
@@ -290,7 +303,8 @@ impl ResultsConsumer {
                         .bind(job)
                         .execute(&mut *tx)
                         .await?;
-                        store::event(&mut tx, job, "succeeded", None, None, serde_json::json!({})).await?;
+                        store::event(&mut tx, job, "succeeded", None, None, serde_json::json!({}))
+                            .await?;
                         store::notify_job(&mut tx, job, "succeeded").await?;
                     }
                 }
@@ -344,7 +358,10 @@ async fn insert_outputs(
     for o in outputs {
         // Keys are derived from the tenant and job; anything else is a worker bug.
         if !o.key.starts_with(&format!("outputs/{tenant}/{job}/")) {
-            return Err(Error::Internal(format!("output key {} outside the job", o.key)));
+            return Err(Error::Internal(format!(
+                "output key {} outside the job",
+                o.key
+            )));
         }
         let format = o.key.rsplit('.').next().unwrap_or("wav");
         sqlx::query(

@@ -70,7 +70,8 @@ pub struct JobRecord {
     pub outputs: Vec<OutputRow>,
 }
 
-const JOB_COLUMNS: &str = "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
+const JOB_COLUMNS: &str =
+    "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
      attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
 
 #[derive(Clone)]
@@ -136,9 +137,10 @@ impl Store {
                     new.idempotency_key.as_deref().unwrap_or_default()
                 )));
             }
-            let job = self.get_job(tenant, existing).await?.ok_or_else(|| {
-                Error::Internal(format!("job {existing} vanished"))
-            })?;
+            let job = self
+                .get_job(tenant, existing)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("job {existing} vanished")))?;
             return Ok((job, false));
         };
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
@@ -260,10 +262,11 @@ async fn ensure_database(opts: &PgConnectOptions) -> Result<()> {
         // Without access to `postgres`, assume the database exists; the pool will say if not.
         Err(_) => return Ok(()),
     };
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
         if let Err(e) = sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))

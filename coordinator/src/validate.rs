@@ -83,7 +83,10 @@ impl Validator {
         let (name, version) = match r {
             Some(m) if !m.name.is_empty() => (m.name.clone(), m.version.clone()),
             Some(m) if !m.version.is_empty() => {
-                return Err(Error::invalid("model.name", "required when model.version is set"))
+                return Err(Error::invalid(
+                    "model.name",
+                    "required when model.version is set",
+                ))
             }
             _ => {
                 let name = match &self.default_model {
@@ -121,7 +124,10 @@ impl Validator {
             if n > max {
                 return Err(Error::invalid(
                     field,
-                    format!("must be at most {max} tokens for model {} (got {n})", model.name),
+                    format!(
+                        "must be at most {max} tokens for model {} (got {n})",
+                        model.name
+                    ),
                 ));
             }
         }
@@ -142,7 +148,12 @@ impl Validator {
                 check_text("structured", &text)?;
                 text
             }
-            None => return Err(Error::invalid("prompt", "required (a prompt or a structured prompt)")),
+            None => {
+                return Err(Error::invalid(
+                    "prompt",
+                    "required (a prompt or a structured prompt)",
+                ))
+            }
         };
         self.check_tokens(model, "prompt", &prompt_text)?;
         if req.negative_prompt.chars().count() > MAX_PROMPT_CHARS {
@@ -158,14 +169,20 @@ impl Validator {
         if !duration_s.is_finite() || !(MIN_DURATION_S..=max_d).contains(&duration_s) {
             return Err(Error::invalid(
                 "duration_seconds",
-                format!("must be between {MIN_DURATION_S} and {max_d} seconds for model {}", model.name),
+                format!(
+                    "must be between {MIN_DURATION_S} and {max_d} seconds for model {}",
+                    model.name
+                ),
             ));
         }
         let steps = req.steps.unwrap_or(model.defaults.steps);
         if !(1..=model.limits.max_steps).contains(&steps) {
             return Err(Error::invalid(
                 "steps",
-                format!("must be between 1 and {} for model {}", model.limits.max_steps, model.name),
+                format!(
+                    "must be between 1 and {} for model {}",
+                    model.limits.max_steps, model.name
+                ),
             ));
         }
         let guidance_scale = req.guidance_scale.unwrap_or(model.defaults.guidance_scale);
@@ -188,7 +205,11 @@ impl Validator {
             Ok(pb::AudioFormat::Flac) => AudioFormat::Flac,
             Err(_) => return Err(Error::invalid("format", "must be wav or flac")),
         };
-        let variations = if req.variations == 0 { 1 } else { req.variations };
+        let variations = if req.variations == 0 {
+            1
+        } else {
+            req.variations
+        };
         if variations > MAX_VARIATIONS {
             return Err(Error::invalid(
                 "variations",
@@ -218,16 +239,18 @@ impl Validator {
         };
         let labels = labels(&req.labels)?;
         // Seeds stay within i64 so that every store and libtorch take them as they are.
-        let seed = req
-            .seed
-            .unwrap_or_else(|| rand::random::<u64>() >> 1);
+        let seed = req.seed.unwrap_or_else(|| rand::random::<u64>() >> 1);
         if seed > i64::MAX as u64 {
-            return Err(Error::invalid("seed", format!("must be at most {}", i64::MAX)));
+            return Err(Error::invalid(
+                "seed",
+                format!("must be at most {}", i64::MAX),
+            ));
         }
 
         let controls = {
             let mut c = prompt::parse_controls(&prompt_text, duration_s);
-            if let Some(pb::submit_generation_request::PromptKind::Structured(s)) = &req.prompt_kind {
+            if let Some(pb::submit_generation_request::PromptKind::Structured(s)) = &req.prompt_kind
+            {
                 // Structured fields are the controls themselves, not a guess from the text.
                 if let Some(bpm) = s.tempo_bpm {
                     c.bpm = Some(bpm);
@@ -309,7 +332,10 @@ fn check_text(field: &str, text: &str) -> Result<()> {
             format!("must be at most {MAX_PROMPT_CHARS} characters (got {n})"),
         ));
     }
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(Error::invalid(field, "must not contain control characters"));
     }
     Ok(())
@@ -334,7 +360,10 @@ fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
         if !bpm.is_finite() || !(TEMPO_RANGE.0..=TEMPO_RANGE.1).contains(&bpm) {
             return Err(Error::invalid(
                 "structured.tempo_bpm",
-                format!("must be between {} and {} BPM", TEMPO_RANGE.0, TEMPO_RANGE.1),
+                format!(
+                    "must be between {} and {} BPM",
+                    TEMPO_RANGE.0, TEMPO_RANGE.1
+                ),
             ));
         }
     }
@@ -397,7 +426,10 @@ fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
 /// Label keys: 1-63 characters of `a-z 0-9 _ . - /`, starting with a letter or digit.
 fn labels(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
     if raw.len() > MAX_LABELS {
-        return Err(Error::invalid("labels", format!("at most {MAX_LABELS} labels")));
+        return Err(Error::invalid(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
     }
     let mut out = BTreeMap::new();
     for (k, v) in raw {

@@ -111,7 +111,13 @@ impl S3Store {
         {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let msg = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e));

@@ -6,7 +6,11 @@ use crate::blob::S3Settings;
 #[derive(Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// Postgres URL of the job store.
-    #[arg(long, env = "TUTTI_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tutti")]
+    #[arg(
+        long,
+        env = "TUTTI_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tutti"
+    )]
     pub database_url: String,
 }
 
@@ -21,7 +25,11 @@ impl std::fmt::Debug for DatabaseArgs {
 #[derive(Clone, clap::Args)]
 pub struct AmqpArgs {
     /// RabbitMQ URL.
-    #[arg(long, env = "TUTTI_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "TUTTI_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Prefix of every exchange and queue name, so several farms can share one broker.
     #[arg(long, env = "TUTTI_QUEUE_PREFIX", default_value = "tutti")]
@@ -54,7 +62,12 @@ pub struct S3Args {
     pub s3_bucket: String,
     #[arg(long, env = "AWS_ACCESS_KEY_ID", default_value = "")]
     pub s3_access_key_id: String,
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub s3_secret_access_key: String,
     /// Virtual-hosted addressing (AWS); path-style is the default for S3-compatible servers.
     #[arg(long, env = "TUTTI_S3_VIRTUAL_HOSTED")]

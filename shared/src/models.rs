@@ -158,7 +158,9 @@ impl ModelRegistry {
     pub fn resolve(&self, name: &str, version: &str) -> Option<&ModelInfo> {
         let versions = self.by_name.get(name)?;
         if version.is_empty() {
-            versions.values().max_by(|a, b| version_cmp(&a.version, &b.version))
+            versions
+                .values()
+                .max_by(|a, b| version_cmp(&a.version, &b.version))
         } else {
             versions.get(version)
         }

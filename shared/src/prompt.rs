@@ -31,7 +31,15 @@ const PITCH_NAMES: [&str; 12] = [
 
 /// Structure words a structured prompt may carry.
 pub const STRUCTURE_WORDS: &[&str] = &[
-    "intro", "verse", "pre-chorus", "chorus", "bridge", "build", "drop", "breakdown", "outro",
+    "intro",
+    "verse",
+    "pre-chorus",
+    "chorus",
+    "bridge",
+    "build",
+    "drop",
+    "breakdown",
+    "outro",
 ];
 
 /// The structured form of a prompt (the API's `StructuredPrompt`, validated).
@@ -138,7 +146,8 @@ pub fn parse_key(text: &str) -> Option<(u8, Option<Mode>)> {
 fn bpm_regex() -> &'static regex::Regex {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     RE.get_or_init(|| {
-        regex::Regex::new(r"(?i)\b(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)\b").expect("valid regex")
+        regex::Regex::new(r"(?i)\b(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)\b")
+            .expect("valid regex")
     })
 }
 
@@ -195,12 +204,18 @@ mod tests {
 
     #[test]
     fn parses_tempo_and_key_from_free_text() {
-        let c = parse_controls("melancholic lo-fi piano, 75 BPM, late night, in A minor", 10.0);
+        let c = parse_controls(
+            "melancholic lo-fi piano, 75 BPM, late night, in A minor",
+            10.0,
+        );
         assert_eq!(c.bpm, Some(75.0));
         assert_eq!(c.key, Some(9));
         assert_eq!(c.mode, Some(Mode::Minor));
         let c = parse_controls("uplifting house in the key of F# major at 124 bpm", 8.0);
-        assert_eq!((c.bpm, c.key, c.mode), (Some(124.0), Some(6), Some(Mode::Major)));
+        assert_eq!(
+            (c.bpm, c.key, c.mode),
+            (Some(124.0), Some(6), Some(Mode::Major))
+        );
         let c = parse_controls("dark ambient, minor, no drums", 5.0);
         assert_eq!((c.bpm, c.key, c.mode), (None, None, Some(Mode::Minor)));
         let c = parse_controls("Eb major waltz", 5.0);
@@ -226,7 +241,10 @@ mod tests {
             "melancholic lo-fi hip hop with piano, bass and drums, 75 BPM, in A minor, intro and verse, late night study session"
         );
         let c = parse_controls(&text, 10.0);
-        assert_eq!((c.bpm, c.key, c.mode), (Some(75.0), Some(9), Some(Mode::Minor)));
+        assert_eq!(
+            (c.bpm, c.key, c.mode),
+            (Some(75.0), Some(9), Some(Mode::Minor))
+        );
     }
 
     #[test]

@@ -199,7 +199,13 @@ pub async fn publish_bytes(
         .with_content_type(ShortString::from("application/json"))
         .with_headers(headers);
     let confirm = ch
-        .basic_publish(exchange, routing_key, BasicPublishOptions::default(), body, props)
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
         .await?
         .await?;
     match confirm {

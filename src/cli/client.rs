@@ -198,7 +198,11 @@ pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_err)?
         .into_inner();
-    let seed = job.request.as_ref().and_then(|r| r.seed).unwrap_or_default();
+    let seed = job
+        .request
+        .as_ref()
+        .and_then(|r| r.seed)
+        .unwrap_or_default();
     if args.no_wait {
         println!("{}", job.id);
         return Ok(());
@@ -258,7 +262,12 @@ async fn follow(client: &mut GenerationClient<Channel>, id: &str) -> anyhow::Res
             bar.set_length(u64::from(job.steps_total.max(1)));
             bar.set_position(u64::from(job.steps_done));
             let stage = pb::Stage::try_from(job.stage).unwrap_or(pb::Stage::Unspecified);
-            bar.set_message(stage.as_str_name().trim_start_matches("STAGE_").to_lowercase());
+            bar.set_message(
+                stage
+                    .as_str_name()
+                    .trim_start_matches("STAGE_")
+                    .to_lowercase(),
+            );
             last = Some(job);
         }
     }
@@ -269,7 +278,13 @@ async fn follow(client: &mut GenerationClient<Channel>, id: &str) -> anyhow::Res
 fn print_job(job: &pb::Job) {
     let state = pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified);
     println!("job      {}", job.id);
-    println!("state    {}", state.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase());
+    println!(
+        "state    {}",
+        state
+            .as_str_name()
+            .trim_start_matches("JOB_STATE_")
+            .to_lowercase()
+    );
     println!("prompt   {}", job.prompt_text);
     println!("model    {}", job.model_version);
     if let Some(seed) = job.request.as_ref().and_then(|r| r.seed) {
@@ -280,7 +295,10 @@ fn print_job(job: &pb::Job) {
         let stage = pb::Stage::try_from(t.stage).unwrap_or(pb::Stage::Unspecified);
         println!(
             "timing   {:<8} {} ms",
-            stage.as_str_name().trim_start_matches("STAGE_").to_lowercase(),
+            stage
+                .as_str_name()
+                .trim_start_matches("STAGE_")
+                .to_lowercase(),
             t.millis
         );
     }
@@ -341,7 +359,10 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
         println!(
             "{}  {:<10} {:>4}/{:<4} {}",
             j.id,
-            state.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase(),
+            state
+                .as_str_name()
+                .trim_start_matches("JOB_STATE_")
+                .to_lowercase(),
             j.steps_done,
             j.steps_total,
             j.prompt_text

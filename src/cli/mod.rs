@@ -1,5 +1,6 @@
 //! Subcommands of `tutti`.
 
+mod bench;
 mod client;
 mod signals;
 mod train;
@@ -14,10 +15,20 @@ use tutti_worker::WorkerConfig;
 pub(crate) use client::GenerateArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "tutti", version, about = "A render farm for text-to-music generation")]
+#[command(
+    name = "tutti",
+    version,
+    about = "A render farm for text-to-music generation"
+)]
 pub(crate) struct Cli {
     /// Log lines as text or JSON.
-    #[arg(long, env = "TUTTI_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "TUTTI_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +53,7 @@ pub(crate) enum Command {
     /// Model packs.
     #[command(subcommand)]
     Model(ModelCommand),
+    Bench(bench::BenchCommand),
     /// Train the built-in model: dataset, denoiser, vocoder, pack, eval.
     #[command(subcommand)]
     Train(train::TrainCommand),
@@ -79,6 +91,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::List(args) => client::list(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {
             println!("{}", tutti_worker::model::pack::inspect(&path)?);

@@ -10,6 +10,101 @@ use tutti_worker::train;
 pub(crate) enum TrainCommand {
     /// Render a captioned dataset (procedural compositions and the music21 corpus) with log-mels.
     Dataset(DatasetArgs),
+    /// Train the denoiser (rectified flow on log-mels); resumes from RUN's checkpoint.
+    Denoiser(DenoiserArgs),
+    /// Train the Vocos vocoder on the rendered audio; resumes from RUN's checkpoint.
+    Vocoder(VocoderArgs),
+    /// Write a model pack from the trained checkpoints.
+    Pack(PackArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Dataset folder (from `tutti train dataset`).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Run folder: checkpoint, loss curve.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Train until this step (counted over all sittings).
+    #[arg(long, default_value_t = 20_000)]
+    pub steps: u64,
+    /// Stop this sitting after so many minutes (a checkpoint is written).
+    #[arg(long, default_value_t = 1e9)]
+    pub minutes: f64,
+    #[arg(long, default_value_t = 200)]
+    pub save_every: u64,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// libtorch threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DenoiserArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Text encoder folder (MiniLM: config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = "TUTTI_TEXT_ENCODER")]
+    pub text_encoder: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub layers: i64,
+    #[arg(long, default_value_t = 3)]
+    pub heads: i64,
+    /// Latent frames per batch.
+    #[arg(long, default_value_t = 2048)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Mixed precision (autocast) on CUDA.
+    #[arg(long)]
+    pub amp: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VocoderArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[arg(long, default_value_t = 256)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 6)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PackArgs {
+    /// Output pack folder.
+    pub out: PathBuf,
+    /// Denoiser run folder.
+    #[arg(long)]
+    pub denoiser: PathBuf,
+    /// Vocoder run folder (Griffin-Lim without one).
+    #[arg(long)]
+    pub vocoder: Option<PathBuf>,
+    /// Copy this text encoder folder into the pack.
+    #[arg(long)]
+    pub text_encoder: Option<PathBuf>,
+    #[arg(long, default_value = "tutti-mini")]
+    pub name: String,
+}
+
+fn device(name: &str) -> anyhow::Result<tch::Device> {
+    Ok(match name {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => tch::Device::Cuda(n),
+            None => anyhow::bail!("unknown device {other}: use cpu, cuda or cuda:N"),
+        },
+    })
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +149,56 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 a.out.display(),
                 n as f64 / s.max(1e-9)
             );
+            Ok(())
+        }
+        TrainCommand::Denoiser(a) => {
+            tch::set_num_threads(a.run.threads);
+            let cfg = train::denoiser::DenoiserConfig {
+                seed: a.run.seed,
+                layers: a.layers,
+                heads: a.heads,
+                cross_dim: a.heads * 64,
+                tokens: a.tokens,
+                adam: train::optim::AdamWConfig { lr: a.lr, ..Default::default() },
+                ..Default::default()
+            };
+            let paths = train::denoiser::RunPaths {
+                dataset: a.run.dataset.clone(),
+                text_encoder: a.text_encoder.clone(),
+                run: a.run.run.clone(),
+            };
+            let mut t = train::denoiser::Trainer::open(&cfg, &paths, device(&a.run.device)?, a.amp)?;
+            let params: i64 = t.opt.params.values().map(|p| p.numel() as i64).sum();
+            println!("denoiser: {params} trainable parameters, from step {}", t.state.step);
+            let w0 = std::time::Instant::now();
+            let s0 = t.state.step;
+            let loss = t.run(a.run.steps, a.run.save_every, a.run.minutes * 60.0, a.run.log_every, true)?;
+            let dt = w0.elapsed().as_secs_f64();
+            println!(
+                "step {} loss {loss:.4}; {:.2} s/step this sitting; {:.2} CPU hours in all; checkpoint and loss.png in {}",
+                t.state.step,
+                dt / (t.state.step - s0).max(1) as f64,
+                t.state.cpu_seconds / 3600.0,
+                a.run.run.display()
+            );
+            Ok(())
+        }
+        TrainCommand::Vocoder(a) => {
+            tch::set_num_threads(a.run.threads);
+            let mut cfg = train::vocoder::VocoderConfig { seed: a.run.seed, batch: a.batch, ..Default::default() };
+            cfg.vocos.dim = a.dim;
+            cfg.vocos.intermediate_dim = 3 * a.dim;
+            cfg.vocos.num_layers = a.layers;
+            let mut t = train::vocoder::VocoderTrainer::open(&cfg, &a.run.dataset, &a.run.run, device(&a.run.device)?)?;
+            let params: i64 = t.opt.params.values().map(|p| p.numel() as i64).sum();
+            println!("vocoder: {params} trainable parameters, from step {}", t.state.step);
+            let loss = t.run(a.run.steps, a.run.save_every, a.run.minutes * 60.0, a.run.log_every, true)?;
+            println!("step {} loss {loss:.4}; {:.2} CPU hours in all", t.state.step, t.state.cpu_seconds / 3600.0);
+            Ok(())
+        }
+        TrainCommand::Pack(a) => {
+            let cfg = train::pack::write_pack(&a.out, &a.denoiser, a.vocoder.as_deref(), a.text_encoder.as_deref(), &a.name)?;
+            println!("wrote pack {}@{} to {}", cfg.model.name, cfg.model.version, a.out.display());
             Ok(())
         }
     }

@@ -17,21 +17,26 @@ use tutti_shared::blob::{S3Settings, S3Store};
 use uuid::Uuid;
 
 pub fn pg_url(db: &str) -> String {
-    let base = std::env::var("TUTTI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let base = std::env::var("TUTTI_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     format!("{base}/{db}")
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("TUTTI_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TUTTI_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 pub fn s3_settings() -> S3Settings {
     S3Settings {
-        endpoint: Some(std::env::var("TUTTI_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8333".into())),
+        endpoint: Some(
+            std::env::var("TUTTI_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8333".into()),
+        ),
         region: "us-east-1".into(),
         bucket: std::env::var("TUTTI_TEST_BUCKET").unwrap_or_else(|_| "tutti-test".into()),
         access_key_id: std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "tutti".into()),
-        secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "tutti-secret".into()),
+        secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+            .unwrap_or_else(|_| "tutti-secret".into()),
         path_style: true,
     }
 }
@@ -109,7 +114,10 @@ impl Farm {
         let s3 = s3_settings();
         let mut c = Command::new(bin());
         c.arg(sub)
-            .env("RUST_LOG", std::env::var("TUTTI_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TUTTI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("TUTTI_DATABASE_URL", pg_url(&self.db))
             .env("TUTTI_AMQP_URL", amqp_url())
             .env("TUTTI_QUEUE_PREFIX", &self.prefix)
@@ -133,7 +141,10 @@ impl Farm {
         self.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if GenerationClient::connect(format!("http://{}", self.addr)).await.is_ok() {
+            if GenerationClient::connect(format!("http://{}", self.addr))
+                .await
+                .is_ok()
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "coordinator did not start");
@@ -229,13 +240,18 @@ impl Farm {
                     let job = r.into_inner();
                     if matches!(
                         pb::JobState::try_from(job.state),
-                        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+                        Ok(pb::JobState::Succeeded
+                            | pb::JobState::Failed
+                            | pb::JobState::Cancelled)
                     ) {
                         return job;
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "job {id} did not finish in {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not finish in {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -253,19 +269,27 @@ impl Farm {
             if job.steps_done >= steps {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {id} did not reach step {steps}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not reach step {steps}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// (kind, chunk, attempt, detail) of a job's history, oldest first.
-    pub async fn events(&self, id: &str) -> Vec<(String, Option<i32>, Option<i32>, serde_json::Value)> {
+    pub async fn events(
+        &self,
+        id: &str,
+    ) -> Vec<(String, Option<i32>, Option<i32>, serde_json::Value)> {
         let id: Uuid = id.parse().expect("uuid");
-        sqlx::query_as("SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .expect("events")
+        sqlx::query_as(
+            "SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("events")
     }
 }
 
@@ -281,7 +305,9 @@ impl Drop for Farm {
 
 pub fn request(prompt: &str) -> pb::SubmitGenerationRequest {
     pb::SubmitGenerationRequest {
-        prompt_kind: Some(pb::submit_generation_request::PromptKind::Prompt(prompt.into())),
+        prompt_kind: Some(pb::submit_generation_request::PromptKind::Prompt(
+            prompt.into(),
+        )),
         duration_seconds: Some(2.0),
         seed: Some(42),
         ..Default::default()
