@@ -151,7 +151,11 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    pub async fn vocode(&self, spec: JobSpec, checkpoint: Vec<u8>) -> Result<Rendered, EngineError> {
+    pub async fn vocode(
+        &self,
+        spec: JobSpec,
+        checkpoint: Vec<u8>,
+    ) -> Result<Rendered, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Vocode {

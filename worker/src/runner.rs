@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -184,9 +184,15 @@ impl Worker {
                 .await;
             // Confirmed result first, ack second: a crash between the two redoes the task,
             // and the coordinator drops the duplicate result.
-            queue::publish_json(&results, "", &self.topology.results_queue(), &event, FieldTable::default())
-                .instrument(span)
-                .await?;
+            queue::publish_json(
+                &results,
+                "",
+                &self.topology.results_queue(),
+                &event,
+                FieldTable::default(),
+            )
+            .instrument(span)
+            .await?;
             delivery.ack(BasicAckOptions::default()).await?;
         };
         control_task.abort();
@@ -223,7 +229,11 @@ impl Worker {
                 outputs,
             },
             Ok(None) => Outcome::Cancelled,
-            Err(TaskError { code, message, retryable }) => {
+            Err(TaskError {
+                code,
+                message,
+                retryable,
+            }) => {
                 tracing::warn!(code, message = %message, "task failed");
                 Outcome::Failed {
                     code: code.to_string(),
@@ -258,7 +268,8 @@ impl Worker {
         let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
         let progress_ch = results.clone();
         let queue_name = self.topology.results_queue();
-        let (job_id, chunk, attempt, to_step) = (task.job_id, task.chunk, task.attempt, task.to_step);
+        let (job_id, chunk, attempt, to_step) =
+            (task.job_id, task.chunk, task.attempt, task.to_step);
         let worker = self.name.clone();
         let progress = tokio::spawn(async move {
             let mut last = Instant::now() - Duration::from_secs(1);
