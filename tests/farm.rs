@@ -388,3 +388,33 @@ async fn the_same_seed_and_parameters_give_byte_identical_audio() {
     assert_ne!(sums(&a)[0], sums(&a)[1], "variations differ");
     assert_ne!(sums(&a), sums(&c), "another seed gives other audio");
 }
+
+#[tokio::test]
+async fn sigterm_drains_a_worker_after_the_chunk_in_hand() {
+    let mut farm = Farm::start(FarmOptions {
+        workers: 2,
+        chunk_steps: 30,
+        ..Default::default()
+    })
+    .await;
+    let job = submit(&farm, long_request("draining strings", 60)).await;
+    farm.wait_steps(&job.id, 3, Duration::from_secs(60)).await;
+    let (holder,): (String,) = sqlx::query_as(
+        "SELECT worker FROM tasks WHERE job_id = $1::uuid AND chunk = 0 AND worker IS NOT NULL",
+    )
+    .bind(&job.id)
+    .fetch_one(&farm.pool)
+    .await
+    .expect("chunk 0 has a worker");
+    let victim: usize = holder.trim_start_matches('w').parse().expect("worker index");
+    let status = farm.terminate_worker(victim);
+    assert!(status.success(), "a drained worker exits cleanly: {status:?}");
+    let done = farm.wait_job(&job.id, Duration::from_secs(120)).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+    let chunks = chunks_done(&farm, &job.id).await;
+    assert_each_chunk_once(&chunks);
+    assert_eq!(chunks[0].1, holder, "the chunk in hand was finished by the draining worker");
+    assert!(chunks[1..].iter().all(|c| c.1 != holder), "no work taken after SIGTERM: {chunks:?}");
+    let dispatched = farm.events(&job.id).await.into_iter().filter(|e| e.0 == "dispatched").count();
+    assert_eq!(dispatched, chunks.len(), "nothing was redone");
+}
