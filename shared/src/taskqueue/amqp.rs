@@ -1,0 +1,296 @@
+//! The task queue on RabbitMQ: one connection per handle, reopened (with the topology
+//! declared again) when it is lost; publishes on a confirm channel; each consumer on its own
+//! channel, so closing it returns its unacked deliveries to their queues.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::Mutex;
+
+use super::{Acker, Consumer, Delivery, QueueError, QueueName, TaskQueue};
+use crate::messages::ControlMessage;
+use crate::queue::{self, Topology};
+
+pub struct AmqpQueue {
+    url: String,
+    topology: Topology,
+    connect_timeout: Duration,
+    conn: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl AmqpQueue {
+    pub fn new(url: impl Into<String>, topology: Topology) -> Self {
+        Self {
+            url: url.into(),
+            topology,
+            connect_timeout: Duration::from_secs(2),
+            conn: Mutex::new(None),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn name(&self, q: QueueName) -> String {
+        match q {
+            QueueName::Task(kind) => self.topology.task_queue(kind),
+            QueueName::Results => self.topology.results_queue(),
+        }
+    }
+
+    /// The live connection and its confirm channel, reconnecting (and declaring the topology)
+    /// first if needed.
+    async fn live(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<(Connection, Channel)>>, QueueError> {
+        let mut guard = self.conn.lock().await;
+        let live = guard
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+        if !live {
+            let conn = queue::connect(&self.url, self.connect_timeout).await?;
+            queue::declare_topology(&conn, &self.topology).await?;
+            let ch = queue::confirm_channel(&conn).await?;
+            *guard = Some((conn, ch));
+        }
+        Ok(guard)
+    }
+
+    async fn new_channel(&self) -> Result<Channel, QueueError> {
+        let guard = self.live().await?;
+        match guard.as_ref() {
+            Some((c, _)) => Ok(c.create_channel().await?),
+            None => Err(QueueError::NotConfirmed("no connection".into())),
+        }
+    }
+
+    async fn publish_channel(&self) -> Result<Channel, QueueError> {
+        let guard = self.live().await?;
+        guard
+            .as_ref()
+            .map(|(_, ch)| ch.clone())
+            .ok_or_else(|| QueueError::NotConfirmed("no connection".into()))
+    }
+
+    /// Forgets the connection after an error so that the next call opens a new one.
+    async fn reset(&self) {
+        if let Some((c, _)) = self.conn.lock().await.take() {
+            let _ = c.close(200, "reconnecting").await;
+        }
+    }
+}
+
+struct AmqpAcker(lapin::acker::Acker);
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        Ok(self.0.ack(BasicAckOptions::default()).await?)
+    }
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), QueueError> {
+        Ok(self
+            .0
+            .nack(BasicNackOptions {
+                requeue,
+                multiple: false,
+            })
+            .await?)
+    }
+}
+
+struct AmqpConsumer {
+    channel: Channel,
+    names: Vec<(String, QueueName)>,
+    deliveries: futures::stream::SelectAll<lapin::Consumer>,
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        let d = match self.deliveries.next().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let routing = d.routing_key.as_str().to_string();
+        let queue = self
+            .names
+            .iter()
+            .find(|(n, _)| *n == routing)
+            .map_or(self.names[0].1, |(_, q)| *q);
+        Some(Ok(Delivery::new(
+            queue,
+            d.data,
+            Box::new(AmqpAcker(d.acker)),
+        )))
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.channel.close(200, "consumer closed").await;
+    }
+}
+
+#[async_trait]
+impl TaskQueue for AmqpQueue {
+    async fn publish(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {
+        let ch = self.publish_channel().await?;
+        let res =
+            queue::publish_bytes(&ch, "", &self.name(queue), body, FieldTable::default()).await;
+        if res.is_err() {
+            self.reset().await;
+        }
+        res
+    }
+
+    async fn publish_best_effort(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {
+        let ch = self.publish_channel().await?;
+        // The confirm is not awaited: progress may be lost, results never are.
+        ch.basic_publish(
+            "",
+            &self.name(queue),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        queues: &[QueueName],
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Box<dyn Consumer>, QueueError> {
+        let channel = match self.new_channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.reset().await;
+                return Err(e);
+            }
+        };
+        queue::set_prefetch(&channel, prefetch).await?;
+        let mut consumers = Vec::new();
+        let mut names = Vec::new();
+        for q in queues {
+            let name = self.name(*q);
+            let c = channel
+                .basic_consume(
+                    &name,
+                    &format!("{tag}-{}", uuid::Uuid::new_v4().simple()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push(c);
+            names.push((name, *q));
+        }
+        if names.is_empty() {
+            return Err(QueueError::NotConfirmed("no queue to consume".into()));
+        }
+        Ok(Box::new(AmqpConsumer {
+            channel,
+            names,
+            deliveries: futures::stream::select_all(consumers),
+        }))
+    }
+
+    async fn broadcast(&self, msg: &ControlMessage) -> Result<(), QueueError> {
+        let ch = self.publish_channel().await?;
+        let res = queue::publish_json(
+            &ch,
+            &self.topology.control_exchange(),
+            "",
+            msg,
+            FieldTable::default(),
+        )
+        .await;
+        if res.is_err() {
+            self.reset().await;
+        }
+        res
+    }
+
+    async fn control(&self) -> Result<BoxStream<'static, ControlMessage>, QueueError> {
+        // A private queue bound to the fanout exchange, gone with its channel.
+        let ch = self.new_channel().await?;
+        let q = ch
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().as_str(),
+            &self.topology.control_exchange(),
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                q.name().as_str(),
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        // The channel lives as long as the stream.
+        Ok(consumer
+            .take_while(|d| futures::future::ready(d.is_ok()))
+            .filter_map(move |d| {
+                let _keep = &ch;
+                let msg = d
+                    .ok()
+                    .and_then(|d| serde_json::from_slice::<ControlMessage>(&d.data).ok());
+                futures::future::ready(msg)
+            })
+            .boxed())
+    }
+
+    async fn dead_letters(&self) -> Result<u64, QueueError> {
+        Ok(u64::from(
+            self.counts(&self.topology.dead_letter_queue()).await?.0,
+        ))
+    }
+
+    async fn consumers(&self, queue: QueueName) -> Result<u32, QueueError> {
+        Ok(self.counts(&self.name(queue)).await?.1)
+    }
+}
+
+impl AmqpQueue {
+    /// (messages, consumers) of a queue, by a passive declare on a throwaway channel.
+    async fn counts(&self, name: &str) -> Result<(u32, u32), QueueError> {
+        let ch = self.new_channel().await?;
+        let q = ch
+            .queue_declare(
+                name,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = ch.close(200, "counted").await;
+        Ok((q.message_count(), q.consumer_count()))
+    }
+}

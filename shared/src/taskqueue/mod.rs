@@ -1,0 +1,89 @@
+//! The task queue behind one trait: RabbitMQ (lapin) for the farm, an in-process queue for
+//! embedded mode. Both give the same contract, checked by one conformance suite
+//! (`tests` below): publishes are durable once `publish` returns; a delivery is settled by
+//! `ack` or `nack`; an unsettled delivery comes back (to any consumer) when its consumer goes
+//! away; `nack(requeue = false)` dead-letters; a consumer holds at most `prefetch` unsettled
+//! deliveries; control messages fan out to every subscriber.
+
+mod amqp;
+mod memory;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+pub use amqp::AmqpQueue;
+pub use memory::MemoryQueue;
+
+use crate::job::TaskKind;
+use crate::messages::ControlMessage;
+pub use crate::queue::QueueError;
+
+/// The queues tutti uses; each backend maps them to its own names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    Task(TaskKind),
+    Results,
+}
+
+/// Settles one delivery; implemented by each backend.
+#[async_trait]
+pub trait Acker: Send {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), QueueError>;
+}
+
+/// A message handed to a consumer, to be settled exactly once.
+pub struct Delivery {
+    pub queue: QueueName,
+    pub data: Vec<u8>,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    pub fn new(queue: QueueName, data: Vec<u8>, acker: Box<dyn Acker>) -> Self {
+        Self { queue, data, acker }
+    }
+    pub async fn ack(self) -> Result<(), QueueError> {
+        self.acker.ack().await
+    }
+    /// `requeue = false` sends the message to the dead letters.
+    pub async fn nack(self, requeue: bool) -> Result<(), QueueError> {
+        self.acker.nack(requeue).await
+    }
+}
+
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; `None` or an error when the connection behind it is gone.
+    async fn next(&mut self) -> Option<Result<Delivery, QueueError>>;
+    /// Stops consuming; unsettled deliveries go back to their queues.
+    async fn close(self: Box<Self>);
+}
+
+#[async_trait]
+pub trait TaskQueue: Send + Sync {
+    /// Publishes and returns once the queue holds the message (a broker confirm).
+    async fn publish(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError>;
+    /// Publishes without waiting for a confirm (progress reports).
+    async fn publish_best_effort(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {
+        self.publish(queue, body).await
+    }
+    /// Consumes from `queues`, holding at most `prefetch` unsettled deliveries.
+    async fn consume(
+        &self,
+        queues: &[QueueName],
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Box<dyn Consumer>, QueueError>;
+    /// Sends a control message to every current subscriber.
+    async fn broadcast(&self, msg: &ControlMessage) -> Result<(), QueueError>;
+    /// Control messages from now on; the stream ends when the connection behind it does.
+    async fn control(&self) -> Result<BoxStream<'static, ControlMessage>, QueueError>;
+    /// Messages waiting in the dead-letter queue.
+    async fn dead_letters(&self) -> Result<u64, QueueError>;
+    /// Consumers attached to a queue (readiness checks and tests).
+    async fn consumers(&self, queue: QueueName) -> Result<u32, QueueError>;
+}
+
+#[cfg(test)]
+mod tests;

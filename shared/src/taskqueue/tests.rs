@@ -1,0 +1,143 @@
+//! One conformance suite, run against both queues so that they cannot drift. The RabbitMQ
+//! runs need a broker (`TUTTI_TEST_AMQP`, default the local one); each uses its own prefix.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{AmqpQueue, MemoryQueue, QueueName, TaskQueue};
+use crate::job::TaskKind;
+use crate::messages::ControlMessage;
+use crate::queue::Topology;
+
+const DENOISE: QueueName = QueueName::Task(TaskKind::Denoise);
+const QUIET: Duration = Duration::from_millis(400);
+
+async fn next_data(c: &mut Box<dyn super::Consumer>) -> super::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), c.next())
+        .await
+        .expect("a delivery in time")
+        .expect("consumer open")
+        .expect("delivery")
+}
+
+async fn stays_quiet(c: &mut Box<dyn super::Consumer>) -> bool {
+    tokio::time::timeout(QUIET, c.next()).await.is_err()
+}
+
+pub(super) async fn delivers_once_when_acked(q: &dyn TaskQueue) {
+    q.publish(DENOISE, b"one").await.expect("publish");
+    let mut c = q.consume(&[DENOISE], 4, "t").await.expect("consume");
+    let d = next_data(&mut c).await;
+    assert_eq!(d.data, b"one");
+    assert_eq!(d.queue, DENOISE);
+    d.ack().await.expect("ack");
+    assert!(stays_quiet(&mut c).await, "an acked message came back");
+    c.close().await;
+}
+
+pub(super) async fn redelivers_what_a_departed_consumer_held(q: &dyn TaskQueue) {
+    q.publish(DENOISE, b"held").await.expect("publish");
+    let mut c = q.consume(&[DENOISE], 1, "t").await.expect("consume");
+    let d = next_data(&mut c).await;
+    assert_eq!(d.data, b"held");
+    drop(d);
+    c.close().await;
+    let mut c2 = q.consume(&[DENOISE], 1, "t").await.expect("consume");
+    let d = next_data(&mut c2).await;
+    assert_eq!(d.data, b"held");
+    d.ack().await.expect("ack");
+    c2.close().await;
+}
+
+pub(super) async fn nack_requeues_or_dead_letters(q: &dyn TaskQueue) {
+    let dead_before = q.dead_letters().await.expect("dead letters");
+    q.publish(DENOISE, b"again").await.expect("publish");
+    let mut c = q.consume(&[DENOISE], 1, "t").await.expect("consume");
+    let d = next_data(&mut c).await;
+    d.nack(true).await.expect("nack requeue");
+    let d = next_data(&mut c).await;
+    assert_eq!(d.data, b"again");
+    d.nack(false).await.expect("nack dead");
+    assert!(
+        stays_quiet(&mut c).await,
+        "a dead-lettered message came back"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while q.dead_letters().await.expect("dead letters") <= dead_before {
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.close().await;
+}
+
+pub(super) async fn prefetch_bounds_unsettled_deliveries(q: &dyn TaskQueue) {
+    for b in [b"p1", b"p2"] {
+        q.publish(DENOISE, b).await.expect("publish");
+    }
+    let mut c = q.consume(&[DENOISE], 1, "t").await.expect("consume");
+    let d = next_data(&mut c).await;
+    assert!(
+        stays_quiet(&mut c).await,
+        "a second delivery past prefetch 1"
+    );
+    d.ack().await.expect("ack");
+    next_data(&mut c).await.ack().await.expect("ack");
+    c.close().await;
+}
+
+pub(super) async fn consumes_several_queues_and_counts_consumers(q: &dyn TaskQueue) {
+    let vocode = QueueName::Task(TaskKind::Vocode);
+    let mut c = q
+        .consume(&[DENOISE, vocode], 2, "t")
+        .await
+        .expect("consume");
+    assert_eq!(q.consumers(vocode).await.expect("count"), 1);
+    q.publish(vocode, b"v").await.expect("publish");
+    let d = next_data(&mut c).await;
+    assert_eq!((d.queue, d.data.as_slice()), (vocode, b"v".as_slice()));
+    d.ack().await.expect("ack");
+    c.close().await;
+}
+
+pub(super) async fn control_fans_out_to_every_subscriber(q: &dyn TaskQueue) {
+    let mut a = q.control().await.expect("control");
+    let mut b = q.control().await.expect("control");
+    let msg = ControlMessage::Cancel {
+        job_id: uuid::Uuid::new_v4(),
+    };
+    q.broadcast(&msg).await.expect("broadcast");
+    for s in [&mut a, &mut b] {
+        let got = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("control in time");
+        assert_eq!(got, Some(msg.clone()));
+    }
+}
+
+fn amqp() -> AmqpQueue {
+    let url = std::env::var("TUTTI_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let prefix = format!("conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    AmqpQueue::new(url, Topology::new(prefix))
+}
+
+macro_rules! task_queue_suite {
+    ($($name:ident),+ $(,)?) => {
+        mod memory_suite {
+            $(#[tokio::test] async fn $name() { super::$name(&super::MemoryQueue::new()).await; })+
+        }
+        mod amqp_suite {
+            $(#[tokio::test] async fn $name() { super::$name(&super::amqp()).await; })+
+        }
+    };
+}
+
+task_queue_suite!(
+    delivers_once_when_acked,
+    redelivers_what_a_departed_consumer_held,
+    nack_requeues_or_dead_letters,
+    prefetch_bounds_unsettled_deliveries,
+    consumes_several_queues_and_counts_consumers,
+    control_fans_out_to_every_subscriber,
+);
