@@ -16,6 +16,34 @@ pub(crate) enum TrainCommand {
     Vocoder(VocoderArgs),
     /// Write a model pack from the trained checkpoints.
     Pack(PackArgs),
+    /// Evaluate a pack on the held-out prompts: tempo, mode, diversity; report + spectrograms.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    pub pack: PathBuf,
+    /// Output folder (report.md, PNG spectrograms, WAVs).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f32,
+    #[arg(long, default_value_t = 2)]
+    pub seeds: usize,
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Only the first N prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also run the analyzers on this many clips of a dataset (their accuracy on ground truth).
+    #[arg(long)]
+    pub calibrate: Option<PathBuf>,
+    #[arg(long, default_value_t = 200)]
+    pub calibrate_clips: usize,
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
 }
 
 #[derive(Debug, Args)]
@@ -159,7 +187,10 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 heads: a.heads,
                 cross_dim: a.heads * 64,
                 tokens: a.tokens,
-                adam: train::optim::AdamWConfig { lr: a.lr, ..Default::default() },
+                adam: train::optim::AdamWConfig {
+                    lr: a.lr,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let paths = train::denoiser::RunPaths {
@@ -167,12 +198,22 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 text_encoder: a.text_encoder.clone(),
                 run: a.run.run.clone(),
             };
-            let mut t = train::denoiser::Trainer::open(&cfg, &paths, device(&a.run.device)?, a.amp)?;
+            let mut t =
+                train::denoiser::Trainer::open(&cfg, &paths, device(&a.run.device)?, a.amp)?;
             let params: i64 = t.opt.params.values().map(|p| p.numel() as i64).sum();
-            println!("denoiser: {params} trainable parameters, from step {}", t.state.step);
+            println!(
+                "denoiser: {params} trainable parameters, from step {}",
+                t.state.step
+            );
             let w0 = std::time::Instant::now();
             let s0 = t.state.step;
-            let loss = t.run(a.run.steps, a.run.save_every, a.run.minutes * 60.0, a.run.log_every, true)?;
+            let loss = t.run(
+                a.run.steps,
+                a.run.save_every,
+                a.run.minutes * 60.0,
+                a.run.log_every,
+                true,
+            )?;
             let dt = w0.elapsed().as_secs_f64();
             println!(
                 "step {} loss {loss:.4}; {:.2} s/step this sitting; {:.2} CPU hours in all; checkpoint and loss.png in {}",
@@ -185,20 +226,82 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Vocoder(a) => {
             tch::set_num_threads(a.run.threads);
-            let mut cfg = train::vocoder::VocoderConfig { seed: a.run.seed, batch: a.batch, ..Default::default() };
+            let mut cfg = train::vocoder::VocoderConfig {
+                seed: a.run.seed,
+                batch: a.batch,
+                ..Default::default()
+            };
             cfg.vocos.dim = a.dim;
             cfg.vocos.intermediate_dim = 3 * a.dim;
             cfg.vocos.num_layers = a.layers;
-            let mut t = train::vocoder::VocoderTrainer::open(&cfg, &a.run.dataset, &a.run.run, device(&a.run.device)?)?;
+            let mut t = train::vocoder::VocoderTrainer::open(
+                &cfg,
+                &a.run.dataset,
+                &a.run.run,
+                device(&a.run.device)?,
+            )?;
             let params: i64 = t.opt.params.values().map(|p| p.numel() as i64).sum();
-            println!("vocoder: {params} trainable parameters, from step {}", t.state.step);
-            let loss = t.run(a.run.steps, a.run.save_every, a.run.minutes * 60.0, a.run.log_every, true)?;
-            println!("step {} loss {loss:.4}; {:.2} CPU hours in all", t.state.step, t.state.cpu_seconds / 3600.0);
+            println!(
+                "vocoder: {params} trainable parameters, from step {}",
+                t.state.step
+            );
+            let loss = t.run(
+                a.run.steps,
+                a.run.save_every,
+                a.run.minutes * 60.0,
+                a.run.log_every,
+                true,
+            )?;
+            println!(
+                "step {} loss {loss:.4}; {:.2} CPU hours in all",
+                t.state.step,
+                t.state.cpu_seconds / 3600.0
+            );
+            Ok(())
+        }
+        TrainCommand::Eval(a) => {
+            tch::set_num_threads(a.threads);
+            let opts = train::eval::EvalOptions {
+                steps: a.steps,
+                seconds: a.seconds,
+                seeds: a.seeds,
+                guidance: a.guidance,
+                limit: a.limit,
+            };
+            let t0 = std::time::Instant::now();
+            let mut report = train::eval::evaluate(&a.pack, &a.out, &opts)?;
+            println!(
+                "generated and analysed in {:.0} s",
+                t0.elapsed().as_secs_f64()
+            );
+            if let Some(ds) = &a.calibrate {
+                let (t, m) = train::eval::calibrate(ds, a.calibrate_clips)?;
+                let line = format!(
+                    "\nAnalyzers on {} rendered training clips (ground truth): tempo within 8% {:.0}%, mode right {:.0}%.\n",
+                    a.calibrate_clips,
+                    100.0 * t,
+                    100.0 * m
+                );
+                report.markdown.push_str(&line);
+            }
+            train::eval::write_report(&a.out, &report)?;
+            println!("{}", report.markdown);
             Ok(())
         }
         TrainCommand::Pack(a) => {
-            let cfg = train::pack::write_pack(&a.out, &a.denoiser, a.vocoder.as_deref(), a.text_encoder.as_deref(), &a.name)?;
-            println!("wrote pack {}@{} to {}", cfg.model.name, cfg.model.version, a.out.display());
+            let cfg = train::pack::write_pack(
+                &a.out,
+                &a.denoiser,
+                a.vocoder.as_deref(),
+                a.text_encoder.as_deref(),
+                &a.name,
+            )?;
+            println!(
+                "wrote pack {}@{} to {}",
+                cfg.model.name,
+                cfg.model.version,
+                a.out.display()
+            );
             Ok(())
         }
     }

@@ -40,13 +40,29 @@ fn style_words(rng: &mut ChaCha8Rng, piece: &Piece) -> (String, String) {
     let (sub, genre) = piece.style.words();
     let variants: &[(&str, &str)] = match piece.style {
         Style::Rock => &[("", "rock"), ("", "rock song"), ("", "rock track")],
-        Style::LofiHipHop => &[("lo-fi", "hip hop"), ("lo-fi", "hip hop beat"), ("lofi", "beat")],
-        Style::House => &[("", "house"), ("", "house track"), ("four-on-the-floor", "house")],
+        Style::LofiHipHop => &[
+            ("lo-fi", "hip hop"),
+            ("lo-fi", "hip hop beat"),
+            ("lofi", "beat"),
+        ],
+        Style::House => &[
+            ("", "house"),
+            ("", "house track"),
+            ("four-on-the-floor", "house"),
+        ],
         Style::Trap => &[("", "trap"), ("", "trap beat")],
         Style::Waltz => &[("", "waltz"), ("", "waltz in 3/4")],
-        Style::Ambient => &[("", "ambient"), ("", "ambient soundscape"), ("", "ambient music")],
+        Style::Ambient => &[
+            ("", "ambient"),
+            ("", "ambient soundscape"),
+            ("", "ambient music"),
+        ],
         Style::Classical => &[("", "classical"), ("", "classical piece")],
-        Style::Folk => &[("", "folk"), ("", "folk tune"), ("traditional", "folk melody")],
+        Style::Folk => &[
+            ("", "folk"),
+            ("", "folk tune"),
+            ("traditional", "folk melody"),
+        ],
     };
     let (s, g) = *variants.choose(rng).unwrap_or(&(sub, genre));
     (s.to_string(), g.to_string())

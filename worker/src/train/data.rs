@@ -64,7 +64,11 @@ pub fn read_mel(dir: &Path, id: usize, n_mels: usize, frames: usize) -> Result<V
     if bytes.len() != n_mels * frames * 2 {
         return Err(TrainError::File {
             path: path.display().to_string(),
-            message: format!("expected {} bytes, found {}", n_mels * frames * 2, bytes.len()),
+            message: format!(
+                "expected {} bytes, found {}",
+                n_mels * frames * 2,
+                bytes.len()
+            ),
         });
     }
     Ok(bytes

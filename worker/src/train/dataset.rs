@@ -138,7 +138,10 @@ pub fn make(cfg: &DatasetConfig, paths: &DatasetPaths, progress: bool) -> Result
             &std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e))?,
         )
         .map_err(|e| file_err(&cfg_path, e))?;
-        let same = DatasetConfig { clips: cfg.clips, ..old.clone() };
+        let same = DatasetConfig {
+            clips: cfg.clips,
+            ..old.clone()
+        };
         if &same != cfg {
             return Err(TrainError::Input(format!(
                 "{} was made with other settings ({old:?}); use another folder",
@@ -158,7 +161,11 @@ pub fn make(cfg: &DatasetConfig, paths: &DatasetPaths, progress: bool) -> Result
     let renderer = Renderer::load(&paths.soundfont, cfg.mel.sample_rate)?;
     let corpus = paths.corpus.as_deref().map(Corpus::open).transpose()?;
     let front = MelFrontEnd::new(&cfg.mel, Device::Cpu)?;
-    let bar = if progress { ProgressBar::new(cfg.clips as u64) } else { ProgressBar::hidden() };
+    let bar = if progress {
+        ProgressBar::new(cfg.clips as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} clips {per_sec} eta {eta} {msg}")
             .map_err(|e| TrainError::Input(e.to_string()))?,

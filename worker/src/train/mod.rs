@@ -3,19 +3,21 @@
 //! evaluation analyzers. Everything is deterministic given its seeds, and every long command can
 //! stop and resume exactly.
 
+pub mod batch;
 pub mod caption;
-// pub mod checkpoint;
-// pub mod cond;
+pub mod checkpoint;
+pub mod cond;
 pub mod data;
 pub mod dataset;
-// pub mod denoiser;
-// pub mod eval;
+pub mod denoiser;
+pub mod eval;
 pub mod music;
-// pub mod optim;
-// pub mod pack;
-// pub mod plot;
+pub mod optim;
+pub mod pack;
+pub mod plot;
 pub mod render;
-// pub mod vocoder;
+pub mod vocoder;
+pub mod vocos_net;
 
 use thiserror::Error;
 

@@ -24,7 +24,9 @@ pub struct Renderer {
 
 impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renderer").field("sample_rate", &self.sample_rate).finish_non_exhaustive()
+        f.debug_struct("Renderer")
+            .field("sample_rate", &self.sample_rate)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +53,11 @@ impl Renderer {
                 9
             } else {
                 let c = track as i32 % 15;
-                if c >= 9 { c + 1 } else { c }
+                if c >= 9 {
+                    c + 1
+                } else {
+                    c
+                }
             }
         };
         for (i, t) in piece.tracks.iter().enumerate() {
@@ -65,7 +71,8 @@ impl Renderer {
         let total = (seconds * sr).round() as usize;
         let beat = piece.beat_s();
         // Events: (sample, is_on, channel, key, velocity); note-offs sort before note-ons.
-        let mut events: Vec<(usize, bool, i32, i32, i32)> = Vec::with_capacity(piece.notes.len() * 2);
+        let mut events: Vec<(usize, bool, i32, i32, i32)> =
+            Vec::with_capacity(piece.notes.len() * 2);
         for n in &piece.notes {
             if n.track >= piece.tracks.len() {
                 continue;
@@ -101,7 +108,11 @@ impl Renderer {
         if pos < total {
             synth.render(&mut left[pos..], &mut right[pos..]);
         }
-        let mut mono: Vec<f32> = left.iter().zip(&right).map(|(l, r)| 0.5 * (l + r)).collect();
+        let mut mono: Vec<f32> = left
+            .iter()
+            .zip(&right)
+            .map(|(l, r)| 0.5 * (l + r))
+            .collect();
         let rms = normalise(&mut mono);
         Ok((mono, rms))
     }
@@ -109,7 +120,8 @@ impl Renderer {
 
 /// Scales to [`TARGET_RMS`], then down to [`PEAK`] if a peak exceeds it; returns the input RMS.
 pub fn normalise(x: &mut [f32]) -> f32 {
-    let rms = (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt() as f32;
+    let rms =
+        (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt() as f32;
     if rms > 1e-6 {
         let g = TARGET_RMS / rms;
         x.iter_mut().for_each(|v| *v *= g);

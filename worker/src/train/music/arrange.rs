@@ -34,7 +34,11 @@ pub fn arrange_corpus(
     } else {
         Style::Classical
     };
-    let mode = if entry.mode == "minor" { Mode::Minor } else { Mode::Major };
+    let mode = if entry.mode == "minor" {
+        Mode::Minor
+    } else {
+        Mode::Major
+    };
     let (lo, hi) = style.tempo_range();
     let bpm = rng.random_range(lo..=hi).round();
     let beats = seconds * bpm as f64 / 60.0;
@@ -43,7 +47,8 @@ pub fn arrange_corpus(
     if !first.is_finite() {
         return None;
     }
-    let offset = (first / entry.beats_per_bar.max(1) as f64).floor() * entry.beats_per_bar.max(1) as f64;
+    let offset =
+        (first / entry.beats_per_bar.max(1) as f64).floor() * entry.beats_per_bar.max(1) as f64;
     let shift: i32 = rng.random_range(-5..=6);
     let tonic = (entry.tonic as i32 + shift).rem_euclid(12) as u8;
     let dynamics = [Dynamics::Soft, Dynamics::Medium, Dynamics::Loud][rng.random_range(0..3)];
@@ -66,7 +71,14 @@ pub fn arrange_corpus(
     if kept.iter().map(|n| n.start + n.dur).fold(0.0, f64::max) < beats * 0.6 {
         return None;
     }
-    let lead_choices = [Family::Flute, Family::Piano, Family::Strings, Family::Organ, Family::AcousticGuitar, Family::ElectricPiano];
+    let lead_choices = [
+        Family::Flute,
+        Family::Piano,
+        Family::Strings,
+        Family::Organ,
+        Family::AcousticGuitar,
+        Family::ElectricPiano,
+    ];
     let lead = *lead_choices.choose(rng).unwrap_or(&Family::Piano);
     let pick = |rng: &mut ChaCha8Rng, f: Family, volume| Track {
         family: f,
@@ -77,10 +89,15 @@ pub fn arrange_corpus(
     let bpb = entry.beats_per_bar.clamp(2, 6);
     if voices > 1 {
         // The lower voices share one family (a choir of strings, an organ, a piano...).
-        let others: Vec<Family> = [Family::Strings, Family::Organ, Family::Piano, Family::AcousticGuitar]
-            .into_iter()
-            .filter(|f| *f != lead)
-            .collect();
+        let others: Vec<Family> = [
+            Family::Strings,
+            Family::Organ,
+            Family::Piano,
+            Family::AcousticGuitar,
+        ]
+        .into_iter()
+        .filter(|f| *f != lead)
+        .collect();
         let low = *others.choose(rng).unwrap_or(&Family::Strings);
         let t = pick(rng, low, 95);
         for v in 1..voices {
@@ -88,24 +105,47 @@ pub fn arrange_corpus(
             tracks.push(t);
         }
     } else {
-        let harm = *[Family::AcousticGuitar, Family::Piano, Family::Strings, Family::Organ]
-            .iter()
-            .filter(|f| **f != lead)
-            .copied()
-            .collect::<Vec<_>>()
-            .choose(rng)
-            .unwrap_or(&Family::Piano);
+        let harm = *[
+            Family::AcousticGuitar,
+            Family::Piano,
+            Family::Strings,
+            Family::Organ,
+        ]
+        .iter()
+        .filter(|f| **f != lead)
+        .copied()
+        .collect::<Vec<_>>()
+        .choose(rng)
+        .unwrap_or(&Family::Piano);
         tracks.push(pick(rng, harm, 90));
-        tracks.push(Track { family: Family::Bass, program: *[32u8, 33].choose(rng).unwrap_or(&32), volume: 100 });
+        tracks.push(Track {
+            family: Family::Bass,
+            program: *[32u8, 33].choose(rng).unwrap_or(&32),
+            volume: 100,
+        });
         harmonise(&mut kept, tonic, mode, bpb, beats);
     }
     if rng.random_bool(0.25) {
-        tracks.push(Track { family: Family::Drums, program: 0, volume: 90 });
+        tracks.push(Track {
+            family: Family::Drums,
+            program: 0,
+            volume: 90,
+        });
         let t = tracks.len() - 1;
         let vel = (85.0 * vel_scale) as i32;
         let mut b = 0.0;
         while b < beats + 1.0 {
-            grooves::bar(&mut kept, rng, style, t, b, bpb, vel, Intensity::Full, false);
+            grooves::bar(
+                &mut kept,
+                rng,
+                style,
+                t,
+                b,
+                bpb,
+                vel,
+                Intensity::Full,
+                false,
+            );
             b += bpb as f64;
         }
     }
@@ -140,12 +180,24 @@ fn harmonise(notes: &mut Vec<Note>, tonic: u8, mode: Mode, bpb: u32, beats: f64)
             .map(|n| (n.pitch as i32 - tonic as i32).rem_euclid(12))
             .collect();
         let fit = |root: i32| {
-            let tones: Vec<i32> = [root, root + 2, root + 4].iter().map(|d| s[(d % 7) as usize]).collect();
+            let tones: Vec<i32> = [root, root + 2, root + 4]
+                .iter()
+                .map(|d| s[(d % 7) as usize])
+                .collect();
             pcs.iter().filter(|p| tones.contains(p)).count()
         };
-        let root = [0, 3, 4].into_iter().max_by_key(|&r| (fit(r), r == 0)).unwrap_or(0);
+        let root = [0, 3, 4]
+            .into_iter()
+            .max_by_key(|&r| (fit(r), r == 0))
+            .unwrap_or(0);
         for p in chord(base, mode, root, false) {
-            add.push(Note { start: b0, dur: bpb as f64 * 0.95, pitch: midi(p), vel: (vel - 20).max(20) as u8, track: 1 });
+            add.push(Note {
+                start: b0,
+                dur: bpb as f64 * 0.95,
+                pitch: midi(p),
+                vel: (vel - 20).max(20) as u8,
+                track: 1,
+            });
         }
         add.push(Note {
             start: b0,

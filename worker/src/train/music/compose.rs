@@ -46,12 +46,31 @@ fn plan(name: &'static str) -> SectionPlan {
 /// Section sequences a clip may show, per style (empty: no structure, the whole clip plays).
 fn section_choices(style: Style) -> &'static [&'static [&'static str]] {
     match style {
-        Style::Rock => &[&[], &["intro", "verse"], &["verse", "chorus"], &["chorus"], &["bridge", "chorus"]],
-        Style::LofiHipHop => &[&[], &["intro", "verse"], &["verse"], &["chorus"], &["verse", "outro"]],
-        Style::House | Style::Trap => {
-            &[&[], &["build", "drop"], &["intro", "build"], &["drop"], &["breakdown", "build"], &["drop", "breakdown"]]
+        Style::Rock => &[
+            &[],
+            &["intro", "verse"],
+            &["verse", "chorus"],
+            &["chorus"],
+            &["bridge", "chorus"],
+        ],
+        Style::LofiHipHop => &[
+            &[],
+            &["intro", "verse"],
+            &["verse"],
+            &["chorus"],
+            &["verse", "outro"],
+        ],
+        Style::House | Style::Trap => &[
+            &[],
+            &["build", "drop"],
+            &["intro", "build"],
+            &["drop"],
+            &["breakdown", "build"],
+            &["drop", "breakdown"],
+        ],
+        Style::Waltz | Style::Ambient | Style::Classical | Style::Folk => {
+            &[&[], &["intro", "verse"], &["verse"]]
         }
-        Style::Waltz | Style::Ambient | Style::Classical | Style::Folk => &[&[], &["intro", "verse"], &["verse"]],
     }
 }
 
@@ -59,12 +78,42 @@ fn section_choices(style: Style) -> &'static [&'static [&'static str]] {
 fn palette(style: Style) -> (&'static [Family], &'static [Family], bool, bool) {
     use Family::*;
     match style {
-        Style::Rock => (&[ElectricGuitar, Organ, Piano], &[ElectricGuitar, Organ, Piano, Flute], true, true),
-        Style::LofiHipHop => (&[ElectricPiano, Piano, AcousticGuitar], &[Flute, Piano, ElectricGuitar, ElectricPiano], true, true),
-        Style::House => (&[Piano, SynthPad, Organ], &[Piano, Flute, ElectricPiano, SynthPad], true, true),
-        Style::Trap => (&[SynthPad, Piano, Strings], &[Piano, Flute, ElectricPiano], true, true),
-        Style::Waltz => (&[Strings, Piano, AcousticGuitar], &[Flute, Strings, Piano], true, false),
-        Style::Ambient => (&[SynthPad, Strings, Organ], &[Piano, Flute, ElectricPiano], false, false),
+        Style::Rock => (
+            &[ElectricGuitar, Organ, Piano],
+            &[ElectricGuitar, Organ, Piano, Flute],
+            true,
+            true,
+        ),
+        Style::LofiHipHop => (
+            &[ElectricPiano, Piano, AcousticGuitar],
+            &[Flute, Piano, ElectricGuitar, ElectricPiano],
+            true,
+            true,
+        ),
+        Style::House => (
+            &[Piano, SynthPad, Organ],
+            &[Piano, Flute, ElectricPiano, SynthPad],
+            true,
+            true,
+        ),
+        Style::Trap => (
+            &[SynthPad, Piano, Strings],
+            &[Piano, Flute, ElectricPiano],
+            true,
+            true,
+        ),
+        Style::Waltz => (
+            &[Strings, Piano, AcousticGuitar],
+            &[Flute, Strings, Piano],
+            true,
+            false,
+        ),
+        Style::Ambient => (
+            &[SynthPad, Strings, Organ],
+            &[Piano, Flute, ElectricPiano],
+            false,
+            false,
+        ),
         Style::Classical | Style::Folk => (&[Piano, Strings], &[Flute, Piano], false, false),
     }
 }
@@ -80,7 +129,11 @@ fn pick_track(rng: &mut ChaCha8Rng, family: Family, volume: u8) -> Track {
 
 /// Composes `seconds` (plus a bar) of music in `style`.
 pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
-    let mode = if rng.random_bool(0.5) { Mode::Major } else { Mode::Minor };
+    let mode = if rng.random_bool(0.5) {
+        Mode::Major
+    } else {
+        Mode::Minor
+    };
     let tonic: u8 = rng.random_range(0..12);
     let (lo, hi) = style.tempo_range();
     let bpm = rng.random_range(lo..=hi).round();
@@ -110,7 +163,11 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
     let (harm_f, lead_f, has_bass, has_drums) = palette(style);
     let harm_family = *harm_f.choose(rng).unwrap_or(&Family::Piano);
     let mut tracks = vec![pick_track(rng, harm_family, 100)];
-    let lead_choices: Vec<Family> = lead_f.iter().copied().filter(|f| *f != harm_family).collect();
+    let lead_choices: Vec<Family> = lead_f
+        .iter()
+        .copied()
+        .filter(|f| *f != harm_family)
+        .collect();
     let lead = (rng.random_bool(0.85) && !lead_choices.is_empty())
         .then(|| *lead_choices.choose(rng).unwrap_or(&Family::Flute));
     let lead_track = lead.map(|f| {
@@ -158,11 +215,26 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
         let tones = chord(chord_base, mode, root, seventh);
         harmony(&mut notes, rng, style, 0, b0, bpb, &tones, vel - 8);
         if let (Some(t), true) = (lead_track, sec.melody) {
-            let lift = if sec.name == "chorus" || sec.name == "drop" { 7 } else { 0 };
-            mel_deg = melody(&mut notes, rng, style, t, b0, bpb, mode, mel_base, root, mel_deg, lift, vel);
+            let lift = if sec.name == "chorus" || sec.name == "drop" {
+                7
+            } else {
+                0
+            };
+            mel_deg = melody(
+                &mut notes, rng, style, t, b0, bpb, mode, mel_base, root, mel_deg, lift, vel,
+            );
         }
         if let (Some(t), true) = (bass_track, sec.bass || sec.name.is_empty()) {
-            bass(&mut notes, rng, style, t, b0, bpb, degree_pitch(fold(36 + tonic as i32, 33, 44), mode, root), vel);
+            bass(
+                &mut notes,
+                rng,
+                style,
+                t,
+                b0,
+                bpb,
+                degree_pitch(fold(36 + tonic as i32, 33, 44), mode, root),
+                vel,
+            );
         }
         if let Some(t) = drum_track {
             let crash = sections.iter().any(|(s, _)| *s == bar);
@@ -202,11 +274,20 @@ fn push(out: &mut Vec<Note>, track: usize, start: f64, dur: f64, pitch: i32, vel
 }
 
 #[allow(clippy::too_many_arguments)]
-fn harmony(out: &mut Vec<Note>, rng: &mut ChaCha8Rng, style: Style, track: usize, b0: f64, bpb: u32, tones: &[i32], vel: i32) {
+fn harmony(
+    out: &mut Vec<Note>,
+    rng: &mut ChaCha8Rng,
+    style: Style,
+    track: usize,
+    b0: f64,
+    bpb: u32,
+    tones: &[i32],
+    vel: i32,
+) {
     let bar = bpb as f64;
     let hits: Vec<(f64, f64)> = match style {
         Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45)).collect(),
-        Style::LofiHipHop => vec![(0.0, 1.9), (grooves::swing(style, 2.5) , 1.4)],
+        Style::LofiHipHop => vec![(0.0, 1.9), (grooves::swing(style, 2.5), 1.4)],
         Style::House => {
             if rng.random_bool(0.5) {
                 (0..4).map(|q| (q as f64 + 0.5, 0.3)).collect()
@@ -243,10 +324,19 @@ fn melody(
     let patterns: &[&[f64]] = match (style, bpb) {
         (_, 3) => &[&[1.0, 1.0, 1.0], &[2.0, 1.0], &[1.5, 0.5, 1.0], &[3.0]],
         (Style::Ambient, _) => &[&[4.0], &[2.0, 2.0], &[3.0, 1.0]],
-        (Style::Trap, _) | (Style::LofiHipHop, _) => {
-            &[&[0.75, 0.75, 0.5, 1.0, 1.0], &[1.0, 0.5, 0.5, 2.0], &[0.5, 0.5, 0.5, 0.5, 2.0], &[1.5, 0.5, 2.0]]
-        }
-        _ => &[&[1.0, 1.0, 1.0, 1.0], &[0.5, 0.5, 1.0, 2.0], &[1.5, 0.5, 1.0, 1.0], &[0.5, 0.5, 0.5, 0.5, 1.0, 1.0], &[2.0, 2.0]],
+        (Style::Trap, _) | (Style::LofiHipHop, _) => &[
+            &[0.75, 0.75, 0.5, 1.0, 1.0],
+            &[1.0, 0.5, 0.5, 2.0],
+            &[0.5, 0.5, 0.5, 0.5, 2.0],
+            &[1.5, 0.5, 2.0],
+        ],
+        _ => &[
+            &[1.0, 1.0, 1.0, 1.0],
+            &[0.5, 0.5, 1.0, 2.0],
+            &[1.5, 0.5, 1.0, 1.0],
+            &[0.5, 0.5, 0.5, 0.5, 1.0, 1.0],
+            &[2.0, 2.0],
+        ],
     };
     let rhythm = *patterns.choose(rng).unwrap_or(&&[1.0][..]);
     let mut t = 0.0f64;
@@ -254,7 +344,10 @@ fn melody(
         if i == 0 || t.fract() == 0.0 {
             // Strong positions land on a chord tone near the current degree.
             let targets = [root, root + 2, root + 4, root + 7, root - 3];
-            deg = *targets.iter().min_by_key(|&&x| (x - deg).abs()).unwrap_or(&root);
+            deg = *targets
+                .iter()
+                .min_by_key(|&&x| (x - deg).abs())
+                .unwrap_or(&root);
         } else {
             deg += *[-2, -1, -1, 1, 1, 2].choose(rng).unwrap_or(&1);
         }
@@ -272,13 +365,25 @@ fn melody(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bass(out: &mut Vec<Note>, rng: &mut ChaCha8Rng, style: Style, track: usize, b0: f64, bpb: u32, root: i32, vel: i32) {
+fn bass(
+    out: &mut Vec<Note>,
+    rng: &mut ChaCha8Rng,
+    style: Style,
+    track: usize,
+    b0: f64,
+    bpb: u32,
+    root: i32,
+    vel: i32,
+) {
     let fifth = root + 7;
     let hits: Vec<(f64, f64, i32)> = match style {
         Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45, root)).collect(),
         Style::LofiHipHop => vec![(0.0, 1.5, root), (1.75, 0.5, root), (2.5, 1.2, fifth - 12)],
         Style::House => (0..4).map(|q| (q as f64 + 0.5, 0.4, root)).collect(),
-        Style::Trap => vec![(0.0, 1.4, root), (*[1.5, 2.5].choose(rng).unwrap_or(&2.5), 1.0, root)],
+        Style::Trap => vec![
+            (0.0, 1.4, root),
+            (*[1.5, 2.5].choose(rng).unwrap_or(&2.5), 1.0, root),
+        ],
         Style::Waltz => vec![(0.0, 0.9, root)],
         _ => vec![(0.0, bpb as f64 * 0.9, root), (2.0, 1.8, fifth - 12)],
     };

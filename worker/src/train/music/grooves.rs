@@ -110,7 +110,13 @@ fn full_bar(
                 let x = v(rng, vel - 15 + if e % 2 == 0 { 8 } else { 0 });
                 hit(out, track, b + e as f64 * 0.5, HAT, x);
             }
-            for (t, p) in [(0.0, KICK), (1.0, SNARE), (2.0, KICK), (2.5, KICK), (3.0, SNARE)] {
+            for (t, p) in [
+                (0.0, KICK),
+                (1.0, SNARE),
+                (2.0, KICK),
+                (2.5, KICK),
+                (3.0, SNARE),
+            ] {
                 let x = v(rng, vel);
                 hit(out, track, b + t, p, x);
             }
@@ -121,7 +127,13 @@ fn full_bar(
                 let x = v(rng, vel - 25 + if s % 2 == 0 { 6 } else { 0 });
                 hit(out, track, swing(style, b + t), HAT, x);
             }
-            for (t, p) in [(0.0, KICK), (1.0, SNARE), (1.75, KICK), (2.5, KICK), (3.0, SNARE)] {
+            for (t, p) in [
+                (0.0, KICK),
+                (1.0, SNARE),
+                (1.75, KICK),
+                (2.5, KICK),
+                (3.0, SNARE),
+            ] {
                 let x = v(rng, vel - 5);
                 hit(out, track, swing(style, b + t), p, x);
             }
