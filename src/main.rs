@@ -6,18 +6,24 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    tutti_shared::telemetry::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let service = match &cli.command {
+        cli::Command::Coordinator(_) => "tutti-coordinator",
+        cli::Command::Worker(_) => "tutti-worker",
+        _ => "tutti",
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    // Inside the runtime: the OTLP exporter's gRPC channel needs a reactor.
+    let result = runtime.block_on(async {
+        let _telemetry = tutti_shared::telemetry::init(cli.log_format, service);
+        cli::run(cli).await
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,6 +1,18 @@
-//! Logging set-up: an env filter (`RUST_LOG`, default `info`), text or JSON lines.
+//! Logging and tracing set-up: an env filter (`RUST_LOG`, default `info`), text or JSON lines,
+//! and OpenTelemetry traces over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with the
+//! W3C trace-context propagator so one trace spans gRPC calls and AMQP messages.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use std::collections::HashMap;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum LogFormat {
@@ -9,13 +21,128 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing), which
-/// in-process test farms rely on.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+/// Flushes pending spans when dropped (keep it alive for the life of `main`).
+#[must_use = "dropping the guard shuts tracing export down"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls only return a guard),
+/// which in-process test farms rely on. `service` names the process in traces.
+pub fn init(format: LogFormat, service: &str) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = otlp_provider(service);
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tutti")));
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter()))
+        .with(otel.map(|l| l.with_filter(filter())))
+        .try_init();
+    TelemetryGuard { provider }
+}
+
+fn otlp_provider(service: &str) -> Option<SdkTracerProvider> {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("warning: OTLP exporter for {endpoint} not started: {e}");
+            return None;
+        }
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_string())
+        .build();
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    )
+}
+
+struct MapCarrier<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+}
+
+struct MapReader<'a>(&'a HashMap<String, String>);
+
+impl Extractor for MapReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// The current span's trace context as W3C headers (`traceparent`, `tracestate`); empty when
+/// tracing export is off.
+pub fn current_context_headers() -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MapCarrier(&mut map)));
+    map
+}
+
+/// Makes `span` a child of the trace context carried in `headers`.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
+    if headers.is_empty() {
+        return;
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MapReader(headers)));
+    let _ = span.set_parent(cx);
+}
+
+/// Trace headers as an AMQP header table.
+pub fn amqp_headers(headers: &HashMap<String, String>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in headers {
+        t.insert(
+            ShortString::from(k.clone()),
+            AMQPValue::LongString(LongString::from(v.clone())),
+        );
+    }
+    t
+}
+
+/// String headers of an AMQP message (others are ignored).
+pub fn headers_from_amqp(table: Option<&FieldTable>) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(t) = table {
+        for (k, v) in t.inner() {
+            if let AMQPValue::LongString(s) = v {
+                map.insert(k.to_string(), s.to_string());
+            }
+        }
+    }
+    map
 }
