@@ -7,35 +7,30 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use lapin::types::FieldTable;
 use prost::Message;
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 use tutti_proto::v1 as pb;
 use tutti_shared::blob::BlobStore;
 use tutti_shared::job::{JobState, Stage};
 use tutti_shared::messages::ControlMessage;
-use tutti_shared::queue::{self, Topology};
+use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::events::JobEvents;
-use crate::store::{JobRecord, Store};
+use crate::store::{JobRecord, JobStore};
 use crate::validate::Validator;
 
 /// Until API keys land, every caller acts for this tenant.
 pub const DEFAULT_TENANT: &str = "default";
 
 pub struct GenerationService {
-    pub store: Store,
+    pub store: Arc<dyn JobStore>,
     pub validator: Validator,
     pub blobs: Arc<dyn BlobStore>,
-    pub events: JobEvents,
+    /// Carries cancel broadcasts to the workers.
+    pub queue: Arc<dyn TaskQueue>,
     pub url_ttl: Duration,
-    pub amqp_url: String,
-    pub topology: Topology,
-    /// Channel for cancel broadcasts, opened on first use and reopened after a broker restart.
-    pub control: Mutex<Option<(lapin::Connection, lapin::Channel)>>,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -130,28 +125,10 @@ impl GenerationService {
     }
 
     async fn broadcast_cancel(&self, job: Uuid) -> Result<()> {
-        let mut guard = self.control.lock().await;
-        if guard.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-            let conn = queue::connect(&self.amqp_url, Duration::from_secs(2)).await?;
-            queue::declare_topology(&conn, &self.topology).await?;
-            let ch = queue::confirm_channel(&conn).await?;
-            *guard = Some((conn, ch));
-        }
-        let Some((_, ch)) = guard.as_ref() else {
-            return Err(Error::Internal("control channel missing".into()));
-        };
-        let res = queue::publish_json(
-            ch,
-            &self.topology.control_exchange(),
-            "",
-            &ControlMessage::Cancel { job_id: job },
-            FieldTable::default(),
-        )
-        .await;
-        if res.is_err() {
-            *guard = None;
-        }
-        Ok(res?)
+        Ok(self
+            .queue
+            .broadcast(&ControlMessage::Cancel { job_id: job })
+            .await?)
     }
 }
 
@@ -219,7 +196,7 @@ impl pb::generation_server::Generation for GenerationApi {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
         // Subscribe before the snapshot so no change between the two is missed.
-        let mut changes = self.events.subscribe();
+        let mut changes = self.store.notifier().subscribe();
         let first = self
             .store
             .get_job(DEFAULT_TENANT, id)

@@ -5,7 +5,6 @@ pub mod api;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
-pub mod events;
 pub mod results;
 pub mod store;
 pub mod validate;
@@ -14,14 +13,53 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tutti_proto::v1::generation_server::GenerationServer;
 use tutti_shared::blob::{BlobStore, S3Store};
 use tutti_shared::models::ModelRegistry;
 use tutti_shared::queue::Topology;
+use tutti_shared::taskqueue::{AmqpQueue, TaskQueue};
 
 pub use config::CoordinatorConfig;
+
+/// Where a coordinator keeps its state and sends its work: Postgres, RabbitMQ and S3 for the
+/// farm; SQLite, the in-process queue and a local folder in embedded mode.
+#[derive(Clone)]
+pub struct Backend {
+    pub store: Arc<dyn store::JobStore>,
+    pub queue: Arc<dyn TaskQueue>,
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+/// The scheduler's knobs, whichever backend runs it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub models_dir: std::path::PathBuf,
+    pub default_model: Option<String>,
+    pub chunk_steps: u32,
+    pub max_in_flight: u32,
+    pub retry: store::RetryPolicy,
+    pub task_lease: std::time::Duration,
+    pub url_ttl: std::time::Duration,
+}
+
+impl From<&CoordinatorConfig> for Settings {
+    fn from(cfg: &CoordinatorConfig) -> Self {
+        Self {
+            models_dir: cfg.models_dir.clone(),
+            default_model: cfg.default_model.clone(),
+            chunk_steps: cfg.chunk_steps,
+            max_in_flight: cfg.max_in_flight,
+            retry: store::RetryPolicy {
+                max_attempts: cfg.max_attempts,
+                backoff: cfg.retry_backoff,
+            },
+            task_lease: cfg.task_lease,
+            url_ttl: cfg.url_ttl,
+        }
+    }
+}
 
 /// Runs a coordinator on `listener` until `shutdown` flips to true.
 pub async fn serve(
@@ -31,15 +69,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
-    let registry = ModelRegistry::scan(&cfg.models_dir)
-        .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
-    if registry.is_empty() {
-        tracing::warn!(dir = %cfg.models_dir.display(), "no model packs found: every request will be NOT_FOUND");
-    }
-    for m in registry.all() {
-        tracing::info!(model = %m.name, version = %m.version, dir = %m.dir.display(), "model pack");
-    }
-    let store = store::Store::connect(&cfg.database.database_url)
+    let store = store::PgStore::connect(&cfg.database.database_url)
         .await
         .with_context(|| {
             format!(
@@ -51,38 +81,52 @@ pub async fn serve(
     s3.ensure_bucket()
         .await
         .with_context(|| format!("checking bucket {:?}", cfg.s3.s3_bucket))?;
-    let blobs: Arc<dyn BlobStore> = Arc::new(s3);
+    let backend = Backend {
+        store: Arc::new(store),
+        queue: Arc::new(AmqpQueue::new(cfg.amqp.amqp_url.clone(), topology)),
+        blobs: Arc::new(s3),
+    };
+    serve_backend(&Settings::from(cfg), backend, listener, shutdown).await
+}
 
+/// Runs the gRPC API, the dispatcher and the results consumer over any backend on
+/// `listener` until `shutdown` flips to true.
+pub async fn serve_backend(
+    cfg: &Settings,
+    backend: Backend,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let registry = ModelRegistry::scan(&cfg.models_dir)
+        .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
+    if registry.is_empty() {
+        tracing::warn!(dir = %cfg.models_dir.display(), "no model packs found: every request will be NOT_FOUND");
+    }
+    for m in registry.all() {
+        tracing::info!(model = %m.name, version = %m.version, dir = %m.dir.display(), "model pack");
+    }
     let validator = validate::Validator::new(registry, cfg.default_model.clone(), cfg.chunk_steps)?;
-    let events = events::JobEvents::start(store.pool().clone(), shutdown.clone());
-
     let dispatcher = dispatcher::Dispatcher {
-        store: store.clone(),
-        amqp_url: cfg.amqp.amqp_url.clone(),
-        topology: topology.clone(),
+        store: Arc::clone(&backend.store),
+        queue: Arc::clone(&backend.queue),
         max_in_flight: cfg.max_in_flight,
-        max_attempts: cfg.max_attempts,
+        retry: cfg.retry,
         task_lease: cfg.task_lease,
     };
     let dispatch_task = tokio::spawn(dispatcher.run(shutdown.clone()));
     let results = results::ResultsConsumer {
-        store: store.clone(),
-        amqp_url: cfg.amqp.amqp_url.clone(),
-        topology: topology.clone(),
-        max_attempts: cfg.max_attempts,
-        retry_backoff: cfg.retry_backoff,
+        store: Arc::clone(&backend.store),
+        queue: Arc::clone(&backend.queue),
+        retry: cfg.retry,
     };
     let results_task = tokio::spawn(results.run(shutdown.clone()));
 
     let service = Arc::new(api::GenerationService {
-        store,
+        store: backend.store,
         validator,
-        blobs,
-        events,
+        blobs: backend.blobs,
+        queue: backend.queue,
         url_ttl: cfg.url_ttl,
-        amqp_url: cfg.amqp.amqp_url.clone(),
-        topology,
-        control: Mutex::new(None),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

@@ -1,4 +1,4 @@
-//! The worker's task loop: consume stage tasks, run them on the engine, store checkpoints and
+//! The worker's task loop (over any `TaskQueue`): consume stage tasks, run them on the engine, store checkpoints and
 //! outputs, publish the result with a confirm, and only then ack. A message that cannot be
 //! parsed is rejected to the dead-letter queue. SIGTERM (the `shutdown` watch) stops the intake;
 //! the task in hand finishes and is acked before the worker exits.
@@ -10,19 +10,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tutti_shared::audio;
 use tutti_shared::blob::BlobStore;
 use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, TaskKind};
 use tutti_shared::messages::{ControlMessage, Outcome, OutputInfo, TaskMessage, WorkerEvent};
-use tutti_shared::queue::{self, QueueError, Topology};
+use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
 use uuid::Uuid;
 
 use crate::engine::{DenoiseOutcome, Engine, EngineError};
@@ -31,8 +25,8 @@ use crate::engine::{DenoiseOutcome, Engine, EngineError};
 pub enum WorkerError {
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
-    #[error("amqp: {0}")]
-    Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    Closed(&'static str),
 }
 
 /// Jobs cancelled while this worker runs, with the flags of the tasks in hand.
@@ -44,8 +38,8 @@ struct Cancellations {
 
 pub struct Worker {
     pub name: String,
-    pub amqp_url: String,
-    pub topology: Topology,
+    /// RabbitMQ for the farm, the in-process queue in embedded mode.
+    pub queue: Arc<dyn TaskQueue>,
     pub stages: Vec<TaskKind>,
     pub prefetch: u16,
     pub engine: Engine,
@@ -79,73 +73,24 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
         cancels: &Arc<Mutex<Cancellations>>,
     ) -> Result<(), WorkerError> {
-        let conn = queue::connect(&self.amqp_url, Duration::from_secs(2)).await?;
-        queue::declare_topology(&conn, &self.topology).await?;
-
-        // Control: a private queue bound to the fanout exchange.
-        let control = conn.create_channel().await?;
-        let q = control
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        control
-            .queue_bind(
-                q.name().as_str(),
-                &self.topology.control_exchange(),
-                "",
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut control_consumer = control
-            .basic_consume(
-                q.name().as_str(),
-                "",
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut control = self.queue.control().await?;
         let cancels_ctl = Arc::clone(cancels);
-        let control_task = tokio::spawn(async move {
-            while let Some(Ok(d)) = control_consumer.next().await {
-                if let Ok(ControlMessage::Cancel { job_id }) = serde_json::from_slice(&d.data) {
-                    if let Ok(mut c) = cancels_ctl.lock() {
-                        c.cancelled.insert(job_id);
-                        if let Some(flag) = c.running.get(&job_id) {
-                            flag.store(true, Ordering::Relaxed);
-                            tracing::info!(job_id = %job_id, "cancel received for a running task");
-                        }
+        let mut control_task = tokio::spawn(async move {
+            while let Some(ControlMessage::Cancel { job_id }) = control.next().await {
+                if let Ok(mut c) = cancels_ctl.lock() {
+                    c.cancelled.insert(job_id);
+                    if let Some(flag) = c.running.get(&job_id) {
+                        flag.store(true, Ordering::Relaxed);
+                        tracing::info!(job_id = %job_id, "cancel received for a running task");
                     }
                 }
             }
         });
-
-        let results = queue::confirm_channel(&conn).await?;
-        let tasks = conn.create_channel().await?;
-        queue::set_prefetch(&tasks, self.prefetch).await?;
-        let mut consumers = Vec::new();
-        for kind in &self.stages {
-            let c = tasks
-                .basic_consume(
-                    &self.topology.task_queue(*kind),
-                    &format!("{}-{}", self.name, kind),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            consumers.push(c);
-        }
-        let mut deliveries = futures::stream::select_all(consumers);
+        let queues: Vec<QueueName> = self.stages.iter().map(|k| QueueName::Task(*k)).collect();
+        let mut deliveries = self
+            .queue
+            .consume(&queues, self.prefetch, &self.name)
+            .await?;
         tracing::info!(worker = %self.name, stages = ?self.stages, "worker consuming");
 
         let outcome = loop {
@@ -154,11 +99,11 @@ impl Worker {
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break Ok(()); } else { continue; }
                 }
+                // Without control messages cancels would go unheard: start a new session.
+                _ = &mut control_task => break Err(WorkerError::Closed("control stream ended")),
             };
             let Some(delivery) = next else {
-                break Err(WorkerError::Queue(QueueError::NotConfirmed(
-                    "task consumer closed".into(),
-                )));
+                break Err(WorkerError::Closed("task consumer closed"));
             };
             let delivery = match delivery {
                 Ok(d) => d,
@@ -168,44 +113,30 @@ impl Worker {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: false,
-                            multiple: false,
-                        })
-                        .await?;
+                    delivery.nack(false).await?;
                     continue;
                 }
             };
             let span = tracing::info_span!("task", job_id = %task.job_id, chunk = task.chunk, attempt = task.attempt, kind = task.kind.as_str());
-            let event = self
-                .execute(&task, &results, cancels)
-                .instrument(span.clone())
-                .await;
+            let event = self.execute(&task, cancels).instrument(span.clone()).await;
             // Confirmed result first, ack second: a crash between the two redoes the task,
             // and the coordinator drops the duplicate result.
-            queue::publish_json(
-                &results,
-                "",
-                &self.topology.results_queue(),
-                &event,
-                FieldTable::default(),
-            )
-            .instrument(span)
-            .await?;
-            delivery.ack(BasicAckOptions::default()).await?;
+            let body = serde_json::to_vec(&event).map_err(QueueError::from)?;
+            self.queue
+                .publish(QueueName::Results, &body)
+                .instrument(span)
+                .await?;
+            delivery.ack().await?;
         };
         control_task.abort();
-        // Closing the channels returns prefetched, unacked tasks to their queues.
-        let _ = tasks.close(200, "worker stopping").await;
-        let _ = conn.close(200, "worker stopping").await;
+        // Closing returns prefetched, unacked tasks to their queues.
+        deliveries.close().await;
         outcome
     }
 
     async fn execute(
         &self,
         task: &TaskMessage,
-        results: &lapin::Channel,
         cancels: &Arc<Mutex<Cancellations>>,
     ) -> WorkerEvent {
         let started = Instant::now();
@@ -217,7 +148,7 @@ impl Worker {
             c.running.insert(task.job_id, Arc::clone(&flag));
         }
         let result = match task.kind {
-            TaskKind::Denoise => self.denoise(task, results, &flag).await,
+            TaskKind::Denoise => self.denoise(task, &flag).await,
             TaskKind::Vocode => self.vocode(task).await,
         };
         if let Ok(mut c) = cancels.lock() {
@@ -256,7 +187,6 @@ impl Worker {
     async fn denoise(
         &self,
         task: &TaskMessage,
-        results: &lapin::Channel,
         cancel: &Arc<AtomicBool>,
     ) -> Result<Option<Vec<OutputInfo>>, TaskError> {
         let checkpoint = if task.from_step == 0 {
@@ -266,8 +196,7 @@ impl Worker {
         };
         // Progress goes out best effort (no confirm wait), at most every 200 ms and at the end.
         let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
-        let progress_ch = results.clone();
-        let queue_name = self.topology.results_queue();
+        let queue = Arc::clone(&self.queue);
         let (job_id, chunk, attempt, to_step) =
             (task.job_id, task.chunk, task.attempt, task.to_step);
         let worker = self.name.clone();
@@ -286,15 +215,7 @@ impl Worker {
                     steps_done: done as u32,
                 };
                 if let Ok(body) = serde_json::to_vec(&ev) {
-                    let _ = progress_ch
-                        .basic_publish(
-                            "",
-                            &queue_name,
-                            BasicPublishOptions::default(),
-                            &body,
-                            BasicProperties::default(),
-                        )
-                        .await;
+                    let _ = queue.publish_best_effort(QueueName::Results, &body).await;
                 }
             }
         });

@@ -1,85 +1,39 @@
 //! Job state in Postgres: jobs, their stage tasks, outputs and history. Every state change is
 //! one transaction; `NOTIFY` inside it wakes dispatchers (`tutti_tasks`) and watchers
-//! (`tutti_jobs`, payload `<job id> <event>`) only once it commits.
+//! (`tutti_jobs`, payload `<job id> <event>`) only once it commits, on every replica.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, PgPool, Postgres, Transaction};
-use tutti_shared::job::{chunk_ranges, JobSpec, JobState, Stage};
+use tutti_shared::job::{chunk_ranges, JobState};
+use tutti_shared::messages::Outcome;
+use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
+use super::{HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, TaskRef};
 use crate::error::{Error, Result};
 use crate::validate::NewJob;
 
-pub const TASKS_CHANNEL: &str = "tutti_tasks";
-pub const JOBS_CHANNEL: &str = "tutti_jobs";
-
-/// A job as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct JobRow {
-    pub id: Uuid,
-    pub tenant: String,
-    pub state: String,
-    pub stage: String,
-    pub priority: i16,
-    pub spec: Json<JobSpec>,
-    pub request: Vec<u8>,
-    pub steps_total: i32,
-    pub steps_done: i32,
-    pub attempts: i32,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub timings: Json<BTreeMap<String, i64>>,
-    pub labels: Json<BTreeMap<String, String>>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl JobRow {
-    pub fn state(&self) -> Result<JobState> {
-        self.state
-            .parse()
-            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
-    }
-    pub fn stage(&self) -> Result<Stage> {
-        self.stage
-            .parse()
-            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
-    }
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OutputRow {
-    pub idx: i32,
-    pub key: String,
-    pub sha256: String,
-    pub size_bytes: i64,
-    pub duration_s: f32,
-    pub sample_rate: i32,
-    pub format: String,
-}
-
-/// A job with its outputs.
-#[derive(Debug, Clone)]
-pub struct JobRecord {
-    pub job: JobRow,
-    pub outputs: Vec<OutputRow>,
-}
+pub(super) const TASKS_CHANNEL: &str = "tutti_tasks";
+pub(super) const JOBS_CHANNEL: &str = "tutti_jobs";
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
      attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
 
 #[derive(Clone)]
-pub struct Store {
+pub struct PgStore {
     pool: PgPool,
+    notifier: Arc<Notifier>,
 }
 
-impl Store {
+impl PgStore {
     /// Connects, creating the database when it does not exist, and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let opts: PgConnectOptions = url.parse()?;
@@ -91,16 +45,16 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        let notifier = Arc::new(Notifier::default());
+        tokio::spawn(listen(pool.clone(), Arc::downgrade(&notifier)));
+        Ok(Self { pool, notifier })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// Stores a new job and its first task, or returns the job an idempotency key already names.
-    /// Returns the job and whether it was created now.
-    pub async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
+    async fn insert_job_impl(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let mut tx = self.pool.begin().await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
@@ -138,7 +92,7 @@ impl Store {
                 )));
             }
             let job = self
-                .get_job(tenant, existing)
+                .get_job_impl(tenant, existing)
                 .await?
                 .ok_or_else(|| Error::Internal(format!("job {existing} vanished")))?;
             return Ok((job, false));
@@ -150,14 +104,13 @@ impl Store {
         notify_job(&mut tx, id, "queued").await?;
         tx.commit().await?;
         let job = self
-            .get_job(tenant, id)
+            .get_job_impl(tenant, id)
             .await?
             .ok_or_else(|| Error::Internal(format!("job {id} vanished")))?;
         Ok((job, true))
     }
 
-    /// A job of the tenant; `None` for an unknown id or another tenant's job.
-    pub async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>> {
+    async fn get_job_impl(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>> {
         let job: Option<JobRow> = sqlx::query_as(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2"
         ))
@@ -180,8 +133,7 @@ impl Store {
         .await?)
     }
 
-    /// A page of the tenant's jobs, newest first, after the cursor `(created_at, id)`.
-    pub async fn list_jobs(
+    async fn list_jobs_impl(
         &self,
         tenant: &str,
         state: Option<JobState>,
@@ -213,9 +165,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Cancels a job that has not ended: the job and its unfinished tasks, in one transaction.
-    /// Returns `None` for an unknown job and whether this call cancelled it.
-    pub async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
+    async fn cancel_job_impl(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = now() \
@@ -239,15 +189,115 @@ impl Store {
             notify_job(&mut tx, id, "cancelled").await?;
         }
         tx.commit().await?;
-        Ok(self.get_job(tenant, id).await?.map(|j| (j, changed)))
+        Ok(self.get_job_impl(tenant, id).await?.map(|j| (j, changed)))
     }
+}
 
-    /// A job regardless of tenant (for the coordinator's own loops).
-    pub async fn job_tenant(&self, id: Uuid) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+#[async_trait]
+impl JobStore for PgStore {
+    async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
+        self.insert_job_impl(tenant, new).await
+    }
+    async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>> {
+        self.get_job_impl(tenant, id).await
+    }
+    async fn list_jobs(
+        &self,
+        tenant: &str,
+        state: Option<JobState>,
+        labels: &BTreeMap<String, String>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>> {
+        self.list_jobs_impl(tenant, state, labels, after, limit)
+            .await
+    }
+    async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
+        self.cancel_job_impl(tenant, id).await
+    }
+    async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize> {
+        super::pg_sched::dispatch_due(&self.pool, queue, max_in_flight).await
+    }
+    async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()> {
+        super::pg_sched::expire_leases(&self.pool, lease, policy).await
+    }
+    async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
+        super::pg_sched::progress(&self.pool, task, steps_done).await
+    }
+    async fn record_result(
+        &self,
+        task: TaskRef<'_>,
+        outcome: &Outcome,
+        policy: RetryPolicy,
+    ) -> Result<()> {
+        super::pg_sched::result(&self.pool, task, outcome, policy).await
+    }
+    async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>> {
+        let rows: Vec<(String, Option<i32>, Option<i32>, serde_json::Value)> = sqlx::query_as(
+            "SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, chunk, attempt, detail)| HistoryEvent {
+                kind,
+                chunk,
+                attempt,
+                detail,
+            })
+            .collect())
+    }
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+}
+
+/// Feeds the notifier from `LISTEN` until the store is dropped; reconnects when the
+/// connection drops, and then wakes everyone in case a notice was lost meanwhile.
+async fn listen(pool: PgPool, notifier: std::sync::Weak<Notifier>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "job store: listen failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if notifier.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        if listener
+            .listen_all([TASKS_CHANNEL, JOBS_CHANNEL])
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+            let Some(notifier) = notifier.upgrade() else {
+                return;
+            };
+            match n {
+                Err(_) => continue,
+                Ok(Ok(n)) if n.channel() == TASKS_CHANNEL => notifier.tasks_changed(),
+                Ok(Ok(n)) => {
+                    let mut parts = n.payload().splitn(2, ' ');
+                    if let Some(job) = parts.next().and_then(|s| s.parse().ok()) {
+                        notifier.job_changed(job, parts.next().unwrap_or(""));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "job store: notification connection lost");
+                    notifier.tasks_changed();
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,184 @@
+//! The job store behind one trait: Postgres for the farm (several coordinators, `FOR UPDATE
+//! SKIP LOCKED`, `LISTEN/NOTIFY`), SQLite for embedded mode (one process, one writer at a
+//! time, an in-process notifier). One conformance suite (`tests.rs`) runs against both.
+//!
+//! The trait lives in the coordinator rather than in `shared` because its inputs and outputs
+//! are the coordinator's own types (`NewJob` carries the accepted protobuf request, errors are
+//! the coordinator's `Error` with its gRPC mapping); the workers never see the store.
+//!
+//! Invariants both keep: every state change is one transaction; dispatch reads committed
+//! rows and marks them dispatched in the transaction that published them; results are fenced
+//! by (job, chunk, attempt); a failed attempt retries with backoff up to a bound; a cancelled
+//! job never comes back.
+
+mod notify;
+mod pg;
+mod pg_sched;
+mod sqlite;
+mod sqlite_sched;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use tutti_shared::job::{JobSpec, JobState, Stage};
+use tutti_shared::messages::Outcome;
+use tutti_shared::taskqueue::TaskQueue;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::validate::NewJob;
+
+pub use notify::{JobChange, Notifier};
+pub use pg::PgStore;
+pub use sqlite::SqliteStore;
+
+/// A job as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub tenant: String,
+    pub state: String,
+    pub stage: String,
+    pub priority: i16,
+    pub spec: Json<JobSpec>,
+    pub request: Vec<u8>,
+    pub steps_total: i32,
+    pub steps_done: i32,
+    pub attempts: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub timings: Json<BTreeMap<String, i64>>,
+    pub labels: Json<BTreeMap<String, String>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    pub fn state(&self) -> Result<JobState> {
+        self.state
+            .parse()
+            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
+    }
+    pub fn stage(&self) -> Result<Stage> {
+        self.stage
+            .parse()
+            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutputRow {
+    pub idx: i32,
+    pub key: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub duration_s: f32,
+    pub sample_rate: i32,
+    pub format: String,
+}
+
+/// A job with its outputs.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub job: JobRow,
+    pub outputs: Vec<OutputRow>,
+}
+
+/// One line of a job's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub kind: String,
+    pub chunk: Option<i32>,
+    pub attempt: Option<i32>,
+    pub detail: serde_json::Value,
+}
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per task before its job fails.
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each attempt.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt + 1`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+    }
+}
+
+/// A worker's result for one attempt of one task.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskRef<'a> {
+    pub job: Uuid,
+    pub chunk: u32,
+    pub attempt: u32,
+    pub worker: &'a str,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new job and its first task, or returns the job an idempotency key already
+    /// names. Returns the job and whether it was created now.
+    async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)>;
+    /// A job of the tenant; `None` for an unknown id or another tenant's job.
+    async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>>;
+    /// A page of the tenant's jobs, newest first, after the cursor `(created_at, id)`.
+    async fn list_jobs(
+        &self,
+        tenant: &str,
+        state: Option<JobState>,
+        labels: &BTreeMap<String, String>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>>;
+    /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
+    /// job; otherwise the job and whether this call cancelled it.
+    async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
+    /// Publishes up to one batch of due tasks (at most `max_in_flight` dispatched per kind)
+    /// and marks them dispatched in the same transaction. Returns how many went out.
+    async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize>;
+    /// Dispatched tasks with no sign of life for `lease` go back to the backlog as a new
+    /// attempt (or fail their job past the bound).
+    async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()>;
+    /// Step progress of a live attempt (dropped for any other attempt).
+    async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()>;
+    /// The end of an attempt: advance the job, retry, or fail it. Stale and duplicate
+    /// results are recorded in the history and change nothing else.
+    async fn record_result(
+        &self,
+        task: TaskRef<'_>,
+        outcome: &Outcome,
+        policy: RetryPolicy,
+    ) -> Result<()>;
+    /// A job's history, oldest first.
+    async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
+    /// Change notices: job changes for watchers, task changes for dispatchers.
+    fn notifier(&self) -> &Notifier;
+}
+
+pub(crate) fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Done { .. } => "done",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
+/// Output keys are derived from the tenant and job; anything else is a worker bug.
+pub(crate) fn check_output_key(key: &str, tenant: &str, job: Uuid) -> Result<()> {
+    if key.starts_with(&format!("outputs/{tenant}/{job}/")) {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!("output key {key} outside the job")))
+    }
+}
