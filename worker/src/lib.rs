@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 use tutti_shared::blob::{BlobStore, S3Store};
+use tutti_shared::taskqueue::AmqpQueue;
 
 pub use config::WorkerConfig;
 
@@ -23,8 +24,10 @@ pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyho
     let blobs: Arc<dyn BlobStore> = Arc::new(S3Store::new(&cfg.s3.settings()));
     let worker = runner::Worker {
         name: cfg.worker_name(),
-        amqp_url: cfg.amqp.amqp_url.clone(),
-        topology: cfg.amqp.topology(),
+        queue: Arc::new(AmqpQueue::new(
+            cfg.amqp.amqp_url.clone(),
+            cfg.amqp.topology(),
+        )),
         stages: cfg.stages.iter().map(|s| (*s).into()).collect(),
         prefetch: cfg.prefetch,
         engine,
