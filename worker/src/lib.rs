@@ -1,5 +1,6 @@
 //! tutti's worker: consumes denoise and vocode tasks and runs them with the model runtime.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod model;
