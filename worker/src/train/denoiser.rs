@@ -319,18 +319,6 @@ impl Trainer {
         let loss = (pred.to_kind(Kind::Float) - &target)
             .square()
             .mean(Kind::Float);
-        if std::env::var_os("TUTTI_TRAIN_DEBUG").is_some() {
-            let sd = |t: &Tensor| t.std(true).double_value(&[]);
-            eprintln!(
-                "x0 mean {:.3} std {:.3}; pred std {:.3}; target std {:.3}; global std {:.3}; text std {:.3}",
-                x0.mean(Kind::Float).double_value(&[]),
-                sd(&x0),
-                sd(&pred),
-                sd(&target),
-                sd(&global),
-                sd(&states)
-            );
-        }
         self.opt.zero_grad();
         loss.backward();
         self.opt.clip_grad_norm(self.state.config.grad_clip);
@@ -389,15 +377,22 @@ impl Trainer {
             acc += loss;
             n += 1;
             frames += f;
-            if self.state.step % log_every == 0 {
+            if self.state.step.is_multiple_of(log_every.max(1)) {
                 last = acc / n as f64;
                 self.state.losses.push((self.state.step, last));
                 let fps = frames as f64 / t0.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {last:.4} {fps:.0} frames/s"));
+                super::log_line(
+                    &self.paths.run,
+                    self.state.step,
+                    last,
+                    fps,
+                    t0.elapsed().as_secs_f64(),
+                );
                 (acc, n) = (0.0, 0);
             }
             bar.set_position(self.state.step);
-            if self.state.step % save_every == 0 {
+            if self.state.step.is_multiple_of(save_every.max(1)) {
                 self.state.cpu_seconds += cpu_seconds() - cpu0;
                 self.save()?;
                 self.state.cpu_seconds -= cpu_seconds() - cpu0;

@@ -62,3 +62,19 @@ pub fn rng_for(seed: u64, purpose: u64, index: u64) -> rand_chacha::ChaCha8Rng {
     key[16..24].copy_from_slice(&index.to_le_bytes());
     rand_chacha::ChaCha8Rng::from_seed(key)
 }
+
+/// Appends `{step, loss, frames_per_s, seconds}` to `run/log.jsonl` (for runs in the background,
+/// where the progress bar is hidden). Best effort: a failed write only loses a log line.
+pub(crate) fn log_line(run: &std::path::Path, step: u64, loss: f64, fps: f64, seconds: f64) {
+    use std::io::Write;
+    let line = format!(
+        "{{\"step\":{step},\"loss\":{loss},\"frames_per_s\":{fps:.1},\"seconds\":{seconds:.1}}}\n"
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.join("log.jsonl"))
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}

@@ -240,23 +240,30 @@ impl VocoderTrainer {
                 .map_err(|e| TrainError::Input(e.to_string()))?,
         );
         bar.set_position(self.state.step);
-        let (t0, cpu0) = (Instant::now(), cpu_seconds());
+        let (t0, cpu0, s0) = (Instant::now(), cpu_seconds(), self.state.step);
         let (mut acc, mut n, mut last) = (0.0, 0u64, f64::NAN);
         while self.state.step < until && t0.elapsed().as_secs_f64() < max_seconds {
             acc += self.step()?;
             n += 1;
-            if self.state.step % log_every == 0 {
+            if self.state.step.is_multiple_of(log_every.max(1)) {
                 last = acc / n as f64;
                 self.state.losses.push((self.state.step, last));
                 let sps = self.state.config.batch as f64
                     * self.state.config.segment_frames as f64
-                    * (self.state.step as f64)
+                    * ((self.state.step - s0) as f64)
                     / t0.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {last:.4} ~{sps:.0} frames/s"));
+                bar.set_message(format!("loss {last:.4} {sps:.0} frames/s"));
+                super::log_line(
+                    &self.run,
+                    self.state.step,
+                    last,
+                    sps,
+                    t0.elapsed().as_secs_f64(),
+                );
                 (acc, n) = (0.0, 0);
             }
             bar.set_position(self.state.step);
-            if self.state.step % save_every == 0 {
+            if self.state.step.is_multiple_of(save_every.max(1)) {
                 self.state.cpu_seconds += cpu_seconds() - cpu0;
                 self.save()?;
                 self.state.cpu_seconds -= cpu_seconds() - cpu0;

@@ -75,28 +75,57 @@ const MINOR_PROFILE: [f64; 12] = [
     6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17,
 ];
 
-/// A 12-bin chroma profile (C = 0) from the magnitude spectrum between 55 Hz and 2 kHz.
-pub fn chroma(front: &MelFrontEnd, cfg: &MelConfig, wave: &[f32]) -> Result<[f64; 12]> {
-    let spec = front
-        .stft(&Tensor::from_slice(wave).view([1, -1]))?
-        .abs()
-        .squeeze_dim(0);
-    let energy = spec
-        .square()
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
-        .to_device(Device::Cpu);
-    let n = energy.size()[0] as usize;
-    let mut e = vec![0f64; n];
-    energy.f_copy_data(&mut e, n)?;
+/// A 12-bin chroma profile (C = 0): a 4096-point STFT (4 Hz bins, enough to separate low
+/// semitones), square-rooted magnitudes of the bins between 80 Hz and 2 kHz folded onto pitch
+/// classes, each frame normalised to its maximum (so loud drum hits do not dominate), summed.
+pub fn chroma(_front: &MelFrontEnd, cfg: &MelConfig, wave: &[f32]) -> Result<[f64; 12]> {
+    let n_fft = 4096i64;
     let mut out = [0f64; 12];
-    for (k, v) in e.iter().enumerate() {
-        let f = k as f64 * cfg.sample_rate as f64 / cfg.n_fft as f64;
-        if !(55.0..=2000.0).contains(&f) {
-            continue;
+    if (wave.len() as i64) < n_fft {
+        return Ok(out);
+    }
+    let win = Tensor::hann_window_periodic(n_fft, true, (Kind::Float, Device::Cpu));
+    let spec = Tensor::from_slice(wave)
+        .view([1, -1])
+        .f_stft(
+            n_fft,
+            n_fft / 4,
+            n_fft,
+            Some(&win),
+            false,
+            true,
+            true,
+            false,
+        )?
+        .abs()
+        .squeeze_dim(0)
+        .sqrt()
+        .transpose(0, 1)
+        .contiguous();
+    let (frames, bins) = (spec.size()[0] as usize, spec.size()[1] as usize);
+    let mut m = vec![0f32; frames * bins];
+    spec.f_copy_data(&mut m, frames * bins)?;
+    let pcs: Vec<Option<usize>> = (0..bins)
+        .map(|k| {
+            let f = k as f64 * cfg.sample_rate as f64 / n_fft as f64;
+            (80.0..=2000.0).contains(&f).then(|| {
+                ((69.0 + 12.0 * (f / 440.0).log2()).round() as i64).rem_euclid(12) as usize
+            })
+        })
+        .collect();
+    for t in 0..frames {
+        let mut c = [0f64; 12];
+        for (k, pc) in pcs.iter().enumerate() {
+            if let Some(pc) = pc {
+                c[*pc] += m[t * bins + k] as f64;
+            }
         }
-        let midi = 69.0 + 12.0 * (f / 440.0).log2();
-        let pc = (midi.round() as i64).rem_euclid(12) as usize;
-        out[pc] += v.sqrt();
+        let max = c.iter().copied().fold(0.0, f64::max);
+        if max > 1e-6 {
+            for (o, v) in out.iter_mut().zip(c) {
+                *o += v / max;
+            }
+        }
     }
     Ok(out)
 }
