@@ -1,17 +1,24 @@
-//! The farm end to end on real Postgres, RabbitMQ and S3: coordinator and workers as processes.
+//! The farm end to end, on real Postgres, RabbitMQ and S3 (coordinator and workers as
+//! processes) and, for the tests under `both_backends!`, embedded too (`tutti dev`).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{request, state, Farm, FarmOptions};
+use common::{request, state, Backend, Farm, FarmOptions};
 use sha2::{Digest, Sha256};
 use tutti_proto::v1 as pb;
-use tutti_shared::blob::BlobStore;
 
-#[tokio::test]
-async fn a_job_becomes_a_wav_in_s3_with_every_chunk_recorded() {
-    let farm = Farm::start(FarmOptions::default()).await;
+both_backends!(
+    a_job_becomes_a_wav_with_every_chunk_recorded,
+    a_restart_loses_and_duplicates_nothing,
+    a_cancelled_job_stops_within_its_chunk_and_stays_cancelled,
+    the_same_seed_and_parameters_give_byte_identical_audio,
+);
+
+async fn a_job_becomes_a_wav_with_every_chunk_recorded(backend: Backend) {
+    let farm = Farm::start(FarmOptions::on(backend)).await;
     let mut client = farm.client().await;
     let mut req = request("melancholic lo-fi piano, 75 BPM, late night study session");
     req.steps = Some(8); // the tiny pack's chunks are 4 steps: two denoise chunks, then vocode
@@ -54,41 +61,27 @@ async fn a_job_becomes_a_wav_in_s3_with_every_chunk_recorded() {
             && stages.contains(&(pb::Stage::Vocode as i32))
     );
 
-    // The WAV is in S3, with the requested duration and the pack's sample rate.
+    // The WAV is in the blob store (S3, or the embedded folder), with the requested duration
+    // and the pack's sample rate.
     assert_eq!(job.outputs.len(), 1);
     let out = &job.outputs[0];
     assert_eq!(
         out.uri,
-        format!(
-            "s3://{}/outputs/default/{}/0.wav",
-            common::s3_settings().bucket,
-            job.id
-        )
+        farm.uri(&format!("outputs/default/{}/0.wav", job.id))
     );
     assert_eq!(out.sample_rate, 16000);
     assert!((out.duration_seconds - 2.0).abs() < 1e-3);
-    let key = out.uri.splitn(4, '/').nth(3).expect("key");
-    let object = farm
-        .s3()
-        .get(key)
-        .await
-        .expect("s3 get")
-        .expect("object exists");
-    let wav = hound::WavReader::new(std::io::Cursor::new(object.to_vec())).expect("wav");
+    let object = farm.fetch(&out.uri).await;
+    let wav = hound::WavReader::new(std::io::Cursor::new(object.clone())).expect("wav");
     assert_eq!(wav.spec().sample_rate, 16000);
     assert_eq!(wav.duration(), 32000);
     assert_eq!(hex::encode(Sha256::digest(&object)), out.sha256);
 
-    // The presigned URL downloads the same bytes.
-    let fetched = reqwest::get(&out.url)
-        .await
-        .expect("download")
-        .bytes()
-        .await
-        .expect("body");
-    assert_eq!(fetched.as_ref(), object.as_ref());
+    // The presigned (or file://) URL gives the same bytes.
+    let fetched = farm.fetch(&out.url).await;
+    assert_eq!(fetched, object);
 
-    // The job's history in Postgres shows every chunk: two denoise chunks and the vocode task.
+    // The job's history in the store shows every chunk: two denoise chunks and the vocode task.
     let events = farm.events(&job.id).await;
     let done: Vec<(Option<i32>, String)> = events
         .iter()
@@ -167,7 +160,7 @@ async fn two_workers_share_a_stream_of_jobs_and_each_completes_once() {
     }
     let workers: Vec<(String,)> =
         sqlx::query_as("SELECT DISTINCT worker FROM tasks WHERE state = 'done' ORDER BY worker")
-            .fetch_all(&farm.pool)
+            .fetch_all(farm.pg())
             .await
             .expect("workers");
     assert_eq!(workers.len(), 2, "both workers took tasks: {workers:?}");
@@ -190,7 +183,7 @@ async fn a_worker_killed_mid_job_loses_only_its_chunk() {
             "SELECT worker FROM tasks WHERE job_id = $1::uuid AND state = 'dispatched' AND worker IS NOT NULL",
         )
         .bind(&job.id)
-        .fetch_optional(&farm.pool)
+        .fetch_optional(farm.pg())
         .await
         .expect("query tasks");
         if let Some((w,)) = row {
@@ -233,13 +226,10 @@ async fn a_worker_killed_mid_job_loses_only_its_chunk() {
     );
 }
 
-#[tokio::test]
-async fn a_coordinator_restart_loses_and_duplicates_nothing() {
-    let mut farm = Farm::start(FarmOptions {
-        workers: 1,
-        ..Default::default()
-    })
-    .await;
+/// Distributed: the coordinator is SIGKILLed while its worker goes on. Embedded: `tutti dev`
+/// itself (store, queue and workers) is SIGKILLed mid-job and started again on the same folder.
+async fn a_restart_loses_and_duplicates_nothing(backend: Backend) {
+    let mut farm = Farm::start(FarmOptions::on(backend)).await;
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(
@@ -268,12 +258,10 @@ async fn a_coordinator_restart_loses_and_duplicates_nothing() {
     }
 }
 
-#[tokio::test]
-async fn a_cancelled_job_stops_within_its_chunk_and_stays_cancelled() {
+async fn a_cancelled_job_stops_within_its_chunk_and_stays_cancelled(backend: Backend) {
     let farm = Farm::start(FarmOptions {
-        workers: 1,
         chunk_steps: 100,
-        ..Default::default()
+        ..FarmOptions::on(backend)
     })
     .await;
     let job = submit(&farm, long_request("endless drone", 200)).await;
@@ -360,11 +348,10 @@ async fn garbage_on_a_task_queue_is_dead_lettered_and_the_queue_keeps_flowing() 
     }
 }
 
-#[tokio::test]
-async fn the_same_seed_and_parameters_give_byte_identical_audio() {
+async fn the_same_seed_and_parameters_give_byte_identical_audio(backend: Backend) {
     let farm = Farm::start(FarmOptions {
         workers: 2,
-        ..Default::default()
+        ..FarmOptions::on(backend)
     })
     .await;
     let mut req = request("deterministic waltz in G major, 90 BPM");
@@ -403,18 +390,35 @@ async fn sigterm_drains_a_worker_after_the_chunk_in_hand() {
         "SELECT worker FROM tasks WHERE job_id = $1::uuid AND chunk = 0 AND worker IS NOT NULL",
     )
     .bind(&job.id)
-    .fetch_one(&farm.pool)
+    .fetch_one(farm.pg())
     .await
     .expect("chunk 0 has a worker");
-    let victim: usize = holder.trim_start_matches('w').parse().expect("worker index");
+    let victim: usize = holder
+        .trim_start_matches('w')
+        .parse()
+        .expect("worker index");
     let status = farm.terminate_worker(victim);
-    assert!(status.success(), "a drained worker exits cleanly: {status:?}");
+    assert!(
+        status.success(),
+        "a drained worker exits cleanly: {status:?}"
+    );
     let done = farm.wait_job(&job.id, Duration::from_secs(120)).await;
     assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
     let chunks = chunks_done(&farm, &job.id).await;
     assert_each_chunk_once(&chunks);
-    assert_eq!(chunks[0].1, holder, "the chunk in hand was finished by the draining worker");
-    assert!(chunks[1..].iter().all(|c| c.1 != holder), "no work taken after SIGTERM: {chunks:?}");
-    let dispatched = farm.events(&job.id).await.into_iter().filter(|e| e.0 == "dispatched").count();
+    assert_eq!(
+        chunks[0].1, holder,
+        "the chunk in hand was finished by the draining worker"
+    );
+    assert!(
+        chunks[1..].iter().all(|c| c.1 != holder),
+        "no work taken after SIGTERM: {chunks:?}"
+    );
+    let dispatched = farm
+        .events(&job.id)
+        .await
+        .into_iter()
+        .filter(|e| e.0 == "dispatched")
+        .count();
     assert_eq!(dispatched, chunks.len(), "nothing was redone");
 }

@@ -1,18 +1,21 @@
 //! Every validation rule answers INVALID_ARGUMENT naming the field and the rule, and stores
 //! nothing; unknown models are NOT_FOUND; idempotency keys return the first job.
 
+#[macro_use]
 mod common;
 
-use common::{request, Farm, FarmOptions};
+use common::{request, Backend, Farm, FarmOptions};
 use tonic::Code;
 use tutti_proto::v1 as pb;
 
 async fn job_count(farm: &Farm) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&farm.pool)
-        .await
-        .expect("count")
+    farm.job_count().await
 }
+
+both_backends!(
+    every_rule_names_its_field_and_stores_nothing,
+    idempotency_keys_return_the_first_job_and_refuse_other_parameters,
+);
 
 fn structured(f: impl FnOnce(&mut pb::StructuredPrompt)) -> pb::SubmitGenerationRequest {
     let mut s = pb::StructuredPrompt {
@@ -26,11 +29,10 @@ fn structured(f: impl FnOnce(&mut pb::StructuredPrompt)) -> pb::SubmitGeneration
     }
 }
 
-#[tokio::test]
-async fn every_rule_names_its_field_and_stores_nothing() {
+async fn every_rule_names_its_field_and_stores_nothing(backend: Backend) {
     let farm = Farm::start(FarmOptions {
         workers: 0,
-        ..Default::default()
+        ..FarmOptions::on(backend)
     })
     .await;
     let mut client = farm.client().await;
@@ -313,11 +315,10 @@ async fn every_rule_names_its_field_and_stores_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
-#[tokio::test]
-async fn idempotency_keys_return_the_first_job_and_refuse_other_parameters() {
+async fn idempotency_keys_return_the_first_job_and_refuse_other_parameters(backend: Backend) {
     let farm = Farm::start(FarmOptions {
         workers: 0,
-        ..Default::default()
+        ..FarmOptions::on(backend)
     })
     .await;
     let mut client = farm.client().await;

@@ -41,9 +41,13 @@ pub(crate) enum SamplerArg {
 pub(crate) struct GenerateArgs {
     /// What to generate, e.g. "melancholic lo-fi piano, 75 BPM, late night study session".
     pub prompt: Option<String>,
+    /// Address of a running tutti farm (`tutti dev` or a coordinator); without it the whole
+    /// farm runs embedded in this process, no servers needed.
+    #[arg(long, env = "TUTTI_SERVER")]
+    pub server: Option<String>,
     #[command(flatten)]
-    pub server: ServerArgs,
-    /// Write the first output here (with --wait).
+    pub embedded: super::embedded::EmbeddedArgs,
+    /// Write the first output here (with --wait; embedded default: `<job id>.wav`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     #[arg(long)]
@@ -121,9 +125,45 @@ pub(crate) struct ListArgs {
 }
 
 async fn connect(server: &ServerArgs) -> anyhow::Result<GenerationClient<Channel>> {
-    GenerationClient::connect(server.server.clone())
-        .await
-        .with_context(|| format!("connecting to the tutti server at {}", server.server))
+    connect_to(&server.server).await
+}
+
+/// The embedded farm's own API: retried briefly while its server starts.
+pub(crate) async fn connect_local(url: &str) -> anyhow::Result<GenerationClient<Channel>> {
+    let mut last = None;
+    for _ in 0..50 {
+        match connect_to(url).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("embedded server did not start")))
+}
+
+async fn connect_to(server: &str) -> anyhow::Result<GenerationClient<Channel>> {
+    let url = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let endpoint = Channel::from_shared(url.clone())
+        .with_context(|| {
+            format!("{server:?} is not a server address (e.g. http://127.0.0.1:50051)")
+        })?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        // The innermost cause says why (connection refused, no such host, timed out).
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        anyhow::anyhow!(
+            "cannot reach the tutti server at {url}: {cause}; start one with `tutti dev`, \
+             or leave out --server to run embedded"
+        )
+    })?;
+    Ok(GenerationClient::new(channel))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -192,7 +232,24 @@ impl GenerateArgs {
 
 pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let req = args.request()?;
-    let mut client = connect(&args.server).await?;
+    match args.server.clone() {
+        Some(server) => {
+            let mut client = connect_to(&server).await?;
+            run_job(&mut client, req, &args, false).await
+        }
+        None => super::embedded::generate(req, &args).await,
+    }
+}
+
+/// Submits, follows with a progress bar, downloads. `embedded` prints a newcomer's summary
+/// (the farm's own folder goes away with the process).
+pub(crate) async fn run_job(
+    client: &mut GenerationClient<Channel>,
+    req: pb::SubmitGenerationRequest,
+    args: &GenerateArgs,
+    embedded: bool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let job = client
         .submit_generation(req)
         .await
@@ -203,12 +260,12 @@ pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|r| r.seed)
         .unwrap_or_default();
-    if args.no_wait {
+    if args.no_wait && !embedded {
         println!("{}", job.id);
         return Ok(());
     }
     eprintln!("job {} accepted (seed {seed})", job.id);
-    let job = follow(&mut client, &job.id).await?;
+    let job = follow(client, &job.id).await?;
     if job.state != pb::JobState::Succeeded as i32 {
         let err = job.error.map(|e| format!("{}: {}", e.code, e.message));
         bail!(
@@ -218,12 +275,73 @@ pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             err.map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }
-    print_job(&job);
-    if let (Some(path), Some(first)) = (&args.output, job.outputs.first()) {
+    let output = match (&args.output, embedded) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => job.outputs.first().map(|o| {
+            PathBuf::from(format!(
+                "{}.{}",
+                job.id,
+                if o.format == pb::AudioFormat::Flac as i32 {
+                    "flac"
+                } else {
+                    "wav"
+                }
+            ))
+        }),
+        (None, false) => None,
+    };
+    if !embedded {
+        print_job(&job);
+    }
+    if let (Some(path), Some(first)) = (&output, job.outputs.first()) {
         download(&first.url, path).await?;
-        println!("wrote {}", path.display());
+        if embedded {
+            print_summary(&job, path, started.elapsed());
+        } else {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
+}
+
+fn print_summary(job: &pb::Job, path: &std::path::Path, wall: std::time::Duration) {
+    let first = &job.outputs[0];
+    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    println!("wrote    {}", shown.display());
+    println!(
+        "audio    {:.2} s at {} Hz ({} bytes)",
+        first.duration_seconds, first.sample_rate, first.size_bytes
+    );
+    if let Some(seed) = job.request.as_ref().and_then(|r| r.seed) {
+        println!("seed     {seed} (pass --seed {seed} for the same audio again)");
+    }
+    println!("model    {}", job.model_version);
+    let stages: Vec<String> = job
+        .timings
+        .iter()
+        .map(|t| {
+            let stage = pb::Stage::try_from(t.stage).unwrap_or(pb::Stage::Unspecified);
+            format!(
+                "{} {:.2} s",
+                stage
+                    .as_str_name()
+                    .trim_start_matches("STAGE_")
+                    .to_lowercase(),
+                t.millis as f64 / 1000.0
+            )
+        })
+        .collect();
+    println!(
+        "timings  {} · total {:.2} s (wall, with model loading)",
+        stages.join(" · "),
+        wall.as_secs_f64()
+    );
+    for extra in job.outputs.iter().skip(1) {
+        println!(
+            "variation #{} was rendered too (sha256 {})",
+            extra.index, extra.sha256
+        );
+    }
 }
 
 async fn download(url: &str, path: &std::path::Path) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod embedded;
 mod signals;
 mod train;
 
@@ -40,8 +41,10 @@ pub(crate) enum Command {
     Coordinator(CoordinatorConfig),
     /// Run a worker: consume denoise and/or vocode tasks.
     Worker(WorkerConfig),
-    /// Generate music: submit a request to a farm and (by default) wait for the audio.
+    /// Generate music: embedded (no servers) by default, or on a farm with --server.
     Generate(GenerateArgs),
+    /// Run the whole farm in one process: gRPC API, SQLite store, in-process queue and workers.
+    Dev(embedded::DevConfig),
     /// Show a job.
     Job(client::JobArgs),
     /// Follow a job's progress until it ends.
@@ -57,6 +60,20 @@ pub(crate) enum Command {
     /// Train the built-in model: dataset, denoiser, vocoder, pack, eval.
     #[command(subcommand)]
     Train(train::TrainCommand),
+}
+
+impl Command {
+    /// Client commands, run by a person: quiet logs unless RUST_LOG says otherwise.
+    pub(crate) fn is_interactive(&self) -> bool {
+        matches!(
+            self,
+            Command::Generate(_)
+                | Command::Job(_)
+                | Command::Watch(_)
+                | Command::Cancel(_)
+                | Command::List(_)
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +102,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(config = ?cfg, "starting worker");
             let shutdown = signals::shutdown_on_signal();
             tutti_worker::serve(&cfg, shutdown).await
+        }
+        Command::Dev(cfg) => {
+            tracing::info!(config = ?cfg, "starting tutti dev");
+            let shutdown = signals::shutdown_on_signal();
+            embedded::dev(cfg, shutdown).await
         }
         Command::Generate(args) => client::generate(args).await,
         Command::Job(args) => client::show_job(args).await,

@@ -1,9 +1,31 @@
-//! A test farm on real servers: Postgres, RabbitMQ and S3 (see `scripts/setup`), with the
-//! coordinator and workers as child processes of the `tutti` binary so tests can SIGKILL and
-//! restart them. Each farm has its own database, queue prefix and tiny random model pack, so
-//! tests run side by side on one broker without taking each other's work.
+//! A test farm on either backend, as child processes of the `tutti` binary so tests can
+//! SIGKILL and restart them:
+//! - distributed: real Postgres, RabbitMQ and S3 (see `scripts/setup`), a `tutti coordinator`
+//!   and `tutti worker` processes; each farm has its own database and queue prefix, so tests
+//!   run side by side on one broker without taking each other's work;
+//! - embedded: one `tutti dev` process (SQLite file, in-process queue and workers, a local
+//!   blob folder) in the farm's temp folder.
+//!
+//! Both use the farm's own tiny random model pack. `both_backends!(test_fn)` runs one test
+//! body on each.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
+
+/// Runs `async fn $body(Backend)` as two tests, `$body::distributed` and `$body::embedded`.
+macro_rules! both_backends {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[tokio::test]
+            async fn distributed() {
+                super::$body(super::common::Backend::Distributed).await
+            }
+            #[tokio::test]
+            async fn embedded() {
+                super::$body(super::common::Backend::Embedded).await
+            }
+        }
+    )+};
+}
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,10 +63,19 @@ pub fn s3_settings() -> S3Settings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Postgres, RabbitMQ, S3; coordinator and worker processes.
+    Distributed,
+    /// `tutti dev`: SQLite, in-process queue and workers, a local folder.
+    Embedded,
+}
+
 pub struct FarmOptions {
     pub workers: usize,
     pub chunk_steps: u32,
     pub retry_backoff: &'static str,
+    pub backend: Backend,
 }
 
 impl Default for FarmOptions {
@@ -53,8 +84,24 @@ impl Default for FarmOptions {
             workers: 1,
             chunk_steps: 0,
             retry_backoff: "200ms",
+            backend: Backend::Distributed,
         }
     }
+}
+
+impl FarmOptions {
+    pub fn on(backend: Backend) -> Self {
+        Self {
+            backend,
+            ..Default::default()
+        }
+    }
+}
+
+/// The job store a test reads behind the farm's back.
+pub enum Db {
+    Pg(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
 }
 
 pub struct Farm {
@@ -62,10 +109,11 @@ pub struct Farm {
     pub db: String,
     pub prefix: String,
     pub addr: SocketAddr,
+    /// The coordinator, or the `tutti dev` process of an embedded farm.
     pub coordinator: Option<Child>,
     pub workers: Vec<Child>,
     pub opts: FarmOptions,
-    pub pool: sqlx::PgPool,
+    pub store: Db,
 }
 
 fn bin() -> &'static str {
@@ -85,6 +133,23 @@ impl Farm {
         let id = Uuid::new_v4().simple().to_string();
         let db = format!("tutti_test_{}", &id[..12]);
         let prefix = format!("test-{}", &id[..12]);
+        let store = match opts.backend {
+            Backend::Distributed => Db::Pg(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_lazy(&pg_url(&db))
+                    .expect("pool"),
+            ),
+            Backend::Embedded => Db::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_lazy_with(
+                        sqlx::sqlite::SqliteConnectOptions::new()
+                            .filename(dir.path().join("data").join("jobs.db"))
+                            .busy_timeout(Duration::from_secs(10)),
+                    ),
+            ),
+        };
         let mut farm = Farm {
             dir,
             db: db.clone(),
@@ -93,17 +158,74 @@ impl Farm {
             coordinator: None,
             workers: Vec::new(),
             opts,
-            pool: sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .connect_lazy(&pg_url(&db))
-                .expect("pool"),
+            store,
         };
         farm.start_coordinator().await;
-        for _ in 0..farm.opts.workers {
-            farm.add_worker(&[]);
+        if farm.opts.backend == Backend::Distributed {
+            for _ in 0..farm.opts.workers {
+                farm.add_worker(&[]);
+            }
+            farm.wait_for_consumers(farm.opts.workers as u32).await;
         }
-        farm.wait_for_consumers(farm.opts.workers as u32).await;
         farm
+    }
+
+    /// The Postgres pool of a distributed farm (tests of the farm's own wiring).
+    pub fn pg(&self) -> &sqlx::PgPool {
+        match &self.store {
+            Db::Pg(p) => p,
+            Db::Sqlite(_) => panic!("this test runs on the distributed backend only"),
+        }
+    }
+
+    pub async fn job_count(&self) -> i64 {
+        let q = "SELECT count(*) FROM jobs";
+        match &self.store {
+            Db::Pg(p) => sqlx::query_scalar(q).fetch_one(p).await,
+            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await,
+        }
+        .expect("count jobs")
+    }
+
+    /// The bytes of an output, from S3 or the embedded farm's folder.
+    pub async fn fetch(&self, uri_or_url: &str) -> Vec<u8> {
+        if let Some(path) = uri_or_url.strip_prefix("file://") {
+            return std::fs::read(path).expect("read a local output");
+        }
+        if let Some(rest) = uri_or_url.strip_prefix("s3://") {
+            let key = rest.split_once('/').expect("s3 key").1;
+            use tutti_shared::blob::BlobStore;
+            return self
+                .s3()
+                .get(key)
+                .await
+                .expect("s3 get")
+                .expect("object exists")
+                .to_vec();
+        }
+        reqwest::get(uri_or_url)
+            .await
+            .expect("download")
+            .bytes()
+            .await
+            .expect("body")
+            .to_vec()
+    }
+
+    /// Where an output key lives on this farm's blob store.
+    pub fn uri(&self, key: &str) -> String {
+        match self.opts.backend {
+            Backend::Distributed => format!("s3://{}/{key}", s3_settings().bucket),
+            Backend::Embedded => format!(
+                "file://{}",
+                self.dir
+                    .path()
+                    .join("data")
+                    .join("blobs")
+                    .join(key)
+                    .display()
+            ),
+        }
     }
 
     pub fn models_dir(&self) -> PathBuf {
@@ -131,8 +253,17 @@ impl Farm {
     }
 
     pub async fn start_coordinator(&mut self) {
-        let child = self
-            .command("coordinator")
+        let mut cmd = match self.opts.backend {
+            Backend::Distributed => self.command("coordinator"),
+            Backend::Embedded => {
+                let mut c = self.command("dev");
+                c.env("TUTTI_DATA_DIR", self.dir.path().join("data"))
+                    .env("TUTTI_WORKERS", self.opts.workers.to_string())
+                    .env("TUTTI_DEVICE", "cpu");
+                c
+            }
+        };
+        let child = cmd
             .env("TUTTI_LISTEN", self.addr.to_string())
             .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
             .env("TUTTI_RETRY_BACKOFF", self.opts.retry_backoff)
@@ -161,6 +292,11 @@ impl Farm {
     }
 
     pub fn add_worker(&mut self, extra: &[&str]) -> usize {
+        assert_eq!(
+            self.opts.backend,
+            Backend::Distributed,
+            "worker processes belong to the distributed backend"
+        );
         let n = self.workers.len();
         let child = self
             .command("worker")
@@ -283,13 +419,24 @@ impl Farm {
         id: &str,
     ) -> Vec<(String, Option<i32>, Option<i32>, serde_json::Value)> {
         let id: Uuid = id.parse().expect("uuid");
-        sqlx::query_as(
-            "SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .expect("events")
+        let q = "SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id";
+        match &self.store {
+            Db::Pg(p) => sqlx::query_as(q)
+                .bind(id)
+                .fetch_all(p)
+                .await
+                .expect("events"),
+            Db::Sqlite(p) => {
+                let rows: Vec<(String, Option<i32>, Option<i32>, String)> = sqlx::query_as(q)
+                    .bind(id.to_string())
+                    .fetch_all(p)
+                    .await
+                    .expect("events");
+                rows.into_iter()
+                    .map(|(k, c, a, d)| (k, c, a, serde_json::from_str(&d).expect("detail")))
+                    .collect()
+            }
+        }
     }
 }
 

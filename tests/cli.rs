@@ -1,0 +1,238 @@
+//! `tutti` as a person runs it: spawn the binary, check exit codes, messages and the WAV.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tutti(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("TUTTI_SERVER")
+        .env_remove("TUTTI_MODELS_DIR")
+        .env_remove("RUST_LOG")
+        .env("TUTTI_DEVICE", "cpu")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tutti")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn tiny_pack(dir: &Path) -> String {
+    let models = dir.join("models");
+    tutti_worker::model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
+    models.display().to_string()
+}
+
+const PROMPT: &str = "melancholic lo-fi piano, 75 BPM, late night study session";
+
+#[test]
+fn generate_runs_embedded_and_writes_the_wav_it_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = tiny_pack(dir.path());
+    let run = |name: &str| {
+        let out = tutti(
+            &[
+                "generate",
+                PROMPT,
+                "-o",
+                name,
+                "--models-dir",
+                &models,
+                "--duration",
+                "2",
+                "--steps",
+                "4",
+                "--seed",
+                "5",
+            ],
+            dir.path(),
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(
+            out.status.success(),
+            "exit {:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        (stdout, stderr)
+    };
+    let (stdout, stderr) = run("track.wav");
+    assert!(stdout.contains("track.wav"), "{stdout}");
+    assert!(stdout.contains("2.00 s at 16000 Hz"), "{stdout}");
+    assert!(stdout.contains("seed     5"), "{stdout}");
+    assert!(
+        stdout.contains("denoise") && stdout.contains("vocode"),
+        "{stdout}"
+    );
+    assert!(
+        !stderr.contains(" INFO "),
+        "logs stay quiet by default: {stderr}"
+    );
+    let wav = hound::WavReader::open(dir.path().join("track.wav")).expect("a WAV file");
+    assert_eq!(wav.spec().sample_rate, 16000);
+    assert_eq!(wav.duration(), 32000);
+    // The same seed gives the same bytes, run after run.
+    run("again.wav");
+    let a = std::fs::read(dir.path().join("track.wav")).expect("read");
+    let b = std::fs::read(dir.path().join("again.wav")).expect("read");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_flags_say_what_is_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tutti(&["generate", PROMPT, "--format", "mp3"], dir.path());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'mp3'") && stderr.contains("wav, flac"),
+        "{stderr}"
+    );
+    let out = tutti(&["generate", PROMPT, "--sampler", "euler"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("flow-euler"), "{}", text(&out).1);
+    let out = tutti(&["generate", PROMPT, "--bogus"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--bogus"), "{}", text(&out).1);
+}
+
+#[test]
+fn out_of_range_values_come_back_from_the_validator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = tiny_pack(dir.path());
+    let out = tutti(
+        &[
+            "generate",
+            PROMPT,
+            "--models-dir",
+            &models,
+            "--duration",
+            "-3",
+        ],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("duration"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_model_pack_says_how_to_get_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tutti(
+        &["generate", PROMPT, "--models-dir", "no-such-dir"],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+    assert!(stderr.contains("tutti model tiny"), "{stderr}");
+    assert!(!dir.path().join("models").exists());
+}
+
+#[test]
+fn an_unreachable_server_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tutti(
+        &["generate", PROMPT, "--server", "http://127.0.0.1:9"],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:9"), "{stderr}");
+    let out = tutti(&["job", "x", "--server", "127.0.0.1:9"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("http://127.0.0.1:9"),
+        "{}",
+        text(&out).1
+    );
+}
+
+/// `tutti dev` serves the API; `generate --server --no-wait`, `watch` and `job` follow a job.
+#[test]
+fn dev_serves_the_client_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = tiny_pack(dir.path());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args([
+            "dev",
+            "--listen",
+            &addr,
+            "--models-dir",
+            &models,
+            "--device",
+            "cpu",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn tutti dev");
+    let server = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let out = tutti(
+            &[
+                "generate",
+                PROMPT,
+                "--server",
+                &server,
+                "--no-wait",
+                "--steps",
+                "4",
+                "--duration",
+                "2",
+            ],
+            dir.path(),
+        );
+        if out.status.success() {
+            break text(&out).0.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tutti dev did not come up: {:?}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(id.len(), 36, "--no-wait prints the job id: {id}");
+    let watch = tutti(&["watch", &id, "--server", &server], dir.path());
+    assert!(watch.status.success(), "{:?}", text(&watch));
+    let job = tutti(&["job", &id, "--server", &server], dir.path());
+    let (stdout, _) = text(&job);
+    assert!(job.status.success());
+    assert!(stdout.contains("state    succeeded"), "{stdout}");
+    assert!(stdout.contains("file://"), "{stdout}");
+    let unknown = tutti(
+        &[
+            "job",
+            "00000000-0000-0000-0000-000000000000",
+            "--server",
+            &server,
+        ],
+        dir.path(),
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown).1.contains("NotFound"),
+        "{:?}",
+        text(&unknown)
+    );
+    let _ = dev.kill();
+    let _ = dev.wait();
+}
