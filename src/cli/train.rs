@@ -37,7 +37,8 @@ pub(crate) struct EvalArgs {
     /// Only the first N prompts.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Also run the analyzers on this many clips of a dataset (their accuracy on ground truth).
+    /// A rendered dataset: trains the instrument classifier on it and runs the analyzers on its
+    /// clips (their accuracy on ground truth).
     #[arg(long)]
     pub calibrate: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
@@ -267,6 +268,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 seeds: a.seeds,
                 guidance: a.guidance,
                 limit: a.limit,
+                classifier_dataset: a.calibrate.clone(),
             };
             let t0 = std::time::Instant::now();
             let mut report = train::eval::evaluate(&a.pack, &a.out, &opts)?;

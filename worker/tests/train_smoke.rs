@@ -167,6 +167,7 @@ fn dataset_training_resume_pack_and_eval() {
             seconds: 2.0,
             seeds: 2,
             limit: Some(2),
+            classifier_dataset: Some(ds.clone()),
             ..Default::default()
         },
     )
