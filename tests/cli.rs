@@ -112,8 +112,7 @@ fn out_of_range_values_come_back_from_the_validator() {
             PROMPT,
             "--models-dir",
             &models,
-            "--duration",
-            "-3",
+            "--duration=-3",
         ],
         dir.path(),
     );
