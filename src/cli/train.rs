@@ -285,6 +285,10 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                     100.0 * m
                 );
                 report.markdown.push_str(&line);
+                let (v, g) = train::eval::vocoder_check::vocoder_check(&a.pack, ds, 20)?;
+                report.markdown.push_str(&format!(
+                    "\nVocoder on 20 rendered clips (true log-mel -> audio -> log-mel, mean L1; lower is better): the pack's vocoder {v:.3}, Griffin-Lim (32 iterations) {g:.3}.\n"
+                ));
             }
             train::eval::write_report(&a.out, &report)?;
             println!("{}", report.markdown);

@@ -6,6 +6,7 @@
 pub mod analyzers;
 pub mod classifier;
 pub mod prompts;
+pub mod vocoder_check;
 
 use std::fmt::Write as _;
 use std::path::Path;
