@@ -1,6 +1,6 @@
 //! Audio analyzers for prompt adherence: tempo from the autocorrelation of an onset envelope
 //! (spectral flux of the log-mel), key and mode from a chroma profile correlated with the
-//! Krumhansl-Kessler key profiles, and distances between clips for diversity.
+//! Temperley (Kostka-Payne) key profiles, and distances between clips for diversity.
 
 use tch::{Device, Kind, Tensor};
 use tutti_shared::prompt::Mode;

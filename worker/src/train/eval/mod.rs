@@ -176,7 +176,7 @@ fn report(pack: &Path, opts: &EvalOptions, rows: Vec<EvalRow>, clf: Option<(f64,
     let (mut f_hit, mut f_n) = (0, 0);
     let mut md = String::new();
     let _ = writeln!(md, "# Evaluation of `{}`\n", pack.display());
-    let _ = writeln!(md, "{} prompts x {} seeds, {} s, {} steps. Tempo: onset autocorrelation, within 8%. Mode: chroma vs Krumhansl-Kessler profiles. Diversity: mean log-mel L1 distance between seeds.\n", rows.len(), opts.seeds, opts.seconds, opts.steps);
+    let _ = writeln!(md, "{} prompts x {} seeds, {} s, {} steps. Tempo: onset autocorrelation, within 8%. Mode: 4096-point chroma vs Temperley key profiles. Diversity: mean log-mel L1 distance between seeds.\n", rows.len(), opts.seeds, opts.seconds, opts.steps);
     let _ = writeln!(
         md,
         "| # | prompt | BPM asked | BPM measured | mode asked | mode detected | instruments heard | seed distance |"
