@@ -79,26 +79,29 @@ fn grpc_requests_from_arbitrary_bytes_never_panic() {
         any::<i32>(),
     );
     runner
-        .run(&strategy, |(genre, mood, bpm, key, structure, duration, steps, sampler)| {
-            let req = pb::SubmitGenerationRequest {
-                prompt_kind: Some(pb::submit_generation_request::PromptKind::Structured(
-                    pb::StructuredPrompt {
-                        genre,
-                        mood,
-                        tempo_bpm: bpm,
-                        key,
-                        structure,
-                        ..Default::default()
-                    },
-                )),
-                duration_seconds: duration,
-                steps,
-                sampler,
-                ..Default::default()
-            };
-            let _ = v.validate(&req);
-            Ok(())
-        })
+        .run(
+            &strategy,
+            |(genre, mood, bpm, key, structure, duration, steps, sampler)| {
+                let req = pb::SubmitGenerationRequest {
+                    prompt_kind: Some(pb::submit_generation_request::PromptKind::Structured(
+                        pb::StructuredPrompt {
+                            genre,
+                            mood,
+                            tempo_bpm: bpm,
+                            key,
+                            structure,
+                            ..Default::default()
+                        },
+                    )),
+                    duration_seconds: duration,
+                    steps,
+                    sampler,
+                    ..Default::default()
+                };
+                let _ = v.validate(&req);
+                Ok(())
+            },
+        )
         .expect("no panic");
 }
 
@@ -122,19 +125,22 @@ fn model_packs_from_arbitrary_bytes_never_panic() {
         .expect("no panic");
     // Truncated or corrupted weights and model.toml: loading the pack fails with an error.
     runner
-        .run(&(0usize..weights.len(), any::<u8>(), 0usize..toml.len()), |(cut, byte, pos)| {
-            let mut w = weights.clone();
-            w.truncate(cut.max(1));
-            std::fs::write(pack.join("denoiser.safetensors"), &w).expect("write");
-            let _ = tutti_worker::model::pipeline::Pipeline::load(&pack, tch::Device::Cpu);
-            std::fs::write(pack.join("denoiser.safetensors"), &weights).expect("write");
-            let mut t = toml.clone();
-            t[pos] = byte;
-            std::fs::write(pack.join("model.toml"), &t).expect("write");
-            let _ = tutti_worker::model::pack::PackConfig::read(&pack);
-            let _ = tutti_shared::models::ModelInfo::read(&pack);
-            std::fs::write(pack.join("model.toml"), &toml).expect("write");
-            Ok(())
-        })
+        .run(
+            &(0usize..weights.len(), any::<u8>(), 0usize..toml.len()),
+            |(cut, byte, pos)| {
+                let mut w = weights.clone();
+                w.truncate(cut.max(1));
+                std::fs::write(pack.join("denoiser.safetensors"), &w).expect("write");
+                let _ = tutti_worker::model::pipeline::Pipeline::load(&pack, tch::Device::Cpu);
+                std::fs::write(pack.join("denoiser.safetensors"), &weights).expect("write");
+                let mut t = toml.clone();
+                t[pos] = byte;
+                std::fs::write(pack.join("model.toml"), &t).expect("write");
+                let _ = tutti_worker::model::pack::PackConfig::read(&pack);
+                let _ = tutti_shared::models::ModelInfo::read(&pack);
+                std::fs::write(pack.join("model.toml"), &toml).expect("write");
+                Ok(())
+            },
+        )
         .expect("no panic");
 }

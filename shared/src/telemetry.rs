@@ -109,7 +109,9 @@ impl Extractor for MapReader<'_> {
 pub fn current_context_headers() -> HashMap<String, String> {
     let mut map = HashMap::new();
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MapCarrier(&mut map)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut MapCarrier(&mut map))
+    });
     map
 }
 
