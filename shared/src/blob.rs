@@ -27,6 +27,24 @@ pub enum BlobError {
     InvalidKey(String),
 }
 
+/// Keys are relative paths of plain segments (`outputs/t/j/0.wav`): no empty key, no leading
+/// `/`, no `.`/`..` segments. Both stores refuse the same keys, so a key that works on a laptop
+/// works on S3 and cannot escape the local folder.
+fn check_key(key: &str) -> Result<(), BlobError> {
+    let ok = !key.is_empty()
+        && std::path::Path::new(key)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        && !key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError::InvalidKey(key.to_string()))
+    }
+}
+
 /// Where a key can be fetched from: a presigned URL and when it stops working.
 #[derive(Debug, Clone)]
 pub struct SignedUrl {
@@ -150,6 +168,7 @@ fn s3_err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> BlobError 
 #[async_trait]
 impl BlobStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), BlobError> {
+        check_key(key)?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -163,6 +182,7 @@ impl BlobStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobError> {
+        check_key(key)?;
         match self
             .client
             .get_object()
@@ -189,6 +209,7 @@ impl BlobStore for S3Store {
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError> {
+        check_key(key)?;
         let cfg = PresigningConfig::expires_in(ttl).map_err(|e| s3_err("presign", key, e))?;
         let req = self
             .client
@@ -216,15 +237,8 @@ impl LocalStore {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let rel = std::path::Path::new(key);
-        let ok = !key.is_empty()
-            && rel
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !ok {
-            return Err(BlobError::InvalidKey(key.to_string()));
-        }
-        Ok(self.root.join(rel))
+        check_key(key)?;
+        Ok(self.root.join(key))
     }
 }
 
@@ -274,4 +288,105 @@ impl BlobStore for LocalStore {
             expires_at: std::time::SystemTime::now() + ttl,
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One conformance suite for both stores (S3: the local SeaweedFS of `scripts/setup`,
+    //! `TUTTI_TEST_S3`, bucket `tutti-test`; each run under its own key prefix).
+
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+
+    use super::{BlobError, BlobStore, LocalStore, S3Settings, S3Store};
+
+    async fn round_trips_overwrites_and_misses(s: &dyn BlobStore, prefix: &str) {
+        let key = format!("{prefix}/outputs/t/j/0.wav");
+        assert!(s.get(&key).await.expect("get").is_none());
+        s.put(&key, Bytes::from_static(b"first"), "audio/wav")
+            .await
+            .expect("put");
+        assert_eq!(
+            s.get(&key).await.expect("get").as_deref(),
+            Some(&b"first"[..])
+        );
+        s.put(&key, Bytes::from_static(b"second"), "audio/wav")
+            .await
+            .expect("overwrite");
+        assert_eq!(
+            s.get(&key).await.expect("get").as_deref(),
+            Some(&b"second"[..])
+        );
+        let uri = s.uri(&key);
+        assert!(
+            uri.ends_with(&key) && (uri.starts_with("s3://") || uri.starts_with("file://")),
+            "{uri}"
+        );
+        let signed = s
+            .presign_get(&key, Duration::from_secs(60))
+            .await
+            .expect("presign");
+        assert!(signed.url.contains(&key), "{}", signed.url);
+        let left = signed
+            .expires_at
+            .duration_since(SystemTime::now())
+            .expect("expires in the future");
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+    }
+
+    async fn refuses_keys_outside_the_layout(s: &dyn BlobStore, _prefix: &str) {
+        for key in ["", "/abs", "a/../b", "../up", "a//b", "./a", "a/"] {
+            let put = s.put(key, Bytes::from_static(b"x"), "text/plain").await;
+            assert!(
+                matches!(put, Err(BlobError::InvalidKey(_))),
+                "{key:?}: {put:?}"
+            );
+            assert!(
+                matches!(s.get(key).await, Err(BlobError::InvalidKey(_))),
+                "{key:?}"
+            );
+        }
+    }
+
+    fn prefix() -> String {
+        format!("conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    }
+
+    async fn s3() -> S3Store {
+        let s = S3Store::new(&S3Settings {
+            endpoint: Some(
+                std::env::var("TUTTI_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8333".into()),
+            ),
+            region: "us-east-1".into(),
+            bucket: std::env::var("TUTTI_TEST_BUCKET").unwrap_or_else(|_| "tutti-test".into()),
+            access_key_id: std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "tutti".into()),
+            secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                .unwrap_or_else(|_| "tutti-secret".into()),
+            path_style: true,
+        });
+        s.ensure_bucket().await.expect("bucket");
+        s
+    }
+
+    macro_rules! blob_store_suite {
+        ($($name:ident),+ $(,)?) => {
+            mod s3_suite {
+                $(#[tokio::test] async fn $name() {
+                    super::$name(&super::s3().await, &super::prefix()).await;
+                })+
+            }
+            mod local_suite {
+                $(#[tokio::test] async fn $name() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    super::$name(&super::LocalStore::new(dir.path()), &super::prefix()).await;
+                })+
+            }
+        };
+    }
+
+    blob_store_suite!(
+        round_trips_overwrites_and_misses,
+        refuses_keys_outside_the_layout
+    );
 }
