@@ -59,8 +59,9 @@ pub(crate) struct DevConfig {
     /// A dispatched task with no sign of life for this long is dispatched again.
     #[arg(long, env = "TUTTI_TASK_LEASE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub task_lease: Duration,
-    /// Tasks dispatched but unfinished per stage.
-    #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 64)]
+    /// Tasks dispatched but unfinished per stage. Small, so that the backlog waits in the
+    /// store where priorities apply, not in the queue.
+    #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 8)]
     pub max_in_flight: u32,
 }
 
@@ -182,7 +183,7 @@ pub(crate) fn settings(models_dir: PathBuf, cfg: Option<&DevConfig>) -> Settings
         models_dir,
         default_model: cfg.and_then(|c| c.default_model.clone()),
         chunk_steps: cfg.map_or(0, |c| c.chunk_steps),
-        max_in_flight: cfg.map_or(64, |c| c.max_in_flight),
+        max_in_flight: cfg.map_or(8, |c| c.max_in_flight),
         retry: RetryPolicy {
             max_attempts: cfg.map_or(4, |c| c.max_attempts),
             backoff: cfg.map_or(Duration::from_secs(1), |c| c.retry_backoff),
@@ -225,6 +226,9 @@ pub(crate) async fn generate(
 ) -> anyhow::Result<()> {
     if args.embedded.workers == 0 {
         bail!("--workers must be at least 1 to generate embedded");
+    }
+    if args.no_wait {
+        bail!("--no-wait needs --server: an embedded farm ends with the command");
     }
     let models_dir = resolve_models_dir(args.embedded.models_dir.as_deref())?;
     let dir = tempfile::Builder::new()
