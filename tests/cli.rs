@@ -107,13 +107,7 @@ fn out_of_range_values_come_back_from_the_validator() {
     let dir = tempfile::tempdir().expect("tempdir");
     let models = tiny_pack(dir.path());
     let out = tutti(
-        &[
-            "generate",
-            PROMPT,
-            "--models-dir",
-            &models,
-            "--duration=-3",
-        ],
+        &["generate", PROMPT, "--models-dir", &models, "--duration=-3"],
         dir.path(),
     );
     let (_, stderr) = text(&out);
