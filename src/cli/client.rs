@@ -374,6 +374,8 @@ async fn follow(client: &mut GenerationClient<Channel>, id: &str) -> anyhow::Res
             .map_err(|e| anyhow::anyhow!("progress style: {e}"))?
             .progress_chars("=> "),
     );
+    // The spinner shows life between events (model loading, a long vocode).
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let mut last = None;
     while let Some(ev) = stream.message().await.map_err(status_err)? {
         if let Some(job) = ev.job {
