@@ -172,6 +172,13 @@ impl pb::generation_server::Generation for GenerationApi {
         let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
         tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
         tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
+        if created {
+            metrics::counter!(
+                tutti_shared::metrics::names::JOBS_SUBMITTED,
+                "class" => new.priority.as_str()
+            )
+            .increment(1);
+        }
         Ok(Response::new(self.to_pb(&record).await?))
     }
 

@@ -39,6 +39,12 @@ pub struct CoordinatorConfig {
     /// Tasks dispatched but unfinished per queue; the rest of the backlog waits in Postgres.
     #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: u32,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
+    #[arg(long, env = "TUTTI_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Run the database migrations, then exit (for a Kubernetes migration Job).
+    #[arg(long)]
+    pub migrate_only: bool,
     /// Lifetime of presigned output URLs.
     #[arg(long, env = "TUTTI_URL_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub url_ttl: Duration,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
+mod observe;
 pub mod results;
 pub mod store;
 pub mod validate;
@@ -77,6 +78,15 @@ pub async fn serve(
                 tutti_shared::config::redact_url(&cfg.database.database_url)
             )
         })?;
+    if cfg.migrate_only {
+        tracing::info!("migrations applied; exiting (--migrate-only)");
+        return Ok(());
+    }
+    let health = tutti_shared::metrics::Health::default();
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = tutti_shared::metrics::serve(addr, health.clone()).await?;
+        tracing::info!(addr = %bound, "metrics and probes listening");
+    }
     let s3 = S3Store::new(&cfg.s3.settings());
     s3.ensure_bucket()
         .await
@@ -86,7 +96,10 @@ pub async fn serve(
         queue: Arc::new(AmqpQueue::new(cfg.amqp.amqp_url.clone(), topology)),
         blobs: Arc::new(s3),
     };
-    serve_backend(&Settings::from(cfg), backend, listener, shutdown).await
+    health.set_ready(true);
+    let result = serve_backend(&Settings::from(cfg), backend, listener, shutdown).await;
+    health.set_ready(false);
+    result
 }
 
 /// Runs the gRPC API, the dispatcher and the results consumer over any backend on
@@ -120,6 +133,10 @@ pub async fn serve_backend(
         retry: cfg.retry,
     };
     let results_task = tokio::spawn(results.run(shutdown.clone()));
+    tokio::spawn(observe::refresh_gauges(
+        Arc::clone(&backend.store),
+        shutdown.clone(),
+    ));
 
     let service = Arc::new(api::GenerationService {
         store: backend.store,
@@ -132,6 +149,14 @@ pub async fn serve_backend(
     health_reporter
         .set_serving::<GenerationServer<api::GenerationApi>>()
         .await;
+    // Draining: the gRPC health check says NOT_SERVING while in-flight calls finish.
+    let mut drain = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = drain.wait_for(|s| *s).await;
+        health_reporter
+            .set_not_serving::<GenerationServer<api::GenerationApi>>()
+            .await;
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tutti_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

@@ -109,6 +109,8 @@ pub struct Farm {
     pub db: String,
     pub prefix: String,
     pub addr: SocketAddr,
+    /// The distributed coordinator's `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: SocketAddr,
     /// The coordinator, or the `tutti dev` process of an embedded farm.
     pub coordinator: Option<Child>,
     pub workers: Vec<Child>,
@@ -155,6 +157,7 @@ impl Farm {
             db: db.clone(),
             prefix,
             addr: free_addr(),
+            metrics_addr: free_addr(),
             coordinator: None,
             workers: Vec::new(),
             opts,
@@ -254,7 +257,11 @@ impl Farm {
 
     pub async fn start_coordinator(&mut self) {
         let mut cmd = match self.opts.backend {
-            Backend::Distributed => self.command("coordinator"),
+            Backend::Distributed => {
+                let mut c = self.command("coordinator");
+                c.env("TUTTI_METRICS_LISTEN", self.metrics_addr.to_string());
+                c
+            }
             Backend::Embedded => {
                 let mut c = self.command("dev");
                 c.env("TUTTI_DATA_DIR", self.dir.path().join("data"))

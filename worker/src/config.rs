@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     /// Name reported with results (default: host and process id).
     #[arg(long, env = "TUTTI_WORKER_NAME")]
     pub name: Option<String>,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
+    #[arg(long, env = "TUTTI_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {

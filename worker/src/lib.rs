@@ -35,6 +35,19 @@ pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyho
         blobs,
     };
     tracing::info!(worker = %worker.name, device = ?device, "worker starting");
+    let health = tutti_shared::metrics::Health::default();
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = tutti_shared::metrics::serve(addr, health.clone()).await?;
+        tracing::info!(addr = %bound, "metrics and probes listening");
+    }
+    // Ready while taking work; a draining worker reports not ready so it gets no new traffic.
+    health.set_ready(true);
+    let mut drain = shutdown.clone();
+    let draining = health.clone();
+    tokio::spawn(async move {
+        let _ = drain.wait_for(|s| *s).await;
+        draining.set_ready(false);
+    });
     worker.run(shutdown).await;
     Ok(())
 }

@@ -16,6 +16,7 @@ use tutti_shared::audio;
 use tutti_shared::blob::BlobStore;
 use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, TaskKind};
 use tutti_shared::messages::{ControlMessage, Outcome, OutputInfo, TaskMessage, WorkerEvent};
+use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
 use uuid::Uuid;
 
@@ -113,6 +114,7 @@ impl Worker {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
+                    metrics::counter!(names::DEAD_LETTERS, "by" => "worker").increment(1);
                     delivery.nack(false).await?;
                     continue;
                 }
@@ -173,7 +175,24 @@ impl Worker {
                 }
             }
         };
-        tracing::info!(millis = started.elapsed().as_millis() as u64, outcome = ?std::mem::discriminant(&outcome), "task finished");
+        let outcome_name = match &outcome {
+            Outcome::Done { .. } => "done",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled => "cancelled",
+        };
+        let stage = task.kind.as_str();
+        metrics::histogram!(names::STAGE_DURATION, "stage" => stage)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(names::WORKER_TASKS, "stage" => stage, "outcome" => outcome_name)
+            .increment(1);
+        if task.kind == TaskKind::Denoise && outcome_name == "done" {
+            metrics::counter!(names::STEPS).increment(u64::from(task.to_step - task.from_step));
+        }
+        tracing::info!(
+            millis = started.elapsed().as_millis() as u64,
+            outcome = outcome_name,
+            "task finished"
+        );
         WorkerEvent::Result {
             job_id: task.job_id,
             chunk: task.chunk,

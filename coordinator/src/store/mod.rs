@@ -125,6 +125,22 @@ pub struct TaskRef<'a> {
     pub worker: &'a str,
 }
 
+/// Counts for the metrics gauges: jobs by (state, priority rank), pending tasks by (priority
+/// rank, kind) and dispatched tasks by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub jobs: Vec<(String, i16, i64)>,
+    pub backlog: Vec<(i16, String, i64)>,
+    pub in_flight: Vec<(String, i64)>,
+}
+
+pub(crate) const STATS_JOBS_SQL: &str =
+    "SELECT state, priority, count(*) FROM jobs GROUP BY state, priority";
+pub(crate) const STATS_BACKLOG_SQL: &str =
+    "SELECT priority, kind, count(*) FROM tasks WHERE state = 'pending' GROUP BY priority, kind";
+pub(crate) const STATS_IN_FLIGHT_SQL: &str =
+    "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind";
+
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
@@ -162,6 +178,8 @@ pub trait JobStore: Send + Sync {
     ) -> Result<()>;
     /// A job's history, oldest first.
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
+    /// Counts for the metrics gauges.
+    async fn stats(&self) -> Result<Stats>;
     /// Change notices: job changes for watchers, task changes for dispatchers.
     fn notifier(&self) -> &Notifier;
 }

@@ -344,6 +344,19 @@ impl JobStore for SqliteStore {
         super::sqlite_sched::result(self, task, outcome, policy).await
     }
 
+    async fn stats(&self) -> Result<super::Stats> {
+        Ok(super::Stats {
+            jobs: sqlx::query_as(super::STATS_JOBS_SQL)
+                .fetch_all(&self.pool)
+                .await?,
+            backlog: sqlx::query_as(super::STATS_BACKLOG_SQL)
+                .fetch_all(&self.pool)
+                .await?,
+            in_flight: sqlx::query_as(super::STATS_IN_FLIGHT_SQL)
+                .fetch_all(&self.pool)
+                .await?,
+        })
+    }
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>> {
         let rows: Vec<(String, Option<i64>, Option<i64>, String)> = sqlx::query_as(
             "SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id",

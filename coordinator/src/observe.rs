@@ -1,0 +1,71 @@
+//! Gauges read from the job store every few seconds: jobs by state and class, the backlog per
+//! class and queue, tasks in flight. Jobs that ended are exported as counters set to the
+//! store's own count, which only grows, so every replica reports the same value.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tutti_shared::metrics::names;
+
+use crate::store::JobStore;
+
+fn class(rank: i16) -> &'static str {
+    match rank {
+        0 => "interactive",
+        1 => "standard",
+        _ => "batch",
+    }
+}
+
+pub(crate) async fn refresh_gauges(store: Arc<dyn JobStore>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => continue,
+        }
+        let stats = match store.stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!(names::POSTGRES_ERRORS).increment(1);
+                tracing::warn!(error = %e, "reading job counts for metrics");
+                continue;
+            }
+        };
+        for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
+            for rank in 0..3 {
+                let n = stats
+                    .jobs
+                    .iter()
+                    .filter(|(s, r, _)| s == state && *r == rank)
+                    .map(|(_, _, n)| *n)
+                    .sum::<i64>();
+                let labels = [("state", state), ("class", class(rank))];
+                metrics::gauge!(names::JOBS, &labels).set(n as f64);
+                if matches!(state, "succeeded" | "failed" | "cancelled") {
+                    metrics::counter!(names::JOBS_FINISHED, &labels).absolute(n.max(0) as u64);
+                }
+            }
+        }
+        for kind in ["denoise", "vocode"] {
+            for rank in 0..3 {
+                let n = stats
+                    .backlog
+                    .iter()
+                    .filter(|(r, k, _)| k == kind && *r == rank)
+                    .map(|(_, _, n)| *n)
+                    .sum::<i64>();
+                metrics::gauge!(names::BACKLOG, "class" => class(rank), "queue" => kind)
+                    .set(n as f64);
+            }
+            let n = stats
+                .in_flight
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, n)| *n)
+                .sum::<i64>();
+            metrics::gauge!(names::IN_FLIGHT, "queue" => kind).set(n as f64);
+        }
+    }
+}
