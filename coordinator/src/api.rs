@@ -167,8 +167,24 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::SubmitGenerationRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        // Join the caller's trace when it sent one (W3C `traceparent` in the gRPC metadata).
+        let incoming: std::collections::HashMap<String, String> = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .filter(|(k, _)| k == "traceparent" || k == "tracestate")
+            .collect();
+        tutti_shared::telemetry::set_parent_from_headers(&tracing::Span::current(), &incoming);
         let req = request.into_inner();
-        let new = self.validator.validate(&req)?;
+        let mut new = self.validator.validate(&req)?;
+        new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
+            .into_iter()
+            .collect();
         let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
         tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
         tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");

@@ -310,6 +310,7 @@ impl Validator {
                 sampler,
                 variations,
                 format,
+                trace_context: Default::default(),
             },
             priority,
             labels,

@@ -134,6 +134,10 @@ pub struct JobSpec {
     pub sampler: SamplerName,
     pub variations: u32,
     pub format: AudioFormat,
+    /// W3C trace context of the submit (`traceparent`, `tracestate`), so that every task of the
+    /// job joins the submit's trace, whichever coordinator dispatches it and whenever.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trace_context: std::collections::BTreeMap<String, String>,
 }
 
 /// Output key layout: `outputs/<tenant>/<job>/<n>.<ext>`, deterministic so that a redone upload

@@ -43,6 +43,7 @@ fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
             sampler: SamplerName::FlowEuler,
             variations: 1,
             format: AudioFormat::Wav,
+            trace_context: Default::default(),
         },
         priority: Priority::Interactive,
         labels: BTreeMap::from([("team".to_string(), "a".to_string())]),
