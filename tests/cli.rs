@@ -226,6 +226,20 @@ fn dev_serves_the_client_commands() {
         "{:?}",
         text(&unknown)
     );
-    let _ = dev.kill();
-    let _ = dev.wait();
+    // SIGTERM drains and exits cleanly.
+    let _ = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = dev.try_wait().expect("wait tutti dev") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = dev.kill();
+            panic!("tutti dev did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
 }
