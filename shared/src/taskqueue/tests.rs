@@ -122,13 +122,46 @@ fn amqp() -> AmqpQueue {
     AmqpQueue::new(url, Topology::new(prefix))
 }
 
+/// Deletes a test topology so the broker does not collect one per run.
+async fn remove(q: &AmqpQueue) {
+    let url = std::env::var("TUTTI_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let Ok(conn) = crate::queue::connect(&url, Duration::from_secs(2)).await else {
+        return;
+    };
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    let t = q.topology();
+    for name in [
+        t.denoise_queue(),
+        t.vocode_queue(),
+        t.results_queue(),
+        t.dead_letter_queue(),
+    ] {
+        let _ = ch
+            .queue_delete(&name, lapin::options::QueueDeleteOptions::default())
+            .await;
+    }
+    for name in [t.dead_letter_exchange(), t.control_exchange()] {
+        let _ = ch
+            .exchange_delete(&name, lapin::options::ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "test topology removed").await;
+}
+
 macro_rules! task_queue_suite {
     ($($name:ident),+ $(,)?) => {
         mod memory_suite {
             $(#[tokio::test] async fn $name() { super::$name(&super::MemoryQueue::new()).await; })+
         }
         mod amqp_suite {
-            $(#[tokio::test] async fn $name() { super::$name(&super::amqp()).await; })+
+            $(#[tokio::test] async fn $name() {
+                let q = super::amqp();
+                super::$name(&q).await;
+                super::remove(&q).await;
+            })+
         }
     };
 }
