@@ -50,52 +50,70 @@ pub(crate) struct GenerateArgs {
     /// Write the first output here (with --wait; embedded default: `<job id>.wav`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// What to steer away from, e.g. "vocals, distortion".
     #[arg(long)]
     pub negative: Option<String>,
     /// Seconds of audio.
     #[arg(long)]
     pub duration: Option<f32>,
+    /// Random seed: the same seed and parameters give the same audio (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Denoising steps (default: the model's); more is slower and usually cleaner.
     #[arg(long)]
     pub steps: Option<u32>,
+    /// Classifier-free guidance scale: how closely to follow the prompt (default: the model's).
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Sampler (default: the model's).
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerArg>,
+    /// Audio file format.
     #[arg(long, value_enum, default_value = "wav")]
     pub format: FormatArg,
+    /// Takes rendered from one prompt (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     pub variations: u32,
+    /// Scheduling class on a shared farm.
     #[arg(long, value_enum, default_value = "interactive")]
     pub priority: PriorityArg,
+    /// Model pack name (default: the farm's default model).
     #[arg(long)]
     pub model: Option<String>,
+    /// Model pack version (default: the newest).
     #[arg(long)]
     pub model_version: Option<String>,
+    /// Submitting twice with one key returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// key=value, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     // Structured prompt fields (used when given; the free prompt then goes into `extra`).
+    /// e.g. "lo-fi hip hop".
     #[arg(long)]
     pub genre: Option<String>,
     #[arg(long)]
     pub subgenre: Option<String>,
+    /// e.g. "melancholic".
     #[arg(long)]
     pub mood: Option<String>,
+    /// Tempo in beats per minute.
     #[arg(long)]
     pub bpm: Option<f32>,
+    /// e.g. "A minor", "F# major".
     #[arg(long)]
     pub key: Option<String>,
+    /// An instrument, repeatable: --instrument piano --instrument "upright bass".
     #[arg(long = "instrument")]
     pub instruments: Vec<String>,
+    /// A section, repeatable, in order: --structure intro --structure verse.
     #[arg(long = "structure")]
     pub structure: Vec<String>,
     /// Wait for the job to finish (default), or print its id and return.
     #[arg(long, overrides_with = "no_wait")]
     pub wait: bool,
+    /// Print the job id and return (needs --server).
     #[arg(long)]
     pub no_wait: bool,
 }
