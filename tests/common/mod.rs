@@ -454,7 +454,54 @@ impl Drop for Farm {
             let _ = w.wait();
         }
         self.kill_coordinator();
+        if self.opts.backend == Backend::Distributed {
+            remove_topology(&self.prefix);
+        }
     }
+}
+
+/// Deletes a test farm's queues and exchanges, so the broker does not collect (quorum) queues
+/// run after run. Runs on its own thread and runtime because `drop` cannot await.
+fn remove_topology(prefix: &str) {
+    let prefix = prefix.to_string();
+    let handle = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let work = async {
+                let conn =
+                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                        .await
+                        .ok()?;
+                for q in ["denoise", "vocode", "results", "dead"] {
+                    let ch = conn.create_channel().await.ok()?;
+                    let _ = ch
+                        .queue_delete(
+                            &format!("{prefix}.{q}"),
+                            lapin::options::QueueDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                for x in ["dlx", "control"] {
+                    let ch = conn.create_channel().await.ok()?;
+                    let _ = ch
+                        .exchange_delete(
+                            &format!("{prefix}.{x}"),
+                            lapin::options::ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                let _ = conn.close(200, "test farm removed").await;
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+        });
+    });
+    let _ = handle.join();
 }
 
 pub fn request(prompt: &str) -> pb::SubmitGenerationRequest {
