@@ -105,6 +105,11 @@ impl ResultsConsumer {
                 };
                 self.store.record_result(task, outcome, self.retry).await
             }
+            // Worker liveness and capacity feed the scheduler (see the scheduling issue).
+            WorkerEvent::Heartbeat { worker, .. } => {
+                tracing::trace!(%worker, "heartbeat");
+                Ok(())
+            }
         }
     }
 }

@@ -70,6 +70,22 @@ pub enum WorkerEvent {
         worker: String,
         outcome: Outcome,
     },
+    /// A worker's sign of life, every couple of seconds: what it serves and how much. The
+    /// coordinator bounds dispatched work by the capacity of live workers and routes a job's
+    /// next chunk to the worker that holds its latent (chunk affinity).
+    Heartbeat {
+        worker: String,
+        /// Denoise chunks it runs at once (its step-batch capacity); 0 when it serves none.
+        denoise_slots: u32,
+        /// Vocode tasks it runs at once; 0 when it serves none.
+        vocode_slots: u32,
+        /// Jobs whose latest latent it still holds in memory.
+        #[serde(default)]
+        holds: Vec<Uuid>,
+        /// True once it takes no new work (draining on SIGTERM).
+        #[serde(default)]
+        draining: bool,
+    },
 }
 
 /// Broadcast on the control fanout exchange to every worker.

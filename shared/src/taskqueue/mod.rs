@@ -64,6 +64,20 @@ pub trait Consumer: Send {
 pub trait TaskQueue: Send + Sync {
     /// Publishes and returns once the queue holds the message (a broker confirm).
     async fn publish(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError>;
+    /// Publishes a task for one worker (chunk affinity): it waits up to `wait` in that
+    /// worker's own queue for `kind`; if the worker has not taken it by then, or has no own
+    /// queue, it goes to the shared queue of its kind. Backends without per-worker queues
+    /// publish to the shared queue at once.
+    async fn publish_to_worker(
+        &self,
+        worker: &str,
+        kind: TaskKind,
+        body: &[u8],
+        wait: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let _ = (worker, wait);
+        self.publish(QueueName::Task(kind), body).await
+    }
     /// Publishes without waiting for a confirm (progress reports).
     async fn publish_best_effort(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {
         self.publish(queue, body).await
