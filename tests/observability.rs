@@ -50,6 +50,34 @@ async fn the_coordinator_exports_metrics_and_probes() {
             );
             assert!(body.contains("tutti_backlog{"), "{body}");
             assert!(body.contains("tutti_ready 1"), "{body}");
+            // The scheduler's own series: every task of the job was dispatched once, after a
+            // wait in the backlog; the error and anomaly counters are there at 0.
+            let value = |prefix: &str| -> f64 {
+                body.lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            for queue in ["denoise", "vocode"] {
+                let dispatched =
+                    format!("tutti_tasks_dispatched_total{{queue=\"{queue}\",class=\"standard\"}}");
+                assert!(value(&dispatched) >= 1.0, "{dispatched} in {body}");
+                let waited = format!(
+                    "tutti_queue_latency_seconds_count{{queue=\"{queue}\",class=\"standard\"}}"
+                );
+                assert_eq!(value(&waited), value(&dispatched), "{body}");
+            }
+            assert_eq!(value("tutti_postgres_errors_total"), 0.0, "{body}");
+            assert_eq!(value("tutti_stale_results_total{"), 0.0, "{body}");
+            assert_eq!(value("tutti_task_retries_total{"), 0.0, "{body}");
+            for series in [
+                "tutti_postgres_errors_total ",
+                "tutti_dead_letters_total{by=\"coordinator\"} ",
+                "tutti_stale_results_total{stage=\"vocode\"} ",
+                "tutti_s3_errors_total{op=\"presign\"} ",
+            ] {
+                assert!(body.contains(series), "no {series} in {body}");
+            }
             for line in body.lines().filter(|l| l.starts_with("tutti_")) {
                 let name = line.split(['{', ' ']).next().unwrap_or("");
                 let base = name

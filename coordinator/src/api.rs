@@ -10,6 +10,7 @@ use futures::Stream;
 use prost::Message;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use tutti_proto::v1 as pb;
 use tutti_shared::blob::BlobStore;
 use tutti_shared::job::{JobState, Stage};
@@ -124,12 +125,53 @@ impl GenerationService {
         })
     }
 
+    async fn submit(&self, req: pb::SubmitGenerationRequest) -> Result<pb::Job> {
+        let mut new = self.validator.validate(&req)?;
+        // Every task of the job joins this trace, however late it is dispatched.
+        new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
+            .into_iter()
+            .collect();
+        let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
+        tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
+        tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
+        if created {
+            metrics::counter!(
+                tutti_shared::metrics::names::JOBS_SUBMITTED,
+                "class" => new.priority.as_str()
+            )
+            .increment(1);
+        }
+        self.to_pb(&record).await
+    }
+
     async fn broadcast_cancel(&self, job: Uuid) -> Result<()> {
         Ok(self
             .queue
             .broadcast(&ControlMessage::Cancel { job_id: job })
             .await?)
     }
+}
+
+/// The span of one RPC, a child of the caller's trace when it sent one (W3C `traceparent` in
+/// the gRPC metadata). `job_id` is filled in once known; `tenant` is the caller's.
+fn rpc_span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.method = method,
+        job_id = tracing::field::Empty,
+        tenant = DEFAULT_TENANT,
+    );
+    let incoming: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|k| {
+            let v = request.metadata().get(k)?.to_str().ok()?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect();
+    tutti_shared::telemetry::set_parent_from_headers(&span, &incoming);
+    span
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -162,40 +204,13 @@ impl std::ops::Deref for GenerationApi {
 
 #[tonic::async_trait]
 impl pb::generation_server::Generation for GenerationApi {
-    #[tracing::instrument(skip_all, fields(job_id))]
     async fn submit_generation(
         &self,
         request: Request<pb::SubmitGenerationRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        // Join the caller's trace when it sent one (W3C `traceparent` in the gRPC metadata).
-        let incoming: std::collections::HashMap<String, String> = request
-            .metadata()
-            .iter()
-            .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                    Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
-                }
-                tonic::metadata::KeyAndValueRef::Binary(..) => None,
-            })
-            .filter(|(k, _)| k == "traceparent" || k == "tracestate")
-            .collect();
-        tutti_shared::telemetry::set_parent_from_headers(&tracing::Span::current(), &incoming);
-        let req = request.into_inner();
-        let mut new = self.validator.validate(&req)?;
-        new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
-            .into_iter()
-            .collect();
-        let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
-        tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
-        tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
-        if created {
-            metrics::counter!(
-                tutti_shared::metrics::names::JOBS_SUBMITTED,
-                "class" => new.priority.as_str()
-            )
-            .increment(1);
-        }
-        Ok(Response::new(self.to_pb(&record).await?))
+        let span = rpc_span("SubmitGeneration", &request);
+        let job = self.submit(request.into_inner()).instrument(span).await?;
+        Ok(Response::new(job))
     }
 
     async fn get_job(

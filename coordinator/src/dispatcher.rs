@@ -3,13 +3,41 @@
 //! transaction; once a second, expired leases go back to the backlog. Queue and database
 //! errors are logged and retried with backoff.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tutti_shared::taskqueue::TaskQueue;
+use tracing::Instrument;
+use tutti_shared::messages::TaskMessage;
+use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
 
 use crate::store::{JobStore, RetryPolicy};
+
+/// Publishes a task (the encoded `msg`) to its kind's queue inside a `dispatch` span that
+/// continues the job's submit trace; the span's context rides in the message's headers, so the
+/// worker's task span is its child, whichever coordinator dispatches and whenever.
+pub(crate) async fn publish_task(
+    queue: &dyn TaskQueue,
+    msg: &TaskMessage,
+    body: &[u8],
+) -> Result<(), QueueError> {
+    let span = tracing::info_span!(
+        "dispatch",
+        job_id = %msg.job_id,
+        tenant = %msg.tenant,
+        chunk = msg.chunk,
+        attempt = msg.attempt,
+        kind = msg.kind.as_str(),
+    );
+    let submit: HashMap<String, String> = msg.spec.trace_context.clone().into_iter().collect();
+    tutti_shared::telemetry::set_parent_from_headers(&span, &submit);
+    let headers = span.in_scope(tutti_shared::telemetry::current_context_headers);
+    queue
+        .publish_with_headers(QueueName::Task(msg.kind), body, &headers)
+        .instrument(span)
+        .await
+}
 
 pub struct Dispatcher {
     pub store: Arc<dyn JobStore>,
@@ -28,6 +56,7 @@ impl Dispatcher {
             if last_lease_check.elapsed() > Duration::from_secs(1) {
                 last_lease_check = std::time::Instant::now();
                 if let Err(e) = self.store.expire_leases(self.task_lease, self.retry).await {
+                    crate::observe::count_error(&e);
                     tracing::warn!(error = %e, "dispatcher: lease check failed");
                 }
             }
@@ -43,6 +72,7 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
+                    crate::observe::count_error(&e);
                     tracing::warn!(error = %e, "dispatcher: dispatch failed");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

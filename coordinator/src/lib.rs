@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
+mod health;
 mod observe;
 pub mod results;
 pub mod store;
@@ -96,17 +97,25 @@ pub async fn serve(
         queue: Arc::new(AmqpQueue::new(cfg.amqp.amqp_url.clone(), topology)),
         blobs: Arc::new(s3),
     };
-    health.set_ready(true);
-    let result = serve_backend(&Settings::from(cfg), backend, listener, shutdown).await;
+    let result = serve_backend(
+        &Settings::from(cfg),
+        backend,
+        health.clone(),
+        listener,
+        shutdown,
+    )
+    .await;
     health.set_ready(false);
     result
 }
 
 /// Runs the gRPC API, the dispatcher and the results consumer over any backend on
-/// `listener` until `shutdown` flips to true.
+/// `listener` until `shutdown` flips to true. `health` (the `/readyz` probe) and gRPC health
+/// follow the store's and the queue's reachability.
 pub async fn serve_backend(
     cfg: &Settings,
     backend: Backend,
+    health: tutti_shared::metrics::Health,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -133,8 +142,22 @@ pub async fn serve_backend(
         retry: cfg.retry,
     };
     let results_task = tokio::spawn(results.run(shutdown.clone()));
+    observe::register_counters();
     tokio::spawn(observe::refresh_gauges(
         Arc::clone(&backend.store),
+        shutdown.clone(),
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // NOT_SERVING until the first probe has reached the store and the queue.
+    health_reporter
+        .set_not_serving::<GenerationServer<api::GenerationApi>>()
+        .await;
+    let probe_task = tokio::spawn(health::probe(
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.queue),
+        health,
+        health_reporter,
         shutdown.clone(),
     ));
 
@@ -144,18 +167,6 @@ pub async fn serve_backend(
         blobs: backend.blobs,
         queue: backend.queue,
         url_ttl: cfg.url_ttl,
-    });
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<GenerationServer<api::GenerationApi>>()
-        .await;
-    // Draining: the gRPC health check says NOT_SERVING while in-flight calls finish.
-    let mut drain = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = drain.wait_for(|s| *s).await;
-        health_reporter
-            .set_not_serving::<GenerationServer<api::GenerationApi>>()
-            .await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tutti_proto::FILE_DESCRIPTOR_SET)
@@ -175,5 +186,6 @@ pub async fn serve_backend(
         .context("gRPC server")?;
     let _ = dispatch_task.await;
     let _ = results_task.await;
+    let _ = probe_task.await;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tutti_shared::messages::WorkerEvent;
+use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{QueueName, TaskQueue};
 
 use crate::error::{Error, Result};
@@ -58,6 +59,7 @@ impl ResultsConsumer {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(error = %e, "unparseable worker event, dead-lettering");
+                    metrics::counter!(names::DEAD_LETTERS, "by" => "coordinator").increment(1);
                     delivery.nack(false).await?;
                     continue;
                 }
@@ -65,6 +67,7 @@ impl ResultsConsumer {
             match self.apply(&event).await {
                 Ok(()) => delivery.ack().await?,
                 Err(e) => {
+                    crate::observe::count_error(&e);
                     tracing::warn!(error = %e, "applying worker event failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     delivery.nack(true).await?;

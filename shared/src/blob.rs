@@ -142,6 +142,8 @@ impl S3Store {
                 if msg.contains("BucketAlreadyOwnedByYou") || msg.contains("BucketAlreadyExists") {
                     Ok(())
                 } else {
+                    metrics::counter!(crate::metrics::names::S3_ERRORS, "op" => "create_bucket")
+                        .increment(1);
                     Err(BlobError::S3 {
                         op: "create_bucket",
                         key: self.bucket.clone(),
@@ -157,7 +159,9 @@ impl S3Store {
     }
 }
 
+/// Every S3 failure passes here, so `tutti_s3_errors_total` counts them all.
 fn s3_err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> BlobError {
+    metrics::counter!(crate::metrics::names::S3_ERRORS, "op" => op).increment(1);
     BlobError::S3 {
         op,
         key: key.to_string(),
@@ -167,6 +171,7 @@ fn s3_err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> BlobError 
 
 #[async_trait]
 impl BlobStore for S3Store {
+    #[tracing::instrument(name = "s3.put", skip_all, fields(key = %key, bytes = body.len()))]
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), BlobError> {
         check_key(key)?;
         self.client
@@ -181,6 +186,7 @@ impl BlobStore for S3Store {
         Ok(())
     }
 
+    #[tracing::instrument(name = "s3.get", skip_all, fields(key = %key))]
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobError> {
         check_key(key)?;
         match self

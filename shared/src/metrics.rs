@@ -22,15 +22,15 @@ pub mod names {
     pub const BACKLOG: &str = "tutti_backlog";
     /// Tasks dispatched and not finished, by queue (gauge).
     pub const IN_FLIGHT: &str = "tutti_tasks_in_flight";
-    /// Time from a task becoming due to its dispatch, by queue (histogram, seconds).
+    /// Time from a task becoming due to its dispatch, by queue and class (histogram, seconds).
     pub const QUEUE_LATENCY: &str = "tutti_queue_latency_seconds";
-    /// Tasks dispatched, by queue (counter).
+    /// Tasks dispatched, by queue and class (counter).
     pub const DISPATCHED: &str = "tutti_tasks_dispatched_total";
     /// Task attempts that failed and were retried or failed their job, by stage and code (counter).
     pub const TASK_RETRIES: &str = "tutti_task_retries_total";
     /// Messages rejected to the dead-letter queue, by who rejected them (counter).
     pub const DEAD_LETTERS: &str = "tutti_dead_letters_total";
-    /// Results dropped as stale or duplicate (counter).
+    /// Results dropped as stale or duplicate, by stage (counter).
     pub const STALE_RESULTS: &str = "tutti_stale_results_total";
     /// Work time of a task on a worker, by stage (histogram, seconds).
     pub const STAGE_DURATION: &str = "tutti_stage_duration_seconds";
@@ -46,6 +46,10 @@ pub mod names {
     pub const S3_ERRORS: &str = "tutti_s3_errors_total";
     /// 1 while the process is ready (gauge).
     pub const READY: &str = "tutti_ready";
+    /// Memory in use on a worker's GPU, by gpu (gauge, bytes; CUDA workers only).
+    pub const GPU_MEMORY_USED: &str = "tutti_gpu_memory_used_bytes";
+    /// Memory of a worker's GPU, by gpu (gauge, bytes; CUDA workers only).
+    pub const GPU_MEMORY_TOTAL: &str = "tutti_gpu_memory_total_bytes";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -66,6 +70,8 @@ pub mod names {
         POSTGRES_ERRORS,
         S3_ERRORS,
         READY,
+        GPU_MEMORY_USED,
+        GPU_MEMORY_TOTAL,
     ];
 }
 

@@ -1,6 +1,14 @@
 //! Logging and tracing set-up: an env filter (`RUST_LOG`, default `info`), text or JSON lines,
 //! and OpenTelemetry traces over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with the
 //! W3C trace-context propagator so one trace spans gRPC calls and AMQP messages.
+//!
+//! Spans always get OpenTelemetry trace and span ids, exported or not: trace context then
+//! travels from the CLI through the coordinator to the workers in every deployment, and JSON log
+//! lines of all processes can be joined by `trace_id`. Which spans are traced follows
+//! `TUTTI_TRACE_FILTER` (default `info`), separately from `RUST_LOG`, so quiet logs do not cut
+//! a trace.
+
+mod json_log;
 
 use std::collections::HashMap;
 
@@ -43,46 +51,53 @@ pub fn init(format: LogFormat, service: &str) -> TelemetryGuard {
     let logs = match format {
         LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+            .fmt_fields(fmt::format::JsonFields::new())
+            .event_format(json_log::JsonLines)
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = otlp_provider(service);
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tutti")));
+    let trace_filter =
+        || EnvFilter::try_from_env("TUTTI_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info"));
+    let provider = tracer_provider(service);
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("tutti"));
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(filter()))
-        .with(otel.map(|l| l.with_filter(filter())))
+        .with(otel.with_filter(trace_filter()))
         .try_init();
-    TelemetryGuard { provider }
+    TelemetryGuard {
+        provider: Some(provider),
+    }
 }
 
-fn otlp_provider(service: &str) -> Option<SdkTracerProvider> {
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+/// A provider that gives every span its ids, exporting them over OTLP only when configured.
+fn tracer_provider(service: &str) -> SdkTracerProvider {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_string())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") else {
+        return builder.build();
+    };
     use opentelemetry_otlp::WithExportConfig;
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+    match opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint.clone())
         .build()
     {
-        Ok(e) => e,
+        Ok(exporter) => builder.with_batch_exporter(exporter).build(),
         Err(e) => {
             eprintln!("warning: OTLP exporter for {endpoint} not started: {e}");
-            return None;
+            builder.build()
         }
-    };
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service.to_string())
-        .build();
-    Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build(),
-    )
+    }
+}
+
+/// The trace id of the current span (32 hex digits), if it has one.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 struct MapCarrier<'a>(&'a mut HashMap<String, String>);
@@ -104,8 +119,8 @@ impl Extractor for MapReader<'_> {
     }
 }
 
-/// The current span's trace context as W3C headers (`traceparent`, `tracestate`); empty when
-/// tracing export is off.
+/// The current span's trace context as W3C headers (`traceparent`, `tracestate`); empty outside
+/// any span.
 pub fn current_context_headers() -> HashMap<String, String> {
     let mut map = HashMap::new();
     let cx = tracing::Span::current().context();
@@ -115,13 +130,14 @@ pub fn current_context_headers() -> HashMap<String, String> {
     map
 }
 
-/// Makes `span` a child of the trace context carried in `headers`.
-pub fn set_parent_from_headers(span: &tracing::Span, headers: &HashMap<String, String>) {
-    if headers.is_empty() {
-        return;
+/// Makes `span` a child of the trace context carried in `headers` (W3C `traceparent`); returns
+/// false, leaving the span alone, when they carry none.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &HashMap<String, String>) -> bool {
+    if !headers.contains_key("traceparent") {
+        return false;
     }
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MapReader(headers)));
-    let _ = span.set_parent(cx);
+    span.set_parent(cx).is_ok()
 }
 
 /// Trace headers as an AMQP header table.

@@ -5,9 +5,30 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
+
+/// Puts the caller's trace context (W3C `traceparent`, `tracestate`) in the metadata of every
+/// request, so that the farm's spans for it join the command's trace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TraceContext;
+
+impl tonic::service::Interceptor for TraceContext {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in tutti_shared::telemetry::current_context_headers() {
+            let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes());
+            if let (Ok(key), Ok(value)) = (key, v.parse()) {
+                req.metadata_mut().insert(key, value);
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// A client of the Generation service that propagates the trace context.
+pub(crate) type Client = GenerationClient<InterceptedService<Channel, TraceContext>>;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArgs {
@@ -142,12 +163,12 @@ pub(crate) struct ListArgs {
     pub labels: Vec<(String, String)>,
 }
 
-async fn connect(server: &ServerArgs) -> anyhow::Result<GenerationClient<Channel>> {
+async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
     connect_to(&server.server).await
 }
 
 /// The embedded farm's own API: retried briefly while its server starts.
-pub(crate) async fn connect_local(url: &str) -> anyhow::Result<GenerationClient<Channel>> {
+pub(crate) async fn connect_local(url: &str) -> anyhow::Result<Client> {
     let mut last = None;
     for _ in 0..50 {
         match connect_to(url).await {
@@ -159,7 +180,7 @@ pub(crate) async fn connect_local(url: &str) -> anyhow::Result<GenerationClient<
     Err(last.unwrap_or_else(|| anyhow::anyhow!("embedded server did not start")))
 }
 
-async fn connect_to(server: &str) -> anyhow::Result<GenerationClient<Channel>> {
+async fn connect_to(server: &str) -> anyhow::Result<Client> {
     let url = if server.contains("://") {
         server.to_string()
     } else {
@@ -181,7 +202,7 @@ async fn connect_to(server: &str) -> anyhow::Result<GenerationClient<Channel>> {
              or leave out --server to run embedded"
         )
     })?;
-    Ok(GenerationClient::new(channel))
+    Ok(GenerationClient::with_interceptor(channel, TraceContext))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -262,7 +283,7 @@ pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 /// Submits, follows with a progress bar, downloads. `embedded` prints a newcomer's summary
 /// (the farm's own folder goes away with the process).
 pub(crate) async fn run_job(
-    client: &mut GenerationClient<Channel>,
+    client: &mut Client,
     req: pb::SubmitGenerationRequest,
     args: &GenerateArgs,
     embedded: bool,
@@ -278,11 +299,16 @@ pub(crate) async fn run_job(
         .as_ref()
         .and_then(|r| r.seed)
         .unwrap_or_default();
+    // The trace id finds the job's spans (submit, dispatch, every task, the upload) in the
+    // tracing backend, and its log lines in every process.
+    let trace = tutti_shared::telemetry::current_trace_id().unwrap_or_default();
+    tracing::info!(job_id = %job.id, trace_id = %trace, "job submitted");
     if args.no_wait && !embedded {
+        eprintln!("trace {trace}");
         println!("{}", job.id);
         return Ok(());
     }
-    eprintln!("job {} accepted (seed {seed})", job.id);
+    eprintln!("job {} accepted (seed {seed}, trace {trace})", job.id);
     let job = follow(client, &job.id).await?;
     if job.state != pb::JobState::Succeeded as i32 {
         let err = job.error.map(|e| format!("{}: {}", e.code, e.message));
@@ -380,7 +406,7 @@ async fn download(url: &str, path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Streams a job's events with a progress bar until it ends; returns the final job.
-async fn follow(client: &mut GenerationClient<Channel>, id: &str) -> anyhow::Result<pb::Job> {
+async fn follow(client: &mut Client, id: &str) -> anyhow::Result<pb::Job> {
     let mut stream = client
         .watch_job(pb::WatchJobRequest { id: id.to_string() })
         .await

@@ -14,6 +14,7 @@ use tutti_coordinator::store::{RetryPolicy, SqliteStore};
 use tutti_coordinator::{Backend, Settings};
 use tutti_shared::blob::LocalStore;
 use tutti_shared::job::TaskKind;
+use tutti_shared::metrics::Health;
 use tutti_shared::models::ModelRegistry;
 use tutti_shared::taskqueue::MemoryQueue;
 
@@ -63,6 +64,9 @@ pub(crate) struct DevConfig {
     /// store where priorities apply, not in the queue.
     #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 8)]
     pub max_in_flight: u32,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
+    #[arg(long, env = "TUTTI_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub(crate) fn tutti_home() -> PathBuf {
@@ -123,6 +127,7 @@ pub(crate) async fn start(
     data_dir: &Path,
     args: &EmbeddedArgs,
     settings: Settings,
+    health: Health,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Embedded> {
@@ -169,7 +174,7 @@ pub(crate) async fn start(
     };
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
-        tutti_coordinator::serve_backend(&settings, backend, listener, shutdown).await
+        tutti_coordinator::serve_backend(&settings, backend, health, listener, shutdown).await
     });
     Ok(Embedded {
         addr,
@@ -204,7 +209,20 @@ pub(crate) async fn dev(cfg: DevConfig, shutdown: watch::Receiver<bool>) -> anyh
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let settings = settings(models_dir.clone(), Some(&cfg));
-    let farm = start(&data_dir, &cfg.embedded, settings, listener, shutdown).await?;
+    let health = Health::default();
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = tutti_shared::metrics::serve(addr, health.clone()).await?;
+        tracing::info!(addr = %bound, "metrics and probes listening");
+    }
+    let farm = start(
+        &data_dir,
+        &cfg.embedded,
+        settings,
+        health,
+        listener,
+        shutdown,
+    )
+    .await?;
     eprintln!(
         "tutti dev: gRPC on http://{} · data in {} · models from {} · {} worker(s)",
         farm.addr,
@@ -240,7 +258,15 @@ pub(crate) async fn generate(
         .context("binding a local port for the embedded farm")?;
     let (stop, shutdown) = watch::channel(false);
     let settings = settings(models_dir, None);
-    let farm = start(dir.path(), &args.embedded, settings, listener, shutdown).await?;
+    let farm = start(
+        dir.path(),
+        &args.embedded,
+        settings,
+        Health::default(),
+        listener,
+        shutdown,
+    )
+    .await?;
     let url = format!("http://{}", farm.addr);
     let result = async {
         let mut client = super::client::connect_local(&url).await?;

@@ -89,6 +89,17 @@ pub(crate) enum ModelCommand {
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.command.is_interactive() {
+        // The root of the command's trace: its context goes out with every gRPC call, so the
+        // farm's spans for this command share one trace id (exported when OTLP is configured).
+        use tracing::Instrument;
+        let span = tracing::info_span!("cli", otel.name = "tutti client", otel.kind = "client");
+        return run_command(cli).instrument(span).await;
+    }
+    run_command(cli).await
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Coordinator(cfg) => {
             tracing::info!(config = ?cfg, "starting coordinator");

@@ -76,6 +76,11 @@ pub struct FarmOptions {
     pub chunk_steps: u32,
     pub retry_backoff: &'static str,
     pub backend: Backend,
+    /// Extra environment of every farm process (set last: it overrides the farm's own).
+    pub env: Vec<(String, String)>,
+    /// Each process's stderr goes to `<farm dir>/<name>.log` (see `Farm::log`) instead of the
+    /// test's.
+    pub log_files: bool,
 }
 
 impl Default for FarmOptions {
@@ -85,6 +90,8 @@ impl Default for FarmOptions {
             chunk_steps: 0,
             retry_backoff: "200ms",
             backend: Backend::Distributed,
+            env: Vec::new(),
+            log_files: false,
         }
     }
 }
@@ -235,7 +242,12 @@ impl Farm {
         self.dir.path().join("models")
     }
 
-    fn command(&self, sub: &str) -> Command {
+    /// The stderr of a farm process started with `log_files`: "coordinator", "dev" or "w<N>".
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn command(&self, sub: &str, name: &str) -> Command {
         let s3 = s3_settings();
         let mut c = Command::new(bin());
         c.arg(sub)
@@ -251,19 +263,25 @@ impl Farm {
             .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
             .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
             .env("TUTTI_MODELS_DIR", self.models_dir())
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
+        if self.opts.log_files {
+            let file = std::fs::File::create(self.dir.path().join(format!("{name}.log")))
+                .expect("create a log file");
+            c.stderr(file);
+        }
         c
     }
 
     pub async fn start_coordinator(&mut self) {
         let mut cmd = match self.opts.backend {
             Backend::Distributed => {
-                let mut c = self.command("coordinator");
+                let mut c = self.command("coordinator", "coordinator");
                 c.env("TUTTI_METRICS_LISTEN", self.metrics_addr.to_string());
                 c
             }
             Backend::Embedded => {
-                let mut c = self.command("dev");
+                let mut c = self.command("dev", "dev");
                 c.env("TUTTI_DATA_DIR", self.dir.path().join("data"))
                     .env("TUTTI_WORKERS", self.opts.workers.to_string())
                     .env("TUTTI_DEVICE", "cpu");
@@ -306,7 +324,7 @@ impl Farm {
         );
         let n = self.workers.len();
         let child = self
-            .command("worker")
+            .command("worker", &format!("w{n}"))
             .args(extra)
             .env("TUTTI_WORKER_NAME", format!("w{n}"))
             .env("TUTTI_DEVICE", "cpu")

@@ -3,16 +3,20 @@
 pub mod bench;
 pub mod config;
 pub mod engine;
+mod gpu;
 pub mod model;
 pub mod runner;
+mod trace;
 pub mod train;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
 use tutti_shared::blob::{BlobStore, S3Store};
-use tutti_shared::taskqueue::AmqpQueue;
+use tutti_shared::metrics::Health;
+use tutti_shared::taskqueue::{AmqpQueue, TaskQueue};
 
 pub use config::WorkerConfig;
 
@@ -23,12 +27,13 @@ pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyho
     let engine = engine::Engine::start(cfg.models_dir.clone(), device)
         .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
     let blobs: Arc<dyn BlobStore> = Arc::new(S3Store::new(&cfg.s3.settings()));
+    let queue: Arc<dyn TaskQueue> = Arc::new(AmqpQueue::new(
+        cfg.amqp.amqp_url.clone(),
+        cfg.amqp.topology(),
+    ));
     let worker = runner::Worker {
         name: cfg.worker_name(),
-        queue: Arc::new(AmqpQueue::new(
-            cfg.amqp.amqp_url.clone(),
-            cfg.amqp.topology(),
-        )),
+        queue: Arc::clone(&queue),
         stages: cfg.stages.iter().map(|s| (*s).into()).collect(),
         prefetch: cfg.prefetch,
         engine,
@@ -40,14 +45,51 @@ pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyho
         let bound = tutti_shared::metrics::serve(addr, health.clone()).await?;
         tracing::info!(addr = %bound, "metrics and probes listening");
     }
-    // Ready while taking work; a draining worker reports not ready so it gets no new traffic.
-    health.set_ready(true);
-    let mut drain = shutdown.clone();
-    let draining = health.clone();
-    tokio::spawn(async move {
-        let _ = drain.wait_for(|s| *s).await;
-        draining.set_ready(false);
-    });
+    // At 0 from the start, so that `increase()` sees the first one.
+    metrics::counter!(tutti_shared::metrics::names::DEAD_LETTERS, "by" => "worker").increment(0);
+    for op in ["get", "put"] {
+        metrics::counter!(tutti_shared::metrics::names::S3_ERRORS, "op" => op).increment(0);
+    }
+    tokio::spawn(probe_ready(queue, health, shutdown.clone()));
+    if matches!(device, tch::Device::Cuda(_)) {
+        tokio::spawn(gpu::report(shutdown.clone()));
+    }
     worker.run(shutdown).await;
     Ok(())
+}
+
+/// Ready while the broker answers and the worker takes work: a probe every second; a draining
+/// worker reports not ready so that it gets no new traffic.
+async fn probe_ready(
+    queue: Arc<dyn TaskQueue>,
+    health: Health,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ready = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => continue,
+        }
+        let now = match tokio::time::timeout(Duration::from_secs(2), queue.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "broker probe failed");
+                false
+            }
+            Err(_) => false,
+        };
+        if ready != Some(now) {
+            if now {
+                tracing::info!("ready");
+            } else {
+                tracing::warn!("not ready: the broker does not answer");
+            }
+            health.set_ready(now);
+            ready = Some(now);
+        }
+    }
+    health.set_ready(false);
 }

@@ -119,15 +119,7 @@ impl Worker {
                     continue;
                 }
             };
-            let span = tracing::info_span!("task", job_id = %task.job_id, tenant = %task.tenant, chunk = task.chunk, attempt = task.attempt, kind = task.kind.as_str());
-            // The task joins the trace of the job's submit, carried with the job's spec.
-            let parent: std::collections::HashMap<String, String> = task
-                .spec
-                .trace_context
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            tutti_shared::telemetry::set_parent_from_headers(&span, &parent);
+            let span = crate::trace::task_span(&task, &delivery.headers);
             let event = self.execute(&task, cancels).instrument(span.clone()).await;
             // Confirmed result first, ack second: a crash between the two redoes the task,
             // and the coordinator drops the duplicate result.

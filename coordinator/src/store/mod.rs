@@ -180,6 +180,8 @@ pub trait JobStore: Send + Sync {
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
     /// Counts for the metrics gauges.
     async fn stats(&self) -> Result<Stats>;
+    /// One round trip to the database (readiness probes).
+    async fn ping(&self) -> Result<()>;
     /// Change notices: job changes for watchers, task changes for dispatchers.
     fn notifier(&self) -> &Notifier;
 }

@@ -232,6 +232,11 @@ impl JobStore for PgStore {
     ) -> Result<()> {
         super::pg_sched::result(&self.pool, task, outcome, policy).await
     }
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn stats(&self) -> Result<super::Stats> {
         Ok(super::Stats {
             jobs: sqlx::query_as(super::STATS_JOBS_SQL)
@@ -382,9 +387,40 @@ pub(crate) async fn event(
     .bind(kind)
     .bind(chunk.map(|c| c as i32))
     .bind(attempt.map(|a| a as i32))
-    .bind(detail)
+    .bind(&detail)
     .execute(&mut **tx)
     .await?;
+    observe_event(tx, job, kind, chunk, &detail).await
+}
+
+/// The metrics that follow the job history: every dispatch (with its wait in the backlog, from
+/// the task coming due), every failed attempt and every stale result is written as an event.
+/// Counted when written: a transaction that rolls back afterwards (a database error) over-counts.
+async fn observe_event(
+    tx: &mut Transaction<'_, Postgres>,
+    job: Uuid,
+    kind: &str,
+    chunk: Option<u32>,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    let Some(chunk) = chunk else {
+        return Ok(());
+    };
+    let event = crate::observe::TaskEvent::of(kind, detail);
+    if event.is_none() {
+        return Ok(());
+    }
+    let row: Option<(String, i16, f64)> = sqlx::query_as(
+        "SELECT kind, priority, EXTRACT(EPOCH FROM now() - GREATEST(not_before, created_at))::float8 \
+         FROM tasks WHERE job_id = $1 AND chunk = $2",
+    )
+    .bind(job)
+    .bind(chunk as i32)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((stage, rank, waited)) = row {
+        crate::observe::task_event(event, &stage, rank, waited);
+    }
     Ok(())
 }
 

@@ -344,6 +344,11 @@ impl JobStore for SqliteStore {
         super::sqlite_sched::result(self, task, outcome, policy).await
     }
 
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn stats(&self) -> Result<super::Stats> {
         Ok(super::Stats {
             jobs: sqlx::query_as(super::STATS_JOBS_SQL)
@@ -426,5 +431,34 @@ pub(super) async fn event(
     .bind(now_us())
     .execute(&mut **tx)
     .await?;
+    observe_event(tx, job, kind, chunk, &detail).await
+}
+
+/// The metrics that follow the job history (see `pg::observe_event`).
+async fn observe_event(
+    tx: &mut Tx<'_>,
+    job: Uuid,
+    kind: &str,
+    chunk: Option<u32>,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    let Some(chunk) = chunk else {
+        return Ok(());
+    };
+    let event = crate::observe::TaskEvent::of(kind, detail);
+    if event.is_none() {
+        return Ok(());
+    }
+    let row: Option<(String, i64, i64)> = sqlx::query_as(
+        "SELECT kind, priority, MAX(not_before, created_at) FROM tasks WHERE job_id = $1 AND chunk = $2",
+    )
+    .bind(job.to_string())
+    .bind(i64::from(chunk))
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((stage, rank, due)) = row {
+        let waited = (now_us() - due) as f64 / 1e6;
+        crate::observe::task_event(event, &stage, rank as i16, waited);
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tutti_shared::job::{chunk_ranges, JobSpec, TaskKind};
 use tutti_shared::messages::{Outcome, OutputInfo, TaskMessage};
-use tutti_shared::taskqueue::{QueueName, TaskQueue};
+use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
 use super::notify::Pending;
@@ -79,7 +79,7 @@ pub(super) async fn dispatch_due(
         };
         let body = serde_json::to_vec(&msg)
             .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
-        queue.publish(QueueName::Task(kind), &body).await?;
+        crate::dispatcher::publish_task(queue, &msg, &body).await?;
         sqlx::query(
             "UPDATE tasks SET state = 'dispatched', dispatched_at = $3, heartbeat_at = $3 \
              WHERE job_id = $1 AND chunk = $2",

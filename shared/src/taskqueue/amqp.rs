@@ -126,11 +126,13 @@ impl Consumer for AmqpConsumer {
             .iter()
             .find(|(n, _)| *n == routing)
             .map_or(self.names[0].1, |(_, q)| *q);
+        let headers = crate::telemetry::headers_from_amqp(d.properties.headers().as_ref());
         Some(Ok(Delivery::new(
             queue,
             d.data,
             Box::new(AmqpAcker(d.acker)),
-        )))
+        )
+        .with_headers(headers)))
     }
 
     async fn close(self: Box<Self>) {
@@ -144,6 +146,21 @@ impl TaskQueue for AmqpQueue {
         let ch = self.publish_channel().await?;
         let res =
             queue::publish_bytes(&ch, "", &self.name(queue), body, FieldTable::default()).await;
+        if res.is_err() {
+            self.reset().await;
+        }
+        res
+    }
+
+    async fn publish_with_headers(
+        &self,
+        queue: QueueName,
+        body: &[u8],
+        headers: &std::collections::HashMap<String, String>,
+    ) -> Result<(), QueueError> {
+        let ch = self.publish_channel().await?;
+        let table = crate::telemetry::amqp_headers(headers);
+        let res = queue::publish_bytes(&ch, "", &self.name(queue), body, table).await;
         if res.is_err() {
             self.reset().await;
         }

@@ -16,10 +16,17 @@ use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 use super::{Acker, Consumer, Delivery, QueueError, QueueName, TaskQueue};
 use crate::messages::ControlMessage;
 
+/// A message as published: body and headers.
+#[derive(Clone)]
+struct Message {
+    body: Vec<u8>,
+    headers: HashMap<String, String>,
+}
+
 #[derive(Default)]
 struct State {
-    queues: HashMap<QueueName, VecDeque<Vec<u8>>>,
-    dead: Vec<Vec<u8>>,
+    queues: HashMap<QueueName, VecDeque<Message>>,
+    dead: Vec<Message>,
     consumers: HashMap<QueueName, u32>,
 }
 
@@ -36,13 +43,13 @@ impl Inner {
         f(&mut guard)
     }
 
-    fn push(&self, queue: QueueName, body: Vec<u8>, front: bool) {
+    fn push(&self, queue: QueueName, msg: Message, front: bool) {
         self.with(|s| {
             let q = s.queues.entry(queue).or_default();
             if front {
-                q.push_front(body);
+                q.push_front(msg);
             } else {
-                q.push_back(body);
+                q.push_back(msg);
             }
         });
         self.notify.notify_waiters();
@@ -84,14 +91,14 @@ struct MemoryAcker {
     inner: Arc<Inner>,
     queue: QueueName,
     /// `Some` until settled; a drop while `Some` puts the message back.
-    body: Option<Vec<u8>>,
+    msg: Option<Message>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
-        if let Some(body) = self.body.take() {
-            self.inner.push(self.queue, body, true);
+        if let Some(msg) = self.msg.take() {
+            self.inner.push(self.queue, msg, true);
         }
     }
 }
@@ -99,15 +106,15 @@ impl Drop for MemoryAcker {
 #[async_trait]
 impl Acker for MemoryAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), QueueError> {
-        self.body = None;
+        self.msg = None;
         Ok(())
     }
     async fn nack(mut self: Box<Self>, requeue: bool) -> Result<(), QueueError> {
-        if let Some(body) = self.body.take() {
+        if let Some(msg) = self.msg.take() {
             if requeue {
-                self.inner.push(self.queue, body, true);
+                self.inner.push(self.queue, msg, true);
             } else {
-                self.inner.with(|s| s.dead.push(body));
+                self.inner.with(|s| s.dead.push(msg));
             }
         }
         Ok(())
@@ -149,14 +156,15 @@ impl Consumer for MemoryConsumer {
                         .map(|b| (*q, b))
                 })
             });
-            if let Some((queue, body)) = found {
+            if let Some((queue, msg)) = found {
                 let acker = MemoryAcker {
                     inner: Arc::clone(&self.inner),
                     queue,
-                    body: Some(body.clone()),
+                    msg: Some(msg.clone()),
                     _permit: permit,
                 };
-                return Some(Ok(Delivery::new(queue, body, Box::new(acker))));
+                let delivery = Delivery::new(queue, msg.body, Box::new(acker));
+                return Some(Ok(delivery.with_headers(msg.headers)));
             }
             notified.await;
         }
@@ -168,7 +176,21 @@ impl Consumer for MemoryConsumer {
 #[async_trait]
 impl TaskQueue for MemoryQueue {
     async fn publish(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {
-        self.inner.push(queue, body.to_vec(), false);
+        self.publish_with_headers(queue, body, &HashMap::new())
+            .await
+    }
+
+    async fn publish_with_headers(
+        &self,
+        queue: QueueName,
+        body: &[u8],
+        headers: &HashMap<String, String>,
+    ) -> Result<(), QueueError> {
+        let msg = Message {
+            body: body.to_vec(),
+            headers: headers.clone(),
+        };
+        self.inner.push(queue, msg, false);
         Ok(())
     }
 

@@ -8,6 +8,8 @@
 mod amqp;
 mod memory;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
@@ -36,12 +38,24 @@ pub trait Acker: Send {
 pub struct Delivery {
     pub queue: QueueName,
     pub data: Vec<u8>,
+    /// String headers the message was published with (W3C trace context on RabbitMQ); empty on
+    /// backends without headers.
+    pub headers: HashMap<String, String>,
     acker: Box<dyn Acker>,
 }
 
 impl Delivery {
     pub fn new(queue: QueueName, data: Vec<u8>, acker: Box<dyn Acker>) -> Self {
-        Self { queue, data, acker }
+        Self {
+            queue,
+            data,
+            headers: HashMap::new(),
+            acker,
+        }
+    }
+    pub fn with_headers(mut self, headers: HashMap<String, String>) -> Self {
+        self.headers = headers;
+        self
     }
     pub async fn ack(self) -> Result<(), QueueError> {
         self.acker.ack().await
@@ -77,6 +91,22 @@ pub trait TaskQueue: Send + Sync {
     ) -> Result<(), QueueError> {
         let _ = (worker, wait);
         self.publish(QueueName::Task(kind), body).await
+    }
+    /// Publishes like `publish`, with string headers (the W3C trace context of the task, so
+    /// that the consumer's spans join the producer's trace). Backends without message headers
+    /// drop them; consumers then fall back to the context inside the message.
+    async fn publish_with_headers(
+        &self,
+        queue: QueueName,
+        body: &[u8],
+        headers: &HashMap<String, String>,
+    ) -> Result<(), QueueError> {
+        let _ = headers;
+        self.publish(queue, body).await
+    }
+    /// One round trip to the broker (readiness probes): Ok while it answers.
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.consumers(QueueName::Results).await.map(|_| ())
     }
     /// Publishes without waiting for a confirm (progress reports).
     async fn publish_best_effort(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {

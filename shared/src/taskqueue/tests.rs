@@ -100,6 +100,31 @@ pub(super) async fn consumes_several_queues_and_counts_consumers(q: &dyn TaskQue
     c.close().await;
 }
 
+pub(super) async fn headers_travel_with_the_message(q: &dyn TaskQueue) {
+    let headers: std::collections::HashMap<String, String> = [(
+        "traceparent".to_string(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+    )]
+    .into();
+    q.publish_with_headers(DENOISE, b"traced", &headers)
+        .await
+        .expect("publish");
+    q.publish(DENOISE, b"plain").await.expect("publish");
+    let mut c = q.consume(&[DENOISE], 2, "t").await.expect("consume");
+    let d = next_data(&mut c).await;
+    assert_eq!(
+        (d.data.as_slice(), &d.headers),
+        (b"traced".as_slice(), &headers)
+    );
+    d.ack().await.expect("ack");
+    let d = next_data(&mut c).await;
+    assert_eq!(d.data, b"plain");
+    assert!(d.headers.get("traceparent").is_none(), "{:?}", d.headers);
+    d.ack().await.expect("ack");
+    q.ping().await.expect("ping");
+    c.close().await;
+}
+
 pub(super) async fn control_fans_out_to_every_subscriber(q: &dyn TaskQueue) {
     let mut a = q.control().await.expect("control");
     let mut b = q.control().await.expect("control");
@@ -172,5 +197,6 @@ task_queue_suite!(
     nack_requeues_or_dead_letters,
     prefetch_bounds_unsettled_deliveries,
     consumes_several_queues_and_counts_consumers,
+    headers_travel_with_the_message,
     control_fans_out_to_every_subscriber,
 );
