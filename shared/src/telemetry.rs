@@ -71,8 +71,10 @@ pub fn init(format: LogFormat, service: &str) -> TelemetryGuard {
 
 /// A provider that gives every span its ids, exporting them over OTLP only when configured.
 fn tracer_provider(service: &str) -> SdkTracerProvider {
+    // `OTEL_SERVICE_NAME` (e.g. one per worker pool) wins over the process kind.
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
     let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service.to_string())
+        .with_service_name(service)
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") else {
