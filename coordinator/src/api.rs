@@ -17,12 +17,12 @@ use tutti_shared::messages::ControlMessage;
 use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
+use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
 use crate::store::{JobRecord, JobStore};
 use crate::validate::Validator;
 
-/// Until API keys land, every caller acts for this tenant.
-pub const DEFAULT_TENANT: &str = "default";
+pub use crate::auth::DEFAULT_TENANT;
 
 pub struct GenerationService {
     pub store: Arc<dyn JobStore>,
@@ -31,6 +31,8 @@ pub struct GenerationService {
     /// Carries cancel broadcasts to the workers.
     pub queue: Arc<dyn TaskQueue>,
     pub url_ttl: Duration,
+    /// Per-tenant submit token buckets (this process only).
+    pub submit_rate: SubmitRate,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -180,12 +182,17 @@ impl pb::generation_server::Generation for GenerationApi {
             .filter(|(k, _)| k == "traceparent" || k == "tracestate")
             .collect();
         tutti_shared::telemetry::set_parent_from_headers(&tracing::Span::current(), &incoming);
+        let caller = Caller::of(&request)?;
+        // Limits before anything is stored: rate, then the request's own rules; jobs in
+        // flight are counted by the store inside the insert.
+        self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let req = request.into_inner();
         let mut new = self.validator.validate(&req)?;
+        caller.limits.check_job(&new)?;
         new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
             .into_iter()
             .collect();
-        let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
+        let (record, created) = self.store.insert_job(&caller.tenant, &new).await?;
         tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
         tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
         if created {
@@ -202,10 +209,11 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let record = self
             .store
-            .get_job(DEFAULT_TENANT, id)
+            .get_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         Ok(Response::new(self.to_pb(&record).await?))
@@ -217,12 +225,13 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         // Subscribe before the snapshot so no change between the two is missed.
         let mut changes = self.store.notifier().subscribe();
         let first = self
             .store
-            .get_job(DEFAULT_TENANT, id)
+            .get_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let svc = Arc::clone(&self.0);
@@ -240,7 +249,7 @@ impl pb::generation_server::Generation for GenerationApi {
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => "poll".to_string(),
                     Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 };
-                let Some(rec) = svc.store.get_job(DEFAULT_TENANT, id).await? else {
+                let Some(rec) = svc.store.get_job(caller.scope(), id).await? else {
                     break;
                 };
                 let state = rec.job.state()?;
@@ -269,10 +278,11 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (record, changed) = self
             .store
-            .cancel_job(DEFAULT_TENANT, id)
+            .cancel_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         if changed {
@@ -288,6 +298,7 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let limit = match req.page_size {
             0 => 50,
@@ -310,7 +321,7 @@ impl pb::generation_server::Generation for GenerationApi {
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         let rows = self
             .store
-            .list_jobs(DEFAULT_TENANT, state, &labels, after, limit + 1)
+            .list_jobs(caller.scope(), state, &labels, after, limit + 1)
             .await?;
         let more = rows.len() as i64 > limit;
         let mut jobs = Vec::new();
