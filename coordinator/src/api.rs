@@ -18,12 +18,12 @@ use tutti_shared::messages::ControlMessage;
 use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
+use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
 use crate::store::{JobRecord, JobStore};
 use crate::validate::Validator;
 
-/// Until API keys land, every caller acts for this tenant.
-pub const DEFAULT_TENANT: &str = "default";
+pub use crate::auth::DEFAULT_TENANT;
 
 pub struct GenerationService {
     pub store: Arc<dyn JobStore>,
@@ -32,6 +32,8 @@ pub struct GenerationService {
     /// Carries cancel broadcasts to the workers.
     pub queue: Arc<dyn TaskQueue>,
     pub url_ttl: Duration,
+    /// Per-tenant submit token buckets (this process only).
+    pub submit_rate: SubmitRate,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -125,13 +127,17 @@ impl GenerationService {
         })
     }
 
-    async fn submit(&self, req: pb::SubmitGenerationRequest) -> Result<pb::Job> {
+    async fn submit(&self, caller: &Caller, req: pb::SubmitGenerationRequest) -> Result<pb::Job> {
+        // Limits before anything is stored: rate, then the request's own rules; jobs in
+        // flight are counted by the store inside the insert.
+        self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let mut new = self.validator.validate(&req)?;
+        caller.limits.check_job(&new)?;
         // Every task of the job joins this trace, however late it is dispatched.
         new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
             .into_iter()
             .collect();
-        let (record, created) = self.store.insert_job(DEFAULT_TENANT, &new).await?;
+        let (record, created) = self.store.insert_job(&caller.tenant, &new).await?;
         tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
         tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
         if created {
@@ -161,7 +167,7 @@ fn rpc_span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
         otel.kind = "server",
         rpc.method = method,
         job_id = tracing::field::Empty,
-        tenant = DEFAULT_TENANT,
+        tenant = tracing::field::Empty,
     );
     let incoming: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
         .into_iter()
@@ -209,7 +215,12 @@ impl pb::generation_server::Generation for GenerationApi {
         request: Request<pb::SubmitGenerationRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let span = rpc_span("SubmitGeneration", &request);
-        let job = self.submit(request.into_inner()).instrument(span).await?;
+        let caller = Caller::of(&request)?;
+        span.record("tenant", caller.tenant.as_str());
+        let job = self
+            .submit(&caller, request.into_inner())
+            .instrument(span)
+            .await?;
         Ok(Response::new(job))
     }
 
@@ -217,10 +228,11 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let record = self
             .store
-            .get_job(DEFAULT_TENANT, id)
+            .get_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         Ok(Response::new(self.to_pb(&record).await?))
@@ -232,12 +244,13 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         // Subscribe before the snapshot so no change between the two is missed.
         let mut changes = self.store.notifier().subscribe();
         let first = self
             .store
-            .get_job(DEFAULT_TENANT, id)
+            .get_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let svc = Arc::clone(&self.0);
@@ -255,7 +268,7 @@ impl pb::generation_server::Generation for GenerationApi {
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => "poll".to_string(),
                     Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 };
-                let Some(rec) = svc.store.get_job(DEFAULT_TENANT, id).await? else {
+                let Some(rec) = svc.store.get_job(caller.scope(), id).await? else {
                     break;
                 };
                 let state = rec.job.state()?;
@@ -284,10 +297,11 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let (record, changed) = self
             .store
-            .cancel_job(DEFAULT_TENANT, id)
+            .cancel_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         if changed {
@@ -303,6 +317,7 @@ impl pb::generation_server::Generation for GenerationApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let limit = match req.page_size {
             0 => 50,
@@ -325,7 +340,7 @@ impl pb::generation_server::Generation for GenerationApi {
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         let rows = self
             .store
-            .list_jobs(DEFAULT_TENANT, state, &labels, after, limit + 1)
+            .list_jobs(caller.scope(), state, &labels, after, limit + 1)
             .await?;
         let more = rows.len() as i64 > limit;
         let mut jobs = Vec::new();

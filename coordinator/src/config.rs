@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tutti_shared::config::{AmqpArgs, DatabaseArgs, S3Args};
 
+use crate::auth::AuthMode;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorConfig {
     /// Address of the gRPC server.
@@ -48,6 +50,67 @@ pub struct CoordinatorConfig {
     /// Lifetime of presigned output URLs.
     #[arg(long, env = "TUTTI_URL_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub url_ttl: Duration,
+    /// `required`: every job API call needs `authorization: Bearer <key>` (keys from
+    /// `tutti key create`); `off`: every caller is the tenant `default`.
+    #[arg(long, env = "TUTTI_AUTH", value_enum, default_value = "off")]
+    pub auth: AuthMode,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS for the gRPC server: a certificate chain and key (PEM), and optionally a CA whose
+/// client certificates are required (mutual TLS). Paths only; the files are read at start.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Server certificate chain (PEM); with --tls-key, the server speaks only TLS.
+    #[arg(long, env = "TUTTI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "TUTTI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates; when set, clients must present one.
+    #[arg(long, env = "TUTTI_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files to serve TLS with, when TLS is on.
+    pub fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files into tonic's server config.
+    pub fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        use anyhow::Context;
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading the TLS {what} {}", p.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read(&self.cert, "certificate")?,
+            read(&self.key, "key")?,
+        );
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "client CA",
+            )?));
+        }
+        Ok(cfg)
+    }
 }
 
 impl CoordinatorConfig {
@@ -57,6 +120,9 @@ impl CoordinatorConfig {
         }
         if self.url_ttl > Duration::from_secs(7 * 24 * 3600) {
             return Err("url_ttl must be at most 7 days (an S3 limit)".into());
+        }
+        if self.tls.tls_cert.is_some() != self.tls.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together".into());
         }
         Ok(())
     }

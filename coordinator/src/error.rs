@@ -14,6 +14,12 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// No API key, or one that is malformed, unknown or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A tenant limit was hit: `limit: what happened`.
+    #[error("{limit}: {detail}")]
+    ResourceExhausted { limit: &'static str, detail: String },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -34,12 +40,21 @@ impl Error {
         }
     }
 
+    pub fn exhausted(limit: &'static str, detail: impl Into<String>) -> Self {
+        Error::ResourceExhausted {
+            limit,
+            detail: detail.into(),
+        }
+    }
+
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
             Error::InvalidArgument { .. } => tonic::Code::InvalidArgument,
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::AlreadyExists(_) => tonic::Code::AlreadyExists,
             Error::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::ResourceExhausted { .. } => tonic::Code::ResourceExhausted,
             Error::Database(_) | Error::Queue(_) | Error::Blob(_) => tonic::Code::Unavailable,
             Error::Migrate(_) | Error::Internal(_) => tonic::Code::Internal,
         }

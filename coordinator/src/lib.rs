@@ -2,6 +2,7 @@
 //! consumer of worker results. Several replicas may run against one database and broker.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
@@ -23,7 +24,8 @@ use tutti_shared::models::ModelRegistry;
 use tutti_shared::queue::Topology;
 use tutti_shared::taskqueue::{AmqpQueue, TaskQueue};
 
-pub use config::CoordinatorConfig;
+pub use auth::AuthMode;
+pub use config::{CoordinatorConfig, TlsFiles};
 
 /// Where a coordinator keeps its state and sends its work: Postgres, RabbitMQ and S3 for the
 /// farm; SQLite, the in-process queue and a local folder in embedded mode.
@@ -44,6 +46,10 @@ pub struct Settings {
     pub retry: store::RetryPolicy,
     pub task_lease: std::time::Duration,
     pub url_ttl: std::time::Duration,
+    /// Whether job API calls need an API key.
+    pub auth: AuthMode,
+    /// TLS for the gRPC server (plaintext when `None`).
+    pub tls: Option<TlsFiles>,
 }
 
 impl From<&CoordinatorConfig> for Settings {
@@ -59,6 +65,8 @@ impl From<&CoordinatorConfig> for Settings {
             },
             task_lease: cfg.task_lease,
             url_ttl: cfg.url_ttl,
+            auth: cfg.auth,
+            tls: cfg.tls.files(),
         }
     }
 }
@@ -161,24 +169,42 @@ pub async fn serve_backend(
         shutdown.clone(),
     ));
 
+    let auth = auth::Authenticator::new(cfg.auth, Arc::clone(&backend.store));
     let service = Arc::new(api::GenerationService {
         store: backend.store,
         validator,
         blobs: backend.blobs,
         queue: backend.queue,
         url_ttl: cfg.url_ttl,
+        submit_rate: auth::SubmitRate::default(),
     });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tutti_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building gRPC reflection")?;
 
-    tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        // rustls is built with two crypto providers in this workspace, so it cannot pick
+        // one itself; an error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        server = server
+            .tls_config(tls.server_config()?)
+            .context("configuring TLS for the gRPC server")?;
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        auth = ?cfg.auth,
+        tls = cfg.tls.is_some(),
+        mutual_tls = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "coordinator listening"
+    );
     let mut stop = shutdown.clone();
-    tonic::transport::Server::builder()
+    // Health and reflection stay outside the auth layer: probes carry no key.
+    server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(GenerationServer::new(api::GenerationApi(service)))
+        .add_service(auth.layer(GenerationServer::new(api::GenerationApi(service))))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })

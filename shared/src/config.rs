@@ -93,18 +93,36 @@ impl S3Args {
     }
 }
 
-/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
+/// `scheme://user:secret@host/...?password=secret` -> `scheme://user:***@host/...?password=***`.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.split_once('@') else {
-        return url.to_string();
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
+    let Some(query) = query else { return base };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _))
+                if k.eq_ignore_ascii_case("password")
+                    || k.to_ascii_lowercase().contains("secret") =>
+            {
+                format!("{k}=***")
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -116,5 +134,9 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            super::redact_url("postgres://u:p@ss@h/db?sslmode=require&password=x"),
+            "postgres://u:***@h/db?sslmode=require&password=***"
+        );
     }
 }

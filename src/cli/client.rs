@@ -5,18 +5,89 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
 
-/// Puts the caller's trace context (W3C `traceparent`, `tracestate`) in the metadata of every
-/// request, so that the farm's spans for it join the command's trace.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TraceContext;
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Address of a tutti coordinator.
+    #[arg(long, env = "TUTTI_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    #[command(flatten)]
+    pub credentials: Credentials,
+}
 
-impl tonic::service::Interceptor for TraceContext {
+/// How a client proves itself to a farm: an API key, and TLS settings.
+#[derive(Clone, Default, clap::Args)]
+pub(crate) struct Credentials {
+    /// API key (`tt_...`) for a farm that runs with TUTTI_AUTH=required.
+    #[arg(long, env = "TUTTI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) that signed the server's certificate; turns TLS on.
+    #[arg(long, env = "TUTTI_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a server that requires mutual TLS.
+    #[arg(long, env = "TUTTI_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "TUTTI_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
+            .finish()
+    }
+}
+
+impl Credentials {
+    fn tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        if self.tls_ca.is_none() && self.tls_client_cert.is_none() {
+            return Ok(None);
+        }
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut cfg = ClientTlsConfig::new();
+        if let Some(ca) = &self.tls_ca {
+            cfg = cfg.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+            cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(cfg))
+    }
+
+    fn bearer(&self) -> anyhow::Result<Bearer> {
+        let Some(key) = &self.api_key else {
+            return Ok(Bearer(None));
+        };
+        // The error must not echo the key.
+        let value = format!("Bearer {}", key.trim())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the API key holds characters a header cannot carry"))?;
+        Ok(Bearer(Some(value)))
+    }
+}
+
+/// Adds `authorization: Bearer <key>` (when a key is set) and the trace context to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        // The caller's trace context (W3C `traceparent`, `tracestate`), so that the farm's
+        // spans for this call join the command's trace.
         for (k, v) in tutti_shared::telemetry::current_context_headers() {
             let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes());
             if let (Ok(key), Ok(value)) = (key, v.parse()) {
@@ -27,15 +98,7 @@ impl tonic::service::Interceptor for TraceContext {
     }
 }
 
-/// A client of the Generation service that propagates the trace context.
-pub(crate) type Client = GenerationClient<InterceptedService<Channel, TraceContext>>;
-
-#[derive(Debug, clap::Args)]
-pub(crate) struct ServerArgs {
-    /// Address of a tutti coordinator.
-    #[arg(long, env = "TUTTI_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
-}
+pub(crate) type Client = GenerationClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum PriorityArg {
@@ -66,6 +129,8 @@ pub(crate) struct GenerateArgs {
     /// farm runs embedded in this process, no servers needed.
     #[arg(long, env = "TUTTI_SERVER")]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub credentials: Credentials,
     #[command(flatten)]
     pub embedded: super::embedded::EmbeddedArgs,
     /// Write the first output here (with --wait; embedded default: `<job id>.wav`).
@@ -164,14 +229,14 @@ pub(crate) struct ListArgs {
 }
 
 async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
-    connect_to(&server.server).await
+    connect_to(&server.server, &server.credentials).await
 }
 
 /// The embedded farm's own API: retried briefly while its server starts.
 pub(crate) async fn connect_local(url: &str) -> anyhow::Result<Client> {
     let mut last = None;
     for _ in 0..50 {
-        match connect_to(url).await {
+        match connect_to(url, &Credentials::default()).await {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(e),
         }
@@ -180,17 +245,26 @@ pub(crate) async fn connect_local(url: &str) -> anyhow::Result<Client> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("embedded server did not start")))
 }
 
-async fn connect_to(server: &str) -> anyhow::Result<Client> {
-    let url = if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
+async fn connect_to(server: &str, credentials: &Credentials) -> anyhow::Result<Client> {
+    let tls = credentials.tls()?;
+    let bearer = credentials.bearer()?;
+    // tonic speaks TLS to https:// addresses only.
+    let url = match (server.split_once("://"), tls.is_some()) {
+        (Some(("http", rest)), true) => format!("https://{rest}"),
+        (Some(_), _) => server.to_string(),
+        (None, true) => format!("https://{server}"),
+        (None, false) => format!("http://{server}"),
     };
-    let endpoint = Channel::from_shared(url.clone())
+    let mut endpoint = Channel::from_shared(url.clone())
         .with_context(|| {
             format!("{server:?} is not a server address (e.g. http://127.0.0.1:50051)")
         })?
         .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("configuring TLS for the client")?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         // The innermost cause says why (connection refused, no such host, timed out).
         let mut cause: &dyn std::error::Error = &e;
@@ -202,7 +276,7 @@ async fn connect_to(server: &str) -> anyhow::Result<Client> {
              or leave out --server to run embedded"
         )
     })?;
-    Ok(GenerationClient::with_interceptor(channel, TraceContext))
+    Ok(GenerationClient::with_interceptor(channel, bearer))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -273,7 +347,7 @@ pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let req = args.request()?;
     match args.server.clone() {
         Some(server) => {
-            let mut client = connect_to(&server).await?;
+            let mut client = connect_to(&server, &args.credentials).await?;
             run_job(&mut client, req, &args, false).await
         }
         None => super::embedded::generate(req, &args).await,

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tutti_coordinator::config::TlsArgs;
 use tutti_coordinator::store::{RetryPolicy, SqliteStore};
-use tutti_coordinator::{Backend, Settings};
+use tutti_coordinator::{AuthMode, Backend, Settings};
 use tutti_shared::blob::LocalStore;
 use tutti_shared::job::TaskKind;
 use tutti_shared::metrics::Health;
@@ -67,6 +68,12 @@ pub(crate) struct DevConfig {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// `required`: API calls need a key (`tutti key create --sqlite DATA_DIR/jobs.db ...`);
+    /// `off`: every caller is the local tenant `default`.
+    #[arg(long, env = "TUTTI_AUTH", value_enum, default_value = "off")]
+    pub auth: AuthMode,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 pub(crate) fn tutti_home() -> PathBuf {
@@ -195,6 +202,8 @@ pub(crate) fn settings(models_dir: PathBuf, cfg: Option<&DevConfig>) -> Settings
         },
         task_lease: cfg.map_or(Duration::from_secs(300), |c| c.task_lease),
         url_ttl: Duration::from_secs(3600),
+        auth: cfg.map_or(AuthMode::Off, |c| c.auth),
+        tls: cfg.and_then(|c| c.tls.files()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Subcommands of `tutti`.
 
+mod admin;
 mod bench;
 mod client;
 mod embedded;
@@ -53,6 +54,12 @@ pub(crate) enum Command {
     Cancel(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
+    /// Tenants and their limits (operators: talks to the job store directly).
+    #[command(subcommand)]
+    Tenant(admin::TenantCommand),
+    /// API keys (operators: talks to the job store directly).
+    #[command(subcommand)]
+    Key(admin::KeyCommand),
     /// Model packs.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -72,6 +79,8 @@ impl Command {
                 | Command::Watch(_)
                 | Command::Cancel(_)
                 | Command::List(_)
+                | Command::Tenant(_)
+                | Command::Key(_)
         )
     }
 }
@@ -124,6 +133,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::List(args) => client::list(args).await,
+        Command::Tenant(cmd) => admin::tenant(cmd).await,
+        Command::Key(cmd) => admin::key(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {

@@ -32,7 +32,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
 use tutti_shared::blob::{S3Settings, S3Store};
@@ -81,6 +83,23 @@ pub struct FarmOptions {
     /// Each process's stderr goes to `<farm dir>/<name>.log` (see `Farm::log`) instead of the
     /// test's.
     pub log_files: bool,
+    /// Start the coordinator with `TUTTI_AUTH=required` (clients then need `client_as`).
+    pub auth: bool,
+    /// Serve gRPC over TLS (the farm's own clients trust `ca` and present `client`).
+    pub tls: Option<Tls>,
+}
+
+/// PEM files for a TLS farm.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA clients trust.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, the server requires client certificates signed by this CA.
+    pub client_ca: Option<PathBuf>,
+    /// Certificate and key the farm's own clients present.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for FarmOptions {
@@ -92,9 +111,26 @@ impl Default for FarmOptions {
             backend: Backend::Distributed,
             env: Vec::new(),
             log_files: false,
+            auth: false,
+            tls: None,
         }
     }
 }
+
+/// Adds `authorization: Bearer <key>` to every call when it holds a key.
+#[derive(Clone)]
+pub struct WithKey(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for WithKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type KeyedClient = GenerationClient<InterceptedService<Channel, WithKey>>;
 
 impl FarmOptions {
     pub fn on(backend: Backend) -> Self {
@@ -125,7 +161,7 @@ pub struct Farm {
     pub store: Db,
 }
 
-fn bin() -> &'static str {
+pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tutti")
 }
 
@@ -188,6 +224,16 @@ impl Farm {
         }
     }
 
+    /// Jobs stored for one tenant.
+    pub async fn tenant_job_count(&self, tenant: &str) -> i64 {
+        let q = "SELECT count(*) FROM jobs WHERE tenant = $1";
+        match &self.store {
+            Db::Pg(p) => sqlx::query_scalar(q).bind(tenant).fetch_one(p).await,
+            Db::Sqlite(p) => sqlx::query_scalar(q).bind(tenant).fetch_one(p).await,
+        }
+        .expect("count jobs")
+    }
+
     pub async fn job_count(&self) -> i64 {
         let q = "SELECT count(*) FROM jobs";
         match &self.store {
@@ -247,7 +293,12 @@ impl Farm {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    fn command(&self, sub: &str, name: &str) -> Command {
+    /// A `tutti SUB` process of this farm, its stderr in `<name>.log` with `log_files`.
+    pub fn command(&self, sub: &str) -> Command {
+        self.command_named(sub, sub)
+    }
+
+    fn command_named(&self, sub: &str, name: &str) -> Command {
         let s3 = s3_settings();
         let mut c = Command::new(bin());
         c.arg(sub)
@@ -276,18 +327,28 @@ impl Farm {
     pub async fn start_coordinator(&mut self) {
         let mut cmd = match self.opts.backend {
             Backend::Distributed => {
-                let mut c = self.command("coordinator", "coordinator");
+                let mut c = self.command_named("coordinator", "coordinator");
                 c.env("TUTTI_METRICS_LISTEN", self.metrics_addr.to_string());
                 c
             }
             Backend::Embedded => {
-                let mut c = self.command("dev", "dev");
+                let mut c = self.command_named("dev", "dev");
                 c.env("TUTTI_DATA_DIR", self.dir.path().join("data"))
                     .env("TUTTI_WORKERS", self.opts.workers.to_string())
                     .env("TUTTI_DEVICE", "cpu");
                 c
             }
         };
+        if self.opts.auth {
+            cmd.env("TUTTI_AUTH", "required");
+        }
+        if let Some(tls) = &self.opts.tls {
+            cmd.env("TUTTI_TLS_CERT", &tls.cert)
+                .env("TUTTI_TLS_KEY", &tls.key);
+            if let Some(ca) = &tls.client_ca {
+                cmd.env("TUTTI_TLS_CLIENT_CA", ca);
+            }
+        }
         let child = cmd
             .env("TUTTI_LISTEN", self.addr.to_string())
             .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
@@ -297,10 +358,7 @@ impl Farm {
         self.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if GenerationClient::connect(format!("http://{}", self.addr))
-                .await
-                .is_ok()
-            {
+            if self.channel().await.is_ok() {
                 return;
             }
             assert!(Instant::now() < deadline, "coordinator did not start");
@@ -324,7 +382,7 @@ impl Farm {
         );
         let n = self.workers.len();
         let child = self
-            .command("worker", &format!("w{n}"))
+            .command_named("worker", &format!("w{n}"))
             .args(extra)
             .env("TUTTI_WORKER_NAME", format!("w{n}"))
             .env("TUTTI_DEVICE", "cpu")
@@ -380,6 +438,64 @@ impl Farm {
 
     pub async fn consumers(&self, queue: &str) -> u32 {
         self.queue_counts(queue).await.map(|c| c.1).unwrap_or(0)
+    }
+
+    /// A channel to the coordinator, over TLS when the farm serves it.
+    pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        let Some(tls) = &self.opts.tls else {
+            return Channel::from_shared(format!("http://{}", self.addr))
+                .expect("address")
+                .connect()
+                .await;
+        };
+        let pem = |p: &PathBuf| std::fs::read(p).expect("read PEM");
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(&tls.ca)));
+        if let Some((cert, key)) = &tls.client {
+            cfg = cfg.identity(Identity::from_pem(pem(cert), pem(key)));
+        }
+        Channel::from_shared(format!("https://{}", self.addr))
+            .expect("address")
+            .tls_config(cfg)?
+            .connect()
+            .await
+    }
+
+    /// A client that sends `key` (or no key) with every call.
+    pub async fn client_as(&self, key: Option<&str>) -> KeyedClient {
+        let bearer = key.map(|k| format!("Bearer {k}").parse().expect("header value"));
+        GenerationClient::with_interceptor(
+            self.channel().await.expect("connect to coordinator"),
+            WithKey(bearer),
+        )
+    }
+
+    /// Runs an operator command (`tenant ...`, `key ...`) against the farm's store; its stdout.
+    pub fn operator(&self, args: &[&str]) -> String {
+        let mut c = self.command(args[0]);
+        c.args(&args[1..]);
+        if self.opts.backend == Backend::Embedded {
+            c.arg("--sqlite")
+                .arg(self.dir.path().join("data").join("jobs.db"));
+        }
+        let out = c.output().expect("run tutti");
+        assert!(
+            out.status.success(),
+            "tutti {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
+    /// A new API key of `tenant`, as `tutti key create` prints it.
+    pub fn create_key(&self, tenant: &str, admin: bool) -> String {
+        let mut args = vec!["key", "create", tenant];
+        if admin {
+            args.push("--admin");
+        }
+        self.operator(&args)
     }
 
     pub async fn client(&self) -> GenerationClient<Channel> {

@@ -16,6 +16,9 @@ mod pg;
 mod pg_sched;
 mod sqlite;
 mod sqlite_sched;
+mod tenants;
+mod tenants_pg;
+mod tenants_sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +39,30 @@ use crate::validate::NewJob;
 pub use notify::{JobChange, Notifier};
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
+pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
+
+/// Whose jobs a read or a cancel may touch: one tenant's, or every tenant's (admin keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    Tenant(&'a str),
+    All,
+}
+
+impl<'a> Scope<'a> {
+    /// The tenant to filter by; `None` for all.
+    pub fn tenant(self) -> Option<&'a str> {
+        match self {
+            Scope::Tenant(t) => Some(t),
+            Scope::All => None,
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Scope<'a> {
+    fn from(tenant: &'a str) -> Self {
+        Scope::Tenant(tenant)
+    }
+}
 
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -142,16 +169,17 @@ pub(crate) const STATS_IN_FLIGHT_SQL: &str =
     "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind";
 
 #[async_trait]
-pub trait JobStore: Send + Sync {
+pub trait JobStore: TenantStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
-    /// names. Returns the job and whether it was created now.
+    /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
+    /// stored) when the tenant's `max_jobs_in_flight` is reached.
     async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)>;
-    /// A job of the tenant; `None` for an unknown id or another tenant's job.
-    async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>>;
-    /// A page of the tenant's jobs, newest first, after the cursor `(created_at, id)`.
+    /// A job in scope; `None` for an unknown id or another tenant's job.
+    async fn get_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>>;
+    /// A page of the jobs in scope, newest first, after the cursor `(created_at, id)`.
     async fn list_jobs(
         &self,
-        tenant: &str,
+        scope: Scope<'_>,
         state: Option<JobState>,
         labels: &BTreeMap<String, String>,
         after: Option<(DateTime<Utc>, Uuid)>,
@@ -159,7 +187,7 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<JobRecord>>;
     /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
     /// job; otherwise the job and whether this call cancelled it.
-    async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
+    async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
     /// Publishes up to one batch of due tasks (at most `max_in_flight` dispatched per kind)
     /// and marks them dispatched in the same transaction. Returns how many went out.
     async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize>;

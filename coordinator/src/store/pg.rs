@@ -16,7 +16,9 @@ use tutti_shared::messages::Outcome;
 use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
-use super::{HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, TaskRef};
+use super::{
+    HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope, TaskRef,
+};
 use crate::error::{Error, Result};
 use crate::validate::NewJob;
 
@@ -56,6 +58,7 @@ impl PgStore {
 
     async fn insert_job_impl(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let mut tx = self.pool.begin().await?;
+        let in_flight = super::tenants_pg::in_flight_limit(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         let inserted: Option<(Uuid,)> = sqlx::query_as(
@@ -92,11 +95,14 @@ impl PgStore {
                 )));
             }
             let job = self
-                .get_job_impl(tenant, existing)
+                .get_job_impl(Scope::Tenant(tenant), existing)
                 .await?
                 .ok_or_else(|| Error::Internal(format!("job {existing} vanished")))?;
             return Ok((job, false));
         };
+        if let Some(max) = in_flight {
+            super::tenants_pg::check_in_flight(&mut tx, tenant, max).await?;
+        }
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
         event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
@@ -104,18 +110,18 @@ impl PgStore {
         notify_job(&mut tx, id, "queued").await?;
         tx.commit().await?;
         let job = self
-            .get_job_impl(tenant, id)
+            .get_job_impl(Scope::Tenant(tenant), id)
             .await?
             .ok_or_else(|| Error::Internal(format!("job {id} vanished")))?;
         Ok((job, true))
     }
 
-    async fn get_job_impl(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>> {
+    async fn get_job_impl(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>> {
         let job: Option<JobRow> = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
         ))
         .bind(id)
-        .bind(tenant)
+        .bind(scope.tenant())
         .fetch_optional(&self.pool)
         .await?;
         let Some(job) = job else { return Ok(None) };
@@ -135,7 +141,7 @@ impl PgStore {
 
     async fn list_jobs_impl(
         &self,
-        tenant: &str,
+        scope: Scope<'_>,
         state: Option<JobState>,
         labels: &BTreeMap<String, String>,
         after: Option<(DateTime<Utc>, Uuid)>,
@@ -143,13 +149,13 @@ impl PgStore {
     ) -> Result<Vec<JobRecord>> {
         let (after_at, after_id) = after.unzip();
         let rows: Vec<JobRow> = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 \
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR tenant = $1) \
                AND ($2::text IS NULL OR state = $2) \
                AND labels @> $3 \
                AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
              ORDER BY created_at DESC, id DESC LIMIT $6"
         ))
-        .bind(tenant)
+        .bind(scope.tenant())
         .bind(state.map(JobState::as_str))
         .bind(Json(labels))
         .bind(after_at)
@@ -165,14 +171,19 @@ impl PgStore {
         Ok(out)
     }
 
-    async fn cancel_job_impl(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
+    async fn cancel_job_impl(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, bool)>> {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = now() \
-             WHERE id = $1 AND tenant = $2 AND state IN ('queued', 'running')",
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) \
+               AND state IN ('queued', 'running')",
         )
         .bind(id)
-        .bind(tenant)
+        .bind(scope.tenant())
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -189,7 +200,7 @@ impl PgStore {
             notify_job(&mut tx, id, "cancelled").await?;
         }
         tx.commit().await?;
-        Ok(self.get_job_impl(tenant, id).await?.map(|j| (j, changed)))
+        Ok(self.get_job_impl(scope, id).await?.map(|j| (j, changed)))
     }
 }
 
@@ -198,22 +209,22 @@ impl JobStore for PgStore {
     async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         self.insert_job_impl(tenant, new).await
     }
-    async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>> {
-        self.get_job_impl(tenant, id).await
+    async fn get_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>> {
+        self.get_job_impl(scope, id).await
     }
     async fn list_jobs(
         &self,
-        tenant: &str,
+        scope: Scope<'_>,
         state: Option<JobState>,
         labels: &BTreeMap<String, String>,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Vec<JobRecord>> {
-        self.list_jobs_impl(tenant, state, labels, after, limit)
+        self.list_jobs_impl(scope, state, labels, after, limit)
             .await
     }
-    async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
-        self.cancel_job_impl(tenant, id).await
+    async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
+        self.cancel_job_impl(scope, id).await
     }
     async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize> {
         super::pg_sched::dispatch_due(&self.pool, queue, max_in_flight).await

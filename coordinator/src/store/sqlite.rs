@@ -21,7 +21,9 @@ use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
 use super::notify::Pending;
-use super::{HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, TaskRef};
+use super::{
+    HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope, TaskRef,
+};
 use crate::error::{Error, Result};
 use crate::validate::NewJob;
 
@@ -179,6 +181,7 @@ impl SqliteStore {
 impl JobStore for SqliteStore {
     async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let (w, mut tx) = self.begin_write().await?;
+        let in_flight = super::tenants_sqlite::in_flight_limit(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         let spec = serde_json::to_string(&new.spec)
@@ -222,10 +225,13 @@ impl JobStore for SqliteStore {
                 )));
             }
             let job = self
-                .get_job(tenant, existing)
+                .get_job(Scope::Tenant(tenant), existing)
                 .await?
                 .ok_or_else(|| Error::Internal(format!("job {existing} vanished")))?;
             return Ok((job, false));
+        }
+        if let Some(max) = in_flight {
+            super::tenants_sqlite::check_in_flight(&mut tx, tenant, max).await?;
         }
         let mut notes = Pending::default();
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
@@ -237,18 +243,18 @@ impl JobStore for SqliteStore {
         drop(w);
         notes.send(&self.notifier);
         let job = self
-            .get_job(tenant, id)
+            .get_job(Scope::Tenant(tenant), id)
             .await?
             .ok_or_else(|| Error::Internal(format!("job {id} vanished")))?;
         Ok((job, true))
     }
 
-    async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Option<JobRecord>> {
+    async fn get_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2 IS NULL OR tenant = $2)"
         ))
         .bind(id.to_string())
-        .bind(tenant)
+        .bind(scope.tenant())
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -259,7 +265,7 @@ impl JobStore for SqliteStore {
 
     async fn list_jobs(
         &self,
-        tenant: &str,
+        scope: Scope<'_>,
         state: Option<JobState>,
         labels: &BTreeMap<String, String>,
         after: Option<(DateTime<Utc>, Uuid)>,
@@ -270,7 +276,7 @@ impl JobStore for SqliteStore {
             .map_err(|e| Error::Internal(format!("encoding labels: {e}")))?;
         // `labels @> $3` of Postgres: no wanted pair is missing from the job's labels.
         let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 \
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR tenant = $1) \
                AND ($2 IS NULL OR state = $2) \
                AND NOT EXISTS (SELECT 1 FROM json_each($3) AS want WHERE NOT EXISTS \
                    (SELECT 1 FROM json_each(jobs.labels) AS have \
@@ -278,7 +284,7 @@ impl JobStore for SqliteStore {
                AND ($4 IS NULL OR (created_at, id) < ($4, $5)) \
              ORDER BY created_at DESC, id DESC LIMIT $6"
         ))
-        .bind(tenant)
+        .bind(scope.tenant())
         .bind(state.map(JobState::as_str))
         .bind(labels)
         .bind(after_at.map(|t| t.timestamp_micros()))
@@ -293,15 +299,15 @@ impl JobStore for SqliteStore {
         Ok(out)
     }
 
-    async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
+    async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
         let (w, mut tx) = self.begin_write().await?;
         let now = now_us();
         let changed = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = $3 \
-             WHERE id = $1 AND tenant = $2 AND state IN ('queued', 'running')",
+             WHERE id = $1 AND ($2 IS NULL OR tenant = $2) AND state IN ('queued', 'running')",
         )
         .bind(id.to_string())
-        .bind(tenant)
+        .bind(scope.tenant())
         .bind(now)
         .execute(&mut *tx)
         .await?
@@ -323,7 +329,7 @@ impl JobStore for SqliteStore {
         tx.commit().await?;
         drop(w);
         notes.send(&self.notifier);
-        Ok(self.get_job(tenant, id).await?.map(|j| (j, changed)))
+        Ok(self.get_job(scope, id).await?.map(|j| (j, changed)))
     }
 
     async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize> {

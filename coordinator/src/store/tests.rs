@@ -11,7 +11,8 @@ use tutti_shared::prompt::Controls;
 use tutti_shared::taskqueue::{MemoryQueue, QueueName, TaskQueue};
 use uuid::Uuid;
 
-use super::{JobStore, PgStore, RetryPolicy, SqliteStore, TaskRef};
+use super::{JobStore, PgStore, RetryPolicy, Scope, SqliteStore, TaskRef};
+use crate::auth::{ApiKey, Limits};
 use crate::error::Error;
 use crate::validate::NewJob;
 
@@ -86,7 +87,12 @@ fn at(t: &TaskMessage) -> TaskRef<'static> {
 }
 
 async fn state(s: &dyn JobStore, id: Uuid) -> (String, String, i32) {
-    let j = s.get_job(T, id).await.expect("get").expect("job").job;
+    let j = s
+        .get_job(T.into(), id)
+        .await
+        .expect("get")
+        .expect("job")
+        .job;
     (j.state, j.stage, j.steps_done)
 }
 
@@ -109,16 +115,20 @@ pub(super) async fn stores_jobs_with_idempotency_and_tenants(s: &dyn JobStore) {
         "{conflict:?}"
     );
     assert!(s
-        .get_job("tenant-b", a.job.id)
+        .get_job("tenant-b".into(), a.job.id)
         .await
         .expect("get")
         .is_none());
     assert!(s
-        .cancel_job("tenant-b", a.job.id)
+        .cancel_job("tenant-b".into(), a.job.id)
         .await
         .expect("cancel")
         .is_none());
-    let got = s.get_job(T, a.job.id).await.expect("get").expect("job");
+    let got = s
+        .get_job(T.into(), a.job.id)
+        .await
+        .expect("get")
+        .expect("job");
     assert_eq!(got.job.spec.0, new_job(8, 4, None).spec);
     assert_eq!(got.job.labels.0.get("team").map(String::as_str), Some("a"));
 }
@@ -139,12 +149,21 @@ pub(super) async fn lists_newest_first_by_label_and_page(s: &dyn JobStore) {
     other.labels = BTreeMap::from([("team".to_string(), "b".to_string())]);
     s.insert_job(T, &other).await.expect("insert");
     let team_a = BTreeMap::from([("team".to_string(), "a".to_string())]);
-    let page = s.list_jobs(T, None, &team_a, None, 2).await.expect("list");
+    let page = s
+        .list_jobs(T.into(), None, &team_a, None, 2)
+        .await
+        .expect("list");
     let got: Vec<Uuid> = page.iter().map(|r| r.job.id).collect();
     assert_eq!(got, vec![ids[2], ids[1]]);
     let last = &page[1].job;
     let rest = s
-        .list_jobs(T, None, &team_a, Some((last.created_at, last.id)), 10)
+        .list_jobs(
+            T.into(),
+            None,
+            &team_a,
+            Some((last.created_at, last.id)),
+            10,
+        )
         .await
         .expect("list");
     assert_eq!(
@@ -152,13 +171,13 @@ pub(super) async fn lists_newest_first_by_label_and_page(s: &dyn JobStore) {
         vec![ids[0]]
     );
     let all = s
-        .list_jobs(T, None, &BTreeMap::new(), None, 10)
+        .list_jobs(T.into(), None, &BTreeMap::new(), None, 10)
         .await
         .expect("list");
     assert_eq!(all.len(), 4);
     let none = s
         .list_jobs(
-            T,
+            T.into(),
             Some(tutti_shared::job::JobState::Running),
             &BTreeMap::new(),
             None,
@@ -222,7 +241,7 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     s.record_result(at(&v), &outcome, POLICY)
         .await
         .expect("result");
-    let rec = s.get_job(T, id).await.expect("get").expect("job");
+    let rec = s.get_job(T.into(), id).await.expect("get").expect("job");
     assert_eq!(
         (rec.job.state.as_str(), rec.job.stage.as_str()),
         ("succeeded", "done")
@@ -315,7 +334,12 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     s.record_result(at(&t2), &fail, POLICY)
         .await
         .expect("result");
-    let rec = s.get_job(T, id).await.expect("get").expect("job").job;
+    let rec = s
+        .get_job(T.into(), id)
+        .await
+        .expect("get")
+        .expect("job")
+        .job;
     assert_eq!(rec.state, "failed");
     assert_eq!(
         (rec.error_code.as_deref(), rec.error_message.as_deref()),
@@ -344,7 +368,11 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
     let id = job.job.id;
     s.dispatch_due(&q, 8).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
-    let (rec, changed) = s.cancel_job(T, id).await.expect("cancel").expect("job");
+    let (rec, changed) = s
+        .cancel_job(T.into(), id)
+        .await
+        .expect("cancel")
+        .expect("job");
     assert!(changed);
     assert_eq!(rec.job.state, "cancelled");
     s.record_result(at(&t), &Outcome::Cancelled, POLICY)
@@ -355,7 +383,11 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
         .expect("result");
     assert_eq!(s.dispatch_due(&q, 8).await.expect("dispatch"), 0);
     assert_eq!(state(s, id).await.0, "cancelled");
-    let (_, changed) = s.cancel_job(T, id).await.expect("cancel").expect("job");
+    let (_, changed) = s
+        .cancel_job(T.into(), id)
+        .await
+        .expect("cancel")
+        .expect("job");
     assert!(!changed);
     let stale = s
         .history(id)
@@ -365,6 +397,170 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
         .filter(|e| e.kind == "stale_result")
         .count();
     assert_eq!(stale, 2);
+}
+
+pub(super) async fn tenants_keys_and_revocation(s: &dyn JobStore) {
+    let limits = Limits {
+        max_jobs_in_flight: Some(3),
+        submits_per_second: Some(2.5),
+        submit_burst: Some(5),
+        max_batch_items: Some(100),
+        priorities: Some(vec![Priority::Standard, Priority::Batch]),
+        max_duration_s: Some(12.5),
+        max_steps: Some(40),
+    };
+    s.create_tenant("acme", &limits).await.expect("create");
+    s.create_tenant("zeta", &Limits::default())
+        .await
+        .expect("create");
+    let dup = s.create_tenant("acme", &Limits::default()).await;
+    assert!(matches!(dup, Err(Error::AlreadyExists(_))), "{dup:?}");
+    let acme = s.tenant("acme").await.expect("tenant").expect("acme");
+    assert_eq!(acme.limits, limits);
+    assert!(s.tenant("nobody").await.expect("tenant").is_none());
+    let names: Vec<String> = s
+        .tenants()
+        .await
+        .expect("tenants")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["acme", "zeta"]);
+    s.set_limits(
+        "zeta",
+        &Limits {
+            max_steps: Some(8),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("set limits");
+    assert_eq!(
+        s.tenant("zeta")
+            .await
+            .expect("tenant")
+            .expect("zeta")
+            .limits
+            .max_steps,
+        Some(8)
+    );
+    assert!(matches!(
+        s.set_limits("nobody", &Limits::default()).await,
+        Err(Error::NotFound(_))
+    ));
+
+    let key = ApiKey::generate();
+    let admin = ApiKey::generate();
+    s.insert_key("acme", &key, false).await.expect("key");
+    s.insert_key("zeta", &admin, true).await.expect("admin key");
+    assert!(matches!(
+        s.insert_key("nobody", &ApiKey::generate(), false).await,
+        Err(Error::NotFound(_))
+    ));
+    let owner = s.key_owner(&key).await.expect("owner").expect("live key");
+    assert_eq!((owner.tenant.as_str(), owner.admin), ("acme", false));
+    assert_eq!(owner.limits, limits);
+    let owner = s.key_owner(&admin).await.expect("owner").expect("live key");
+    assert_eq!((owner.tenant.as_str(), owner.admin), ("zeta", true));
+    // Same id, other secret: not the stored key.
+    let forged = ApiKey::parse(&format!("tt_{}_{}", key.id(), "0".repeat(64))).expect("parse");
+    assert!(s.key_owner(&forged).await.expect("owner").is_none());
+    assert!(s
+        .key_owner(&ApiKey::generate())
+        .await
+        .expect("owner")
+        .is_none());
+    // Nothing stored reveals the key.
+    let keys = s.keys().await.expect("keys");
+    assert_eq!(keys.len(), 2);
+    assert!(keys
+        .iter()
+        .all(|k| !k.id.is_empty() && k.revoked_at.is_none()));
+
+    assert!(s.revoke_key(key.id()).await.expect("revoke"));
+    assert!(s.key_owner(&key).await.expect("owner").is_none());
+    assert!(!s.revoke_key(key.id()).await.expect("revoke again"));
+    assert!(matches!(
+        s.revoke_key("000000000000").await,
+        Err(Error::NotFound(_))
+    ));
+    let revoked = s.keys().await.expect("keys");
+    assert!(revoked
+        .iter()
+        .any(|k| k.id == key.id() && k.revoked_at.is_some()));
+    assert!(s.key_owner(&admin).await.expect("owner").is_some());
+}
+
+pub(super) async fn jobs_in_flight_limit_stores_nothing_and_admin_sees_all(s: &dyn JobStore) {
+    s.create_tenant(
+        T,
+        &Limits {
+            max_jobs_in_flight: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("tenant");
+    let (first, _) = s
+        .insert_job(T, &new_job(4, 4, Some("k")))
+        .await
+        .expect("first");
+    let over = s.insert_job(T, &new_job(4, 4, None)).await;
+    match over {
+        Err(Error::ResourceExhausted { limit, .. }) => assert_eq!(limit, "max_jobs_in_flight"),
+        other => panic!("expected max_jobs_in_flight, got {other:?}"),
+    }
+    // The refused submit stored nothing; a retry of the admitted one still answers.
+    let all = s
+        .list_jobs(T.into(), None, &BTreeMap::new(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1);
+    let (again, created) = s
+        .insert_job(T, &new_job(4, 4, Some("k")))
+        .await
+        .expect("replay");
+    assert!(!created);
+    assert_eq!(again.job.id, first.job.id);
+    // A tenant without a row has no limits.
+    let (other, _) = s
+        .insert_job("tenant-b", &new_job(4, 4, None))
+        .await
+        .expect("b");
+    s.insert_job("tenant-b", &new_job(4, 4, None))
+        .await
+        .expect("b again");
+    // Cancelling frees the slot.
+    s.cancel_job(T.into(), first.job.id)
+        .await
+        .expect("cancel")
+        .expect("job");
+    s.insert_job(T, &new_job(4, 4, None))
+        .await
+        .expect("after cancel");
+
+    // Scope::All reads and cancels any tenant's job; a tenant scope only its own.
+    assert!(s
+        .get_job(Scope::All, other.job.id)
+        .await
+        .expect("get")
+        .is_some());
+    assert!(s
+        .get_job(T.into(), other.job.id)
+        .await
+        .expect("get")
+        .is_none());
+    let every = s
+        .list_jobs(Scope::All, None, &BTreeMap::new(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(every.len(), 4);
+    let (_, changed) = s
+        .cancel_job(Scope::All, other.job.id)
+        .await
+        .expect("cancel")
+        .expect("job");
+    assert!(changed);
 }
 
 async fn pg() -> PgStore {
@@ -406,4 +602,6 @@ job_store_suite!(
     retries_with_a_bound_and_fails_with_the_cause,
     expired_leases_come_back_as_a_new_attempt,
     a_cancelled_job_never_comes_back,
+    tenants_keys_and_revocation,
+    jobs_in_flight_limit_stores_nothing_and_admin_sees_all,
 );
