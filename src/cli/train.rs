@@ -91,6 +91,15 @@ pub(crate) struct DenoiserArgs {
     pub tokens: usize,
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
+    /// Shortest training crop, in latent frames (62.5 per second).
+    #[arg(long, default_value_t = 96)]
+    pub crop_min: usize,
+    /// Longest training crop, in latent frames (up to the clip length).
+    #[arg(long, default_value_t = 192)]
+    pub crop_max: usize,
+    /// Start a new run from this pack's weights (same size); ignored when RUN resumes.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Mixed precision (autocast) on CUDA.
     #[arg(long)]
     pub amp: bool,
@@ -188,6 +197,8 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 heads: a.heads,
                 cross_dim: a.heads * 64,
                 tokens: a.tokens,
+                crop_min: a.crop_min,
+                crop_max: a.crop_max,
                 adam: train::optim::AdamWConfig {
                     lr: a.lr,
                     ..Default::default()
@@ -201,10 +212,22 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             };
             let mut t =
                 train::denoiser::Trainer::open(&cfg, &paths, device(&a.run.device)?, a.amp)?;
+            if let Some(pack) = &a.init {
+                if t.state.step == 0 {
+                    t.init_from_pack(pack)?;
+                } else {
+                    println!("resuming the run: --init {} is not used", pack.display());
+                }
+            }
             let params: i64 = t.opt.params.values().map(|p| p.numel() as i64).sum();
             println!(
-                "denoiser: {params} trainable parameters, from step {}",
-                t.state.step
+                "denoiser: {params} trainable parameters, from step {}{}",
+                t.state.step,
+                t.state
+                    .init
+                    .as_deref()
+                    .map(|p| format!(" (started from {p})"))
+                    .unwrap_or_default()
             );
             let w0 = std::time::Instant::now();
             let s0 = t.state.step;

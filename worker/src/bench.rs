@@ -54,6 +54,8 @@ pub fn builtin_size() -> (PackConfig, TextEncoderConfig) {
         losses: Vec::new(),
         samples: 0,
         cpu_seconds: 0.0,
+        init: None,
+        init_steps: 0,
     };
     let vocoder = VocoderState {
         config: TrainVocoderConfig::default(),

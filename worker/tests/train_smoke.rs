@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Tensor};
-use tutti_worker::model::{tiny, Pipeline};
+use tch::{Device, Kind, Tensor};
+use tutti_worker::model::decoder::DecoderConfig;
+use tutti_worker::model::{tiny, weights, PackConfig, Pipeline};
 use tutti_worker::train::dataset::{self, DatasetConfig, DatasetPaths};
 use tutti_worker::train::denoiser::{DenoiserConfig, RunPaths, Trainer};
 use tutti_worker::train::vocoder::{VocoderConfig, VocoderTrainer};
@@ -75,6 +76,38 @@ fn denoiser_resume_is_exact(paths: &RunPaths, dir: &Path) {
     assert_eq!(a.state.losses, b.state.losses);
     assert!(a.state.losses.iter().all(|(_, l)| l.is_finite()));
     assert!(dir.join("resumed/loss.png").exists());
+}
+
+/// `--init PACK`: a new run starts from the pack's weights and normalisation, and trains on.
+fn pack_starts_a_new_run(pack_dir: &Path, paths: &RunPaths, dir: &Path) {
+    let warm = RunPaths {
+        run: dir.join("warm"),
+        ..paths.clone()
+    };
+    let mut w = Trainer::open(&tiny_config(), &warm, Device::Cpu, false).unwrap();
+    w.init_from_pack(pack_dir).unwrap();
+    let packed = weights::read_safetensors(&pack_dir.join("denoiser.safetensors"))
+        .unwrap()
+        .tensors;
+    let (dit, _) = w.ema_weights();
+    assert_eq!(dit.len(), packed.len());
+    for (k, t) in &packed {
+        assert!(
+            dit[k].to_kind(Kind::Half).equal(t),
+            "{k} differs from the pack's"
+        );
+    }
+    let cfg = PackConfig::read(pack_dir).unwrap();
+    let DecoderConfig::Identity { scale, shift } = cfg.decoder else {
+        panic!("the pack has no identity decoder")
+    };
+    assert_eq!((w.state.std, w.state.mean), (scale, shift));
+    assert_eq!(w.state.init_steps, 4, "the pack was trained for 4 steps");
+    assert!(w.run(2, 100, 1e9, 1, false).unwrap().is_finite());
+    assert!(
+        w.init_from_pack(pack_dir).is_err(),
+        "a pack only starts a new run"
+    );
 }
 
 #[test]
@@ -149,6 +182,8 @@ fn dataset_training_resume_pack_and_eval() {
         "smoke",
     )
     .unwrap();
+    pack_starts_a_new_run(&out, &run, dir);
+
     let p = Pipeline::load(&out, Device::Cpu).unwrap();
     let mut params = p.default_params("happy rock with piano, 120 BPM, in C major", 2.0);
     params.steps = 3;

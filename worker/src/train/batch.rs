@@ -137,8 +137,12 @@ pub fn draw(
     rows: &[ManifestRow],
     n_mels: usize,
 ) -> Result<Batch> {
-    let lo = spec.crop_min.div_ceil(16);
-    let hi = (spec.crop_max / 16).max(lo);
+    // Crops are multiples of 16 frames, at most the shortest clip (every crop of a batch has the
+    // same length).
+    let shortest = rows.iter().map(|r| r.frames).min().unwrap_or(0).max(16);
+    let hi_max = shortest / 16;
+    let lo = spec.crop_min.div_ceil(16).min(hi_max);
+    let hi = (spec.crop_max / 16).clamp(lo, hi_max);
     let frames = 16 * rng.random_range(lo..=hi);
     let b = (spec.tokens / frames).max(1);
     let mut x0 = Vec::with_capacity(b * n_mels * frames);

@@ -20,9 +20,12 @@ use super::data::{self, ManifestRow};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::{checkpoint, cond, pack, plot, rng_for, Result, TrainError};
 use crate::model::conditioners::{ConditionerConfig, Conditioners};
+use crate::model::decoder::DecoderConfig;
 use crate::model::dit::{DitConfig, DitInput, StableAudioDit};
 use crate::model::mel::MelConfig;
+use crate::model::pack::PackConfig;
 use crate::model::text_encoder::TextEncoder;
+use crate::model::weights;
 
 /// Size and recipe of the denoiser (saved in the checkpoint; a resume must match).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +115,12 @@ pub struct DenoiserState {
     pub samples: u64,
     /// Process CPU seconds spent training, over all sittings.
     pub cpu_seconds: f64,
+    /// The pack this run started from (`name@version`), if any (`Trainer::init_from_pack`).
+    #[serde(default)]
+    pub init: Option<String>,
+    /// Steps the starting pack had been trained for (counted in this run's pack version).
+    #[serde(default)]
+    pub init_steps: u64,
 }
 
 fn minilm_dim() -> i64 {
@@ -192,6 +201,8 @@ impl Trainer {
                     losses: Vec::new(),
                     samples: 0,
                     cpu_seconds: 0.0,
+                    init: None,
+                    init_steps: 0,
                 }
             }
         };
@@ -260,6 +271,78 @@ impl Trainer {
             amp,
             _stores: (dit_vs, cond_vs),
         })
+    }
+
+    /// Starts this new run from a pack's weights (to continue training a shipped model on a new
+    /// dataset or with longer crops): the pack's DiT and conditioner weights become the parameters
+    /// and the EMA, and its log-mel normalisation replaces the dataset's (the weights were trained
+    /// on it). Adam's moments and the learning-rate warm-up start afresh. The sizes must match.
+    pub fn init_from_pack(&mut self, dir: &Path) -> Result<()> {
+        if self.state.step != 0 {
+            return Err(TrainError::Input(format!(
+                "{} is at step {}: a pack can only start a new run",
+                self.paths.run.display(),
+                self.state.step
+            )));
+        }
+        let cfg = PackConfig::read(dir)?;
+        let want = self
+            .state
+            .config
+            .dit(self.state.mel.n_mels as i64, self.state.text_dim);
+        if cfg.denoiser != want || cfg.conditioners != self.cond_cfg || cfg.mel != self.state.mel {
+            return Err(TrainError::Input(format!(
+                "{}: its denoiser, conditioners or mel settings differ from this run's",
+                dir.display()
+            )));
+        }
+        let DecoderConfig::Identity { scale, shift } = cfg.decoder else {
+            return Err(TrainError::Input(format!(
+                "{}: only packs with the identity decoder (log-mel latents) can start a run",
+                dir.display()
+            )));
+        };
+        let dit = weights::read_safetensors(&dir.join(crate::model::pack::DENOISER_FILE))?.tensors;
+        let cond =
+            weights::read_safetensors(&dir.join(crate::model::pack::CONDITIONERS_FILE))?.tensors;
+        let _g = tch::no_grad_guard();
+        let mut targets: Vec<(String, Tensor)> = self
+            .opt
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        targets.push(("dit.time_proj.weight".into(), self.dit_time_proj()));
+        for (name, mut t) in targets {
+            let src = match name.split_once('.') {
+                Some(("dit", k)) => dit.get(k),
+                Some(("cond", k)) => cond.get(k),
+                _ => None,
+            }
+            .ok_or_else(|| TrainError::Input(format!("{}: no weight {name}", dir.display())))?;
+            if src.size() != t.size() {
+                return Err(TrainError::Input(format!(
+                    "{}: {name} has shape {:?}, the run {:?}",
+                    dir.display(),
+                    src.size(),
+                    t.size()
+                )));
+            }
+            t.f_copy_(&src.to_kind(t.kind()).to_device(t.device()))?;
+        }
+        self.ema = Ema::new(self.state.config.ema, &self.opt.params);
+        self.state.mean = shift;
+        self.state.std = scale;
+        self.state.init = Some(format!("{}@{}", cfg.model.name, cfg.model.version));
+        // Versions the pack writer makes end in `step<N>`.
+        self.state.init_steps = cfg
+            .model
+            .version
+            .rsplit("step")
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Ok(())
     }
 
     fn spec(&self) -> BatchSpec {

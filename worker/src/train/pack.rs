@@ -84,7 +84,7 @@ pub fn pack_config(
         text_encoder: "text_encoder".into(),
         model: ModelInfo {
             name: name.into(),
-            version: format!("1-step{}", d.step),
+            version: format!("1-step{}", d.init_steps + d.step),
             description: "tutti's built-in model: a small DiT trained by `tutti train` on music the project renders itself".into(),
             sample_rate: mel.sample_rate,
             max_duration_s: d.config.max_duration_s,
