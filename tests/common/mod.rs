@@ -76,6 +76,8 @@ pub struct FarmOptions {
     pub chunk_steps: u32,
     pub retry_backoff: &'static str,
     pub backend: Backend,
+    /// Extra environment of the coordinator (scheduler knobs and the like).
+    pub coordinator_env: Vec<(&'static str, String)>,
 }
 
 impl Default for FarmOptions {
@@ -85,6 +87,7 @@ impl Default for FarmOptions {
             chunk_steps: 0,
             retry_backoff: "200ms",
             backend: Backend::Distributed,
+            coordinator_env: Vec::new(),
         }
     }
 }
@@ -274,6 +277,7 @@ impl Farm {
             .env("TUTTI_LISTEN", self.addr.to_string())
             .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
             .env("TUTTI_RETRY_BACKOFF", self.opts.retry_backoff)
+            .envs(self.opts.coordinator_env.iter().map(|(k, v)| (*k, v)))
             .spawn()
             .expect("spawn coordinator");
         self.coordinator = Some(child);
@@ -462,7 +466,7 @@ impl Drop for Farm {
 
 /// Deletes a test farm's queues and exchanges, so the broker does not collect (quorum) queues
 /// run after run. Runs on its own thread and runtime because `drop` cannot await.
-fn remove_topology(prefix: &str) {
+pub fn remove_topology(prefix: &str) {
     let prefix = prefix.to_string();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
