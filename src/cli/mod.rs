@@ -1,6 +1,7 @@
 //! Subcommands of `tutti`.
 
 mod bench;
+mod bench_farm;
 mod client;
 mod embedded;
 mod signals;
