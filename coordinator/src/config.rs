@@ -7,6 +7,7 @@ use std::time::Duration;
 use tutti_shared::config::{AmqpArgs, DatabaseArgs, S3Args};
 
 use crate::auth::AuthMode;
+use crate::sched::{Policy, TenantWeights};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorConfig {
@@ -38,9 +39,24 @@ pub struct CoordinatorConfig {
     /// The broker's redelivery covers dead workers; this covers lost messages.
     #[arg(long, env = "TUTTI_TASK_LEASE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub task_lease: Duration,
-    /// Tasks dispatched but unfinished per queue; the rest of the backlog waits in Postgres.
+    /// Tasks dispatched but unfinished per queue while no worker has ever sent a heartbeat;
+    /// afterwards the slots of live workers bound it. The rest of the backlog waits in Postgres.
     #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: u32,
+    /// A worker unheard of for this long has no capacity, and its tasks go back to the backlog.
+    #[arg(long, env = "TUTTI_WORKER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub worker_timeout: Duration,
+    /// Fair-share weights of tenants within a class, `tenant=weight,...` (others weigh 1).
+    #[arg(long, env = "TUTTI_TENANT_WEIGHTS", default_value = "")]
+    pub tenant_weights: TenantWeights,
+    /// Share of each stage's capacity kept for batch work while it waits (0 to 1; at least one
+    /// slot when above 0, never every slot).
+    #[arg(long, env = "TUTTI_BATCH_SHARE", default_value_t = 0.1)]
+    pub batch_share: f64,
+    /// How long a job's next chunk waits for the worker that holds its latent (chunk affinity)
+    /// before any worker may take it.
+    #[arg(long, env = "TUTTI_AFFINITY_WAIT", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub affinity_wait: Duration,
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -118,6 +134,9 @@ impl CoordinatorConfig {
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
         }
+        if !(0.0..=1.0).contains(&self.batch_share) {
+            return Err("batch_share must be between 0 and 1".into());
+        }
         if self.url_ttl > Duration::from_secs(7 * 24 * 3600) {
             return Err("url_ttl must be at most 7 days (an S3 limit)".into());
         }
@@ -125,5 +144,18 @@ impl CoordinatorConfig {
             return Err("tls_cert and tls_key go together".into());
         }
         Ok(())
+    }
+}
+
+impl CoordinatorConfig {
+    /// The scheduler's knobs.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_in_flight: self.max_in_flight,
+            worker_timeout: self.worker_timeout,
+            weights: self.tenant_weights.clone(),
+            batch_share: self.batch_share,
+            affinity_wait: self.affinity_wait,
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The dispatch loop: whenever tasks change (or every half second, for backoffs coming due),
-//! the store publishes due tasks from committed state and marks them dispatched in the same
-//! transaction; once a second, expired leases go back to the backlog. Queue and database
-//! errors are logged and retried with backoff.
+//! the store runs a dispatch round (`sched`) from committed state and marks what it published
+//! dispatched in the same transaction; once a second, tasks of workers whose heartbeats
+//! stopped and expired leases go back to the backlog. Queue and database errors are logged
+//! and retried with backoff.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tracing::Instrument;
 use tutti_shared::messages::TaskMessage;
 use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
 
+use crate::sched::Policy;
 use crate::store::{JobStore, RetryPolicy};
 
 /// Publishes a task (the encoded `msg`) to its kind's queue inside a `dispatch` span that
@@ -42,7 +44,7 @@ pub(crate) async fn publish_task(
 pub struct Dispatcher {
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn TaskQueue>,
-    pub max_in_flight: u32,
+    pub policy: Policy,
     pub retry: RetryPolicy,
     pub task_lease: Duration,
 }
@@ -55,6 +57,10 @@ impl Dispatcher {
         while !*shutdown.borrow() {
             if last_lease_check.elapsed() > Duration::from_secs(1) {
                 last_lease_check = std::time::Instant::now();
+                let timeout = self.policy.worker_timeout;
+                if let Err(e) = self.store.reclaim_lost(timeout, self.retry).await {
+                    tracing::warn!(error = %e, "dispatcher: worker liveness check failed");
+                }
                 if let Err(e) = self.store.expire_leases(self.task_lease, self.retry).await {
                     crate::observe::count_error(&e);
                     tracing::warn!(error = %e, "dispatcher: lease check failed");
@@ -62,7 +68,7 @@ impl Dispatcher {
             }
             match self
                 .store
-                .dispatch_due(self.queue.as_ref(), self.max_in_flight)
+                .dispatch_due(self.queue.as_ref(), &self.policy)
                 .await
             {
                 Ok(n) => {

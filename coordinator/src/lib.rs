@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 mod observe;
 pub mod results;
+pub mod sched;
 pub mod store;
 pub mod validate;
 
@@ -42,7 +43,7 @@ pub struct Settings {
     pub models_dir: std::path::PathBuf,
     pub default_model: Option<String>,
     pub chunk_steps: u32,
-    pub max_in_flight: u32,
+    pub sched: sched::Policy,
     pub retry: store::RetryPolicy,
     pub task_lease: std::time::Duration,
     pub url_ttl: std::time::Duration,
@@ -58,7 +59,7 @@ impl From<&CoordinatorConfig> for Settings {
             models_dir: cfg.models_dir.clone(),
             default_model: cfg.default_model.clone(),
             chunk_steps: cfg.chunk_steps,
-            max_in_flight: cfg.max_in_flight,
+            sched: cfg.policy(),
             retry: store::RetryPolicy {
                 max_attempts: cfg.max_attempts,
                 backoff: cfg.retry_backoff,
@@ -139,7 +140,7 @@ pub async fn serve_backend(
     let dispatcher = dispatcher::Dispatcher {
         store: Arc::clone(&backend.store),
         queue: Arc::clone(&backend.queue),
-        max_in_flight: cfg.max_in_flight,
+        policy: cfg.sched.clone(),
         retry: cfg.retry,
         task_lease: cfg.task_lease,
     };

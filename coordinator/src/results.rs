@@ -11,7 +11,7 @@ use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{QueueName, TaskQueue};
 
 use crate::error::{Error, Result};
-use crate::store::{JobStore, RetryPolicy, TaskRef};
+use crate::store::{Heartbeat, JobStore, RetryPolicy, TaskRef};
 
 pub struct ResultsConsumer {
     pub store: Arc<dyn JobStore>,
@@ -108,10 +108,22 @@ impl ResultsConsumer {
                 };
                 self.store.record_result(task, outcome, self.retry).await
             }
-            // Worker liveness and capacity feed the scheduler (see the scheduling issue).
-            WorkerEvent::Heartbeat { worker, .. } => {
-                tracing::trace!(%worker, "heartbeat");
-                Ok(())
+            // Worker liveness and capacity bound dispatch; holds steer chunk affinity.
+            WorkerEvent::Heartbeat {
+                worker,
+                denoise_slots,
+                vocode_slots,
+                holds,
+                draining,
+            } => {
+                let hb = Heartbeat {
+                    worker,
+                    denoise_slots: *denoise_slots,
+                    vocode_slots: *vocode_slots,
+                    holds,
+                    draining: *draining,
+                };
+                self.store.record_heartbeat(&hb).await
             }
         }
     }

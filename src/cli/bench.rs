@@ -17,6 +17,9 @@ enum BenchWhat {
     /// The model runtime: real-time factor of one clip, and continuous batching against one job
     /// at a time, on a random pack of the built-in model's size.
     Model(ModelBenchArgs),
+    /// The farm itself with a tiny pack: its own time per job against the same jobs in
+    /// process, interactive latency under a backfill, and submits per second.
+    Farm(super::bench_farm::FarmBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +54,10 @@ struct ModelBenchArgs {
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchWhat::Model(a) = cmd.what;
+    let a = match cmd.what {
+        BenchWhat::Model(a) => a,
+        BenchWhat::Farm(a) => return super::bench_farm::run(a).await,
+    };
     let opts = BenchOptions {
         pack: match (a.pack, a.tiny) {
             (Some(dir), _) => PackSource::Dir(dir),

@@ -195,7 +195,10 @@ pub(crate) fn settings(models_dir: PathBuf, cfg: Option<&DevConfig>) -> Settings
         models_dir,
         default_model: cfg.and_then(|c| c.default_model.clone()),
         chunk_steps: cfg.map_or(0, |c| c.chunk_steps),
-        max_in_flight: cfg.map_or(8, |c| c.max_in_flight),
+        sched: tutti_coordinator::sched::Policy {
+            max_in_flight: cfg.map_or(8, |c| c.max_in_flight),
+            ..Default::default()
+        },
         retry: RetryPolicy {
             max_attempts: cfg.map_or(4, |c| c.max_attempts),
             backoff: cfg.map_or(Duration::from_secs(1), |c| c.retry_backoff),

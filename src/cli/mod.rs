@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_farm;
 mod client;
 mod embedded;
 mod signals;

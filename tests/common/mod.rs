@@ -87,6 +87,8 @@ pub struct FarmOptions {
     pub auth: bool,
     /// Serve gRPC over TLS (the farm's own clients trust `ca` and present `client`).
     pub tls: Option<Tls>,
+    /// Extra environment of the coordinator (scheduler knobs and the like).
+    pub coordinator_env: Vec<(&'static str, String)>,
 }
 
 /// PEM files for a TLS farm.
@@ -113,6 +115,7 @@ impl Default for FarmOptions {
             log_files: false,
             auth: false,
             tls: None,
+            coordinator_env: Vec::new(),
         }
     }
 }
@@ -353,6 +356,7 @@ impl Farm {
             .env("TUTTI_LISTEN", self.addr.to_string())
             .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
             .env("TUTTI_RETRY_BACKOFF", self.opts.retry_backoff)
+            .envs(self.opts.coordinator_env.iter().map(|(k, v)| (*k, v)))
             .spawn()
             .expect("spawn coordinator");
         self.coordinator = Some(child);
@@ -596,7 +600,7 @@ impl Drop for Farm {
 
 /// Deletes a test farm's queues and exchanges, so the broker does not collect (quorum) queues
 /// run after run. Runs on its own thread and runtime because `drop` cannot await.
-fn remove_topology(prefix: &str) {
+pub fn remove_topology(prefix: &str) {
     let prefix = prefix.to_string();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()

@@ -13,8 +13,11 @@
 
 mod notify;
 mod pg;
+mod pg_dispatch;
 mod pg_sched;
+mod sched_sql;
 mod sqlite;
+mod sqlite_dispatch;
 mod sqlite_sched;
 mod tenants;
 mod tenants_pg;
@@ -34,6 +37,7 @@ use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::sched::{PendingTask, Policy};
 use crate::validate::NewJob;
 
 pub use notify::{JobChange, Notifier};
@@ -152,6 +156,16 @@ pub struct TaskRef<'a> {
     pub worker: &'a str,
 }
 
+/// A worker's sign of life: what it serves, how much at once, and which jobs' latents it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat<'a> {
+    pub worker: &'a str,
+    pub denoise_slots: u32,
+    pub vocode_slots: u32,
+    pub holds: &'a [Uuid],
+    pub draining: bool,
+}
+
 /// Counts for the metrics gauges: jobs by (state, priority rank), pending tasks by (priority
 /// rank, kind) and dispatched tasks by kind.
 #[derive(Debug, Clone, Default)]
@@ -188,9 +202,15 @@ pub trait JobStore: TenantStore + Send + Sync {
     /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
     /// job; otherwise the job and whether this call cancelled it.
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
-    /// Publishes up to one batch of due tasks (at most `max_in_flight` dispatched per kind)
-    /// and marks them dispatched in the same transaction. Returns how many went out.
-    async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize>;
+    /// One dispatch round (see `sched`): publishes the due tasks that fit the live workers'
+    /// capacity, by class and fair share, and marks them dispatched in the same transaction.
+    /// Returns how many went out.
+    async fn dispatch_due(&self, queue: &dyn TaskQueue, policy: &Policy) -> Result<usize>;
+    /// Records a worker's heartbeat (its capacity and the latents it holds).
+    async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()>;
+    /// Tasks of workers unheard of for `timeout` go back to the backlog as a new attempt at
+    /// once, without waiting for their lease.
+    async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()>;
     /// Dispatched tasks with no sign of life for `lease` go back to the backlog as a new
     /// attempt (or fail their job past the bound).
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()>;
@@ -212,6 +232,20 @@ pub trait JobStore: TenantStore + Send + Sync {
     async fn ping(&self) -> Result<()>;
     /// Change notices: job changes for watchers, task changes for dispatchers.
     fn notifier(&self) -> &Notifier;
+}
+
+/// The history detail of a dispatch.
+pub(crate) fn dispatched_detail(task: &PendingTask, routed_to: Option<&str>) -> serde_json::Value {
+    let mut detail = serde_json::json!({
+        "kind": task.kind.as_str(),
+        "from_step": task.from_step,
+        "to_step": task.to_step,
+        "class": task.class.as_str(),
+    });
+    if let Some(w) = routed_to {
+        detail["routed_to"] = serde_json::Value::from(w);
+    }
+    detail
 }
 
 pub(crate) fn outcome_name(o: &Outcome) -> &'static str {

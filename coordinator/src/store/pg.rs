@@ -17,9 +17,11 @@ use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
 use super::{
-    HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope, TaskRef,
+    Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
+    TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::sched::Policy;
 use crate::validate::NewJob;
 
 pub(super) const TASKS_CHANNEL: &str = "tutti_tasks";
@@ -226,8 +228,14 @@ impl JobStore for PgStore {
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
         self.cancel_job_impl(scope, id).await
     }
-    async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize> {
-        super::pg_sched::dispatch_due(&self.pool, queue, max_in_flight).await
+    async fn dispatch_due(&self, queue: &dyn TaskQueue, policy: &Policy) -> Result<usize> {
+        super::pg_dispatch::dispatch_due(&self.pool, queue, policy).await
+    }
+    async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
+        super::pg_dispatch::heartbeat(&self.pool, hb).await
+    }
+    async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
+        super::pg_dispatch::reclaim_lost(&self.pool, timeout, policy).await
     }
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()> {
         super::pg_sched::expire_leases(&self.pool, lease, policy).await

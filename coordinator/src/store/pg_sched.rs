@@ -1,140 +1,17 @@
-//! The scheduler's transactions on Postgres: dispatch from committed rows (`FOR UPDATE SKIP
-//! LOCKED`, so several coordinators can run), lease expiry, progress, and results fenced by
-//! (job, chunk, attempt). A crash between publish and commit re-dispatches the same attempt;
-//! the fence drops the duplicate result.
+//! The task lifecycle on Postgres after dispatch (`pg_dispatch.rs`): lease expiry, progress,
+//! and results fenced by (job, chunk, attempt). A crash between publish and commit
+//! re-dispatches the same attempt; the fence drops the duplicate result.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
-use tutti_shared::job::{chunk_ranges, JobSpec, TaskKind};
-use tutti_shared::messages::{Outcome, OutputInfo, TaskMessage};
-use tutti_shared::taskqueue::TaskQueue;
+use tutti_shared::job::{chunk_ranges, TaskKind};
+use tutti_shared::messages::{Outcome, OutputInfo};
 use uuid::Uuid;
 
 use super::pg::{event, insert_task, notify, notify_job, TASKS_CHANNEL};
 use super::{check_output_key, outcome_name, RetryPolicy, TaskRef};
 use crate::error::{Error, Result};
-
-const BATCH: i64 = 32;
-
-#[derive(sqlx::FromRow)]
-struct PendingTask {
-    job_id: Uuid,
-    chunk: i32,
-    kind: String,
-    from_step: i32,
-    to_step: i32,
-    attempt: i32,
-    tenant: String,
-    spec: Json<JobSpec>,
-}
-
-pub(super) async fn dispatch_due(
-    pool: &PgPool,
-    queue: &dyn TaskQueue,
-    max_in_flight: u32,
-) -> Result<usize> {
-    let in_flight: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind",
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
-    let mut room: HashMap<String, i64> = ["denoise", "vocode"]
-        .iter()
-        .map(|k| {
-            let used = in_flight.get(*k).copied().unwrap_or(0);
-            (k.to_string(), (max_in_flight as i64 - used).max(0))
-        })
-        .collect();
-    if room.values().all(|r| *r == 0) {
-        return Ok(0);
-    }
-
-    let mut tx = pool.begin().await?;
-    let rows: Vec<PendingTask> = sqlx::query_as(
-        "SELECT t.job_id, t.chunk, t.kind, t.from_step, t.to_step, t.attempt, j.tenant, j.spec \
-         FROM tasks t JOIN jobs j ON j.id = t.job_id \
-         WHERE t.state = 'pending' AND t.not_before <= now() AND j.state IN ('queued', 'running') \
-         ORDER BY t.priority, t.created_at \
-         LIMIT $1 FOR UPDATE OF t SKIP LOCKED",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut sent = 0;
-    for row in rows {
-        let Some(left) = room.get_mut(&row.kind) else {
-            continue;
-        };
-        if *left == 0 {
-            continue;
-        }
-        let kind: TaskKind = row
-            .kind
-            .parse()
-            .map_err(|e| Error::Internal(format!("task kind: {e}")))?;
-        let msg = TaskMessage {
-            job_id: row.job_id,
-            tenant: row.tenant.clone(),
-            chunk: row.chunk as u32,
-            attempt: row.attempt as u32,
-            kind,
-            from_step: row.from_step as u32,
-            to_step: row.to_step as u32,
-            spec: row.spec.0.clone(),
-        };
-        let body = serde_json::to_vec(&msg)
-            .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
-        crate::dispatcher::publish_task(queue, &msg, &body).await?;
-        sqlx::query(
-            "UPDATE tasks SET state = 'dispatched', dispatched_at = now(), heartbeat_at = now() \
-             WHERE job_id = $1 AND chunk = $2",
-        )
-        .bind(row.job_id)
-        .bind(row.chunk)
-        .execute(&mut *tx)
-        .await?;
-        let stage = if kind == TaskKind::Denoise {
-            "denoise"
-        } else {
-            "vocode"
-        };
-        sqlx::query(
-            "UPDATE jobs SET attempts = attempts + 1, stage = $2, \
-               state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
-               started_at = COALESCE(started_at, now()) \
-             WHERE id = $1",
-        )
-        .bind(row.job_id)
-        .bind(stage)
-        .execute(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            row.job_id,
-            "dispatched",
-            Some(msg.chunk),
-            Some(msg.attempt),
-            serde_json::json!({ "kind": kind.as_str(), "from_step": msg.from_step, "to_step": msg.to_step }),
-        )
-        .await?;
-        let what = if msg.chunk == 0 && msg.attempt == 1 {
-            "started"
-        } else {
-            "stage"
-        };
-        notify_job(&mut tx, row.job_id, what).await?;
-        *left -= 1;
-        sent += 1;
-        tracing::info!(job_id = %msg.job_id, chunk = msg.chunk, attempt = msg.attempt, kind = kind.as_str(), "dispatched");
-    }
-    tx.commit().await?;
-    Ok(sent)
-}
 
 pub(super) async fn expire_leases(
     pool: &PgPool,

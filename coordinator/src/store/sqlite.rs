@@ -22,9 +22,11 @@ use uuid::Uuid;
 
 use super::notify::Pending;
 use super::{
-    HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope, TaskRef,
+    Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
+    TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::sched::Policy;
 use crate::validate::NewJob;
 
 pub(super) type Tx<'a> = Transaction<'a, Sqlite>;
@@ -332,8 +334,14 @@ impl JobStore for SqliteStore {
         Ok(self.get_job(scope, id).await?.map(|j| (j, changed)))
     }
 
-    async fn dispatch_due(&self, queue: &dyn TaskQueue, max_in_flight: u32) -> Result<usize> {
-        super::sqlite_sched::dispatch_due(self, queue, max_in_flight).await
+    async fn dispatch_due(&self, queue: &dyn TaskQueue, policy: &Policy) -> Result<usize> {
+        super::sqlite_dispatch::dispatch_due(self, queue, policy).await
+    }
+    async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
+        super::sqlite_dispatch::heartbeat(self, hb).await
+    }
+    async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
+        super::sqlite_dispatch::reclaim_lost(self, timeout, policy).await
     }
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()> {
         super::sqlite_sched::expire_leases(self, lease, policy).await

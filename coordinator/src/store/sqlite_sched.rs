@@ -1,136 +1,16 @@
-//! The scheduler's transactions on SQLite, one to one with `pg_sched.rs`: the same states,
-//! fences and history, with the single-writer transaction in place of row locks.
+//! The task lifecycle on SQLite after dispatch, one to one with `pg_sched.rs`: the same
+//! states, fences and history, with the single-writer transaction in place of row locks.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use tutti_shared::job::{chunk_ranges, JobSpec, TaskKind};
-use tutti_shared::messages::{Outcome, OutputInfo, TaskMessage};
-use tutti_shared::taskqueue::TaskQueue;
+use tutti_shared::job::{chunk_ranges, TaskKind};
+use tutti_shared::messages::{Outcome, OutputInfo};
 use uuid::Uuid;
 
 use super::notify::Pending;
 use super::sqlite::{event, insert_task, now_us, uuid, SqliteStore, Tx};
 use super::{check_output_key, outcome_name, RetryPolicy, TaskRef};
 use crate::error::{Error, Result};
-
-const BATCH: i64 = 32;
-
-type PendingRow = (String, i64, String, i64, i64, i64, String, String);
-
-pub(super) async fn dispatch_due(
-    store: &SqliteStore,
-    queue: &dyn TaskQueue,
-    max_in_flight: u32,
-) -> Result<usize> {
-    let (w, mut tx) = store.begin_write().await?;
-    let in_flight: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind",
-    )
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    let mut room: HashMap<&str, i64> = ["denoise", "vocode"]
-        .into_iter()
-        .map(|k| {
-            let used = in_flight.get(k).copied().unwrap_or(0);
-            (k, (i64::from(max_in_flight) - used).max(0))
-        })
-        .collect();
-    if room.values().all(|r| *r == 0) {
-        return Ok(0);
-    }
-    let now = now_us();
-    let rows: Vec<PendingRow> = sqlx::query_as(
-        "SELECT t.job_id, t.chunk, t.kind, t.from_step, t.to_step, t.attempt, j.tenant, j.spec \
-         FROM tasks t JOIN jobs j ON j.id = t.job_id \
-         WHERE t.state = 'pending' AND t.not_before <= $1 AND j.state IN ('queued', 'running') \
-         ORDER BY t.priority, t.created_at LIMIT $2",
-    )
-    .bind(now)
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut notes = Pending::default();
-    let mut sent = 0;
-    for (job, chunk, kind, from_step, to_step, attempt, tenant, spec) in rows {
-        let Some(left) = room.get_mut(kind.as_str()) else {
-            continue;
-        };
-        if *left == 0 {
-            continue;
-        }
-        let kind: TaskKind = kind
-            .parse()
-            .map_err(|e| Error::Internal(format!("task kind: {e}")))?;
-        let spec: JobSpec = serde_json::from_str(&spec)
-            .map_err(|e| Error::Internal(format!("stored spec: {e}")))?;
-        let job_id = uuid(&job)?;
-        let msg = TaskMessage {
-            job_id,
-            tenant,
-            chunk: chunk as u32,
-            attempt: attempt as u32,
-            kind,
-            from_step: from_step as u32,
-            to_step: to_step as u32,
-            spec,
-        };
-        let body = serde_json::to_vec(&msg)
-            .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
-        crate::dispatcher::publish_task(queue, &msg, &body).await?;
-        sqlx::query(
-            "UPDATE tasks SET state = 'dispatched', dispatched_at = $3, heartbeat_at = $3 \
-             WHERE job_id = $1 AND chunk = $2",
-        )
-        .bind(&job)
-        .bind(chunk)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let stage = if kind == TaskKind::Denoise {
-            "denoise"
-        } else {
-            "vocode"
-        };
-        sqlx::query(
-            "UPDATE jobs SET attempts = attempts + 1, stage = $2, \
-               state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
-               started_at = COALESCE(started_at, $3) \
-             WHERE id = $1",
-        )
-        .bind(&job)
-        .bind(stage)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            job_id,
-            "dispatched",
-            Some(msg.chunk),
-            Some(msg.attempt),
-            serde_json::json!({ "kind": kind.as_str(), "from_step": msg.from_step, "to_step": msg.to_step }),
-        )
-        .await?;
-        notes.job(
-            job_id,
-            if msg.chunk == 0 && msg.attempt == 1 {
-                "started"
-            } else {
-                "stage"
-            },
-        );
-        *left -= 1;
-        sent += 1;
-        tracing::info!(job_id = %msg.job_id, chunk = msg.chunk, attempt = msg.attempt, kind = kind.as_str(), "dispatched");
-    }
-    tx.commit().await?;
-    drop(w);
-    notes.send(&store.notifier);
-    Ok(sent)
-}
 
 pub(super) async fn expire_leases(
     store: &SqliteStore,
@@ -424,7 +304,7 @@ async fn insert_outputs(
 /// A failed attempt: back to the backlog as attempt + 1 after the policy's backoff, or, past
 /// the bound or for an error a retry cannot fix, the job fails with the cause.
 #[allow(clippy::too_many_arguments)]
-async fn retry_or_fail(
+pub(super) async fn retry_or_fail(
     tx: &mut Tx<'_>,
     notes: &mut Pending,
     job: Uuid,

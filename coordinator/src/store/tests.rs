@@ -11,10 +11,20 @@ use tutti_shared::prompt::Controls;
 use tutti_shared::taskqueue::{MemoryQueue, QueueName, TaskQueue};
 use uuid::Uuid;
 
-use super::{JobStore, PgStore, RetryPolicy, Scope, SqliteStore, TaskRef};
+use super::{Heartbeat, JobStore, PgStore, RetryPolicy, Scope, SqliteStore, TaskRef};
+use crate::sched::Policy;
 use crate::auth::{ApiKey, Limits};
 use crate::error::Error;
 use crate::validate::NewJob;
+
+/// The static bound of `n` in flight per kind (no worker heartbeats), nothing kept for batch.
+fn bound(n: u32) -> Policy {
+    Policy {
+        max_in_flight: n,
+        batch_share: 0.0,
+        ..Policy::default()
+    }
+}
 
 const T: &str = "tenant-a";
 const POLICY: RetryPolicy = RetryPolicy {
@@ -193,9 +203,9 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     let mut changes = s.notifier().subscribe();
     let (job, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
     let id = job.job.id;
-    assert_eq!(s.dispatch_due(&q, 8).await.expect("dispatch"), 1);
+    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 1);
     assert_eq!(
-        s.dispatch_due(&q, 8).await.expect("dispatch"),
+        s.dispatch_due(&q, &bound(8)).await.expect("dispatch"),
         0,
         "dispatched twice"
     );
@@ -216,14 +226,14 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     s.record_result(at(t0), &done(10), POLICY)
         .await
         .expect("dup");
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     let t1 = drain(&q).await.pop().expect("chunk 1");
     assert_eq!((t1.chunk, t1.from_step, t1.to_step), (1, 4, 8));
     s.record_result(at(&t1), &done(20), POLICY)
         .await
         .expect("result");
     assert_eq!(state(s, id).await, ("running".into(), "vocode".into(), 8));
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     let v = drain(&q).await.pop().expect("vocode");
     assert_eq!((v.kind, v.chunk), (TaskKind::Vocode, 2));
     let out = OutputInfo {
@@ -295,15 +305,15 @@ pub(super) async fn bounds_in_flight_tasks(s: &dyn JobStore) {
     for _ in 0..3 {
         s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
     }
-    assert_eq!(s.dispatch_due(&q, 2).await.expect("dispatch"), 2);
-    assert_eq!(s.dispatch_due(&q, 2).await.expect("dispatch"), 0);
+    assert_eq!(s.dispatch_due(&q, &bound(2)).await.expect("dispatch"), 2);
+    assert_eq!(s.dispatch_due(&q, &bound(2)).await.expect("dispatch"), 0);
     let tasks = drain(&q).await;
     s.record_result(at(&tasks[0]), &done(1), POLICY)
         .await
         .expect("result");
     // The finished chunk frees a denoise slot for the third job; its vocode task has a
     // queue (and a bound) of its own.
-    assert_eq!(s.dispatch_due(&q, 2).await.expect("dispatch"), 2);
+    assert_eq!(s.dispatch_due(&q, &bound(2)).await.expect("dispatch"), 2);
     let mut kinds: Vec<TaskKind> = drain(&q).await.into_iter().map(|t| t.kind).collect();
     kinds.sort_by_key(|k| k.as_str());
     assert_eq!(kinds, vec![TaskKind::Denoise, TaskKind::Vocode]);
@@ -313,7 +323,7 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     let q = MemoryQueue::new();
     let (job, _) = s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
     let id = job.job.id;
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
     let fail = Outcome::Failed {
         code: "BOOM".into(),
@@ -323,7 +333,7 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     s.record_result(at(&t), &fail, POLICY)
         .await
         .expect("result");
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     let t2 = drain(&q).await.pop().expect("retry");
     assert_eq!((t2.chunk, t2.attempt), (0, 2));
     // The first attempt's late result is stale now.
@@ -345,19 +355,19 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
         (rec.error_code.as_deref(), rec.error_message.as_deref()),
         (Some("BOOM"), Some("it broke"))
     );
-    assert_eq!(s.dispatch_due(&q, 8).await.expect("dispatch"), 0);
+    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 0);
 }
 
 pub(super) async fn expired_leases_come_back_as_a_new_attempt(s: &dyn JobStore) {
     let q = MemoryQueue::new();
     let (job, _) = s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     drain(&q).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     s.expire_leases(Duration::from_millis(1), POLICY)
         .await
         .expect("expire");
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("redispatched");
     assert_eq!((t.job_id, t.attempt), (job.job.id, 2));
 }
@@ -366,7 +376,7 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
     let q = MemoryQueue::new();
     let (job, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
     let id = job.job.id;
-    s.dispatch_due(&q, 8).await.expect("dispatch");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
     let (rec, changed) = s
         .cancel_job(T.into(), id)
@@ -381,7 +391,7 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
     s.record_result(at(&t), &done(1), POLICY)
         .await
         .expect("result");
-    assert_eq!(s.dispatch_due(&q, 8).await.expect("dispatch"), 0);
+    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 0);
     assert_eq!(state(s, id).await.0, "cancelled");
     let (_, changed) = s
         .cancel_job(T.into(), id)
@@ -563,6 +573,290 @@ pub(super) async fn jobs_in_flight_limit_stores_nothing_and_admin_sees_all(s: &d
     assert!(changed);
 }
 
+fn job_of(priority: Priority, steps: u32) -> NewJob {
+    NewJob {
+        priority,
+        ..new_job(steps, 4, None)
+    }
+}
+
+fn heartbeat<'a>(
+    worker: &'a str,
+    denoise: u32,
+    holds: &'a [Uuid],
+    draining: bool,
+) -> Heartbeat<'a> {
+    Heartbeat {
+        worker,
+        denoise_slots: denoise,
+        vocode_slots: 1,
+        holds,
+        draining,
+    }
+}
+
+fn by(t: &TaskMessage, worker: &'static str) -> TaskRef<'static> {
+    TaskRef { worker, ..at(t) }
+}
+
+fn kinds_of(events: &[super::HistoryEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+pub(super) async fn capacity_follows_the_heartbeats_of_live_workers(s: &dyn JobStore) {
+    let q = MemoryQueue::new();
+    for _ in 0..6 {
+        s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
+    }
+    let policy = bound(64);
+    s.record_heartbeat(&heartbeat("w1", 3, &[], false))
+        .await
+        .expect("heartbeat");
+    // Three slots, not the static bound of 64.
+    assert_eq!(s.dispatch_due(&q, &policy).await.expect("dispatch"), 3);
+    let tasks = drain(&q).await;
+    // A draining worker takes nothing new, even with a slot free.
+    s.record_heartbeat(&heartbeat("w1", 3, &[], true))
+        .await
+        .expect("heartbeat");
+    s.record_result(by(&tasks[0], "w1"), &done(1), POLICY)
+        .await
+        .expect("result");
+    let denoise = |q: Vec<TaskMessage>| q.iter().filter(|t| t.kind == TaskKind::Denoise).count();
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    assert_eq!(denoise(drain(&q).await), 0);
+    // Another worker joins with 3 slots; 2 of them are taken by w1's tasks in flight.
+    s.record_heartbeat(&heartbeat("w2", 3, &[], false))
+        .await
+        .expect("heartbeat");
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    assert_eq!(denoise(drain(&q).await), 1);
+    // Every worker silent past the timeout: no capacity at all (not the static bound).
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.record_result(by(&tasks[1], "w1"), &done(1), POLICY)
+        .await
+        .expect("result");
+    let silent = Policy {
+        worker_timeout: Duration::from_millis(10),
+        ..bound(64)
+    };
+    s.dispatch_due(&q, &silent).await.expect("dispatch");
+    assert_eq!(denoise(drain(&q).await), 0);
+}
+
+pub(super) async fn tasks_of_a_silent_worker_go_back_at_once(s: &dyn JobStore) {
+    let q = MemoryQueue::new();
+    let (job, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
+    let id = job.job.id;
+    s.record_heartbeat(&heartbeat("w1", 1, &[], false))
+        .await
+        .expect("heartbeat");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    let t = drain(&q).await.pop().expect("task");
+    s.record_progress(by(&t, "w1"), 1).await.expect("progress");
+    // Still heard from: nothing happens.
+    s.reclaim_lost(Duration::from_secs(60), POLICY)
+        .await
+        .expect("reclaim");
+    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.reclaim_lost(Duration::from_millis(10), POLICY)
+        .await
+        .expect("reclaim");
+    let retry = s
+        .history(id)
+        .await
+        .expect("history")
+        .into_iter()
+        .find(|e| e.kind == "retry")
+        .expect("a retry");
+    assert_eq!(retry.detail["code"], "WORKER_LOST");
+    s.record_heartbeat(&heartbeat("w2", 1, &[], false))
+        .await
+        .expect("heartbeat");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    let again = drain(&q).await.pop().expect("redispatched");
+    assert_eq!((again.chunk, again.attempt), (0, 2));
+    // The lost attempt's late result is stale.
+    s.record_result(by(&t, "w1"), &done(1), POLICY)
+        .await
+        .expect("stale");
+    assert_eq!(state(s, id).await.2, 1);
+}
+
+pub(super) async fn classes_go_in_order_and_batch_keeps_a_share(s: &dyn JobStore) {
+    let q = MemoryQueue::new();
+    let mut class = std::collections::HashMap::new();
+    for p in [
+        Priority::Batch,
+        Priority::Batch,
+        Priority::Standard,
+        Priority::Standard,
+        Priority::Interactive,
+        Priority::Interactive,
+    ] {
+        let (j, _) = s.insert_job(T, &job_of(p, 4)).await.expect("insert");
+        class.insert(j.job.id, p);
+    }
+    // Three slots, one kept for batch while batch work waits.
+    let policy = Policy {
+        batch_share: 0.1,
+        ..bound(3)
+    };
+    assert_eq!(s.dispatch_due(&q, &policy).await.expect("dispatch"), 3);
+    let first = drain(&q).await;
+    let classes: Vec<Priority> = first.iter().map(|t| class[&t.job_id]).collect();
+    assert_eq!(
+        classes,
+        [
+            Priority::Interactive,
+            Priority::Interactive,
+            Priority::Batch
+        ]
+    );
+    for t in &first[..2] {
+        s.record_result(at(t), &done(1), POLICY)
+            .await
+            .expect("result");
+    }
+    // The two free denoise slots go to standard work (batch has its share in flight); the
+    // interactive jobs' vocode tasks go out on their own bound.
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    let next: Vec<(TaskKind, Priority)> = drain(&q)
+        .await
+        .iter()
+        .map(|t| (t.kind, class[&t.job_id]))
+        .collect();
+    let denoise: Vec<Priority> = next
+        .iter()
+        .filter(|t| t.0 == TaskKind::Denoise)
+        .map(|t| t.1)
+        .collect();
+    assert_eq!(denoise, [Priority::Standard, Priority::Standard]);
+    assert_eq!(next.iter().filter(|t| t.0 == TaskKind::Vocode).count(), 2);
+}
+
+pub(super) async fn tenants_share_a_class_by_weight(s: &dyn JobStore) {
+    let q = MemoryQueue::new();
+    for _ in 0..40 {
+        for tenant in ["light", "heavy"] {
+            s.insert_job(tenant, &job_of(Priority::Standard, 4))
+                .await
+                .expect("insert");
+        }
+    }
+    let policy = Policy {
+        weights: "light=1,heavy=3".parse().expect("weights"),
+        ..bound(4)
+    };
+    // Both stay backlogged for 40 tasks: 10 to 30.
+    let mut served = std::collections::HashMap::<String, usize>::new();
+    let mut total = 0;
+    while total < 40 {
+        assert!(s.dispatch_due(&q, &policy).await.expect("dispatch") > 0);
+        for t in drain(&q).await {
+            if t.kind == TaskKind::Denoise {
+                *served.entry(t.tenant.clone()).or_default() += 1;
+                total += 1;
+            }
+            s.record_result(at(&t), &done(1), POLICY)
+                .await
+                .expect("result");
+        }
+    }
+    assert_eq!((served["light"], served["heavy"]), (10, 30), "{served:?}");
+}
+
+pub(super) async fn a_batch_chunk_yields_to_interactive_work_and_resumes(s: &dyn JobStore) {
+    let q = MemoryQueue::new();
+    let (batch, _) = s
+        .insert_job(T, &job_of(Priority::Batch, 8))
+        .await
+        .expect("insert");
+    let batch = batch.job.id;
+    let policy = Policy {
+        batch_share: 0.1,
+        ..bound(1)
+    };
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    let b0 = drain(&q).await.pop().expect("batch chunk 0");
+    let (inter, _) = s
+        .insert_job(T, &job_of(Priority::Interactive, 4))
+        .await
+        .expect("insert");
+    s.record_result(at(&b0), &done(1), POLICY)
+        .await
+        .expect("result");
+    // The batch job's next chunk waits in the backlog; the interactive job goes first.
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    let i0 = drain(&q).await.pop().expect("interactive chunk");
+    assert_eq!(i0.job_id, inter.job.id);
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    assert!(drain(&q).await.is_empty());
+    s.record_result(at(&i0), &done(1), POLICY)
+        .await
+        .expect("result");
+    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    let resumed = drain(&q)
+        .await
+        .into_iter()
+        .find(|t| t.kind == TaskKind::Denoise)
+        .expect("batch chunk 1");
+    assert_eq!(
+        (resumed.job_id, resumed.chunk, resumed.from_step),
+        (batch, 1, 4)
+    );
+    let history = s.history(batch).await.expect("history");
+    assert_eq!(
+        kinds_of(&history),
+        [
+            "queued",
+            "dispatched",
+            "chunk_done",
+            "preempted",
+            "dispatched"
+        ]
+    );
+    assert_eq!(history[3].chunk, Some(1));
+}
+
+pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &dyn JobStore) {
+    let q = MemoryQueue::new();
+    let (held, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
+    let (other, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
+    let (held, other) = (held.job.id, other.job.id);
+    s.record_heartbeat(&heartbeat("w1", 4, &[held, other], false))
+        .await
+        .expect("heartbeat");
+    s.record_heartbeat(&heartbeat("w2", 4, &[], false))
+        .await
+        .expect("heartbeat");
+    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    let first = drain(&q).await;
+    let t_held = first.iter().find(|t| t.job_id == held).expect("held");
+    let t_other = first.iter().find(|t| t.job_id == other).expect("other");
+    s.record_result(by(t_held, "w1"), &done(1), POLICY)
+        .await
+        .expect("result");
+    // w2 ran the other job's chunk but does not hold its latent.
+    s.record_result(by(t_other, "w2"), &done(1), POLICY)
+        .await
+        .expect("result");
+    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 2);
+    drain(&q).await;
+    let routed = |h: Vec<super::HistoryEvent>| {
+        h.into_iter()
+            .filter(|e| e.kind == "dispatched" && e.chunk == Some(1))
+            .map(|e| e.detail.get("routed_to").cloned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        routed(s.history(held).await.expect("history")),
+        [Some(serde_json::json!("w1"))]
+    );
+    assert_eq!(routed(s.history(other).await.expect("history")), [None]);
+}
+
 async fn pg() -> PgStore {
     let base = std::env::var("TUTTI_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
@@ -604,4 +898,10 @@ job_store_suite!(
     a_cancelled_job_never_comes_back,
     tenants_keys_and_revocation,
     jobs_in_flight_limit_stores_nothing_and_admin_sees_all,
+    capacity_follows_the_heartbeats_of_live_workers,
+    tasks_of_a_silent_worker_go_back_at_once,
+    classes_go_in_order_and_batch_keeps_a_share,
+    tenants_share_a_class_by_weight,
+    a_batch_chunk_yields_to_interactive_work_and_resumes,
+    a_next_chunk_is_routed_to_the_worker_holding_its_latent,
 );

@@ -1,0 +1,146 @@
+//! One dispatch round over a store's transaction: read the fleet, the load and the backlog,
+//! plan, then mark and publish each picked task. The store supplies the SQL (`RoundTx`); the
+//! decisions are the same for every store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tutti_shared::job::{JobSpec, Priority, TaskKind};
+use tutti_shared::messages::TaskMessage;
+use tutti_shared::taskqueue::TaskQueue;
+use uuid::Uuid;
+
+use super::fair::{FairClocks, ShareRow};
+use super::fleet::{Busy, Fleet, WorkerState};
+use super::plan::{plan, Candidate};
+use super::Policy;
+use crate::error::{Error, Result};
+
+/// A pending, due task of an active job, with what dispatch needs to send it.
+#[derive(Debug, Clone)]
+pub struct PendingTask {
+    pub job_id: Uuid,
+    pub chunk: u32,
+    pub kind: TaskKind,
+    pub class: Priority,
+    pub from_step: u32,
+    pub to_step: u32,
+    pub attempt: u32,
+    pub tenant: String,
+    pub spec: JobSpec,
+    /// The worker that finished the job's previous chunk (chunk affinity).
+    pub previous_worker: Option<String>,
+}
+
+impl PendingTask {
+    fn message(&self) -> TaskMessage {
+        TaskMessage {
+            job_id: self.job_id,
+            tenant: self.tenant.clone(),
+            chunk: self.chunk,
+            attempt: self.attempt,
+            kind: self.kind,
+            from_step: self.from_step,
+            to_step: self.to_step,
+            spec: self.spec.clone(),
+        }
+    }
+}
+
+/// The reads and writes of a round, inside one store transaction.
+#[async_trait]
+pub trait RoundTx: Send {
+    /// Every worker that ever sent a heartbeat; live when heard from within `timeout`.
+    async fn workers(&mut self, timeout: Duration) -> Result<Vec<WorkerState>>;
+    /// Dispatched tasks by worker, kind and class.
+    async fn busy(&mut self) -> Result<Vec<Busy>>;
+    /// Pending, due tasks of active jobs: at most `per_group` per (kind, class, tenant), each
+    /// group oldest job first.
+    async fn candidates(&mut self, per_group: u32) -> Result<Vec<PendingTask>>;
+    async fn clocks(&mut self) -> Result<Vec<ShareRow>>;
+    async fn save_clocks(&mut self, rows: &[ShareRow]) -> Result<()>;
+    /// Marks the task dispatched (routed to a worker or not), starts its job and records the
+    /// dispatch in its history; false when it is no longer pending (e.g. cancelled meanwhile).
+    async fn mark_dispatched(
+        &mut self,
+        task: &PendingTask,
+        routed_to: Option<&str>,
+    ) -> Result<bool>;
+    /// Records a `preempted` event, once per chunk.
+    async fn mark_preempted(&mut self, task: &PendingTask) -> Result<()>;
+}
+
+/// Runs one round; returns how many tasks went out.
+pub async fn dispatch_round(
+    tx: &mut dyn RoundTx,
+    queue: &dyn TaskQueue,
+    policy: &Policy,
+) -> Result<usize> {
+    let workers = tx.workers(policy.worker_timeout).await?;
+    let busy = tx.busy().await?;
+    let mut fleet = Fleet::new(workers, &busy, policy.max_in_flight);
+    // Enough per group to fill any room; one at least, to see who waits (preemption).
+    let per_group = TaskKind::ALL
+        .iter()
+        .map(|k| fleet.load(*k).room())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let tasks = tx.candidates(per_group).await?;
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    let candidates: Vec<Candidate> = tasks
+        .iter()
+        .map(|t| Candidate {
+            kind: t.kind,
+            class: t.class,
+            tenant: t.tenant.clone(),
+            resumes: t.chunk > 0,
+        })
+        .collect();
+    let mut clocks = FairClocks::from_rows(tx.clocks().await?);
+    let plan = plan(
+        &candidates,
+        |k| fleet.load(k),
+        &mut clocks,
+        &policy.weights,
+        policy.batch_share,
+    );
+    for i in &plan.preempted {
+        tx.mark_preempted(&tasks[*i]).await?;
+    }
+    let mut sent = 0;
+    for i in plan.picks {
+        let task = &tasks[i];
+        let routed = fleet.route(task.job_id, task.kind, task.previous_worker.as_deref());
+        if !tx.mark_dispatched(task, routed.as_deref()).await? {
+            continue;
+        }
+        let msg = task.message();
+        let body = serde_json::to_vec(&msg)
+            .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
+        match &routed {
+            // Affinity routes carry no headers: the worker parents its span to the job's stored
+            // trace context instead (JobSpec.trace_context), so the trace still holds the task.
+            Some(worker) => {
+                queue
+                    .publish_to_worker(worker, task.kind, &body, policy.affinity_wait)
+                    .await?
+            }
+            None => crate::dispatcher::publish_task(queue, &msg, &body).await?,
+        }
+        sent += 1;
+        tracing::info!(
+            job_id = %task.job_id,
+            chunk = task.chunk,
+            attempt = task.attempt,
+            kind = task.kind.as_str(),
+            class = task.class.as_str(),
+            routed_to = routed.as_deref().unwrap_or(""),
+            "dispatched"
+        );
+    }
+    tx.save_clocks(&clocks.changed_rows()).await?;
+    Ok(sent)
+}

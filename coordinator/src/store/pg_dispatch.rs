@@ -1,0 +1,314 @@
+//! Dispatch and worker liveness on Postgres. One dispatch round runs at a time across all
+//! coordinators (a transaction-scoped advisory lock), so capacity counts and fair-share
+//! clocks are read and written by one round; tasks are marked dispatched only while still
+//! pending, so a cancel that commits meanwhile wins.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tutti_shared::job::{JobSpec, TaskKind};
+use tutti_shared::taskqueue::TaskQueue;
+use uuid::Uuid;
+
+use super::pg::{event, notify, notify_job, TASKS_CHANNEL};
+use super::pg_sched::retry_or_fail;
+use super::{sched_sql, Heartbeat, RetryPolicy};
+use crate::error::{Error, Result};
+use crate::sched::fair::ShareRow;
+use crate::sched::fleet::{Busy, WorkerState};
+use crate::sched::{class_of, dispatch_round, PendingTask, Policy, RoundTx};
+
+/// Key of the advisory lock that serialises dispatch rounds ("tutti" + "sched").
+const DISPATCH_LOCK: i64 = 0x7475_7474_6973_6368;
+
+pub(super) async fn dispatch_due(
+    pool: &PgPool,
+    queue: &dyn TaskQueue,
+    policy: &Policy,
+) -> Result<usize> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(DISPATCH_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let mut round = PgRound { tx };
+    let sent = dispatch_round(&mut round, queue, policy).await?;
+    round.tx.commit().await?;
+    Ok(sent)
+}
+
+fn kind(s: &str) -> Result<TaskKind> {
+    s.parse()
+        .map_err(|e| Error::Internal(format!("task kind: {e}")))
+}
+
+fn class(rank: i16) -> Result<tutti_shared::job::Priority> {
+    class_of(i64::from(rank)).ok_or_else(|| Error::Internal(format!("priority rank {rank}")))
+}
+
+struct PgRound<'c> {
+    tx: Transaction<'c, Postgres>,
+}
+
+type CandidateRow = (
+    Uuid,
+    i32,
+    String,
+    i16,
+    i32,
+    i32,
+    i32,
+    String,
+    Json<JobSpec>,
+    Option<String>,
+);
+
+#[async_trait]
+impl RoundTx for PgRound<'_> {
+    async fn workers(&mut self, timeout: Duration) -> Result<Vec<WorkerState>> {
+        let rows: Vec<(String, i32, i32, Json<Vec<Uuid>>, bool, bool)> = sqlx::query_as(
+            "SELECT worker, denoise_slots, vocode_slots, holds, draining, \
+                    last_seen >= now() - make_interval(secs => $1) FROM workers",
+        )
+        .bind(timeout.as_secs_f64())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(worker, d, v, holds, draining, live)| WorkerState {
+                worker,
+                denoise_slots: d.max(0) as u32,
+                vocode_slots: v.max(0) as u32,
+                holds: holds.0,
+                draining,
+                live,
+            })
+            .collect())
+    }
+
+    async fn busy(&mut self) -> Result<Vec<Busy>> {
+        let rows: Vec<(Option<String>, String, i16, i64)> = sqlx::query_as(sched_sql::BUSY)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.into_iter()
+            .map(|(worker, k, rank, n)| {
+                Ok(Busy {
+                    worker,
+                    kind: kind(&k)?,
+                    class: class(rank)?,
+                    tasks: n as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn candidates(&mut self, per_group: u32) -> Result<Vec<PendingTask>> {
+        let rows: Vec<CandidateRow> = sqlx::query_as(&sched_sql::candidates("now()"))
+            .bind(i64::from(per_group))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.into_iter()
+            .map(
+                |(job_id, chunk, k, rank, from, to, attempt, tenant, spec, prev)| {
+                    Ok(PendingTask {
+                        job_id,
+                        chunk: chunk as u32,
+                        kind: kind(&k)?,
+                        class: class(rank)?,
+                        from_step: from as u32,
+                        to_step: to as u32,
+                        attempt: attempt as u32,
+                        tenant,
+                        spec: spec.0,
+                        previous_worker: prev,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn clocks(&mut self) -> Result<Vec<ShareRow>> {
+        let classes: Vec<(String, i16, f64)> = sqlx::query_as(sched_sql::CLASS_CLOCKS)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let tenants: Vec<(String, i16, String, f64)> = sqlx::query_as(sched_sql::TENANT_CLOCKS)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let mut out = Vec::with_capacity(classes.len() + tenants.len());
+        for (k, rank, vtime) in classes {
+            out.push(ShareRow {
+                kind: kind(&k)?,
+                class: class(rank)?,
+                tenant: None,
+                vtime,
+            });
+        }
+        for (k, rank, tenant, vtime) in tenants {
+            out.push(ShareRow {
+                kind: kind(&k)?,
+                class: class(rank)?,
+                tenant: Some(tenant),
+                vtime,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn save_clocks(&mut self, rows: &[ShareRow]) -> Result<()> {
+        for r in rows {
+            let q = match &r.tenant {
+                None => sqlx::query(sched_sql::SAVE_CLASS_CLOCK)
+                    .bind(r.kind.as_str())
+                    .bind(r.class.rank())
+                    .bind(r.vtime),
+                Some(t) => sqlx::query(sched_sql::SAVE_TENANT_CLOCK)
+                    .bind(r.kind.as_str())
+                    .bind(r.class.rank())
+                    .bind(t)
+                    .bind(r.vtime),
+            };
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_dispatched(
+        &mut self,
+        task: &PendingTask,
+        routed_to: Option<&str>,
+    ) -> Result<bool> {
+        let marked = sqlx::query(
+            "UPDATE tasks SET state = 'dispatched', dispatched_at = now(), heartbeat_at = now(), \
+               worker = NULL, routed_to = $4 \
+             WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'pending'",
+        )
+        .bind(task.job_id)
+        .bind(task.chunk as i32)
+        .bind(task.attempt as i32)
+        .bind(routed_to)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !marked {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE jobs SET attempts = attempts + 1, stage = $2, \
+               state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
+               started_at = COALESCE(started_at, now()) \
+             WHERE id = $1",
+        )
+        .bind(task.job_id)
+        .bind(task.kind.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        event(
+            &mut self.tx,
+            task.job_id,
+            "dispatched",
+            Some(task.chunk),
+            Some(task.attempt),
+            super::dispatched_detail(task, routed_to),
+        )
+        .await?;
+        let what = if task.chunk == 0 && task.attempt == 1 {
+            "started"
+        } else {
+            "stage"
+        };
+        notify_job(&mut self.tx, task.job_id, what).await?;
+        Ok(true)
+    }
+
+    async fn mark_preempted(&mut self, task: &PendingTask) -> Result<()> {
+        let marked = sqlx::query(sched_sql::MARK_PREEMPTED)
+            .bind(task.job_id)
+            .bind(task.chunk as i32)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if marked {
+            event(
+                &mut self.tx,
+                task.job_id,
+                "preempted",
+                Some(task.chunk),
+                Some(task.attempt),
+                serde_json::json!({ "kind": task.kind.as_str() }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn heartbeat(pool: &PgPool, hb: &Heartbeat<'_>) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let before: Option<(i32, i32, bool)> = sqlx::query_as(
+        "SELECT denoise_slots, vocode_slots, draining FROM workers WHERE worker = $1 FOR UPDATE",
+    )
+    .bind(hb.worker)
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen) \
+         VALUES ($1, $2, $3, $4, $5, now()) \
+         ON CONFLICT (worker) DO UPDATE SET denoise_slots = EXCLUDED.denoise_slots, \
+           vocode_slots = EXCLUDED.vocode_slots, holds = EXCLUDED.holds, \
+           draining = EXCLUDED.draining, last_seen = EXCLUDED.last_seen",
+    )
+    .bind(hb.worker)
+    .bind(hb.denoise_slots as i32)
+    .bind(hb.vocode_slots as i32)
+    .bind(Json(hb.holds))
+    .bind(hb.draining)
+    .execute(&mut *tx)
+    .await?;
+    // Capacity changed: wake the dispatchers (a steady heartbeat changes nothing).
+    if before != Some((hb.denoise_slots as i32, hb.vocode_slots as i32, hb.draining)) {
+        notify(&mut tx, TASKS_CHANNEL, "").await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn reclaim_lost(
+    pool: &PgPool,
+    timeout: Duration,
+    policy: RetryPolicy,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let lost: Vec<(Uuid, i32, i32, String)> = sqlx::query_as(
+        "SELECT t.job_id, t.chunk, t.attempt, w.worker \
+         FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
+         WHERE t.state = 'dispatched' AND w.last_seen < now() - make_interval(secs => $1) \
+         FOR UPDATE OF t SKIP LOCKED",
+    )
+    .bind(timeout.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let policy = RetryPolicy {
+        backoff: Duration::ZERO,
+        ..policy
+    };
+    for (job, chunk, attempt, worker) in lost {
+        let message = format!("worker {worker} stopped sending heartbeats");
+        retry_or_fail(
+            &mut tx,
+            job,
+            chunk,
+            attempt as u32,
+            policy,
+            "WORKER_LOST",
+            &message,
+            true,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

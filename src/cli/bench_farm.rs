@@ -1,0 +1,439 @@
+//! `tutti bench farm`: what the farm itself costs, with a tiny pack so that model time is
+//! small. It starts its own farm (a coordinator and workers as child processes of this
+//! binary, on the configured Postgres, RabbitMQ and S3, with a fresh database and queue
+//! prefix), then measures:
+//! 1. overhead: jobs one at a time, end to end through the farm, against the same jobs
+//!    (same validated spec) run in-process on the engine; the farm's own time is the
+//!    difference, per job;
+//! 2. interactive under backfill: p95 latency of interactive jobs while a batch saturates the
+//!    farm, against the same jobs on the idle farm;
+//! 3. submits per second sustained by concurrent clients for a duration.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tonic::transport::Channel;
+use tutti_coordinator::validate::Validator;
+use tutti_proto::v1 as pb;
+use tutti_proto::v1::generation_client::GenerationClient;
+use tutti_shared::job::chunk_ranges;
+use tutti_shared::models::ModelRegistry;
+use tutti_worker::engine::{DenoiseOutcome, Engine};
+
+#[derive(Debug, Args)]
+pub(crate) struct FarmBenchArgs {
+    /// Jobs of the overhead run (one at a time).
+    #[arg(long, default_value_t = 50)]
+    jobs: usize,
+    /// Interactive jobs per latency run (idle, then under the backfill).
+    #[arg(long, default_value_t = 20)]
+    interactive: usize,
+    /// Batch jobs of the backfill.
+    #[arg(long, default_value_t = 200)]
+    backfill: usize,
+    /// How long to sustain submits.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent submitting clients.
+    #[arg(long, default_value_t = 64)]
+    submitters: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Postgres server (the benchmark creates its own database there).
+    #[arg(
+        long,
+        env = "TUTTI_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pg: String,
+    /// RabbitMQ (the benchmark uses its own queue prefix and removes its queues afterwards).
+    #[arg(
+        long,
+        env = "TUTTI_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp: String,
+}
+
+/// The farm's processes; killed, and its queues removed, on drop.
+struct BenchFarm {
+    dir: tempfile::TempDir,
+    prefix: String,
+    amqp: String,
+    addr: std::net::SocketAddr,
+    children: Vec<Child>,
+}
+
+impl Drop for BenchFarm {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let (prefix, amqp) = (self.prefix.clone(), self.amqp.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(remove_queues(&amqp, &prefix));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn remove_queues(amqp: &str, prefix: &str) {
+    let work = async {
+        let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default())
+            .await
+            .ok()?;
+        for q in ["denoise", "vocode", "results", "dead"] {
+            let ch = conn.create_channel().await.ok()?;
+            let _ = ch
+                .queue_delete(&format!("{prefix}.{q}"), Default::default())
+                .await;
+        }
+        for x in ["dlx", "control"] {
+            let ch = conn.create_channel().await.ok()?;
+            let _ = ch
+                .exchange_delete(&format!("{prefix}.{x}"), Default::default())
+                .await;
+        }
+        let _ = conn.close(200, "bench farm removed").await;
+        Some(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+}
+
+fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?)
+}
+
+impl BenchFarm {
+    async fn start(a: &FarmBenchArgs) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
+        tutti_worker::model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut farm = Self {
+            prefix: format!("bench-{}", &id[..12]),
+            amqp: a.amqp.clone(),
+            addr: free_addr()?,
+            children: Vec::new(),
+            dir,
+        };
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let db = format!("{}/tutti_bench_{}", a.pg.trim_end_matches('/'), &id[..12]);
+        let spawn = |sub: &str, extra: &[(&str, String)]| -> anyhow::Result<Child> {
+            let mut c = Command::new(&exe);
+            c.arg(sub)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("TUTTI_BENCH_LOG").unwrap_or("warn".into()),
+                )
+                .env("TUTTI_DATABASE_URL", &db)
+                .env("TUTTI_AMQP_URL", &a.amqp)
+                .env("TUTTI_QUEUE_PREFIX", &farm.prefix)
+                .env("TUTTI_MODELS_DIR", farm.dir.path().join("models"))
+                .envs(extra.iter().map(|(k, v)| (*k, v)))
+                .stdin(Stdio::null());
+            c.spawn().with_context(|| format!("starting tutti {sub}"))
+        };
+        farm.children.push(spawn(
+            "coordinator",
+            &[
+                ("TUTTI_LISTEN", farm.addr.to_string()),
+                // Dispatched work bounded by what the workers run at once: the backlog waits
+                // in Postgres, where classes apply.
+                ("TUTTI_MAX_IN_FLIGHT", a.workers.to_string()),
+            ],
+        )?);
+        for i in 0..a.workers {
+            farm.children.push(spawn(
+                "worker",
+                &[
+                    ("TUTTI_WORKER_NAME", format!("bench-w{i}")),
+                    ("TUTTI_DEVICE", "cpu".into()),
+                ],
+            )?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if farm.client().await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the bench coordinator did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(farm)
+    }
+
+    async fn client(&self) -> anyhow::Result<GenerationClient<Channel>> {
+        Ok(GenerationClient::connect(format!("http://{}", self.addr)).await?)
+    }
+
+    fn models(&self) -> std::path::PathBuf {
+        self.dir.path().join("models")
+    }
+}
+
+fn request(i: usize, priority: pb::Priority) -> pb::SubmitGenerationRequest {
+    pb::SubmitGenerationRequest {
+        prompt_kind: Some(pb::submit_generation_request::PromptKind::Prompt(format!(
+            "benchmark groove number {i}"
+        ))),
+        duration_seconds: Some(2.0),
+        seed: Some(i as u64),
+        steps: Some(8),
+        priority: priority as i32,
+        ..Default::default()
+    }
+}
+
+/// Submits and follows a job to its end; returns the end-to-end time.
+async fn run_one(
+    client: &mut GenerationClient<Channel>,
+    req: pb::SubmitGenerationRequest,
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let job = client.submit_generation(req).await?.into_inner();
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest { id: job.id.clone() })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(ev) = stream.message().await? {
+        last = ev.job;
+    }
+    let took = t0.elapsed();
+    let state = last.map(|j| j.state).unwrap_or_default();
+    if state != pb::JobState::Succeeded as i32 {
+        bail!("job {} ended in state {state}", job.id);
+    }
+    Ok(took)
+}
+
+/// The same job on the engine in this process: every denoise chunk, then the vocoder.
+async fn run_in_process(
+    engine: &Engine,
+    validator: &Validator,
+    req: &pb::SubmitGenerationRequest,
+) -> anyhow::Result<Duration> {
+    let job = validator.validate(req)?;
+    let t0 = Instant::now();
+    let mut checkpoint = None;
+    for (from, to) in chunk_ranges(job.spec.steps, job.chunk_steps) {
+        let (progress, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        match engine
+            .denoise(
+                job.spec.clone(),
+                from as usize,
+                to as usize,
+                checkpoint.take(),
+                cancel,
+                progress,
+            )
+            .await?
+        {
+            DenoiseOutcome::Done(c) => checkpoint = Some(c),
+            DenoiseOutcome::Cancelled => bail!("cancelled"),
+        }
+    }
+    let rendered = engine
+        .vocode(job.spec.clone(), checkpoint.context("no checkpoint")?)
+        .await?;
+    for mut wave in rendered.waveforms {
+        tutti_shared::audio::normalize_loudness(&mut wave);
+        let _ = tutti_shared::audio::encode_wav(&wave, rendered.sample_rate);
+    }
+    Ok(t0.elapsed())
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted_ms(v: &[Duration]) -> Vec<f64> {
+    let mut out: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
+    let farm = BenchFarm::start(&a).await?;
+    let models = farm.models();
+    let mut client = farm.client().await?;
+    // Warm up: the workers load the pack on their first task.
+    for i in 0..a.workers.max(2) {
+        run_one(
+            &mut client,
+            request(1_000_000 + i, pb::Priority::Interactive),
+        )
+        .await?;
+    }
+
+    // 1. Overhead: the farm against the same jobs in process.
+    let mut farm_times = Vec::new();
+    let reqs: Vec<_> = (0..a.jobs)
+        .map(|i| request(i, pb::Priority::Interactive))
+        .collect();
+    for r in &reqs {
+        farm_times.push(run_one(&mut client, r.clone()).await?);
+    }
+    let device = tutti_worker::model::device::select("cpu")?;
+    let engine = Engine::start(models.clone(), device)?;
+    let validator = Validator::new(ModelRegistry::scan(&models)?, None, 0)?;
+    run_in_process(&engine, &validator, &reqs[0]).await?;
+    let mut local_times = Vec::new();
+    for r in &reqs {
+        local_times.push(run_in_process(&engine, &validator, r).await?);
+    }
+    let mut overhead: Vec<f64> = farm_times
+        .iter()
+        .zip(&local_times)
+        .map(|(f, l)| (f.as_secs_f64() - l.as_secs_f64()) * 1000.0)
+        .collect();
+    overhead.sort_by(f64::total_cmp);
+    let farm_ms = sorted_ms(&farm_times);
+    let local_ms = sorted_ms(&local_times);
+
+    // 2. Interactive latency, idle and under a backfill.
+    let mut idle = Vec::new();
+    for i in 0..a.interactive {
+        idle.push(
+            run_one(
+                &mut client,
+                request(2_000_000 + i, pb::Priority::Interactive),
+            )
+            .await?,
+        );
+    }
+    for i in 0..a.backfill {
+        client
+            .submit_generation(request(3_000_000 + i, pb::Priority::Batch))
+            .await?;
+    }
+    let mut busy = Vec::new();
+    for i in 0..a.interactive {
+        busy.push(
+            run_one(
+                &mut client,
+                request(2_000_000 + i, pb::Priority::Interactive),
+            )
+            .await?,
+        );
+    }
+    let backlog_left = client
+        .list_jobs(pb::ListJobsRequest {
+            state: pb::JobState::Queued as i32,
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .map(|r| !r.into_inner().jobs.is_empty())
+        .unwrap_or(false);
+    let idle_ms = sorted_ms(&idle);
+    let busy_ms = sorted_ms(&busy);
+
+    // 3. Submits per second, sustained.
+    let submitted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..a.submitters {
+        let mut c = farm.client().await?;
+        let (submitted, failed, until) = (submitted.clone(), failed.clone(), t0 + a.duration);
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while Instant::now() < until {
+                let req = request(10_000_000 + s * 1_000_000 + i, pb::Priority::Batch);
+                match c.submit_generation(req).await {
+                    Ok(_) => submitted.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = submitted.load(Ordering::Relaxed) as f64 / secs;
+
+    let p95_ratio = quantile(&busy_ms, 0.95) / quantile(&idle_ms, 0.95);
+    println!("# tutti bench farm\n");
+    println!(
+        "tiny pack, 8 steps in chunks of 4, 2 s clips; {} worker process(es) on CPU; \
+         coordinator, Postgres, RabbitMQ and S3 on this machine ({} CPUs)\n",
+        a.workers,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "## 1. Farm overhead per job ({} jobs, one at a time)\n",
+        a.jobs
+    );
+    println!("| | median ms | p99 ms | goal |\n|---|---|---|---|");
+    println!(
+        "| end to end through the farm | {:.1} | {:.1} | |",
+        quantile(&farm_ms, 0.5),
+        quantile(&farm_ms, 0.99)
+    );
+    println!(
+        "| same jobs in process (engine) | {:.1} | {:.1} | |",
+        quantile(&local_ms, 0.5),
+        quantile(&local_ms, 0.99)
+    );
+    println!(
+        "| **farm's own time** (difference, per job) | **{:.1}** | **{:.1}** | median <= 30 |\n",
+        quantile(&overhead, 0.5),
+        quantile(&overhead, 0.99)
+    );
+    println!(
+        "## 2. Interactive latency under a backfill of {} batch jobs ({} jobs each)\n",
+        a.backfill, a.interactive
+    );
+    println!("| | median ms | p95 ms |\n|---|---|---|");
+    println!(
+        "| idle farm | {:.1} | {:.1} |",
+        quantile(&idle_ms, 0.5),
+        quantile(&idle_ms, 0.95)
+    );
+    println!(
+        "| during the backfill | {:.1} | {:.1} |",
+        quantile(&busy_ms, 0.5),
+        quantile(&busy_ms, 0.95)
+    );
+    println!(
+        "\n**p95 ratio: {p95_ratio:.2}** (goal <= 1.25); backfill still queued at the end: {}\n",
+        if backlog_left {
+            "yes"
+        } else {
+            "no (it did not saturate the whole run)"
+        }
+    );
+    println!(
+        "## 3. Submits\n\n**{rate:.0} submits/s** sustained for {:.0} s by {} clients \
+         ({} accepted, {} failed; goal >= 1,000/s)",
+        secs,
+        a.submitters,
+        submitted.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    drop(farm);
+    Ok(())
+}
