@@ -2,6 +2,7 @@
 //! consumer of worker results. Several replicas may run against one database and broker.
 
 pub mod api;
+pub mod batches;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
@@ -16,6 +17,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tutti_proto::v1::batches_server::BatchesServer;
 use tutti_proto::v1::generation_server::GenerationServer;
 use tutti_shared::blob::{BlobStore, S3Store};
 use tutti_shared::models::ModelRegistry;
@@ -138,6 +140,12 @@ pub async fn serve_backend(
         shutdown.clone(),
     ));
 
+    tokio::spawn(batches::finish_batches(
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.blobs),
+        shutdown.clone(),
+    ));
+
     let service = Arc::new(api::GenerationService {
         store: backend.store,
         validator,
@@ -167,6 +175,11 @@ pub async fn serve_backend(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(BatchesServer::new(batches::BatchesApi(Arc::new(
+            batches::BatchesService {
+                generation: Arc::clone(&service),
+            },
+        ))))
         .add_service(GenerationServer::new(api::GenerationApi(service)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -17,6 +17,8 @@ enum BenchWhat {
     /// The model runtime: real-time factor of one clip, and continuous batching against one job
     /// at a time, on a random pack of the built-in model's size.
     Model(ModelBenchArgs),
+    /// The coordinator accepting a large batch: items/s and its peak memory (RSS).
+    BatchAccept(super::bench_batch::BatchAcceptArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +53,10 @@ struct ModelBenchArgs {
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchWhat::Model(a) = cmd.what;
+    let a = match cmd.what {
+        BenchWhat::Model(a) => a,
+        BenchWhat::BatchAccept(a) => return super::bench_batch::run(a).await,
+    };
     let opts = BenchOptions {
         pack: match (a.pack, a.tiny) {
             (Some(dir), _) => PackSource::Dir(dir),

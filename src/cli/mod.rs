@@ -1,6 +1,8 @@
 //! Subcommands of `tutti`.
 
+mod batch;
 mod bench;
+mod bench_batch;
 mod client;
 mod embedded;
 mod signals;
@@ -53,6 +55,9 @@ pub(crate) enum Command {
     Cancel(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
+    /// Backfill batches: submit a manifest, watch, get, cancel.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// Model packs.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -72,6 +77,7 @@ impl Command {
                 | Command::Watch(_)
                 | Command::Cancel(_)
                 | Command::List(_)
+                | Command::Batch(_)
         )
     }
 }
@@ -113,6 +119,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::List(args) => client::list(args).await,
+        Command::Batch(cmd) => batch::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {

@@ -11,10 +11,15 @@
 //! by (job, chunk, attempt); a failed attempt retries with backoff up to a bound; a cancelled
 //! job never comes back.
 
+#[cfg(test)]
+mod batch_tests;
+pub mod batches;
 mod notify;
 mod pg;
+mod pg_batches;
 mod pg_sched;
 mod sqlite;
+mod sqlite_batches;
 mod sqlite_sched;
 #[cfg(test)]
 mod tests;
@@ -33,6 +38,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::validate::NewJob;
 
+pub use batches::BatchStore;
 pub use notify::{JobChange, Notifier};
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
@@ -182,6 +188,8 @@ pub trait JobStore: Send + Sync {
     async fn stats(&self) -> Result<Stats>;
     /// Change notices: job changes for watchers, task changes for dispatchers.
     fn notifier(&self) -> &Notifier;
+    /// The same store's backfill batches.
+    fn batches(&self) -> &dyn BatchStore;
 }
 
 pub(crate) fn outcome_name(o: &Outcome) -> &'static str {

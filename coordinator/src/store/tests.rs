@@ -15,13 +15,13 @@ use super::{JobStore, PgStore, RetryPolicy, SqliteStore, TaskRef};
 use crate::error::Error;
 use crate::validate::NewJob;
 
-const T: &str = "tenant-a";
-const POLICY: RetryPolicy = RetryPolicy {
+pub(super) const T: &str = "tenant-a";
+pub(super) const POLICY: RetryPolicy = RetryPolicy {
     max_attempts: 2,
     backoff: Duration::ZERO,
 };
 
-fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
+pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
     NewJob {
         spec: JobSpec {
             model: ModelRef {
@@ -55,7 +55,7 @@ fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
 }
 
 /// Takes every task the queue holds right now.
-async fn drain(q: &MemoryQueue) -> Vec<TaskMessage> {
+pub(super) async fn drain(q: &MemoryQueue) -> Vec<TaskMessage> {
     let mut out = Vec::new();
     let queues = [
         QueueName::Task(TaskKind::Denoise),
@@ -69,14 +69,14 @@ async fn drain(q: &MemoryQueue) -> Vec<TaskMessage> {
     out
 }
 
-fn done(millis: u64) -> Outcome {
+pub(super) fn done(millis: u64) -> Outcome {
     Outcome::Done {
         millis,
         outputs: Vec::new(),
     }
 }
 
-fn at(t: &TaskMessage) -> TaskRef<'static> {
+pub(super) fn at(t: &TaskMessage) -> TaskRef<'static> {
     TaskRef {
         job: t.job_id,
         chunk: t.chunk,
@@ -367,7 +367,7 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
     assert_eq!(stale, 2);
 }
 
-async fn pg() -> PgStore {
+pub(super) async fn pg() -> PgStore {
     let base = std::env::var("TUTTI_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let db = format!("tutti_store_{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -376,7 +376,7 @@ async fn pg() -> PgStore {
         .expect("postgres")
 }
 
-async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+pub(super) async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SqliteStore::open(&dir.path().join("jobs.db"))
         .await
