@@ -193,7 +193,7 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
     if !marks.is_empty() {
         let row: Vec<String> = marks
             .iter()
-            .map(|(i, b)| format!("{}k: {:.0} MB", i / 1000, mb(*b)))
+            .map(|(i, b)| format!("{i}: {:.0} MB", mb(*b)))
             .collect();
         writeln!(out)?;
         writeln!(out, "RSS as items were sent: {}", row.join(", "))?;

@@ -61,6 +61,7 @@ struct Submission {
     existing: u64,
     rejected: u64,
     reported: Vec<pb::RejectedItem>,
+    storing: Option<tokio::task::JoinHandle<Result<AddOutcome>>>,
 }
 
 impl Submission {
@@ -136,18 +137,30 @@ impl BatchesService {
         Ok(())
     }
 
+    /// Starts storing the chunk; the next rows are validated meanwhile. One chunk is stored
+    /// at a time, in order.
     async fn flush(&self, sub: &mut Submission) -> Result<()> {
         if sub.chunk.is_empty() {
             return Ok(());
         }
-        let out = self
-            .generation
-            .store
-            .batches()
-            .add_items(sub.tenant, sub.batch, &sub.chunk)
-            .await?;
-        sub.chunk.clear();
-        sub.record(out);
+        let chunk = std::mem::replace(&mut sub.chunk, Vec::with_capacity(CHUNK));
+        self.settle(sub).await?;
+        let store = Arc::clone(&self.generation.store);
+        let (tenant, batch) = (sub.tenant, sub.batch);
+        sub.storing = Some(tokio::spawn(async move {
+            store.batches().add_items(tenant, batch, &chunk).await
+        }));
+        Ok(())
+    }
+
+    /// Waits for the chunk being stored.
+    async fn settle(&self, sub: &mut Submission) -> Result<()> {
+        if let Some(storing) = sub.storing.take() {
+            let out = storing
+                .await
+                .map_err(|e| Error::Internal(format!("storing a chunk: {e}")))??;
+            sub.record(out);
+        }
         Ok(())
     }
 
@@ -361,6 +374,7 @@ impl pb::batches_server::Batches for BatchesApi {
             existing: 0,
             rejected: 0,
             reported: Vec::new(),
+            storing: None,
         };
         if let Some(uri) = manifest {
             self.0.read_manifest(&mut sub, uri).await?;
@@ -379,6 +393,7 @@ impl pb::batches_server::Batches for BatchesApi {
                     Ok(msg) => msg?,
                     Err(_) => {
                         self.0.flush(&mut sub).await?;
+                        self.0.settle(&mut sub).await?;
                         continue;
                     }
                 };
@@ -398,6 +413,7 @@ impl pb::batches_server::Batches for BatchesApi {
             }
         }
         self.0.flush(&mut sub).await?;
+        self.0.settle(&mut sub).await?;
         // Every item arrived: the batch finishes once they have all ended.
         store.batches().seal_batch(tenant, id).await?;
         tracing::info!(

@@ -55,9 +55,11 @@ pub(super) async fn items_are_added_once_and_resubmissions_resume(s: &dyn JobSto
         bad(id, "b", 2),
         item(id, "c", 3, 8),
         item(id, "d", 4, 4),
+        item(id, "d", 4, 4),
     ];
     let out = b.add_items(T, id, &again).await.expect("add again");
-    assert_eq!((out.accepted, out.existing), (1, 1));
+    // "d" twice in one chunk: stored once, the second found.
+    assert_eq!((out.accepted, out.existing), (1, 2));
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.conflicts.len(), 1);
     assert_eq!(out.conflicts[0].1, "c");

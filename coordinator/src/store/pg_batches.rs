@@ -1,20 +1,18 @@
 //! Backfill batches in Postgres (see `batches.rs`). Items are added insert-if-absent, a chunk
 //! per transaction; a resubmission finds its items by the (batch, item) key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use tutti_shared::job::chunk_ranges;
 use uuid::Uuid;
 
 use super::batches::{
     AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow, NewItem,
-    UPSERT_ITEM_SQL,
 };
-use super::pg::{event, insert_task, notify, notify_job, TASKS_CHANNEL};
+use super::pg::{notify, notify_job, TASKS_CHANNEL};
 use super::{OutputRow, PgStore};
 use crate::error::{Error, Result};
 
@@ -56,6 +54,104 @@ async fn fetch_batch(pool: &PgPool, tenant: &str, id: Uuid) -> Result<Option<Bat
     .fetch_optional(pool)
     .await?;
     Ok(row.map(batch_row))
+}
+
+/// The new jobs of a chunk, column by column, for `UNNEST` inserts.
+#[derive(Default)]
+struct JobColumns {
+    ids: Vec<Uuid>,
+    items: Vec<String>,
+    priorities: Vec<i16>,
+    specs: Vec<String>,
+    requests: Vec<Vec<u8>>,
+    hashes: Vec<String>,
+    labels: Vec<String>,
+    steps: Vec<i32>,
+    chunk_steps: Vec<i32>,
+    from_steps: Vec<i32>,
+    to_steps: Vec<i32>,
+}
+
+impl JobColumns {
+    fn push(&mut self, item: &NewItem, new: &crate::validate::NewJob) -> Result<()> {
+        let json = |v: serde_json::Result<String>| {
+            v.map_err(|e| Error::Internal(format!("encoding a job: {e}")))
+        };
+        let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
+        self.ids.push(item.job_id);
+        self.items.push(item.item_id.clone());
+        self.priorities.push(new.priority.rank());
+        self.specs.push(json(serde_json::to_string(&new.spec))?);
+        self.requests
+            .push(prost::Message::encode_to_vec(&new.accepted));
+        self.hashes.push(new.request_hash.clone());
+        self.labels.push(json(serde_json::to_string(&new.labels))?);
+        self.steps.push(new.spec.steps as i32);
+        self.chunk_steps.push(new.chunk_steps as i32);
+        self.from_steps.push(from as i32);
+        self.to_steps.push(to as i32);
+        Ok(())
+    }
+
+    /// The jobs, their items' links, first tasks and `queued` events: four statements.
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        tenant: &str,
+        batch: Uuid,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
+                               labels, steps_total, chunk_steps) \
+             SELECT id, $2, 'queued', 'queued', priority, spec::jsonb, request, hash, \
+                    labels::jsonb, steps, chunk_steps \
+             FROM UNNEST($1::uuid[], $3::smallint[], $4::text[], $5::bytea[], $6::text[], \
+                         $7::text[], $8::int[], $9::int[]) \
+                  AS j(id, priority, spec, request, hash, labels, steps, chunk_steps)",
+        )
+        .bind(&self.ids)
+        .bind(tenant)
+        .bind(&self.priorities)
+        .bind(&self.specs)
+        .bind(&self.requests)
+        .bind(&self.hashes)
+        .bind(&self.labels)
+        .bind(&self.steps)
+        .bind(&self.chunk_steps)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE batch_items SET job_id = u.job \
+             FROM UNNEST($2::text[], $3::uuid[]) AS u(item, job) \
+             WHERE batch_id = $1 AND item_id = u.item",
+        )
+        .bind(batch)
+        .bind(&self.items)
+        .bind(&self.ids)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority) \
+             SELECT job, 0, 'denoise', f, t, 'pending', p \
+             FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::smallint[]) AS u(job, f, t, p)",
+        )
+        .bind(&self.ids)
+        .bind(&self.from_steps)
+        .bind(&self.to_steps)
+        .bind(&self.priorities)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO job_events (job_id, kind, detail) \
+             SELECT job, 'queued', jsonb_build_object('batch', $2::text) \
+             FROM UNNEST($1::uuid[]) AS job",
+        )
+        .bind(&self.ids)
+        .bind(batch.to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -118,74 +214,46 @@ impl BatchStore for PgStore {
             }
             Some(false) => {}
         }
-        let mut held = Vec::new();
-        for item in items {
-            let error = item.job.as_ref().err();
-            let inserted = sqlx::query(UPSERT_ITEM_SQL)
-                .bind(batch)
-                .bind(&item.item_id)
-                .bind(item.line)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if !inserted {
+        // One statement per table for the whole chunk. An item id twice in one chunk is
+        // classified against the first, after it is stored.
+        let mut seen = HashSet::new();
+        let (fresh, mut held): (Vec<&NewItem>, Vec<&NewItem>) =
+            items.iter().partition(|i| seen.insert(i.item_id.as_str()));
+        let upserted: Vec<(String,)> = sqlx::query_as(
+            "INSERT INTO batch_items (batch_id, item_id, line, error) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::text[]) \
+             ON CONFLICT (batch_id, item_id) DO UPDATE SET line = excluded.line, error = NULL \
+             WHERE batch_items.job_id IS NULL AND excluded.error IS NULL \
+             RETURNING item_id",
+        )
+        .bind(batch)
+        .bind(fresh.iter().map(|i| i.item_id.as_str()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|i| i.line).collect::<Vec<_>>())
+        .bind(
+            fresh
+                .iter()
+                .map(|i| i.job.as_ref().err().map(String::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let upserted: HashSet<String> = upserted.into_iter().map(|r| r.0).collect();
+        let mut jobs = JobColumns::default();
+        for item in fresh {
+            if !upserted.contains(&item.item_id) {
                 held.push(item);
                 continue;
             }
-            let new = match &item.job {
-                Err(rule) => {
-                    out.rejected
-                        .push((item.line, item.item_id.clone(), rule.clone()));
-                    continue;
-                }
-                Ok(new) => new,
-            };
-            let request = prost::Message::encode_to_vec(&new.accepted);
-            sqlx::query(
-                "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                                   labels, steps_total, chunk_steps) \
-                 VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(item.job_id)
-            .bind(tenant)
-            .bind(new.priority.rank())
-            .bind(Json(&new.spec))
-            .bind(&request)
-            .bind(&new.request_hash)
-            .bind(Json(&new.labels))
-            .bind(new.spec.steps as i32)
-            .bind(new.chunk_steps as i32)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE batch_items SET job_id = $3 WHERE batch_id = $1 AND item_id = $2")
-                .bind(batch)
-                .bind(&item.item_id)
-                .bind(item.job_id)
-                .execute(&mut *tx)
-                .await?;
-            let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
-            insert_task(
-                &mut tx,
-                item.job_id,
-                0,
-                "denoise",
-                from,
-                to,
-                new.priority.rank(),
-            )
-            .await?;
-            event(
-                &mut tx,
-                item.job_id,
-                "queued",
-                None,
-                None,
-                serde_json::json!({ "batch": batch }),
-            )
-            .await?;
-            out.accepted += 1;
+            match &item.job {
+                Err(rule) => out
+                    .rejected
+                    .push((item.line, item.item_id.clone(), rule.clone())),
+                Ok(new) => jobs.push(item, new)?,
+            }
+        }
+        out.accepted = jobs.ids.len() as u64;
+        if !jobs.ids.is_empty() {
+            jobs.insert(&mut tx, tenant, batch).await?;
         }
         if !held.is_empty() {
             // Items the batch held already: the same request is a resubmission, another one is
