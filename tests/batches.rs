@@ -364,3 +364,52 @@ fn async_stream(
     .filter_map(|_| async { None });
     head.chain(tail)
 }
+
+#[tokio::test]
+async fn the_cli_submits_a_csv_file_and_watches_it_to_its_results() {
+    let farm = Farm::start(FarmOptions::default()).await;
+    let csv = farm.dir.path().join("catalog.csv");
+    std::fs::write(
+        &csv,
+        "item_id,prompt,duration_seconds,steps,seed,labels\n\
+         first,\"piano, slow\",2,4,1,team=catalog\n\
+         second,drums,2,4,2,\n\
+         third,bass,2,500,3,\n",
+    )
+    .expect("write the manifest");
+    let server = format!("http://{}", farm.addr);
+    let csv_path = csv.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tutti"))
+            .args(["batch", "submit", "--watch"])
+            .arg(&csv_path)
+            .env("TUTTI_SERVER", &server)
+            .output()
+            .expect("run tutti");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    });
+    let (ok, stdout, stderr) = tokio::time::timeout(Duration::from_secs(120), cli)
+        .await
+        .expect("the CLI finished")
+        .expect("join");
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("accepted 2  already held 0  rejected 1"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("line 4: third: steps"), "{stderr}");
+    assert!(stdout.contains("2 succeeded"), "{stdout}");
+    let name = format!("file://{}", csv.canonicalize().expect("path").display());
+    let id = batch_id("default", &name);
+    assert!(
+        stdout.contains(&format!(
+            "results    {}",
+            farm.uri(&format!("batches/default/{id}/results.jsonl"))
+        )),
+        "{stdout}"
+    );
+}

@@ -29,13 +29,19 @@ pub(crate) struct BatchAcceptArgs {
 
 /// Resident memory of a process in bytes: (current, peak), from /proc/<pid>/status.
 fn rss(pid: u32) -> Option<(u64, u64)> {
+    Some((status_field(pid, "VmRSS:")?, status_field(pid, "VmHWM:")?))
+}
+
+/// Anonymous resident memory (heap and stacks, without mapped files such as libtorch).
+fn rss_anon(pid: u32) -> Option<u64> {
+    status_field(pid, "RssAnon:")
+}
+
+fn status_field(pid: u32, name: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -115,17 +121,19 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
     // Let the coordinator settle (migrations, pools) before the baseline.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (base, _) = rss(pid).context("reading the coordinator's /proc status")?;
+    let base_anon = rss_anon(pid).unwrap_or(0);
 
     // Sample memory while the batch streams in; note it at every tenth of the items.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let sampler = tokio::spawn(async move {
-        let mut peak = 0;
+        let (mut peak, mut peak_anon) = (0, 0);
         loop {
             if let Some((now, _)) = rss(pid) {
                 peak = peak.max(now);
             }
+            peak_anon = peak_anon.max(rss_anon(pid).unwrap_or(0));
             if *done_rx.borrow() {
-                return peak;
+                return (peak, peak_anon);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -158,7 +166,7 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
         .into_inner();
     let secs = t0.elapsed().as_secs_f64();
     let _ = done_tx.send(true);
-    let peak = sampler.await?;
+    let (peak, peak_anon) = sampler.await?;
     let (end, hwm) = rss(pid).unwrap_or((0, 0));
     if response.accepted != n {
         bail!(
@@ -188,6 +196,12 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
         out,
         "| peak RSS of the process (VmHWM) | {:.1} MB |",
         mb(hwm)
+    )?;
+    writeln!(
+        out,
+        "| anonymous RSS (heap): after start / peak | {:.1} / {:.1} MB |",
+        mb(base_anon),
+        mb(peak_anon)
     )?;
     let marks = marks.lock().map(|m| m.clone()).unwrap_or_default();
     if !marks.is_empty() {
