@@ -176,11 +176,12 @@ impl BatchesService {
                 ),
             )
         })?;
+        // Read row by row as it arrives: a manifest of any size takes the memory of a row.
         let body = blobs
-            .get(key)
+            .open(key)
             .await?
             .ok_or_else(|| Error::NotFound(format!("manifest {uri} not found")))?;
-        let mut rows = ManifestReader::new(&body[..], ManifestFormat::from_name(key));
+        let mut rows = ManifestReader::new(body, ManifestFormat::from_name(key));
         while let Some(row) = rows
             .next()
             .await
