@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["tutti/v1/generation.proto"];
+    let protos = ["tutti/v1/generation.proto", "tutti/v1/batches.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batches;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
@@ -19,6 +20,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tutti_proto::v1::batches_server::BatchesServer;
 use tutti_proto::v1::generation_server::GenerationServer;
 use tutti_shared::blob::{BlobStore, S3Store};
 use tutti_shared::models::ModelRegistry;
@@ -171,6 +173,12 @@ pub async fn serve_backend(
     ));
 
     let auth = auth::Authenticator::new(cfg.auth, Arc::clone(&backend.store));
+    tokio::spawn(batches::finish_batches(
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.blobs),
+        shutdown.clone(),
+    ));
+
     let service = Arc::new(api::GenerationService {
         store: backend.store,
         validator,
@@ -205,6 +213,11 @@ pub async fn serve_backend(
     server
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(auth.layer(BatchesServer::new(batches::BatchesApi(Arc::new(
+            batches::BatchesService {
+                generation: Arc::clone(&service),
+            },
+        )))))
         .add_service(auth.layer(GenerationServer::new(api::GenerationApi(service))))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;

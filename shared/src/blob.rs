@@ -45,6 +45,9 @@ fn check_key(key: &str) -> Result<(), BlobError> {
     }
 }
 
+/// An object being read in pieces.
+pub type BlobReader = Box<dyn tokio::io::AsyncBufRead + Send + Unpin>;
+
 /// Where a key can be fetched from: a presigned URL and when it stops working.
 #[derive(Debug, Clone)]
 pub struct SignedUrl {
@@ -58,6 +61,14 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), BlobError>;
     /// Reads an object; `None` when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobError>;
+    /// Opens an object to read it in pieces (a large manifest in flat memory); `None` when it
+    /// does not exist. By default it is read whole.
+    async fn open(&self, key: &str) -> Result<Option<BlobReader>, BlobError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|b| Box::new(std::io::Cursor::new(b)) as BlobReader))
+    }
     /// The object's URI (`s3://bucket/key` or `file:///path`).
     fn uri(&self, key: &str) -> String;
     /// A URL that fetches the object without credentials until it expires.
@@ -210,6 +221,22 @@ impl BlobStore for S3Store {
         }
     }
 
+    async fn open(&self, key: &str) -> Result<Option<BlobReader>, BlobError> {
+        check_key(key)?;
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(Box::new(Box::pin(out.body.into_async_read())))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_err("get", key, e)),
+        }
+    }
+
     fn uri(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
@@ -283,6 +310,15 @@ impl BlobStore for LocalStore {
         }
     }
 
+    async fn open(&self, key: &str) -> Result<Option<BlobReader>, BlobError> {
+        let path = self.path(key)?;
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Some(Box::new(tokio::io::BufReader::new(f)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(file_err(&path, e)),
+        }
+    }
+
     fn uri(&self, key: &str) -> String {
         format!("file://{}", self.root.join(key).display())
     }
@@ -341,6 +377,21 @@ mod tests {
         assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
     }
 
+    async fn opens_objects_to_read_in_pieces(s: &dyn BlobStore, prefix: &str) {
+        use tokio::io::AsyncBufReadExt;
+        let key = format!("{prefix}/manifests/m.jsonl");
+        assert!(s.open(&key).await.expect("open").is_none());
+        s.put(&key, Bytes::from_static(b"one\ntwo\n"), "text/plain")
+            .await
+            .expect("put");
+        let mut lines = s.open(&key).await.expect("open").expect("object").lines();
+        let mut read = Vec::new();
+        while let Some(l) = lines.next_line().await.expect("line") {
+            read.push(l);
+        }
+        assert_eq!(read, ["one", "two"]);
+    }
+
     async fn refuses_keys_outside_the_layout(s: &dyn BlobStore, _prefix: &str) {
         for key in ["", "/abs", "a/../b", "../up", "a//b", "./a", "a/"] {
             let put = s.put(key, Bytes::from_static(b"x"), "text/plain").await;
@@ -393,6 +444,7 @@ mod tests {
 
     blob_store_suite!(
         round_trips_overwrites_and_misses,
+        opens_objects_to_read_in_pieces,
         refuses_keys_outside_the_layout
     );
 }

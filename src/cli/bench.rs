@@ -20,6 +20,8 @@ enum BenchWhat {
     /// The farm itself with a tiny pack: its own time per job against the same jobs in
     /// process, interactive latency under a backfill, and submits per second.
     Farm(super::bench_farm::FarmBenchArgs),
+    /// The coordinator accepting a large batch: items/s and its peak memory (RSS).
+    BatchAccept(super::bench_batch::BatchAcceptArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +59,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let a = match cmd.what {
         BenchWhat::Model(a) => a,
         BenchWhat::Farm(a) => return super::bench_farm::run(a).await,
+        BenchWhat::BatchAccept(a) => return super::bench_batch::run(a).await,
     };
     let opts = BenchOptions {
         pack: match (a.pack, a.tiny) {

@@ -1,7 +1,9 @@
 //! Subcommands of `tutti`.
 
 mod admin;
+mod batch;
 mod bench;
+mod bench_batch;
 mod bench_farm;
 mod client;
 mod embedded;
@@ -61,6 +63,9 @@ pub(crate) enum Command {
     /// API keys (operators: talks to the job store directly).
     #[command(subcommand)]
     Key(admin::KeyCommand),
+    /// Backfill batches: submit a manifest, watch, get, cancel.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// Model packs.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -82,6 +87,7 @@ impl Command {
                 | Command::List(_)
                 | Command::Tenant(_)
                 | Command::Key(_)
+                | Command::Batch(_)
         )
     }
 }
@@ -136,6 +142,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::List(args) => client::list(args).await,
         Command::Tenant(cmd) => admin::tenant(cmd).await,
         Command::Key(cmd) => admin::key(cmd).await,
+        Command::Batch(cmd) => batch::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {

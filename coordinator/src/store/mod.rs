@@ -11,13 +11,18 @@
 //! by (job, chunk, attempt); a failed attempt retries with backoff up to a bound; a cancelled
 //! job never comes back.
 
+#[cfg(test)]
+mod batch_tests;
+pub mod batches;
 mod notify;
 mod pg;
 mod pg_dispatch;
+mod pg_batches;
 mod pg_sched;
 mod sched_sql;
 mod sqlite;
 mod sqlite_dispatch;
+mod sqlite_batches;
 mod sqlite_sched;
 mod tenants;
 mod tenants_pg;
@@ -40,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::sched::{PendingTask, Policy};
 use crate::validate::NewJob;
 
+pub use batches::BatchStore;
 pub use notify::{JobChange, Notifier};
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
@@ -232,6 +238,8 @@ pub trait JobStore: TenantStore + Send + Sync {
     async fn ping(&self) -> Result<()>;
     /// Change notices: job changes for watchers, task changes for dispatchers.
     fn notifier(&self) -> &Notifier;
+    /// The same store's backfill batches.
+    fn batches(&self) -> &dyn BatchStore;
 }
 
 /// The history detail of a dispatch.

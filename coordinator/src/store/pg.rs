@@ -289,6 +289,9 @@ impl JobStore for PgStore {
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }
+    fn batches(&self) -> &dyn super::BatchStore {
+        self
+    }
 }
 
 /// Feeds the notifier from `LISTEN` until the store is dropped; reconnects when the

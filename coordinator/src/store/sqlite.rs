@@ -398,6 +398,9 @@ impl JobStore for SqliteStore {
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }
+    fn batches(&self) -> &dyn super::BatchStore {
+        self
+    }
 }
 
 pub(super) async fn insert_task(

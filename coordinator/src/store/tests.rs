@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::validate::NewJob;
 
 /// The static bound of `n` in flight per kind (no worker heartbeats), nothing kept for batch.
-fn bound(n: u32) -> Policy {
+pub(super) fn bound(n: u32) -> Policy {
     Policy {
         max_in_flight: n,
         batch_share: 0.0,
@@ -26,13 +26,13 @@ fn bound(n: u32) -> Policy {
     }
 }
 
-const T: &str = "tenant-a";
-const POLICY: RetryPolicy = RetryPolicy {
+pub(super) const T: &str = "tenant-a";
+pub(super) const POLICY: RetryPolicy = RetryPolicy {
     max_attempts: 2,
     backoff: Duration::ZERO,
 };
 
-fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
+pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
     NewJob {
         spec: JobSpec {
             model: ModelRef {
@@ -66,7 +66,7 @@ fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob {
 }
 
 /// Takes every task the queue holds right now.
-async fn drain(q: &MemoryQueue) -> Vec<TaskMessage> {
+pub(super) async fn drain(q: &MemoryQueue) -> Vec<TaskMessage> {
     let mut out = Vec::new();
     let queues = [
         QueueName::Task(TaskKind::Denoise),
@@ -80,14 +80,14 @@ async fn drain(q: &MemoryQueue) -> Vec<TaskMessage> {
     out
 }
 
-fn done(millis: u64) -> Outcome {
+pub(super) fn done(millis: u64) -> Outcome {
     Outcome::Done {
         millis,
         outputs: Vec::new(),
     }
 }
 
-fn at(t: &TaskMessage) -> TaskRef<'static> {
+pub(super) fn at(t: &TaskMessage) -> TaskRef<'static> {
     TaskRef {
         job: t.job_id,
         chunk: t.chunk,
@@ -857,7 +857,7 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
     assert_eq!(routed(s.history(other).await.expect("history")), [None]);
 }
 
-async fn pg() -> PgStore {
+pub(super) async fn pg() -> PgStore {
     let base = std::env::var("TUTTI_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let db = format!("tutti_store_{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -866,7 +866,7 @@ async fn pg() -> PgStore {
         .expect("postgres")
 }
 
-async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+pub(super) async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SqliteStore::open(&dir.path().join("jobs.db"))
         .await

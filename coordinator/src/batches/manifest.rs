@@ -1,0 +1,498 @@
+//! Batch manifests: JSONL (one object per line) or CSV (a header row naming the columns), each
+//! row an item id and the fields of a SubmitGenerationRequest. Rows are read one at a time, so
+//! a manifest of any length takes the memory of one row.
+//!
+//! Fields (JSON names; CSV columns of the same names): `item_id` (or `id`), `prompt`,
+//! `negative_prompt`, `duration_seconds`, `steps`, `guidance_scale`, `seed`, `sampler`
+//! (`flow_euler`, `ddim`, `dpm_solver_pp2m`, `cosine_dpm_solver_pp2m`), `format` (`wav`,
+//! `flac`), `variations`, `model` (`name` or `name@version`), `labels` (JSON object; CSV
+//! `k=v;k=v`), and the structured prompt's `genre`, `subgenre`, `mood`, `tempo_bpm`, `key`,
+//! `instruments`, `structure`, `extra` (JSON arrays; CSV `a;b`).
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tutti_proto::v1 as pb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Jsonl,
+    Csv,
+}
+
+impl ManifestFormat {
+    /// From a file name or URI: `.csv` is CSV, anything else JSONL.
+    pub fn from_name(name: &str) -> Self {
+        if name.to_ascii_lowercase().ends_with(".csv") {
+            ManifestFormat::Csv
+        } else {
+            ManifestFormat::Jsonl
+        }
+    }
+}
+
+/// A row that names an item and its request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestItem {
+    pub line: u64,
+    pub item_id: String,
+    pub request: pb::SubmitGenerationRequest,
+}
+
+/// A row that could not become a request; `item_id` when the row named one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct RowError {
+    pub line: u64,
+    pub item_id: Option<String>,
+    pub message: String,
+}
+
+/// A manifest's whole-file problem (unreadable, a bad CSV header).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("reading the manifest: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {message}")]
+    Header { line: u64, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Row {
+    #[serde(alias = "id")]
+    item_id: Option<String>,
+    prompt: Option<String>,
+    negative_prompt: Option<String>,
+    duration_seconds: Option<f32>,
+    steps: Option<u32>,
+    guidance_scale: Option<f32>,
+    seed: Option<u64>,
+    sampler: Option<String>,
+    format: Option<String>,
+    variations: Option<u32>,
+    model: Option<String>,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+    genre: Option<String>,
+    subgenre: Option<String>,
+    mood: Option<String>,
+    tempo_bpm: Option<f32>,
+    key: Option<String>,
+    #[serde(default)]
+    instruments: Vec<String>,
+    #[serde(default)]
+    structure: Vec<String>,
+    extra: Option<String>,
+}
+
+const COLUMNS: &[&str] = &[
+    "item_id",
+    "id",
+    "prompt",
+    "negative_prompt",
+    "duration_seconds",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "sampler",
+    "format",
+    "variations",
+    "model",
+    "labels",
+    "genre",
+    "subgenre",
+    "mood",
+    "tempo_bpm",
+    "key",
+    "instruments",
+    "structure",
+    "extra",
+];
+
+impl Row {
+    fn into_request(self) -> Result<pb::SubmitGenerationRequest, String> {
+        let structured = self.genre.is_some()
+            || self.subgenre.is_some()
+            || self.mood.is_some()
+            || self.tempo_bpm.is_some()
+            || self.key.is_some()
+            || !self.instruments.is_empty()
+            || !self.structure.is_empty()
+            || self.extra.is_some();
+        let prompt_kind = match (self.prompt, structured) {
+            (Some(_), true) => {
+                return Err(
+                    "give a prompt or structured fields (genre, mood, ...), not both".into(),
+                )
+            }
+            (Some(p), false) => Some(pb::submit_generation_request::PromptKind::Prompt(p)),
+            (None, true) => Some(pb::submit_generation_request::PromptKind::Structured(
+                pb::StructuredPrompt {
+                    genre: self.genre.unwrap_or_default(),
+                    subgenre: self.subgenre.unwrap_or_default(),
+                    mood: self.mood.unwrap_or_default(),
+                    tempo_bpm: self.tempo_bpm,
+                    key: self.key.unwrap_or_default(),
+                    instruments: self.instruments,
+                    structure: self.structure,
+                    extra: self.extra.unwrap_or_default(),
+                },
+            )),
+            // Validation names the missing prompt, like SubmitGeneration does.
+            (None, false) => None,
+        };
+        let sampler = match self.sampler.as_deref() {
+            None | Some("") => pb::Sampler::Unspecified,
+            Some("flow_euler") => pb::Sampler::FlowEuler,
+            Some("ddim") => pb::Sampler::Ddim,
+            Some("dpm_solver_pp2m") => pb::Sampler::DpmSolverPp2m,
+            Some("cosine_dpm_solver_pp2m") => pb::Sampler::CosineDpmSolverPp2m,
+            Some(s) => return Err(format!("sampler: unknown sampler {s:?}")),
+        };
+        let format = match self.format.as_deref() {
+            None | Some("") => pb::AudioFormat::Unspecified,
+            Some("wav") => pb::AudioFormat::Wav,
+            Some("flac") => pb::AudioFormat::Flac,
+            Some(f) => return Err(format!("format: must be wav or flac, not {f:?}")),
+        };
+        let model = self.model.filter(|m| !m.is_empty()).map(|m| {
+            let (name, version) = m.split_once('@').unwrap_or((&m, ""));
+            pb::ModelRef {
+                name: name.to_string(),
+                version: version.to_string(),
+            }
+        });
+        Ok(pb::SubmitGenerationRequest {
+            prompt_kind,
+            negative_prompt: self.negative_prompt.unwrap_or_default(),
+            duration_seconds: self.duration_seconds,
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            sampler: sampler as i32,
+            seed: self.seed,
+            model,
+            format: format as i32,
+            variations: self.variations.unwrap_or(0),
+            labels: self.labels,
+            ..Default::default()
+        })
+    }
+}
+
+/// Reads a manifest row by row.
+pub struct ManifestReader<R> {
+    input: R,
+    format: ManifestFormat,
+    line: u64,
+    buf: String,
+    header: Option<Vec<String>>,
+}
+
+impl<R: AsyncBufRead + Unpin> ManifestReader<R> {
+    pub fn new(input: R, format: ManifestFormat) -> Self {
+        Self {
+            input,
+            format,
+            line: 0,
+            buf: String::new(),
+            header: None,
+        }
+    }
+
+    /// The next row; `None` at the end. Blank lines are skipped.
+    pub async fn next(&mut self) -> Result<Option<Result<ManifestItem, RowError>>, ManifestError> {
+        loop {
+            self.buf.clear();
+            if self.input.read_line(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            let text = self.buf.trim_end_matches(['\n', '\r']);
+            if text.trim().is_empty() {
+                continue;
+            }
+            let line = self.line;
+            let row = match self.format {
+                ManifestFormat::Jsonl => parse_json(text),
+                ManifestFormat::Csv => {
+                    let fields = split_csv(text);
+                    let Some(header) = &self.header else {
+                        let header =
+                            fields.map_err(|message| ManifestError::Header { line, message })?;
+                        check_header(&header)
+                            .map_err(|message| ManifestError::Header { line, message })?;
+                        self.header = Some(header);
+                        continue;
+                    };
+                    match fields {
+                        Ok(fields) => csv_row(header, fields),
+                        Err(e) => Err((None, e)),
+                    }
+                }
+            };
+            return Ok(Some(
+                row.and_then(|row| {
+                    let item_id = row.item_id.clone();
+                    match item_id {
+                        None => Err((None, "item_id: required".to_string())),
+                        Some(id) => row
+                            .into_request()
+                            .map(|request| ManifestItem {
+                                line,
+                                item_id: id.clone(),
+                                request,
+                            })
+                            .map_err(|e| (Some(id), e)),
+                    }
+                })
+                .map_err(|(item_id, message)| RowError {
+                    line,
+                    item_id,
+                    message,
+                }),
+            ));
+        }
+    }
+}
+
+fn parse_json(text: &str) -> Result<Row, (Option<String>, String)> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| (None, format!("not JSON: {e}")))?;
+    let item_id = ["item_id", "id"]
+        .iter()
+        .find_map(|k| value.get(k).and_then(|v| v.as_str()).map(str::to_string));
+    serde_json::from_value(value).map_err(|e| (item_id, e.to_string()))
+}
+
+fn check_header(header: &[String]) -> Result<(), String> {
+    for h in header {
+        if !COLUMNS.contains(&h.as_str()) {
+            return Err(format!(
+                "unknown column {h:?} (columns: {})",
+                COLUMNS.join(", ")
+            ));
+        }
+    }
+    if !header.iter().any(|h| h == "item_id" || h == "id") {
+        return Err("the header names no item_id column".into());
+    }
+    Ok(())
+}
+
+fn csv_row(header: &[String], fields: Vec<String>) -> Result<Row, (Option<String>, String)> {
+    let item_id = header
+        .iter()
+        .zip(&fields)
+        .find(|(h, _)| *h == "item_id" || *h == "id")
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty());
+    if fields.len() != header.len() {
+        return Err((
+            item_id,
+            format!(
+                "{} fields where the header has {}",
+                fields.len(),
+                header.len()
+            ),
+        ));
+    }
+    let err = |item: &Option<String>, col: &str, e: String| (item.clone(), format!("{col}: {e}"));
+    let mut row = Row::default();
+    for (col, v) in header.iter().zip(fields) {
+        if v.is_empty() {
+            continue;
+        }
+        let num = |v: &str| v.trim().to_string();
+        match col.as_str() {
+            "item_id" | "id" => row.item_id = Some(v),
+            "prompt" => row.prompt = Some(v),
+            "negative_prompt" => row.negative_prompt = Some(v),
+            "duration_seconds" => {
+                row.duration_seconds = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "steps" => {
+                row.steps = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "guidance_scale" => {
+                row.guidance_scale = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "seed" => {
+                row.seed = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "variations" => {
+                row.variations = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "tempo_bpm" => {
+                row.tempo_bpm = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "sampler" => row.sampler = Some(v),
+            "format" => row.format = Some(v),
+            "model" => row.model = Some(v),
+            "genre" => row.genre = Some(v),
+            "subgenre" => row.subgenre = Some(v),
+            "mood" => row.mood = Some(v),
+            "key" => row.key = Some(v),
+            "extra" => row.extra = Some(v),
+            "instruments" => row.instruments = list(&v),
+            "structure" => row.structure = list(&v),
+            "labels" => {
+                for kv in list(&v) {
+                    let (k, val) = kv
+                        .split_once('=')
+                        .ok_or_else(|| err(&item_id, col, format!("{kv:?} is not key=value")))?;
+                    row.labels
+                        .insert(k.trim().to_string(), val.trim().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(row)
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One CSV record on one line (RFC 4180 quoting: `"a, b"`, `""` for a quote inside quotes).
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() && !was_quoted => {
+                quoted = true;
+                was_quoted = true;
+            }
+            (false, ',') => {
+                out.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quote (a record must fit on one line)".into());
+    }
+    out.push(field);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rows(text: &str, format: ManifestFormat) -> Vec<Result<ManifestItem, RowError>> {
+        let mut r = ManifestReader::new(text.as_bytes(), format);
+        let mut out = Vec::new();
+        while let Some(row) = r.next().await.expect("manifest") {
+            out.push(row);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn jsonl_rows_keep_their_line_numbers_and_bad_rows_say_why() {
+        let text = "{\"item_id\": \"a\", \"prompt\": \"piano\", \"steps\": 4, \"format\": \"flac\"}\n\
+                    \n\
+                    not json\n\
+                    {\"id\": \"c\", \"prompt\": \"x\", \"colour\": 1}\n\
+                    {\"id\": \"d\", \"genre\": \"jazz\", \"instruments\": [\"sax\"], \"model\": \"tiny@1\"}\n";
+        let rows = rows(text, ManifestFormat::Jsonl).await;
+        assert_eq!(rows.len(), 4);
+        let a = rows[0].as_ref().expect("row a");
+        assert_eq!((a.line, a.item_id.as_str()), (1, "a"));
+        assert_eq!(a.request.steps, Some(4));
+        assert_eq!(a.request.format, pb::AudioFormat::Flac as i32);
+        let bad = rows[1].as_ref().expect_err("not json");
+        assert_eq!((bad.line, bad.item_id.as_deref()), (3, None));
+        let unknown = rows[2].as_ref().expect_err("unknown field");
+        assert_eq!((unknown.line, unknown.item_id.as_deref()), (4, Some("c")));
+        assert!(unknown.message.contains("colour"), "{unknown}");
+        let d = rows[3].as_ref().expect("row d");
+        assert_eq!(d.line, 5);
+        assert_eq!(
+            d.request.model,
+            Some(pb::ModelRef {
+                name: "tiny".into(),
+                version: "1".into()
+            })
+        );
+        assert!(matches!(
+            &d.request.prompt_kind,
+            Some(pb::submit_generation_request::PromptKind::Structured(s)) if s.genre == "jazz"
+        ));
+    }
+
+    #[tokio::test]
+    async fn csv_rows_with_quotes_lists_and_labels() {
+        let text = "item_id,prompt,duration_seconds,labels\n\
+                    a,\"piano, slow \"\"late\"\"\",3.5,team=x;run=2\n\
+                    b,drums,fast,\n\
+                    c,only two\n";
+        let rows = rows(text, ManifestFormat::Csv).await;
+        let a = rows[0].as_ref().expect("row a");
+        assert_eq!(a.line, 2);
+        assert_eq!(
+            a.request.prompt_kind,
+            Some(pb::submit_generation_request::PromptKind::Prompt(
+                "piano, slow \"late\"".into()
+            ))
+        );
+        assert_eq!(a.request.duration_seconds, Some(3.5));
+        assert_eq!(a.request.labels.get("run").map(String::as_str), Some("2"));
+        let b = rows[1].as_ref().expect_err("bad number");
+        assert_eq!((b.line, b.item_id.as_deref()), (3, Some("b")));
+        assert!(b.message.starts_with("duration_seconds"), "{b}");
+        let c = rows[2].as_ref().expect_err("short row");
+        assert_eq!(c.line, 4);
+    }
+
+    #[tokio::test]
+    async fn a_csv_header_with_an_unknown_column_is_refused() {
+        let mut r = ManifestReader::new("item_id,tempo\n".as_bytes(), ManifestFormat::Csv);
+        assert!(matches!(
+            r.next().await,
+            Err(ManifestError::Header { line: 1, .. })
+        ));
+    }
+}

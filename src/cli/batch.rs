@@ -1,0 +1,301 @@
+//! `tutti batch ...`: submit a manifest as a backfill batch, follow it, show it, cancel it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::BufReader;
+use tonic::transport::Channel;
+use tutti_coordinator::batches::manifest::{ManifestFormat, ManifestReader, RowError};
+use tutti_proto::v1 as pb;
+use tutti_proto::v1::batches_client::BatchesClient;
+
+use super::client::ServerArgs;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BatchCommand {
+    /// Submit a JSONL or CSV manifest (a local file, streamed, or an s3:// URI the coordinator
+    /// reads). Submitting the same batch again resumes it and never duplicates an item.
+    Submit(SubmitArgs),
+    /// Follow a batch with a progress bar until every item has ended.
+    Watch(BatchIdArgs),
+    /// Show a batch: counts per state, throughput, ETA, results.
+    Get(BatchIdArgs),
+    /// Cancel every item of a batch that has not ended.
+    Cancel(BatchIdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubmitArgs {
+    /// A manifest: a local `.jsonl`/`.csv` file, or `s3://<bucket>/<key>` in the farm's bucket.
+    pub manifest: String,
+    /// The batch's name (default: the manifest's absolute path or URI). The same name is the
+    /// same batch.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Read a local file as CSV or JSONL regardless of its extension.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Follow the batch until it ends.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum FormatArg {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BatchIdArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+async fn connect(server: &ServerArgs) -> anyhow::Result<BatchesClient<Channel>> {
+    let url = if server.server.contains("://") {
+        server.server.clone()
+    } else {
+        format!("http://{}", server.server)
+    };
+    let channel = Channel::from_shared(url.clone())
+        .with_context(|| format!("{url:?} is not a server address"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the tutti server at {url}"))?;
+    // Manifests can be large: allow big responses (rejection reports).
+    Ok(BatchesClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+pub(crate) async fn run(cmd: BatchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BatchCommand::Submit(a) => submit(a).await,
+        BatchCommand::Watch(a) => {
+            let mut c = connect(&a.server).await?;
+            let b = watch(&mut c, &a.id).await?;
+            print_batch(&b);
+            Ok(())
+        }
+        BatchCommand::Get(a) => {
+            let b = connect(&a.server)
+                .await?
+                .get_batch(pb::GetBatchRequest { id: a.id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_batch(&b);
+            Ok(())
+        }
+        BatchCommand::Cancel(a) => {
+            let b = connect(&a.server)
+                .await?
+                .cancel_batch(pb::CancelBatchRequest { id: a.id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_batch(&b);
+            Ok(())
+        }
+    }
+}
+
+/// Streams a local manifest's rows (rows that cannot become a request stay here, reported by
+/// line); `sent` counts what went out.
+pub(crate) fn stream_file(
+    path: PathBuf,
+    format: ManifestFormat,
+    name: String,
+    sent: ProgressBar,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<pb::SubmitBatchRequest>,
+    tokio::task::JoinHandle<anyhow::Result<Vec<RowError>>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let reader = tokio::spawn(async move {
+        let file = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut rows = ManifestReader::new(BufReader::new(file), format);
+        let header = pb::SubmitBatchRequest {
+            kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
+                name,
+                manifest_uri: String::new(),
+            })),
+        };
+        if tx.send(header).await.is_err() {
+            return Ok(Vec::new());
+        }
+        let mut errors = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .await
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            match row {
+                Ok(item) => {
+                    let msg = pb::SubmitBatchRequest {
+                        kind: Some(pb::submit_batch_request::Kind::Item(pb::BatchItem {
+                            item_id: item.item_id,
+                            line: item.line,
+                            request: Some(item.request),
+                        })),
+                    };
+                    // The server hung up: its status says why.
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                    sent.inc(1);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok(errors)
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), reader)
+}
+
+async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.server).await?;
+    let format = match a.format {
+        Some(FormatArg::Csv) => ManifestFormat::Csv,
+        Some(FormatArg::Jsonl) => ManifestFormat::Jsonl,
+        None => ManifestFormat::from_name(&a.manifest),
+    };
+    let (response, local_errors) = if a.manifest.starts_with("s3://") {
+        let header = pb::SubmitBatchRequest {
+            kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
+                name: a.name.clone().unwrap_or_default(),
+                manifest_uri: a.manifest.clone(),
+            })),
+        };
+        let r = client
+            .submit_batch(tokio_stream::iter([header]))
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        (r, Vec::new())
+    } else {
+        let path = PathBuf::from(&a.manifest);
+        let abs =
+            std::fs::canonicalize(&path).with_context(|| format!("reading {}", path.display()))?;
+        let name = a
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", abs.display()));
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} sent {pos} items ({per_sec})")
+                .map_err(|e| anyhow::anyhow!("progress style: {e}"))?,
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let (stream, reader) = stream_file(abs, format, name, bar.clone());
+        let result = client.submit_batch(stream).await;
+        bar.finish_and_clear();
+        let local = reader.await.context("manifest reader")??;
+        (result.map_err(status_err)?.into_inner(), local)
+    };
+    let batch = response.batch.clone().unwrap_or_default();
+    println!("batch {}  ({})", batch.id, batch.name);
+    println!(
+        "accepted {}  already held {}  rejected {}",
+        response.accepted,
+        response.existing,
+        response.rejected + local_errors.len() as u64
+    );
+    let mut rejected: Vec<(u64, String)> = local_errors
+        .into_iter()
+        .map(|e| (e.line, e.message))
+        .chain(
+            response
+                .rejected_items
+                .iter()
+                .map(|r| (r.line, format!("{}: {}", r.item_id, r.error))),
+        )
+        .collect();
+    rejected.sort_by_key(|r| r.0);
+    for (line, msg) in rejected.iter().take(50) {
+        eprintln!("  line {line}: {msg}");
+    }
+    if rejected.len() > 50 {
+        eprintln!("  ... and {} more", rejected.len() - 50);
+    }
+    if a.watch {
+        let b = watch(&mut client, &batch.id).await?;
+        print_batch(&b);
+    }
+    Ok(())
+}
+
+fn state_name(b: &pb::Batch) -> String {
+    pb::BatchState::try_from(b.state)
+        .unwrap_or(pb::BatchState::Unspecified)
+        .as_str_name()
+        .trim_start_matches("BATCH_STATE_")
+        .to_lowercase()
+}
+
+/// Polls the batch with a progress bar until its results are written.
+async fn watch(client: &mut BatchesClient<Channel>, id: &str) -> anyhow::Result<pb::Batch> {
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} items  {msg}")
+            .map_err(|e| anyhow::anyhow!("progress style: {e}"))?
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let b = client
+            .get_batch(pb::GetBatchRequest { id: id.to_string() })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        bar.set_length((b.total - b.rejected).max(1));
+        bar.set_position(b.succeeded + b.failed + b.cancelled);
+        let eta = b
+            .eta_seconds
+            .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+            .unwrap_or_else(|| "-".into());
+        bar.set_message(format!(
+            "{}  running {}  failed {}  {:.2} items/s  eta {eta}",
+            state_name(&b),
+            b.running,
+            b.failed,
+            b.items_per_second
+        ));
+        if !b.results_uri.is_empty() {
+            bar.finish_and_clear();
+            return Ok(b);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn print_batch(b: &pb::Batch) {
+    println!("batch      {}", b.id);
+    println!("name       {}", b.name);
+    println!("state      {}", state_name(b));
+    println!(
+        "items      {} total: {} queued, {} running, {} succeeded, {} failed, {} cancelled, {} rejected",
+        b.total, b.queued, b.running, b.succeeded, b.failed, b.cancelled, b.rejected
+    );
+    println!("throughput {:.2} items/s", b.items_per_second);
+    if let Some(eta) = b.eta_seconds {
+        println!(
+            "eta        {}",
+            humantime::format_duration(Duration::from_secs(eta))
+        );
+    }
+    if !b.results_uri.is_empty() {
+        println!("results    {}", b.results_uri);
+    }
+}
