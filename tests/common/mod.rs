@@ -478,9 +478,8 @@ fn remove_topology(prefix: &str, workers: usize) {
                     lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
                         .await
                         .ok()?;
-                let own = (0..workers).flat_map(|n| {
-                    ["denoise", "vocode"].map(|k| format!("worker.w{n}.{k}"))
-                });
+                let own = (0..workers)
+                    .flat_map(|n| ["denoise", "vocode"].map(|k| format!("worker.w{n}.{k}")));
                 let shared = ["denoise", "vocode", "results", "dead"].map(String::from);
                 for q in shared.into_iter().chain(own) {
                     let ch = conn.create_channel().await.ok()?;
