@@ -378,11 +378,12 @@ async fn the_same_seed_and_parameters_give_byte_identical_audio(backend: Backend
     assert_ne!(sums(&a), sums(&c), "another seed gives other audio");
 }
 
-/// Continuous batching and held latents change no byte of the audio: the same requests through
-/// a worker that batches chunks (and keeps their latents between chunks) and through one that
-/// runs one chunk at a time and reads every checkpoint from S3 give identical files.
+/// Held latents change no byte of the audio: the same requests through a worker that keeps
+/// latents between chunks and through one that reads every checkpoint from S3 give identical
+/// files. (Batched forwards are not compared byte for byte: on CPU they differ by float
+/// reassociation, see worker/tests/batching.rs.)
 #[tokio::test]
-async fn a_batching_worker_and_a_one_chunk_worker_give_identical_audio() {
+async fn a_worker_holding_latents_and_one_reading_checkpoints_give_identical_audio() {
     async fn hashes(worker_flags: &[&str]) -> Vec<Vec<String>> {
         let mut farm = Farm::start(FarmOptions {
             workers: 0,
@@ -408,10 +409,10 @@ async fn a_batching_worker_and_a_one_chunk_worker_give_identical_audio() {
         }
         sums
     }
-    let batched = hashes(&["--max-batch", "4"]).await;
-    let one_by_one = hashes(&["--max-batch", "1", "--held-latents-mb", "0"]).await;
-    assert_eq!(batched.len(), 4);
-    assert_eq!(batched, one_by_one);
+    let held = hashes(&["--max-batch", "1"]).await;
+    let read = hashes(&["--max-batch", "1", "--held-latents-mb", "0"]).await;
+    assert_eq!(held.len(), 4);
+    assert_eq!(held, read);
 }
 
 #[tokio::test]
