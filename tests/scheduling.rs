@@ -227,7 +227,7 @@ struct TopologyGuard(String);
 
 impl Drop for TopologyGuard {
     fn drop(&mut self) {
-        common::remove_topology(&self.0);
+        common::remove_topology(&self.0, 0);
     }
 }
 

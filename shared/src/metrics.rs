@@ -40,6 +40,14 @@ pub mod names {
     pub const WORKER_TASKS: &str = "tutti_worker_tasks_total";
     /// Samples in the worker's current denoiser batch (gauge).
     pub const BATCH_OCCUPANCY: &str = "tutti_batch_occupancy";
+    /// Denoise chunks advanced by the worker's latest denoiser forward (gauge).
+    pub const WORKER_BATCH_OCCUPANCY: &str = "tutti_worker_batch_occupancy";
+    /// Denoising steps per second of a worker's step loop over its last forwards, summed over
+    /// the chunks of each batch (gauge).
+    pub const WORKER_STEPS_PER_SECOND: &str = "tutti_worker_steps_per_second";
+    /// Chunks that started from the worker's in-memory latent instead of the S3 checkpoint,
+    /// by `source` (`memory` or `checkpoint`) (counter).
+    pub const WORKER_CHUNK_STARTS: &str = "tutti_worker_chunk_starts_total";
     /// Postgres errors seen by the coordinator's loops (counter).
     pub const POSTGRES_ERRORS: &str = "tutti_postgres_errors_total";
     /// S3 errors, by operation (counter).
@@ -67,6 +75,9 @@ pub mod names {
         STEPS,
         WORKER_TASKS,
         BATCH_OCCUPANCY,
+        WORKER_BATCH_OCCUPANCY,
+        WORKER_STEPS_PER_SECOND,
+        WORKER_CHUNK_STARTS,
         POSTGRES_ERRORS,
         S3_ERRORS,
         READY,

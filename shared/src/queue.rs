@@ -60,6 +60,43 @@ impl Topology {
             TaskKind::Vocode => self.vocode_queue(),
         }
     }
+    /// One worker's own queue for a kind (chunk affinity): a task published there waits for
+    /// that worker until its expiration, then dead-letters to [`task_queue`](Self::task_queue).
+    pub fn worker_queue(&self, worker: &str, kind: TaskKind) -> String {
+        format!("{}.worker.{worker}.{}", self.prefix, kind.as_str())
+    }
+}
+
+/// How long a worker's own queue outlives its last consumer. Longer than any affinity wait, so
+/// every message left in it expires (and dead-letters to the shared queue) before the queue
+/// goes: a deleted queue drops its messages instead of dead-lettering them, which is why the
+/// queue is neither exclusive nor auto-delete.
+pub const WORKER_QUEUE_EXPIRES: Duration = Duration::from_secs(120);
+
+/// Declares a worker's own queue for `kind` (classic, transient; idempotent).
+pub async fn declare_worker_queue(
+    ch: &Channel,
+    t: &Topology,
+    worker: &str,
+    kind: TaskKind,
+) -> Result<String, QueueError> {
+    let name = t.worker_queue(worker, kind);
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(LongString::from(t.task_queue(kind))),
+    );
+    args.insert(
+        ShortString::from("x-expires"),
+        AMQPValue::LongUInt(WORKER_QUEUE_EXPIRES.as_millis() as u32),
+    );
+    ch.queue_declare(&name, QueueDeclareOptions::default(), args)
+        .await?;
+    Ok(name)
 }
 
 #[derive(Debug, thiserror::Error)]

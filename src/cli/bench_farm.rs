@@ -22,7 +22,7 @@ use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
 use tutti_shared::job::chunk_ranges;
 use tutti_shared::models::ModelRegistry;
-use tutti_worker::engine::{DenoiseOutcome, Engine};
+use tutti_worker::engine::{DenoiseOutcome, DenoiseRequest, Engine, EngineOptions, Start};
 
 #[derive(Debug, Args)]
 pub(crate) struct FarmBenchArgs {
@@ -230,27 +230,34 @@ async fn run_in_process(
 ) -> anyhow::Result<Duration> {
     let job = validator.validate(req)?;
     let t0 = Instant::now();
-    let mut checkpoint = None;
+    let job_id = uuid::Uuid::new_v4();
+    let mut checkpoint: Option<Vec<u8>> = None;
     for (from, to) in chunk_ranges(job.spec.steps, job.chunk_steps) {
         let (progress, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        match engine
-            .denoise(
-                job.spec.clone(),
-                from as usize,
-                to as usize,
-                checkpoint.take(),
-                cancel,
-                progress,
-            )
-            .await?
-        {
+        let start = match checkpoint.take() {
+            Some(c) => Start::Checkpoint(c),
+            None => Start::Fresh,
+        };
+        let req = DenoiseRequest {
+            job: job_id,
+            spec: job.spec.clone(),
+            from_step: from as usize,
+            to_step: to as usize,
+            start,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress,
+        };
+        match engine.denoise(req).await? {
             DenoiseOutcome::Done(c) => checkpoint = Some(c),
             DenoiseOutcome::Cancelled => bail!("cancelled"),
         }
     }
     let rendered = engine
-        .vocode(job.spec.clone(), checkpoint.context("no checkpoint")?)
+        .vocode(
+            job_id,
+            job.spec.clone(),
+            Start::Checkpoint(checkpoint.context("no checkpoint")?),
+        )
         .await?;
     for mut wave in rendered.waveforms {
         tutti_shared::audio::normalize_loudness(&mut wave);
@@ -295,7 +302,7 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
         farm_times.push(run_one(&mut client, r.clone()).await?);
     }
     let device = tutti_worker::model::device::select("cpu")?;
-    let engine = Engine::start(models.clone(), device)?;
+    let engine = Engine::start(models.clone(), device, EngineOptions::default_for(device))?;
     let validator = Validator::new(ModelRegistry::scan(&models)?, None, 0)?;
     run_in_process(&engine, &validator, &reqs[0]).await?;
     let mut local_times = Vec::new();

@@ -157,13 +157,17 @@ pub(crate) async fn start(
         .with_context(|| format!("choosing the device {:?}", args.device))?;
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        let engine = tutti_worker::engine::Engine::start(settings.models_dir.clone(), device)
-            .with_context(|| {
-                format!(
-                    "reading model packs under {}",
-                    settings.models_dir.display()
-                )
-            })?;
+        let engine = tutti_worker::engine::Engine::start(
+            settings.models_dir.clone(),
+            device,
+            tutti_worker::engine::EngineOptions::default_for(device),
+        )
+        .with_context(|| {
+            format!(
+                "reading model packs under {}",
+                settings.models_dir.display()
+            )
+        })?;
         let worker = tutti_worker::runner::Worker {
             name: format!("embedded-w{i}"),
             queue: queue.clone(),

@@ -593,14 +593,15 @@ impl Drop for Farm {
         }
         self.kill_coordinator();
         if self.opts.backend == Backend::Distributed {
-            remove_topology(&self.prefix);
+            remove_topology(&self.prefix, self.workers.len());
         }
     }
 }
 
 /// Deletes a test farm's queues and exchanges, so the broker does not collect (quorum) queues
 /// run after run. Runs on its own thread and runtime because `drop` cannot await.
-pub fn remove_topology(prefix: &str) {
+/// Workers' own queues (`{prefix}.worker.w{n}.{kind}`) go too; they would expire anyway.
+pub fn remove_topology(prefix: &str, workers: usize) {
     let prefix = prefix.to_string();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -615,7 +616,10 @@ pub fn remove_topology(prefix: &str) {
                     lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
                         .await
                         .ok()?;
-                for q in ["denoise", "vocode", "results", "dead"] {
+                let own = (0..workers)
+                    .flat_map(|n| ["denoise", "vocode"].map(|k| format!("worker.w{n}.{k}")));
+                let shared = ["denoise", "vocode", "results", "dead"].map(String::from);
+                for q in shared.into_iter().chain(own) {
                     let ch = conn.create_channel().await.ok()?;
                     let _ = ch
                         .queue_delete(

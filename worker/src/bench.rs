@@ -384,7 +384,7 @@ fn batch_row(p: &Pipeline, opts: &BenchOptions, b: usize) -> Result<BatchRow> {
     })
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
@@ -398,7 +398,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Writes a random pack; returns a description of it.
-fn write_random_pack(dir: &Path, which: &PackSource) -> Result<String> {
+pub(crate) fn write_random_pack(dir: &Path, which: &PackSource) -> Result<String> {
     if *which == PackSource::Tiny {
         tiny::write_tiny_pack(dir, 0)?;
         return Ok("tiny random pack".into());
@@ -631,7 +631,7 @@ impl CpuSnapshot {
     }
 }
 
-fn read_loadavg() -> Option<f64> {
+pub(crate) fn read_loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -641,10 +641,10 @@ fn read_loadavg() -> Option<f64> {
 }
 
 /// A scratch folder for the random pack, removed on drop.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
 
 impl ScratchDir {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

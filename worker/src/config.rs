@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use tutti_shared::config::{AmqpArgs, S3Args};
 use tutti_shared::job::TaskKind;
 
+use crate::engine::EngineOptions;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StageArg {
     Denoise,
@@ -35,9 +37,17 @@ pub struct WorkerConfig {
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "TUTTI_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Tasks a worker holds unacknowledged per stage queue.
+    /// Vocode tasks a worker holds unacknowledged (denoise chunks: `--max-batch`).
     #[arg(long, env = "TUTTI_PREFETCH", default_value_t = 1)]
     pub prefetch: u16,
+    /// Most denoise chunks the worker holds and steps in one denoiser forward (continuous
+    /// batching); 1 runs one chunk at a time. Default: 8 on CPU, 32 on CUDA.
+    #[arg(long, env = "TUTTI_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Memory in MB for the latents of finished chunks, kept so that a job's next chunk on this
+    /// worker skips the S3 checkpoint read (0 turns it off). Default: 256 on CPU, 2048 on CUDA.
+    #[arg(long, env = "TUTTI_HELD_LATENTS_MB")]
+    pub held_latents_mb: Option<usize>,
     /// Name reported with results (default: host and process id).
     #[arg(long, env = "TUTTI_WORKER_NAME")]
     pub name: Option<String>,
@@ -63,6 +73,49 @@ impl WorkerConfig {
         if self.prefetch == 0 {
             return Err("prefetch: must be at least 1".into());
         }
+        if let Some(b) = self.max_batch {
+            if b == 0 || b > usize::from(u16::MAX) {
+                return Err(format!("max-batch: must be in 1..={}, got {b}", u16::MAX));
+            }
+        }
         Ok(())
+    }
+
+    /// Batching and held-latent settings for `device`, with the per-device defaults.
+    pub fn engine_options(&self, device: tch::Device) -> EngineOptions {
+        let d = EngineOptions::default_for(device);
+        EngineOptions {
+            max_batch: self.max_batch.unwrap_or(d.max_batch),
+            held_bytes: self.held_latents_mb.map_or(d.held_bytes, |mb| mb << 20),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerConfig,
+    }
+
+    #[test]
+    fn batch_defaults_follow_the_device_and_flags_override_them() {
+        let cfg = Cli::parse_from(["w"]).worker;
+        let cpu = cfg.engine_options(tch::Device::Cpu);
+        assert_eq!((cpu.max_batch, cpu.held_bytes), (8, 256 << 20));
+        let cuda = cfg.engine_options(tch::Device::Cuda(0));
+        assert_eq!(cuda.max_batch, 32);
+        let cfg = Cli::parse_from(["w", "--max-batch", "1", "--held-latents-mb", "0"]).worker;
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            cfg.engine_options(tch::Device::Cpu),
+            EngineOptions::sequential()
+        );
+        let cfg = Cli::parse_from(["w", "--max-batch", "0"]).worker;
+        assert!(cfg.validate().is_err());
     }
 }

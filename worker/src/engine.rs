@@ -1,16 +1,32 @@
 //! The model on a dedicated OS thread: tasks arrive over a channel, the thread owns the loaded
 //! pipelines (one per model pack, loaded on first use) and answers each task over a oneshot.
 //! libtorch calls block for long stretches, so they never run on the async runtime.
+//!
+//! Continuous step batching: the thread holds every denoise chunk in hand and runs one
+//! denoiser forward per step for all chunks of the same pack and latent length (each at its own
+//! timestep and guidance scale; `Pipeline::step_batch`), at most `max_batch` per forward. New
+//! chunks join, and finished or cancelled ones leave, at step boundaries. Chunks of other shapes
+//! form their own batches, stepped in turn. Only same-length latents share a forward because
+//! they are bit-identical batched or alone (padding a shorter latent changes float
+//! reassociation in attention); so batching never changes a job's audio.
+//!
+//! A finished chunk's state stays in memory ([`HeldStates`]) so that the job's next chunk on
+//! this worker skips the checkpoint read. A vocode task runs between two steps of the batch.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tutti_shared::job::{JobSpec, ModelRef, SamplerName};
+use tutti_shared::metrics::names;
 use tutti_shared::models::ModelRegistry;
+use uuid::Uuid;
+
+use crate::held::{HeldStates, Holds};
 
 use crate::model::pipeline::{GenerationParams, Pipeline};
 use crate::model::sampler::SamplerKind;
@@ -27,6 +43,13 @@ pub enum EngineError {
     Packs(String),
     #[error("the engine thread stopped")]
     Stopped,
+    /// The held state was evicted between the runner's look and the engine's: read the
+    /// checkpoint instead.
+    #[error("the job's state is no longer held in memory")]
+    NotHeld,
+    /// A batched forward failed; every chunk in it gets this.
+    #[error("batched step: {0}")]
+    Step(String),
 }
 
 impl EngineError {
@@ -42,8 +65,32 @@ impl EngineError {
             EngineError::Model(_) => "MODEL_ERROR",
             EngineError::Packs(_) => "MODEL_PACKS",
             EngineError::Stopped => "WORKER_STOPPING",
+            EngineError::NotHeld => "NOT_HELD",
+            EngineError::Step(_) => "MODEL_ERROR",
         }
     }
+}
+
+/// Where a denoise chunk or a vocode task starts.
+pub enum Start {
+    /// Step 0: encode the prompt and draw the noise.
+    Fresh,
+    /// The state this engine holds for the job (see [`Engine::holds`]).
+    Held,
+    /// Checkpoint bytes (from S3).
+    Checkpoint(Vec<u8>),
+}
+
+/// One denoise chunk for the engine.
+pub struct DenoiseRequest {
+    pub job: Uuid,
+    pub spec: JobSpec,
+    pub from_step: usize,
+    pub to_step: usize,
+    pub start: Start,
+    pub cancel: Arc<AtomicBool>,
+    /// Steps done, after every step.
+    pub progress: mpsc::UnboundedSender<usize>,
 }
 
 /// How a denoise run ended.
@@ -59,27 +106,71 @@ pub struct Rendered {
     pub sample_rate: u32,
 }
 
+/// How the engine batches and what it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Most denoise chunks in one forward (1: one chunk at a time).
+    pub max_batch: usize,
+    /// Bytes of finished states kept for the jobs' next chunks (0: none; always the checkpoint).
+    pub held_bytes: usize,
+}
+
+impl EngineOptions {
+    /// The defaults for a device: 8 chunks and 256 MB of held latents on CPU (more chunks
+    /// only lengthen each step there), 32 and 2 GB on CUDA (where a forward of 32 small latents
+    /// costs little more than one).
+    pub fn default_for(device: tch::Device) -> Self {
+        if device.is_cuda() {
+            Self {
+                max_batch: 32,
+                held_bytes: 2048 << 20,
+            }
+        } else {
+            Self {
+                max_batch: 8,
+                held_bytes: 256 << 20,
+            }
+        }
+    }
+
+    /// One chunk at a time and nothing held: the engine before continuous batching.
+    pub fn sequential() -> Self {
+        Self {
+            max_batch: 1,
+            held_bytes: 0,
+        }
+    }
+}
+
 enum Command {
     Denoise {
-        spec: JobSpec,
-        from_step: usize,
-        to_step: usize,
-        checkpoint: Option<Vec<u8>>,
-        cancel: Arc<AtomicBool>,
-        progress: mpsc::UnboundedSender<usize>,
+        req: DenoiseRequest,
         reply: oneshot::Sender<Result<DenoiseOutcome, EngineError>>,
     },
     Vocode {
+        job: Uuid,
         spec: JobSpec,
-        checkpoint: Vec<u8>,
+        start: Start,
         reply: oneshot::Sender<Result<Rendered, EngineError>>,
     },
+}
+
+/// Counters of the step loop since the engine started.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Denoiser forwards run.
+    pub forwards: AtomicU64,
+    /// Chunk-steps they advanced (a forward over 3 chunks advances 3).
+    pub chunk_steps: AtomicU64,
 }
 
 /// A handle to the engine thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Command>,
+    holds: Holds,
+    options: EngineOptions,
+    stats: Arc<EngineStats>,
 }
 
 pub fn sampler_kind(s: SamplerName) -> SamplerKind {
@@ -106,76 +197,146 @@ pub fn generation_params(spec: &JobSpec) -> GenerationParams {
 
 impl Engine {
     /// Starts the engine thread over the packs under `models_dir`, on `device`.
-    pub fn start(models_dir: PathBuf, device: tch::Device) -> Result<Self, EngineError> {
+    pub fn start(
+        models_dir: PathBuf,
+        device: tch::Device,
+        options: EngineOptions,
+    ) -> Result<Self, EngineError> {
         let registry =
             ModelRegistry::scan(&models_dir).map_err(|e| EngineError::Packs(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel::<Command>(16);
+        let options = EngineOptions {
+            max_batch: options.max_batch.max(1),
+            ..options
+        };
+        let held = HeldStates::new(options.held_bytes);
+        let holds = held.holds();
+        let (tx, rx) = mpsc::channel::<Command>(64);
+        let stats = Arc::new(EngineStats::default());
+        let thread_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("tutti-engine".into())
             .spawn(move || {
-                let mut engine = EngineThread {
+                let _guard = tch::no_grad_guard();
+                EngineThread {
                     registry,
                     device,
+                    options,
                     loaded: HashMap::new(),
-                };
-                while let Some(cmd) = rx.blocking_recv() {
-                    engine.handle(cmd);
+                    active: Vec::new(),
+                    held,
+                    steps_per_second: 0.0,
+                    stats: thread_stats,
                 }
+                .run(rx)
             })
             .map_err(|e| EngineError::Packs(format!("spawning the engine thread: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            holds,
+            options,
+            stats,
+        })
     }
 
-    pub async fn denoise(
-        &self,
-        spec: JobSpec,
-        from_step: usize,
-        to_step: usize,
-        checkpoint: Option<Vec<u8>>,
-        cancel: Arc<AtomicBool>,
-        progress: mpsc::UnboundedSender<usize>,
-    ) -> Result<DenoiseOutcome, EngineError> {
+    pub fn options(&self) -> EngineOptions {
+        self.options
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// The jobs whose latest state this engine holds, with their steps.
+    pub fn holds(&self) -> &Holds {
+        &self.holds
+    }
+
+    /// Runs one denoise chunk in the step batch; answers when it reached `to_step`, was
+    /// cancelled or failed. `Err(NotHeld)` for `Start::Held` means: retry from the checkpoint.
+    pub async fn denoise(&self, req: DenoiseRequest) -> Result<DenoiseOutcome, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Denoise {
-                spec,
-                from_step,
-                to_step,
-                checkpoint,
-                cancel,
-                progress,
-                reply,
-            })
+            .send(Command::Denoise { req, reply })
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
+    /// Decodes and vocodes a finished job (`start`: its held state or its last checkpoint).
     pub async fn vocode(
         &self,
+        job: Uuid,
         spec: JobSpec,
-        checkpoint: Vec<u8>,
+        start: Start,
     ) -> Result<Rendered, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Vocode {
+                job,
                 spec,
-                checkpoint,
+                start,
                 reply,
             })
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
+}
+
+/// Chunks that may share a forward: same pack, same latent length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BatchKey {
+    model: ModelRef,
+    frames: i64,
+}
+
+/// A chunk in the step batch.
+struct Active {
+    job: Uuid,
+    key: BatchKey,
+    state: DenoiseState,
+    to_step: usize,
+    cancel: Arc<AtomicBool>,
+    progress: mpsc::UnboundedSender<usize>,
+    reply: oneshot::Sender<Result<DenoiseOutcome, EngineError>>,
+    failed: Option<String>,
 }
 
 struct EngineThread {
     registry: ModelRegistry,
     device: tch::Device,
+    options: EngineOptions,
     loaded: HashMap<ModelRef, Pipeline>,
+    active: Vec<Active>,
+    held: HeldStates,
+    /// Smoothed chunk-steps per second of the step loop.
+    steps_per_second: f64,
+    stats: Arc<EngineStats>,
 }
 
 impl EngineThread {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            // Idle: wait for work. Busy: take what has arrived, at this step boundary.
+            if self.active.is_empty() {
+                match rx.blocking_recv() {
+                    Some(cmd) => self.accept(cmd),
+                    None => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                self.accept(cmd);
+            }
+            self.step_round();
+            metrics::gauge!(names::BATCH_OCCUPANCY).set(
+                self.active
+                    .iter()
+                    .map(|a| a.state.params().variations as f64)
+                    .sum::<f64>(),
+            );
+        }
+    }
+
     fn pipeline(&mut self, model: &ModelRef) -> Result<&Pipeline, EngineError> {
         if !self.loaded.contains_key(model) {
             let info = self
@@ -191,76 +352,192 @@ impl EngineThread {
             .ok_or_else(|| EngineError::UnknownModel(model.clone()))
     }
 
-    fn handle(&mut self, cmd: Command) {
-        let _guard = tch::no_grad_guard();
+    fn accept(&mut self, cmd: Command) {
         match cmd {
-            Command::Denoise {
-                spec,
-                from_step,
-                to_step,
-                checkpoint,
-                cancel,
-                progress,
-                reply,
-            } => {
-                let r = self.denoise(&spec, from_step, to_step, checkpoint, &cancel, &progress);
-                let _ = reply.send(r);
+            Command::Denoise { req, reply } => {
+                let DenoiseRequest {
+                    job,
+                    spec,
+                    from_step,
+                    to_step,
+                    start,
+                    cancel,
+                    progress,
+                } = req;
+                match self.admit(job, &spec, from_step, to_step, start) {
+                    Ok(state) if cancel.load(Ordering::Relaxed) => {
+                        drop(state);
+                        let _ = reply.send(Ok(DenoiseOutcome::Cancelled));
+                    }
+                    Ok(state) => {
+                        let a = Active {
+                            job,
+                            key: BatchKey {
+                                model: spec.model.clone(),
+                                frames: state.latent().size()[2],
+                            },
+                            state,
+                            to_step,
+                            cancel,
+                            progress,
+                            reply,
+                            failed: None,
+                        };
+                        if a.state.step() == to_step {
+                            self.finish(a);
+                        } else {
+                            self.active.push(a);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Vocode {
+                job,
                 spec,
-                checkpoint,
+                start,
                 reply,
             } => {
-                let r = self.vocode(&spec, &checkpoint);
+                let r = self.vocode(job, &spec, start);
                 let _ = reply.send(r);
             }
         }
     }
 
-    fn denoise(
+    /// The state a chunk starts from, checked against the chunk's steps.
+    fn restore(
         &mut self,
+        job: Uuid,
         spec: &JobSpec,
-        from_step: usize,
-        to_step: usize,
-        checkpoint: Option<Vec<u8>>,
-        cancel: &AtomicBool,
-        progress: &mpsc::UnboundedSender<usize>,
-    ) -> Result<DenoiseOutcome, EngineError> {
+        step: usize,
+        start: Start,
+    ) -> Result<DenoiseState, EngineError> {
         let device = self.device;
         let pipeline = self.pipeline(&spec.model)?;
-        let mut state = match checkpoint {
-            None => pipeline.prepare(&generation_params(spec))?,
-            Some(bytes) => DenoiseState::from_checkpoint(&bytes, device)?,
+        let (state, source) = match start {
+            Start::Fresh => (pipeline.prepare(&generation_params(spec))?, "fresh"),
+            Start::Checkpoint(bytes) => {
+                (DenoiseState::from_checkpoint(&bytes, device)?, "checkpoint")
+            }
+            Start::Held => (
+                self.held.take(job, step).ok_or(EngineError::NotHeld)?,
+                "memory",
+            ),
         };
-        if state.step() != from_step {
+        if source != "fresh" {
+            metrics::counter!(names::WORKER_CHUNK_STARTS, "source" => source).increment(1);
+        }
+        if state.step() != step {
             return Err(ModelError::Checkpoint(format!(
-                "checkpoint is at step {}, the task starts at {from_step}",
+                "checkpoint is at step {}, the task starts at {step}",
                 state.step()
             ))
             .into());
         }
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(DenoiseOutcome::Cancelled);
-        }
-        // Cancellation is checked after every step: it lands within one denoising step.
-        let reached = pipeline.denoise(&mut state, to_step, &mut |done| {
-            let _ = progress.send(done);
-            if cancel.load(Ordering::Relaxed) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
-        if reached < to_step {
-            return Ok(DenoiseOutcome::Cancelled);
-        }
-        Ok(DenoiseOutcome::Done(state.to_checkpoint()?))
+        Ok(state)
     }
 
-    fn vocode(&mut self, spec: &JobSpec, checkpoint: &[u8]) -> Result<Rendered, EngineError> {
-        let device = self.device;
-        let pipeline = self.pipeline(&spec.model)?;
-        let state = DenoiseState::from_checkpoint(checkpoint, device)?;
+    fn admit(
+        &mut self,
+        job: Uuid,
+        spec: &JobSpec,
+        from_step: usize,
+        to_step: usize,
+        start: Start,
+    ) -> Result<DenoiseState, EngineError> {
+        let state = self.restore(job, spec, from_step, start)?;
+        if to_step > state.total_steps() || to_step < from_step {
+            return Err(ModelError::Input(format!(
+                "cannot denoise from step {from_step} to step {to_step} of {}",
+                state.total_steps()
+            ))
+            .into());
+        }
+        Ok(state)
+    }
+
+    /// One step for every chunk in hand: one forward per batch of up to `max_batch` chunks of
+    /// the same shape. Then finished, cancelled and failed chunks leave the batch.
+    fn step_round(&mut self) {
+        let mut keys: Vec<BatchKey> = Vec::new();
+        for a in &self.active {
+            if !keys.contains(&a.key) {
+                keys.push(a.key.clone());
+            }
+        }
+        for key in keys {
+            let Some(pipeline) = self.loaded.get(&key.model) else {
+                continue;
+            };
+            let mut members: Vec<&mut Active> =
+                self.active.iter_mut().filter(|a| a.key == key).collect();
+            for batch in members.chunks_mut(self.options.max_batch) {
+                let started = Instant::now();
+                let mut states: Vec<&mut DenoiseState> =
+                    batch.iter_mut().map(|a| &mut a.state).collect();
+                let result = pipeline.step_batch(&mut states);
+                let n = batch.len();
+                metrics::gauge!(names::WORKER_BATCH_OCCUPANCY).set(n as f64);
+                match result {
+                    Ok(()) => {
+                        let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        self.steps_per_second = if self.steps_per_second == 0.0 {
+                            rate
+                        } else {
+                            0.8 * self.steps_per_second + 0.2 * rate
+                        };
+                        metrics::gauge!(names::WORKER_STEPS_PER_SECOND).set(self.steps_per_second);
+                        metrics::counter!(names::STEPS).increment(n as u64);
+                        self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .chunk_steps
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for a in batch.iter_mut() {
+                            a.failed = Some(msg.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let mut kept = Vec::with_capacity(self.active.len());
+        for a in std::mem::take(&mut self.active) {
+            if let Some(msg) = a.failed {
+                let _ = a.reply.send(Err(EngineError::Step(msg)));
+                continue;
+            }
+            let step = a.state.step();
+            let _ = a.progress.send(step);
+            if a.cancel.load(Ordering::Relaxed) {
+                // Cancellation lands within one denoising step.
+                let _ = a.reply.send(Ok(DenoiseOutcome::Cancelled));
+                continue;
+            }
+            if step < a.to_step {
+                kept.push(a);
+            } else {
+                self.finish(a);
+            }
+        }
+        self.active = kept;
+    }
+
+    /// A chunk reached its last step: its checkpoint goes back to the runner (which uploads it
+    /// while this thread steps the others) and its state stays held for the next chunk.
+    fn finish(&mut self, a: Active) {
+        let r = a.state.to_checkpoint().map_err(EngineError::from);
+        if r.is_ok() {
+            self.held.insert(a.job, a.state);
+        }
+        let _ = a.reply.send(r.map(DenoiseOutcome::Done));
+    }
+
+    fn vocode(&mut self, job: Uuid, spec: &JobSpec, start: Start) -> Result<Rendered, EngineError> {
+        let state = self.restore(job, spec, spec.steps as usize, start)?;
         if !state.is_done() {
             return Err(ModelError::Checkpoint(format!(
                 "vocode needs a finished latent; checkpoint is at step {} of {}",
@@ -269,6 +546,9 @@ impl EngineThread {
             ))
             .into());
         }
+        // The job ends here: nothing to hold for it any more.
+        self.held.remove(job);
+        let pipeline = self.pipeline(&spec.model)?;
         let waveforms = pipeline.render(&state)?;
         Ok(Rendered {
             waveforms,

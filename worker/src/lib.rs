@@ -1,9 +1,11 @@
 //! tutti's worker: consumes denoise and vocode tasks and runs them with the model runtime.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod config;
 pub mod engine;
 mod gpu;
+pub mod held;
 pub mod model;
 pub mod runner;
 mod trace;
@@ -24,7 +26,7 @@ pub use config::WorkerConfig;
 pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let device = model::device::select(&cfg.device).context("choosing the device")?;
-    let engine = engine::Engine::start(cfg.models_dir.clone(), device)
+    let engine = engine::Engine::start(cfg.models_dir.clone(), device, cfg.engine_options(device))
         .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
     let blobs: Arc<dyn BlobStore> = Arc::new(S3Store::new(&cfg.s3.settings()));
     let queue: Arc<dyn TaskQueue> = Arc::new(AmqpQueue::new(
@@ -39,7 +41,7 @@ pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyho
         engine,
         blobs,
     };
-    tracing::info!(worker = %worker.name, device = ?device, "worker starting");
+    tracing::info!(worker = %worker.name, device = ?device, options = ?worker.engine.options(), "worker starting");
     let health = tutti_shared::metrics::Health::default();
     if let Some(addr) = cfg.metrics_listen {
         let bound = tutti_shared::metrics::serve(addr, health.clone()).await?;

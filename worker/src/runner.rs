@@ -1,7 +1,13 @@
 //! The worker's task loop (over any `TaskQueue`): consume stage tasks, run them on the engine, store checkpoints and
 //! outputs, publish the result with a confirm, and only then ack. A message that cannot be
 //! parsed is rejected to the dead-letter queue. SIGTERM (the `shutdown` watch) stops the intake;
-//! the task in hand finishes and is acked before the worker exits.
+//! the tasks in hand finish and are acked before the worker exits.
+//!
+//! Each task runs in its own tokio task, so the engine holds as many denoise chunks as the
+//! worker has batch slots (continuous step batching) while finished chunks upload their
+//! checkpoints and publish their results beside the step loop. Each kind is consumed from its
+//! shared queue and this worker's own queue (chunk affinity), with prefetch = its slots. A
+//! heartbeat every two seconds tells the coordinator the slots, the held jobs and draining.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,17 +16,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
 use tutti_shared::audio;
 use tutti_shared::blob::BlobStore;
 use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, TaskKind};
 use tutti_shared::messages::{ControlMessage, Outcome, OutputInfo, TaskMessage, WorkerEvent};
 use tutti_shared::metrics::names;
-use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
+use tutti_shared::taskqueue::{Consumer, Delivery, QueueError, QueueName, TaskQueue};
 use uuid::Uuid;
 
-use crate::engine::{DenoiseOutcome, Engine, EngineError};
+use crate::engine::{DenoiseOutcome, DenoiseRequest, Engine, EngineError, Start};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -34,7 +40,8 @@ pub enum WorkerError {
 #[derive(Default)]
 struct Cancellations {
     cancelled: std::collections::HashSet<Uuid>,
-    running: HashMap<Uuid, Arc<AtomicBool>>,
+    /// Usually one task per job; a redelivered duplicate may run beside the original.
+    running: HashMap<Uuid, Vec<Arc<AtomicBool>>>,
 }
 
 pub struct Worker {
@@ -42,21 +49,26 @@ pub struct Worker {
     /// RabbitMQ for the farm, the in-process queue in embedded mode.
     pub queue: Arc<dyn TaskQueue>,
     pub stages: Vec<TaskKind>,
+    /// Vocode tasks held at once (denoise chunks held at once: the engine's `max_batch`).
     pub prefetch: u16,
     pub engine: Engine,
     pub blobs: Arc<dyn BlobStore>,
 }
 
+/// How often a worker says it is alive.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
 impl Worker {
     /// Runs until `shutdown` flips to true, reconnecting with backoff when the broker goes away.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
         let cancels = Arc::new(Mutex::new(Cancellations::default()));
         let mut backoff = Duration::from_millis(100);
         while !*shutdown.borrow() {
-            match self.session(&mut shutdown, &cancels).await {
+            match Arc::clone(&this).session(&mut shutdown, &cancels).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, worker = %self.name, "broker connection lost, reconnecting");
+                    tracing::warn!(error = %e, worker = %this.name, "broker connection lost, reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
@@ -65,12 +77,34 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(worker = %self.name, "worker stopped");
+        tracing::info!(worker = %this.name, "worker stopped");
+    }
+
+    /// Tasks of `kind` this worker runs at once.
+    pub fn slots(&self, kind: TaskKind) -> usize {
+        if !self.stages.contains(&kind) {
+            return 0;
+        }
+        match kind {
+            TaskKind::Denoise => self.engine.options().max_batch,
+            TaskKind::Vocode => usize::from(self.prefetch.max(1)),
+        }
+    }
+
+    fn heartbeat(&self, draining: bool) -> WorkerEvent {
+        let slots = |k| u32::try_from(self.slots(k)).unwrap_or(u32::MAX);
+        WorkerEvent::Heartbeat {
+            worker: self.name.clone(),
+            denoise_slots: slots(TaskKind::Denoise),
+            vocode_slots: slots(TaskKind::Vocode),
+            holds: self.engine.holds().jobs(),
+            draining,
+        }
     }
 
     /// One broker connection's worth of work. Returns Ok on shutdown.
     async fn session(
-        &self,
+        self: Arc<Self>,
         shutdown: &mut watch::Receiver<bool>,
         cancels: &Arc<Mutex<Cancellations>>,
     ) -> Result<(), WorkerError> {
@@ -80,28 +114,138 @@ impl Worker {
             while let Some(ControlMessage::Cancel { job_id }) = control.next().await {
                 if let Ok(mut c) = cancels_ctl.lock() {
                     c.cancelled.insert(job_id);
-                    if let Some(flag) = c.running.get(&job_id) {
+                    for flag in c.running.get(&job_id).into_iter().flatten() {
                         flag.store(true, Ordering::Relaxed);
                         tracing::info!(job_id = %job_id, "cancel received for a running task");
                     }
                 }
             }
         });
-        let queues: Vec<QueueName> = self.stages.iter().map(|k| QueueName::Task(*k)).collect();
-        let mut deliveries = self
-            .queue
-            .consume(&queues, self.prefetch, &self.name)
-            .await?;
-        tracing::info!(worker = %self.name, stages = ?self.stages, "worker consuming");
-
-        let outcome = loop {
-            let next = tokio::select! {
-                d = deliveries.next() => d,
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break Ok(()); } else { continue; }
+        // Best effort: a lost heartbeat is followed by the next one.
+        let beat = Arc::clone(&self);
+        let beat_shutdown = shutdown.clone();
+        let heartbeat_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                tick.tick().await;
+                let ev = beat.heartbeat(*beat_shutdown.borrow());
+                if let Ok(body) = serde_json::to_vec(&ev) {
+                    let _ = beat
+                        .queue
+                        .publish_best_effort(QueueName::Results, &body)
+                        .await;
+                }
+            }
+        });
+        // Stops every intake: on shutdown, or when one of them or the control stream fails.
+        let (stop_tx, stop_rx) = watch::channel(*shutdown.borrow());
+        let mut intakes = tokio::task::JoinSet::new();
+        let mut outcome = Ok(());
+        for kind in self.stages.clone() {
+            let slots = self.slots(kind);
+            let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
+            let consumer = match self.queue.consume_worker(kind, prefetch, &self.name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Intakes already started drain what they took, then the session ends.
+                    let _ = stop_tx.send(true);
+                    outcome = Err(e.into());
+                    break;
+                }
+            };
+            intakes.spawn(Arc::clone(&self).intake(
+                kind,
+                consumer,
+                slots,
+                stop_rx.clone(),
+                Arc::clone(cancels),
+            ));
+        }
+        tracing::info!(worker = %self.name, stages = ?self.stages, denoise_slots = self.slots(TaskKind::Denoise), "worker consuming");
+        let mut control_open = true;
+        loop {
+            let failed = tokio::select! {
+                r = intakes.join_next() => match r {
+                    None => break,
+                    Some(Ok(Ok(()))) => None,
+                    Some(Ok(Err(e))) => Some(e),
+                    Some(Err(_)) => Some(WorkerError::Closed("intake stopped")),
+                },
+                r = shutdown.changed(), if !*stop_tx.borrow() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        let _ = stop_tx.send(true);
+                    }
+                    None
                 }
                 // Without control messages cancels would go unheard: start a new session.
-                _ = &mut control_task => break Err(WorkerError::Closed("control stream ended")),
+                _ = &mut control_task, if control_open => {
+                    control_open = false;
+                    Some(WorkerError::Closed("control stream ended"))
+                }
+            };
+            if let Some(e) = failed {
+                // The other intakes stop too and drain; the session ends with the first error.
+                let _ = stop_tx.send(true);
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
+        control_task.abort();
+        heartbeat_task.abort();
+        outcome
+    }
+
+    /// Takes tasks of one kind while a slot is free, each in its own task; on shutdown or a
+    /// broken consumer it stops taking, lets the tasks in hand finish (drain), and closes the
+    /// consumer, which returns prefetched, untaken tasks to their queues.
+    async fn intake(
+        self: Arc<Self>,
+        kind: TaskKind,
+        mut deliveries: Box<dyn Consumer>,
+        slots: usize,
+        mut shutdown: watch::Receiver<bool>,
+        cancels: Arc<Mutex<Cancellations>>,
+    ) -> Result<(), WorkerError> {
+        let free = Arc::new(Semaphore::new(slots.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let outcome = loop {
+            if *shutdown.borrow() {
+                break Ok(());
+            }
+            let permit = tokio::select! {
+                p = Arc::clone(&free).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break Err(WorkerError::Closed("slots closed")),
+                },
+                Some(r) = tasks.join_next() => match r {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(WorkerError::Closed("task panicked")),
+                },
+                r = shutdown.changed() => {
+                    if r.is_err() {
+                        break Ok(());
+                    }
+                    continue;
+                }
+            };
+            let next = tokio::select! {
+                d = deliveries.next() => d,
+                Some(r) = tasks.join_next() => {
+                    drop(permit);
+                    match r {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => break Err(e),
+                        Err(_) => break Err(WorkerError::Closed("task panicked")),
+                    }
+                }
+                r = shutdown.changed() => {
+                    if r.is_err() {
+                        break Ok(());
+                    }
+                    continue;
+                }
             };
             let Some(delivery) = next else {
                 break Err(WorkerError::Closed("task consumer closed"));
@@ -110,30 +254,54 @@ impl Worker {
                 Ok(d) => d,
                 Err(e) => break Err(e.into()),
             };
-            let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
-                    metrics::counter!(names::DEAD_LETTERS, "by" => "worker").increment(1);
-                    delivery.nack(false).await?;
-                    continue;
-                }
-            };
-            let span = crate::trace::task_span(&task, &delivery.headers);
-            let event = self.execute(&task, cancels).instrument(span.clone()).await;
-            // Confirmed result first, ack second: a crash between the two redoes the task,
-            // and the coordinator drops the duplicate result.
-            let body = serde_json::to_vec(&event).map_err(QueueError::from)?;
-            self.queue
-                .publish(QueueName::Results, &body)
-                .instrument(span)
-                .await?;
-            delivery.ack().await?;
+            let this = Arc::clone(&self);
+            let cancels = Arc::clone(&cancels);
+            tasks.spawn(async move {
+                let r = this.handle(delivery, &cancels).await;
+                drop(permit);
+                r
+            });
         };
-        control_task.abort();
-        // Closing returns prefetched, unacked tasks to their queues.
+        // Drain: the tasks in hand finish, publish their results and ack.
+        let mut outcome = outcome;
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
         deliveries.close().await;
+        tracing::debug!(kind = kind.as_str(), "intake stopped");
         outcome
+    }
+
+    /// Runs one delivered task: parse, execute, publish the result (confirmed), ack.
+    async fn handle(
+        &self,
+        delivery: Delivery,
+        cancels: &Arc<Mutex<Cancellations>>,
+    ) -> Result<(), WorkerError> {
+        let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
+                metrics::counter!(names::DEAD_LETTERS, "by" => "worker").increment(1);
+                delivery.nack(false).await?;
+                return Ok(());
+            }
+        };
+        let span = crate::trace::task_span(&task, &delivery.headers);
+        let event = self.execute(&task, cancels).instrument(span.clone()).await;
+        // Confirmed result first, ack second: a crash between the two redoes the task,
+        // and the coordinator drops the duplicate result.
+        let body = serde_json::to_vec(&event).map_err(QueueError::from)?;
+        self.queue
+            .publish(QueueName::Results, &body)
+            .instrument(span)
+            .await?;
+        delivery.ack().await?;
+        Ok(())
     }
 
     async fn execute(
@@ -147,14 +315,22 @@ impl Worker {
             if c.cancelled.contains(&task.job_id) {
                 flag.store(true, Ordering::Relaxed);
             }
-            c.running.insert(task.job_id, Arc::clone(&flag));
+            c.running
+                .entry(task.job_id)
+                .or_default()
+                .push(Arc::clone(&flag));
         }
         let result = match task.kind {
             TaskKind::Denoise => self.denoise(task, &flag).await,
             TaskKind::Vocode => self.vocode(task).await,
         };
         if let Ok(mut c) = cancels.lock() {
-            c.running.remove(&task.job_id);
+            if let Some(flags) = c.running.get_mut(&task.job_id) {
+                flags.retain(|f| !Arc::ptr_eq(f, &flag));
+                if flags.is_empty() {
+                    c.running.remove(&task.job_id);
+                }
+            }
         }
         let outcome = match result {
             Ok(Some(outputs)) => Outcome::Done {
@@ -185,9 +361,6 @@ impl Worker {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(names::WORKER_TASKS, "stage" => stage, "outcome" => outcome_name)
             .increment(1);
-        if task.kind == TaskKind::Denoise && outcome_name == "done" {
-            metrics::counter!(names::STEPS).increment(u64::from(task.to_step - task.from_step));
-        }
         tracing::info!(
             millis = started.elapsed().as_millis() as u64,
             outcome = outcome_name,
@@ -208,11 +381,6 @@ impl Worker {
         task: &TaskMessage,
         cancel: &Arc<AtomicBool>,
     ) -> Result<Option<Vec<OutputInfo>>, TaskError> {
-        let checkpoint = if task.from_step == 0 {
-            None
-        } else {
-            Some(self.checkpoint(task).await?)
-        };
         // Progress goes out best effort (no confirm wait), at most every 200 ms and at the end.
         let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
         let queue = Arc::clone(&self.queue);
@@ -238,21 +406,13 @@ impl Worker {
                 }
             }
         });
-        let out = self
-            .engine
-            .denoise(
-                task.spec.clone(),
-                task.from_step as usize,
-                task.to_step as usize,
-                checkpoint,
-                Arc::clone(cancel),
-                tx,
-            )
-            .await;
+        let out = self.denoise_in_engine(task, cancel, tx).await;
         let _ = progress.await;
-        match out.map_err(TaskError::engine)? {
+        match out? {
             DenoiseOutcome::Cancelled => Ok(None),
             DenoiseOutcome::Done(bytes) => {
+                // The engine goes on stepping the other chunks while this one uploads; the
+                // result (and so the ack) waits for the upload.
                 let key = checkpoint_key(task.job_id, task.chunk);
                 self.blobs
                     .put(&key, Bytes::from(bytes), "application/octet-stream")
@@ -260,6 +420,47 @@ impl Worker {
                     .map_err(|e| TaskError::retry("CHECKPOINT_WRITE", e.to_string()))?;
                 Ok(Some(Vec::new()))
             }
+        }
+    }
+
+    /// Where a task starts: fresh, the state this worker holds, or the S3 checkpoint.
+    async fn start(&self, task: &TaskMessage, step: usize) -> Result<Start, TaskError> {
+        if step == 0 {
+            Ok(Start::Fresh)
+        } else if self.engine.holds().step(task.job_id) == Some(step) {
+            Ok(Start::Held)
+        } else {
+            Ok(Start::Checkpoint(self.checkpoint(task).await?))
+        }
+    }
+
+    async fn denoise_in_engine(
+        &self,
+        task: &TaskMessage,
+        cancel: &Arc<AtomicBool>,
+        progress: mpsc::UnboundedSender<usize>,
+    ) -> Result<DenoiseOutcome, TaskError> {
+        let from_step = task.from_step as usize;
+        let request = |start| DenoiseRequest {
+            job: task.job_id,
+            spec: task.spec.clone(),
+            from_step,
+            to_step: task.to_step as usize,
+            start,
+            cancel: Arc::clone(cancel),
+            progress: progress.clone(),
+        };
+        let start = self.start(task, from_step).await?;
+        match self.engine.denoise(request(start)).await {
+            // Evicted between the look and the take: the checkpoint is the fallback.
+            Err(EngineError::NotHeld) => {
+                let start = Start::Checkpoint(self.checkpoint(task).await?);
+                self.engine
+                    .denoise(request(start))
+                    .await
+                    .map_err(TaskError::engine)
+            }
+            r => r.map_err(TaskError::engine),
         }
     }
 
@@ -276,12 +477,25 @@ impl Worker {
     }
 
     async fn vocode(&self, task: &TaskMessage) -> Result<Option<Vec<OutputInfo>>, TaskError> {
-        let checkpoint = self.checkpoint(task).await?;
-        let rendered = self
+        let steps = task.spec.steps as usize;
+        let rendered = match self
             .engine
-            .vocode(task.spec.clone(), checkpoint)
+            .vocode(
+                task.job_id,
+                task.spec.clone(),
+                self.start(task, steps).await?,
+            )
             .await
-            .map_err(TaskError::engine)?;
+        {
+            Err(EngineError::NotHeld) => {
+                let start = Start::Checkpoint(self.checkpoint(task).await?);
+                self.engine
+                    .vocode(task.job_id, task.spec.clone(), start)
+                    .await
+            }
+            r => r,
+        }
+        .map_err(TaskError::engine)?;
         let mut outputs = Vec::new();
         for (i, mut wave) in rendered.waveforms.into_iter().enumerate() {
             audio::normalize_loudness(&mut wave);

@@ -39,3 +39,40 @@ fn bench_model_on_the_tiny_pack() -> anyhow::Result<()> {
     assert!(bench::run(&BenchOptions { repeats: 0, ..opts }).is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_on_the_tiny_pack() -> anyhow::Result<()> {
+    use tutti_worker::bench_serve::{self, ServeOptions};
+    let opts = ServeOptions {
+        pack: PackSource::Tiny,
+        device: "cpu".into(),
+        jobs: 6,
+        durations_s: vec![1.0, 2.0],
+        steps: vec![4, 8],
+        chunk_steps: 3,
+        arrival_ms: 5,
+        max_batch: Some(4),
+        seed: 1,
+        threads: Some(1),
+    };
+    let report = bench_serve::run(&opts).await?;
+    assert_eq!(report.trace.len(), 6);
+    for r in [&report.batched, &report.sequential] {
+        for x in [r.makespan_s, r.jobs_per_hour, r.mean_latency_s, r.occupancy] {
+            assert!(x.is_finite() && x > 0.0, "{r:?}");
+        }
+    }
+    assert_eq!(
+        (report.batched.max_batch, report.sequential.max_batch),
+        (4, 1)
+    );
+    // One chunk at a time never shares a forward.
+    assert_eq!(report.sequential.occupancy, 1.0);
+    assert!(report.ratio().is_finite());
+    let md = report.to_markdown();
+    assert!(
+        md.contains("jobs/hour") && md.contains("one chunk at a time"),
+        "{md}"
+    );
+    Ok(())
+}

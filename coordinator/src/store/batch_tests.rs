@@ -123,8 +123,13 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
     // Run "ok" to its output; cancel "gone".
     let ok = crate::batches::item_job_id(id, "ok");
     let gone = crate::batches::item_job_id(id, "gone");
-    s.cancel_job(T.into(), gone).await.expect("cancel").expect("job");
-    s.dispatch_due(&q, &super::tests::bound(8)).await.expect("dispatch");
+    s.cancel_job(T.into(), gone)
+        .await
+        .expect("cancel")
+        .expect("job");
+    s.dispatch_due(&q, &super::tests::bound(8))
+        .await
+        .expect("dispatch");
     let t0 = drain(&q).await.pop().expect("denoise");
     assert_eq!(t0.job_id, ok);
     s.record_result(at(&t0), &done(5), POLICY)
@@ -139,7 +144,9 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
         b.batches_to_finish().await.expect("due").is_empty(),
         "an item is running"
     );
-    s.dispatch_due(&q, &super::tests::bound(8)).await.expect("dispatch");
+    s.dispatch_due(&q, &super::tests::bound(8))
+        .await
+        .expect("dispatch");
     let v = drain(&q).await.pop().expect("vocode");
     let outcome = Outcome::Done {
         millis: 5,
@@ -207,7 +214,9 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
     b.add_items(T, id, &[item(id, "x", 1, 8), item(id, "y", 2, 8)])
         .await
         .expect("add");
-    s.dispatch_due(&q, &super::tests::bound(1)).await.expect("dispatch");
+    s.dispatch_due(&q, &super::tests::bound(1))
+        .await
+        .expect("dispatch");
     let t = drain(&q).await.pop().expect("a task");
     s.record_progress(at(&t), 1).await.expect("progress");
     let running = b.cancel_batch(T, id).await.expect("cancel").expect("batch");
@@ -229,7 +238,9 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
         Err(Error::FailedPrecondition(_))
     ));
     // Nothing of it is dispatched any more.
-    s.dispatch_due(&q, &super::tests::bound(8)).await.expect("dispatch");
+    s.dispatch_due(&q, &super::tests::bound(8))
+        .await
+        .expect("dispatch");
     assert!(drain(&q).await.is_empty());
 }
 

@@ -12,9 +12,9 @@ use tutti_shared::taskqueue::{MemoryQueue, QueueName, TaskQueue};
 use uuid::Uuid;
 
 use super::{Heartbeat, JobStore, PgStore, RetryPolicy, Scope, SqliteStore, TaskRef};
-use crate::sched::Policy;
 use crate::auth::{ApiKey, Limits};
 use crate::error::Error;
+use crate::sched::Policy;
 use crate::validate::NewJob;
 
 /// The static bound of `n` in flight per kind (no worker heartbeats), nothing kept for batch.

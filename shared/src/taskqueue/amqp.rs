@@ -11,11 +11,14 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
 use super::{Acker, Consumer, Delivery, QueueError, QueueName, TaskQueue};
+use crate::job::TaskKind;
 use crate::messages::ControlMessage;
 use crate::queue::{self, Topology};
 
@@ -165,6 +168,89 @@ impl TaskQueue for AmqpQueue {
             self.reset().await;
         }
         res
+    }
+
+    async fn publish_to_worker(
+        &self,
+        worker: &str,
+        kind: TaskKind,
+        body: &[u8],
+        wait: Duration,
+    ) -> Result<(), QueueError> {
+        let ch = self.publish_channel().await?;
+        let own = self.topology.worker_queue(worker, kind);
+        // The expiration moves an untaken task on to the shared queue (the worker queue's
+        // dead-letter route); `mandatory` returns it when the worker has no queue.
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_expiration(ShortString::from(wait.as_millis().max(1).to_string()));
+        let sent = async {
+            ch.basic_publish(
+                "",
+                &own,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await?
+            .await
+        }
+        .await;
+        match sent {
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => {
+                tracing::debug!(queue = %own, "no such worker queue, publishing to the shared queue");
+                self.publish(QueueName::Task(kind), body).await
+            }
+            Ok(Confirmation::Nack(_)) => Err(QueueError::NotConfirmed(own)),
+            Err(e) => {
+                self.reset().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn consume_worker(
+        &self,
+        kind: TaskKind,
+        prefetch: u16,
+        worker: &str,
+    ) -> Result<Box<dyn Consumer>, QueueError> {
+        let channel = match self.new_channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.reset().await;
+                return Err(e);
+            }
+        };
+        // Per-consumer prefetch: quorum queues (the shared ones) refuse global QoS, so the
+        // worker holds at most `prefetch` from each queue and bounds its batch itself.
+        queue::set_prefetch(&channel, prefetch).await?;
+        let own = queue::declare_worker_queue(&channel, &self.topology, worker, kind).await?;
+        let shared = self.topology.task_queue(kind);
+        let mut consumers = Vec::new();
+        let mut names = Vec::new();
+        for name in [own, shared] {
+            let c = channel
+                .basic_consume(
+                    &name,
+                    &format!("{worker}-{}", uuid::Uuid::new_v4().simple()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push(c);
+            names.push((name, QueueName::Task(kind)));
+        }
+        Ok(Box::new(AmqpConsumer {
+            channel,
+            names,
+            deliveries: futures::stream::select_all(consumers),
+        }))
     }
 
     async fn publish_best_effort(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {

@@ -108,6 +108,19 @@ pub trait TaskQueue: Send + Sync {
     async fn ping(&self) -> Result<(), QueueError> {
         self.consumers(QueueName::Results).await.map(|_| ())
     }
+    /// Consumes the shared queue of `kind` and `worker`'s own queue for it (where
+    /// [`publish_to_worker`](Self::publish_to_worker) sends), each holding at most `prefetch`
+    /// unsettled deliveries. Deliveries from either report `QueueName::Task(kind)`. Backends
+    /// without per-worker queues consume the shared queue only.
+    async fn consume_worker(
+        &self,
+        kind: TaskKind,
+        prefetch: u16,
+        worker: &str,
+    ) -> Result<Box<dyn Consumer>, QueueError> {
+        self.consume(&[QueueName::Task(kind)], prefetch, worker)
+            .await
+    }
     /// Publishes without waiting for a confirm (progress reports).
     async fn publish_best_effort(&self, queue: QueueName, body: &[u8]) -> Result<(), QueueError> {
         self.publish(queue, body).await

@@ -140,6 +140,51 @@ pub(super) async fn control_fans_out_to_every_subscriber(q: &dyn TaskQueue) {
     }
 }
 
+/// Chunk affinity on RabbitMQ: a task for a worker goes to its own queue while the worker
+/// consumes it, moves to the shared queue when untaken after `wait`, and goes to the shared
+/// queue at once for a worker without a queue.
+async fn publish_to_worker_waits_then_falls_back(q: &AmqpQueue) {
+    let kind = TaskKind::Denoise;
+    // No queue for this worker: straight to the shared queue.
+    q.publish_to_worker("nobody", kind, b"orphan", Duration::from_secs(60))
+        .await
+        .expect("publish to a worker without a queue");
+    let mut shared = q.consume(&[DENOISE], 1, "shared").await.expect("consume");
+    let d = next_data(&mut shared).await;
+    assert_eq!(d.data, b"orphan");
+    d.ack().await.expect("ack");
+
+    // The worker consumes: its task reaches it and not the shared consumer.
+    let mut own = q.consume_worker(kind, 2, "w1").await.expect("consume own");
+    q.publish_to_worker("w1", kind, b"mine", Duration::from_secs(60))
+        .await
+        .expect("publish to w1");
+    let d = next_data(&mut own).await;
+    assert_eq!((d.queue, d.data.as_slice()), (DENOISE, b"mine".as_slice()));
+    d.ack().await.expect("ack");
+    assert!(
+        stays_quiet(&mut shared).await,
+        "the shared consumer got w1's task"
+    );
+
+    // The worker stops consuming (its queue stays): an untaken task moves on after `wait`.
+    own.close().await;
+    q.publish_to_worker("w1", kind, b"moved", Duration::from_millis(300))
+        .await
+        .expect("publish to idle w1");
+    let d = next_data(&mut shared).await;
+    assert_eq!(d.data, b"moved");
+    d.ack().await.expect("ack");
+    shared.close().await;
+}
+
+#[tokio::test]
+async fn amqp_publish_to_worker_waits_then_falls_back() {
+    let q = amqp();
+    publish_to_worker_waits_then_falls_back(&q).await;
+    remove(&q).await;
+}
+
 fn amqp() -> AmqpQueue {
     let url = std::env::var("TUTTI_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
@@ -159,6 +204,7 @@ async fn remove(q: &AmqpQueue) {
     };
     let t = q.topology();
     for name in [
+        t.worker_queue("w1", TaskKind::Denoise),
         t.denoise_queue(),
         t.vocode_queue(),
         t.results_queue(),

@@ -93,6 +93,21 @@ impl DenoiseState {
         self.latent.device()
     }
 
+    /// Bytes its tensors take (the held-latent cache's budget counts these).
+    pub fn memory_bytes(&self) -> usize {
+        let size = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        [
+            &self.latent,
+            &self.text_states,
+            &self.text_mask,
+            &self.global_cond,
+        ]
+        .into_iter()
+        .chain(self.sampler_state.tensors.values())
+        .map(size)
+        .sum()
+    }
+
     /// Checkpoint bytes (see the module documentation).
     pub fn to_checkpoint(&self) -> Result<Vec<u8>> {
         let mut tensors = vec![

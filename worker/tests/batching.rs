@@ -1,0 +1,269 @@
+//! Continuous step batching and held latents in the engine, on the tiny pack (real libtorch):
+//! chunks stepped together match one chunk at a time (within float reassociation on CPU, see
+//! below); a job continued from the state held in memory equals, bit for bit, one continued
+//! from its checkpoints.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, SamplerName};
+use tutti_shared::prompt::Controls;
+use tutti_worker::engine::{
+    DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
+};
+use tutti_worker::model::tiny::write_tiny_pack;
+use tutti_worker::model::DenoiseState;
+use uuid::Uuid;
+
+fn models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_tiny_pack(&dir.path().join("tiny"), 3).expect("tiny pack");
+    dir
+}
+
+fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> JobSpec {
+    JobSpec {
+        model: ModelRef {
+            name: "tiny".into(),
+            version: "1".into(),
+        },
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        controls: Controls {
+            duration_s,
+            ..Default::default()
+        },
+        duration_s,
+        seed,
+        steps,
+        guidance_scale: guidance,
+        sampler: SamplerName::FlowEuler,
+        variations: 1,
+        format: AudioFormat::Wav,
+        trace_context: Default::default(),
+    }
+}
+
+fn request(job: Uuid, spec: &JobSpec, from: u32, to: u32, start: Start) -> DenoiseRequest {
+    let (progress, _) = mpsc::unbounded_channel();
+    DenoiseRequest {
+        job,
+        spec: spec.clone(),
+        from_step: from as usize,
+        to_step: to as usize,
+        start,
+        cancel: Arc::new(AtomicBool::new(false)),
+        progress,
+    }
+}
+
+/// Whether two checkpoints hold the same state: step, parameters and latent bit for bit (the
+/// bytes themselves may differ: the metadata map is written in no fixed order).
+fn same_state(a: &[u8], b: &[u8]) -> bool {
+    let a = DenoiseState::from_checkpoint(a, tch::Device::Cpu).expect("checkpoint a");
+    let b = DenoiseState::from_checkpoint(b, tch::Device::Cpu).expect("checkpoint b");
+    let same = a.step() == b.step() && a.params() == b.params() && a.latent() == b.latent();
+    if !same {
+        println!(
+            "steps {} {}, latent max abs diff {:e}",
+            a.step(),
+            b.step(),
+            (a.latent() - b.latent()).abs().max().double_value(&[])
+        );
+    }
+    same
+}
+
+/// Max abs difference of two checkpoints' latents (same step and parameters required).
+fn latent_diff(a: &[u8], b: &[u8]) -> f64 {
+    let a = DenoiseState::from_checkpoint(a, tch::Device::Cpu).expect("checkpoint a");
+    let b = DenoiseState::from_checkpoint(b, tch::Device::Cpu).expect("checkpoint b");
+    assert_eq!((a.step(), a.params()), (b.step(), b.params()));
+    (a.latent() - b.latent()).abs().max().double_value(&[])
+}
+
+fn done(r: Result<DenoiseOutcome, EngineError>) -> Vec<u8> {
+    match r.expect("denoise") {
+        DenoiseOutcome::Done(bytes) => bytes,
+        DenoiseOutcome::Cancelled => panic!("cancelled"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_chunks_match_one_by_one_within_float_reassociation() {
+    let dir = models();
+    let batched = Engine::start(
+        dir.path().to_path_buf(),
+        tch::Device::Cpu,
+        EngineOptions {
+            max_batch: 4,
+            held_bytes: 0,
+        },
+    )
+    .expect("engine");
+    let one_by_one = Engine::start(
+        dir.path().to_path_buf(),
+        tch::Device::Cpu,
+        EngineOptions::sequential(),
+    )
+    .expect("engine");
+    // Different prompts, seeds, steps and guidance; five of one length (more than one forward
+    // holds), one of another length (its own batch).
+    let jobs: Vec<(Uuid, JobSpec)> = [
+        spec("warm lo-fi piano", 1, 6, 2.0, 3.0),
+        spec("epic orchestral trailer with drums", 2, 8, 2.0, 5.0),
+        spec("jazz", 3, 8, 2.0, 0.0),
+        spec("ambient drone, slow", 4, 10, 2.0, 4.0),
+        spec("funky disco groove", 5, 7, 2.0, 2.5),
+        spec("solo cello", 6, 9, 1.5, 3.0),
+    ]
+    .into_iter()
+    .map(|s| (Uuid::new_v4(), s))
+    .collect();
+
+    let together = futures::future::join_all(
+        jobs.iter()
+            .map(|(job, s)| batched.denoise(request(*job, s, 0, s.steps, Start::Fresh))),
+    )
+    .await;
+    let mut alone = Vec::new();
+    for (job, s) in &jobs {
+        alone.push(done(
+            one_by_one
+                .denoise(request(*job, s, 0, s.steps, Start::Fresh))
+                .await,
+        ));
+    }
+    // Not bit-identical on CPU: batched latents differ from one-by-one ones by float
+    // reassociation (measured: at most about 1e-5 on latents of magnitude ~4 after 6-10 steps;
+    // the cause, presumably GEMM blocking that depends on the row count, is not yet pinned
+    // down). The bound below is 10x the measured difference.
+    for ((r, a), (_, s)) in together.into_iter().zip(alone).zip(&jobs) {
+        let diff = latent_diff(&done(r), &a);
+        println!(
+            "{:?}: batched vs one by one, latent max abs diff {diff:e}",
+            s.prompt
+        );
+        assert!(diff <= 1e-4, "{:?}: batched differs by {diff:e}", s.prompt);
+    }
+    let stats = batched.stats();
+    let (forwards, steps) = (
+        stats.forwards.load(Ordering::Relaxed),
+        stats.chunk_steps.load(Ordering::Relaxed),
+    );
+    println!("batched: {steps} chunk-steps in {forwards} forwards");
+    assert_eq!(steps, 6 + 8 + 8 + 10 + 7 + 9);
+    assert!(
+        forwards < steps,
+        "no two chunks shared a forward ({forwards} forwards)"
+    );
+    let seq = one_by_one.stats();
+    assert_eq!(
+        seq.forwards.load(Ordering::Relaxed),
+        seq.chunk_steps.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_chunk_leaves_the_batch_and_the_others_finish() {
+    let dir = models();
+    let engine = Engine::start(
+        dir.path().to_path_buf(),
+        tch::Device::Cpu,
+        EngineOptions {
+            max_batch: 4,
+            held_bytes: 0,
+        },
+    )
+    .expect("engine");
+    // Many steps, so that the cancel (set from the progress stream) lands well before the end.
+    let s = spec("rain on a tin roof", 9, 150, 2.0, 3.0);
+    let (job_a, job_b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = request(job_a, &s, 0, 150, Start::Fresh);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.progress = tx;
+    let cancel = Arc::clone(&a.cancel);
+    // Cancel a once it has done two steps.
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(step) = rx.recv().await {
+            seen.push(step);
+            if step == 2 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        seen
+    });
+    let (ra, rb) = tokio::join!(
+        engine.denoise(a),
+        engine.denoise(request(job_b, &s, 0, 150, Start::Fresh))
+    );
+    assert!(matches!(ra, Ok(DenoiseOutcome::Cancelled)));
+    let seen = watcher.await.expect("watcher");
+    assert_eq!(seen[..2], [1, 2]);
+    assert!(
+        *seen.last().expect("progress") < 150,
+        "the cancelled chunk ran to its end"
+    );
+    // b went on alone and finished all its steps.
+    assert!(!done(rb).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_latent_equals_checkpoint() {
+    let dir = models();
+    let holding = Engine::start(
+        dir.path().to_path_buf(),
+        tch::Device::Cpu,
+        EngineOptions {
+            max_batch: 4,
+            held_bytes: 16 << 20,
+        },
+    )
+    .expect("engine");
+    let reading = Engine::start(
+        dir.path().to_path_buf(),
+        tch::Device::Cpu,
+        EngineOptions::sequential(),
+    )
+    .expect("engine");
+    let s = spec("sunny ukulele tune", 21, 8, 2.0, 3.0);
+    let job = Uuid::new_v4();
+
+    // Chunks 0..3 and 3..8, then vocode: from memory on one engine...
+    let first = done(holding.denoise(request(job, &s, 0, 3, Start::Fresh)).await);
+    assert_eq!(holding.holds().step(job), Some(3));
+    assert_eq!(holding.holds().jobs(), vec![job]);
+    let last_held = done(holding.denoise(request(job, &s, 3, 8, Start::Held)).await);
+    assert_eq!(holding.holds().step(job), Some(8));
+    let audio_held = holding
+        .vocode(job, s.clone(), Start::Held)
+        .await
+        .expect("vocode held");
+    assert_eq!(holding.holds().step(job), None, "a vocoded job is let go");
+
+    // ... and from the checkpoints on the other, which holds nothing.
+    let first_read = done(reading.denoise(request(job, &s, 0, 3, Start::Fresh)).await);
+    assert!(same_state(&first, &first_read));
+    assert_eq!(reading.holds().step(job), None);
+    assert!(matches!(
+        reading.denoise(request(job, &s, 3, 8, Start::Held)).await,
+        Err(EngineError::NotHeld)
+    ));
+    let last_read = done(
+        reading
+            .denoise(request(job, &s, 3, 8, Start::Checkpoint(first_read)))
+            .await,
+    );
+    assert!(
+        same_state(&last_held, &last_read),
+        "held and checkpointed chunks differ"
+    );
+    let audio_read = reading
+        .vocode(job, s.clone(), Start::Checkpoint(last_read))
+        .await
+        .expect("vocode checkpoint");
+    assert_eq!(audio_held.waveforms.len(), 1);
+    assert!(audio_held.waveforms == audio_read.waveforms);
+}
