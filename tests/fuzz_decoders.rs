@@ -144,3 +144,50 @@ fn model_packs_from_arbitrary_bytes_never_panic() {
         )
         .expect("no panic");
 }
+
+/// Every row a batch manifest reader yields, as text (errors included), or the error that
+/// stopped it.
+fn read_manifest(bytes: &[u8], format: tutti_coordinator::batches::manifest::ManifestFormat) {
+    use tutti_coordinator::batches::manifest::ManifestReader;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut rows = ManifestReader::new(bytes, format);
+        let mut n = 0;
+        // A reader must end (or fail) within one row per input byte, plus the last.
+        while let Ok(Some(_row)) = rows.next().await {
+            n += 1;
+            assert!(n <= bytes.len() + 1, "the reader does not advance");
+        }
+    });
+}
+
+#[test]
+fn batch_manifests_from_arbitrary_bytes_never_panic() {
+    use tutti_coordinator::batches::manifest::ManifestFormat;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    let valid_jsonl: &[u8] = b"{\"item_id\":\"a\",\"prompt\":\"lofi piano\"}\n{\"item_id\":\"b\",\"prompt\":\"rock\",\"duration_seconds\":5}\n";
+    let valid_csv: &[u8] = b"item_id,prompt,duration_seconds\na,lofi piano,5\nb,\"rock, loud\",8\n";
+    runner
+        .run(&proptest::collection::vec(any::<u8>(), 0..512), |bytes| {
+            read_manifest(&bytes, ManifestFormat::Jsonl);
+            read_manifest(&bytes, ManifestFormat::Csv);
+            Ok(())
+        })
+        .expect("no panic on garbage");
+    for valid in [valid_jsonl, valid_csv] {
+        runner
+            .run(&(0usize..valid.len(), any::<u8>()), |(pos, byte)| {
+                let mut bytes = valid.to_vec();
+                bytes[pos] = byte;
+                read_manifest(&bytes, ManifestFormat::Jsonl);
+                read_manifest(&bytes, ManifestFormat::Csv);
+                Ok(())
+            })
+            .expect("no panic on mutations");
+    }
+}
