@@ -28,6 +28,8 @@ async fn tight_farm(workers: usize) -> Farm {
             ("TUTTI_MAX_IN_FLIGHT", workers.to_string()),
             ("TUTTI_BATCH_SHARE", "0.1".into()),
         ],
+        // One slot per worker (its heartbeats then bound dispatch to `workers` chunks).
+        env: vec![("TUTTI_MAX_BATCH".into(), "1".into())],
         ..Default::default()
     })
     .await
@@ -65,7 +67,7 @@ async fn an_interactive_job_overtakes_a_running_backfill() {
     let farm = tight_farm(2).await;
     let mut batch = Vec::new();
     for i in 0..200 {
-        let req = job_request(&format!("backfill item {i}"), 24, pb::Priority::Batch);
+        let req = job_request(&format!("backfill item {i}"), 48, pb::Priority::Batch);
         batch.push(submit(&farm, req).await.id);
     }
     // The backfill is under way: its oldest job finished a chunk.
@@ -76,10 +78,11 @@ async fn an_interactive_job_overtakes_a_running_backfill() {
             .fetch_all(farm.pg())
             .await
             .expect("running jobs");
-    // Jobs with at least three more chunks to go than the interactive job has in all.
+    // Jobs with at least four chunks and the vocoder to go (the interactive job has two
+    // tasks in all).
     let long_running: Vec<Uuid> = running
         .iter()
-        .filter(|(_, done)| *done <= 8)
+        .filter(|(_, done)| *done <= 32)
         .map(|(id, _)| *id)
         .collect();
     assert!(
