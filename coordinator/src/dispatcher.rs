@@ -19,10 +19,14 @@ use crate::store::{JobStore, RetryPolicy};
 /// Publishes a task (the encoded `msg`) to its kind's queue inside a `dispatch` span that
 /// continues the job's submit trace; the span's context rides in the message's headers, so the
 /// worker's task span is its child, whichever coordinator dispatches and whenever.
+/// `route`: the worker that holds the job's latent and how long the task waits for it
+/// (affinity routes carry no headers; that worker parents its span to the job's stored context).
 pub(crate) async fn publish_task(
     queue: &dyn TaskQueue,
     msg: &TaskMessage,
     body: &[u8],
+    route: Option<(&str, Duration)>,
+    class: &str,
 ) -> Result<(), QueueError> {
     let span = tracing::info_span!(
         "dispatch",
@@ -35,10 +39,35 @@ pub(crate) async fn publish_task(
     let submit: HashMap<String, String> = msg.spec.trace_context.clone().into_iter().collect();
     tutti_shared::telemetry::set_parent_from_headers(&span, &submit);
     let headers = span.in_scope(tutti_shared::telemetry::current_context_headers);
-    queue
-        .publish_with_headers(QueueName::Task(msg.kind), body, &headers)
-        .instrument(span)
-        .await
+    let published = match route {
+        Some((worker, wait)) => {
+            queue
+                .publish_to_worker(worker, msg.kind, body, wait)
+                .instrument(span.clone())
+                .await
+        }
+        None => {
+            queue
+                .publish_with_headers(QueueName::Task(msg.kind), body, &headers)
+                .instrument(span.clone())
+                .await
+        }
+    };
+    if published.is_ok() {
+        // Inside the span, so the log line carries the job's trace id.
+        span.in_scope(|| {
+            tracing::info!(
+                job_id = %msg.job_id,
+                chunk = msg.chunk,
+                attempt = msg.attempt,
+                kind = msg.kind.as_str(),
+                class,
+                routed_to = route.map(|(w, _)| w).unwrap_or(""),
+                "dispatched"
+            )
+        });
+    }
+    published
 }
 
 pub struct Dispatcher {

@@ -120,26 +120,15 @@ pub async fn dispatch_round(
         let msg = task.message();
         let body = serde_json::to_vec(&msg)
             .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
-        match &routed {
-            // Affinity routes carry no headers: the worker parents its span to the job's stored
-            // trace context instead (JobSpec.trace_context), so the trace still holds the task.
-            Some(worker) => {
-                queue
-                    .publish_to_worker(worker, task.kind, &body, policy.affinity_wait)
-                    .await?
-            }
-            None => crate::dispatcher::publish_task(queue, &msg, &body).await?,
-        }
+        crate::dispatcher::publish_task(
+            queue,
+            &msg,
+            &body,
+            routed.as_deref().map(|w| (w, policy.affinity_wait)),
+            task.class.as_str(),
+        )
+        .await?;
         sent += 1;
-        tracing::info!(
-            job_id = %task.job_id,
-            chunk = task.chunk,
-            attempt = task.attempt,
-            kind = task.kind.as_str(),
-            class = task.class.as_str(),
-            routed_to = routed.as_deref().unwrap_or(""),
-            "dispatched"
-        );
     }
     tx.save_clocks(&clocks.changed_rows()).await?;
     Ok(sent)
