@@ -67,7 +67,7 @@ async fn an_interactive_job_overtakes_a_running_backfill() {
     let farm = tight_farm(2).await;
     let mut batch = Vec::new();
     for i in 0..200 {
-        let req = job_request(&format!("backfill item {i}"), 48, pb::Priority::Batch);
+        let req = job_request(&format!("backfill item {i}"), 200, pb::Priority::Batch);
         batch.push(submit(&farm, req).await.id);
     }
     // The backfill is under way: its oldest job finished a chunk.
@@ -78,11 +78,11 @@ async fn an_interactive_job_overtakes_a_running_backfill() {
             .fetch_all(farm.pg())
             .await
             .expect("running jobs");
-    // Jobs with at least four chunks and the vocoder to go (the interactive job has two
+    // Jobs with at least ten chunks and the vocoder to go (the interactive job has two
     // tasks in all).
     let long_running: Vec<Uuid> = running
         .iter()
-        .filter(|(_, done)| *done <= 32)
+        .filter(|(_, done)| *done <= 160)
         .map(|(id, _)| *id)
         .collect();
     assert!(
