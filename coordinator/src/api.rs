@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
-use crate::store::{JobRecord, JobStore};
+use crate::store::{JobRecord, JobStore, OutputRow};
 use crate::validate::Validator;
 
 pub use crate::auth::DEFAULT_TENANT;
@@ -41,7 +41,7 @@ fn parse_id(field: &str, id: &str) -> Result<Uuid> {
         .map_err(|_| Error::invalid(field, "must be a job id (a UUID)"))
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
@@ -67,6 +67,24 @@ fn stage_pb(s: Stage) -> pb::Stage {
     }
 }
 
+/// The API view of a stored output, without a presigned URL.
+pub(crate) fn output_pb(o: &OutputRow, uri: String) -> pb::Output {
+    pb::Output {
+        index: o.idx as u32,
+        uri,
+        duration_seconds: o.duration_s,
+        sample_rate: o.sample_rate as u32,
+        sha256: o.sha256.clone(),
+        size_bytes: o.size_bytes as u64,
+        format: if o.format == "flac" {
+            pb::AudioFormat::Flac
+        } else {
+            pb::AudioFormat::Wav
+        } as i32,
+        ..Default::default()
+    }
+}
+
 impl GenerationService {
     /// The API view of a stored job, with fresh presigned URLs for its outputs.
     pub async fn to_pb(&self, r: &JobRecord) -> Result<pb::Job> {
@@ -76,19 +94,9 @@ impl GenerationService {
             let signed = self.blobs.presign_get(&o.key, self.url_ttl).await?;
             let expires: DateTime<Utc> = signed.expires_at.into();
             outputs.push(pb::Output {
-                index: o.idx as u32,
-                uri: self.blobs.uri(&o.key),
                 url: signed.url,
                 url_expires_at: Some(ts(expires)),
-                duration_seconds: o.duration_s,
-                sample_rate: o.sample_rate as u32,
-                sha256: o.sha256.clone(),
-                size_bytes: o.size_bytes as u64,
-                format: if o.format == "flac" {
-                    pb::AudioFormat::Flac
-                } else {
-                    pb::AudioFormat::Wav
-                } as i32,
+                ..output_pb(o, self.blobs.uri(&o.key))
             });
         }
         let timings = j

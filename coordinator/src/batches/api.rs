@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::manifest::{ManifestFormat, ManifestReader};
 use super::{batch_id, item_job_id};
-use crate::api::GenerationService;
+use crate::api::{output_pb, ts, GenerationService};
 use crate::auth::{Caller, Limits};
 use crate::error::{Error, Result};
 use crate::store::batches::{AddOutcome, BatchCounts, BatchRow, ItemFilter, ItemRow, NewItem};
@@ -39,13 +39,6 @@ pub struct BatchesService {
 
 #[derive(Clone)]
 pub struct BatchesApi(pub Arc<BatchesService>);
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
 
 fn parse_batch_id(id: &str) -> Result<Uuid> {
     id.parse()
@@ -312,20 +305,7 @@ fn item_to_pb(item: ItemRow, blobs: &dyn tutti_shared::blob::BlobStore) -> pb::B
         outputs: item
             .outputs
             .iter()
-            .map(|o| pb::Output {
-                index: o.idx as u32,
-                uri: blobs.uri(&o.key),
-                duration_seconds: o.duration_s,
-                sample_rate: o.sample_rate as u32,
-                sha256: o.sha256.clone(),
-                size_bytes: o.size_bytes as u64,
-                format: if o.format == "flac" {
-                    pb::AudioFormat::Flac
-                } else {
-                    pb::AudioFormat::Wav
-                } as i32,
-                ..Default::default()
-            })
+            .map(|o| output_pb(o, blobs.uri(&o.key)))
             .collect(),
         item_id: item.item_id,
         line: item.line.max(0) as u64,
