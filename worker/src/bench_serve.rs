@@ -215,7 +215,7 @@ pub async fn run(opts: &ServeOptions) -> Result<ServeReport> {
     let max_batch = opts
         .max_batch
         .unwrap_or(EngineOptions::default_for(dev).max_batch);
-    let held_bytes = EngineOptions::default_for(dev).held_bytes;
+    let defaults = EngineOptions::default_for(dev);
     let mut runs = Vec::new();
     for b in [max_batch, 1] {
         let engine = Engine::start(
@@ -223,7 +223,7 @@ pub async fn run(opts: &ServeOptions) -> Result<ServeReport> {
             dev,
             EngineOptions {
                 max_batch: b,
-                held_bytes,
+                ..defaults
             },
         )
         .map_err(engine_err)?;

@@ -48,6 +48,11 @@ pub struct WorkerConfig {
     /// worker skips the S3 checkpoint read (0 turns it off). Default: 256 on CPU, 2048 on CUDA.
     #[arg(long, env = "TUTTI_HELD_LATENTS_MB")]
     pub held_latents_mb: Option<usize>,
+    /// Activation memory in MB one batched denoiser forward may take (estimated per chunk from
+    /// the pack's size, the clip length and the variations); caps the batch below --max-batch
+    /// for long clips or big packs. Default: 1024 on CPU, 16384 on CUDA.
+    #[arg(long, env = "TUTTI_BATCH_MEMORY_MB")]
+    pub batch_memory_mb: Option<usize>,
     /// Name reported with results (default: host and process id).
     #[arg(long, env = "TUTTI_WORKER_NAME")]
     pub name: Option<String>,
@@ -87,6 +92,7 @@ impl WorkerConfig {
         EngineOptions {
             max_batch: self.max_batch.unwrap_or(d.max_batch),
             held_bytes: self.held_latents_mb.map_or(d.held_bytes, |mb| mb << 20),
+            batch_bytes: self.batch_memory_mb.map_or(d.batch_bytes, |mb| mb << 20),
         }
     }
 }
@@ -106,15 +112,22 @@ mod tests {
     fn batch_defaults_follow_the_device_and_flags_override_them() {
         let cfg = Cli::parse_from(["w"]).worker;
         let cpu = cfg.engine_options(tch::Device::Cpu);
-        assert_eq!((cpu.max_batch, cpu.held_bytes), (8, 256 << 20));
+        assert_eq!(
+            (cpu.max_batch, cpu.held_bytes, cpu.batch_bytes),
+            (8, 256 << 20, 1 << 30)
+        );
         let cuda = cfg.engine_options(tch::Device::Cuda(0));
         assert_eq!(cuda.max_batch, 32);
         let cfg = Cli::parse_from(["w", "--max-batch", "1", "--held-latents-mb", "0"]).worker;
         assert!(cfg.validate().is_ok());
+        let one = cfg.engine_options(tch::Device::Cpu);
+        let seq = EngineOptions::sequential();
         assert_eq!(
-            cfg.engine_options(tch::Device::Cpu),
-            EngineOptions::sequential()
+            (one.max_batch, one.held_bytes),
+            (seq.max_batch, seq.held_bytes)
         );
+        let cfg = Cli::parse_from(["w", "--batch-memory-mb", "64"]).worker;
+        assert_eq!(cfg.engine_options(tch::Device::Cpu).batch_bytes, 64 << 20);
         let cfg = Cli::parse_from(["w", "--max-batch", "0"]).worker;
         assert!(cfg.validate().is_err());
     }

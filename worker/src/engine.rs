@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::held::{HeldStates, Holds};
 
-use crate::model::pipeline::{GenerationParams, Pipeline};
+use crate::model::pipeline::{BatchShape, GenerationParams, Pipeline};
 use crate::model::sampler::SamplerKind;
 use crate::model::state::DenoiseState;
 use crate::model::ModelError;
@@ -113,22 +113,29 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Bytes of finished states kept for the jobs' next chunks (0: none; always the checkpoint).
     pub held_bytes: usize,
+    /// Activation memory one forward may take, by `Pipeline::forward_bytes`: a batch stops
+    /// growing at `max_batch` chunks or at this budget, whichever comes first (one chunk always
+    /// runs, whatever its size).
+    pub batch_bytes: usize,
 }
 
 impl EngineOptions {
-    /// The defaults for a device: 8 chunks and 256 MB of held latents on CPU (more chunks
-    /// only lengthen each step there), 32 and 2 GB on CUDA (where a forward of 32 small latents
-    /// costs little more than one).
+    /// The defaults for a device: 8 chunks, 256 MB of held latents and 1 GB of activations on
+    /// CPU (more chunks only lengthen each step there), 32, 2 GB and 16 GB on CUDA (where a
+    /// forward of 32 small latents costs little more than one; 16 GB leaves most of an 80 GB
+    /// card to the weights and the allocator's cache).
     pub fn default_for(device: tch::Device) -> Self {
         if device.is_cuda() {
             Self {
                 max_batch: 32,
                 held_bytes: 2048 << 20,
+                batch_bytes: 16 << 30,
             }
         } else {
             Self {
                 max_batch: 8,
                 held_bytes: 256 << 20,
+                batch_bytes: 1 << 30,
             }
         }
     }
@@ -138,6 +145,7 @@ impl EngineOptions {
         Self {
             max_batch: 1,
             held_bytes: 0,
+            batch_bytes: usize::MAX,
         }
     }
 }
@@ -283,17 +291,40 @@ impl Engine {
     }
 }
 
-/// Chunks that may share a forward: same pack, same latent length.
+/// Splits chunks (their `forward_bytes`, in order) into consecutive forwards: each takes chunks
+/// while it holds fewer than `max_batch` and their bytes stay within `budget`; a chunk over the
+/// budget on its own still runs, alone.
+fn batch_sizes(bytes: &[usize], max_batch: usize, budget: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let (mut n, mut sum) = (0usize, 0usize);
+    for &b in bytes {
+        if n > 0 && (n == max_batch.max(1) || sum.saturating_add(b) > budget) {
+            sizes.push(n);
+            (n, sum) = (0, 0);
+        }
+        n += 1;
+        sum = sum.saturating_add(b);
+    }
+    if n > 0 {
+        sizes.push(n);
+    }
+    sizes
+}
+
+/// Chunks that may share a forward: same pack, same latent length and text bucket (so a
+/// chunk's result does not depend on its company; see `pipeline`'s "Batch invariance").
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BatchKey {
     model: ModelRef,
-    frames: i64,
+    shape: BatchShape,
 }
 
 /// A chunk in the step batch.
 struct Active {
     job: Uuid,
     key: BatchKey,
+    /// Its share of a forward's activation memory (`Pipeline::forward_bytes`).
+    bytes: usize,
     state: DenoiseState,
     to_step: usize,
     cancel: Arc<AtomicBool>,
@@ -370,12 +401,20 @@ impl EngineThread {
                         let _ = reply.send(Ok(DenoiseOutcome::Cancelled));
                     }
                     Ok(state) => {
+                        let (shape, bytes) = match self.loaded.get(&spec.model) {
+                            Some(p) => (p.batch_shape(&state), p.forward_bytes(&state)),
+                            None => {
+                                let _ = reply.send(Err(EngineError::UnknownModel(spec.model)));
+                                return;
+                            }
+                        };
                         let a = Active {
                             job,
                             key: BatchKey {
                                 model: spec.model.clone(),
-                                frames: state.latent().size()[2],
+                                shape,
                             },
+                            bytes,
                             state,
                             to_step,
                             cancel,
@@ -473,7 +512,11 @@ impl EngineThread {
             };
             let mut members: Vec<&mut Active> =
                 self.active.iter_mut().filter(|a| a.key == key).collect();
-            for batch in members.chunks_mut(self.options.max_batch) {
+            let sizes: Vec<usize> = members.iter().map(|a| a.bytes).collect();
+            let mut rest: &mut [&mut Active] = &mut members;
+            for n in batch_sizes(&sizes, self.options.max_batch, self.options.batch_bytes) {
+                let (batch, tail) = rest.split_at_mut(n);
+                rest = tail;
                 let started = Instant::now();
                 let mut states: Vec<&mut DenoiseState> =
                     batch.iter_mut().map(|a| &mut a.state).collect();
@@ -554,5 +597,22 @@ impl EngineThread {
             waveforms,
             sample_rate: pipeline.config().model.sample_rate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_sizes;
+
+    #[test]
+    fn batches_stop_at_the_count_or_the_memory_budget() {
+        // Count only.
+        assert_eq!(batch_sizes(&[1; 10], 4, usize::MAX), vec![4, 4, 2]);
+        // Budget only: 3 + 3 fits 7, a third does not.
+        assert_eq!(batch_sizes(&[3; 5], 32, 7), vec![2, 2, 1]);
+        // Mixed sizes, in order; a chunk over the budget runs alone.
+        assert_eq!(batch_sizes(&[2, 2, 9, 1, 1], 8, 5), vec![2, 1, 2]);
+        assert_eq!(batch_sizes(&[], 8, 5), Vec::<usize>::new());
+        assert_eq!(batch_sizes(&[5, 5], 0, usize::MAX), vec![1, 1]);
     }
 }

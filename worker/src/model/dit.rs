@@ -163,6 +163,23 @@ impl Module for Mlp {
     }
 }
 
+impl Mlp {
+    /// The forward one batch row at a time on CPU, where a matrix multiply of a few rows is not
+    /// batch-invariant (MKL's small-matrix kernels round row 0 of a 4-row product differently
+    /// from the same row alone, ~1e-6); a loop over rows costs nothing next to the blocks. CUDA
+    /// keeps one launch: its GEMMs are not batch-invariant at any size anyway.
+    fn forward_rows(&self, x: &Tensor) -> Tensor {
+        let rows = x.size()[0];
+        if x.device().is_cuda() || rows <= 1 {
+            return self.forward(x);
+        }
+        let out: Vec<Tensor> = (0..rows)
+            .map(|r| self.forward(&x.narrow(0, r, 1)))
+            .collect();
+        Tensor::cat(&out, 0)
+    }
+}
+
 /// `StableAudioDiTBlock`: pre-norm self-attention (rotary), cross-attention, SwiGLU feed-forward.
 #[derive(Debug)]
 struct Block {
@@ -344,10 +361,12 @@ impl StableAudioDit {
         if global.dim() == 2 {
             global = global.unsqueeze(1);
         }
-        let global = self.global_proj.forward(&global);
+        // One vector per batch row: row-wise, so that a row's result does not depend on the
+        // batch (the blocks' multiplies have rows x frames rows and are batch-invariant).
+        let global = self.global_proj.forward_rows(&global);
         let time = self
             .timestep_proj
-            .forward(&self.time_proj.forward(&input.timestep.to_kind(kind)));
+            .forward_rows(&self.time_proj.forward(&input.timestep.to_kind(kind)));
         let global = global + time.unsqueeze(1);
         let x = x.apply(&self.preprocess_conv) + &x;
         let x = x.transpose(1, 2).apply(&self.proj_in);

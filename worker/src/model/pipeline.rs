@@ -6,13 +6,18 @@
 //! `uncond + scale * (cond - uncond)` with the state's own scale. The numeric controls condition
 //! both halves (as Stable Audio duplicates its duration embedding).
 //!
-//! Batch invariance: text tokens are padded to the longest in the batch and masked in
-//! cross-attention; latents of different lengths are padded at the end and masked as keys in
+//! Batch invariance: a state's output must not depend on what else is in its forward. Text
+//! tokens are padded to a fixed bucket (`TEXT_BUCKET` tokens: `text_bucket`) and masked in
+//! cross-attention, so a state's keys are the same whatever the other prompts' lengths (padding
+//! to the batch's longest prompt instead changes the attention kernel's blocking and the result
+//! by ~1e-7 per step); latents of different lengths are padded at the end and masked as keys in
 //! self-attention (rotary positions start at the global token, so padding does not move them).
-//! Masked keys get exactly zero attention weight. Measured on CPU (tests/pipeline.rs): states
-//! with the same latent length are bit-identical alone or batched, whatever their text lengths,
-//! steps, guidance scales and variation counts; a state whose latent is padded differs by float
-//! reassociation in attention over the longer key axis (about 1e-5 on latents of magnitude 8).
+//! On CPU (tests/pipeline.rs, worker/tests/batching.rs), states with the same latent length and
+//! text bucket are bit-identical alone or batched, whatever their steps, guidance scales and
+//! variation counts; the engine batches only such states (`BatchShape`). A state padded to a
+//! longer latent differs by float reassociation (about 1e-5 on latents of magnitude 8). On CUDA,
+//! cuBLAS may pick other kernels for other row counts, so batched audio equals one-by-one audio
+//! there to within bf16 rounding, not bit for bit.
 //!
 //! Text conditioning differs from diffusers' `StableAudioPipeline`, which zeroes padded token
 //! states and attends to them unmasked; tutti masks them (the only way to be batch-invariant).
@@ -33,6 +38,23 @@ use super::{ModelError, Result};
 
 /// Most variations one request may ask for.
 pub const MAX_VARIATIONS: usize = 16;
+
+/// Text tokens are padded to a multiple of this in a forward (see "Batch invariance" above).
+/// 32 holds almost every prompt (MiniLM word pieces) at little cross-attention cost.
+pub const TEXT_BUCKET: i64 = 32;
+
+/// The token count a state's text is padded to in a forward.
+pub fn text_bucket(tokens: i64) -> i64 {
+    (tokens.max(1) as u64).div_ceil(TEXT_BUCKET as u64) as i64 * TEXT_BUCKET
+}
+
+/// What states must share to be stepped in one forward bit-identically to each alone: latent
+/// frames and text bucket (plus the model, which the engine keys on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchShape {
+    pub frames: i64,
+    pub text_tokens: i64,
+}
 
 /// A loaded pack on one device. `Send + Sync`: the modules sit behind a mutex (libtorch tensors are
 /// `Send` but not `Sync`), so calls from several threads run one at a time.
@@ -167,6 +189,31 @@ impl Pipeline {
         })
     }
 
+    /// The shape a state is batched by (see [`BatchShape`]).
+    pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
+        BatchShape {
+            frames: state.latent.size()[2],
+            text_tokens: text_bucket(state.text_states.size()[1]),
+        }
+    }
+
+    /// An upper estimate of the activation memory one state adds to a denoiser forward, in
+    /// bytes: its `2 * variations` rows through the widest point of a transformer block (the
+    /// residual stream and attention projections, the 4x feed-forward, the attention
+    /// probabilities as the unfused kernel holds them). The engine caps each forward's batch by
+    /// the sum of these (`EngineOptions::batch_bytes`).
+    pub fn forward_bytes(&self, state: &DenoiseState) -> usize {
+        let d = &self.config.denoiser;
+        let rows = 2 * state.params.variations as i64;
+        let tokens = state.latent.size()[2] + 1;
+        let text = text_bucket(state.text_states.size()[1]);
+        let inner = d.num_attention_heads * d.attention_head_dim;
+        let per_token = 8 * inner + 2 * 4 * inner;
+        let attention = d.num_attention_heads * tokens * (tokens + text);
+        let elem = super::device::compute_kind(self.device).elt_size_in_bytes() as i64;
+        (rows * (tokens * per_token + attention) * elem) as usize
+    }
+
     /// Advances every state by one step with one denoiser forward over all of them.
     pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
         if states.is_empty() {
@@ -191,9 +238,9 @@ impl Pipeline {
         let max_t = states.iter().map(|s| s.latent.size()[2]).max().unwrap_or(1);
         let max_l = states
             .iter()
-            .map(|s| s.text_states.size()[1])
+            .map(|s| text_bucket(s.text_states.size()[1]))
             .max()
-            .unwrap_or(1);
+            .unwrap_or(TEXT_BUCKET);
         let ragged = states.iter().any(|s| s.latent.size()[2] != max_t);
         let (mut xs, mut ts, mut texts, mut tmasks, mut globals, mut fmasks) = (
             Vec::new(),
