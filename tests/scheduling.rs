@@ -277,6 +277,7 @@ async fn tenants_with_weights_one_and_three_get_a_quarter_and_three_quarters() {
                     worker: w,
                     denoise_slots: 4,
                     vocode_slots: 4,
+                    express_slots: 0,
                     holds: &[],
                     draining: false,
                 })

@@ -115,11 +115,13 @@ impl ResultsConsumer {
                 vocode_slots,
                 holds,
                 draining,
+                express_slots,
             } => {
                 let hb = Heartbeat {
                     worker,
                     denoise_slots: *denoise_slots,
                     vocode_slots: *vocode_slots,
+                    express_slots: *express_slots,
                     holds,
                     draining: *draining,
                 };

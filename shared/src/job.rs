@@ -51,6 +51,12 @@ string_enum!(
     Priority { Interactive => "interactive", Standard => "standard", Batch => "batch" }
 );
 
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::Standard
+    }
+}
+
 impl Priority {
     /// The rank stored in Postgres; dispatch orders by it ascending.
     pub fn rank(self) -> i16 {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::job::{JobSpec, TaskKind};
+use crate::job::{JobSpec, Priority, TaskKind};
 
 /// One unit of work: a chunk of denoising steps or the vocoding stage of a job.
 /// `(job_id, chunk, attempt)` identifies it; results carry the same triple for fencing.
@@ -18,6 +18,10 @@ pub struct TaskMessage {
     pub from_step: u32,
     pub to_step: u32,
     pub spec: JobSpec,
+    /// The job's class: workers run interactive chunks first (messages from before the field
+    /// read as standard).
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 /// One finished audio file, as uploaded by a vocode task.
@@ -85,6 +89,10 @@ pub enum WorkerEvent {
         /// True once it takes no new work (draining on SIGTERM).
         #[serde(default)]
         draining: bool,
+        /// Interactive denoise chunks it takes beyond `denoise_slots` (its express lane), so an
+        /// interactive job never waits for a slot behind batch work.
+        #[serde(default)]
+        express_slots: u32,
     },
 }
 

@@ -44,6 +44,10 @@ pub(crate) struct FarmBenchArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// libtorch threads per worker: 1 makes each worker stand in for one device (one core),
+    /// so that on a small machine the workers do not slow each other down.
+    #[arg(long, default_value_t = 1)]
+    worker_threads: i32,
     /// Postgres server (the benchmark creates its own database there).
     #[arg(
         long,
@@ -161,6 +165,7 @@ impl BenchFarm {
                 &[
                     ("TUTTI_WORKER_NAME", format!("bench-w{i}")),
                     ("TUTTI_DEVICE", "cpu".into()),
+                    ("TUTTI_TORCH_THREADS", a.worker_threads.to_string()),
                 ],
             )?);
         }
@@ -246,6 +251,7 @@ async fn run_in_process(
             start,
             cancel: Arc::new(AtomicBool::new(false)),
             progress,
+            priority: tutti_shared::job::Priority::Interactive,
         };
         match engine.denoise(req).await? {
             DenoiseOutcome::Done(c) => checkpoint = Some(c),
@@ -302,6 +308,8 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
         farm_times.push(run_one(&mut client, r.clone()).await?);
     }
     let device = tutti_worker::model::device::select("cpu")?;
+    // The same threads as a farm worker, so that the difference is the farm's own time.
+    tch::set_num_threads(a.worker_threads);
     let engine = Engine::start(models.clone(), device, EngineOptions::default_for(device))?;
     let validator = Validator::new(ModelRegistry::scan(&models)?, None, 0)?;
     run_in_process(&engine, &validator, &reqs[0]).await?;
@@ -385,9 +393,10 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
     let p95_ratio = quantile(&busy_ms, 0.95) / quantile(&idle_ms, 0.95);
     println!("# tutti bench farm\n");
     println!(
-        "tiny pack, 8 steps in chunks of 4, 2 s clips; {} worker process(es) on CPU; \
-         coordinator, Postgres, RabbitMQ and S3 on this machine ({} CPUs)\n",
+        "tiny pack, 8 steps in chunks of 4, 2 s clips; {} worker process(es) on CPU, {} libtorch \
+         thread(s) each; coordinator, Postgres, RabbitMQ and S3 on this machine ({} CPUs)\n",
         a.workers,
+        a.worker_threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(

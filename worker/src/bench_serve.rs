@@ -336,6 +336,7 @@ async fn one_job_gated(
                 start,
                 cancel: Arc::new(AtomicBool::new(false)),
                 progress,
+                priority: tutti_shared::job::Priority::Standard,
             })
             .await
             .map_err(engine_err)?;

@@ -53,6 +53,14 @@ pub struct WorkerConfig {
     /// for long clips or big packs. Default: 1024 on CPU, 16384 on CUDA.
     #[arg(long, env = "TUTTI_BATCH_MEMORY_MB")]
     pub batch_memory_mb: Option<usize>,
+    /// Interactive denoise chunks the worker takes beyond --max-batch (its express lane, so an
+    /// interactive job never waits for batch work to end). Default: 2 on CPU, 4 on CUDA.
+    #[arg(long, env = "TUTTI_EXPRESS_SLOTS")]
+    pub express_slots: Option<usize>,
+    /// libtorch intra-op threads (default: libtorch's, one per core); set it when several CPU
+    /// workers share a machine.
+    #[arg(long, env = "TUTTI_TORCH_THREADS")]
+    pub torch_threads: Option<i32>,
     /// Name reported with results (default: host and process id).
     #[arg(long, env = "TUTTI_WORKER_NAME")]
     pub name: Option<String>,
@@ -78,6 +86,9 @@ impl WorkerConfig {
         if self.prefetch == 0 {
             return Err("prefetch: must be at least 1".into());
         }
+        if self.torch_threads.is_some_and(|n| n < 1) {
+            return Err("torch-threads: must be at least 1".into());
+        }
         if let Some(b) = self.max_batch {
             if b == 0 || b > usize::from(u16::MAX) {
                 return Err(format!("max-batch: must be in 1..={}, got {b}", u16::MAX));
@@ -93,6 +104,8 @@ impl WorkerConfig {
             max_batch: self.max_batch.unwrap_or(d.max_batch),
             held_bytes: self.held_latents_mb.map_or(d.held_bytes, |mb| mb << 20),
             batch_bytes: self.batch_memory_mb.map_or(d.batch_bytes, |mb| mb << 20),
+            express: self.express_slots.unwrap_or(d.express),
+            ..d
         }
     }
 }
@@ -126,8 +139,13 @@ mod tests {
             (one.max_batch, one.held_bytes),
             (seq.max_batch, seq.held_bytes)
         );
-        let cfg = Cli::parse_from(["w", "--batch-memory-mb", "64"]).worker;
-        assert_eq!(cfg.engine_options(tch::Device::Cpu).batch_bytes, 64 << 20);
+        let cfg = Cli::parse_from(["w", "--batch-memory-mb", "64", "--express-slots", "0"]).worker;
+        let o = cfg.engine_options(tch::Device::Cpu);
+        assert_eq!(
+            (o.batch_bytes, o.express, o.interactive_first),
+            (64 << 20, 0, true)
+        );
+        assert!(!cfg.engine_options(tch::Device::Cuda(0)).interactive_first);
         let cfg = Cli::parse_from(["w", "--max-batch", "0"]).worker;
         assert!(cfg.validate().is_err());
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tutti_shared::job::{JobSpec, ModelRef, SamplerName};
+use tutti_shared::job::{JobSpec, ModelRef, Priority, SamplerName};
 use tutti_shared::metrics::names;
 use tutti_shared::models::ModelRegistry;
 use uuid::Uuid;
@@ -91,6 +91,8 @@ pub struct DenoiseRequest {
     pub cancel: Arc<AtomicBool>,
     /// Steps done, after every step.
     pub progress: mpsc::UnboundedSender<usize>,
+    /// The job's class: interactive chunks step first (`EngineOptions::interactive_first`).
+    pub priority: Priority,
 }
 
 /// How a denoise run ended.
@@ -117,6 +119,13 @@ pub struct EngineOptions {
     /// growing at `max_batch` chunks or at this budget, whichever comes first (one chunk always
     /// runs, whatever its size).
     pub batch_bytes: usize,
+    /// Interactive chunks step in forwards of their own, the others in `YIELD_SHARE` of the
+    /// time while any is in hand: on CPU, where a bigger batch costs proportionally more time.
+    /// Off on CUDA, where a forward of 32 chunks costs about one, so all step together.
+    pub interactive_first: bool,
+    /// Interactive denoise chunks the worker takes beyond `max_batch` (its express lane), so an
+    /// interactive job never waits for a batch chunk to end.
+    pub express: usize,
 }
 
 impl EngineOptions {
@@ -130,12 +139,16 @@ impl EngineOptions {
                 max_batch: 32,
                 held_bytes: 2048 << 20,
                 batch_bytes: 16 << 30,
+                interactive_first: false,
+                express: 4,
             }
         } else {
             Self {
                 max_batch: 8,
                 held_bytes: 256 << 20,
                 batch_bytes: 1 << 30,
+                interactive_first: true,
+                express: 2,
             }
         }
     }
@@ -146,6 +159,8 @@ impl EngineOptions {
             max_batch: 1,
             held_bytes: 0,
             batch_bytes: usize::MAX,
+            interactive_first: false,
+            express: 0,
         }
     }
 }
@@ -233,6 +248,7 @@ impl Engine {
                     active: Vec::new(),
                     held,
                     steps_per_second: 0.0,
+                    shares: Shares::default(),
                     stats: thread_stats,
                 }
                 .run(rx)
@@ -331,6 +347,20 @@ struct Active {
     progress: mpsc::UnboundedSender<usize>,
     reply: oneshot::Sender<Result<DenoiseOutcome, EngineError>>,
     failed: Option<String>,
+    priority: Priority,
+    /// Stepped in this round.
+    chosen: bool,
+}
+
+/// The share of the step loop's time that other chunks get while interactive ones are in hand
+/// (on devices where batching costs time: CPU).
+const YIELD_SHARE: f64 = 0.1;
+
+/// Seconds the step loop spent on interactive and on other chunks since interactive work came.
+#[derive(Debug, Default)]
+struct Shares {
+    urgent: f64,
+    other: f64,
 }
 
 struct EngineThread {
@@ -342,6 +372,7 @@ struct EngineThread {
     held: HeldStates,
     /// Smoothed chunk-steps per second of the step loop.
     steps_per_second: f64,
+    shares: Shares,
     stats: Arc<EngineStats>,
 }
 
@@ -394,6 +425,7 @@ impl EngineThread {
                     start,
                     cancel,
                     progress,
+                    priority,
                 } = req;
                 match self.admit(job, &spec, from_step, to_step, start) {
                     Ok(state) if cancel.load(Ordering::Relaxed) => {
@@ -421,6 +453,8 @@ impl EngineThread {
                             progress,
                             reply,
                             failed: None,
+                            priority,
+                            chosen: false,
                         };
                         if a.state.step() == to_step {
                             self.finish(a);
@@ -497,21 +531,30 @@ impl EngineThread {
         Ok(state)
     }
 
-    /// One step for every chunk in hand: one forward per batch of up to `max_batch` chunks of
-    /// the same shape. Then finished, cancelled and failed chunks leave the batch.
-    fn step_round(&mut self) {
+    /// Steps up to `limit` chunks that pass `pick` (in arrival order), in forwards grouped by
+    /// shape; returns the seconds spent.
+    fn step_some(&mut self, pick: impl Fn(&Active) -> bool, limit: usize) -> f64 {
+        let begun = Instant::now();
         let mut keys: Vec<BatchKey> = Vec::new();
-        for a in &self.active {
-            if !keys.contains(&a.key) {
-                keys.push(a.key.clone());
+        let mut chosen = 0usize;
+        for a in self.active.iter_mut() {
+            a.chosen = chosen < limit && pick(a);
+            if a.chosen {
+                chosen += 1;
+                if !keys.contains(&a.key) {
+                    keys.push(a.key.clone());
+                }
             }
         }
         for key in keys {
             let Some(pipeline) = self.loaded.get(&key.model) else {
                 continue;
             };
-            let mut members: Vec<&mut Active> =
-                self.active.iter_mut().filter(|a| a.key == key).collect();
+            let mut members: Vec<&mut Active> = self
+                .active
+                .iter_mut()
+                .filter(|a| a.chosen && a.key == key)
+                .collect();
             let sizes: Vec<usize> = members.iter().map(|a| a.bytes).collect();
             let mut rest: &mut [&mut Active] = &mut members;
             for n in batch_sizes(&sizes, self.options.max_batch, self.options.batch_bytes) {
@@ -547,6 +590,39 @@ impl EngineThread {
                 }
             }
         }
+        begun.elapsed().as_secs_f64()
+    }
+
+    /// One step for every chunk in hand: one forward per batch of up to `max_batch` chunks of
+    /// the same shape (within the memory budget). While interactive chunks are in hand on a
+    /// device that runs them first, the others get at most `YIELD_SHARE` of the step loop's
+    /// time (so they never stop, and an interactive job runs at nearly its idle speed). Then
+    /// finished, cancelled and failed chunks leave the batch.
+    fn step_round(&mut self) {
+        let urgent = self.options.interactive_first
+            && self
+                .active
+                .iter()
+                .any(|a| a.priority == Priority::Interactive);
+        if urgent {
+            let spent = self.step_some(|a| a.priority == Priority::Interactive, usize::MAX);
+            self.shares.urgent += spent;
+            let budget = YIELD_SHARE * self.shares.urgent - self.shares.other;
+            // Chunk-steps of the others that fit the budget, at the loop's recent speed; at least
+            // one once there is any budget (the speed is unknown before the first forward).
+            let fits = if self.steps_per_second > 0.0 {
+                (budget * self.steps_per_second).floor() as usize
+            } else {
+                usize::from(budget > 0.0)
+            };
+            if fits > 0 {
+                let spent = self.step_some(|a| a.priority != Priority::Interactive, fits);
+                self.shares.other += spent;
+            }
+        } else {
+            self.shares = Shares::default();
+            self.step_some(|_| true, usize::MAX);
+        }
         let mut kept = Vec::with_capacity(self.active.len());
         for a in std::mem::take(&mut self.active) {
             if let Some(msg) = a.failed {
@@ -554,7 +630,9 @@ impl EngineThread {
                 continue;
             }
             let step = a.state.step();
-            let _ = a.progress.send(step);
+            if a.chosen {
+                let _ = a.progress.send(step);
+            }
             if a.cancel.load(Ordering::Relaxed) {
                 // Cancellation lands within one denoising step.
                 let _ = a.reply.send(Ok(DenoiseOutcome::Cancelled));

@@ -26,6 +26,9 @@ pub use config::WorkerConfig;
 pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let device = model::device::select(&cfg.device).context("choosing the device")?;
+    if let Some(n) = cfg.torch_threads {
+        tch::set_num_threads(n);
+    }
     let engine = engine::Engine::start(cfg.models_dir.clone(), device, cfg.engine_options(device))
         .with_context(|| format!("reading model packs under {}", cfg.models_dir.display()))?;
     let blobs: Arc<dyn BlobStore> = Arc::new(S3Store::new(&cfg.s3.settings()));

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
 use tutti_shared::audio;
 use tutti_shared::blob::BlobStore;
-use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, TaskKind};
+use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, Priority, TaskKind};
 use tutti_shared::messages::{ControlMessage, Outcome, OutputInfo, TaskMessage, WorkerEvent};
 use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{Consumer, Delivery, QueueError, QueueName, TaskQueue};
@@ -91,12 +91,21 @@ impl Worker {
         }
     }
 
+    /// Interactive tasks of `kind` it takes beyond its slots (denoise only).
+    pub fn express(&self, kind: TaskKind) -> usize {
+        match kind {
+            TaskKind::Denoise if self.stages.contains(&kind) => self.engine.options().express,
+            _ => 0,
+        }
+    }
+
     fn heartbeat(&self, draining: bool) -> WorkerEvent {
-        let slots = |k| u32::try_from(self.slots(k)).unwrap_or(u32::MAX);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         WorkerEvent::Heartbeat {
             worker: self.name.clone(),
-            denoise_slots: slots(TaskKind::Denoise),
-            vocode_slots: slots(TaskKind::Vocode),
+            denoise_slots: count(self.slots(TaskKind::Denoise)),
+            vocode_slots: count(self.slots(TaskKind::Vocode)),
+            express_slots: count(self.express(TaskKind::Denoise)),
             holds: self.engine.holds().jobs(),
             draining,
         }
@@ -143,7 +152,8 @@ impl Worker {
         let mut outcome = Ok(());
         for kind in self.stages.clone() {
             let slots = self.slots(kind);
-            let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
+            let express = self.express(kind);
+            let prefetch = u16::try_from(slots + express).unwrap_or(u16::MAX);
             let consumer = match self.queue.consume_worker(kind, prefetch, &self.name).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -156,7 +166,7 @@ impl Worker {
             intakes.spawn(Arc::clone(&self).intake(
                 kind,
                 consumer,
-                slots,
+                Lanes::new(slots, express),
                 stop_rx.clone(),
                 Arc::clone(cancels),
             ));
@@ -196,28 +206,26 @@ impl Worker {
         outcome
     }
 
-    /// Takes tasks of one kind while a slot is free, each in its own task; on shutdown or a
-    /// broken consumer it stops taking, lets the tasks in hand finish (drain), and closes the
-    /// consumer, which returns prefetched, untaken tasks to their queues.
+    /// Takes tasks of one kind while a slot is free, each in its own task (interactive tasks
+    /// also while an express slot is free); on shutdown or a broken consumer it stops taking,
+    /// lets the tasks in hand finish (drain), and closes the consumer, which returns
+    /// prefetched, untaken tasks to their queues.
     async fn intake(
         self: Arc<Self>,
         kind: TaskKind,
         mut deliveries: Box<dyn Consumer>,
-        slots: usize,
+        lanes: Lanes,
         mut shutdown: watch::Receiver<bool>,
         cancels: Arc<Mutex<Cancellations>>,
     ) -> Result<(), WorkerError> {
-        let free = Arc::new(Semaphore::new(slots.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let outcome = loop {
             if *shutdown.borrow() {
                 break Ok(());
             }
-            let permit = tokio::select! {
-                p = Arc::clone(&free).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break Err(WorkerError::Closed("slots closed")),
-                },
+            // Read the next task only while some lane has room; its class picks the lane.
+            let ready = tokio::select! {
+                r = lanes.any_free() => r,
                 Some(r) = tasks.join_next() => match r {
                     Ok(Ok(())) => continue,
                     Ok(Err(e)) => break Err(e),
@@ -230,16 +238,16 @@ impl Worker {
                     continue;
                 }
             };
+            if ready.is_err() {
+                break Err(WorkerError::Closed("slots closed"));
+            }
             let next = tokio::select! {
                 d = deliveries.next() => d,
-                Some(r) = tasks.join_next() => {
-                    drop(permit);
-                    match r {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => break Err(e),
-                        Err(_) => break Err(WorkerError::Closed("task panicked")),
-                    }
-                }
+                Some(r) = tasks.join_next() => match r {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(WorkerError::Closed("task panicked")),
+                },
                 r = shutdown.changed() => {
                     if r.is_err() {
                         break Ok(());
@@ -253,6 +261,10 @@ impl Worker {
             let delivery = match delivery {
                 Ok(d) => d,
                 Err(e) => break Err(e.into()),
+            };
+            let permit = match lanes.take(task_priority(&delivery.data)).await {
+                Ok(p) => p,
+                Err(_) => break Err(WorkerError::Closed("slots closed")),
             };
             let this = Arc::clone(&self);
             let cancels = Arc::clone(&cancels);
@@ -449,6 +461,7 @@ impl Worker {
             start,
             cancel: Arc::clone(cancel),
             progress: progress.clone(),
+            priority: task.priority,
         };
         let start = self.start(task, from_step).await?;
         match self.engine.denoise(request(start)).await {
@@ -551,4 +564,60 @@ impl TaskError {
             message: e.to_string(),
         }
     }
+}
+
+/// A kind's intake permits: `slots` for any task, `express` more for interactive ones.
+struct Lanes {
+    slots: Arc<Semaphore>,
+    express: Arc<Semaphore>,
+}
+
+impl Lanes {
+    fn new(slots: usize, express: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            express: Arc::new(Semaphore::new(express)),
+        }
+    }
+
+    /// Waits until a task of some class could start.
+    async fn any_free(&self) -> Result<(), tokio::sync::AcquireError> {
+        if self.slots.available_permits() > 0 || self.express.available_permits() > 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            p = self.slots.acquire() => p.map(drop),
+            p = self.express.acquire() => p.map(drop),
+        }
+    }
+
+    /// A permit for a task of `class`: a slot, or for interactive work an express slot,
+    /// whichever frees first. (A batch task read while only the express lane had room waits
+    /// for a slot; the coordinator sends none beyond the slots, so that is rare and short.)
+    async fn take(
+        &self,
+        class: Priority,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        if class != Priority::Interactive {
+            return Arc::clone(&self.slots).acquire_owned().await;
+        }
+        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(p);
+        }
+        tokio::select! {
+            p = Arc::clone(&self.express).acquire_owned() => p,
+            p = Arc::clone(&self.slots).acquire_owned() => p,
+        }
+    }
+}
+
+/// The class of a task message, read before the message is taken apart (standard when the
+/// body does not parse: `handle` dead-letters it).
+fn task_priority(body: &[u8]) -> Priority {
+    #[derive(serde::Deserialize)]
+    struct Class {
+        #[serde(default)]
+        priority: Priority,
+    }
+    serde_json::from_slice::<Class>(body).map_or(Priority::Standard, |c| c.priority)
 }

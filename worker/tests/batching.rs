@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, SamplerName};
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName};
 use tutti_shared::prompt::Controls;
 use tutti_worker::engine::{
     DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
@@ -55,6 +55,7 @@ fn request(job: Uuid, spec: &JobSpec, from: u32, to: u32, start: Start) -> Denoi
         start,
         cancel: Arc::new(AtomicBool::new(false)),
         progress,
+        priority: Priority::Standard,
     }
 }
 
@@ -100,6 +101,7 @@ async fn batched_chunks_equal_one_by_one_bit_for_bit() {
             max_batch: 4,
             held_bytes: 0,
             batch_bytes: usize::MAX,
+            ..EngineOptions::sequential()
         },
     )
     .expect("engine");
@@ -185,6 +187,7 @@ async fn forwards_with_budget(dir: &std::path::Path, batch_bytes: usize) -> u64 
             max_batch: 4,
             held_bytes: 0,
             batch_bytes,
+            ..EngineOptions::sequential()
         },
     )
     .expect("engine");
@@ -238,6 +241,7 @@ async fn a_cancelled_chunk_leaves_the_batch_and_the_others_finish() {
             max_batch: 4,
             held_bytes: 0,
             batch_bytes: usize::MAX,
+            ..EngineOptions::sequential()
         },
     )
     .expect("engine");
@@ -284,6 +288,7 @@ async fn held_latent_equals_checkpoint() {
             max_batch: 4,
             held_bytes: 16 << 20,
             batch_bytes: usize::MAX,
+            ..EngineOptions::sequential()
         },
     )
     .expect("engine");
@@ -331,4 +336,62 @@ async fn held_latent_equals_checkpoint() {
         .expect("vocode checkpoint");
     assert_eq!(audio_held.waveforms.len(), 1);
     assert!(audio_held.waveforms == audio_read.waveforms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_chunks_step_first_and_the_others_keep_a_share() {
+    let dir = models();
+    let engine = Engine::start(
+        dir.path().to_path_buf(),
+        tch::Device::Cpu,
+        EngineOptions {
+            max_batch: 4,
+            held_bytes: 0,
+            batch_bytes: usize::MAX,
+            interactive_first: true,
+            express: 2,
+        },
+    )
+    .expect("engine");
+    // Four long batch chunks, counting their steps.
+    let steps_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut batch = Vec::new();
+    for i in 0..4 {
+        let s = spec("slow ambient backfill", 40 + i, 120, 2.0, 3.0);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut r = request(Uuid::new_v4(), &s, 0, 120, Start::Fresh);
+        r.progress = tx;
+        r.priority = Priority::Batch;
+        let counter = Arc::clone(&steps_done);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        batch.push(engine.denoise(r));
+    }
+    let interactive = async {
+        // Once they are under way, an interactive chunk of 20 steps.
+        while steps_done.load(Ordering::Relaxed) < 8 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let s = spec("quick interactive jingle", 99, 20, 2.0, 3.0);
+        let mut r = request(Uuid::new_v4(), &s, 0, 20, Start::Fresh);
+        r.priority = Priority::Interactive;
+        let before = steps_done.load(Ordering::Relaxed);
+        done(engine.denoise(r).await);
+        steps_done.load(Ordering::Relaxed) - before
+    };
+    let (batch, during) = tokio::join!(futures::future::join_all(batch), interactive);
+    println!("batch chunk-steps while the interactive chunk ran 20 steps: {during}");
+    // Stepped together, the four would have done 4 x 20 = 80; with a 10% time share, a few.
+    assert!(
+        during < 40,
+        "batch chunks took {during} steps beside the interactive one"
+    );
+    // And they were not stopped for good: all finish.
+    for r in batch {
+        done(r);
+    }
+    assert_eq!(steps_done.load(Ordering::Relaxed), 4 * 120);
 }

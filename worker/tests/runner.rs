@@ -138,6 +138,7 @@ async fn run_jobs(options: EngineOptions, specs: &[JobSpec]) -> Run {
                 from_step: from,
                 to_step: to,
                 spec: s.clone(),
+                priority: Default::default(),
             };
             let body = serde_json::to_vec(&task).expect("task");
             queue
@@ -216,6 +217,7 @@ async fn held_latents_give_the_same_audio_as_checkpoints_and_heartbeats_report_t
             max_batch: 4,
             held_bytes: 16 << 20,
             batch_bytes: usize::MAX,
+            ..EngineOptions::sequential()
         },
         &specs,
     )

@@ -13,6 +13,8 @@ pub struct WorkerState {
     pub worker: String,
     pub denoise_slots: u32,
     pub vocode_slots: u32,
+    /// Interactive denoise chunks it takes beyond its slots.
+    pub express_slots: u32,
     pub holds: Vec<Uuid>,
     pub draining: bool,
     pub live: bool,
@@ -28,6 +30,13 @@ impl WorkerState {
             TaskKind::Vocode => self.vocode_slots,
         }
     }
+
+    fn express(&self, kind: TaskKind) -> u32 {
+        match kind {
+            TaskKind::Denoise if self.live && !self.draining => self.express_slots,
+            _ => 0,
+        }
+    }
 }
 
 /// Dispatched tasks of one kind and class, by the worker that has them (`None`: not yet
@@ -40,17 +49,25 @@ pub struct Busy {
     pub tasks: u32,
 }
 
-/// How full a kind is: its capacity and the tasks in flight per class (by rank).
+/// How full a kind is: its capacity, the workers' express headroom for interactive work, and
+/// the tasks in flight per class (by rank).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Load {
     pub capacity: u32,
+    pub express: u32,
     pub in_flight: [u32; 3],
 }
 
 impl Load {
+    /// Room for any class.
     pub fn room(&self) -> u32 {
         self.capacity
             .saturating_sub(self.in_flight.iter().sum::<u32>())
+    }
+
+    /// Room for interactive work: the capacity plus the express headroom.
+    pub fn interactive_room(&self) -> u32 {
+        (self.capacity + self.express).saturating_sub(self.in_flight.iter().sum::<u32>())
     }
 }
 
@@ -71,10 +88,12 @@ impl Fleet {
             } else {
                 workers.iter().map(|w| w.slots(*kind)).sum()
             };
+            let express = workers.iter().map(|w| w.express(*kind)).sum();
             loads.insert(
                 *kind,
                 Load {
                     capacity,
+                    express,
                     in_flight: [0; 3],
                 },
             );
@@ -106,12 +125,23 @@ impl Fleet {
     }
 
     /// The worker a job's task should wait for: the one that ran the previous chunk, if it
-    /// still holds the job's latent, is live, takes work and has a free slot of this kind.
-    /// Counts the task against that worker's slots.
-    pub fn route(&mut self, job: Uuid, kind: TaskKind, previous: Option<&str>) -> Option<String> {
+    /// still holds the job's latent, is live, takes work and has a free slot of this kind (or,
+    /// for interactive work, of its express lane). Counts the task against that worker.
+    pub fn route(
+        &mut self,
+        job: Uuid,
+        kind: TaskKind,
+        class: Priority,
+        previous: Option<&str>,
+    ) -> Option<String> {
         let (w, holds) = self.workers.get(previous?)?;
         let busy = self.busy.entry((w.worker.clone(), kind)).or_insert(0);
-        if !holds.contains(&job) || *busy >= w.slots(kind) {
+        let express = if class == Priority::Interactive {
+            w.express(kind)
+        } else {
+            0
+        };
+        if !holds.contains(&job) || *busy >= w.slots(kind) + express {
             return None;
         }
         *busy += 1;
@@ -128,6 +158,7 @@ mod tests {
             worker: name.into(),
             denoise_slots: denoise,
             vocode_slots: 1,
+            express_slots: 1,
             holds: holds.to_vec(),
             draining,
             live,
@@ -169,6 +200,8 @@ mod tests {
         assert_eq!(load.capacity, 4);
         assert_eq!(load.in_flight, [1, 0, 2]);
         assert_eq!(load.room(), 1);
+        // One express slot per live worker that takes work (only a), for interactive work.
+        assert_eq!((load.express, load.interactive_room()), (1, 2));
         // Every worker gone: nothing goes out (not the static bound).
         let gone = Fleet::new(vec![worker("c", 16, false, false, &[])], &[], 64);
         assert_eq!(gone.load(TaskKind::Denoise).capacity, 0);
@@ -186,15 +219,44 @@ mod tests {
             &[busy(Some("a"), Priority::Batch, 1)],
             64,
         );
-        assert_eq!(f.route(job, TaskKind::Denoise, None), None);
-        assert_eq!(f.route(job, TaskKind::Denoise, Some("d")), None, "draining");
-        assert_eq!(f.route(job, TaskKind::Denoise, Some("x")), None, "unknown");
-        assert_eq!(f.route(Uuid::new_v4(), TaskKind::Denoise, Some("a")), None);
+        assert_eq!(f.route(job, TaskKind::Denoise, Priority::Batch, None), None);
         assert_eq!(
-            f.route(job, TaskKind::Denoise, Some("a")).as_deref(),
+            f.route(job, TaskKind::Denoise, Priority::Batch, Some("d")),
+            None,
+            "draining"
+        );
+        assert_eq!(
+            f.route(job, TaskKind::Denoise, Priority::Batch, Some("x")),
+            None,
+            "unknown"
+        );
+        assert_eq!(
+            f.route(
+                Uuid::new_v4(),
+                TaskKind::Denoise,
+                Priority::Batch,
+                Some("a")
+            ),
+            None
+        );
+        assert_eq!(
+            f.route(job, TaskKind::Denoise, Priority::Batch, Some("a"))
+                .as_deref(),
             Some("a")
         );
-        // a's two slots are taken now.
-        assert_eq!(f.route(other, TaskKind::Denoise, Some("a")), None);
+        // a's two slots are taken now; its express slot is for interactive work only.
+        assert_eq!(
+            f.route(other, TaskKind::Denoise, Priority::Batch, Some("a")),
+            None
+        );
+        assert_eq!(
+            f.route(other, TaskKind::Denoise, Priority::Interactive, Some("a"))
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            f.route(other, TaskKind::Denoise, Priority::Interactive, Some("a")),
+            None
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Which pending tasks go out in one dispatch round. Per kind, the room is its capacity less
-//! the tasks in flight. Interactive work goes first, then standard, then batch; within a
+//! the tasks in flight; interactive work may also use the workers' express headroom (chunks a
+//! worker takes beyond its slots), so it never waits for a batch chunk to end. Interactive work goes first, then standard, then batch; within a
 //! class, tenants share by weight (`fair`), and each tenant's tasks go oldest job first (so
 //! jobs under way finish before new ones start). Batch keeps a small share of the capacity
 //! while batch work waits, so a backfill never stops; the rest of the batch work waits while
@@ -99,10 +100,12 @@ pub fn plan(
             }
             taken
         };
+        // Interactive work may also use the workers' express headroom, beyond the slots.
+        let express = load.interactive_room() - room;
         let mut left = room - batch_need;
-        for class in [Priority::Interactive, Priority::Standard] {
-            left -= take(class, left, &mut out.picks);
-        }
+        let interactive = take(Priority::Interactive, left + express, &mut out.picks);
+        left -= interactive.saturating_sub(express);
+        left -= take(Priority::Standard, left, &mut out.picks);
         take(Priority::Batch, left + batch_need, &mut out.picks);
         if higher_waiting {
             if let Some(tenants) = queues.get(&Priority::Batch) {
@@ -137,6 +140,7 @@ mod tests {
         move |k| match k {
             TaskKind::Denoise => Load {
                 capacity,
+                express: 0,
                 in_flight,
             },
             TaskKind::Vocode => Load::default(),
@@ -221,6 +225,47 @@ mod tests {
     }
 
     #[test]
+    fn interactive_work_uses_the_express_headroom_and_nothing_else_does() {
+        let mut cands: Vec<Candidate> = (0..3)
+            .map(|_| c(Priority::Interactive, "t", false))
+            .collect();
+        cands.extend((0..3).map(|_| c(Priority::Standard, "t", false)));
+        cands.push(c(Priority::Batch, "t", true));
+        // Every slot busy with batch work, two express slots: two interactive tasks go out,
+        // nothing else, and the running batch job yields its next chunk.
+        let full = |k| match k {
+            TaskKind::Denoise => Load {
+                capacity: 4,
+                express: 2,
+                in_flight: [0, 0, 4],
+            },
+            TaskKind::Vocode => Load::default(),
+        };
+        let p = run(&cands, full, 0.1);
+        assert_eq!((p.picks, p.preempted), (vec![0, 1], vec![6]));
+        // A free slot besides: three interactive, still no standard.
+        let one_free = |k| match k {
+            TaskKind::Denoise => Load {
+                capacity: 4,
+                express: 2,
+                in_flight: [0, 0, 3],
+            },
+            TaskKind::Vocode => Load::default(),
+        };
+        assert_eq!(run(&cands, one_free, 0.0).picks, vec![0, 1, 2]);
+        // One interactive task already in the express lane: one more fits, then none.
+        let used = |k| match k {
+            TaskKind::Denoise => Load {
+                capacity: 4,
+                express: 2,
+                in_flight: [1, 0, 4],
+            },
+            TaskKind::Vocode => Load::default(),
+        };
+        assert_eq!(run(&cands, used, 0.0).picks, vec![0]);
+    }
+
+    #[test]
     fn kinds_have_rooms_of_their_own() {
         let mut v = c(Priority::Batch, "t", true);
         v.kind = TaskKind::Vocode;
@@ -229,6 +274,7 @@ mod tests {
             &cands,
             |_| Load {
                 capacity: 1,
+                express: 0,
                 in_flight: [0; 3],
             },
             0.1,

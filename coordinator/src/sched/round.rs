@@ -43,6 +43,7 @@ impl PendingTask {
             from_step: self.from_step,
             to_step: self.to_step,
             spec: self.spec.clone(),
+            priority: self.class,
         }
     }
 }
@@ -113,7 +114,12 @@ pub async fn dispatch_round(
     let mut sent = 0;
     for i in plan.picks {
         let task = &tasks[i];
-        let routed = fleet.route(task.job_id, task.kind, task.previous_worker.as_deref());
+        let routed = fleet.route(
+            task.job_id,
+            task.kind,
+            task.class,
+            task.previous_worker.as_deref(),
+        );
         if !tx.mark_dispatched(task, routed.as_deref()).await? {
             continue;
         }

@@ -168,6 +168,8 @@ pub struct Heartbeat<'a> {
     pub worker: &'a str,
     pub denoise_slots: u32,
     pub vocode_slots: u32,
+    /// Interactive denoise chunks it takes beyond `denoise_slots`.
+    pub express_slots: u32,
     pub holds: &'a [Uuid],
     pub draining: bool,
 }

@@ -68,8 +68,8 @@ type CandidateRow = (
 #[async_trait]
 impl RoundTx for PgRound<'_> {
     async fn workers(&mut self, timeout: Duration) -> Result<Vec<WorkerState>> {
-        let rows: Vec<(String, i32, i32, Json<Vec<Uuid>>, bool, bool)> = sqlx::query_as(
-            "SELECT worker, denoise_slots, vocode_slots, holds, draining, \
+        let rows: Vec<(String, i32, i32, i32, Json<Vec<Uuid>>, bool, bool)> = sqlx::query_as(
+            "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, \
                     last_seen >= now() - make_interval(secs => $1) FROM workers",
         )
         .bind(timeout.as_secs_f64())
@@ -77,10 +77,11 @@ impl RoundTx for PgRound<'_> {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(worker, d, v, holds, draining, live)| WorkerState {
+            .map(|(worker, d, v, e, holds, draining, live)| WorkerState {
                 worker,
                 denoise_slots: d.max(0) as u32,
                 vocode_slots: v.max(0) as u32,
+                express_slots: e.max(0) as u32,
                 holds: holds.0,
                 draining,
                 live,
@@ -248,28 +249,38 @@ impl RoundTx for PgRound<'_> {
 
 pub(super) async fn heartbeat(pool: &PgPool, hb: &Heartbeat<'_>) -> Result<()> {
     let mut tx = pool.begin().await?;
-    let before: Option<(i32, i32, bool)> = sqlx::query_as(
-        "SELECT denoise_slots, vocode_slots, draining FROM workers WHERE worker = $1 FOR UPDATE",
+    let before: Option<(i32, i32, i32, bool)> = sqlx::query_as(
+        "SELECT denoise_slots, vocode_slots, express_slots, draining FROM workers \
+         WHERE worker = $1 FOR UPDATE",
     )
     .bind(hb.worker)
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, now()) \
+        "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen, \
+                              express_slots) \
+         VALUES ($1, $2, $3, $4, $5, now(), $6) \
          ON CONFLICT (worker) DO UPDATE SET denoise_slots = EXCLUDED.denoise_slots, \
            vocode_slots = EXCLUDED.vocode_slots, holds = EXCLUDED.holds, \
-           draining = EXCLUDED.draining, last_seen = EXCLUDED.last_seen",
+           draining = EXCLUDED.draining, last_seen = EXCLUDED.last_seen, \
+           express_slots = EXCLUDED.express_slots",
     )
     .bind(hb.worker)
     .bind(hb.denoise_slots as i32)
     .bind(hb.vocode_slots as i32)
     .bind(Json(hb.holds))
     .bind(hb.draining)
+    .bind(hb.express_slots as i32)
     .execute(&mut *tx)
     .await?;
     // Capacity changed: wake the dispatchers (a steady heartbeat changes nothing).
-    if before != Some((hb.denoise_slots as i32, hb.vocode_slots as i32, hb.draining)) {
+    let now = (
+        hb.denoise_slots as i32,
+        hb.vocode_slots as i32,
+        hb.express_slots as i32,
+        hb.draining,
+    );
+    if before != Some(now) {
         notify(&mut tx, TASKS_CHANNEL, "").await?;
     }
     tx.commit().await?;

@@ -68,19 +68,21 @@ type CandidateRow = (
 impl RoundTx for SqliteRound<'_> {
     async fn workers(&mut self, timeout: Duration) -> Result<Vec<WorkerState>> {
         let cutoff = self.now - timeout.as_micros() as i64;
-        let rows: Vec<(String, i64, i64, String, bool, bool)> = sqlx::query_as(
-            "SELECT worker, denoise_slots, vocode_slots, holds, draining, last_seen >= $1 \
+        let rows: Vec<(String, i64, i64, i64, String, bool, bool)> = sqlx::query_as(
+            "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, \
+                    last_seen >= $1 \
              FROM workers",
         )
         .bind(cutoff)
         .fetch_all(&mut *self.tx)
         .await?;
         rows.into_iter()
-            .map(|(worker, d, v, holds, draining, live)| {
+            .map(|(worker, d, v, e, holds, draining, live)| {
                 Ok(WorkerState {
                     worker,
                     denoise_slots: d.max(0) as u32,
                     vocode_slots: v.max(0) as u32,
+                    express_slots: e.max(0) as u32,
                     holds: serde_json::from_str(&holds)
                         .map_err(|e| Error::Internal(format!("stored holds: {e}")))?,
                     draining,
@@ -257,8 +259,9 @@ impl RoundTx for SqliteRound<'_> {
 
 pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result<()> {
     let (w, mut tx) = store.begin_write().await?;
-    let before: Option<(i64, i64, bool)> = sqlx::query_as(
-        "SELECT denoise_slots, vocode_slots, draining FROM workers WHERE worker = $1",
+    let before: Option<(i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT denoise_slots, vocode_slots, express_slots, draining FROM workers \
+         WHERE worker = $1",
     )
     .bind(hb.worker)
     .fetch_optional(&mut *tx)
@@ -266,11 +269,13 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     let holds = serde_json::to_string(hb.holds)
         .map_err(|e| Error::Internal(format!("encoding holds: {e}")))?;
     sqlx::query(
-        "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen, \
+                              express_slots) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (worker) DO UPDATE SET denoise_slots = excluded.denoise_slots, \
            vocode_slots = excluded.vocode_slots, holds = excluded.holds, \
-           draining = excluded.draining, last_seen = excluded.last_seen",
+           draining = excluded.draining, last_seen = excluded.last_seen, \
+           express_slots = excluded.express_slots",
     )
     .bind(hb.worker)
     .bind(i64::from(hb.denoise_slots))
@@ -278,6 +283,7 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     .bind(holds)
     .bind(hb.draining)
     .bind(now_us())
+    .bind(i64::from(hb.express_slots))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -285,6 +291,7 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     let now = (
         i64::from(hb.denoise_slots),
         i64::from(hb.vocode_slots),
+        i64::from(hb.express_slots),
         hb.draining,
     );
     if before != Some(now) {

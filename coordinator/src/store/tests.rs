@@ -590,6 +590,7 @@ fn heartbeat<'a>(
         worker,
         denoise_slots: denoise,
         vocode_slots: 1,
+        express_slots: 0,
         holds,
         draining,
     }
