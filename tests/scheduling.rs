@@ -300,6 +300,7 @@ async fn tenants_with_weights_one_and_three_get_a_quarter_and_three_quarters() {
             let outcome = Outcome::Done {
                 millis: 1,
                 outputs: Vec::new(),
+                held: false,
             };
             store
                 .record_result(task, &outcome, retry)

@@ -43,6 +43,10 @@ pub enum Outcome {
         millis: u64,
         #[serde(default)]
         outputs: Vec<OutputInfo>,
+        /// A denoise chunk whose latent the worker keeps in memory for the job's next chunk:
+        /// the coordinator routes that chunk there at once, not after the next heartbeat.
+        #[serde(default)]
+        held: bool,
     },
     Failed {
         code: String,
@@ -89,8 +93,8 @@ pub enum WorkerEvent {
         /// True once it takes no new work (draining on SIGTERM).
         #[serde(default)]
         draining: bool,
-        /// Interactive denoise chunks it takes beyond `denoise_slots` (its express lane), so an
-        /// interactive job never waits for a slot behind batch work.
+        /// Interactive tasks of each kind it serves that it takes beyond its slots (its express
+        /// lane), so an interactive job never waits for a slot behind batch work.
         #[serde(default)]
         express_slots: u32,
     },

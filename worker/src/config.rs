@@ -53,7 +53,7 @@ pub struct WorkerConfig {
     /// for long clips or big packs. Default: 1024 on CPU, 16384 on CUDA.
     #[arg(long, env = "TUTTI_BATCH_MEMORY_MB")]
     pub batch_memory_mb: Option<usize>,
-    /// Interactive denoise chunks the worker takes beyond --max-batch (its express lane, so an
+    /// Interactive tasks of each kind the worker takes beyond its slots (its express lane, so an
     /// interactive job never waits for batch work to end). Default: 2 on CPU, 4 on CUDA.
     #[arg(long, env = "TUTTI_EXPRESS_SLOTS")]
     pub express_slots: Option<usize>,

@@ -123,7 +123,7 @@ pub struct EngineOptions {
     /// time while any is in hand: on CPU, where a bigger batch costs proportionally more time.
     /// Off on CUDA, where a forward of 32 chunks costs about one, so all step together.
     pub interactive_first: bool,
-    /// Interactive denoise chunks the worker takes beyond `max_batch` (its express lane), so an
+    /// Interactive tasks of each kind the worker takes beyond its slots (its express lane), so an
     /// interactive job never waits for a batch chunk to end.
     pub express: usize,
 }

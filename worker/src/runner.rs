@@ -91,11 +91,12 @@ impl Worker {
         }
     }
 
-    /// Interactive tasks of `kind` it takes beyond its slots (denoise only).
+    /// Interactive tasks of `kind` it takes beyond its slots (its express lane).
     pub fn express(&self, kind: TaskKind) -> usize {
-        match kind {
-            TaskKind::Denoise if self.stages.contains(&kind) => self.engine.options().express,
-            _ => 0,
+        if self.stages.contains(&kind) {
+            self.engine.options().express
+        } else {
+            0
         }
     }
 
@@ -105,7 +106,7 @@ impl Worker {
             worker: self.name.clone(),
             denoise_slots: count(self.slots(TaskKind::Denoise)),
             vocode_slots: count(self.slots(TaskKind::Vocode)),
-            express_slots: count(self.express(TaskKind::Denoise)),
+            express_slots: count(self.engine.options().express),
             holds: self.engine.holds().jobs(),
             draining,
         }
@@ -348,6 +349,8 @@ impl Worker {
             Ok(Some(outputs)) => Outcome::Done {
                 millis: started.elapsed().as_millis() as u64,
                 outputs,
+                held: task.kind == TaskKind::Denoise
+                    && self.engine.holds().step(task.job_id) == Some(task.to_step as usize),
             },
             Ok(None) => Outcome::Cancelled,
             Err(TaskError {

@@ -13,7 +13,7 @@ pub struct WorkerState {
     pub worker: String,
     pub denoise_slots: u32,
     pub vocode_slots: u32,
-    /// Interactive denoise chunks it takes beyond its slots.
+    /// Interactive tasks of each kind it serves that it takes beyond its slots.
     pub express_slots: u32,
     pub holds: Vec<Uuid>,
     pub draining: bool,
@@ -31,10 +31,12 @@ impl WorkerState {
         }
     }
 
+    /// Interactive tasks of `kind` it takes beyond its slots (for each kind it serves).
     fn express(&self, kind: TaskKind) -> u32 {
-        match kind {
-            TaskKind::Denoise if self.live && !self.draining => self.express_slots,
-            _ => 0,
+        if self.slots(kind) > 0 {
+            self.express_slots
+        } else {
+            0
         }
     }
 }

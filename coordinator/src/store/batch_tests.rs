@@ -158,6 +158,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
             duration_s: 2.0,
             sample_rate: 16000,
         }],
+        held: false,
     };
     s.record_result(at(&v), &outcome, POLICY)
         .await

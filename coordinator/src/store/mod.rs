@@ -168,7 +168,7 @@ pub struct Heartbeat<'a> {
     pub worker: &'a str,
     pub denoise_slots: u32,
     pub vocode_slots: u32,
-    /// Interactive denoise chunks it takes beyond `denoise_slots`.
+    /// Interactive tasks of each kind it serves that it takes beyond its slots.
     pub express_slots: u32,
     pub holds: &'a [Uuid],
     pub draining: bool,

@@ -200,6 +200,8 @@ impl PgStore {
             .await?;
             event(&mut tx, id, "cancelled", None, None, serde_json::json!({})).await?;
             notify_job(&mut tx, id, "cancelled").await?;
+            // Its dispatched tasks' slots are free.
+            notify(&mut tx, TASKS_CHANNEL, "").await?;
         }
         tx.commit().await?;
         Ok(self.get_job_impl(scope, id).await?.map(|j| (j, changed)))

@@ -442,6 +442,7 @@ impl BatchStore for PgStore {
         for id in &ids {
             notify_job(&mut tx, *id, "cancelled").await?;
         }
+        notify(&mut tx, TASKS_CHANNEL, "").await?;
         tx.commit().await?;
         Ok(Some(
             cancelled

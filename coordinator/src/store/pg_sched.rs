@@ -142,7 +142,11 @@ pub(super) async fn result(
         .parse()
         .map_err(|e| Error::Internal(format!("task kind: {e}")))?;
     match outcome {
-        Outcome::Done { millis, outputs } => {
+        Outcome::Done {
+            millis,
+            outputs,
+            held,
+        } => {
             sqlx::query(
                 "UPDATE tasks SET state = 'done', finished_at = now(), worker = $3, millis = $4 \
                  WHERE job_id = $1 AND chunk = $2",
@@ -206,6 +210,18 @@ pub(super) async fn result(
                             notify_job(&mut tx, job, "stage").await?;
                         }
                     }
+                    if *held {
+                        // Until its next heartbeat says otherwise, the worker holds the latent
+                        // (chunk affinity for the next chunk, dispatched right away).
+                        sqlx::query(
+                            "UPDATE workers SET holds = holds || to_jsonb($2::text) \
+                             WHERE worker = $1 AND NOT holds @> to_jsonb($2::text)",
+                        )
+                        .bind(worker)
+                        .bind(job.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     notify(&mut tx, TASKS_CHANNEL, "").await?;
                 }
                 TaskKind::Vocode => {
@@ -218,6 +234,8 @@ pub(super) async fn result(
                     .await?;
                     event(&mut tx, job, "succeeded", None, None, serde_json::json!({})).await?;
                     notify_job(&mut tx, job, "succeeded").await?;
+                    // A slot is free: waiting work goes out now, not at the next poll.
+                    notify(&mut tx, TASKS_CHANNEL, "").await?;
                 }
             }
         }
@@ -357,6 +375,8 @@ pub(crate) async fn retry_or_fail(
         )
         .await?;
         notify_job(tx, job, "failed").await?;
+        // Its slot is free.
+        notify(tx, TASKS_CHANNEL, "").await?;
     }
     Ok(())
 }

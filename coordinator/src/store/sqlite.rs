@@ -327,6 +327,7 @@ impl JobStore for SqliteStore {
             .await?;
             event(&mut tx, id, "cancelled", None, None, serde_json::json!({})).await?;
             notes.job(id, "cancelled");
+            notes.tasks();
         }
         tx.commit().await?;
         drop(w);

@@ -352,6 +352,7 @@ impl BatchStore for SqliteStore {
             )
             .await?;
             notes.job(id, "cancelled");
+            notes.tasks();
             if state == "running" {
                 running.push(id);
             }

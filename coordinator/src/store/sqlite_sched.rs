@@ -147,7 +147,11 @@ pub(super) async fn result(
         .map_err(|e| Error::Internal(format!("task kind: {e}")))?;
     let now = now_us();
     match outcome {
-        Outcome::Done { millis, outputs } => {
+        Outcome::Done {
+            millis,
+            outputs,
+            held,
+        } => {
             sqlx::query(
                 "UPDATE tasks SET state = 'done', finished_at = $3, worker = $4, millis = $5 \
                  WHERE job_id = $1 AND chunk = $2",
@@ -211,6 +215,19 @@ pub(super) async fn result(
                             notes.job(job, "stage");
                         }
                     }
+                    if *held {
+                        // Until its next heartbeat says otherwise, the worker holds the latent
+                        // (chunk affinity for the next chunk, dispatched right away).
+                        sqlx::query(
+                            "UPDATE workers SET holds = json_insert(holds, '$[#]', $2) \
+                             WHERE worker = $1 AND NOT EXISTS \
+                               (SELECT 1 FROM json_each(workers.holds) WHERE value = $2)",
+                        )
+                        .bind(worker)
+                        .bind(job.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     notes.tasks();
                 }
                 TaskKind::Vocode => {
@@ -224,6 +241,8 @@ pub(super) async fn result(
                     .await?;
                     event(&mut tx, job, "succeeded", None, None, serde_json::json!({})).await?;
                     notes.job(job, "succeeded");
+                    // A slot is free: waiting work goes out now, not at the next poll.
+                    notes.tasks();
                 }
             }
         }
@@ -371,6 +390,7 @@ pub(super) async fn retry_or_fail(
         )
         .await?;
         notes.job(job, "failed");
+        notes.tasks();
     }
     Ok(())
 }

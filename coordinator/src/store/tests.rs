@@ -84,6 +84,7 @@ pub(super) fn done(millis: u64) -> Outcome {
     Outcome::Done {
         millis,
         outputs: Vec::new(),
+        held: false,
     }
 }
 
@@ -247,6 +248,7 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     let outcome = Outcome::Done {
         millis: 5,
         outputs: vec![out.clone()],
+        held: false,
     };
     s.record_result(at(&v), &outcome, POLICY)
         .await
@@ -825,7 +827,8 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
     let q = MemoryQueue::new();
     let (held, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
     let (other, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
-    let (held, other) = (held.job.id, other.job.id);
+    let (reported, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
+    let (held, other, reported) = (held.job.id, other.job.id, reported.job.id);
     s.record_heartbeat(&heartbeat("w1", 4, &[held, other], false))
         .await
         .expect("heartbeat");
@@ -843,7 +846,21 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
     s.record_result(by(t_other, "w2"), &done(1), POLICY)
         .await
         .expect("result");
-    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 2);
+    // w2 ran this one's chunk and says in its result that it holds the latent: routed at
+    // once, before any heartbeat lists the job.
+    let t_reported = first
+        .iter()
+        .find(|t| t.job_id == reported)
+        .expect("reported");
+    let held_done = Outcome::Done {
+        millis: 1,
+        outputs: Vec::new(),
+        held: true,
+    };
+    s.record_result(by(t_reported, "w2"), &held_done, POLICY)
+        .await
+        .expect("result");
+    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 3);
     drain(&q).await;
     let routed = |h: Vec<super::HistoryEvent>| {
         h.into_iter()
@@ -856,6 +873,10 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
         [Some(serde_json::json!("w1"))]
     );
     assert_eq!(routed(s.history(other).await.expect("history")), [None]);
+    assert_eq!(
+        routed(s.history(reported).await.expect("history")),
+        [Some(serde_json::json!("w2"))]
+    );
 }
 
 pub(super) async fn pg() -> PgStore {
