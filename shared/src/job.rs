@@ -51,6 +51,8 @@ string_enum!(
     Priority { Interactive => "interactive", Standard => "standard", Batch => "batch" }
 );
 
+// Written out: `string_enum!` generates the variants, so `#[default]` cannot mark one.
+#[allow(clippy::derivable_impls)]
 impl Default for Priority {
     fn default() -> Self {
         Priority::Standard
