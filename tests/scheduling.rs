@@ -28,8 +28,13 @@ async fn tight_farm(workers: usize) -> Farm {
             ("TUTTI_MAX_IN_FLIGHT", workers.to_string()),
             ("TUTTI_BATCH_SHARE", "0.1".into()),
         ],
-        // One slot per worker (its heartbeats then bound dispatch to `workers` chunks).
-        env: vec![("TUTTI_MAX_BATCH".into(), "1".into())],
+        // One slot per worker (its heartbeats then bound dispatch to `workers` chunks) and no
+        // express lane, so that interactive work must take slots from the backfill
+        // (preemption); express lanes are covered by the plan's and the engine's tests.
+        env: vec![
+            ("TUTTI_MAX_BATCH".into(), "1".into()),
+            ("TUTTI_EXPRESS_SLOTS".into(), "0".into()),
+        ],
         ..Default::default()
     })
     .await

@@ -19,8 +19,7 @@ use crate::store::{JobStore, RetryPolicy};
 /// Publishes a task (the encoded `msg`) to its kind's queue inside a `dispatch` span that
 /// continues the job's submit trace; the span's context rides in the message's headers, so the
 /// worker's task span is its child, whichever coordinator dispatches and whenever.
-/// `route`: the worker that holds the job's latent and how long the task waits for it
-/// (affinity routes carry no headers; that worker parents its span to the job's stored context).
+/// `route`: the worker that holds the job's latent and how long the task waits for it.
 pub(crate) async fn publish_task(
     queue: &dyn TaskQueue,
     msg: &TaskMessage,
@@ -42,7 +41,7 @@ pub(crate) async fn publish_task(
     let published = match route {
         Some((worker, wait)) => {
             queue
-                .publish_to_worker(worker, msg.kind, body, wait)
+                .publish_to_worker(worker, msg.kind, body, wait, &headers)
                 .instrument(span.clone())
                 .await
         }

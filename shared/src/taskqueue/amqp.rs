@@ -176,6 +176,7 @@ impl TaskQueue for AmqpQueue {
         kind: TaskKind,
         body: &[u8],
         wait: Duration,
+        headers: &std::collections::HashMap<String, String>,
     ) -> Result<(), QueueError> {
         let ch = self.publish_channel().await?;
         let own = self.topology.worker_queue(worker, kind);
@@ -184,7 +185,8 @@ impl TaskQueue for AmqpQueue {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
-            .with_expiration(ShortString::from(wait.as_millis().max(1).to_string()));
+            .with_expiration(ShortString::from(wait.as_millis().max(1).to_string()))
+            .with_headers(crate::telemetry::amqp_headers(headers));
         let sent = async {
             ch.basic_publish(
                 "",
@@ -204,7 +206,8 @@ impl TaskQueue for AmqpQueue {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => {
                 tracing::debug!(queue = %own, "no such worker queue, publishing to the shared queue");
-                self.publish(QueueName::Task(kind), body).await
+                self.publish_with_headers(QueueName::Task(kind), body, headers)
+                    .await
             }
             Ok(Confirmation::Nack(_)) => Err(QueueError::NotConfirmed(own)),
             Err(e) => {

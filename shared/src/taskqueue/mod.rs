@@ -88,9 +88,11 @@ pub trait TaskQueue: Send + Sync {
         kind: TaskKind,
         body: &[u8],
         wait: std::time::Duration,
+        headers: &HashMap<String, String>,
     ) -> Result<(), QueueError> {
         let _ = (worker, wait);
-        self.publish(QueueName::Task(kind), body).await
+        self.publish_with_headers(QueueName::Task(kind), body, headers)
+            .await
     }
     /// Publishes like `publish`, with string headers (the W3C trace context of the task, so
     /// that the consumer's spans join the producer's trace). Backends without message headers

@@ -146,9 +146,15 @@ pub(super) async fn control_fans_out_to_every_subscriber(q: &dyn TaskQueue) {
 async fn publish_to_worker_waits_then_falls_back(q: &AmqpQueue) {
     let kind = TaskKind::Denoise;
     // No queue for this worker: straight to the shared queue.
-    q.publish_to_worker("nobody", kind, b"orphan", Duration::from_secs(60))
-        .await
-        .expect("publish to a worker without a queue");
+    q.publish_to_worker(
+        "nobody",
+        kind,
+        b"orphan",
+        Duration::from_secs(60),
+        &Default::default(),
+    )
+    .await
+    .expect("publish to a worker without a queue");
     let mut shared = q.consume(&[DENOISE], 1, "shared").await.expect("consume");
     let d = next_data(&mut shared).await;
     assert_eq!(d.data, b"orphan");
@@ -156,11 +162,15 @@ async fn publish_to_worker_waits_then_falls_back(q: &AmqpQueue) {
 
     // The worker consumes: its task reaches it and not the shared consumer.
     let mut own = q.consume_worker(kind, 2, "w1").await.expect("consume own");
-    q.publish_to_worker("w1", kind, b"mine", Duration::from_secs(60))
+    let trace: std::collections::HashMap<String, String> =
+        [("traceparent".to_string(), "00-abc-def-01".to_string())].into();
+    q.publish_to_worker("w1", kind, b"mine", Duration::from_secs(60), &trace)
         .await
         .expect("publish to w1");
     let d = next_data(&mut own).await;
     assert_eq!((d.queue, d.data.as_slice()), (DENOISE, b"mine".as_slice()));
+    // Routed tasks carry their trace context like shared-queue ones.
+    assert_eq!(d.headers.get("traceparent"), trace.get("traceparent"));
     d.ack().await.expect("ack");
     assert!(
         stays_quiet(&mut shared).await,
@@ -169,9 +179,15 @@ async fn publish_to_worker_waits_then_falls_back(q: &AmqpQueue) {
 
     // The worker stops consuming (its queue stays): an untaken task moves on after `wait`.
     own.close().await;
-    q.publish_to_worker("w1", kind, b"moved", Duration::from_millis(300))
-        .await
-        .expect("publish to idle w1");
+    q.publish_to_worker(
+        "w1",
+        kind,
+        b"moved",
+        Duration::from_millis(300),
+        &Default::default(),
+    )
+    .await
+    .expect("publish to idle w1");
     let d = next_data(&mut shared).await;
     assert_eq!(d.data, b"moved");
     d.ack().await.expect("ack");
