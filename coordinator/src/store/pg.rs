@@ -63,12 +63,13 @@ impl PgStore {
         let in_flight = super::tenants_pg::in_flight_limit(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
-        let inserted: Option<(Uuid,)> = sqlx::query_as(
+        // The new row comes back from the insert: a submit reads nothing after its commit.
+        let inserted: Option<JobRow> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
                                idempotency_key, labels, steps_total, chunk_steps) \
              VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id",
-        )
+             ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
+        ))
         .bind(id)
         .bind(tenant)
         .bind(new.priority.rank())
@@ -81,7 +82,7 @@ impl PgStore {
         .bind(new.chunk_steps as i32)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((id,)) = inserted else {
+        let Some(row) = inserted else {
             let (existing, hash): (Uuid, String) = sqlx::query_as(
                 "SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
             )
@@ -108,14 +109,21 @@ impl PgStore {
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
         event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
-        notify(&mut tx, TASKS_CHANNEL, "").await?;
-        notify_job(&mut tx, id, "queued").await?;
+        // Both wake-ups in one round trip: the dispatchers' and the job's watchers'.
+        sqlx::query("SELECT pg_notify($1, ''), pg_notify($2, $3)")
+            .bind(TASKS_CHANNEL)
+            .bind(JOBS_CHANNEL)
+            .bind(format!("{id} queued"))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        let job = self
-            .get_job_impl(Scope::Tenant(tenant), id)
-            .await?
-            .ok_or_else(|| Error::Internal(format!("job {id} vanished")))?;
-        Ok((job, true))
+        Ok((
+            JobRecord {
+                job: row,
+                outputs: Vec::new(),
+            },
+            true,
+        ))
     }
 
     async fn get_job_impl(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>> {
