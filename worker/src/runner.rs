@@ -263,14 +263,17 @@ impl Worker {
                 Ok(d) => d,
                 Err(e) => break Err(e.into()),
             };
-            let permit = match lanes.take(task_priority(&delivery.data)).await {
+            // Parsed once: its class picks the lane, `handle` runs it (or dead-letters it).
+            let task = serde_json::from_slice::<TaskMessage>(&delivery.data);
+            let class = task.as_ref().map_or(Priority::Standard, |t| t.priority);
+            let permit = match lanes.take(class).await {
                 Ok(p) => p,
                 Err(_) => break Err(WorkerError::Closed("slots closed")),
             };
             let this = Arc::clone(&self);
             let cancels = Arc::clone(&cancels);
             tasks.spawn(async move {
-                let r = this.handle(delivery, &cancels).await;
+                let r = this.handle(delivery, task, &cancels).await;
                 drop(permit);
                 r
             });
@@ -289,13 +292,15 @@ impl Worker {
         outcome
     }
 
-    /// Runs one delivered task: parse, execute, publish the result (confirmed), ack.
+    /// Runs one delivered task (parsed by the intake; one that did not parse is dead-lettered):
+    /// execute, publish the result (confirmed), ack.
     async fn handle(
         &self,
         delivery: Delivery,
+        task: Result<TaskMessage, serde_json::Error>,
         cancels: &Arc<Mutex<Cancellations>>,
     ) -> Result<(), WorkerError> {
-        let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
+        let task = match task {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
@@ -612,15 +617,4 @@ impl Lanes {
             p = Arc::clone(&self.slots).acquire_owned() => p,
         }
     }
-}
-
-/// The class of a task message, read before the message is taken apart (standard when the
-/// body does not parse: `handle` dead-letters it).
-fn task_priority(body: &[u8]) -> Priority {
-    #[derive(serde::Deserialize)]
-    struct Class {
-        #[serde(default)]
-        priority: Priority,
-    }
-    serde_json::from_slice::<Class>(body).map_or(Priority::Standard, |c| c.priority)
 }

@@ -22,6 +22,21 @@ fn models() -> tempfile::TempDir {
     dir
 }
 
+/// An engine on CPU over the tiny pack in `dir`.
+fn cpu_engine(dir: &std::path::Path, options: EngineOptions) -> Engine {
+    Engine::start(dir.to_path_buf(), tch::Device::Cpu, options).expect("engine")
+}
+
+/// Up to `max_batch` chunks a forward, no memory cap, holding `held_bytes` of latents.
+fn batching(max_batch: usize, held_bytes: usize) -> EngineOptions {
+    EngineOptions {
+        max_batch,
+        held_bytes,
+        batch_bytes: usize::MAX,
+        ..EngineOptions::sequential()
+    }
+}
+
 fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> JobSpec {
     JobSpec {
         model: ModelRef {
@@ -94,23 +109,8 @@ fn done(r: Result<DenoiseOutcome, EngineError>) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_chunks_equal_one_by_one_bit_for_bit() {
     let dir = models();
-    let batched = Engine::start(
-        dir.path().to_path_buf(),
-        tch::Device::Cpu,
-        EngineOptions {
-            max_batch: 4,
-            held_bytes: 0,
-            batch_bytes: usize::MAX,
-            ..EngineOptions::sequential()
-        },
-    )
-    .expect("engine");
-    let one_by_one = Engine::start(
-        dir.path().to_path_buf(),
-        tch::Device::Cpu,
-        EngineOptions::sequential(),
-    )
-    .expect("engine");
+    let batched = cpu_engine(dir.path(), batching(4, 0));
+    let one_by_one = cpu_engine(dir.path(), EngineOptions::sequential());
     // Different prompts, seeds, steps and guidance; five of one length (more than one forward
     // holds), one of another length (its own batch).
     let jobs: Vec<(Uuid, JobSpec)> = [
@@ -180,17 +180,13 @@ async fn batched_chunks_equal_one_by_one_bit_for_bit() {
 /// Runs four 2 s jobs at once on an engine of up to 4 chunks a forward and `batch_bytes`;
 /// returns the forwards it took.
 async fn forwards_with_budget(dir: &std::path::Path, batch_bytes: usize) -> u64 {
-    let engine = Engine::start(
-        dir.to_path_buf(),
-        tch::Device::Cpu,
+    let engine = cpu_engine(
+        dir,
         EngineOptions {
-            max_batch: 4,
-            held_bytes: 0,
             batch_bytes,
-            ..EngineOptions::sequential()
+            ..batching(4, 0)
         },
-    )
-    .expect("engine");
+    );
     let jobs: Vec<(Uuid, JobSpec)> = (0..4)
         .map(|i| (Uuid::new_v4(), spec("harp arpeggios", i, 5, 2.0, 3.0)))
         .collect();
@@ -234,17 +230,7 @@ async fn the_memory_budget_caps_the_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_chunk_leaves_the_batch_and_the_others_finish() {
     let dir = models();
-    let engine = Engine::start(
-        dir.path().to_path_buf(),
-        tch::Device::Cpu,
-        EngineOptions {
-            max_batch: 4,
-            held_bytes: 0,
-            batch_bytes: usize::MAX,
-            ..EngineOptions::sequential()
-        },
-    )
-    .expect("engine");
+    let engine = cpu_engine(dir.path(), batching(4, 0));
     // Many steps, so that the cancel (set from the progress stream) lands well before the end.
     let s = spec("rain on a tin roof", 9, 150, 2.0, 3.0);
     let (job_a, job_b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -281,23 +267,8 @@ async fn a_cancelled_chunk_leaves_the_batch_and_the_others_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_latent_equals_checkpoint() {
     let dir = models();
-    let holding = Engine::start(
-        dir.path().to_path_buf(),
-        tch::Device::Cpu,
-        EngineOptions {
-            max_batch: 4,
-            held_bytes: 16 << 20,
-            batch_bytes: usize::MAX,
-            ..EngineOptions::sequential()
-        },
-    )
-    .expect("engine");
-    let reading = Engine::start(
-        dir.path().to_path_buf(),
-        tch::Device::Cpu,
-        EngineOptions::sequential(),
-    )
-    .expect("engine");
+    let holding = cpu_engine(dir.path(), batching(4, 16 << 20));
+    let reading = cpu_engine(dir.path(), EngineOptions::sequential());
     let s = spec("sunny ukulele tune", 21, 8, 2.0, 3.0);
     let job = Uuid::new_v4();
 
@@ -341,18 +312,14 @@ async fn held_latent_equals_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_chunks_step_first_and_the_others_keep_a_share() {
     let dir = models();
-    let engine = Engine::start(
-        dir.path().to_path_buf(),
-        tch::Device::Cpu,
+    let engine = cpu_engine(
+        dir.path(),
         EngineOptions {
-            max_batch: 4,
-            held_bytes: 0,
-            batch_bytes: usize::MAX,
             interactive_first: true,
             express: 2,
+            ..batching(4, 0)
         },
-    )
-    .expect("engine");
+    );
     // Four long batch chunks, counting their steps.
     let steps_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut batch = Vec::new();

@@ -222,7 +222,6 @@ pub(super) async fn result(
                         .execute(&mut *tx)
                         .await?;
                     }
-                    notify(&mut tx, TASKS_CHANNEL, "").await?;
                 }
                 TaskKind::Vocode => {
                     insert_outputs(&mut tx, job, &tenant, outputs).await?;
@@ -234,10 +233,11 @@ pub(super) async fn result(
                     .await?;
                     event(&mut tx, job, "succeeded", None, None, serde_json::json!({})).await?;
                     notify_job(&mut tx, job, "succeeded").await?;
-                    // A slot is free: waiting work goes out now, not at the next poll.
-                    notify(&mut tx, TASKS_CHANNEL, "").await?;
                 }
             }
+            // A slot is free (and a denoise chunk queued the job's next task): waiting work goes
+            // out now, not at the next poll.
+            notify(&mut tx, TASKS_CHANNEL, "").await?;
         }
         Outcome::Failed {
             code,

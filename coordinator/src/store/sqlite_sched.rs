@@ -228,7 +228,6 @@ pub(super) async fn result(
                         .execute(&mut *tx)
                         .await?;
                     }
-                    notes.tasks();
                 }
                 TaskKind::Vocode => {
                     insert_outputs(&mut tx, job, &tenant, outputs).await?;
@@ -241,10 +240,11 @@ pub(super) async fn result(
                     .await?;
                     event(&mut tx, job, "succeeded", None, None, serde_json::json!({})).await?;
                     notes.job(job, "succeeded");
-                    // A slot is free: waiting work goes out now, not at the next poll.
-                    notes.tasks();
                 }
             }
+            // A slot is free (and a denoise chunk queued the job's next task): waiting work goes
+            // out now, not at the next poll.
+            notes.tasks();
         }
         Outcome::Failed {
             code,
