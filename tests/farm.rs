@@ -461,3 +461,50 @@ async fn sigterm_drains_a_worker_after_the_chunk_in_hand() {
         .count();
     assert_eq!(dispatched, chunks.len(), "nothing was redone");
 }
+
+/// Checkpoints serve a running job only: once it has succeeded they leave the bucket and its
+/// output stays (the store suite shows that a running job keeps its own).
+#[tokio::test]
+async fn the_checkpoints_of_a_finished_job_are_deleted() {
+    use tutti_shared::blob::BlobStore;
+    let farm = Farm::start(FarmOptions {
+        coordinator_env: vec![("TUTTI_CHECKPOINT_GRACE", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut req = request("a short tune that leaves nothing behind");
+    req.steps = Some(8); // two denoise chunks of 4: checkpoints 0 and 1
+    let job = submit(&farm, req).await;
+    let done = farm.wait_job(&job.id, Duration::from_secs(60)).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+    let id: uuid::Uuid = job.id.parse().expect("job id");
+    let s3 = farm.s3();
+    let keys: Vec<String> = (0..2)
+        .map(|c| tutti_shared::job::checkpoint_key(id, c))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = Vec::new();
+        for k in &keys {
+            if s3.get(k).await.expect("get").is_some() {
+                left.push(k.clone());
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoints still there: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The output stays.
+    let output = &done.outputs[0];
+    assert!(!output.sha256.is_empty());
+    let key = output
+        .uri
+        .strip_prefix(&format!("s3://{}/", common::s3_settings().bucket))
+        .expect("an s3 uri");
+    assert!(s3.get(key).await.expect("get").is_some(), "output gone");
+}

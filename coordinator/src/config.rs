@@ -39,6 +39,9 @@ pub struct CoordinatorConfig {
     /// The broker's redelivery covers dead workers; this covers lost messages.
     #[arg(long, env = "TUTTI_TASK_LEASE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub task_lease: Duration,
+    /// How long after a job ends its checkpoints (one S3 object per denoise chunk) are deleted.
+    #[arg(long, env = "TUTTI_CHECKPOINT_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub checkpoint_grace: Duration,
     /// Tasks dispatched but unfinished per queue while no worker has ever sent a heartbeat;
     /// afterwards the slots of live workers bound it. The rest of the backlog waits in Postgres.
     #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 64)]

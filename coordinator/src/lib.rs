@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod error;
 mod health;
+pub mod janitor;
 mod observe;
 pub mod results;
 pub mod sched;
@@ -48,6 +49,8 @@ pub struct Settings {
     pub sched: sched::Policy,
     pub retry: store::RetryPolicy,
     pub task_lease: std::time::Duration,
+    /// How long after a job ends its checkpoints are deleted.
+    pub checkpoint_grace: std::time::Duration,
     pub url_ttl: std::time::Duration,
     /// Whether job API calls need an API key.
     pub auth: AuthMode,
@@ -67,6 +70,7 @@ impl From<&CoordinatorConfig> for Settings {
                 backoff: cfg.retry_backoff,
             },
             task_lease: cfg.task_lease,
+            checkpoint_grace: cfg.checkpoint_grace,
             url_ttl: cfg.url_ttl,
             auth: cfg.auth,
             tls: cfg.tls.files(),
@@ -176,6 +180,13 @@ pub async fn serve_backend(
     tokio::spawn(batches::finish_batches(
         Arc::clone(&backend.store),
         Arc::clone(&backend.blobs),
+        shutdown.clone(),
+    ));
+    tokio::spawn(janitor::clear_checkpoints(
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.blobs),
+        cfg.checkpoint_grace,
+        std::time::Duration::from_secs(2),
         shutdown.clone(),
     ));
 

@@ -73,6 +73,8 @@ pub trait BlobStore: Send + Sync {
     fn uri(&self, key: &str) -> String;
     /// A URL that fetches the object without credentials until it expires.
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError>;
+    /// Deletes the objects; one that does not exist is no error.
+    async fn delete(&self, keys: &[String]) -> Result<(), BlobError>;
 }
 
 /// Settings of an S3-compatible store.
@@ -257,6 +259,32 @@ impl BlobStore for S3Store {
             expires_at: std::time::SystemTime::now() + ttl,
         })
     }
+
+    /// One DeleteObject per key, 16 at a time (S3 deletes are idempotent: a missing key is
+    /// success). Not DeleteObjects: S3-compatible servers differ in the checksums it needs.
+    async fn delete(&self, keys: &[String]) -> Result<(), BlobError> {
+        for some in keys.chunks(16) {
+            let deletes: Vec<_> = some.iter().cloned().map(|k| self.delete_one(k)).collect();
+            for r in futures::future::join_all(deletes).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl S3Store {
+    async fn delete_one(&self, key: String) -> Result<(), BlobError> {
+        check_key(&key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_err("delete", &key, e))?;
+        Ok(())
+    }
 }
 
 /// A local folder with the S3 key layout; `file://` URLs stand in for presigned ones.
@@ -330,6 +358,24 @@ impl BlobStore for LocalStore {
             expires_at: std::time::SystemTime::now() + ttl,
         })
     }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), BlobError> {
+        for key in keys {
+            let path = self.path(key)?;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {
+                    // The folder goes with its last object (`checkpoints/<job>/`); a folder
+                    // with others left in it stays, which is the error ignored here.
+                    if let Some(dir) = path.parent().filter(|d| *d != self.root) {
+                        let _ = tokio::fs::remove_dir(dir).await;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file_err(&path, e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -392,6 +438,26 @@ mod tests {
         assert_eq!(read, ["one", "two"]);
     }
 
+    async fn deletes_objects_and_ignores_missing_ones(s: &dyn BlobStore, prefix: &str) {
+        let keys: Vec<String> = (0..3)
+            .map(|c| format!("{prefix}/checkpoints/j/{c}"))
+            .collect();
+        let kept = format!("{prefix}/outputs/t/j/0.wav");
+        for key in keys.iter().chain([&kept]) {
+            s.put(key, Bytes::from_static(b"x"), "application/octet-stream")
+                .await
+                .expect("put");
+        }
+        let mut doomed = keys.clone();
+        doomed.push(format!("{prefix}/checkpoints/j/9")); // never written
+        s.delete(&doomed).await.expect("delete");
+        for key in &keys {
+            assert!(s.get(key).await.expect("get").is_none(), "{key} is left");
+        }
+        assert!(s.get(&kept).await.expect("get").is_some());
+        s.delete(&keys).await.expect("deleting again is no error");
+    }
+
     async fn refuses_keys_outside_the_layout(s: &dyn BlobStore, _prefix: &str) {
         for key in ["", "/abs", "a/../b", "../up", "a//b", "./a", "a/"] {
             let put = s.put(key, Bytes::from_static(b"x"), "text/plain").await;
@@ -445,6 +511,7 @@ mod tests {
     blob_store_suite!(
         round_trips_overwrites_and_misses,
         opens_objects_to_read_in_pieces,
-        refuses_keys_outside_the_layout
+        refuses_keys_outside_the_layout,
+        deletes_objects_and_ignores_missing_ones,
     );
 }

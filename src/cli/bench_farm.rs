@@ -64,11 +64,16 @@ pub(crate) struct FarmBenchArgs {
     amqp: String,
 }
 
-/// The farm's processes; killed, and its queues removed, on drop.
+/// The farm's processes; killed, and its queues and database removed, on drop (the database
+/// stays, for a look at its `job_events`, with `TUTTI_BENCH_KEEP_DB=1`).
 struct BenchFarm {
     dir: tempfile::TempDir,
     prefix: String,
     amqp: String,
+    /// The server's maintenance database and the benchmark's own database.
+    pg_admin: String,
+    db_name: String,
+    workers: usize,
     addr: std::net::SocketAddr,
     children: Vec<Child>,
 }
@@ -79,7 +84,9 @@ impl Drop for BenchFarm {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let (prefix, amqp) = (self.prefix.clone(), self.amqp.clone());
+        let (prefix, amqp, workers) = (self.prefix.clone(), self.amqp.clone(), self.workers);
+        let db = (std::env::var_os("TUTTI_BENCH_KEEP_DB").is_none())
+            .then(|| (self.pg_admin.clone(), self.db_name.clone()));
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -87,22 +94,27 @@ impl Drop for BenchFarm {
             else {
                 return;
             };
-            rt.block_on(remove_queues(&amqp, &prefix));
+            rt.block_on(remove_queues(&amqp, &prefix, workers));
+            if let Some((admin, name)) = db {
+                rt.block_on(drop_database(&admin, &name));
+            }
         });
         let _ = cleanup.join();
     }
 }
 
-async fn remove_queues(amqp: &str, prefix: &str) {
+async fn remove_queues(amqp: &str, prefix: &str, workers: usize) {
     let work = async {
         let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default())
             .await
             .ok()?;
-        for q in ["denoise", "vocode", "results", "dead"] {
+        // The shared queues and the workers' own (chunk affinity), `bench-w<i>`.
+        let workers = (0..workers)
+            .flat_map(|i| ["denoise", "vocode"].map(|k| format!("{prefix}.worker.bench-w{i}.{k}")));
+        let shared = ["denoise", "vocode", "results", "dead"].map(|q| format!("{prefix}.{q}"));
+        for q in shared.into_iter().chain(workers) {
             let ch = conn.create_channel().await.ok()?;
-            let _ = ch
-                .queue_delete(&format!("{prefix}.{q}"), Default::default())
-                .await;
+            let _ = ch.queue_delete(&q, Default::default()).await;
         }
         for x in ["dlx", "control"] {
             let ch = conn.create_channel().await.ok()?;
@@ -111,6 +123,20 @@ async fn remove_queues(amqp: &str, prefix: &str) {
                 .await;
         }
         let _ = conn.close(200, "bench farm removed").await;
+        Some(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+}
+
+async fn drop_database(admin: &str, name: &str) {
+    use sqlx::Connection;
+    let work = async {
+        let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
+        // The name is ours (`tutti_bench_` and hex digits), so quoting it is enough.
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
         Some(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
@@ -126,7 +152,11 @@ impl BenchFarm {
         let dir = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
         tutti_worker::model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let server = a.pg.trim_end_matches('/');
         let mut farm = Self {
+            pg_admin: format!("{server}/postgres"),
+            db_name: format!("tutti_bench_{}", &id[..12]),
+            workers: a.workers,
             prefix: format!("bench-{}", &id[..12]),
             amqp: a.amqp.clone(),
             addr: free_addr()?,
@@ -134,7 +164,7 @@ impl BenchFarm {
             dir,
         };
         let exe = std::env::current_exe().context("locating this binary")?;
-        let db = format!("{}/tutti_bench_{}", a.pg.trim_end_matches('/'), &id[..12]);
+        let db = format!("{server}/{}", farm.db_name);
         let spawn = |sub: &str, extra: &[(&str, String)]| -> anyhow::Result<Child> {
             let mut c = Command::new(&exe);
             c.arg(sub)
@@ -263,6 +293,7 @@ async fn run_in_process(
             job_id,
             job.spec.clone(),
             Start::Checkpoint(checkpoint.context("no checkpoint")?),
+            tutti_shared::job::Priority::Interactive,
         )
         .await?;
     for mut wave in rendered.waveforms {

@@ -61,6 +61,9 @@ pub(crate) struct DevConfig {
     /// A dispatched task with no sign of life for this long is dispatched again.
     #[arg(long, env = "TUTTI_TASK_LEASE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub task_lease: Duration,
+    /// How long after a job ends its checkpoints are deleted.
+    #[arg(long, env = "TUTTI_CHECKPOINT_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub checkpoint_grace: Duration,
     /// Tasks dispatched but unfinished per stage. Small, so that the backlog waits in the
     /// store where priorities apply, not in the queue.
     #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 8)]
@@ -208,6 +211,7 @@ pub(crate) fn settings(models_dir: PathBuf, cfg: Option<&DevConfig>) -> Settings
             backoff: cfg.map_or(Duration::from_secs(1), |c| c.retry_backoff),
         },
         task_lease: cfg.map_or(Duration::from_secs(300), |c| c.task_lease),
+        checkpoint_grace: cfg.map_or(Duration::from_secs(60), |c| c.checkpoint_grace),
         url_ttl: Duration::from_secs(3600),
         auth: cfg.map_or(AuthMode::Off, |c| c.auth),
         tls: cfg.and_then(|c| c.tls.files()),

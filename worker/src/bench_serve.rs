@@ -346,7 +346,12 @@ async fn one_job_gated(
     }
     let _slot = slot(slots.map(|s| &s.vocode)).await?;
     let rendered = engine
-        .vocode(job, spec, Start::Held)
+        .vocode(
+            job,
+            spec,
+            Start::Held,
+            tutti_shared::job::Priority::Standard,
+        )
         .await
         .map_err(engine_err)?;
     if rendered.waveforms.is_empty() {

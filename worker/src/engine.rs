@@ -170,12 +170,16 @@ enum Command {
         req: DenoiseRequest,
         reply: oneshot::Sender<Result<DenoiseOutcome, EngineError>>,
     },
-    Vocode {
-        job: Uuid,
-        spec: JobSpec,
-        start: Start,
-        reply: oneshot::Sender<Result<Rendered, EngineError>>,
-    },
+    Vocode(Vocode),
+}
+
+/// A vocode task waiting for the step loop.
+struct Vocode {
+    job: Uuid,
+    spec: JobSpec,
+    start: Start,
+    priority: Priority,
+    reply: oneshot::Sender<Result<Rendered, EngineError>>,
 }
 
 /// Counters of the step loop since the engine started.
@@ -246,6 +250,7 @@ impl Engine {
                     options,
                     loaded: HashMap::new(),
                     active: Vec::new(),
+                    vocodes: Default::default(),
                     held,
                     steps_per_second: 0.0,
                     shares: Shares::default(),
@@ -287,20 +292,24 @@ impl Engine {
     }
 
     /// Decodes and vocodes a finished job (`start`: its held state or its last checkpoint).
+    /// `priority`: the job's class; while interactive chunks are in hand on a device that runs
+    /// them first, other vocodes wait for the others' share of the step loop.
     pub async fn vocode(
         &self,
         job: Uuid,
         spec: JobSpec,
         start: Start,
+        priority: Priority,
     ) -> Result<Rendered, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Vocode {
+            .send(Command::Vocode(Vocode {
                 job,
                 spec,
                 start,
+                priority,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
@@ -369,6 +378,8 @@ struct EngineThread {
     options: EngineOptions,
     loaded: HashMap<ModelRef, Pipeline>,
     active: Vec<Active>,
+    /// Vocode tasks not yet run, in arrival order.
+    vocodes: std::collections::VecDeque<Vocode>,
     held: HeldStates,
     /// Smoothed chunk-steps per second of the step loop.
     steps_per_second: f64,
@@ -380,7 +391,7 @@ impl EngineThread {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             // Idle: wait for work. Busy: take what has arrived, at this step boundary.
-            if self.active.is_empty() {
+            if self.active.is_empty() && self.vocodes.is_empty() {
                 match rx.blocking_recv() {
                     Some(cmd) => self.accept(cmd),
                     None => return,
@@ -467,15 +478,7 @@ impl EngineThread {
                     }
                 }
             }
-            Command::Vocode {
-                job,
-                spec,
-                start,
-                reply,
-            } => {
-                let r = self.vocode(job, &spec, start);
-                let _ = reply.send(r);
-            }
+            Command::Vocode(v) => self.vocodes.push_back(v),
         }
     }
 
@@ -605,7 +608,8 @@ impl EngineThread {
                 .iter()
                 .any(|a| a.priority == Priority::Interactive);
         if urgent {
-            let spent = self.step_some(|a| a.priority == Priority::Interactive, usize::MAX);
+            let mut spent = self.run_vocodes(|v| v.priority == Priority::Interactive);
+            spent += self.step_some(|a| a.priority == Priority::Interactive, usize::MAX);
             self.shares.urgent += spent;
             let budget = YIELD_SHARE * self.shares.urgent - self.shares.other;
             // Chunk-steps of the others that fit the budget, at the loop's recent speed; at least
@@ -619,8 +623,16 @@ impl EngineThread {
                 let spent = self.step_some(|a| a.priority != Priority::Interactive, fits);
                 self.shares.other += spent;
             }
+            // A waiting vocode of another class is a chunk of its own: one per round, in the
+            // budget that is left.
+            if YIELD_SHARE * self.shares.urgent > self.shares.other {
+                let mut first = true;
+                let spent = self.run_vocodes(|_| std::mem::take(&mut first));
+                self.shares.other += spent;
+            }
         } else {
             self.shares = Shares::default();
+            self.run_vocodes(|_| true);
             self.step_some(|_| true, usize::MAX);
         }
         let mut kept = Vec::with_capacity(self.active.len());
@@ -655,6 +667,21 @@ impl EngineThread {
             self.held.insert(a.job, a.state);
         }
         let _ = a.reply.send(r.map(DenoiseOutcome::Done));
+    }
+
+    /// Runs the waiting vocodes that pass `pick` (called once per vocode, in order); returns
+    /// the seconds spent.
+    fn run_vocodes(&mut self, mut pick: impl FnMut(&Vocode) -> bool) -> f64 {
+        let begun = Instant::now();
+        for v in std::mem::take(&mut self.vocodes) {
+            if pick(&v) {
+                let r = self.vocode(v.job, &v.spec, v.start);
+                let _ = v.reply.send(r);
+            } else {
+                self.vocodes.push_back(v);
+            }
+        }
+        begun.elapsed().as_secs_f64()
     }
 
     fn vocode(&mut self, job: Uuid, spec: &JobSpec, start: Start) -> Result<Rendered, EngineError> {

@@ -401,16 +401,19 @@ impl Worker {
         task: &TaskMessage,
         cancel: &Arc<AtomicBool>,
     ) -> Result<Option<Vec<OutputInfo>>, TaskError> {
-        // Progress goes out best effort (no confirm wait), at most every 200 ms and at the end.
+        // Progress goes out best effort (no confirm wait), every 200 ms of a running chunk: it
+        // is for watchers and the task's lease. The chunk's result carries its last step, so a
+        // short chunk sends none: each progress event is a transaction in the coordinator's
+        // result path, ahead of the results behind it.
         let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
         let queue = Arc::clone(&self.queue);
         let (job_id, chunk, attempt, to_step) =
             (task.job_id, task.chunk, task.attempt, task.to_step);
         let worker = self.name.clone();
         let progress = tokio::spawn(async move {
-            let mut last = Instant::now() - Duration::from_secs(1);
+            let mut last = Instant::now();
             while let Some(done) = rx.recv().await {
-                if last.elapsed() < Duration::from_millis(200) && done as u32 != to_step {
+                if last.elapsed() < Duration::from_millis(200) || done as u32 == to_step {
                     continue;
                 }
                 last = Instant::now();
@@ -505,13 +508,14 @@ impl Worker {
                 task.job_id,
                 task.spec.clone(),
                 self.start(task, steps).await?,
+                task.priority,
             )
             .await
         {
             Err(EngineError::NotHeld) => {
                 let start = Start::Checkpoint(self.checkpoint(task).await?);
                 self.engine
-                    .vocode(task.job_id, task.spec.clone(), start)
+                    .vocode(task.job_id, task.spec.clone(), start, task.priority)
                     .await
             }
             r => r,

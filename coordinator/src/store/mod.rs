@@ -232,6 +232,11 @@ pub trait JobStore: TenantStore + Send + Sync {
         outcome: &Outcome,
         policy: RetryPolicy,
     ) -> Result<()>;
+    /// Ended jobs, finished at least `grace` ago, whose checkpoints may still be in the blob
+    /// store: at most `limit`, oldest first, each with its number of denoise chunks.
+    async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>>;
+    /// Marks the jobs' checkpoints deleted.
+    async fn checkpoints_cleared(&self, jobs: &[Uuid]) -> Result<()>;
     /// A job's history, oldest first.
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
     /// Counts for the metrics gauges.
@@ -245,6 +250,11 @@ pub trait JobStore: TenantStore + Send + Sync {
 }
 
 /// The history detail of a dispatch.
+/// Denoise chunks of a job of `steps` in chunks of `chunk_steps` (its checkpoints' count).
+pub(crate) fn denoise_chunks(steps: i32, chunk_steps: i32) -> u32 {
+    tutti_shared::job::chunk_ranges(steps.max(0) as u32, chunk_steps.max(1) as u32).len() as u32
+}
+
 pub(crate) fn dispatched_detail(task: &PendingTask, routed_to: Option<&str>) -> serde_json::Value {
     let mut detail = serde_json::json!({
         "kind": task.kind.as_str(),

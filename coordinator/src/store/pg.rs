@@ -261,6 +261,31 @@ impl JobStore for PgStore {
     ) -> Result<()> {
         super::pg_sched::result(&self.pool, task, outcome, policy).await
     }
+    async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
+        let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+            "SELECT id, steps_total, chunk_steps FROM jobs \
+             WHERE NOT checkpoints_cleared AND finished_at IS NOT NULL \
+               AND finished_at <= now() - make_interval(secs => $1) \
+             ORDER BY finished_at LIMIT $2",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, steps, chunk)| (id, super::denoise_chunks(steps, chunk)))
+            .collect())
+    }
+
+    async fn checkpoints_cleared(&self, jobs: &[Uuid]) -> Result<()> {
+        sqlx::query("UPDATE jobs SET checkpoints_cleared = TRUE WHERE id = ANY($1)")
+            .bind(jobs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -390,8 +415,9 @@ pub(crate) async fn insert_task(
     priority: i16,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+        "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority, tenant, \
+                            job_created_at) \
+         SELECT $1, $2, $3, $4, $5, 'pending', $6, tenant, created_at FROM jobs WHERE id = $1",
     )
     .bind(job)
     .bind(chunk as i32)

@@ -131,14 +131,17 @@ impl JobColumns {
         .execute(&mut **tx)
         .await?;
         sqlx::query(
-            "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority) \
-             SELECT job, 0, 'denoise', f, t, 'pending', p \
+            // The jobs were inserted by this transaction, so their created_at is its now().
+            "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority, \
+                                tenant, job_created_at) \
+             SELECT job, 0, 'denoise', f, t, 'pending', p, $5, now() \
              FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::smallint[]) AS u(job, f, t, p)",
         )
         .bind(&self.ids)
         .bind(&self.from_steps)
         .bind(&self.to_steps)
         .bind(&self.priorities)
+        .bind(tenant)
         .execute(&mut **tx)
         .await?;
         sqlx::query(

@@ -2,8 +2,9 @@
 //! how "now" is spelled, not in these statements).
 
 /// Pending, due tasks of active jobs, at most `$1` per (kind, class, tenant), each group
-/// oldest job first, with the worker that finished the job's previous chunk. `{now}` is the
-/// dialect's current time.
+/// oldest job first, with the worker that finished the job's previous chunk; SQLite's form
+/// (a window over every pending task: fine at embedded scale). Postgres has its own
+/// index-driven form in `pg_dispatch.rs`. `{now}` is the dialect's current time.
 pub(super) fn candidates(now: &str) -> String {
     format!(
         "SELECT c.job_id, c.chunk, c.kind, c.priority, c.from_step, c.to_step, c.attempt, \

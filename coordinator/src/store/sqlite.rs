@@ -359,6 +359,39 @@ impl JobStore for SqliteStore {
         super::sqlite_sched::result(self, task, outcome, policy).await
     }
 
+    async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
+        let before = now_us() - i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT id, steps_total, chunk_steps FROM jobs \
+             WHERE NOT checkpoints_cleared AND finished_at IS NOT NULL AND finished_at <= $1 \
+             ORDER BY finished_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, steps, chunk)| {
+                let id =
+                    Uuid::parse_str(&id).map_err(|e| Error::Internal(format!("job id: {e}")))?;
+                Ok((id, super::denoise_chunks(steps as i32, chunk as i32)))
+            })
+            .collect()
+    }
+
+    async fn checkpoints_cleared(&self, jobs: &[Uuid]) -> Result<()> {
+        let (w, mut tx) = self.begin_write().await?;
+        for id in jobs {
+            sqlx::query("UPDATE jobs SET checkpoints_cleared = 1 WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        drop(w);
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

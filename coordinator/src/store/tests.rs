@@ -896,6 +896,72 @@ pub(super) async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     (s, dir)
 }
 
+/// An ended job's checkpoints are deleted once, a running job's are kept.
+pub(super) async fn the_checkpoints_of_ended_jobs_are_deleted_once(s: &dyn JobStore) {
+    use bytes::Bytes;
+    use tutti_shared::blob::{BlobStore, LocalStore};
+    use tutti_shared::job::checkpoint_key;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = LocalStore::new(dir.path());
+    let (ended, _) = s
+        .insert_job(T, &new_job(12, 4, None))
+        .await
+        .expect("insert");
+    let (running, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
+    let (ended, running) = (ended.job.id, running.job.id);
+    for (job, chunks) in [(ended, 3), (running, 2)] {
+        for c in 0..chunks {
+            blobs
+                .put(&checkpoint_key(job, c), Bytes::from_static(b"latent"), "x")
+                .await
+                .expect("put");
+        }
+    }
+    s.cancel_job(T.into(), ended).await.expect("cancel");
+    assert!(s
+        .checkpoints_to_clear(Duration::from_secs(3600), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    assert_eq!(
+        s.checkpoints_to_clear(Duration::ZERO, 10)
+            .await
+            .expect("due"),
+        vec![(ended, 3)]
+    );
+    let cleared = crate::janitor::sweep(s, &blobs, Duration::ZERO)
+        .await
+        .expect("sweep");
+    assert_eq!(cleared, 1);
+    for c in 0..3 {
+        assert!(blobs
+            .get(&checkpoint_key(ended, c))
+            .await
+            .expect("get")
+            .is_none());
+    }
+    for c in 0..2 {
+        assert!(blobs
+            .get(&checkpoint_key(running, c))
+            .await
+            .expect("get")
+            .is_some());
+    }
+    // Marked: the next sweep finds nothing.
+    assert!(s
+        .checkpoints_to_clear(Duration::ZERO, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    assert_eq!(
+        crate::janitor::sweep(s, &blobs, Duration::ZERO)
+            .await
+            .expect("sweep"),
+        0
+    );
+}
+
 macro_rules! job_store_suite {
     ($($name:ident),+ $(,)?) => {
         mod postgres_suite {
@@ -926,4 +992,5 @@ job_store_suite!(
     tenants_share_a_class_by_weight,
     a_batch_chunk_yields_to_interactive_work_and_resumes,
     a_next_chunk_is_routed_to_the_worker_holding_its_latent,
+    the_checkpoints_of_ended_jobs_are_deleted_once,
 );

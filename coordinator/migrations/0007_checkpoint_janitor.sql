@@ -1,0 +1,5 @@
+-- Checkpoints (one S3 object per denoise chunk) serve only a running job: once a job has
+-- ended, the coordinator's janitor deletes them and marks the job here.
+ALTER TABLE jobs ADD COLUMN checkpoints_cleared BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX jobs_checkpoints_to_clear ON jobs (finished_at)
+    WHERE NOT checkpoints_cleared AND finished_at IS NOT NULL;
