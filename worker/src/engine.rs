@@ -169,6 +169,7 @@ enum Command {
     Denoise {
         req: DenoiseRequest,
         reply: oneshot::Sender<Result<DenoiseOutcome, EngineError>>,
+        sent: Instant,
     },
     Vocode(Vocode),
 }
@@ -245,6 +246,7 @@ impl Engine {
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
                 EngineThread {
+                    rx,
                     registry,
                     device,
                     options,
@@ -256,7 +258,7 @@ impl Engine {
                     shares: Shares::default(),
                     stats: thread_stats,
                 }
-                .run(rx)
+                .run()
             })
             .map_err(|e| EngineError::Packs(format!("spawning the engine thread: {e}")))?;
         Ok(Self {
@@ -285,7 +287,11 @@ impl Engine {
     pub async fn denoise(&self, req: DenoiseRequest) -> Result<DenoiseOutcome, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Denoise { req, reply })
+            .send(Command::Denoise {
+                req,
+                reply,
+                sent: Instant::now(),
+            })
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
@@ -359,6 +365,9 @@ struct Active {
     priority: Priority,
     /// Stepped in this round.
     chosen: bool,
+    /// When the request was sent, and when it joined the batch.
+    sent: Instant,
+    admitted: Instant,
 }
 
 /// The share of the step loop's time that other chunks get while interactive ones are in hand
@@ -373,6 +382,7 @@ struct Shares {
 }
 
 struct EngineThread {
+    rx: mpsc::Receiver<Command>,
     registry: ModelRegistry,
     device: tch::Device,
     options: EngineOptions,
@@ -388,18 +398,16 @@ struct EngineThread {
 }
 
 impl EngineThread {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    fn run(mut self) {
         loop {
             // Idle: wait for work. Busy: take what has arrived, at this step boundary.
             if self.active.is_empty() && self.vocodes.is_empty() {
-                match rx.blocking_recv() {
+                match self.rx.blocking_recv() {
                     Some(cmd) => self.accept(cmd),
                     None => return,
                 }
             }
-            while let Ok(cmd) = rx.try_recv() {
-                self.accept(cmd);
-            }
+            self.take_arrivals();
             self.step_round();
             metrics::gauge!(names::BATCH_OCCUPANCY).set(
                 self.active
@@ -408,6 +416,34 @@ impl EngineThread {
                     .sum::<f64>(),
             );
         }
+    }
+
+    /// Accepts the commands that have arrived, without waiting.
+    fn take_arrivals(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.accept(cmd);
+        }
+    }
+
+    /// Whether interactive work is in hand and steps first (`EngineOptions::interactive_first`).
+    fn urgent(&self) -> bool {
+        self.options.interactive_first
+            && (self
+                .active
+                .iter()
+                .any(|a| a.priority == Priority::Interactive)
+                || self
+                    .vocodes
+                    .iter()
+                    .any(|v| v.priority == Priority::Interactive))
+    }
+
+    /// Between two forwards or vocodes of other classes: takes what has arrived and tells
+    /// whether interactive work is now waiting, so that the round stops there and the next
+    /// one runs it first (instead of it waiting for every other chunk and vocode in hand).
+    fn interactive_arrived(&mut self) -> bool {
+        self.take_arrivals();
+        self.urgent()
     }
 
     fn pipeline(&mut self, model: &ModelRef) -> Result<&Pipeline, EngineError> {
@@ -427,7 +463,7 @@ impl EngineThread {
 
     fn accept(&mut self, cmd: Command) {
         match cmd {
-            Command::Denoise { req, reply } => {
+            Command::Denoise { req, reply, sent } => {
                 let DenoiseRequest {
                     job,
                     spec,
@@ -438,7 +474,14 @@ impl EngineThread {
                     progress,
                     priority,
                 } = req;
-                match self.admit(job, &spec, from_step, to_step, start) {
+                let begun = Instant::now();
+                let admitted = self.admit(job, &spec, from_step, to_step, start);
+                if priority != Priority::Interactive {
+                    // A fresh chunk encodes its prompt here: the others' time, while
+                    // interactive work is in hand.
+                    self.shares.other += begun.elapsed().as_secs_f64();
+                }
+                match admitted {
                     Ok(state) if cancel.load(Ordering::Relaxed) => {
                         drop(state);
                         let _ = reply.send(Ok(DenoiseOutcome::Cancelled));
@@ -466,6 +509,8 @@ impl EngineThread {
                             failed: None,
                             priority,
                             chosen: false,
+                            sent,
+                            admitted: Instant::now(),
                         };
                         if a.state.step() == to_step {
                             self.finish(a);
@@ -535,8 +580,14 @@ impl EngineThread {
     }
 
     /// Steps up to `limit` chunks that pass `pick` (in arrival order), in forwards grouped by
-    /// shape; returns the seconds spent.
-    fn step_some(&mut self, pick: impl Fn(&Active) -> bool, limit: usize) -> f64 {
+    /// shape; returns the seconds spent. With `yield_to_interactive`, it stops after the
+    /// forward during which interactive work arrived (the chunks not stepped stay unchosen).
+    fn step_some(
+        &mut self,
+        pick: impl Fn(&Active) -> bool,
+        limit: usize,
+        yield_to_interactive: bool,
+    ) -> f64 {
         let begun = Instant::now();
         let mut keys: Vec<BatchKey> = Vec::new();
         let mut chosen = 0usize;
@@ -549,51 +600,77 @@ impl EngineThread {
                 }
             }
         }
+        // The forwards, as indices into `active` (arrivals are appended, so they stay valid).
+        let mut forwards: Vec<Vec<usize>> = Vec::new();
         for key in keys {
-            let Some(pipeline) = self.loaded.get(&key.model) else {
-                continue;
-            };
-            let mut members: Vec<&mut Active> = self
-                .active
-                .iter_mut()
-                .filter(|a| a.chosen && a.key == key)
+            let members: Vec<usize> = (0..self.active.len())
+                .filter(|&i| self.active[i].chosen && self.active[i].key == key)
                 .collect();
-            let sizes: Vec<usize> = members.iter().map(|a| a.bytes).collect();
-            let mut rest: &mut [&mut Active] = &mut members;
+            let sizes: Vec<usize> = members.iter().map(|&i| self.active[i].bytes).collect();
+            let mut rest = members.as_slice();
             for n in batch_sizes(&sizes, self.options.max_batch, self.options.batch_bytes) {
-                let (batch, tail) = rest.split_at_mut(n);
+                let (batch, tail) = rest.split_at(n);
+                forwards.push(batch.to_vec());
                 rest = tail;
-                let started = Instant::now();
-                let mut states: Vec<&mut DenoiseState> =
-                    batch.iter_mut().map(|a| &mut a.state).collect();
-                let result = pipeline.step_batch(&mut states);
-                let n = batch.len();
-                metrics::gauge!(names::WORKER_BATCH_OCCUPANCY).set(n as f64);
-                match result {
-                    Ok(()) => {
-                        let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                        self.steps_per_second = if self.steps_per_second == 0.0 {
-                            rate
-                        } else {
-                            0.8 * self.steps_per_second + 0.2 * rate
-                        };
-                        metrics::gauge!(names::WORKER_STEPS_PER_SECOND).set(self.steps_per_second);
-                        metrics::counter!(names::STEPS).increment(n as u64);
-                        self.stats.forwards.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .chunk_steps
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        for a in batch.iter_mut() {
-                            a.failed = Some(msg.clone());
-                        }
-                    }
-                }
+            }
+        }
+        let mut forwards = forwards.into_iter();
+        for batch in forwards.by_ref() {
+            self.forward(&batch);
+            if yield_to_interactive && self.interactive_arrived() {
+                break;
+            }
+        }
+        // Not stepped this round: no progress to report for them.
+        for batch in forwards {
+            for i in batch {
+                self.active[i].chosen = false;
             }
         }
         begun.elapsed().as_secs_f64()
+    }
+
+    /// One denoiser forward over the chunks at `batch` (indices into `active`, same key).
+    fn forward(&mut self, batch: &[usize]) {
+        let Some(first) = batch.first() else {
+            return;
+        };
+        let Some(pipeline) = self.loaded.get(&self.active[*first].key.model) else {
+            return;
+        };
+        let started = Instant::now();
+        let mut states: Vec<&mut DenoiseState> = self
+            .active
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| batch.contains(i))
+            .map(|(_, a)| &mut a.state)
+            .collect();
+        let result = pipeline.step_batch(&mut states);
+        let n = batch.len();
+        metrics::gauge!(names::WORKER_BATCH_OCCUPANCY).set(n as f64);
+        match result {
+            Ok(()) => {
+                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                self.steps_per_second = if self.steps_per_second == 0.0 {
+                    rate
+                } else {
+                    0.8 * self.steps_per_second + 0.2 * rate
+                };
+                metrics::gauge!(names::WORKER_STEPS_PER_SECOND).set(self.steps_per_second);
+                metrics::counter!(names::STEPS).increment(n as u64);
+                self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .chunk_steps
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for &i in batch {
+                    self.active[i].failed = Some(msg.clone());
+                }
+            }
+        }
     }
 
     /// One step for every chunk in hand: one forward per batch of up to `max_batch` chunks of
@@ -602,14 +679,9 @@ impl EngineThread {
     /// time (so they never stop, and an interactive job runs at nearly its idle speed). Then
     /// finished, cancelled and failed chunks leave the batch.
     fn step_round(&mut self) {
-        let urgent = self.options.interactive_first
-            && self
-                .active
-                .iter()
-                .any(|a| a.priority == Priority::Interactive);
-        if urgent {
-            let mut spent = self.run_vocodes(|v| v.priority == Priority::Interactive);
-            spent += self.step_some(|a| a.priority == Priority::Interactive, usize::MAX);
+        if self.urgent() {
+            let (mut spent, _) = self.run_vocodes(|v| v.priority == Priority::Interactive, false);
+            spent += self.step_some(|a| a.priority == Priority::Interactive, usize::MAX, false);
             self.shares.urgent += spent;
             let budget = YIELD_SHARE * self.shares.urgent - self.shares.other;
             // Chunk-steps of the others that fit the budget, at the loop's recent speed; at least
@@ -620,20 +692,25 @@ impl EngineThread {
                 usize::from(budget > 0.0)
             };
             if fits > 0 {
-                let spent = self.step_some(|a| a.priority != Priority::Interactive, fits);
+                let spent = self.step_some(|a| a.priority != Priority::Interactive, fits, false);
                 self.shares.other += spent;
             }
             // A waiting vocode of another class is a chunk of its own: one per round, in the
             // budget that is left.
             if YIELD_SHARE * self.shares.urgent > self.shares.other {
                 let mut first = true;
-                let spent = self.run_vocodes(|_| std::mem::take(&mut first));
+                let (spent, _) = self.run_vocodes(|_| std::mem::take(&mut first), false);
                 self.shares.other += spent;
             }
         } else {
+            // Interactive work that arrives meanwhile ends this round after the forward or
+            // vocode in progress (on devices that run it first).
             self.shares = Shares::default();
-            self.run_vocodes(|_| true);
-            self.step_some(|_| true, usize::MAX);
+            let yield_to_interactive = self.options.interactive_first;
+            let (_, stopped) = self.run_vocodes(|_| true, yield_to_interactive);
+            if !stopped {
+                self.step_some(|_| true, usize::MAX, yield_to_interactive);
+            }
         }
         let mut kept = Vec::with_capacity(self.active.len());
         for a in std::mem::take(&mut self.active) {
@@ -662,6 +739,13 @@ impl EngineThread {
     /// A chunk reached its last step: its checkpoint goes back to the runner (which uploads it
     /// while this thread steps the others) and its state stays held for the next chunk.
     fn finish(&mut self, a: Active) {
+        tracing::debug!(
+            job_id = %a.job,
+            priority = a.priority.as_str(),
+            waited_ms = (a.admitted - a.sent).as_millis() as u64,
+            stepped_ms = a.admitted.elapsed().as_millis() as u64,
+            "chunk finished in the engine"
+        );
         let r = a.state.to_checkpoint().map_err(EngineError::from);
         if r.is_ok() {
             self.held.insert(a.job, a.state);
@@ -670,18 +754,34 @@ impl EngineThread {
     }
 
     /// Runs the waiting vocodes that pass `pick` (called once per vocode, in order); returns
-    /// the seconds spent.
-    fn run_vocodes(&mut self, mut pick: impl FnMut(&Vocode) -> bool) -> f64 {
+    /// the seconds spent and whether it stopped early because interactive work arrived (with
+    /// `yield_to_interactive`; the vocodes not run keep their order).
+    fn run_vocodes(
+        &mut self,
+        mut pick: impl FnMut(&Vocode) -> bool,
+        yield_to_interactive: bool,
+    ) -> (f64, bool) {
         let begun = Instant::now();
-        for v in std::mem::take(&mut self.vocodes) {
-            if pick(&v) {
-                let r = self.vocode(v.job, &v.spec, v.start);
-                let _ = v.reply.send(r);
-            } else {
-                self.vocodes.push_back(v);
+        let mut waiting = std::mem::take(&mut self.vocodes);
+        let mut kept = std::collections::VecDeque::new();
+        let mut stopped = false;
+        while let Some(v) = waiting.pop_front() {
+            if !pick(&v) {
+                kept.push_back(v);
+                continue;
+            }
+            let r = self.vocode(v.job, &v.spec, v.start);
+            let _ = v.reply.send(r);
+            if yield_to_interactive && self.interactive_arrived() {
+                stopped = true;
+                break;
             }
         }
-        begun.elapsed().as_secs_f64()
+        // Then the ones not reached, then the ones that arrived meanwhile.
+        kept.extend(waiting);
+        kept.append(&mut self.vocodes);
+        self.vocodes = kept;
+        (begun.elapsed().as_secs_f64(), stopped)
     }
 
     fn vocode(&mut self, job: Uuid, spec: &JobSpec, start: Start) -> Result<Rendered, EngineError> {

@@ -429,6 +429,7 @@ impl Worker {
                 }
             }
         });
+        let begun = Instant::now();
         let out = self.denoise_in_engine(task, cancel, tx).await;
         let _ = progress.await;
         match out? {
@@ -436,11 +437,17 @@ impl Worker {
             DenoiseOutcome::Done(bytes) => {
                 // The engine goes on stepping the other chunks while this one uploads; the
                 // result (and so the ack) waits for the upload.
+                let computed = begun.elapsed();
                 let key = checkpoint_key(task.job_id, task.chunk);
                 self.blobs
                     .put(&key, Bytes::from(bytes), "application/octet-stream")
                     .await
                     .map_err(|e| TaskError::retry("CHECKPOINT_WRITE", e.to_string()))?;
+                tracing::debug!(
+                    engine_ms = computed.as_millis() as u64,
+                    upload_ms = (begun.elapsed() - computed).as_millis() as u64,
+                    "chunk stored"
+                );
                 Ok(Some(Vec::new()))
             }
         }

@@ -444,3 +444,58 @@ async fn other_vocodes_wait_for_their_share_while_interactive_chunks_run() {
         "six batch vocodes ran within {spread} interactive steps"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_work_that_arrives_mid_round_does_not_wait_for_the_rest_of_it() {
+    let dir = models();
+    let engine = cpu_engine(
+        dir.path(),
+        EngineOptions {
+            interactive_first: true,
+            express: 2,
+            ..batching(4, 64 << 20)
+        },
+    );
+    // Twelve finished backfill jobs, held; their vocodes all wait in one round.
+    let mut finished = Vec::new();
+    for i in 0..12 {
+        let s = spec("finished backfill", 120 + i, 2, 8.0, 3.0);
+        let job = Uuid::new_v4();
+        let mut r = request(job, &s, 0, 2, Start::Fresh);
+        r.priority = Priority::Batch;
+        done(engine.denoise(r).await);
+        finished.push((job, s));
+    }
+    let vocoded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let vocodes = finished.iter().map(|(job, s)| {
+        let (vocoded, engine) = (Arc::clone(&vocoded), engine.clone());
+        async move {
+            let r = engine
+                .vocode(*job, s.clone(), Start::Held, Priority::Batch)
+                .await;
+            vocoded.fetch_add(1, Ordering::Relaxed);
+            assert_eq!(r.expect("vocode").waveforms.len(), 1);
+        }
+    });
+    let interactive = async {
+        // Once the round is under way, a short interactive chunk.
+        while vocoded.load(Ordering::Relaxed) < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let at_submit = vocoded.load(Ordering::Relaxed);
+        let s = spec("quick interactive jingle", 97, 2, 2.0, 3.0);
+        let mut r = request(Uuid::new_v4(), &s, 0, 2, Start::Fresh);
+        r.priority = Priority::Interactive;
+        done(engine.denoise(r).await);
+        vocoded.load(Ordering::Relaxed) - at_submit
+    };
+    let (_, during) = tokio::join!(futures::future::join_all(vocodes), interactive);
+    println!("batch vocodes that ended while the interactive chunk waited and ran: {during}");
+    // The vocode in progress ends, then the interactive chunk runs first (the others keep a 10%
+    // share); had it waited for the round, the eleven vocodes left would all come first.
+    assert!(
+        during <= 4,
+        "{during} batch vocodes ran before the interactive chunk ended"
+    );
+    assert_eq!(vocoded.load(Ordering::Relaxed), 12);
+}
