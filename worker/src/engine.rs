@@ -255,6 +255,7 @@ impl Engine {
                     vocodes: Default::default(),
                     held,
                     steps_per_second: 0.0,
+                    vocode_seconds: 0.0,
                     shares: Shares::default(),
                     stats: thread_stats,
                 }
@@ -393,6 +394,8 @@ struct EngineThread {
     held: HeldStates,
     /// Smoothed chunk-steps per second of the step loop.
     steps_per_second: f64,
+    /// Smoothed seconds of one vocode.
+    vocode_seconds: f64,
     shares: Shares,
     stats: Arc<EngineStats>,
 }
@@ -695,9 +698,10 @@ impl EngineThread {
                 let spent = self.step_some(|a| a.priority != Priority::Interactive, fits, false);
                 self.shares.other += spent;
             }
-            // A waiting vocode of another class is a chunk of its own: one per round, in the
-            // budget that is left.
-            if YIELD_SHARE * self.shares.urgent > self.shares.other {
+            // A waiting vocode of another class is a chunk of its own: one per round, once the
+            // budget left covers one (at the recent vocode time; any budget before the first),
+            // so that it does not overrun the share by a whole vocode at every interactive task.
+            if YIELD_SHARE * self.shares.urgent - self.shares.other > self.vocode_seconds {
                 let mut first = true;
                 let (spent, _) = self.run_vocodes(|_| std::mem::take(&mut first), false);
                 self.shares.other += spent;
@@ -770,7 +774,14 @@ impl EngineThread {
                 kept.push_back(v);
                 continue;
             }
+            let started = Instant::now();
             let r = self.vocode(v.job, &v.spec, v.start);
+            let took = started.elapsed().as_secs_f64();
+            self.vocode_seconds = if self.vocode_seconds == 0.0 {
+                took
+            } else {
+                0.8 * self.vocode_seconds + 0.2 * took
+            };
             let _ = v.reply.send(r);
             if yield_to_interactive && self.interactive_arrived() {
                 stopped = true;
