@@ -35,6 +35,10 @@ pub(crate) struct FarmBenchArgs {
     /// Batch jobs of the backfill.
     #[arg(long, default_value_t = 200)]
     backfill: usize,
+    /// Clip length of the backfill's jobs, in seconds (the interactive jobs' clips are 2 s):
+    /// longer clips put more model time and the same farm traffic per chunk.
+    #[arg(long, default_value_t = 2.0)]
+    backfill_seconds: f32,
     /// How long to sustain submits.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -222,11 +226,15 @@ impl BenchFarm {
 }
 
 fn request(i: usize, priority: pb::Priority) -> pb::SubmitGenerationRequest {
+    clip(i, priority, 2.0)
+}
+
+fn clip(i: usize, priority: pb::Priority, seconds: f32) -> pb::SubmitGenerationRequest {
     pb::SubmitGenerationRequest {
         prompt_kind: Some(pb::submit_generation_request::PromptKind::Prompt(format!(
             "benchmark groove number {i}"
         ))),
-        duration_seconds: Some(2.0),
+        duration_seconds: Some(seconds),
         seed: Some(i as u64),
         steps: Some(8),
         priority: priority as i32,
@@ -370,7 +378,7 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
     }
     for i in 0..a.backfill {
         client
-            .submit_generation(request(3_000_000 + i, pb::Priority::Batch))
+            .submit_generation(clip(3_000_000 + i, pb::Priority::Batch, a.backfill_seconds))
             .await?;
     }
     let mut busy = Vec::new();
@@ -451,8 +459,8 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
         quantile(&overhead, 0.99)
     );
     println!(
-        "## 2. Interactive latency under a backfill of {} batch jobs ({} jobs each)\n",
-        a.backfill, a.interactive
+        "## 2. Interactive latency under a backfill of {} batch jobs of {} s ({} jobs each)\n",
+        a.backfill, a.backfill_seconds, a.interactive
     );
     println!("| | median ms | p95 ms |\n|---|---|---|");
     println!(

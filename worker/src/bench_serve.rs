@@ -223,6 +223,9 @@ pub async fn run(opts: &ServeOptions) -> Result<ServeReport> {
             dev,
             EngineOptions {
                 max_batch: b,
+                // What batching itself buys: no cap for a latency policy this trace (no
+                // interactive jobs) does not need.
+                other_forward: std::time::Duration::MAX,
                 ..defaults
             },
         )

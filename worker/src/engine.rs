@@ -126,6 +126,10 @@ pub struct EngineOptions {
     /// Interactive tasks of each kind the worker takes beyond its slots (its express lane), so an
     /// interactive job never waits for a batch chunk to end.
     pub express: usize,
+    /// With `interactive_first`: how long a forward of other chunks may run, by their shapes'
+    /// recent step cost (at least one chunk), since interactive work that arrives waits for the
+    /// forward in progress. On CPU short forwards cost nothing: N chunks take N times one.
+    pub other_forward: std::time::Duration,
 }
 
 impl EngineOptions {
@@ -141,6 +145,7 @@ impl EngineOptions {
                 batch_bytes: 16 << 30,
                 interactive_first: false,
                 express: 4,
+                other_forward: std::time::Duration::MAX,
             }
         } else {
             Self {
@@ -149,6 +154,7 @@ impl EngineOptions {
                 batch_bytes: 1 << 30,
                 interactive_first: true,
                 express: 2,
+                other_forward: std::time::Duration::from_millis(10),
             }
         }
     }
@@ -161,6 +167,7 @@ impl EngineOptions {
             batch_bytes: usize::MAX,
             interactive_first: false,
             express: 0,
+            other_forward: std::time::Duration::MAX,
         }
     }
 }
@@ -255,6 +262,7 @@ impl Engine {
                     vocodes: Default::default(),
                     held,
                     steps_per_second: 0.0,
+                    step_cost: HashMap::new(),
                     vocode_seconds: 0.0,
                     shares: Shares::default(),
                     stats: thread_stats,
@@ -345,7 +353,7 @@ fn batch_sizes(bytes: &[usize], max_batch: usize, budget: usize) -> Vec<usize> {
 
 /// Chunks that may share a forward: same pack, same latent length and text bucket (so a
 /// chunk's result does not depend on its company; see `pipeline`'s "Batch invariance").
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct BatchKey {
     model: ModelRef,
     shape: BatchShape,
@@ -394,6 +402,8 @@ struct EngineThread {
     held: HeldStates,
     /// Smoothed chunk-steps per second of the step loop.
     steps_per_second: f64,
+    /// Smoothed seconds per chunk-step of each shape (a 30 s clip's step costs many 2 s ones').
+    step_cost: HashMap<BatchKey, f64>,
     /// Smoothed seconds of one vocode.
     vocode_seconds: f64,
     shares: Shares,
@@ -583,14 +593,11 @@ impl EngineThread {
     }
 
     /// Steps up to `limit` chunks that pass `pick` (in arrival order), in forwards grouped by
-    /// shape; returns the seconds spent. With `yield_to_interactive`, it stops after the
-    /// forward during which interactive work arrived (the chunks not stepped stay unchosen).
-    fn step_some(
-        &mut self,
-        pick: impl Fn(&Active) -> bool,
-        limit: usize,
-        yield_to_interactive: bool,
-    ) -> f64 {
+    /// shape; returns the seconds spent. With `short`, forwards last about
+    /// `EngineOptions::other_forward` at most, and it stops after the forward during which interactive
+    /// work arrived (the chunks not stepped stay unchosen): for other classes' chunks on
+    /// devices that run interactive ones first.
+    fn step_some(&mut self, pick: impl Fn(&Active) -> bool, limit: usize, short: bool) -> f64 {
         let begun = Instant::now();
         let mut keys: Vec<BatchKey> = Vec::new();
         let mut chosen = 0usize;
@@ -611,7 +618,13 @@ impl EngineThread {
                 .collect();
             let sizes: Vec<usize> = members.iter().map(|&i| self.active[i].bytes).collect();
             let mut rest = members.as_slice();
-            for n in batch_sizes(&sizes, self.options.max_batch, self.options.batch_bytes) {
+            let most = match self.step_cost.get(&key) {
+                Some(cost) if short => ((self.options.other_forward.as_secs_f64() / cost).floor()
+                    as usize)
+                    .clamp(1, self.options.max_batch),
+                _ => self.options.max_batch,
+            };
+            for n in batch_sizes(&sizes, most, self.options.batch_bytes) {
                 let (batch, tail) = rest.split_at(n);
                 forwards.push(batch.to_vec());
                 rest = tail;
@@ -620,7 +633,7 @@ impl EngineThread {
         let mut forwards = forwards.into_iter();
         for batch in forwards.by_ref() {
             self.forward(&batch);
-            if yield_to_interactive && self.interactive_arrived() {
+            if short && self.interactive_arrived() {
                 break;
             }
         }
@@ -654,7 +667,14 @@ impl EngineThread {
         metrics::gauge!(names::WORKER_BATCH_OCCUPANCY).set(n as f64);
         match result {
             Ok(()) => {
-                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let took = started.elapsed().as_secs_f64().max(1e-9);
+                let per_step = took / n as f64;
+                let key = self.active[*first].key.clone();
+                self.step_cost
+                    .entry(key)
+                    .and_modify(|c| *c = 0.8 * *c + 0.2 * per_step)
+                    .or_insert(per_step);
+                let rate = n as f64 / took;
                 self.steps_per_second = if self.steps_per_second == 0.0 {
                     rate
                 } else {
@@ -676,6 +696,33 @@ impl EngineThread {
         }
     }
 
+    /// How many of the other classes' chunks, in arrival order, step within `budget` seconds
+    /// at their shapes' recent step cost; at least one once there is any budget and the first
+    /// one's cost is still unknown.
+    fn others_within(&self, budget: f64) -> usize {
+        if budget <= 0.0 {
+            return 0;
+        }
+        let mut spent = 0.0;
+        let mut fits = 0;
+        for a in self
+            .active
+            .iter()
+            .filter(|a| a.priority != Priority::Interactive)
+        {
+            spent += self.step_cost.get(&a.key).copied().unwrap_or(0.0);
+            if spent > budget {
+                break;
+            }
+            fits += 1;
+            if spent == 0.0 {
+                // Unknown cost: this one forward measures it.
+                break;
+            }
+        }
+        fits
+    }
+
     /// One step for every chunk in hand: one forward per batch of up to `max_batch` chunks of
     /// the same shape (within the memory budget). While interactive chunks are in hand on a
     /// device that runs them first, the others get at most `YIELD_SHARE` of the step loop's
@@ -687,15 +734,9 @@ impl EngineThread {
             spent += self.step_some(|a| a.priority == Priority::Interactive, usize::MAX, false);
             self.shares.urgent += spent;
             let budget = YIELD_SHARE * self.shares.urgent - self.shares.other;
-            // Chunk-steps of the others that fit the budget, at the loop's recent speed; at least
-            // one once there is any budget (the speed is unknown before the first forward).
-            let fits = if self.steps_per_second > 0.0 {
-                (budget * self.steps_per_second).floor() as usize
-            } else {
-                usize::from(budget > 0.0)
-            };
+            let fits = self.others_within(budget);
             if fits > 0 {
-                let spent = self.step_some(|a| a.priority != Priority::Interactive, fits, false);
+                let spent = self.step_some(|a| a.priority != Priority::Interactive, fits, true);
                 self.shares.other += spent;
             }
             // A waiting vocode of another class is a chunk of its own: one per round, once the
@@ -710,10 +751,10 @@ impl EngineThread {
             // Interactive work that arrives meanwhile ends this round after the forward or
             // vocode in progress (on devices that run it first).
             self.shares = Shares::default();
-            let yield_to_interactive = self.options.interactive_first;
-            let (_, stopped) = self.run_vocodes(|_| true, yield_to_interactive);
+            let short = self.options.interactive_first;
+            let (_, stopped) = self.run_vocodes(|_| true, short);
             if !stopped {
-                self.step_some(|_| true, usize::MAX, yield_to_interactive);
+                self.step_some(|_| true, usize::MAX, short);
             }
         }
         let mut kept = Vec::with_capacity(self.active.len());

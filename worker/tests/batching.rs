@@ -499,3 +499,40 @@ async fn interactive_work_that_arrives_mid_round_does_not_wait_for_the_rest_of_i
     );
     assert_eq!(vocoded.load(Ordering::Relaxed), 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_chunks_step_in_short_forwards_where_interactive_ones_go_first() {
+    let dir = models();
+    // Six batch chunks of five steps in hand together, on an engine whose forwards of other
+    // classes' chunks may last `other_forward`; returns the forwards run.
+    let forwards = |other_forward| {
+        let engine = cpu_engine(
+            dir.path(),
+            EngineOptions {
+                interactive_first: true,
+                express: 2,
+                other_forward,
+                ..batching(8, 0)
+            },
+        );
+        async move {
+            let chunks = (0..6).map(|i| {
+                let s = spec("long backfill", 150 + i, 5, 4.0, 3.0);
+                let mut r = request(Uuid::new_v4(), &s, 0, 5, Start::Fresh);
+                r.priority = Priority::Batch;
+                engine.denoise(r)
+            });
+            for r in futures::future::join_all(chunks).await {
+                done(r);
+            }
+            engine.stats().forwards.load(Ordering::Relaxed)
+        }
+    };
+    // No limit: the six step together once they are in hand.
+    let unlimited = forwards(std::time::Duration::MAX).await;
+    // No time at all: one chunk per forward once the step cost is known (after the first).
+    let short = forwards(std::time::Duration::ZERO).await;
+    println!("forwards for 6 x 5 chunk-steps: unlimited {unlimited}, short {short}");
+    assert!(unlimited <= 10, "{unlimited} forwards without a limit");
+    assert!(short >= 6 * 4, "{short} forwards with short ones");
+}
