@@ -2,10 +2,9 @@
 //! fenced by (job, chunk, attempt). An event that cannot be parsed is dead-lettered; one the
 //! store cannot apply now is requeued, to be applied once the database is back.
 //!
-//! Events are applied in `LANES` lanes, by job (results and progress) or by worker
-//! (heartbeats): one job's or one worker's events keep their order, while a job's result does
-//! not wait behind the transactions of other jobs' events (an interactive job's chunk behind a
-//! backfill's, say).
+//! Events are applied in lanes: interactive jobs' results and progress in a lane of their own
+//! (so that they never wait behind a backfill's), the others in `LANES` lanes by job, heartbeats
+//! by worker. One job's or one worker's events keep their order.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tutti_shared::job::Priority;
 use tutti_shared::messages::WorkerEvent;
 use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{Delivery, QueueName, TaskQueue};
@@ -21,12 +21,15 @@ use tutti_shared::taskqueue::{Delivery, QueueName, TaskQueue};
 use crate::error::{Error, Result};
 use crate::store::{Heartbeat, JobStore, RetryPolicy, TaskRef};
 
-/// Events applied at once (each holds a database connection while it is applied). One for now:
-/// on the 2-core benchmark machine four lanes cost 20% of the sustained submit rate (862 vs
-/// 1,081/s, `bench farm --duration 30s`, two runs each) with no latency gain above the noise,
-/// as the farm then works its backlog harder during the flood. Raise it on a coordinator with
-/// cores to spare.
+/// Lanes for the events of other classes than interactive (each applies one event at a time,
+/// holding a database connection). One for now: on the 2-core benchmark machine four cost 20% of
+/// the sustained submit rate (862 vs 1,081/s, `bench farm --duration 30s`, two runs each) with
+/// no latency gain above the noise, as the farm then works its backlog harder during the flood.
+/// Raise it on a coordinator with cores to spare.
 const LANES: usize = 1;
+
+/// The lane of interactive jobs' events; the others are `1..=LANES`.
+const INTERACTIVE_LANE: usize = 0;
 
 #[derive(Clone)]
 pub struct ResultsConsumer {
@@ -35,16 +38,25 @@ pub struct ResultsConsumer {
     pub retry: RetryPolicy,
 }
 
-/// The lane of an event: its job's, or its worker's for a heartbeat.
+/// The lane of an event: the interactive lane for an interactive job's, else its job's (its
+/// worker's for a heartbeat). A job's class never changes, so its events share one lane.
 fn lane(event: &WorkerEvent) -> usize {
     let mut h = DefaultHasher::new();
     match event {
+        WorkerEvent::Progress {
+            priority: Priority::Interactive,
+            ..
+        }
+        | WorkerEvent::Result {
+            priority: Priority::Interactive,
+            ..
+        } => return INTERACTIVE_LANE,
         WorkerEvent::Progress { job_id, .. } | WorkerEvent::Result { job_id, .. } => {
             job_id.hash(&mut h)
         }
         WorkerEvent::Heartbeat { worker, .. } => worker.hash(&mut h),
     }
-    (h.finish() % LANES as u64) as usize
+    1 + (h.finish() % LANES as u64) as usize
 }
 
 impl ResultsConsumer {
@@ -72,9 +84,11 @@ impl ResultsConsumer {
             .consume(&[QueueName::Results], 64, "coordinator")
             .await?;
         let mut lanes = JoinSet::new();
-        let mut senders = Vec::with_capacity(LANES);
-        for _ in 0..LANES {
-            let (tx, rx) = mpsc::channel::<(Delivery, WorkerEvent)>(16);
+        // Unbounded, so that a busy lane never holds up the others' events behind it in the
+        // stream: the prefetch above bounds what the lanes hold.
+        let mut senders = Vec::with_capacity(LANES + 1);
+        for _ in 0..=LANES {
+            let (tx, rx) = mpsc::unbounded_channel::<(Delivery, WorkerEvent)>();
             lanes.spawn(self.clone().drain(rx));
             senders.push(tx);
         }
@@ -109,7 +123,7 @@ impl ResultsConsumer {
                     continue;
                 }
             };
-            if senders[lane(&event)].send((delivery, event)).await.is_err() {
+            if senders[lane(&event)].send((delivery, event)).is_err() {
                 break Err(Error::Internal("a results lane stopped".into()));
             }
         };
@@ -121,7 +135,7 @@ impl ResultsConsumer {
     }
 
     /// Applies one lane's events in order, acking each once applied.
-    async fn drain(self, mut rx: mpsc::Receiver<(Delivery, WorkerEvent)>) -> Result<()> {
+    async fn drain(self, mut rx: mpsc::UnboundedReceiver<(Delivery, WorkerEvent)>) -> Result<()> {
         while let Some((delivery, event)) = rx.recv().await {
             match self.apply(&event).await {
                 Ok(()) => delivery.ack().await?,
@@ -144,6 +158,7 @@ impl ResultsConsumer {
                 attempt,
                 worker,
                 steps_done,
+                ..
             } => {
                 let task = TaskRef {
                     job: *job_id,
@@ -159,6 +174,7 @@ impl ResultsConsumer {
                 attempt,
                 worker,
                 outcome,
+                ..
             } => {
                 let task = TaskRef {
                     job: *job_id,
@@ -198,29 +214,53 @@ mod tests {
     use uuid::Uuid;
 
     #[test]
-    fn a_jobs_events_share_a_lane_and_jobs_spread_over_all_lanes() {
-        let progress = |job_id| WorkerEvent::Progress {
+    fn a_jobs_events_share_a_lane_and_interactive_jobs_have_their_own() {
+        let progress = |job_id, priority| WorkerEvent::Progress {
             job_id,
             chunk: 0,
             attempt: 1,
             worker: "w1".into(),
             steps_done: 3,
+            priority,
         };
-        let result = |job_id, worker: &str| WorkerEvent::Result {
+        let result = |job_id, worker: &str, priority| WorkerEvent::Result {
             job_id,
             chunk: 0,
             attempt: 1,
             worker: worker.into(),
             outcome: Outcome::Cancelled,
+            priority,
         };
-        let mut used = [false; LANES];
-        for _ in 0..200 {
+        let heartbeat = |worker: &str| WorkerEvent::Heartbeat {
+            worker: worker.into(),
+            denoise_slots: 1,
+            vocode_slots: 1,
+            holds: Vec::new(),
+            draining: false,
+            express_slots: 0,
+        };
+        let mut used = [false; LANES + 1];
+        for i in 0..200 {
             let job = Uuid::new_v4();
-            // Whichever worker reports it, a job's events keep their order.
-            assert_eq!(lane(&progress(job)), lane(&result(job, "w1")));
-            assert_eq!(lane(&result(job, "w1")), lane(&result(job, "w2")));
-            used[lane(&progress(job))] = true;
+            for class in [Priority::Batch, Priority::Standard] {
+                // Whichever worker reports it, a job's events keep their order.
+                let l = lane(&progress(job, class));
+                assert_eq!(l, lane(&result(job, "w1", class)));
+                assert_eq!(l, lane(&result(job, "w2", class)));
+                assert_ne!(l, INTERACTIVE_LANE);
+                used[l] = true;
+            }
+            assert_eq!(
+                lane(&progress(job, Priority::Interactive)),
+                INTERACTIVE_LANE
+            );
+            assert_eq!(
+                lane(&result(job, "w1", Priority::Interactive)),
+                INTERACTIVE_LANE
+            );
+            assert_ne!(lane(&heartbeat(&format!("w{i}"))), INTERACTIVE_LANE);
         }
+        used[INTERACTIVE_LANE] = true;
         assert!(used.iter().all(|u| *u), "lanes left idle: {used:?}");
     }
 }

@@ -69,6 +69,10 @@ pub enum WorkerEvent {
         attempt: u32,
         worker: String,
         steps_done: u32,
+        /// The job's class: the coordinator applies interactive jobs' events in a lane of
+        /// their own, ahead of a backfill's.
+        #[serde(default)]
+        priority: Priority,
     },
     /// The end of a task (published with a confirm before the task is acked).
     Result {
@@ -77,6 +81,9 @@ pub enum WorkerEvent {
         attempt: u32,
         worker: String,
         outcome: Outcome,
+        /// The job's class (see `Progress`).
+        #[serde(default)]
+        priority: Priority,
     },
     /// A worker's sign of life, every couple of seconds: what it serves and how much. The
     /// coordinator bounds dispatched work by the capacity of live workers and routes a job's
@@ -105,4 +112,40 @@ pub enum WorkerEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     Cancel { job_id: Uuid },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_from_workers_without_a_class_read_as_standard() {
+        // A worker of the previous release sends no `priority`.
+        let job = Uuid::new_v4();
+        let old = serde_json::json!({
+            "type": "result", "job_id": job, "chunk": 1, "attempt": 2, "worker": "w1",
+            "outcome": {"status": "cancelled"},
+        });
+        match serde_json::from_value::<WorkerEvent>(old) {
+            Ok(WorkerEvent::Result { priority, .. }) => assert_eq!(priority, Priority::Standard),
+            other => panic!("{other:?}"),
+        }
+        let new = WorkerEvent::Progress {
+            job_id: job,
+            chunk: 0,
+            attempt: 1,
+            worker: "w1".into(),
+            steps_done: 3,
+            priority: Priority::Interactive,
+        };
+        let back: WorkerEvent =
+            serde_json::from_slice(&serde_json::to_vec(&new).expect("json")).expect("parse");
+        assert!(matches!(
+            back,
+            WorkerEvent::Progress {
+                priority: Priority::Interactive,
+                ..
+            }
+        ));
+    }
 }

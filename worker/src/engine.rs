@@ -11,7 +11,9 @@
 //! reassociation in attention); so batching never changes a job's audio.
 //!
 //! A finished chunk's state stays in memory ([`HeldStates`]) so that the job's next chunk on
-//! this worker skips the checkpoint read. A vocode task runs between two steps of the batch.
+//! this worker skips the checkpoint read. A vocode task runs between two steps of the batch; on
+//! CPU, vocodes of other classes than interactive run beside the step loop instead, on a
+//! lower-priority thread (`vocoder`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use tutti_shared::models::ModelRegistry;
 use uuid::Uuid;
 
 use crate::held::{HeldStates, Holds};
+use crate::vocoder::{self, Background};
 
 use crate::model::pipeline::{BatchShape, GenerationParams, Pipeline};
 use crate::model::sampler::SamplerKind;
@@ -130,6 +133,10 @@ pub struct EngineOptions {
     /// recent step cost (at least one chunk), since interactive work that arrives waits for the
     /// forward in progress. On CPU short forwards cost nothing: N chunks take N times one.
     pub other_forward: std::time::Duration,
+    /// Vocodes of other classes than interactive run on a thread of their own at a lower CPU
+    /// priority (see `vocoder`), instead of between two steps: on CPU, where one of a long clip
+    /// takes as long as dozens of steps and cannot be split.
+    pub background_vocodes: bool,
 }
 
 impl EngineOptions {
@@ -146,6 +153,7 @@ impl EngineOptions {
                 interactive_first: false,
                 express: 4,
                 other_forward: std::time::Duration::MAX,
+                background_vocodes: false,
             }
         } else {
             Self {
@@ -155,6 +163,7 @@ impl EngineOptions {
                 interactive_first: true,
                 express: 2,
                 other_forward: std::time::Duration::from_millis(10),
+                background_vocodes: true,
             }
         }
     }
@@ -168,6 +177,7 @@ impl EngineOptions {
             interactive_first: false,
             express: 0,
             other_forward: std::time::Duration::MAX,
+            background_vocodes: false,
         }
     }
 }
@@ -197,6 +207,8 @@ pub struct EngineStats {
     pub forwards: AtomicU64,
     /// Chunk-steps they advanced (a forward over 3 chunks advances 3).
     pub chunk_steps: AtomicU64,
+    /// Vocodes run on the background vocoder thread (`EngineOptions::background_vocodes`).
+    pub background_vocodes: AtomicU64,
 }
 
 /// A handle to the engine thread; cheap to clone.
@@ -248,12 +260,22 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Command>(64);
         let stats = Arc::new(EngineStats::default());
         let thread_stats = Arc::clone(&stats);
+        let background = if options.background_vocodes {
+            Some(Background::start(
+                registry.clone(),
+                device,
+                Arc::clone(&stats),
+            )?)
+        } else {
+            None
+        };
         std::thread::Builder::new()
             .name("tutti-engine".into())
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
                 EngineThread {
                     rx,
+                    background,
                     registry,
                     device,
                     options,
@@ -392,6 +414,8 @@ struct Shares {
 
 struct EngineThread {
     rx: mpsc::Receiver<Command>,
+    /// Where other classes' vocodes run, with `EngineOptions::background_vocodes`.
+    background: Option<Background>,
     registry: ModelRegistry,
     device: tch::Device,
     options: EngineOptions,
@@ -460,18 +484,7 @@ impl EngineThread {
     }
 
     fn pipeline(&mut self, model: &ModelRef) -> Result<&Pipeline, EngineError> {
-        if !self.loaded.contains_key(model) {
-            let info = self
-                .registry
-                .resolve(&model.name, &model.version)
-                .ok_or_else(|| EngineError::UnknownModel(model.clone()))?;
-            tracing::info!(model = %model, dir = %info.dir.display(), device = ?self.device, "loading model pack");
-            let p = Pipeline::load(&info.dir, self.device)?;
-            self.loaded.insert(model.clone(), p);
-        }
-        self.loaded
-            .get(model)
-            .ok_or_else(|| EngineError::UnknownModel(model.clone()))
+        load_pipeline(&mut self.loaded, &self.registry, model, self.device)
     }
 
     fn accept(&mut self, cmd: Command) {
@@ -536,7 +549,10 @@ impl EngineThread {
                     }
                 }
             }
-            Command::Vocode(v) => self.vocodes.push_back(v),
+            Command::Vocode(v) => match &self.background {
+                Some(_) if v.priority != Priority::Interactive => self.vocode_beside(v),
+                _ => self.vocodes.push_back(v),
+            },
         }
     }
 
@@ -836,7 +852,46 @@ impl EngineThread {
         (begun.elapsed().as_secs_f64(), stopped)
     }
 
-    fn vocode(&mut self, job: Uuid, spec: &JobSpec, start: Start) -> Result<Rendered, EngineError> {
+    /// Hands a vocode to the background vocoder with the job's finished state (held or from its
+    /// checkpoint); runs it here if that thread is gone.
+    fn vocode_beside(&mut self, v: Vocode) {
+        if self.background.is_none() {
+            self.vocodes.push_back(v);
+            return;
+        }
+        let state = match self.finished_state(v.job, &v.spec, v.start) {
+            Ok(state) => state,
+            Err(e) => {
+                let _ = v.reply.send(Err(e));
+                return;
+            }
+        };
+        let job = vocoder::Job {
+            spec: v.spec,
+            state,
+            reply: v.reply,
+        };
+        let sent = match &self.background {
+            Some(background) => background.send(job),
+            None => Err(Box::new(job)),
+        };
+        if let Err(job) = sent {
+            tracing::warn!("the vocoder thread stopped; vocoding on the step loop");
+            self.background = None;
+            let r = self
+                .pipeline(&job.spec.model)
+                .and_then(|p| render(p, &job.state));
+            let _ = job.reply.send(r);
+        }
+    }
+
+    /// The job's finished state, which it lets go of (the job ends with its vocode).
+    fn finished_state(
+        &mut self,
+        job: Uuid,
+        spec: &JobSpec,
+        start: Start,
+    ) -> Result<DenoiseState, EngineError> {
         let state = self.restore(job, spec, spec.steps as usize, start)?;
         if !state.is_done() {
             return Err(ModelError::Checkpoint(format!(
@@ -846,15 +901,43 @@ impl EngineThread {
             ))
             .into());
         }
-        // The job ends here: nothing to hold for it any more.
         self.held.remove(job);
-        let pipeline = self.pipeline(&spec.model)?;
-        let waveforms = pipeline.render(&state)?;
-        Ok(Rendered {
-            waveforms,
-            sample_rate: pipeline.config().model.sample_rate,
-        })
+        Ok(state)
     }
+
+    fn vocode(&mut self, job: Uuid, spec: &JobSpec, start: Start) -> Result<Rendered, EngineError> {
+        let state = self.finished_state(job, spec, start)?;
+        render(self.pipeline(&spec.model)?, &state)
+    }
+}
+
+/// The pack of `model` from `loaded`, loaded from `registry` on first use.
+pub(crate) fn load_pipeline<'a>(
+    loaded: &'a mut HashMap<ModelRef, Pipeline>,
+    registry: &ModelRegistry,
+    model: &ModelRef,
+    device: tch::Device,
+) -> Result<&'a Pipeline, EngineError> {
+    if !loaded.contains_key(model) {
+        let info = registry
+            .resolve(&model.name, &model.version)
+            .ok_or_else(|| EngineError::UnknownModel(model.clone()))?;
+        tracing::info!(model = %model, dir = %info.dir.display(), device = ?device, "loading model pack");
+        let p = Pipeline::load(&info.dir, device)?;
+        loaded.insert(model.clone(), p);
+    }
+    loaded
+        .get(model)
+        .ok_or_else(|| EngineError::UnknownModel(model.clone()))
+}
+
+/// Decodes and vocodes a finished state.
+pub(crate) fn render(pipeline: &Pipeline, state: &DenoiseState) -> Result<Rendered, EngineError> {
+    let waveforms = pipeline.render(state)?;
+    Ok(Rendered {
+        waveforms,
+        sample_rate: pipeline.config().model.sample_rate,
+    })
 }
 
 #[cfg(test)]

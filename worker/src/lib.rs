@@ -10,6 +10,7 @@ pub mod model;
 pub mod runner;
 mod trace;
 pub mod train;
+mod vocoder;
 
 use std::sync::Arc;
 use std::time::Duration;

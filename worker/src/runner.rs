@@ -392,6 +392,7 @@ impl Worker {
             attempt: task.attempt,
             worker: self.name.clone(),
             outcome,
+            priority: task.priority,
         }
     }
 
@@ -407,8 +408,13 @@ impl Worker {
         // result path, ahead of the results behind it.
         let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
         let queue = Arc::clone(&self.queue);
-        let (job_id, chunk, attempt, to_step) =
-            (task.job_id, task.chunk, task.attempt, task.to_step);
+        let (job_id, chunk, attempt, to_step, priority) = (
+            task.job_id,
+            task.chunk,
+            task.attempt,
+            task.to_step,
+            task.priority,
+        );
         let worker = self.name.clone();
         let progress = tokio::spawn(async move {
             let mut last = Instant::now();
@@ -423,6 +429,7 @@ impl Worker {
                     attempt,
                     worker: worker.clone(),
                     steps_done: done as u32,
+                    priority,
                 };
                 if let Ok(body) = serde_json::to_vec(&ev) {
                     let _ = queue.publish_best_effort(QueueName::Results, &body).await;

@@ -536,3 +536,72 @@ async fn other_chunks_step_in_short_forwards_where_interactive_ones_go_first() {
     assert!(unlimited <= 10, "{unlimited} forwards without a limit");
     assert!(short >= 6 * 4, "{short} forwards with short ones");
 }
+
+/// The nice value of this process's thread named `name`, from /proc.
+fn thread_nice(name: &str) -> Option<i64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the command (which is in parentheses): state is field 3, nice 19.
+            let rest = stat.rsplit_once(')')?.1;
+            return rest.split_whitespace().nth(16)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_vocodes_run_beside_the_step_loop_at_a_lower_priority_and_sound_the_same() {
+    let dir = models();
+    let engine = cpu_engine(
+        dir.path(),
+        EngineOptions {
+            interactive_first: true,
+            express: 2,
+            background_vocodes: true,
+            ..batching(4, 64 << 20)
+        },
+    );
+    let reference = cpu_engine(dir.path(), EngineOptions::sequential());
+    let classes = [
+        Priority::Batch,
+        Priority::Standard,
+        Priority::Interactive,
+        Priority::Batch,
+    ];
+    for (i, class) in classes.into_iter().enumerate() {
+        let s = spec("finished backfill", 200 + i as u64, 4, 3.0, 3.0);
+        let job = Uuid::new_v4();
+        let mut r = request(job, &s, 0, 4, Start::Fresh);
+        r.priority = class;
+        done(engine.denoise(r).await);
+        let audio = engine
+            .vocode(job, s.clone(), Start::Held, class)
+            .await
+            .expect("vocode");
+        // The same job on an engine that vocodes on its step loop.
+        let other = Uuid::new_v4();
+        let checkpoint = done(
+            reference
+                .denoise(request(other, &s, 0, 4, Start::Fresh))
+                .await,
+        );
+        let expected = reference
+            .vocode(other, s, Start::Checkpoint(checkpoint), class)
+            .await
+            .expect("reference vocode");
+        assert!(
+            audio.waveforms == expected.waveforms,
+            "{class:?} vocode differs"
+        );
+        assert_eq!(engine.holds().step(job), None, "a vocoded job is let go");
+    }
+    // The three of other classes ran on the vocoder thread, the interactive one on the loop.
+    assert_eq!(engine.stats().background_vocodes.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        reference.stats().background_vocodes.load(Ordering::Relaxed),
+        0
+    );
+    assert_eq!(thread_nice("tutti-vocoder"), Some(10));
+}
