@@ -8,8 +8,11 @@
 //! waits for this thread, which would invert the priorities: interactive vocodes stay on the
 //! step loop.
 //!
-//! The thread loads its own copy of each pack it needs: libtorch modules are not `Sync`, and the
-//! step loop's copy stays locked for whole forwards. On CPU that is the memory of a second copy.
+//! The thread loads its own copy of each pack it needs: libtorch modules are not `Sync`, the
+//! step loop's copy stays locked for whole forwards, and a render half shared under a lock of
+//! its own would make an interactive vocode on the step loop wait for a niced render (priority
+//! inversion). On CPU that is the memory of a second copy (tutti-mini: 7 MB of weights and the
+//! text encoder), loaded on the first vocode it gets.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
