@@ -168,9 +168,20 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tutti")
 }
 
+/// A port nothing listens on, never the same twice in this test process: the OS can hand a
+/// port released here to a farm of a parallel test before the first farm binds it, and the two
+/// farms' tests then talk to one server (seen as "connection reset" once the other test ended).
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let addr = l.local_addr().expect("local addr");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 impl Farm {

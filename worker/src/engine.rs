@@ -484,7 +484,11 @@ impl EngineThread {
     }
 
     fn pipeline(&mut self, model: &ModelRef) -> Result<&Pipeline, EngineError> {
-        load_pipeline(&mut self.loaded, &self.registry, model, self.device)
+        let device = self.device;
+        load_once(&mut self.loaded, &self.registry, model, |dir| {
+            tracing::info!(model = %model, dir = %dir.display(), device = ?device, "loading model pack");
+            Pipeline::load(dir, device)
+        })
     }
 
     fn accept(&mut self, cmd: Command) {
@@ -911,20 +915,18 @@ impl EngineThread {
     }
 }
 
-/// The pack of `model` from `loaded`, loaded from `registry` on first use.
-pub(crate) fn load_pipeline<'a>(
-    loaded: &'a mut HashMap<ModelRef, Pipeline>,
+/// What `load` makes of `model`'s pack folder, kept in `loaded` from the first use on.
+pub(crate) fn load_once<'a, T>(
+    loaded: &'a mut HashMap<ModelRef, T>,
     registry: &ModelRegistry,
     model: &ModelRef,
-    device: tch::Device,
-) -> Result<&'a Pipeline, EngineError> {
+    load: impl FnOnce(&std::path::Path) -> Result<T, ModelError>,
+) -> Result<&'a T, EngineError> {
     if !loaded.contains_key(model) {
         let info = registry
             .resolve(&model.name, &model.version)
             .ok_or_else(|| EngineError::UnknownModel(model.clone()))?;
-        tracing::info!(model = %model, dir = %info.dir.display(), device = ?device, "loading model pack");
-        let p = Pipeline::load(&info.dir, device)?;
-        loaded.insert(model.clone(), p);
+        loaded.insert(model.clone(), load(&info.dir)?);
     }
     loaded
         .get(model)
@@ -932,7 +934,7 @@ pub(crate) fn load_pipeline<'a>(
 }
 
 /// Decodes and vocodes a finished state.
-pub(crate) fn render(pipeline: &Pipeline, state: &DenoiseState) -> Result<Rendered, EngineError> {
+fn render(pipeline: &Pipeline, state: &DenoiseState) -> Result<Rendered, EngineError> {
     let waveforms = pipeline.render(state)?;
     Ok(Rendered {
         waveforms,

@@ -8,11 +8,10 @@
 //! waits for this thread, which would invert the priorities: interactive vocodes stay on the
 //! step loop.
 //!
-//! The thread loads its own copy of each pack it needs: libtorch modules are not `Sync`, the
-//! step loop's copy stays locked for whole forwards, and a render half shared under a lock of
-//! its own would make an interactive vocode on the step loop wait for a niced render (priority
-//! inversion). On CPU that is the memory of a second copy (tutti-mini: 7 MB of weights and the
-//! text encoder), loaded on the first vocode it gets.
+//! The thread loads its own copy of each pack's decoder and vocoder (`Renderer`, on the first
+//! vocode it gets): libtorch modules are not `Sync`, the step loop's copy stays locked for whole
+//! forwards, and a render half shared under a lock of its own would make an interactive vocode
+//! on the step loop wait for a niced render (priority inversion).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,8 +21,8 @@ use tokio::sync::oneshot;
 use tutti_shared::job::{JobSpec, ModelRef};
 use tutti_shared::models::ModelRegistry;
 
-use crate::engine::{load_pipeline, render, EngineError, EngineStats, Rendered};
-use crate::model::pipeline::Pipeline;
+use crate::engine::{load_once, EngineError, EngineStats, Rendered};
+use crate::model::pipeline::Renderer;
 use crate::model::state::DenoiseState;
 
 /// How much lower than the step loop the vocoder thread runs (Linux nice values: at 10 a
@@ -73,10 +72,19 @@ fn run(
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
         tracing::warn!(error = %e, "could not lower the vocoder thread's priority");
     }
-    let mut loaded: HashMap<ModelRef, Pipeline> = HashMap::new();
+    let mut loaded: HashMap<ModelRef, Renderer> = HashMap::new();
     while let Ok(job) = rx.recv() {
-        let rendered = load_pipeline(&mut loaded, &registry, &job.spec.model, device)
-            .and_then(|p| render(p, &job.state));
+        let model = &job.spec.model;
+        let rendered = load_once(&mut loaded, &registry, model, |dir| {
+            tracing::info!(model = %model, dir = %dir.display(), "loading a pack's decoder and vocoder for background vocodes");
+            Renderer::load(dir, device)
+        })
+        .and_then(|r| {
+            Ok(Rendered {
+                waveforms: r.render(&job.state)?,
+                sample_rate: r.config().model.sample_rate,
+            })
+        });
         stats.background_vocodes.fetch_add(1, Ordering::Relaxed);
         let _ = job.reply.send(rendered);
     }

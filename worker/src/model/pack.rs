@@ -267,14 +267,13 @@ impl LoadedPack {
         weights::load_file_strict(&dit_vs, &dit_path, &|_| false)?;
         dit_vs.set_kind(device::compute_kind(device));
 
-        let dec_vs = nn::VarStore::new(device);
-        let decoder = decoder::build(&config.decoder, dec_vs.root(), &config.mel)?;
-        load_component(&dec_vs, &dir.join(DECODER_FILE), true)?;
-
-        let voc_vs = nn::VarStore::new(device);
-        let vocoder = vocoder::build(&config.vocoder, &config.mel, voc_vs.root())?;
-        load_component(&voc_vs, &dir.join(VOCODER_FILE), true)?;
-
+        let RenderPack {
+            decoder,
+            vocoder,
+            _stores: render_stores,
+        } = RenderPack::load_parts(dir, &config, device)?;
+        let mut stores = vec![cond_vs, dit_vs];
+        stores.extend(render_stores);
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -283,7 +282,38 @@ impl LoadedPack {
             denoiser,
             decoder,
             vocoder,
-            _stores: vec![cond_vs, dit_vs, dec_vs, voc_vs],
+            _stores: stores,
+        })
+    }
+}
+
+/// Only the decoder and the vocoder of a pack: what rendering a finished latent needs.
+pub struct RenderPack {
+    pub decoder: Box<dyn Decoder>,
+    pub vocoder: Box<dyn Vocoder>,
+    _stores: Vec<nn::VarStore>,
+}
+
+impl RenderPack {
+    /// Reads the pack's config and loads its decoder and vocoder.
+    pub fn load(dir: &Path, device: Device) -> Result<(PackConfig, Self)> {
+        let config = PackConfig::read(dir)?;
+        let parts = Self::load_parts(dir, &config, device)?;
+        Ok((config, parts))
+    }
+
+    fn load_parts(dir: &Path, config: &PackConfig, device: Device) -> Result<Self> {
+        let dec_vs = nn::VarStore::new(device);
+        let decoder = decoder::build(&config.decoder, dec_vs.root(), &config.mel)?;
+        load_component(&dec_vs, &dir.join(DECODER_FILE), true)?;
+
+        let voc_vs = nn::VarStore::new(device);
+        let vocoder = vocoder::build(&config.vocoder, &config.mel, voc_vs.root())?;
+        load_component(&voc_vs, &dir.join(VOCODER_FILE), true)?;
+        Ok(Self {
+            decoder,
+            vocoder,
+            _stores: vec![dec_vs, voc_vs],
         })
     }
 }

@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
 use super::dit::DitInput;
-use super::pack::{LoadedPack, PackConfig};
+use super::pack::{LoadedPack, PackConfig, RenderPack};
 use super::sampler::{self, SamplerState};
 use super::state::seeded_noise;
 pub use super::state::{DenoiseState, GenerationParams};
@@ -374,46 +374,92 @@ impl Pipeline {
     /// Decodes and vocodes: one mono waveform per variation, exactly `duration * sample_rate`
     /// samples, non-finite samples zeroed, scaled down if its peak exceeds 0.99.
     pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
-        if state.model != self.model_id {
-            return Err(ModelError::Input(format!(
-                "state of model {} given to {}",
-                state.model, self.model_id
-            )));
-        }
-        let m = &self.config.model;
-        let _guard = tch::no_grad_guard();
-        let raw = state.latent.to_device(self.device) / m.latent_scale + m.latent_shift;
-        let wave = {
+        render_with(&self.config, self.device, &self.model_id, state, |raw| {
             let pack = self.lock();
-            let log_mel = pack.decoder.decode(&raw)?;
-            pack.vocoder.vocode(&log_mel)?
-        };
-        let wave = wave
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let (b, len) = wave
-            .size2()
-            .map_err(|e| ModelError::Input(format!("vocoder output: {e}")))?;
-        let n = self.config.samples(state.params.controls.duration_s);
-        let mut out = Vec::with_capacity(b as usize);
-        for i in 0..b {
-            let row = wave.get(i);
-            let mut samples = vec![0f32; len as usize];
-            row.f_copy_data(&mut samples, len as usize)?;
-            samples.resize(n, 0.0);
-            for x in samples.iter_mut() {
-                if !x.is_finite() {
-                    *x = 0.0;
-                }
-            }
-            let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
-            if peak > 0.99 {
-                let g = 0.99 / peak;
-                samples.iter_mut().for_each(|x| *x *= g);
-            }
-            out.push(samples);
-        }
-        Ok(out)
+            let log_mel = pack.decoder.decode(raw)?;
+            pack.vocoder.vocode(&log_mel)
+        })
     }
+}
+
+/// A pack's decoder and vocoder alone, for a thread that only renders (the worker's
+/// background vocoder): no text encoder or denoiser to load.
+pub struct Renderer {
+    config: PackConfig,
+    device: Device,
+    model_id: String,
+    pack: RenderPack,
+}
+
+impl Renderer {
+    pub fn load(pack_dir: &Path, device: Device) -> Result<Self> {
+        let (config, pack) = RenderPack::load(pack_dir, device)?;
+        let model_id = format!("{}@{}", config.model.name, config.model.version);
+        Ok(Self {
+            config,
+            device,
+            model_id,
+            pack,
+        })
+    }
+
+    pub fn config(&self) -> &PackConfig {
+        &self.config
+    }
+
+    /// As [`Pipeline::render`], bit for bit.
+    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+        render_with(&self.config, self.device, &self.model_id, state, |raw| {
+            let log_mel = self.pack.decoder.decode(raw)?;
+            self.pack.vocoder.vocode(&log_mel)
+        })
+    }
+}
+
+/// Decodes and vocodes `state` with `decode_vocode` (latent -> waveforms) and post-processes
+/// the waveforms.
+fn render_with(
+    config: &PackConfig,
+    device: Device,
+    model_id: &str,
+    state: &DenoiseState,
+    decode_vocode: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Vec<f32>>> {
+    if state.model != model_id {
+        return Err(ModelError::Input(format!(
+            "state of model {} given to {}",
+            state.model, model_id
+        )));
+    }
+    let m = &config.model;
+    let _guard = tch::no_grad_guard();
+    let raw = state.latent.to_device(device) / m.latent_scale + m.latent_shift;
+    let wave = decode_vocode(&raw)?;
+    let wave = wave
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    let (b, len) = wave
+        .size2()
+        .map_err(|e| ModelError::Input(format!("vocoder output: {e}")))?;
+    let n = config.samples(state.params.controls.duration_s);
+    let mut out = Vec::with_capacity(b as usize);
+    for i in 0..b {
+        let row = wave.get(i);
+        let mut samples = vec![0f32; len as usize];
+        row.f_copy_data(&mut samples, len as usize)?;
+        samples.resize(n, 0.0);
+        for x in samples.iter_mut() {
+            if !x.is_finite() {
+                *x = 0.0;
+            }
+        }
+        let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
+        if peak > 0.99 {
+            let g = 0.99 / peak;
+            samples.iter_mut().for_each(|x| *x *= g);
+        }
+        out.push(samples);
+    }
+    Ok(out)
 }
