@@ -155,10 +155,7 @@ async fn readiness_follows_postgres_and_rabbitmq() {
         through(&pg_url(&farm.db), pg.addr),
     ));
     farm.start_coordinator().await;
-    let worker_metrics = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let worker_metrics = common::free_addr();
     farm.add_worker(&["--metrics-listen", &worker_metrics.to_string()]);
     farm.wait_for_consumers(1).await;
 

@@ -171,7 +171,7 @@ pub fn bin() -> &'static str {
 /// A port nothing listens on, never the same twice in this test process: the OS can hand a
 /// port released here to a farm of a parallel test before the first farm binds it, and the two
 /// farms' tests then talk to one server (seen as "connection reset" once the other test ended).
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
