@@ -111,7 +111,7 @@ pub async fn dispatch_round(
     for i in &plan.preempted {
         tx.mark_preempted(&tasks[*i]).await?;
     }
-    let mut sent = 0;
+    let mut outgoing = Vec::with_capacity(plan.picks.len());
     for i in plan.picks {
         let task = &tasks[i];
         let routed = fleet.route(
@@ -126,16 +126,21 @@ pub async fn dispatch_round(
         let msg = task.message();
         let body = serde_json::to_vec(&msg)
             .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
+        outgoing.push((msg, body, routed, task.class));
+    }
+    // Published together: each publish waits for the broker's confirm (a persistent message),
+    // and one after the other a round took a confirm per task, while interactive work that came
+    // meanwhile waited for the round to end. Any failure rolls the round back, as before.
+    let publishes = outgoing.iter().map(|(msg, body, routed, class)| {
         crate::dispatcher::publish_task(
             queue,
-            &msg,
-            &body,
+            msg,
+            body,
             routed.as_deref().map(|w| (w, policy.affinity_wait)),
-            task.class.as_str(),
+            class.as_str(),
         )
-        .await?;
-        sent += 1;
-    }
+    });
+    futures::future::try_join_all(publishes).await?;
     tx.save_clocks(&clocks.changed_rows()).await?;
-    Ok(sent)
+    Ok(outgoing.len())
 }
