@@ -109,6 +109,10 @@ pub enum QueueError {
     Encode(#[from] serde_json::Error),
 }
 
+/// How long a publish waits for the broker's confirm: one lost with a dying connection must not
+/// hold a dispatch round (and its transaction) or a worker's result for good.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects, retrying with exponential backoff (capped at 5 s) until `give_up_after` passes.
 pub async fn connect(url: &str, give_up_after: Duration) -> Result<Connection, QueueError> {
     let started = std::time::Instant::now();
@@ -235,8 +239,8 @@ pub async fn publish_bytes(
         .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
         .with_headers(headers);
-    let confirm = ch
-        .basic_publish(
+    let publish = async {
+        ch.basic_publish(
             exchange,
             routing_key,
             BasicPublishOptions::default(),
@@ -244,7 +248,11 @@ pub async fn publish_bytes(
             props,
         )
         .await?
-        .await?;
+        .await
+    };
+    let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+        .await
+        .map_err(|_| QueueError::NotConfirmed(format!("{routing_key} (no answer in time)")))??;
     match confirm {
         Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
         Confirmation::Nack(_) => Err(QueueError::NotConfirmed(routing_key.to_string())),

@@ -200,8 +200,13 @@ impl TaskQueue for AmqpQueue {
             )
             .await?
             .await
-        }
-        .await;
+        };
+        let Ok(sent) = tokio::time::timeout(crate::queue::CONFIRM_TIMEOUT, sent).await else {
+            self.reset().await;
+            return Err(QueueError::NotConfirmed(format!(
+                "{own} (no answer in time)"
+            )));
+        };
         match sent {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => {
