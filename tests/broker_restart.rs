@@ -32,6 +32,9 @@ async fn jobs_survive_a_broker_restart() {
     }
     let farm = Farm::start(FarmOptions {
         workers: 1,
+        // A message lost in the outage (published, unconfirmed, gone with the broker) comes
+        // back when its task's lease runs out: 300 s by default, as long as this test waits.
+        coordinator_env: vec![("TUTTI_TASK_LEASE", "20s".into())],
         ..Default::default()
     })
     .await;
