@@ -37,6 +37,36 @@ fn batching(max_batch: usize, held_bytes: usize) -> EngineOptions {
     }
 }
 
+/// As `batching`, on a CPU worker that runs interactive chunks first (express lane of 2).
+fn interactive_first(max_batch: usize, held_bytes: usize) -> EngineOptions {
+    EngineOptions {
+        interactive_first: true,
+        express: 2,
+        ..batching(max_batch, held_bytes)
+    }
+}
+
+/// `n` finished batch jobs of `steps` steps (seeds from `seed` on), their states held by
+/// `engine`, waiting for their vocodes.
+async fn held_backfill(
+    engine: &Engine,
+    n: u64,
+    seed: u64,
+    steps: u32,
+    duration_s: f32,
+) -> Vec<(Uuid, JobSpec)> {
+    let mut finished = Vec::new();
+    for i in 0..n {
+        let s = spec("finished backfill", seed + i, steps, duration_s, 3.0);
+        let job = Uuid::new_v4();
+        let mut r = request(job, &s, 0, steps, Start::Fresh);
+        r.priority = Priority::Batch;
+        done(engine.denoise(r).await);
+        finished.push((job, s));
+    }
+    finished
+}
+
 fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> JobSpec {
     JobSpec {
         model: ModelRef {
@@ -334,14 +364,7 @@ async fn held_latent_equals_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_chunks_step_first_and_the_others_keep_a_share() {
     let dir = models();
-    let engine = cpu_engine(
-        dir.path(),
-        EngineOptions {
-            interactive_first: true,
-            express: 2,
-            ..batching(4, 0)
-        },
-    );
+    let engine = cpu_engine(dir.path(), interactive_first(4, 0));
     // Four long batch chunks, counting their steps.
     let steps_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut batch = Vec::new();
@@ -391,24 +414,9 @@ async fn interactive_chunks_step_first_and_the_others_keep_a_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_vocodes_wait_for_their_share_while_interactive_chunks_run() {
     let dir = models();
-    let engine = cpu_engine(
-        dir.path(),
-        EngineOptions {
-            interactive_first: true,
-            express: 2,
-            ..batching(4, 64 << 20)
-        },
-    );
+    let engine = cpu_engine(dir.path(), interactive_first(4, 64 << 20));
     // Six finished backfill jobs, held, waiting for their vocode.
-    let mut finished = Vec::new();
-    for i in 0..6 {
-        let s = spec("finished backfill", 70 + i, 4, 2.0, 3.0);
-        let job = Uuid::new_v4();
-        let mut r = request(job, &s, 0, 4, Start::Fresh);
-        r.priority = Priority::Batch;
-        done(engine.denoise(r).await);
-        finished.push((job, s));
-    }
+    let finished = held_backfill(&engine, 6, 70, 4, 2.0).await;
     // A long interactive chunk, counting its steps.
     let steps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let s = spec("quick interactive jingle", 98, 200, 2.0, 3.0);
@@ -448,24 +456,9 @@ async fn other_vocodes_wait_for_their_share_while_interactive_chunks_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_work_that_arrives_mid_round_does_not_wait_for_the_rest_of_it() {
     let dir = models();
-    let engine = cpu_engine(
-        dir.path(),
-        EngineOptions {
-            interactive_first: true,
-            express: 2,
-            ..batching(4, 64 << 20)
-        },
-    );
+    let engine = cpu_engine(dir.path(), interactive_first(4, 64 << 20));
     // Twelve finished backfill jobs, held; their vocodes all wait in one round.
-    let mut finished = Vec::new();
-    for i in 0..12 {
-        let s = spec("finished backfill", 120 + i, 2, 8.0, 3.0);
-        let job = Uuid::new_v4();
-        let mut r = request(job, &s, 0, 2, Start::Fresh);
-        r.priority = Priority::Batch;
-        done(engine.denoise(r).await);
-        finished.push((job, s));
-    }
+    let finished = held_backfill(&engine, 12, 120, 2, 8.0).await;
     let vocoded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let vocodes = finished.iter().map(|(job, s)| {
         let (vocoded, engine) = (Arc::clone(&vocoded), engine.clone());
@@ -509,10 +502,8 @@ async fn other_chunks_step_in_short_forwards_where_interactive_ones_go_first() {
         let engine = cpu_engine(
             dir.path(),
             EngineOptions {
-                interactive_first: true,
-                express: 2,
                 other_forward,
-                ..batching(8, 0)
+                ..interactive_first(8, 0)
             },
         );
         async move {
@@ -557,10 +548,8 @@ async fn other_vocodes_run_beside_the_step_loop_at_a_lower_priority_and_sound_th
     let engine = cpu_engine(
         dir.path(),
         EngineOptions {
-            interactive_first: true,
-            express: 2,
             background_vocodes: true,
-            ..batching(4, 64 << 20)
+            ..interactive_first(4, 64 << 20)
         },
     );
     let reference = cpu_engine(dir.path(), EngineOptions::sequential());
