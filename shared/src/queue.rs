@@ -73,7 +73,10 @@ impl Topology {
 /// queue is neither exclusive nor auto-delete.
 pub const WORKER_QUEUE_EXPIRES: Duration = Duration::from_secs(120);
 
-/// Declares a worker's own queue for `kind` (classic, transient; idempotent).
+/// Declares a worker's own queue for `kind` (classic, durable; idempotent). Durable because a
+/// broker restart deletes transient queues with their messages: a task the worker had in hand
+/// (returned to its queue when the connection dropped) or that waited there for it was lost and
+/// came back only when its task lease ran out.
 pub async fn declare_worker_queue(
     ch: &Channel,
     t: &Topology,
@@ -94,8 +97,11 @@ pub async fn declare_worker_queue(
         ShortString::from("x-expires"),
         AMQPValue::LongUInt(WORKER_QUEUE_EXPIRES.as_millis() as u32),
     );
-    ch.queue_declare(&name, QueueDeclareOptions::default(), args)
-        .await?;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(&name, options, args).await?;
     Ok(name)
 }
 

@@ -58,6 +58,10 @@ pub struct Worker {
 /// How often a worker says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
+/// How long a finished task's result waits for the broker to come back before the worker gives
+/// up on it (the task is then redone: redelivered, or dispatched again when its lease runs out).
+pub const RESULT_PATIENCE: Duration = Duration::from_secs(60);
+
 impl Worker {
     /// Runs until `shutdown` flips to true, reconnecting with backoff when the broker goes away.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -314,12 +318,28 @@ impl Worker {
         // Confirmed result first, ack second: a crash between the two redoes the task,
         // and the coordinator drops the duplicate result.
         let body = serde_json::to_vec(&event).map_err(QueueError::from)?;
-        self.queue
-            .publish(QueueName::Results, &body)
-            .instrument(span)
-            .await?;
+        self.publish_result(&body).instrument(span).await?;
         delivery.ack().await?;
         Ok(())
+    }
+
+    /// Publishes a finished task's result, retrying while the broker is away (up to
+    /// [`RESULT_PATIENCE`]): the work is done and its checkpoint or output stored, and a task
+    /// whose result was dropped came back only when its lease ran out.
+    async fn publish_result(&self, body: &[u8]) -> Result<(), QueueError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.queue.publish(QueueName::Results, body).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() + delay < RESULT_PATIENCE => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "result not published, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn execute(
