@@ -23,6 +23,9 @@ use tutti_proto::v1::generation_client::GenerationClient;
 use tutti_shared::job::chunk_ranges;
 use tutti_shared::models::ModelRegistry;
 use tutti_worker::engine::{DenoiseOutcome, DenoiseRequest, Engine, EngineOptions, Start};
+use uuid::Uuid;
+
+use super::bench_timeline;
 
 #[derive(Debug, Args)]
 pub(crate) struct FarmBenchArgs {
@@ -77,6 +80,8 @@ struct BenchFarm {
     /// The server's maintenance database and the benchmark's own database.
     pg_admin: String,
     db_name: String,
+    /// The benchmark's own database, for the report's breakdown of where the time went.
+    db_url: String,
     workers: usize,
     addr: std::net::SocketAddr,
     children: Vec<Child>,
@@ -155,11 +160,12 @@ impl BenchFarm {
     async fn start(a: &FarmBenchArgs) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
         tutti_worker::model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = Uuid::new_v4().simple().to_string();
         let server = a.pg.trim_end_matches('/');
         let mut farm = Self {
             pg_admin: format!("{server}/postgres"),
             db_name: format!("tutti_bench_{}", &id[..12]),
+            db_url: String::new(),
             workers: a.workers,
             prefix: format!("bench-{}", &id[..12]),
             amqp: a.amqp.clone(),
@@ -169,6 +175,7 @@ impl BenchFarm {
         };
         let exe = std::env::current_exe().context("locating this binary")?;
         let db = format!("{server}/{}", farm.db_name);
+        farm.db_url = db.clone();
         let spawn = |sub: &str, extra: &[(&str, String)]| -> anyhow::Result<Child> {
             let mut c = Command::new(&exe);
             c.arg(sub)
@@ -242,11 +249,11 @@ fn clip(i: usize, priority: pb::Priority, seconds: f32) -> pb::SubmitGenerationR
     }
 }
 
-/// Submits and follows a job to its end; returns the end-to-end time.
+/// Submits and follows a job to its end; returns its id and the end-to-end time.
 async fn run_one(
     client: &mut GenerationClient<Channel>,
     req: pb::SubmitGenerationRequest,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Uuid, Duration)> {
     let t0 = Instant::now();
     let job = client.submit_generation(req).await?.into_inner();
     let mut stream = client
@@ -262,7 +269,8 @@ async fn run_one(
     if state != pb::JobState::Succeeded as i32 {
         bail!("job {} ended in state {state}", job.id);
     }
-    Ok(took)
+    let id = job.id.parse().context("the job's id")?;
+    Ok((id, took))
 }
 
 /// The same job on the engine in this process: every denoise chunk, then the vocoder.
@@ -273,7 +281,7 @@ async fn run_in_process(
 ) -> anyhow::Result<Duration> {
     let job = validator.validate(req)?;
     let t0 = Instant::now();
-    let job_id = uuid::Uuid::new_v4();
+    let job_id = Uuid::new_v4();
     let mut checkpoint: Option<Vec<u8>> = None;
     for (from, to) in chunk_ranges(job.spec.steps, job.chunk_steps) {
         let (progress, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -344,7 +352,7 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
         .map(|i| request(i, pb::Priority::Interactive))
         .collect();
     for r in &reqs {
-        farm_times.push(run_one(&mut client, r.clone()).await?);
+        farm_times.push(run_one(&mut client, r.clone()).await?.1);
     }
     let device = tutti_worker::model::device::select("cpu")?;
     // The same threads as a farm worker, so that the difference is the farm's own time.
@@ -366,30 +374,30 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
     let local_ms = sorted_ms(&local_times);
 
     // 2. Interactive latency, idle and under a backfill.
-    let mut idle = Vec::new();
+    let (mut idle, mut idle_ids) = (Vec::new(), Vec::new());
     for i in 0..a.interactive {
-        idle.push(
-            run_one(
-                &mut client,
-                request(2_000_000 + i, pb::Priority::Interactive),
-            )
-            .await?,
-        );
+        let (id, took) = run_one(
+            &mut client,
+            request(2_000_000 + i, pb::Priority::Interactive),
+        )
+        .await?;
+        idle.push(took);
+        idle_ids.push(id);
     }
     for i in 0..a.backfill {
         client
             .submit_generation(clip(3_000_000 + i, pb::Priority::Batch, a.backfill_seconds))
             .await?;
     }
-    let mut busy = Vec::new();
+    let (mut busy, mut busy_ids) = (Vec::new(), Vec::new());
     for i in 0..a.interactive {
-        busy.push(
-            run_one(
-                &mut client,
-                request(2_000_000 + i, pb::Priority::Interactive),
-            )
-            .await?,
-        );
+        let (id, took) = run_one(
+            &mut client,
+            request(2_000_000 + i, pb::Priority::Interactive),
+        )
+        .await?;
+        busy.push(took);
+        busy_ids.push(id);
     }
     // Saturated to the end: some backfill job had not ended (a started one is running).
     let mut backlog_left = false;
@@ -406,6 +414,13 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
     }
     let idle_ms = sorted_ms(&idle);
     let busy_ms = sorted_ms(&busy);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let pool = sqlx::PgPool::connect(&farm.db_url)
+        .await
+        .context("connecting to the benchmark's database")?;
+    let idle_parts = bench_timeline::breakdown(&pool, &idle_ids, mean(&idle_ms)).await?;
+    let busy_parts = bench_timeline::breakdown(&pool, &busy_ids, mean(&busy_ms)).await?;
+    pool.close().await;
 
     // 3. Submits per second, sustained.
     let submitted = Arc::new(AtomicU64::new(0));
@@ -484,6 +499,10 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
         } else {
             "no (it did not saturate the whole run)"
         }
+    );
+    println!(
+        "Where the interactive jobs' time went, from their `job_events`:\n\n{}",
+        bench_timeline::table(&idle_parts, &busy_parts)
     );
     println!(
         "## 3. Submits\n\n**{rate:.0} submits/s** sustained for {:.0} s by {} clients \
