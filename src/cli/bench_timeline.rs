@@ -14,10 +14,11 @@ pub(crate) struct Breakdown {
     pub(crate) queued: f64,
     /// On the workers: each task's own time (reading its start, the engine, storing its output).
     pub(crate) worker: f64,
-    /// From each dispatch to its result's commit, less the worker's time: the task message, the
-    /// result message and the coordinator applying it.
+    /// From each dispatch to its result, less the worker's time: the rest of the dispatch round,
+    /// the task message, the result message and its wait to be applied. (Event times are their
+    /// transaction's start: a dispatch's is its round's, a result's is when it began to apply.)
     pub(crate) transit: f64,
-    /// From a result's commit to the next task's dispatch.
+    /// From a result to the dispatch round that sends the job's next task.
     pub(crate) between: f64,
     /// What the client saw beyond the job's life in the farm: the submit call and the watch
     /// stream's last event.
@@ -104,12 +105,12 @@ pub(crate) fn table(idle: &Breakdown, busy: &Breakdown) -> String {
         ),
         ("on the workers (tasks' own time)", idle.worker, busy.worker),
         (
-            "in transit (task and result messages, result commit)",
+            "in transit (dispatch round, task and result messages)",
             idle.transit,
             busy.transit,
         ),
         (
-            "between a result and the next dispatch",
+            "between a result and the next dispatch round",
             idle.between,
             busy.between,
         ),
