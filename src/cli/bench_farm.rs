@@ -162,10 +162,11 @@ impl BenchFarm {
         tutti_worker::model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
         let id = Uuid::new_v4().simple().to_string();
         let server = a.pg.trim_end_matches('/');
+        let db_name = format!("tutti_bench_{}", &id[..12]);
         let mut farm = Self {
             pg_admin: format!("{server}/postgres"),
-            db_name: format!("tutti_bench_{}", &id[..12]),
-            db_url: String::new(),
+            db_url: format!("{server}/{db_name}"),
+            db_name,
             workers: a.workers,
             prefix: format!("bench-{}", &id[..12]),
             amqp: a.amqp.clone(),
@@ -174,8 +175,7 @@ impl BenchFarm {
             dir,
         };
         let exe = std::env::current_exe().context("locating this binary")?;
-        let db = format!("{server}/{}", farm.db_name);
-        farm.db_url = db.clone();
+        let db = farm.db_url.clone();
         let spawn = |sub: &str, extra: &[(&str, String)]| -> anyhow::Result<Child> {
             let mut c = Command::new(&exe);
             c.arg(sub)

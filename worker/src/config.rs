@@ -127,7 +127,7 @@ mod tests {
         let cpu = cfg.engine_options(tch::Device::Cpu);
         assert_eq!(
             (cpu.max_batch, cpu.held_bytes, cpu.batch_bytes),
-            (8, 256 << 20, 1 << 30)
+            (8, 256 << 20, crate::engine::CPU_BATCH_BYTES)
         );
         let cuda = cfg.engine_options(tch::Device::Cuda(0));
         assert_eq!(cuda.max_batch, 32);
