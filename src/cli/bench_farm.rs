@@ -273,6 +273,21 @@ async fn run_one(
     Ok((id, took))
 }
 
+/// The latency run's `n` interactive jobs (the same requests each run), one after the other:
+/// their end-to-end times and ids.
+async fn run_interactive(
+    client: &mut GenerationClient<Channel>,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Uuid>)> {
+    let (mut times, mut ids) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let (id, took) = run_one(client, request(2_000_000 + i, pb::Priority::Interactive)).await?;
+        times.push(took);
+        ids.push(id);
+    }
+    Ok((times, ids))
+}
+
 /// The same job on the engine in this process: every denoise chunk, then the vocoder.
 async fn run_in_process(
     engine: &Engine,
@@ -374,31 +389,13 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
     let local_ms = sorted_ms(&local_times);
 
     // 2. Interactive latency, idle and under a backfill.
-    let (mut idle, mut idle_ids) = (Vec::new(), Vec::new());
-    for i in 0..a.interactive {
-        let (id, took) = run_one(
-            &mut client,
-            request(2_000_000 + i, pb::Priority::Interactive),
-        )
-        .await?;
-        idle.push(took);
-        idle_ids.push(id);
-    }
+    let (idle, idle_ids) = run_interactive(&mut client, a.interactive).await?;
     for i in 0..a.backfill {
         client
             .submit_generation(clip(3_000_000 + i, pb::Priority::Batch, a.backfill_seconds))
             .await?;
     }
-    let (mut busy, mut busy_ids) = (Vec::new(), Vec::new());
-    for i in 0..a.interactive {
-        let (id, took) = run_one(
-            &mut client,
-            request(2_000_000 + i, pb::Priority::Interactive),
-        )
-        .await?;
-        busy.push(took);
-        busy_ids.push(id);
-    }
+    let (busy, busy_ids) = run_interactive(&mut client, a.interactive).await?;
     // Saturated to the end: some backfill job had not ended (a started one is running).
     let mut backlog_left = false;
     for state in [pb::JobState::Queued, pb::JobState::Running] {
