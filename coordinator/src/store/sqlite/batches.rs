@@ -8,14 +8,15 @@ use sqlx::Row;
 use tutti_shared::job::chunk_ranges;
 use uuid::Uuid;
 
-use super::batches::{
+use crate::store::batches::{
+    min_opt,
     AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow, NewItem,
     UPSERT_ITEM_SQL,
 };
-use super::notify::Pending;
-use super::pg_batches::min_opt;
-use super::sqlite::{event, insert_task, now_us, uuid, Tx};
-use super::{OutputRow, SqliteStore};
+use crate::notify::Pending;
+use super::rows::{event, insert_task, now_us, uuid, Tx};
+use super::SqliteStore;
+use crate::store::OutputRow;
 use crate::error::{Error, Result};
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \

@@ -1,79 +1,60 @@
-//! `TenantStore` on Postgres, and the jobs-in-flight check that `PgStore::insert_job` runs
-//! inside its transaction.
+//! `TenantStore` on SQLite (embedded mode), and the jobs-in-flight check that
+//! `SqliteStore::insert_job` runs inside its write transaction (one writer at a time, so no
+//! row lock is needed).
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
 
-use super::tenants::{
+use super::rows::{now_us, Tx};
+use crate::store::tenants::{
     unknown_key, unknown_tenant, KeyInfo, KeyOwner, LimitCols, Tenant, TenantStore, LIMIT_COLUMNS,
 };
-use super::PgStore;
-use crate::auth::key::{hashes_match, ApiKey};
-use crate::auth::limits::Limits;
+use super::SqliteStore;
+use crate::tenancy::key::{hashes_match, ApiKey};
+use crate::tenancy::limits::Limits;
 use crate::error::{Error, Result};
 
-fn limits(r: &PgRow) -> Result<Limits> {
+fn time(us: i64) -> Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
+}
+
+fn limits(r: &SqliteRow) -> Result<Limits> {
     LimitCols {
-        max_jobs_in_flight: r
-            .try_get::<Option<i32>, _>("max_jobs_in_flight")?
-            .map(i64::from),
+        max_jobs_in_flight: r.try_get("max_jobs_in_flight")?,
         submits_per_second: r.try_get("submits_per_second")?,
-        submit_burst: r.try_get::<Option<i32>, _>("submit_burst")?.map(i64::from),
-        max_batch_items: r
-            .try_get::<Option<i32>, _>("max_batch_items")?
-            .map(i64::from),
+        submit_burst: r.try_get("submit_burst")?,
+        max_batch_items: r.try_get("max_batch_items")?,
         priorities: r.try_get("priorities")?,
-        max_duration_s: r
-            .try_get::<Option<f32>, _>("max_duration_s")?
-            .map(f64::from),
-        max_steps: r.try_get::<Option<i32>, _>("max_steps")?.map(i64::from),
+        max_duration_s: r.try_get("max_duration_s")?,
+        max_steps: r.try_get("max_steps")?,
     }
     .into_limits()
 }
 
-fn tenant(r: &PgRow) -> Result<Tenant> {
+fn tenant(r: &SqliteRow) -> Result<Tenant> {
     Ok(Tenant {
         name: r.try_get("name")?,
         limits: limits(r)?,
-        created_at: r.try_get("created_at")?,
+        created_at: time(r.try_get("created_at")?)?,
     })
 }
 
-fn to_i32(v: Option<i64>) -> Option<i32> {
-    v.map(|n| n.clamp(0, i64::from(i32::MAX)) as i32)
-}
-
-/// The tenant's `max_jobs_in_flight`, with its row locked when there is one, so concurrent
-/// submits of the tenant (on any replica) count one after the other.
-pub(super) async fn in_flight_limit(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant: &str,
-) -> Result<Option<u32>> {
-    let peek: Option<Option<i32>> =
+/// The tenant's `max_jobs_in_flight`.
+pub(super) async fn in_flight_limit(tx: &mut Tx<'_>, tenant: &str) -> Result<Option<u32>> {
+    let max: Option<Option<i64>> =
         sqlx::query_scalar("SELECT max_jobs_in_flight FROM tenants WHERE name = $1")
             .bind(tenant)
             .fetch_optional(&mut **tx)
             .await?;
-    if peek.flatten().is_none() {
-        // No limit: no lock, so unlimited tenants' submits never wait on each other.
-        return Ok(None);
-    }
-    let max: Option<Option<i32>> =
-        sqlx::query_scalar("SELECT max_jobs_in_flight FROM tenants WHERE name = $1 FOR UPDATE")
-            .bind(tenant)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(max.flatten().map(|m| m.max(0) as u32))
+    Ok(max
+        .flatten()
+        .map(|m| m.clamp(0, i64::from(u32::MAX)) as u32))
 }
 
 /// Fails (and so rolls back the insert) when the tenant now has more than `max` jobs queued
 /// or running, the one just inserted included.
-pub(super) async fn check_in_flight(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant: &str,
-    max: u32,
-) -> Result<()> {
+pub(super) async fn check_in_flight(tx: &mut Tx<'_>, tenant: &str, max: u32) -> Result<()> {
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE tenant = $1 AND state IN ('queued', 'running')",
     )
@@ -87,24 +68,27 @@ pub(super) async fn check_in_flight(
 }
 
 #[async_trait]
-impl TenantStore for PgStore {
+impl TenantStore for SqliteStore {
     async fn create_tenant(&self, name: &str, limits: &Limits) -> Result<()> {
         let c = LimitCols::from(limits);
+        let (_w, mut tx) = self.begin_write().await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (name) DO NOTHING"
+            "INSERT INTO tenants (name, {LIMIT_COLUMNS}, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
-        .bind(to_i32(c.max_jobs_in_flight))
+        .bind(c.max_jobs_in_flight)
         .bind(c.submits_per_second)
-        .bind(to_i32(c.submit_burst))
-        .bind(to_i32(c.max_batch_items))
+        .bind(c.submit_burst)
+        .bind(c.max_batch_items)
         .bind(c.priorities)
-        .bind(c.max_duration_s.map(|d| d as f32))
-        .bind(to_i32(c.max_steps))
-        .execute(self.pool())
+        .bind(c.max_duration_s)
+        .bind(c.max_steps)
+        .bind(now_us())
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         if inserted == 0 {
             return Err(Error::AlreadyExists(format!(
                 "tenant {name:?} already exists"
@@ -115,22 +99,24 @@ impl TenantStore for PgStore {
 
     async fn set_limits(&self, name: &str, limits: &Limits) -> Result<()> {
         let c = LimitCols::from(limits);
+        let (_w, mut tx) = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE tenants SET max_jobs_in_flight = $2, submits_per_second = $3, \
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
              max_steps = $8 WHERE name = $1",
         )
         .bind(name)
-        .bind(to_i32(c.max_jobs_in_flight))
+        .bind(c.max_jobs_in_flight)
         .bind(c.submits_per_second)
-        .bind(to_i32(c.submit_burst))
-        .bind(to_i32(c.max_batch_items))
+        .bind(c.submit_burst)
+        .bind(c.max_batch_items)
         .bind(c.priorities)
-        .bind(c.max_duration_s.map(|d| d as f32))
-        .bind(to_i32(c.max_steps))
-        .execute(self.pool())
+        .bind(c.max_duration_s)
+        .bind(c.max_steps)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         if updated == 0 {
             return Err(unknown_tenant(name));
         }
@@ -161,41 +147,48 @@ impl TenantStore for PgStore {
     }
 
     async fn insert_key(&self, tenant: &str, key: &ApiKey, admin: bool) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE name = $1")
+        let (_w, mut tx) = self.begin_write().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE name = $1")
             .bind(tenant)
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
             return Err(unknown_tenant(tenant));
         }
-        sqlx::query("INSERT INTO api_keys (id, tenant, admin, key_sha256) VALUES ($1, $2, $3, $4)")
-            .bind(key.id())
-            .bind(tenant)
-            .bind(admin)
-            .bind(key.sha256())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant, admin, key_sha256, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(key.id())
+        .bind(tenant)
+        .bind(admin)
+        .bind(key.sha256())
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn revoke_key(&self, id: &str) -> Result<bool> {
-        let revoked = sqlx::query(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        if revoked == 1 {
-            return Ok(true);
-        }
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM api_keys WHERE id = $1")
+        let (_w, mut tx) = self.begin_write().await?;
+        let revoked =
+            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now_us())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM api_keys WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *tx)
             .await?;
-        exists.map(|_| false).ok_or_else(|| unknown_key(id))
+        tx.commit().await?;
+        match (revoked, exists) {
+            (1, _) => Ok(true),
+            (_, Some(_)) => Ok(false),
+            _ => Err(unknown_key(id)),
+        }
     }
 
     async fn keys(&self) -> Result<Vec<KeyInfo>> {
@@ -211,8 +204,11 @@ impl TenantStore for PgStore {
                     id: r.try_get("id")?,
                     tenant: r.try_get("tenant")?,
                     admin: r.try_get("admin")?,
-                    created_at: r.try_get("created_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
+                    created_at: time(r.try_get("created_at")?)?,
+                    revoked_at: r
+                        .try_get::<Option<i64>, _>("revoked_at")?
+                        .map(time)
+                        .transpose()?,
                 })
             })
             .collect()

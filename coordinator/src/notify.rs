@@ -66,6 +66,10 @@ impl Pending {
     pub(crate) fn tasks(&mut self) {
         self.tasks = true;
     }
+    /// The job changes and whether tasks changed, for a store that sends them itself.
+    pub(crate) fn into_parts(self) -> (Vec<(Uuid, &'static str)>, bool) {
+        (self.jobs, self.tasks)
+    }
     pub(crate) fn send(self, n: &Notifier) {
         for (job, what) in self.jobs {
             n.job_changed(job, what);
