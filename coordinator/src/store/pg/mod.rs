@@ -30,6 +30,7 @@ use super::{
     TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::LifecycleTx;
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
 

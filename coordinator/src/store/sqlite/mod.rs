@@ -13,7 +13,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 use tutti_shared::job::{chunk_ranges, JobState};
 use tutti_shared::messages::Outcome;
@@ -33,6 +33,7 @@ use super::{
     TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::LifecycleTx;
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
 

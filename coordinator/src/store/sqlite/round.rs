@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tutti_shared::job::{Priority, TaskKind};
 use tokio::sync::MutexGuard;
-use uuid::Uuid;
 
 use crate::notify::{Notifier, Pending};
 use super::rows::{event, now_us, uuid, Tx};
