@@ -26,6 +26,13 @@ macro_rules! string_enum {
             }
         }
 
+        /// A variant equals its text (`JobState::Failed == "failed"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
         impl TryFrom<String> for $name {
             type Error = UnknownVariant;
             fn try_from(s: String) -> Result<Self, Self::Error> {

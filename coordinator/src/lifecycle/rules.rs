@@ -102,11 +102,20 @@ mod tests {
     #[test]
     fn chunks_advance_to_the_vocode() {
         let next = after_denoise(0, 25, 10);
-        assert_eq!((next.chunk, next.kind, next.from_step, next.to_step), (1, TaskKind::Denoise, 10, 20));
+        assert_eq!(
+            (next.chunk, next.kind, next.from_step, next.to_step),
+            (1, TaskKind::Denoise, 10, 20)
+        );
         let next = after_denoise(1, 25, 10);
-        assert_eq!((next.kind, next.from_step, next.to_step), (TaskKind::Denoise, 20, 25));
+        assert_eq!(
+            (next.kind, next.from_step, next.to_step),
+            (TaskKind::Denoise, 20, 25)
+        );
         let next = after_denoise(2, 25, 10);
-        assert_eq!((next.chunk, next.kind, next.from_step, next.to_step), (3, TaskKind::Vocode, 25, 25));
+        assert_eq!(
+            (next.chunk, next.kind, next.from_step, next.to_step),
+            (3, TaskKind::Vocode, 25, 25)
+        );
     }
 
     #[test]
@@ -117,11 +126,15 @@ mod tests {
         };
         assert_eq!(
             after_failure(1, true, policy),
-            AfterFailure::Retry { delay: Duration::from_millis(100) }
+            AfterFailure::Retry {
+                delay: Duration::from_millis(100)
+            }
         );
         assert_eq!(
             after_failure(2, true, policy),
-            AfterFailure::Retry { delay: Duration::from_millis(200) }
+            AfterFailure::Retry {
+                delay: Duration::from_millis(200)
+            }
         );
         assert_eq!(after_failure(3, true, policy), AfterFailure::Fail);
         assert_eq!(after_failure(1, false, policy), AfterFailure::Fail);

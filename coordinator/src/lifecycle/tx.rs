@@ -72,8 +72,7 @@ pub trait LifecycleTx: Send {
     async fn put_outputs(&mut self, job: Uuid, outputs: &[OutputInfo]) -> Result<()>;
     async fn succeed(&mut self, job: Uuid) -> Result<()>;
     /// Back to the backlog as the next attempt, due after `delay`.
-    async fn requeue(&mut self, job: Uuid, chunk: u32, error: &str, delay: Duration)
-        -> Result<()>;
+    async fn requeue(&mut self, job: Uuid, chunk: u32, error: &str, delay: Duration) -> Result<()>;
     async fn fail_task(&mut self, job: Uuid, chunk: u32, error: &str) -> Result<()>;
     /// Fails the job, if it is still active, with the cause.
     async fn fail_job(&mut self, job: Uuid, code: &str, message: &str) -> Result<()>;

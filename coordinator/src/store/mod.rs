@@ -31,16 +31,16 @@ use tutti_shared::job::{JobSpec, JobState, Stage};
 use tutti_shared::messages::Outcome;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sched::{PendingTask, RoundTx};
 use crate::validate::NewJob;
 
-pub use batches::BatchStore;
+pub use crate::lifecycle::{RetryPolicy, TaskRef};
 pub use crate::notify::{JobChange, Notifier};
+pub use crate::tenancy::Scope;
+pub use batches::BatchStore;
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
-pub use crate::lifecycle::{RetryPolicy, TaskRef};
-pub use crate::tenancy::Scope;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
 
 /// A job as stored.
@@ -48,8 +48,10 @@ pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
 pub struct JobRow {
     pub id: Uuid,
     pub tenant: String,
-    pub state: String,
-    pub stage: String,
+    #[sqlx(try_from = "String")]
+    pub state: JobState,
+    #[sqlx(try_from = "String")]
+    pub stage: Stage,
     pub priority: i16,
     pub spec: Json<JobSpec>,
     pub request: Vec<u8>,
@@ -63,19 +65,6 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl JobRow {
-    pub fn state(&self) -> Result<JobState> {
-        self.state
-            .parse()
-            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
-    }
-    pub fn stage(&self) -> Result<Stage> {
-        self.stage
-            .parse()
-            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
-    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::{Heartbeat, JobStore, PgStore, RetryPolicy, Scope, SqliteStore, TaskRef};
 use crate::dispatcher::dispatch_once;
-use crate::tenancy::{ApiKey, Limits};
 use crate::error::Error;
 use crate::sched::Policy;
+use crate::tenancy::{ApiKey, Limits};
 use crate::validate::NewJob;
 
 /// The static bound of `n` in flight per kind (no worker heartbeats), nothing kept for batch.
@@ -105,7 +105,7 @@ async fn state(s: &dyn JobStore, id: Uuid) -> (String, String, i32) {
         .expect("get")
         .expect("job")
         .job;
-    (j.state, j.stage, j.steps_done)
+    (j.state.to_string(), j.stage.to_string(), j.steps_done)
 }
 
 pub(super) async fn stores_jobs_with_idempotency_and_tenants(s: &dyn JobStore) {

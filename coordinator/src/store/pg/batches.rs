@@ -9,14 +9,14 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tutti_shared::job::chunk_ranges;
 use uuid::Uuid;
 
-use crate::store::batches::{
-    min_opt,
-    AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow, NewItem,
-};
 use super::rows::{notify, notify_job, TASKS_CHANNEL};
 use super::PgStore;
-use crate::store::OutputRow;
 use crate::error::{Error, Result};
+use crate::store::batches::{
+    min_opt, AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow,
+    NewItem,
+};
+use crate::store::OutputRow;
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";

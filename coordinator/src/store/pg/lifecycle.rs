@@ -238,13 +238,7 @@ impl LifecycleTx for PgLifecycle {
         Ok(())
     }
 
-    async fn requeue(
-        &mut self,
-        job: Uuid,
-        chunk: u32,
-        error: &str,
-        delay: Duration,
-    ) -> Result<()> {
+    async fn requeue(&mut self, job: Uuid, chunk: u32, error: &str, delay: Duration) -> Result<()> {
         sqlx::query(
             "UPDATE tasks SET state = 'pending', attempt = attempt + 1, last_error = $3, \
                not_before = now() + make_interval(secs => $4) \

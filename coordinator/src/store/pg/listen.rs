@@ -84,4 +84,3 @@ pub(super) async fn ensure_database(opts: &PgConnectOptions) -> Result<()> {
     }
     Ok(())
 }
-

@@ -320,4 +320,3 @@ impl JobStore for PgStore {
         self
     }
 }
-

@@ -12,11 +12,11 @@ use tutti_shared::job::{JobSpec, TaskKind};
 use uuid::Uuid;
 
 use super::rows::{event, notify, notify_job, TASKS_CHANNEL};
-use crate::store::{sql, Heartbeat};
 use crate::error::{Error, Result};
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
 use crate::sched::{class_of, PendingTask, RoundTx};
+use crate::store::{sql, Heartbeat};
 
 /// Key of the advisory lock that serialises dispatch rounds ("tutti" + "sched").
 const DISPATCH_LOCK: i64 = 0x7475_7474_6973_6368;
@@ -107,9 +107,8 @@ impl RoundTx for PgRound<'_> {
     }
 
     async fn busy(&mut self) -> Result<Vec<Busy>> {
-        let rows: Vec<(Option<String>, String, i16, i64)> = sqlx::query_as(sql::BUSY)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows: Vec<(Option<String>, String, i16, i64)> =
+            sqlx::query_as(sql::BUSY).fetch_all(&mut *self.tx).await?;
         rows.into_iter()
             .map(|(worker, k, rank, n)| {
                 Ok(Busy {

@@ -250,13 +250,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         Ok(())
     }
 
-    async fn requeue(
-        &mut self,
-        job: Uuid,
-        chunk: u32,
-        error: &str,
-        delay: Duration,
-    ) -> Result<()> {
+    async fn requeue(&mut self, job: Uuid, chunk: u32, error: &str, delay: Duration) -> Result<()> {
         sqlx::query(
             "UPDATE tasks SET state = 'pending', attempt = attempt + 1, last_error = $3, \
                not_before = $4 WHERE job_id = $1 AND chunk = $2",

@@ -27,13 +27,13 @@ mod tenants;
 
 use self::lifecycle::SqliteLifecycle;
 use self::rows::{event, insert_task, now_us, uuid, Tx};
-use crate::notify::Pending;
 use super::{
     Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
     TaskRef,
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::LifecycleTx;
+use crate::notify::Pending;
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
 
@@ -47,7 +47,6 @@ pub struct SqliteStore {
     pub(super) notifier: Notifier,
 }
 
-
 fn time(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
 }
@@ -56,6 +55,14 @@ fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| Error::Internal(format!("stored json: {e}")))
 }
 
+/// A stored enum (a state, a stage) back from its text.
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e| Error::Internal(format!("stored value: {e}")))
+}
 
 fn job_row(r: &SqliteRow) -> Result<JobRow> {
     let opt_time = |c: &str| -> Result<Option<DateTime<Utc>>> {
@@ -64,8 +71,8 @@ fn job_row(r: &SqliteRow) -> Result<JobRow> {
     Ok(JobRow {
         id: uuid(r.try_get("id")?)?,
         tenant: r.try_get("tenant")?,
-        state: r.try_get("state")?,
-        stage: r.try_get("stage")?,
+        state: parse(r.try_get("state")?)?,
+        stage: parse(r.try_get("stage")?)?,
         priority: r.try_get::<i64, _>("priority")? as i16,
         spec: Json(json(r.try_get("spec")?)?),
         request: r.try_get("request")?,

@@ -4,17 +4,17 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tutti_shared::job::{Priority, TaskKind};
 use tokio::sync::MutexGuard;
+use tutti_shared::job::{Priority, TaskKind};
 
-use crate::notify::{Notifier, Pending};
 use super::rows::{event, now_us, uuid, Tx};
 use super::SqliteStore;
-use crate::store::{sql, Heartbeat};
 use crate::error::{Error, Result};
+use crate::notify::{Notifier, Pending};
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
 use crate::sched::{class_of, PendingTask, RoundTx};
+use crate::store::{sql, Heartbeat};
 
 pub(super) async fn begin_round(store: &SqliteStore) -> Result<Box<dyn RoundTx + '_>> {
     let (writer, tx) = store.begin_write().await?;
@@ -86,9 +86,8 @@ impl RoundTx for SqliteRound<'_> {
     }
 
     async fn busy(&mut self) -> Result<Vec<Busy>> {
-        let rows: Vec<(Option<String>, String, i64, i64)> = sqlx::query_as(sql::BUSY)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows: Vec<(Option<String>, String, i64, i64)> =
+            sqlx::query_as(sql::BUSY).fetch_all(&mut *self.tx).await?;
         rows.into_iter()
             .map(|(worker, k, rank, n)| {
                 Ok(Busy {

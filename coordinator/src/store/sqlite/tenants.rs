@@ -7,13 +7,13 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::rows::{now_us, Tx};
+use super::SqliteStore;
+use crate::error::{Error, Result};
 use crate::store::tenants::{
     unknown_key, unknown_tenant, KeyInfo, KeyOwner, LimitCols, Tenant, TenantStore, LIMIT_COLUMNS,
 };
-use super::SqliteStore;
 use crate::tenancy::key::{hashes_match, ApiKey};
 use crate::tenancy::limits::Limits;
-use crate::error::{Error, Result};
 
 fn time(us: i64) -> Result<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
