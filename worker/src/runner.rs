@@ -21,7 +21,9 @@ use tracing::Instrument;
 use tutti_shared::audio;
 use tutti_shared::blob::BlobStore;
 use tutti_shared::job::{checkpoint_key, output_key, AudioFormat, Priority, TaskKind};
-use tutti_shared::messages::{ControlMessage, Outcome, OutputInfo, TaskMessage, WorkerEvent};
+use tutti_shared::messages::{
+    ControlMessage, ErrorCode, Outcome, OutputInfo, TaskMessage, WorkerEvent,
+};
 use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{Consumer, Delivery, QueueError, QueueName, TaskQueue};
 use uuid::Uuid;
@@ -383,9 +385,9 @@ impl Worker {
                 message,
                 retryable,
             }) => {
-                tracing::warn!(code, message = %message, "task failed");
+                tracing::warn!(code = code.as_str(), message = %message, "task failed");
                 Outcome::Failed {
-                    code: code.to_string(),
+                    code,
                     message,
                     retryable,
                 }
@@ -469,7 +471,7 @@ impl Worker {
                 self.blobs
                     .put(&key, Bytes::from(bytes), "application/octet-stream")
                     .await
-                    .map_err(|e| TaskError::retry("CHECKPOINT_WRITE", e.to_string()))?;
+                    .map_err(|e| TaskError::retry(ErrorCode::CheckpointWrite, e.to_string()))?;
                 tracing::debug!(
                     engine_ms = computed.as_millis() as u64,
                     upload_ms = (begun.elapsed() - computed).as_millis() as u64,
@@ -527,10 +529,10 @@ impl Worker {
         match self.blobs.get(&key).await {
             Ok(Some(b)) => Ok(b.to_vec()),
             Ok(None) => Err(TaskError::retry(
-                "CHECKPOINT_MISSING",
+                ErrorCode::CheckpointMissing,
                 format!("checkpoint {key} not found"),
             )),
-            Err(e) => Err(TaskError::retry("CHECKPOINT_READ", e.to_string())),
+            Err(e) => Err(TaskError::retry(ErrorCode::CheckpointRead, e.to_string())),
         }
     }
 
@@ -562,7 +564,7 @@ impl Worker {
                 AudioFormat::Wav => audio::encode_wav(&wave, rendered.sample_rate),
                 AudioFormat::Flac => audio::encode_flac(&wave, rendered.sample_rate),
             }
-            .map_err(|e| TaskError::fatal("ENCODE", e.to_string()))?;
+            .map_err(|e| TaskError::fatal(ErrorCode::Encode, e.to_string()))?;
             let key = output_key(&task.tenant, task.job_id, i as u32, task.spec.format);
             let info = OutputInfo {
                 index: i as u32,
@@ -575,7 +577,7 @@ impl Worker {
             self.blobs
                 .put(&key, Bytes::from(encoded), task.spec.format.content_type())
                 .await
-                .map_err(|e| TaskError::retry("OUTPUT_WRITE", e.to_string()))?;
+                .map_err(|e| TaskError::retry(ErrorCode::OutputWrite, e.to_string()))?;
             outputs.push(info);
         }
         Ok(Some(outputs))
@@ -583,20 +585,20 @@ impl Worker {
 }
 
 struct TaskError {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     retryable: bool,
 }
 
 impl TaskError {
-    fn retry(code: &'static str, message: String) -> Self {
+    fn retry(code: ErrorCode, message: String) -> Self {
         Self {
             code,
             message,
             retryable: true,
         }
     }
-    fn fatal(code: &'static str, message: String) -> Self {
+    fn fatal(code: ErrorCode, message: String) -> Self {
         Self {
             code,
             message,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tutti_proto::v1 as pb;
 use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName, TaskKind};
-use tutti_shared::messages::{Outcome, OutputInfo, TaskMessage};
+use tutti_shared::messages::{ErrorCode, Outcome, OutputInfo, TaskMessage};
 use tutti_shared::prompt::Controls;
 use tutti_shared::taskqueue::{MemoryQueue, QueueName, TaskQueue};
 use uuid::Uuid;
@@ -329,7 +329,7 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
     let fail = Outcome::Failed {
-        code: "BOOM".into(),
+        code: ErrorCode::ModelError,
         message: "it broke".into(),
         retryable: true,
     };
@@ -356,7 +356,7 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     assert_eq!(rec.state, "failed");
     assert_eq!(
         (rec.error_code.as_deref(), rec.error_message.as_deref()),
-        (Some("BOOM"), Some("it broke"))
+        (Some("MODEL_ERROR"), Some("it broke"))
     );
     assert_eq!(dispatch_once(s, &q, &bound(8)).await.expect("dispatch"), 0);
 }
