@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod projection;
 pub mod rope;
 pub mod sampler;
+pub mod sat;
 pub mod state;
 pub mod t5;
 pub mod tensors;

@@ -104,7 +104,7 @@ impl ProjectionModel {
                 cfg.text_encoder_dim, cfg.conditioning_dim
             )));
         }
-        if !(cfg.max_value > cfg.min_value) {
+        if cfg.max_value.partial_cmp(&cfg.min_value) != Some(std::cmp::Ordering::Greater) {
             return Err(ModelError::Input(format!(
                 "projection max_value {} must exceed min_value {}",
                 cfg.max_value, cfg.min_value

@@ -317,13 +317,14 @@ impl T5Encoder {
             let scores = q.matmul(&k.transpose(2, 3)) + &bias;
             let ctx = scores.softmax(-1, Kind::Float).matmul(&v);
             let ctx = ctx.transpose(1, 2).reshape([b, l, h * dk]);
-            x = x + ctx.linear::<Tensor>(&blk.o, None);
+            // In place: `x` is this forward's own tensor.
+            x += ctx.linear::<Tensor>(&blk.o, None);
             let n = rms_norm(&x, &blk.norm2, eps);
             let mut inner = self.ff.act.apply(&n.linear::<Tensor>(&blk.wi, None));
             if let Some(g) = &blk.wi_gate {
-                inner = inner * n.linear::<Tensor>(g, None);
+                inner *= n.linear::<Tensor>(g, None);
             }
-            x = x + inner.linear::<Tensor>(&blk.wo, None);
+            x += inner.linear::<Tensor>(&blk.wo, None);
         }
         rms_norm(&x, &self.final_norm, eps)
     }
@@ -352,7 +353,7 @@ impl FixedTokenizer {
                 let path = dir.join("tokenizer_config.json");
                 let cfg: TokenizerConfig = read_json(&path, "tokenizer config")?;
                 match cfg.model_max_length {
-                    Some(n) if n >= 1.0 && n <= 1e6 => n as usize,
+                    Some(n) if (1.0..=1e6).contains(&n) => n as usize,
                     _ => {
                         return Err(ModelError::Pack {
                             path: path.display().to_string(),

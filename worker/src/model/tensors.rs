@@ -165,7 +165,7 @@ mod tests {
         let e = s.take("a", &[3, 2]).unwrap_err().to_string();
         assert!(e.contains("wrong shape"), "{e}");
         let mut s = source();
-        s.take("a", &[2, 3]).unwrap();
+        assert_eq!(s.take("a", &[2, 3]).unwrap().size(), [2, 3]);
         let e = s.finish().unwrap_err().to_string();
         assert!(e.contains("tensor b") && e.contains("unexpected"), "{e}");
     }

@@ -94,11 +94,14 @@ impl Sampler for CosineDpmSolverPp2mSde {
         } else {
             let h = (s_0 / s_t).ln();
             let e2 = 1.0 - (-2.0 * h).exp();
-            let mut d = m0.shallow_clone();
-            if let Some(m1) = prev {
-                let h0 = (self.sigma(i - 1) / s_0).ln();
-                d = d + (&m0 - m1) * (0.5 * h / h0);
-            }
+            // Out of place: `m0` is kept in the state for the next step.
+            let d = match prev {
+                Some(m1) => {
+                    let h0 = (self.sigma(i - 1) / s_0).ln();
+                    &m0 + (&m0 - m1) * (0.5 * h / h0)
+                }
+                None => m0.shallow_clone(),
+            };
             &x * (s_t / s_0 * (-h).exp()) + d * e2 + upcast(noise) * (s_t * e2.sqrt())
         };
         state.tensors.insert(PREV_DENOISED.to_string(), m0);
