@@ -294,6 +294,56 @@ impl RawAutoencoder {
     }
 }
 
+/// Which runtime component a checkpoint tensor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Dit,
+    Projection,
+    Vae,
+}
+
+/// One tensor of the runtime made from a checkpoint tensor: `rows` of dim 0 (a fused
+/// projection's part), reshaped to `shape`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Renamed {
+    pub component: Component,
+    pub name: String,
+    pub rows: Option<(i64, i64)>,
+    pub shape: Vec<i64>,
+}
+
+/// What the checkpoint tensor `key` of shape `shape` becomes under diffusers' names: nothing for
+/// the rotary buffer, several tensors for fused projections, `None` for a key tutti does not map.
+pub fn rename(key: &str, shape: &[i64], vae_blocks: usize) -> Option<Vec<Renamed>> {
+    let one = |component, name: String, shape: Vec<i64>| {
+        Some(vec![Renamed {
+            component,
+            name,
+            rows: None,
+            shape,
+        }])
+    };
+    if let Some(k) = key.strip_prefix("model.model.") {
+        return dit_key(k, shape);
+    }
+    if let Some(k) = key.strip_prefix("conditioner.conditioners.seconds_total.embedder.embedding.")
+    {
+        return one(
+            Component::Projection,
+            format!("end_number_conditioner.time_positional_embedding.{k}"),
+            shape.to_vec(),
+        );
+    }
+    let k = key.strip_prefix("pretransform.model.")?;
+    let name = vae_key(k, vae_blocks)?;
+    let shape = if name.ends_with(".alpha") || name.ends_with(".beta") {
+        vec![1, shape.iter().product(), 1]
+    } else {
+        shape.to_vec()
+    };
+    one(Component::Vae, name, shape)
+}
+
 /// The checkpoint's tensors under diffusers' names, per component.
 #[derive(Debug, Default)]
 pub struct SatTensors {
@@ -305,6 +355,15 @@ pub struct SatTensors {
     pub vae: BTreeMap<String, Tensor>,
 }
 
+fn unknown(key: &str, source: &str) -> ModelError {
+    ModelError::Weights {
+        key: key.to_string(),
+        message: format!(
+            "unexpected in {source} (not a DiT, seconds_total or VAE weight tutti maps)"
+        ),
+    }
+}
+
 /// Renames a stable-audio-tools checkpoint (`source` names it in errors); a key of no known
 /// component is an error.
 pub fn split_checkpoint(
@@ -313,40 +372,52 @@ pub fn split_checkpoint(
     source: &str,
 ) -> Result<SatTensors> {
     let mut out = SatTensors::default();
-    let unknown = |key: &str| ModelError::Weights {
-        key: key.to_string(),
-        message: format!(
-            "unexpected in {source} (not a DiT, seconds_total or VAE weight tutti maps)"
-        ),
-    };
     for (key, t) in tensors {
-        if let Some(k) = key.strip_prefix("model.model.") {
-            dit_key(k, t, &mut out.dit);
-        } else if let Some(k) =
-            key.strip_prefix("conditioner.conditioners.seconds_total.embedder.embedding.")
-        {
-            out.projection.insert(
-                format!("end_number_conditioner.time_positional_embedding.{k}"),
-                t,
-            );
-        } else if let Some(k) = key.strip_prefix("pretransform.model.") {
-            let (name, t) = vae_key(k, t, vae_blocks).ok_or_else(|| unknown(&key))?;
-            out.vae.insert(name, t);
-        } else {
-            return Err(unknown(&key));
+        let parts = rename(&key, &t.size(), vae_blocks).ok_or_else(|| unknown(&key, source))?;
+        for r in parts {
+            let part = match r.rows {
+                Some((start, len)) => t.narrow(0, start, len),
+                None => t.shallow_clone(),
+            };
+            let part = part.reshape(r.shape.as_slice()).contiguous();
+            let map = match r.component {
+                Component::Dit => &mut out.dit,
+                Component::Projection => &mut out.projection,
+                Component::Vae => &mut out.vae,
+            };
+            map.insert(r.name, part);
         }
     }
     Ok(out)
 }
 
-fn dit_key(k: &str, t: Tensor, out: &mut BTreeMap<String, Tensor>) {
+/// The names and shapes per component of a checkpoint header (see [`rename`]).
+pub fn split_shapes(
+    shapes: &BTreeMap<String, Vec<i64>>,
+    vae_blocks: usize,
+    source: &str,
+) -> Result<[BTreeMap<String, Vec<i64>>; 3]> {
+    let mut out: [BTreeMap<String, Vec<i64>>; 3] = Default::default();
+    for (key, shape) in shapes {
+        for r in rename(key, shape, vae_blocks).ok_or_else(|| unknown(key, source))? {
+            out[r.component as usize].insert(r.name, r.shape);
+        }
+    }
+    Ok(out)
+}
+
+fn dit_key(k: &str, shape: &[i64]) -> Option<Vec<Renamed>> {
+    let r = |name: String, rows, shape: Vec<i64>| Renamed {
+        component: Component::Dit,
+        name,
+        rows,
+        shape,
+    };
     if k == "transformer.rotary_pos_emb.inv_freq" {
-        return;
+        return Some(vec![]);
     }
     if k == "timestep_features.weight" {
-        let n = t.size()[0];
-        out.insert("time_proj.weight".into(), t.reshape([n]));
-        return;
+        return Some(vec![r("time_proj.weight".into(), None, vec![shape[0]])]);
     }
     let mut k = k.to_string();
     for (from, to) in [
@@ -368,22 +439,34 @@ fn dit_key(k: &str, t: Tensor, out: &mut BTreeMap<String, Tensor>) {
     ] {
         k = k.replace(from, to);
     }
-    let split = |names: &[&str], fused: &str, out: &mut BTreeMap<String, Tensor>| {
-        for (name, part) in names.iter().zip(t.chunk(names.len() as i64, 0)) {
-            out.insert(k.replace(fused, name), part.contiguous());
-        }
+    let split = |names: &[&str], fused: &str| {
+        let n = names.len() as i64;
+        let rows = shape[0] / n;
+        let mut part = shape.to_vec();
+        part[0] = rows;
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                r(
+                    k.replace(fused, name),
+                    Some((i as i64 * rows, rows)),
+                    part.clone(),
+                )
+            })
+            .collect()
     };
-    if k.ends_with("to_qkv.weight") {
-        split(&["to_q", "to_k", "to_v"], "to_qkv", out);
-    } else if k.ends_with("to_kv.weight") {
-        split(&["to_k", "to_v"], "to_kv", out);
+    Some(if k.ends_with("to_qkv.weight") && shape[0] % 3 == 0 {
+        split(&["to_q", "to_k", "to_v"], "to_qkv")
+    } else if k.ends_with("to_kv.weight") && shape[0] % 2 == 0 {
+        split(&["to_k", "to_v"], "to_kv")
     } else {
-        out.insert(k, t);
-    }
+        vec![r(k, None, shape.to_vec())]
+    })
 }
 
 /// `encoder.layers.K...` / `decoder.layers.K...` to diffusers' names; None for an unknown layout.
-fn vae_key(k: &str, t: Tensor, blocks: usize) -> Option<(String, Tensor)> {
+fn vae_key(k: &str, blocks: usize) -> Option<String> {
     let (part, rest) = k.split_once(".layers.")?;
     if part != "encoder" && part != "decoder" {
         return None;
@@ -419,24 +502,16 @@ fn vae_key(k: &str, t: Tensor, blocks: usize) -> Option<(String, Tensor)> {
         }
         _ => return None,
     };
-    let t = if name.ends_with(".alpha") || name.ends_with(".beta") {
-        let c = t.numel() as i64;
-        t.reshape([1, c, 1])
-    } else {
-        t
-    };
-    Some((format!("{part}.{name}"), t))
+    Some(format!("{part}.{name}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
 
     #[test]
     fn vae_keys_map_to_diffusers_names() {
-        let t = || Tensor::zeros([3], (Kind::Float, Device::Cpu));
-        let m = |k: &str| vae_key(k, t(), 2).map(|(n, _)| n);
+        let m = |k: &str| vae_key(k, 2);
         assert_eq!(
             m("decoder.layers.0.weight_v").as_deref(),
             Some("decoder.conv1.weight_v")
@@ -467,7 +542,23 @@ mod tests {
         );
         assert_eq!(m("decoder.layers.5.weight_v"), None);
         assert_eq!(m("bottleneck.layers.0.x"), None);
-        let (_, s) = vae_key("decoder.layers.3.alpha", t(), 2).unwrap();
-        assert_eq!(s.size(), [1, 3, 1]);
+        let r = rename("pretransform.model.decoder.layers.3.alpha", &[3], 2).unwrap();
+        assert_eq!(
+            (r[0].component, r[0].shape.clone()),
+            (Component::Vae, vec![1, 3, 1])
+        );
+        let r = rename(
+            "model.model.transformer.layers.0.self_attn.to_qkv.weight",
+            &[6, 2],
+            2,
+        )
+        .unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[2].rows, r[2].shape.clone()), (Some((4, 2)), vec![2, 2]));
+        assert!(
+            rename("model.model.transformer.rotary_pos_emb.inv_freq", &[4], 2)
+                .unwrap()
+                .is_empty()
+        );
     }
 }
