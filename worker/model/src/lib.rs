@@ -18,6 +18,7 @@ pub mod rope;
 pub mod sampler;
 pub mod sat;
 pub mod stable_audio;
+pub mod stable_audio_run;
 pub mod state;
 pub mod t5;
 pub mod tensors;

@@ -466,6 +466,9 @@ pub struct StableAudioModel {
     pub projection: ProjectionModel,
     pub dit: StableAudioDit,
     pub vae: Oobleck,
+    /// Where every component runs, and the kind of all but the T5.
+    pub device: Device,
+    pub kind: Kind,
     _dit_vars: nn::VarStore,
 }
 
@@ -522,6 +525,8 @@ impl StableAudioModel {
             projection,
             dit,
             vae,
+            device,
+            kind,
             _dit_vars: vs,
         })
     }
@@ -555,14 +560,14 @@ pub fn inspect(dir: &Path) -> Result<String> {
         d.num_layers, d.num_attention_heads, d.attention_head_dim, d.num_key_value_attention_heads,
         d.cross_attention_dim, d.cross_attention_input_dim, d.global_states_input_dim
     );
+    let tokens = FixedTokenizer::load(&pack.paths(dir).tokenizer(), cfg.text_max_length)?;
     let _ = writeln!(
         out,
         "  text: T5 ({} layers, d_model {}, {}), {} tokens",
         cfg.t5.num_layers,
         cfg.t5.d_model,
         cfg.t5.feed_forward_proj,
-        cfg.text_max_length
-            .map_or("tokenizer's".to_string(), |n| n.to_string())
+        tokens.max_length()
     );
     let p = &cfg.projection;
     let _ = writeln!(
