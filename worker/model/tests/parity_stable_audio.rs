@@ -402,6 +402,24 @@ fn vae_decode_and_encode_match() {
     let (mean, std) = vae.encode(io.get("vae.enc_in")).unwrap();
     check("vae encode mean", &mean, io.get("vae.enc_mean"), 1e-5);
     check("vae encode std", &std, io.get("vae.enc_std"), 1e-5);
+    // Chunked: equal to the whole decode once the overlap covers the receptive field.
+    // 64 frames, so that windows of 8 with the overlap are shorter than the whole.
+    let long = Tensor::cat(
+        &(1..=4)
+            .map(|i| io.get("sde.samples").get(n - i + 1))
+            .collect::<Vec<_>>(),
+        2,
+    );
+    let r = vae.receptive_radius_frames();
+    assert!(8 + 2 * r < 64, "radius {r}");
+    let whole = vae.decode(&long);
+    let chunked = vae.decode_chunked(&long, 8, r).unwrap();
+    check("chunked vae decode", &chunked, &whole, 1e-6);
+    let short = vae.decode_chunked(&long, 8, 0).unwrap();
+    assert!(
+        max_abs(&short, &whole) > 1e-3,
+        "no overlap should change the chunk edges"
+    );
     let dec_only =
         Oobleck::load(&fixture("sao-tiny/vae"), Device::Cpu, Kind::Float, false).unwrap();
     assert!(dec_only.encode(io.get("vae.enc_in")).is_err());
