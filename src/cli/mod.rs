@@ -8,6 +8,7 @@ mod bench_farm;
 mod bench_timeline;
 mod client;
 mod embedded;
+mod generate;
 mod signals;
 mod train;
 
@@ -151,7 +152,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let shutdown = signals::shutdown_on_signal();
             embedded::dev(cfg, shutdown).await
         }
-        Command::Generate(args) => client::generate(args).await,
+        Command::Generate(args) => generate::generate(args).await,
         Command::Job(args) => client::show_job(args).await,
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,

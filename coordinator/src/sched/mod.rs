@@ -2,7 +2,7 @@
 //! how much work may be in flight (`fleet`: live workers' slots, chunk affinity), which pending
 //! tasks go out next (`plan`: class order, a guaranteed batch share, preemption at chunk
 //! boundaries) and in what proportion tenants get served (`fair`: start-time fair queueing).
-//! `round` runs one dispatch round over a store's transaction.
+//! `round` plans one dispatch round over a store's transaction.
 
 pub mod fair;
 pub mod fleet;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tutti_shared::job::Priority;
 
-pub use round::{dispatch_round, PendingTask, RoundTx};
+pub use round::{plan_round, Outgoing, PendingTask, RoundTx};
 
 /// The scheduler's knobs.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,18 +34,6 @@ pub struct Policy {
     /// How long a task routed to the worker that holds its job's latent waits for that worker
     /// before any worker may take it.
     pub affinity_wait: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 64,
-            worker_timeout: Duration::from_secs(10),
-            weights: TenantWeights::default(),
-            batch_share: 0.1,
-            affinity_wait: Duration::from_millis(1500),
-        }
-    }
 }
 
 /// Fair-share weights, parsed from `tenant=weight,...` (e.g. `acme=3,beta=1`).
