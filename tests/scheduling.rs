@@ -12,7 +12,7 @@ use tutti_coordinator::sched::Policy;
 use tutti_coordinator::store::{JobStore, PgStore, RetryPolicy, TaskRef};
 use tutti_coordinator::validate::NewJob;
 use tutti_proto::v1 as pb;
-use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName, TaskKind};
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerKind, TaskKind};
 use tutti_shared::messages::{Outcome, TaskMessage};
 use tutti_shared::prompt::Controls;
 use tutti_shared::queue::Topology;
@@ -216,7 +216,7 @@ fn new_job(priority: Priority) -> NewJob {
             seed: 1,
             steps: 4,
             guidance_scale: 3.0,
-            sampler: SamplerName::FlowEuler,
+            sampler: SamplerKind::FlowEuler,
             variations: 1,
             format: AudioFormat::Wav,
             trace_context: Default::default(),

@@ -7,7 +7,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 use tutti_proto::v1 as pb;
-use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName};
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerKind};
 use tutti_shared::models::{ModelInfo, ModelRegistry};
 use tutti_shared::prompt::{self, StructuredPrompt, STRUCTURE_WORDS};
 
@@ -193,13 +193,21 @@ impl Validator {
             ));
         }
         let sampler = match pb::Sampler::try_from(req.sampler) {
-            Ok(pb::Sampler::Unspecified) => model.defaults.sampler,
-            Ok(pb::Sampler::FlowEuler) => SamplerName::FlowEuler,
-            Ok(pb::Sampler::Ddim) => SamplerName::Ddim,
-            Ok(pb::Sampler::DpmSolverPp2m) => SamplerName::DpmSolverPp2m,
-            Ok(pb::Sampler::CosineDpmSolverPp2m) => SamplerName::CosineDpmSolverPp2m,
+            Ok(s) => Option::<SamplerKind>::from(s).unwrap_or(model.defaults.sampler),
             Err(_) => return Err(Error::invalid("sampler", "unknown sampler")),
         };
+        if sampler.is_stochastic() {
+            // Their per-step noise is drawn by the Stable Audio runtime, which the farm's
+            // chunked path does not run yet.
+            return Err(Error::invalid(
+                "sampler",
+                format!(
+                    "{} is not available for model {} (stochastic samplers need the Stable Audio runtime)",
+                    sampler.as_str(),
+                    model.name
+                ),
+            ));
+        }
         let format = match pb::AudioFormat::try_from(req.format) {
             Ok(pb::AudioFormat::Unspecified | pb::AudioFormat::Wav) => AudioFormat::Wav,
             Ok(pb::AudioFormat::Flac) => AudioFormat::Flac,
@@ -273,12 +281,7 @@ impl Validator {
         accepted.guidance_scale = Some(guidance_scale);
         accepted.seed = Some(seed);
         accepted.variations = variations;
-        accepted.sampler = match sampler {
-            SamplerName::FlowEuler => pb::Sampler::FlowEuler,
-            SamplerName::Ddim => pb::Sampler::Ddim,
-            SamplerName::DpmSolverPp2m => pb::Sampler::DpmSolverPp2m,
-            SamplerName::CosineDpmSolverPp2m => pb::Sampler::CosineDpmSolverPp2m,
-        } as i32;
+        accepted.sampler = pb::Sampler::from(sampler) as i32;
         accepted.format = match format {
             AudioFormat::Wav => pb::AudioFormat::Wav,
             AudioFormat::Flac => pb::AudioFormat::Flac,

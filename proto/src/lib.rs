@@ -2,6 +2,8 @@
 
 #![allow(unreachable_pub, clippy::all)]
 
+mod convert;
+
 pub mod v1 {
     tonic::include_proto!("tutti.v1");
 }

@@ -7,11 +7,11 @@ use std::str::FromStr;
 use crate::prompt::Controls;
 
 macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vm])* $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -122,14 +122,51 @@ impl JobState {
 string_enum!(Stage { Queued => "queued", Denoise => "denoise", Vocode => "vocode", Done => "done" });
 
 string_enum!(
-    /// Samplers a request may name (the model runtime's `SamplerKind`, by the same names).
-    SamplerName {
+    /// The samplers: what a request names, a pack's default, what the runtime builds. One
+    /// enum from the wire to the model.
+    SamplerKind {
+        /// Flow-matching Euler (rectified flow); stateless between steps.
         FlowEuler => "flow_euler",
         Ddim => "ddim",
+        /// DPM-Solver++ 2M (diffusers' DPMSolverMultistepScheduler, dpmsolver++, order 2).
         DpmSolverPp2m => "dpm_solver_pp2m",
+        /// The cosine-schedule DPM-Solver++ 2M that Stable Audio uses, as an ODE.
         CosineDpmSolverPp2m => "cosine_dpm_solver_pp2m",
+        /// The same solver as the SDE that diffusers' CosineDPMSolverMultistepScheduler runs
+        /// (stochastic: per-step noise from the job's seed).
+        CosineDpmSolverPp2mSde => "cosine_dpm_solver_pp2m_sde",
+        /// stable-audio-tools' ping-pong sampler for rectified-flow denoisers (SAO Small).
+        PingPong => "ping_pong",
     }
 );
+
+impl SamplerKind {
+    /// Samplers that draw fresh noise at each step (from the job's seed).
+    pub fn is_stochastic(self) -> bool {
+        matches!(
+            self,
+            SamplerKind::CosineDpmSolverPp2mSde | SamplerKind::PingPong
+        )
+    }
+}
+
+/// On the command line the samplers read as their names with dashes (`flow-euler`).
+impl clap::ValueEnum for SamplerKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        SamplerKind::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            SamplerKind::FlowEuler => "flow-euler",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::DpmSolverPp2m => "dpm-solver-pp2m",
+            SamplerKind::CosineDpmSolverPp2m => "cosine-dpm-solver-pp2m",
+            SamplerKind::CosineDpmSolverPp2mSde => "cosine-dpm-solver-pp2m-sde",
+            SamplerKind::PingPong => "ping-pong",
+        }))
+    }
+}
 
 string_enum!(TaskKind { Denoise => "denoise", Vocode => "vocode" });
 
@@ -170,7 +207,7 @@ pub struct JobSpec {
     pub seed: u64,
     pub steps: u32,
     pub guidance_scale: f32,
-    pub sampler: SamplerName,
+    pub sampler: SamplerKind,
     pub variations: u32,
     pub format: AudioFormat,
     /// W3C trace context of the submit (`traceparent`, `tracestate`), so that every task of the

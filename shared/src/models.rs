@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::job::SamplerName;
+use crate::job::SamplerKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
@@ -39,7 +39,7 @@ struct ModelTable {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Defaults {
-    pub sampler: SamplerName,
+    pub sampler: SamplerKind,
     pub steps: u32,
     pub guidance_scale: f32,
     pub chunk_steps: u32,
@@ -49,7 +49,7 @@ pub struct Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         Self {
-            sampler: SamplerName::FlowEuler,
+            sampler: SamplerKind::FlowEuler,
             steps: 50,
             guidance_scale: 4.0,
             chunk_steps: 10,

@@ -113,14 +113,6 @@ pub(crate) enum FormatArg {
     Flac,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum SamplerArg {
-    FlowEuler,
-    Ddim,
-    DpmSolverPp2m,
-    CosineDpmSolverPp2m,
-}
-
 #[derive(Debug, clap::Args)]
 pub(crate) struct GenerateArgs {
     /// What to generate, e.g. "melancholic lo-fi piano, 75 BPM, late night study session".
@@ -153,7 +145,7 @@ pub(crate) struct GenerateArgs {
     pub guidance: Option<f32>,
     /// Sampler (default: the model's).
     #[arg(long, value_enum)]
-    pub sampler: Option<SamplerArg>,
+    pub sampler: Option<SamplerKind>,
     /// Audio file format.
     #[arg(long, value_enum, default_value = "wav")]
     pub format: FormatArg,
@@ -315,13 +307,9 @@ impl GenerateArgs {
             duration_seconds: self.duration,
             steps: self.steps,
             guidance_scale: self.guidance,
-            sampler: match self.sampler {
-                None => pb::Sampler::Unspecified,
-                Some(SamplerArg::FlowEuler) => pb::Sampler::FlowEuler,
-                Some(SamplerArg::Ddim) => pb::Sampler::Ddim,
-                Some(SamplerArg::DpmSolverPp2m) => pb::Sampler::DpmSolverPp2m,
-                Some(SamplerArg::CosineDpmSolverPp2m) => pb::Sampler::CosineDpmSolverPp2m,
-            } as i32,
+            sampler: self
+                .sampler
+                .map_or(pb::Sampler::Unspecified, pb::Sampler::from) as i32,
             seed: self.seed,
             model: self.model.as_ref().map(|name| pb::ModelRef {
                 name: name.clone(),

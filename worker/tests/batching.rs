@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tutti_model::tiny::write_tiny_pack;
 use tutti_model::DenoiseState;
-use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName};
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerKind};
 use tutti_shared::prompt::Controls;
 use tutti_worker::engine::{
     DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
@@ -83,7 +83,7 @@ fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> 
         seed,
         steps,
         guidance_scale: guidance,
-        sampler: SamplerName::FlowEuler,
+        sampler: SamplerKind::FlowEuler,
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tutti_model::tiny::write_tiny_pack;
 use tutti_shared::blob::{BlobStore, LocalStore};
-use tutti_shared::job::{checkpoint_key, AudioFormat, JobSpec, ModelRef, SamplerName, TaskKind};
+use tutti_shared::job::{checkpoint_key, AudioFormat, JobSpec, ModelRef, SamplerKind, TaskKind};
 use tutti_shared::messages::{Outcome, TaskMessage, WorkerEvent};
 use tutti_shared::prompt::Controls;
 use tutti_shared::taskqueue::{Consumer, MemoryQueue, QueueName, TaskQueue};
@@ -37,7 +37,7 @@ fn spec(seed: u64, steps: u32, guidance: f32) -> JobSpec {
         seed,
         steps,
         guidance_scale: guidance,
-        sampler: SamplerName::FlowEuler,
+        sampler: SamplerKind::FlowEuler,
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),

@@ -145,11 +145,10 @@ impl Row {
         };
         let sampler = match self.sampler.as_deref() {
             None | Some("") => pb::Sampler::Unspecified,
-            Some("flow_euler") => pb::Sampler::FlowEuler,
-            Some("ddim") => pb::Sampler::Ddim,
-            Some("dpm_solver_pp2m") => pb::Sampler::DpmSolverPp2m,
-            Some("cosine_dpm_solver_pp2m") => pb::Sampler::CosineDpmSolverPp2m,
-            Some(s) => return Err(format!("sampler: unknown sampler {s:?}")),
+            Some(s) => s
+                .parse::<tutti_shared::job::SamplerKind>()
+                .map(pb::Sampler::from)
+                .map_err(|_| format!("sampler: unknown sampler {s:?}"))?,
         };
         let format = match self.format.as_deref() {
             None | Some("") => pb::AudioFormat::Unspecified,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, Semaphore};
-use tutti_shared::job::{chunk_ranges, AudioFormat, JobSpec, ModelRef, SamplerName};
+use tutti_shared::job::{chunk_ranges, AudioFormat, JobSpec, ModelRef, SamplerKind};
 use tutti_shared::prompt::Controls;
 use uuid::Uuid;
 
@@ -283,7 +283,7 @@ fn job_spec(model: &ModelRef, i: usize, duration_s: f32, steps: u32) -> JobSpec 
         seed: i as u64,
         steps,
         guidance_scale: 4.0,
-        sampler: SamplerName::FlowEuler,
+        sampler: SamplerKind::FlowEuler,
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),

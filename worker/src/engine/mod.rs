@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tutti_shared::job::{JobSpec, ModelRef, Priority, SamplerName};
+use tutti_shared::job::{JobSpec, ModelRef, Priority};
 use tutti_shared::messages::ErrorCode;
 use tutti_shared::models::ModelRegistry;
 use uuid::Uuid;
@@ -37,7 +37,6 @@ use self::vocoder::Background;
 use crate::held::{HeldStates, Holds};
 
 use tutti_model::pipeline::{GenerationParams, Pipeline};
-use tutti_model::sampler::SamplerKind;
 use tutti_model::state::DenoiseState;
 use tutti_model::ModelError;
 
@@ -236,15 +235,6 @@ pub struct Engine {
     stats: Arc<EngineStats>,
 }
 
-pub fn sampler_kind(s: SamplerName) -> SamplerKind {
-    match s {
-        SamplerName::FlowEuler => SamplerKind::FlowEuler,
-        SamplerName::Ddim => SamplerKind::Ddim,
-        SamplerName::DpmSolverPp2m => SamplerKind::DpmSolverPp2m,
-        SamplerName::CosineDpmSolverPp2m => SamplerKind::CosineDpmSolverPp2m,
-    }
-}
-
 pub fn generation_params(spec: &JobSpec) -> GenerationParams {
     GenerationParams {
         prompt: spec.prompt.clone(),
@@ -253,7 +243,7 @@ pub fn generation_params(spec: &JobSpec) -> GenerationParams {
         seed: spec.seed,
         steps: spec.steps as usize,
         guidance_scale: f64::from(spec.guidance_scale),
-        sampler: sampler_kind(spec.sampler),
+        sampler: spec.sampler,
         variations: spec.variations as usize,
     }
 }

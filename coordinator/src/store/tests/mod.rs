@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tutti_proto::v1 as pb;
-use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName, TaskKind};
+use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerKind, TaskKind};
 use tutti_shared::messages::{ErrorCode, Outcome, OutputInfo, TaskMessage};
 use tutti_shared::prompt::Controls;
 use tutti_shared::taskqueue::{MemoryQueue, QueueName, TaskQueue};
@@ -52,7 +52,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
             seed: 1,
             steps,
             guidance_scale: 3.0,
-            sampler: SamplerName::FlowEuler,
+            sampler: SamplerKind::FlowEuler,
             variations: 1,
             format: AudioFormat::Wav,
             trace_context: Default::default(),

@@ -31,23 +31,8 @@ pub enum Prediction {
     Flow,
 }
 
-/// The samplers a request may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SamplerKind {
-    /// Flow-matching Euler (rectified flow); stateless between steps.
-    FlowEuler,
-    Ddim,
-    /// DPM-Solver++ 2M (diffusers' DPMSolverMultistepScheduler, algorithm dpmsolver++, order 2).
-    DpmSolverPp2m,
-    /// The cosine-schedule DPM-Solver++ 2M that Stable Audio uses, as an ODE (deterministic).
-    CosineDpmSolverPp2m,
-    /// The same solver as the SDE that diffusers' CosineDPMSolverMultistepScheduler runs
-    /// (stochastic: per-step noise from the job's seed).
-    CosineDpmSolverPp2mSde,
-    /// stable-audio-tools' ping-pong sampler for rectified-flow denoisers (SAO Small; stochastic).
-    PingPong,
-}
+/// The one sampler enum (requests, packs and the runtime share it).
+pub use tutti_shared::job::SamplerKind;
 
 /// Tensors a sampler carries between steps (e.g. the previous model output). Empty for
 /// stateless samplers. Keys are stable names; they are written into checkpoints.
