@@ -71,6 +71,9 @@ pub(crate) struct EvalArgs {
     pub calibrate: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
     pub calibrate_clips: usize,
+    /// Generate these prompts instead of the held-out set (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
 }
@@ -329,6 +332,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 guidance: a.guidance,
                 limit: a.limit,
                 classifier_dataset: a.calibrate.clone(),
+                prompts: a.prompt.clone(),
             };
             let t0 = std::time::Instant::now();
             let mut report = train::eval::evaluate(&a.pack, &a.out, &opts)?;

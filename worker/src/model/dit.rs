@@ -374,7 +374,7 @@ impl StableAudioDit {
         let x = x.apply(&self.preprocess_conv) + &x;
         let mut x = x.transpose(1, 2).apply(&self.proj_in);
         if let Some(f) = input.frame_states {
-            x = x + f.to_kind(kind);
+            x += f.to_kind(kind);
         }
         let mut x = Tensor::cat(&[&global, &x], -2);
         let self_mask = input.attention_mask.map(|m| {

@@ -249,7 +249,7 @@ impl FrameConditioner {
                 .view([b, KEY_FEATURES]);
             let k = Tensor::from_slice(&known).to_device(dev).view([b, 1]);
             let e: Tensor = x.matmul(&p.weight.tr()) * &k + p.unknown.view([1, dim]) * (1.0 - &k);
-            out = out + e.unsqueeze(1);
+            out += e.unsqueeze(1);
         }
         out
     }
@@ -315,7 +315,7 @@ mod tests {
         let fc = FrameConditioner::new(vs.root() / "frames", &cfg);
         tch::no_grad(|| {
             for (i, (_, mut v)) in vs.variables().into_iter().enumerate() {
-                let _ = v.copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) + i as f64));
+                v.copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) + i as f64));
             }
         });
         let g = BeatGrid {
