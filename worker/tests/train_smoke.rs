@@ -184,8 +184,14 @@ fn round_trip_ceiling(ds: &Path, sf: &Path) {
     let (scores, md) = ceiling::run(&opts, &cands, false).unwrap();
     assert_eq!(scores.len(), 2);
     assert!(scores.iter().all(|s| s.clips == 2));
-    assert_eq!(scores[0].families, scores[1].families, "the same clips' labels");
-    assert!(scores[1].mrstft > 0.0, "a 4-iteration Griffin-Lim is not lossless");
+    assert_eq!(
+        scores[0].families, scores[1].families,
+        "the same clips' labels"
+    );
+    assert!(
+        scores[1].mrstft > 0.0,
+        "a 4-iteration Griffin-Lim is not lossless"
+    );
     assert!(md.contains("| source audio (no round trip) |") && md.contains("| gl4 |"));
 }
 
