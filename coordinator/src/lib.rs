@@ -9,10 +9,13 @@ pub mod dispatcher;
 pub mod error;
 mod health;
 pub mod janitor;
+pub mod lifecycle;
+pub mod notify;
 mod observe;
 pub mod results;
 pub mod sched;
 pub mod store;
+pub mod tenancy;
 pub mod validate;
 
 use std::sync::Arc;

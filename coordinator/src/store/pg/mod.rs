@@ -1,0 +1,322 @@
+//! Job state in Postgres: jobs, their stage tasks, outputs and history. Every state change is
+//! one transaction; `NOTIFY` inside it wakes dispatchers (`tutti_tasks`) and watchers
+//! (`tutti_jobs`, payload `<job id> <event>`) only once it commits, on every replica.
+
+mod batches;
+mod lifecycle;
+mod listen;
+mod round;
+mod rows;
+mod tenants;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{ConnectOptions, PgPool};
+use tutti_shared::job::{chunk_ranges, JobState};
+use tutti_shared::messages::Outcome;
+use uuid::Uuid;
+
+use self::lifecycle::PgLifecycle;
+use self::listen::{ensure_database, listen};
+use self::rows::{event, insert_task, JOBS_CHANNEL, TASKS_CHANNEL};
+use super::{
+    Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
+    TaskRef,
+};
+use crate::error::{Error, Result};
+use crate::lifecycle::LifecycleTx;
+use crate::sched::RoundTx;
+use crate::validate::NewJob;
+
+const JOB_COLUMNS: &str =
+    "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
+     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    notifier: Arc<Notifier>,
+}
+
+impl PgStore {
+    /// Connects, creating the database when it does not exist, and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts: PgConnectOptions = url.parse()?;
+        let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+        ensure_database(&opts).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let notifier = Arc::new(Notifier::default());
+        tokio::spawn(listen(pool.clone(), Arc::downgrade(&notifier)));
+        Ok(Self { pool, notifier })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn insert_job_impl(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
+        let mut tx = self.pool.begin().await?;
+        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
+        let id = Uuid::now_v7();
+        let request = prost::Message::encode_to_vec(&new.accepted);
+        // The new row comes back from the insert: a submit reads nothing after its commit.
+        let inserted: Option<JobRow> = sqlx::query_as(&format!(
+            "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
+                               idempotency_key, labels, steps_total, chunk_steps) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .bind(new.priority.rank())
+        .bind(Json(&new.spec))
+        .bind(&request)
+        .bind(&new.request_hash)
+        .bind(&new.idempotency_key)
+        .bind(Json(&new.labels))
+        .bind(new.spec.steps as i32)
+        .bind(new.chunk_steps as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = inserted else {
+            let (existing, hash): (Uuid, String) = sqlx::query_as(
+                "SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
+            )
+            .bind(tenant)
+            .bind(&new.idempotency_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            if hash != new.request_hash {
+                return Err(Error::AlreadyExists(format!(
+                    "idempotency_key {:?} was used for job {existing} with other parameters",
+                    new.idempotency_key.as_deref().unwrap_or_default()
+                )));
+            }
+            let job = self
+                .get_job_impl(Scope::Tenant(tenant), existing)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("job {existing} vanished")))?;
+            return Ok((job, false));
+        };
+        if let Some(max) = in_flight {
+            tenants::check_in_flight(&mut tx, tenant, max).await?;
+        }
+        let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
+        insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
+        event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
+        // Both wake-ups in one round trip: the dispatchers' and the job's watchers'.
+        sqlx::query("SELECT pg_notify($1, ''), pg_notify($2, $3)")
+            .bind(TASKS_CHANNEL)
+            .bind(JOBS_CHANNEL)
+            .bind(format!("{id} queued"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((
+            JobRecord {
+                job: row,
+                outputs: Vec::new(),
+            },
+            true,
+        ))
+    }
+
+    async fn get_job_impl(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>> {
+        let job: Option<JobRow> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
+        ))
+        .bind(id)
+        .bind(scope.tenant())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(job) = job else { return Ok(None) };
+        let outputs = self.outputs(id).await?;
+        Ok(Some(JobRecord { job, outputs }))
+    }
+
+    async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
+        Ok(sqlx::query_as(
+            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format \
+             FROM outputs WHERE job_id = $1 ORDER BY idx",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn list_jobs_impl(
+        &self,
+        scope: Scope<'_>,
+        state: Option<JobState>,
+        labels: &BTreeMap<String, String>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>> {
+        let (after_at, after_id) = after.unzip();
+        let rows: Vec<JobRow> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR tenant = $1) \
+               AND ($2::text IS NULL OR state = $2) \
+               AND labels @> $3 \
+               AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        ))
+        .bind(scope.tenant())
+        .bind(state.map(JobState::as_str))
+        .bind(Json(labels))
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for job in rows {
+            let outputs = self.outputs(job.id).await?;
+            out.push(JobRecord { job, outputs });
+        }
+        Ok(out)
+    }
+
+    async fn cancel_job_impl(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, bool)>> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let changed = crate::lifecycle::cancel(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        Ok(self.get_job_impl(scope, id).await?.map(|j| (j, changed)))
+    }
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
+        self.insert_job_impl(tenant, new).await
+    }
+    async fn get_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<JobRecord>> {
+        self.get_job_impl(scope, id).await
+    }
+    async fn list_jobs(
+        &self,
+        scope: Scope<'_>,
+        state: Option<JobState>,
+        labels: &BTreeMap<String, String>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>> {
+        self.list_jobs_impl(scope, state, labels, after, limit)
+            .await
+    }
+    async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
+        self.cancel_job_impl(scope, id).await
+    }
+    async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>> {
+        round::begin_round(&self.pool).await
+    }
+    async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
+        round::heartbeat(&self.pool, hb).await
+    }
+    async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::reclaim_lost(tx.as_mut(), timeout, policy).await?;
+        tx.commit().await
+    }
+    async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
+        tx.commit().await
+    }
+    async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::record_progress(tx.as_mut(), task, steps_done).await?;
+        tx.commit().await
+    }
+    async fn record_result(
+        &self,
+        task: TaskRef<'_>,
+        outcome: &Outcome,
+        policy: RetryPolicy,
+    ) -> Result<()> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
+        tx.commit().await
+    }
+    async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
+        let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+            "SELECT id, steps_total, chunk_steps FROM jobs \
+             WHERE NOT checkpoints_cleared AND finished_at IS NOT NULL \
+               AND finished_at <= now() - make_interval(secs => $1) \
+             ORDER BY finished_at LIMIT $2",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, steps, chunk)| (id, super::denoise_chunks(steps, chunk)))
+            .collect())
+    }
+
+    async fn checkpoints_cleared(&self, jobs: &[Uuid]) -> Result<()> {
+        sqlx::query("UPDATE jobs SET checkpoints_cleared = TRUE WHERE id = ANY($1)")
+            .bind(jobs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<super::Stats> {
+        Ok(super::Stats {
+            jobs: sqlx::query_as(super::sql::STATS_JOBS_SQL)
+                .fetch_all(&self.pool)
+                .await?,
+            backlog: sqlx::query_as(super::sql::STATS_BACKLOG_SQL)
+                .fetch_all(&self.pool)
+                .await?,
+            in_flight: sqlx::query_as(super::sql::STATS_IN_FLIGHT_SQL)
+                .fetch_all(&self.pool)
+                .await?,
+        })
+    }
+    async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>> {
+        let rows: Vec<(String, Option<i32>, Option<i32>, serde_json::Value)> = sqlx::query_as(
+            "SELECT kind, chunk, attempt, detail FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, chunk, attempt, detail)| HistoryEvent {
+                kind,
+                chunk,
+                attempt,
+                detail,
+            })
+            .collect())
+    }
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+    fn batches(&self) -> &dyn super::BatchStore {
+        self
+    }
+}
