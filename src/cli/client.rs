@@ -10,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
+use tutti_shared::job::SamplerKind;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArgs {

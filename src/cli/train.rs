@@ -17,6 +17,34 @@ pub(crate) enum TrainCommand {
     Pack(PackArgs),
     /// Evaluate a pack on the held-out prompts: tempo, mode, diversity; report + spectrograms.
     Eval(EvalArgs),
+    /// Round-trip ceiling: held-out renders -> representation -> audio -> the analyzers, for
+    /// each candidate representation (and the source audio itself).
+    Ceiling(CeilingArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CeilingArgs {
+    /// A rendered dataset (16 kHz, 64 mels): its settings choose the music; the instrument
+    /// classifier trains on it.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub clips: usize,
+    /// Id of the first held-out clip (above every dataset's ids).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub first_id: usize,
+    #[arg(long, default_value = "/usr/share/sounds/sf2/FluidR3_GM.sf2")]
+    pub soundfont: PathBuf,
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Also a pack's own mel and vocoder (repeatable), e.g. one with a trained Vocos.
+    #[arg(long)]
+    pub pack: Vec<PathBuf>,
+    /// Write the table here too.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
 }
 
 #[derive(Debug, Args)]
@@ -42,6 +70,9 @@ pub(crate) struct EvalArgs {
     pub calibrate: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
     pub calibrate_clips: usize,
+    /// Generate these prompts instead of the held-out set (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
 }
@@ -102,6 +133,13 @@ pub(crate) struct DenoiserArgs {
     /// Mixed precision (autocast) on CUDA.
     #[arg(long)]
     pub amp: bool,
+    /// Per-frame beat grid from the renders' true beats (the pack declares it; requests with a
+    /// tempo get it).
+    #[arg(long)]
+    pub beat_grid: bool,
+    /// Per-frame pitch-class profile of the true key and mode.
+    #[arg(long)]
+    pub key_profile: bool,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +240,8 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                     lr: a.lr,
                     ..Default::default()
                 },
+                beat_grid: a.beat_grid,
+                key_profile: a.key_profile,
                 ..Default::default()
             };
             let paths = tutti_train::denoiser::RunPaths {
@@ -291,6 +331,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 guidance: a.guidance,
                 limit: a.limit,
                 classifier_dataset: a.calibrate.clone(),
+                prompts: a.prompt.clone(),
             };
             let t0 = std::time::Instant::now();
             let mut report = tutti_train::eval::evaluate(&a.pack, &a.out, &opts)?;
@@ -314,6 +355,27 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             }
             tutti_train::eval::write_report(&a.out, &report)?;
             println!("{}", report.markdown);
+            Ok(())
+        }
+        TrainCommand::Ceiling(a) => {
+            tch::set_num_threads(a.threads);
+            let mut cands = tutti_train::ceiling::standard_candidates()?;
+            for p in &a.pack {
+                cands.push(tutti_train::ceiling::Candidate::from_pack(p)?);
+            }
+            let opts = tutti_train::ceiling::CeilingOptions {
+                clips: a.clips,
+                first_id: a.first_id,
+                dataset: a.dataset,
+                soundfont: a.soundfont,
+                corpus: a.corpus,
+            };
+            let t0 = std::time::Instant::now();
+            let (_, md) = tutti_train::ceiling::run(&opts, &cands, true)?;
+            println!("{md}\nmeasured in {:.0} s", t0.elapsed().as_secs_f64());
+            if let Some(out) = &a.out {
+                std::fs::write(out, &md).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            }
             Ok(())
         }
         TrainCommand::Pack(a) => {

@@ -264,6 +264,9 @@ pub struct DitInput<'a> {
     pub attention_mask: Option<&'a Tensor>,
     /// Bool `[B, L]`: which text tokens are real.
     pub encoder_attention_mask: Option<&'a Tensor>,
+    /// Per-frame controls `[B, T, inner_dim]` added to the hidden states after `proj_in`
+    /// (`frame_cond`); `None` for packs without them (the forward diffusers defines).
+    pub frame_states: Option<&'a Tensor>,
 }
 
 /// `StableAudioDiTModel`.
@@ -369,7 +372,10 @@ impl StableAudioDit {
             .forward_rows(&self.time_proj.forward(&input.timestep.to_kind(kind)));
         let global = global + time.unsqueeze(1);
         let x = x.apply(&self.preprocess_conv) + &x;
-        let x = x.transpose(1, 2).apply(&self.proj_in);
+        let mut x = x.transpose(1, 2).apply(&self.proj_in);
+        if let Some(f) = input.frame_states {
+            x += f.to_kind(kind);
+        }
         let mut x = Tensor::cat(&[&global, &x], -2);
         let self_mask = input.attention_mask.map(|m| {
             let m = m.to_kind(Kind::Bool);

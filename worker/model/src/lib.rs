@@ -8,6 +8,7 @@ pub mod conditioners;
 pub mod decoder;
 pub mod device;
 pub mod dit;
+pub mod frame_cond;
 pub mod layout;
 pub mod mel;
 pub mod oobleck;

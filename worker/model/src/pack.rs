@@ -22,6 +22,7 @@ use tch::{nn, Device};
 use super::conditioners::{ConditionerConfig, Conditioners};
 use super::decoder::{self, Decoder, DecoderConfig};
 use super::dit::{DitConfig, StableAudioDit};
+use super::frame_cond::{FrameCondConfig, FrameConditioner};
 use super::mel::MelConfig;
 use super::sampler::{SamplerKind, ScheduleConfig};
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
@@ -86,6 +87,9 @@ pub struct PackConfig {
     pub denoiser: DitConfig,
     #[serde(default)]
     pub conditioners: ConditionerConfig,
+    /// Per-frame controls (beat grid, key profile); absent in packs made before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_conditioning: Option<FrameCondConfig>,
     #[serde(default)]
     pub schedule: ScheduleConfig,
     #[serde(default)]
@@ -158,6 +162,9 @@ impl PackConfig {
         }
         self.denoiser.validate()?;
         self.conditioners.validate()?;
+        if let Some(f) = &self.frame_conditioning {
+            f.validate(self.denoiser.inner_dim())?;
+        }
         let d = &self.denoiser;
         if d.in_channels != m.latent_channels || d.out_channels != m.latent_channels {
             return Err(format!(
@@ -200,6 +207,8 @@ pub struct LoadedPack {
     pub config: PackConfig,
     pub text_encoder: TextEncoder,
     pub conditioners: Conditioners,
+    /// Per-frame controls, when the pack declares them.
+    pub frames: Option<FrameConditioner>,
     pub denoiser: StableAudioDit,
     pub decoder: Box<dyn Decoder>,
     pub vocoder: Box<dyn Vocoder>,
@@ -256,6 +265,10 @@ impl LoadedPack {
 
         let cond_vs = nn::VarStore::new(device);
         let conditioners = Conditioners::new(cond_vs.root(), &config.conditioners);
+        let frames = config
+            .frame_conditioning
+            .as_ref()
+            .map(|f| FrameConditioner::new(cond_vs.root() / "frames", f));
         load_component(&cond_vs, &dir.join(CONDITIONERS_FILE), true)?;
 
         let mut dit_vs = nn::VarStore::new(device);
@@ -279,6 +292,7 @@ impl LoadedPack {
             config,
             text_encoder,
             conditioners,
+            frames,
             denoiser,
             decoder,
             vocoder,
@@ -387,6 +401,15 @@ pub fn inspect(path: &Path) -> Result<String> {
             names.join(", ")
         }
     );
+    if let Some(f) = &cfg.frame_conditioning {
+        let _ = writeln!(
+            out,
+            "  per-frame controls (width {}): {}{}",
+            f.dim,
+            if f.beat_grid { "beat grid " } else { "" },
+            if f.key_profile { "key profile" } else { "" }
+        );
+    }
     let _ = writeln!(out, "  mel: {:?}", cfg.mel);
     let _ = writeln!(out, "  schedule: {:?}", cfg.schedule);
     let _ = writeln!(out, "  decoder: {:?}", cfg.decoder);

@@ -30,6 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
 use super::dit::DitInput;
+use super::frame_cond::{FrameConditioner, FrameControls};
 use super::pack::{LoadedPack, PackConfig, RenderPack};
 use super::sampler::{self, SamplerState};
 use super::state::seeded_noise;
@@ -317,6 +318,10 @@ impl Pipeline {
         let frame_mask = ragged.then(|| Tensor::cat(&fmasks, 0));
         let out = {
             let pack = self.lock();
+            let frame_states = pack
+                .frames
+                .as_ref()
+                .map(|fc| self.frame_states(fc, states, max_t));
             let rotary = pack.denoiser.rotary(max_t, dev);
             pack.denoiser.forward(&DitInput {
                 hidden_states: &hidden,
@@ -326,6 +331,7 @@ impl Pipeline {
                 rotary: &rotary,
                 attention_mask: frame_mask.as_ref(),
                 encoder_attention_mask: Some(&text_mask),
+                frame_states: frame_states.as_ref(),
             })
         }
         .to_kind(Kind::Float);
@@ -345,6 +351,44 @@ impl Pipeline {
             s.step += 1;
         }
         Ok(())
+    }
+
+    /// The per-frame controls of each state's `2 * variations` rows, padded with zeros to
+    /// `max_t` frames: `[rows, max_t, dim]`. Each state's are computed alone (batch-invariant).
+    fn frame_states(
+        &self,
+        fc: &FrameConditioner,
+        states: &[&mut DenoiseState],
+        max_t: i64,
+    ) -> Tensor {
+        let fps = self.config.model.latent_frames_per_second;
+        let dim = fc.config().dim;
+        let parts: Vec<Tensor> = states
+            .iter()
+            .map(|s| {
+                let (v, t) = (s.params.variations as i64, s.latent.size()[2]);
+                let rows = FrameControls::for_request(
+                    &s.params.controls,
+                    &s.params.prompt,
+                    t as usize,
+                    fps,
+                );
+                let f = fc.forward(&[rows], t).to_device(self.device);
+                let f = if t < max_t {
+                    Tensor::cat(
+                        &[
+                            f,
+                            Tensor::zeros([1, max_t - t, dim], (Kind::Float, self.device)),
+                        ],
+                        1,
+                    )
+                } else {
+                    f
+                };
+                f.expand([2 * v, max_t, dim], false)
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
     }
 
     /// Runs steps until `state.step() == to_step`, calling `on_step(steps_done)` after each; a

@@ -208,6 +208,7 @@ impl StableAudioModel {
                 rotary: &rotary,
                 attention_mask: None,
                 encoder_attention_mask: None,
+                frame_states: None,
             })
             .to_kind(Kind::Float);
         let model_out = if st.guided {

@@ -53,6 +53,7 @@ pub fn tiny_config() -> PackConfig {
         },
         denoiser: DitConfig::tiny(latent_channels, text.hidden_size, global),
         conditioners,
+        frame_conditioning: None,
         schedule: ScheduleConfig::default(),
         decoder: DecoderConfig::Identity {
             scale: 1.0,
@@ -146,6 +147,10 @@ pub fn write_pack_with(
 
     let vs = nn::VarStore::new(Device::Cpu);
     let _cond = Conditioners::new(vs.root(), &cfg.conditioners);
+    let _frames = cfg
+        .frame_conditioning
+        .as_ref()
+        .map(|f| super::frame_cond::FrameConditioner::new(vs.root() / "frames", f));
     randomize(&vs, seed ^ 0x636f_6e64);
     weights::save_var_store(&vs, &dir.join(pack::CONDITIONERS_FILE))?;
 

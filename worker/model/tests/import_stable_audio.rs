@@ -112,6 +112,7 @@ fn the_stable_audio_tools_folder_imports_and_loads() {
         rotary: &rotary,
         attention_mask: None,
         encoder_attention_mask: None,
+        frame_states: None,
     });
     assert!(max_abs(&out, &t["dit.out"]) < 1e-4);
 }

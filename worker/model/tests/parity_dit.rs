@@ -45,6 +45,7 @@ fn dit_matches_diffusers() -> anyhow::Result<()> {
         rotary: &rotary,
         attention_mask: None,
         encoder_attention_mask: None,
+        frame_states: None,
     };
     let out = model.forward(&input);
     let d = max_abs_diff(&out, &io["out"]);

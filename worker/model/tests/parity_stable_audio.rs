@@ -297,6 +297,7 @@ fn dit_forward_from_the_diffusers_folder_matches() {
         rotary: &rotary,
         attention_mask: None,
         encoder_attention_mask: None,
+        frame_states: None,
     });
     check("dit forward (step 0)", &out, io.get("dit.out0"), 1e-4);
 }
@@ -473,6 +474,7 @@ fn end_to_end_matches_the_pipeline() {
             rotary: &rotary,
             attention_mask: None,
             encoder_attention_mask: None,
+            frame_states: None,
         });
         let (u, c_) = (out.narrow(0, 0, b), out.narrow(0, b, b));
         let guided = &u + (&c_ - &u) * g;

@@ -127,6 +127,7 @@ fn conditioning_and_dit_match_stable_audio_tools() {
         rotary: &rotary,
         attention_mask: None,
         encoder_attention_mask: None,
+        frame_states: None,
     });
     check(
         "dit forward (stable-audio-tools layout)",
@@ -199,6 +200,7 @@ fn end_to_end_matches_stable_audio_tools() {
             rotary: &rotary,
             attention_mask: None,
             encoder_attention_mask: None,
+            frame_states: None,
         });
         x = s.step_with_noise(i, &x, &v, &mut st, &step_noise(&seeds, i, &[c, frames]));
         check(

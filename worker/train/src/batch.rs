@@ -12,6 +12,7 @@ use tutti_shared::prompt::Controls;
 
 use super::data::{self, ManifestRow};
 use super::Result;
+use tutti_model::frame_cond::{key_features, BeatGrid, FrameControls};
 use tutti_model::text_encoder::TextEncoder;
 
 /// Standard normal samples from `rng` (Box-Muller).
@@ -113,6 +114,8 @@ pub struct Batch {
     pub noise: Tensor,
     /// Noise fractions `[B]` in (0, 1).
     pub sigma: Tensor,
+    /// Per-frame controls of each row (empty when the run has none).
+    pub frames: Vec<FrameControls>,
 }
 
 /// Settings that shape a batch.
@@ -127,6 +130,11 @@ pub struct BatchSpec {
     pub mean: f64,
     pub std: f64,
     pub frames_per_second: f64,
+    /// The run's per-frame controls (beat grid from the renders' true beats, key profile from
+    /// their true key and mode), each dropped with `frame_dropout` so it stays optional.
+    pub beat_grid: bool,
+    pub key_profile: bool,
+    pub frame_dropout: f64,
 }
 
 /// Draws the batch of one step.
@@ -146,7 +154,7 @@ pub fn draw(
     let frames = 16 * rng.random_range(lo..=hi);
     let b = (spec.tokens / frames).max(1);
     let mut x0 = Vec::with_capacity(b * n_mels * frames);
-    let (mut captions, mut controls) = (Vec::new(), Vec::new());
+    let (mut captions, mut controls, mut frame_rows) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..b {
         let row = &rows[rng.random_range(0..rows.len())];
         let mel = data::read_mel(dir, row.id, n_mels, row.frames)?;
@@ -177,6 +185,21 @@ pub fn draw(
             c.mode = None;
         }
         controls.push(c);
+        if spec.beat_grid || spec.key_profile {
+            let grid = (spec.beat_grid && row.bpm > 0.0 && !rng.random_bool(spec.frame_dropout))
+                .then(|| {
+                    BeatGrid {
+                        bpm: row.bpm,
+                        beats_per_bar: row.beats_per_bar,
+                        downbeat_s: row.downbeat_s,
+                    }
+                    .features(off, frames, spec.frames_per_second)
+                });
+            let key = (spec.key_profile && !rng.random_bool(spec.frame_dropout))
+                .then(|| key_features(Some(row.tonic), Some(row.mode)))
+                .flatten();
+            frame_rows.push(FrameControls { grid, key });
+        }
     }
     let shape = [b as i64, n_mels as i64, frames as i64];
     let noise = Tensor::from_slice(&normal(rng, b * n_mels * frames)).view(shape);
@@ -191,5 +214,6 @@ pub fn draw(
         controls,
         noise,
         sigma: Tensor::from_slice(&sig),
+        frames: frame_rows,
     })
 }

@@ -63,6 +63,14 @@ fn style_words(rng: &mut ChaCha8Rng, piece: &Piece) -> (String, String) {
             ("", "folk tune"),
             ("traditional", "folk melody"),
         ],
+        Style::Pop => &[("", "pop"), ("", "pop song")],
+        Style::Jazz => &[("", "jazz"), ("swing", "jazz"), ("", "jazz tune")],
+        Style::Techno => &[("", "techno"), ("", "techno track")],
+        Style::Cinematic => &[
+            ("", "cinematic"),
+            ("", "cinematic score"),
+            ("epic", "cinematic music"),
+        ],
     };
     let (s, g) = *variants.choose(rng).unwrap_or(&(sub, genre));
     (s.to_string(), g.to_string())
@@ -118,7 +126,7 @@ mod tests {
     fn captions_are_true_and_avoid_held_out_words() {
         for i in 0..200 {
             let mut rng = rng_for(1, 2, i);
-            let style = Style::PROCEDURAL[i as usize % 6];
+            let style = Style::PROCEDURAL[i as usize % Style::PROCEDURAL.len()];
             let piece = compose::compose(style, &mut rng, 10.0);
             let (text, c) = caption(&mut rng, &piece, 10.0);
             for w in HELD_OUT_WORDS {

@@ -21,6 +21,10 @@ pub struct ManifestRow {
     pub tonic: u8,
     pub mode: Mode,
     pub beats_per_bar: u32,
+    /// Time of the first downbeat in seconds: beat `k` sounds at `downbeat_s + k * 60 / bpm`
+    /// (every render starts on a downbeat: 0; datasets made before this field read as 0).
+    #[serde(default)]
+    pub downbeat_s: f64,
     pub dynamics: Dynamics,
     pub families: Vec<Family>,
     pub sections: Vec<String>,

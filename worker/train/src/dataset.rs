@@ -22,7 +22,7 @@ use tch::{Device, Tensor};
 
 use super::caption::caption;
 use super::data::{self, ManifestRow};
-use super::music::{arrange, compose, corpus::Corpus, Style};
+use super::music::{arrange, compose, corpus::Corpus, Piece, Style};
 use super::render::Renderer;
 use super::{file_err, rng_for, Result, TrainError};
 use tutti_model::mel::{MelConfig, MelFrontEnd};
@@ -63,14 +63,13 @@ pub struct DatasetPaths {
 
 const PURPOSE_CLIP: u64 = 1;
 
-/// Renders one clip: the manifest row, the samples and the log-mel.
-pub fn make_clip(
+/// The piece of clip `id` and the generator its caption continues from (the same draws as
+/// [`make_clip`], so the round-trip measurement hears exactly what the dataset would hold).
+pub fn draw_piece(
     cfg: &DatasetConfig,
     id: usize,
-    renderer: &Renderer,
     corpus: Option<&Corpus>,
-    front: &MelFrontEnd,
-) -> Result<(ManifestRow, Vec<f32>, Vec<f32>)> {
+) -> (Piece, rand_chacha::ChaCha8Rng) {
     let mut rng = rng_for(cfg.seed, PURPOSE_CLIP, id as u64);
     let mut piece = None;
     if let Some(c) = corpus.filter(|c| !c.entries.is_empty()) {
@@ -93,6 +92,18 @@ pub fn make_clip(
             compose::compose(style, &mut rng, cfg.seconds)
         }
     };
+    (piece, rng)
+}
+
+/// Renders one clip: the manifest row, the samples and the log-mel.
+pub fn make_clip(
+    cfg: &DatasetConfig,
+    id: usize,
+    renderer: &Renderer,
+    corpus: Option<&Corpus>,
+    front: &MelFrontEnd,
+) -> Result<(ManifestRow, Vec<f32>, Vec<f32>)> {
+    let (piece, mut rng) = draw_piece(cfg, id, corpus);
     let (wave, rms) = renderer.render(&piece, cfg.seconds)?;
     let (mut text, mut controls) = caption(&mut rng, &piece, cfg.seconds);
     if rng.random_bool(cfg.empty_caption) {
@@ -116,6 +127,7 @@ pub fn make_clip(
         tonic: piece.tonic,
         mode: piece.mode,
         beats_per_bar: piece.beats_per_bar,
+        downbeat_s: 0.0,
         dynamics: piece.dynamics,
         families: piece.families_heard(cfg.seconds),
         sections: piece.sections_heard(cfg.seconds),

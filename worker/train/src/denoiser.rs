@@ -22,6 +22,7 @@ use super::{checkpoint, cond, cpu_seconds, plot, rng_for, Result, TrainError};
 use tutti_model::conditioners::{ConditionerConfig, Conditioners};
 use tutti_model::decoder::DecoderConfig;
 use tutti_model::dit::{DitConfig, DitInput, StableAudioDit};
+use tutti_model::frame_cond::{FrameCondConfig, FrameConditioner};
 use tutti_model::mel::MelConfig;
 use tutti_model::pack::PackConfig;
 use tutti_model::text_encoder::TextEncoder;
@@ -48,6 +49,19 @@ pub struct DenoiserConfig {
     pub grad_clip: f64,
     pub ema: f64,
     pub adam: AdamWConfig,
+    /// Per-frame beat grid (`frame_cond`); runs made before it read as without.
+    #[serde(default)]
+    pub beat_grid: bool,
+    /// Per-frame key profile.
+    #[serde(default)]
+    pub key_profile: bool,
+    /// Chance that a clip's beat grid (and, apart, its key profile) is dropped to "unknown".
+    #[serde(default = "frame_dropout")]
+    pub frame_dropout: f64,
+}
+
+fn frame_dropout() -> f64 {
+    0.2
 }
 
 impl Default for DenoiserConfig {
@@ -72,6 +86,9 @@ impl Default for DenoiserConfig {
             grad_clip: 1.0,
             ema: 0.999,
             adam: AdamWConfig::default(),
+            beat_grid: false,
+            key_profile: false,
+            frame_dropout: frame_dropout(),
         }
     }
 }
@@ -79,6 +96,15 @@ impl Default for DenoiserConfig {
 impl DenoiserConfig {
     pub fn conditioners(&self) -> ConditionerConfig {
         ConditionerConfig::builtin(self.cond_embed, self.cond_fourier, self.max_duration_s)
+    }
+
+    /// The per-frame controls' config, if the run has any.
+    pub fn frame_cond(&self) -> Option<FrameCondConfig> {
+        (self.beat_grid || self.key_profile).then(|| FrameCondConfig {
+            dim: self.heads * self.head_dim,
+            beat_grid: self.beat_grid,
+            key_profile: self.key_profile,
+        })
     }
 
     pub fn dit(&self, channels: i64, text_dim: i64) -> DitConfig {
@@ -165,6 +191,7 @@ pub struct Trainer {
     pub dit: StableAudioDit,
     cond_cfg: ConditionerConfig,
     cond_vars: std::collections::HashMap<String, Tensor>,
+    frames: Option<FrameConditioner>,
     text: TextCache,
     rows: Vec<ManifestRow>,
     paths: RunPaths,
@@ -220,6 +247,9 @@ impl Trainer {
         let cond_vs = nn::VarStore::new(device);
         let cond_cfg = cfg.conditioners();
         let _c = Conditioners::new(cond_vs.root(), &cond_cfg);
+        let frames = cfg
+            .frame_cond()
+            .map(|f| FrameConditioner::new(cond_vs.root() / "frames", &f));
         let mut params = BTreeMap::new();
         for (k, v) in dit_vs.variables() {
             if k == "time_proj.weight" {
@@ -264,6 +294,7 @@ impl Trainer {
             dit,
             cond_cfg,
             cond_vars,
+            frames,
             text: TextCache::new(encoder),
             rows,
             paths: paths.clone(),
@@ -290,7 +321,13 @@ impl Trainer {
             .state
             .config
             .dit(self.state.mel.n_mels as i64, self.state.text_dim);
-        if cfg.denoiser != want || cfg.conditioners != self.cond_cfg || cfg.mel != self.state.mel {
+        let frames_differ = cfg.frame_conditioning.is_some()
+            && cfg.frame_conditioning != self.state.config.frame_cond();
+        if cfg.denoiser != want
+            || cfg.conditioners != self.cond_cfg
+            || cfg.mel != self.state.mel
+            || frames_differ
+        {
             return Err(TrainError::Input(format!(
                 "{}: its denoiser, conditioners or mel settings differ from this run's",
                 dir.display()
@@ -318,8 +355,14 @@ impl Trainer {
                 Some(("dit", k)) => dit.get(k),
                 Some(("cond", k)) => cond.get(k),
                 _ => None,
+            };
+            if src.is_none() && name.starts_with("cond.frames.") && cfg.frame_conditioning.is_none()
+            {
+                // Per-frame controls the pack lacks start at zero: the pack's function exactly.
+                continue;
             }
-            .ok_or_else(|| TrainError::Input(format!("{}: no weight {name}", dir.display())))?;
+            let src = src
+                .ok_or_else(|| TrainError::Input(format!("{}: no weight {name}", dir.display())))?;
             if src.size() != t.size() {
                 return Err(TrainError::Input(format!(
                     "{}: {name} has shape {:?}, the run {:?}",
@@ -356,6 +399,9 @@ impl Trainer {
             mean: self.state.mean,
             std: self.state.std,
             frames_per_second: self.state.mel.sample_rate as f64 / self.state.mel.hop_length as f64,
+            beat_grid: c.beat_grid,
+            key_profile: c.key_profile,
+            frame_dropout: c.frame_dropout,
         }
     }
 
@@ -381,6 +427,10 @@ impl Trainer {
         let xt = &x0 * (1.0 - &s3) + &noise * &s3;
         let target = &noise - &x0;
         let frames = x0.size()[2];
+        let frame_states = self
+            .frames
+            .as_ref()
+            .map(|fc| fc.forward(&b.frames, frames).to_device(dev));
         let rotary = self.dit.rotary(frames, dev);
         let timestep = &sigma * 1000.0;
         let forward = || {
@@ -392,6 +442,7 @@ impl Trainer {
                 rotary: &rotary,
                 attention_mask: None,
                 encoder_attention_mask: Some(&mask),
+                frame_states: frame_states.as_ref(),
             })
         };
         let pred = if self.amp && dev.is_cuda() {

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod caption;
+pub mod ceiling;
 pub mod checkpoint;
 pub mod cond;
 pub mod data;

@@ -77,6 +77,7 @@ pub fn pack_config(
         },
         denoiser: d.config.dit(channels, text_dim),
         conditioners: d.config.conditioners(),
+        frame_conditioning: d.config.frame_cond(),
         schedule: ScheduleConfig::default(),
         decoder: DecoderConfig::Identity { scale: d.std, shift: d.mean },
         vocoder: match vocoder {

@@ -41,6 +41,14 @@ impl Renderer {
         })
     }
 
+    /// The same SoundFont at another sample rate.
+    pub fn at_rate(&self, sample_rate: u32) -> Self {
+        Self {
+            font: Arc::clone(&self.font),
+            sample_rate,
+        }
+    }
+
     /// Renders the first `seconds` of `piece`: mono, normalised to [`TARGET_RMS`] with peaks at
     /// most [`PEAK`]. Returns the samples and the RMS before normalisation.
     pub fn render(&self, piece: &Piece, seconds: f64) -> Result<(Vec<f32>, f32)> {

@@ -111,6 +111,90 @@ fn pack_starts_a_new_run(pack_dir: &Path, paths: &RunPaths, dir: &Path) {
     );
 }
 
+/// `--init PACK --beat-grid --key-profile`: a pack without per-frame controls starts a run that
+/// has them (at zero, so at the pack's function); they train, and the new pack declares them.
+fn frame_controls_grow_from_a_pack(pack_dir: &Path, paths: &RunPaths, dir: &Path) {
+    let cfg = DenoiserConfig {
+        beat_grid: true,
+        key_profile: true,
+        ..tiny_config()
+    };
+    let grown = RunPaths {
+        run: dir.join("grown"),
+        ..paths.clone()
+    };
+    let mut g = Trainer::open(&cfg, &grown, Device::Cpu, false).unwrap();
+    g.init_from_pack(pack_dir).unwrap();
+    let frames: Vec<&String> = g
+        .opt
+        .params
+        .keys()
+        .filter(|k| k.starts_with("cond.frames."))
+        .collect();
+    assert_eq!(frames.len(), 4, "beat and key projections and unknowns");
+    for k in &frames {
+        assert_eq!(
+            g.opt.params[*k].abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+    }
+    assert!(g.run(3, 100, 1e9, 1, false).unwrap().is_finite());
+    let w = &g.opt.params["cond.frames.beat.weight"];
+    assert!(
+        w.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+        "the grid's projection trained"
+    );
+    let out = dir.join("pack-grown");
+    pack::write_pack(
+        &out,
+        &dir.join("grown"),
+        None,
+        Some(&paths.text_encoder),
+        "grown",
+    )
+    .unwrap();
+    let pc = PackConfig::read(&out).unwrap();
+    let f = pc
+        .frame_conditioning
+        .expect("the pack declares its per-frame controls");
+    assert!(f.beat_grid && f.key_profile);
+    let p = Pipeline::load(&out, Device::Cpu).unwrap();
+    let mut params = p.default_params("house with piano, 124 BPM, in F minor", 2.0);
+    params.controls = tutti_shared::prompt::parse_controls(&params.prompt, 2.0);
+    params.steps = 2;
+    let mut st = p.prepare(&params).unwrap();
+    p.denoise(&mut st, 2, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    assert!(p.render(&st).unwrap()[0].iter().all(|v| v.is_finite()));
+}
+
+/// `tutti train ceiling` on two held-out clips: the source row and a Griffin-Lim round trip,
+/// scored on the same clips.
+fn round_trip_ceiling(ds: &Path, sf: &Path) {
+    use tutti_model::mel::MelConfig;
+    use tutti_train::ceiling::{self, Candidate, CeilingOptions};
+    let cands = vec![Candidate::griffin_lim("gl4", MelConfig::default(), 4).unwrap()];
+    let opts = CeilingOptions {
+        clips: 2,
+        first_id: 1_000_000,
+        dataset: ds.to_path_buf(),
+        soundfont: sf.to_path_buf(),
+        corpus: None,
+    };
+    let (scores, md) = ceiling::run(&opts, &cands, false).unwrap();
+    assert_eq!(scores.len(), 2);
+    assert!(scores.iter().all(|s| s.clips == 2));
+    assert_eq!(
+        scores[0].families, scores[1].families,
+        "the same clips' labels"
+    );
+    assert!(
+        scores[1].mrstft > 0.0,
+        "a 4-iteration Griffin-Lim is not lossless"
+    );
+    assert!(md.contains("| source audio (no round trip) |") && md.contains("| gl4 |"));
+}
+
 #[test]
 fn dataset_training_resume_pack_and_eval() {
     let Some(sf) = soundfont() else {
@@ -135,7 +219,7 @@ fn dataset_training_resume_pack_and_eval() {
     let cfg = DatasetConfig::new(6, 3.0, 7);
     let paths = DatasetPaths {
         out: ds.clone(),
-        soundfont: sf,
+        soundfont: sf.clone(),
         corpus: None,
     };
     assert_eq!(
@@ -159,6 +243,8 @@ fn dataset_training_resume_pack_and_eval() {
     assert_eq!(rows.len(), 6);
     let mel = data::read_mel(&ds, 5, 64, rows[5].frames).unwrap();
     assert!(mel.iter().all(|v| v.is_finite()));
+
+    round_trip_ceiling(&ds, &sf);
 
     let run = RunPaths {
         dataset: ds.clone(),
@@ -189,6 +275,7 @@ fn dataset_training_resume_pack_and_eval() {
     )
     .unwrap();
     pack_starts_a_new_run(&out, &run, dir);
+    frame_controls_grow_from_a_pack(&out, &run, dir);
 
     let p = Pipeline::load(&out, Device::Cpu).unwrap();
     let mut params = p.default_params("happy rock with piano, 120 BPM, in C major", 2.0);

@@ -28,6 +28,8 @@ pub struct EvalOptions {
     pub limit: Option<usize>,
     /// Dataset to train the instrument-family classifier on (none: not measured).
     pub classifier_dataset: Option<std::path::PathBuf>,
+    /// Prompts to use instead of the held-out set (e.g. the README's).
+    pub prompts: Vec<String>,
 }
 
 impl Default for EvalOptions {
@@ -39,6 +41,7 @@ impl Default for EvalOptions {
             guidance: None,
             limit: None,
             classifier_dataset: None,
+            prompts: Vec::new(),
         }
     }
 }
@@ -86,7 +89,11 @@ pub fn evaluate(pack: &Path, out: &Path, opts: &EvalOptions) -> Result<Report> {
     let mel_cfg = p.config().mel.clone();
     let front = analyzers::front_end(&mel_cfg)?;
     let fps = mel_cfg.sample_rate as f64 / mel_cfg.hop_length as f64;
-    let list = prompts::PROMPTS;
+    let list: Vec<&str> = if opts.prompts.is_empty() {
+        prompts::PROMPTS.to_vec()
+    } else {
+        opts.prompts.iter().map(String::as_str).collect()
+    };
     let list = &list[..opts.limit.unwrap_or(list.len()).min(list.len())];
     let mut rows = Vec::new();
     let clf = match &opts.classifier_dataset {

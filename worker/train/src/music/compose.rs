@@ -46,12 +46,13 @@ fn plan(name: &'static str) -> SectionPlan {
 /// Section sequences a clip may show, per style (empty: no structure, the whole clip plays).
 fn section_choices(style: Style) -> &'static [&'static [&'static str]] {
     match style {
-        Style::Rock => &[
+        Style::Rock | Style::Pop => &[
             &[],
             &["intro", "verse"],
             &["verse", "chorus"],
             &["chorus"],
             &["bridge", "chorus"],
+            &["chorus", "outro"],
         ],
         Style::LofiHipHop => &[
             &[],
@@ -60,16 +61,23 @@ fn section_choices(style: Style) -> &'static [&'static [&'static str]] {
             &["chorus"],
             &["verse", "outro"],
         ],
-        Style::House | Style::Trap => &[
+        Style::House | Style::Trap | Style::Techno => &[
             &[],
             &["build", "drop"],
             &["intro", "build"],
             &["drop"],
             &["breakdown", "build"],
             &["drop", "breakdown"],
+            &["drop", "outro"],
         ],
-        Style::Waltz | Style::Ambient | Style::Classical | Style::Folk => {
-            &[&[], &["intro", "verse"], &["verse"]]
+        Style::Cinematic => &[
+            &[],
+            &["intro", "build"],
+            &["build", "drop"],
+            &["verse", "outro"],
+        ],
+        Style::Waltz | Style::Ambient | Style::Classical | Style::Folk | Style::Jazz => {
+            &[&[], &["intro", "verse"], &["verse"], &["verse", "outro"]]
         }
     }
 }
@@ -115,6 +123,30 @@ fn palette(style: Style) -> (&'static [Family], &'static [Family], bool, bool) {
             false,
         ),
         Style::Classical | Style::Folk => (&[Piano, Strings], &[Flute, Piano], false, false),
+        Style::Pop => (
+            &[Piano, ElectricGuitar, SynthPad, AcousticGuitar],
+            &[Piano, Flute, ElectricPiano, ElectricGuitar],
+            true,
+            true,
+        ),
+        Style::Jazz => (
+            &[Piano, ElectricPiano, Organ],
+            &[Flute, Piano, ElectricGuitar],
+            true,
+            true,
+        ),
+        Style::Techno => (
+            &[SynthPad, Organ],
+            &[SynthPad, ElectricPiano, Piano],
+            true,
+            true,
+        ),
+        Style::Cinematic => (
+            &[Strings, SynthPad, Piano],
+            &[Strings, Flute, Piano],
+            true,
+            true,
+        ),
     }
 }
 
@@ -176,8 +208,8 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
     });
     let bass_track = (has_bass && rng.random_bool(0.9)).then(|| {
         let program = match style {
-            Style::House | Style::Trap => 38,
-            Style::Waltz => 32,
+            Style::House | Style::Trap | Style::Techno => 38,
+            Style::Waltz | Style::Jazz => 32,
             _ => *[32u8, 33].choose(rng).unwrap_or(&33),
         };
         tracks.push(Track {
@@ -199,7 +231,8 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
     let prog = *progressions(mode).choose(rng).unwrap_or(&[0, 3, 4, 0]);
     let chord_base = fold(48 + tonic as i32, 52, 63);
     let mel_base = chord_base + 12;
-    let seventh = matches!(style, Style::LofiHipHop | Style::Ambient) || rng.random_bool(0.2);
+    let seventh =
+        matches!(style, Style::LofiHipHop | Style::Ambient | Style::Jazz) || rng.random_bool(0.2);
     let mut notes = Vec::new();
     let mut mel_deg: i32 = *[0, 2, 4].choose(rng).unwrap_or(&0);
     for bar in 0..bars {
@@ -287,8 +320,10 @@ fn harmony(
     let bar = bpb as f64;
     let hits: Vec<(f64, f64)> = match style {
         Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45)).collect(),
+        Style::Pop => (0..bpb).map(|q| (q as f64, 0.9)).collect(),
         Style::LofiHipHop => vec![(0.0, 1.9), (grooves::swing(style, 2.5), 1.4)],
-        Style::House => {
+        Style::Jazz => vec![(0.0, 1.4), (grooves::swing(style, 2.5), 1.0)],
+        Style::House | Style::Techno => {
             if rng.random_bool(0.5) {
                 (0..4).map(|q| (q as f64 + 0.5, 0.3)).collect()
             } else {
@@ -296,7 +331,9 @@ fn harmony(
             }
         }
         Style::Waltz => (1..bpb).map(|q| (q as f64, 0.8)).collect(),
-        Style::Trap | Style::Ambient | Style::Classical | Style::Folk => vec![(0.0, bar)],
+        Style::Trap | Style::Ambient | Style::Classical | Style::Folk | Style::Cinematic => {
+            vec![(0.0, bar)]
+        }
     };
     for (t, d) in hits {
         let v = vel + rng.random_range(-5..=5);
@@ -379,7 +416,12 @@ fn bass(
     let hits: Vec<(f64, f64, i32)> = match style {
         Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45, root)).collect(),
         Style::LofiHipHop => vec![(0.0, 1.5, root), (1.75, 0.5, root), (2.5, 1.2, fifth - 12)],
-        Style::House => (0..4).map(|q| (q as f64 + 0.5, 0.4, root)).collect(),
+        Style::House | Style::Techno => (0..4).map(|q| (q as f64 + 0.5, 0.4, root)).collect(),
+        Style::Pop => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45, root)).collect(),
+        // Walking quarters: root, third, fifth, octave (a chord tone on every beat).
+        Style::Jazz => (0..bpb)
+            .map(|q| (q as f64, 0.9, root + [0, 4, 7, 12][q as usize % 4]))
+            .collect(),
         Style::Trap => vec![
             (0.0, 1.4, root),
             (*[1.5, 2.5].choose(rng).unwrap_or(&2.5), 1.0, root),

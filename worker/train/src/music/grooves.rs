@@ -9,6 +9,7 @@ pub const KICK: u8 = 36;
 pub const SNARE: u8 = 38;
 pub const CLAP: u8 = 39;
 pub const HAT: u8 = 42;
+pub const PEDAL_HAT: u8 = 44;
 pub const OPEN_HAT: u8 = 46;
 pub const CRASH: u8 = 49;
 pub const RIDE: u8 = 51;
@@ -24,8 +25,17 @@ pub enum Intensity {
     Roll,
 }
 
-/// Swing: offbeat sixteenths (lo-fi) are late by a fraction of a beat.
+/// Swing: offbeat sixteenths (lo-fi) are late by a fraction of a beat; offbeat eighths (jazz)
+/// by a third of their length.
 pub fn swing(style: Style, beat: f64) -> f64 {
+    if style == Style::Jazz {
+        let half = (beat * 2.0).round();
+        return if (half - beat * 2.0).abs() < 1e-6 && half as i64 % 2 == 1 {
+            beat + 1.0 / 6.0
+        } else {
+            beat
+        };
+    }
     if style != Style::LofiHipHop {
         return beat;
     }
@@ -82,7 +92,11 @@ pub fn bar(
         }
         Intensity::Light => {
             let step = if style == Style::Trap { 0.5 } else { 1.0 };
-            let pitch = if style == Style::Rock { RIDE } else { HAT };
+            let pitch = if matches!(style, Style::Rock | Style::Jazz) {
+                RIDE
+            } else {
+                HAT
+            };
             let mut t = 0.0;
             while t < bpb as f64 - 1e-9 {
                 let x = v(rng, vel - 20);
@@ -105,7 +119,7 @@ fn full_bar(
 ) {
     let v = |rng: &mut ChaCha8Rng, base: i32| base + rng.random_range(-6..=6);
     match style {
-        Style::Rock => {
+        Style::Rock | Style::Pop => {
             for e in 0..(bpb * 2) {
                 let x = v(rng, vel - 15 + if e % 2 == 0 { 8 } else { 0 });
                 hit(out, track, b + e as f64 * 0.5, HAT, x);
@@ -138,7 +152,22 @@ fn full_bar(
                 hit(out, track, swing(style, b + t), p, x);
             }
         }
-        Style::House => {
+        Style::Jazz => {
+            // Swung ride (beats and the skip notes before 2 and 4), pedal hat on 2 and 4.
+            for q in 0..bpb {
+                let x = v(rng, vel - 12);
+                hit(out, track, b + q as f64, RIDE, x);
+                if q % 2 == 1 {
+                    let x = v(rng, vel - 22);
+                    hit(out, track, swing(style, b + q as f64 + 0.5), RIDE, x);
+                    let x = v(rng, vel - 18);
+                    hit(out, track, b + q as f64, PEDAL_HAT, x);
+                }
+            }
+            let x = v(rng, vel - 25);
+            hit(out, track, b, KICK, x);
+        }
+        Style::House | Style::Techno => {
             for q in 0..4 {
                 let x = v(rng, vel);
                 hit(out, track, b + q as f64, KICK, x);
@@ -169,7 +198,7 @@ fn full_bar(
                 hit(out, track, b + t, p, x);
             }
         }
-        Style::Waltz | Style::Classical | Style::Folk | Style::Ambient => {
+        Style::Waltz | Style::Classical | Style::Folk | Style::Ambient | Style::Cinematic => {
             // A light kit that follows the meter: kick on 1, snare on the last beat, hats on beats.
             for q in 0..bpb {
                 let x = v(rng, vel - 20);

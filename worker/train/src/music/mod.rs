@@ -56,15 +56,15 @@ impl Family {
     /// General MIDI programs of the family (drums: unused, channel 10).
     pub fn programs(self) -> &'static [u8] {
         match self {
-            Family::Piano => &[0, 1],
+            Family::Piano => &[0, 1, 2],
             Family::ElectricPiano => &[4, 5],
-            Family::Organ => &[16, 19],
+            Family::Organ => &[16, 17, 19],
             Family::AcousticGuitar => &[24, 25],
-            Family::ElectricGuitar => &[26, 27, 29],
-            Family::Strings => &[48, 49],
-            Family::Flute => &[73],
-            Family::SynthPad => &[88, 89, 90],
-            Family::Bass => &[32, 33, 38],
+            Family::ElectricGuitar => &[26, 27, 29, 30],
+            Family::Strings => &[48, 49, 50, 40, 42],
+            Family::Flute => &[73, 72],
+            Family::SynthPad => &[88, 89, 90, 91, 94],
+            Family::Bass => &[32, 33, 34, 38, 39],
             Family::Drums => &[0],
         }
     }
@@ -103,16 +103,27 @@ pub enum Style {
     Ambient,
     Classical,
     Folk,
+    Pop,
+    Jazz,
+    Techno,
+    Cinematic,
 }
 
 impl Style {
-    pub const PROCEDURAL: [Style; 6] = [
+    /// The styles the composer writes (classical and folk also come from the corpus).
+    pub const PROCEDURAL: [Style; 12] = [
         Style::Rock,
         Style::LofiHipHop,
         Style::House,
         Style::Trap,
         Style::Waltz,
         Style::Ambient,
+        Style::Classical,
+        Style::Folk,
+        Style::Pop,
+        Style::Jazz,
+        Style::Techno,
+        Style::Cinematic,
     ];
 
     /// (subgenre, genre) words of the caption.
@@ -126,20 +137,28 @@ impl Style {
             Style::Ambient => ("", "ambient"),
             Style::Classical => ("", "classical"),
             Style::Folk => ("", "folk"),
+            Style::Pop => ("", "pop"),
+            Style::Jazz => ("", "jazz"),
+            Style::Techno => ("", "techno"),
+            Style::Cinematic => ("", "cinematic"),
         }
     }
 
-    /// Tempo range in BPM (within 60-170).
+    /// Tempo range in BPM (together 60-180).
     pub fn tempo_range(self) -> (f32, f32) {
         match self {
-            Style::Rock => (95.0, 160.0),
-            Style::LofiHipHop => (65.0, 95.0),
+            Style::Rock => (95.0, 180.0),
+            Style::LofiHipHop => (60.0, 95.0),
             Style::House => (115.0, 130.0),
-            Style::Trap => (130.0, 170.0),
+            Style::Trap => (130.0, 175.0),
             Style::Waltz => (85.0, 170.0),
             Style::Ambient => (60.0, 90.0),
             Style::Classical => (60.0, 140.0),
             Style::Folk => (70.0, 160.0),
+            Style::Pop => (85.0, 135.0),
+            Style::Jazz => (80.0, 180.0),
+            Style::Techno => (120.0, 145.0),
+            Style::Cinematic => (60.0, 110.0),
         }
     }
 }

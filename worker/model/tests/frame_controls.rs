@@ -1,0 +1,200 @@
+//! Per-frame controls (beat grid, key profile) on tiny random packs with real libtorch: the grid
+//! comes from the request's tempo and reaches the denoiser, and a pack without the controls
+//! loads and generates as it always did.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use tch::{Device, Tensor};
+use tutti_model::frame_cond::{BeatGrid, FrameCondConfig, FrameControls};
+use tutti_model::pack::{self, LoadedPack, PackConfig};
+use tutti_model::pipeline::{GenerationParams, Pipeline};
+use tutti_model::sampler::SamplerKind;
+use tutti_model::text_encoder::TextEncoderConfig;
+use tutti_model::tiny::{tiny_config, write_pack_with};
+use tutti_model::weights;
+use tutti_shared::prompt::{Controls, Mode};
+
+fn params(bpm: Option<f32>) -> GenerationParams {
+    GenerationParams {
+        prompt: "house with piano and drums".into(),
+        negative_prompt: String::new(),
+        controls: Controls {
+            duration_s: 2.0,
+            bpm,
+            key: Some(5),
+            mode: Some(Mode::Minor),
+        },
+        seed: 3,
+        steps: 4,
+        guidance_scale: 3.0,
+        sampler: SamplerKind::FlowEuler,
+        variations: 2,
+    }
+}
+
+/// The final latent and the audio of a generation.
+fn generate(p: &Pipeline, params: &GenerationParams) -> (Tensor, Vec<Vec<f32>>) {
+    let mut s = p.prepare(params).unwrap();
+    p.denoise(&mut s, params.steps, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let audio = p.render(&s).unwrap();
+    (s.latent().shallow_clone(), audio)
+}
+
+/// The tiny pack with per-frame controls.
+fn framed_config(beat_grid: bool, key_profile: bool) -> PackConfig {
+    let mut cfg = tiny_config();
+    cfg.frame_conditioning = Some(FrameCondConfig {
+        dim: cfg.denoiser.inner_dim(),
+        beat_grid,
+        key_profile,
+    });
+    cfg
+}
+
+/// Rewrites the conditioner tensors whose names start with one of `prefixes` with `f`.
+fn rewrite_conditioners(dir: &Path, prefixes: &[&str], f: impl Fn(&Tensor) -> Tensor) {
+    let path = dir.join(pack::CONDITIONERS_FILE);
+    let file = weights::read_safetensors(&path).unwrap();
+    let tensors: Vec<(String, Tensor)> = file
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let t = if prefixes.iter().any(|p| k.starts_with(p)) {
+                f(t)
+            } else {
+                t.shallow_clone()
+            };
+            (k.clone(), t)
+        })
+        .collect();
+    std::fs::write(
+        &path,
+        weights::to_safetensors_bytes(&tensors, None).unwrap(),
+    )
+    .unwrap();
+}
+
+fn rewrite_frames(dir: &Path, f: impl Fn(&Tensor) -> Tensor) {
+    rewrite_conditioners(dir, &["frames."], f)
+}
+
+#[test]
+fn beat_grid_is_built_from_the_tempo_and_reaches_the_denoiser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("framed");
+    let cfg = framed_config(true, false);
+    write_pack_with(&dir, 1, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    // A known tempo's global embedding is zero whatever the BPM: only the grid can tell 120
+    // from 90.
+    rewrite_conditioners(&dir, &["tempo.proj."], |t| t.zeros_like());
+    let loaded = LoadedPack::load(&dir, Device::Cpu).unwrap();
+    assert!(loaded.frames.is_some(), "the pack declares a beat grid");
+    drop(loaded);
+
+    // The grid of a request: its tempo, 4/4 unless the prompt says waltz, downbeat at 0.
+    let fps = cfg.model.latent_frames_per_second;
+    let c = params(Some(120.0)).controls;
+    let rows = FrameControls::for_request(&c, "house", 63, fps);
+    let want = BeatGrid {
+        bpm: 120.0,
+        beats_per_bar: 4,
+        downbeat_s: 0.0,
+    }
+    .features(0, 63, fps);
+    assert_eq!(rows.grid.as_deref(), Some(&want[..]));
+    let waltz = FrameControls::for_request(&c, "a waltz", 63, fps);
+    assert_ne!(waltz.grid, rows.grid, "a waltz's bar has three beats");
+    assert_eq!(
+        FrameControls::for_request(&params(None).controls, "house", 63, fps).grid,
+        None
+    );
+
+    let p = Pipeline::load(&dir, Device::Cpu).unwrap();
+    let (l120, a120) = generate(&p, &params(Some(120.0)));
+    let (l90, _) = generate(&p, &params(Some(90.0)));
+    let (lnone, _) = generate(&p, &params(None));
+    assert_eq!(a120.len(), 2);
+    assert!(a120[0].iter().all(|v| v.is_finite()));
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(
+        diff(&l120, &l90) > 1e-4,
+        "120 and 90 BPM gave the same latent"
+    );
+    assert!(
+        diff(&l120, &lnone) > 1e-4,
+        "a tempo and no tempo gave the same latent"
+    );
+    // Same request, same result (the grid is a pure function of the request).
+    assert!(l120.equal(&generate(&p, &params(Some(120.0))).0));
+    drop(p);
+
+    // With the grid's projection zeroed, the tempo has no way in: 120 and 90 BPM agree.
+    rewrite_frames(&dir, |t| t.zeros_like());
+    let p = Pipeline::load(&dir, Device::Cpu).unwrap();
+    let (z120, _) = generate(&p, &params(Some(120.0)));
+    let (z90, _) = generate(&p, &params(Some(90.0)));
+    assert!(z120.equal(&z90));
+}
+
+#[test]
+fn key_profile_reaches_the_denoiser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("keyed");
+    let cfg = framed_config(false, true);
+    write_pack_with(&dir, 2, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    // Every known key and mode embeds alike globally: only the profile can tell them apart.
+    rewrite_conditioners(&dir, &["key.table", "mode.table"], |t| t.zeros_like());
+    let p = Pipeline::load(&dir, Device::Cpu).unwrap();
+    let mut a = params(Some(120.0));
+    let (la, _) = generate(&p, &a);
+    a.controls.key = Some(0);
+    let (lb, _) = generate(&p, &a);
+    a.controls.mode = Some(Mode::Major);
+    let (lc, _) = generate(&p, &a);
+    let diff = |x: &Tensor, y: &Tensor| (x - y).abs().max().double_value(&[]);
+    assert!(diff(&la, &lb) > 1e-4, "F minor and C minor agree");
+    assert!(diff(&lb, &lc) > 1e-4, "C minor and C major agree");
+}
+
+#[test]
+fn packs_without_frame_controls_are_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    let cfg = tiny_config();
+    assert_eq!(cfg.frame_conditioning, None);
+    write_pack_with(&old, 4, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    let toml = std::fs::read_to_string(old.join(pack::CONFIG_FILE)).unwrap();
+    assert!(
+        !toml.contains("frame_conditioning"),
+        "a pack without the controls writes no table for them"
+    );
+    assert!(LoadedPack::load(&old, Device::Cpu)
+        .unwrap()
+        .frames
+        .is_none());
+    // The shipped pack predates the controls and still parses.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tutti-mini");
+    assert_eq!(PackConfig::read(&shipped).unwrap().frame_conditioning, None);
+
+    // The same weights plus zeroed per-frame controls (what a run started from the old pack
+    // begins with) generate exactly what the old pack generates, bit for bit.
+    let grown = tmp.path().join("grown");
+    let mut gcfg = cfg.clone();
+    gcfg.frame_conditioning = Some(FrameCondConfig {
+        dim: cfg.denoiser.inner_dim(),
+        beat_grid: true,
+        key_profile: true,
+    });
+    write_pack_with(&grown, 4, &gcfg, &TextEncoderConfig::tiny()).unwrap();
+    rewrite_frames(&grown, |t| t.zeros_like());
+    let a = Pipeline::load(&old, Device::Cpu).unwrap();
+    let b = Pipeline::load(&grown, Device::Cpu).unwrap();
+    for bpm in [Some(120.0), None] {
+        let (la, aa) = generate(&a, &params(bpm));
+        let (lb, ab) = generate(&b, &params(bpm));
+        assert!(la.equal(&lb), "latents differ at {bpm:?} BPM");
+        assert_eq!(aa, ab);
+    }
+}
