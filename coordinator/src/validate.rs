@@ -322,6 +322,21 @@ impl Validator {
     }
 }
 
+/// A structured prompt under the same rules as a submission, rendered by the prompt builder:
+/// the text and the controls the model would get (RenderPrompt).
+pub fn render_structured(s: &pb::StructuredPrompt) -> Result<(String, prompt::Controls)> {
+    let text = prompt::build(&structured(s)?);
+    let mut c = prompt::parse_controls(&text, 0.0);
+    if let Some(bpm) = s.tempo_bpm {
+        c.bpm = Some(bpm);
+    }
+    if let Some((k, m)) = prompt::parse_key(&s.key) {
+        c.key = Some(k);
+        c.mode = m.or(c.mode);
+    }
+    Ok((text, c))
+}
+
 fn check_text(field: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));

@@ -27,6 +27,9 @@ mod sqlite_sched;
 mod tenants;
 mod tenants_pg;
 mod tenants_sqlite;
+pub mod views;
+mod views_pg;
+mod views_sqlite;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +53,7 @@ pub use notify::{JobChange, Notifier};
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
+pub use views::ViewStore;
 
 /// Whose jobs a read or a cancel may touch: one tenant's, or every tenant's (admin keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +195,7 @@ pub(crate) const STATS_IN_FLIGHT_SQL: &str =
     "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind";
 
 #[async_trait]
-pub trait JobStore: TenantStore + Send + Sync {
+pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
     /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
     /// stored) when the tenant's `max_jobs_in_flight` is reached.
