@@ -26,7 +26,7 @@ fn text(o: &Output) -> (String, String) {
 
 fn tiny_pack(dir: &Path) -> String {
     let models = dir.join("models");
-    tutti_worker::model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
+    tutti_model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
     models.display().to_string()
 }
 

@@ -9,7 +9,7 @@ use tutti_shared::messages::{ControlMessage, TaskMessage, WorkerEvent};
 
 fn validator() -> tutti_coordinator::validate::Validator {
     let dir = tempfile::tempdir().expect("tempdir");
-    tutti_worker::model::tiny::write_tiny_pack(&dir.path().join("tiny"), 1).expect("tiny pack");
+    tutti_model::tiny::write_tiny_pack(&dir.path().join("tiny"), 1).expect("tiny pack");
     let registry = tutti_shared::models::ModelRegistry::scan(dir.path()).expect("scan");
     let v = tutti_coordinator::validate::Validator::new(registry, None, 0).expect("validator");
     // The tokenizer is loaded; the pack folder may go.
@@ -109,7 +109,7 @@ fn grpc_requests_from_arbitrary_bytes_never_panic() {
 fn model_packs_from_arbitrary_bytes_never_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pack = dir.path().join("tiny");
-    tutti_worker::model::tiny::write_tiny_pack(&pack, 3).expect("tiny pack");
+    tutti_model::tiny::write_tiny_pack(&pack, 3).expect("tiny pack");
     let toml = std::fs::read(pack.join("model.toml")).expect("model.toml");
     let weights = std::fs::read(pack.join("denoiser.safetensors")).expect("weights");
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
@@ -119,7 +119,7 @@ fn model_packs_from_arbitrary_bytes_never_panic() {
     // Garbage safetensors: the parser reports, never panics.
     runner
         .run(&proptest::collection::vec(any::<u8>(), 0..256), |bytes| {
-            let _ = tutti_worker::model::weights::parse_safetensors(&bytes, "fuzz");
+            let _ = tutti_model::weights::parse_safetensors(&bytes, "fuzz");
             Ok(())
         })
         .expect("no panic");
@@ -131,12 +131,12 @@ fn model_packs_from_arbitrary_bytes_never_panic() {
                 let mut w = weights.clone();
                 w.truncate(cut.max(1));
                 std::fs::write(pack.join("denoiser.safetensors"), &w).expect("write");
-                let _ = tutti_worker::model::pipeline::Pipeline::load(&pack, tch::Device::Cpu);
+                let _ = tutti_model::pipeline::Pipeline::load(&pack, tch::Device::Cpu);
                 std::fs::write(pack.join("denoiser.safetensors"), &weights).expect("write");
                 let mut t = toml.clone();
                 t[pos] = byte;
                 std::fs::write(pack.join("model.toml"), &t).expect("write");
-                let _ = tutti_worker::model::pack::PackConfig::read(&pack);
+                let _ = tutti_model::pack::PackConfig::read(&pack);
                 let _ = tutti_shared::models::ModelInfo::read(&pack);
                 std::fs::write(pack.join("model.toml"), &toml).expect("write");
                 Ok(())

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use tutti_worker::bench::{self, BenchOptions, PackSource};
-use tutti_worker::bench_serve::{self, ServeOptions};
+use tutti_bench::model::{self, BenchOptions, PackSource};
+use tutti_bench::serve::{self, ServeOptions};
 
 /// Benchmarks (run them on an otherwise idle machine; the report says when it was not).
 #[derive(Debug, Args)]
@@ -122,7 +122,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 seed: a.seed,
                 threads: a.threads,
             };
-            let report = bench_serve::run(&opts).await?;
+            let report = serve::run(&opts).await?;
             print!("{}", report.to_markdown());
             return Ok(());
         }
@@ -138,7 +138,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         threads: a.threads,
     };
     // libtorch work blocks: keep it off the async workers.
-    let report = tokio::task::spawn_blocking(move || bench::run(&opts)).await??;
+    let report = tokio::task::spawn_blocking(move || model::run(&opts)).await??;
     print!("{}", report.to_markdown());
     Ok(())
 }

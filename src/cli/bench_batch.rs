@@ -74,7 +74,7 @@ fn item(i: u64) -> pb::SubmitBatchRequest {
 pub(crate) async fn run(a: BatchAcceptArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let models = dir.path().join("models");
-    tutti_worker::model::tiny::write_tiny_pack(&models.join("tiny"), 7)?;
+    tutti_model::tiny::write_tiny_pack(&models.join("tiny"), 7)?;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let db = format!("tutti_bench_{tag}");
     let prefix = format!("bench-{tag}");

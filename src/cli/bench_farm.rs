@@ -159,7 +159,7 @@ fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
 impl BenchFarm {
     async fn start(a: &FarmBenchArgs) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
-        tutti_worker::model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
+        tutti_model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
         let id = Uuid::new_v4().simple().to_string();
         let server = a.pg.trim_end_matches('/');
         let db_name = format!("tutti_bench_{}", &id[..12]);
@@ -369,7 +369,7 @@ pub(crate) async fn run(a: FarmBenchArgs) -> anyhow::Result<()> {
     for r in &reqs {
         farm_times.push(run_one(&mut client, r.clone()).await?.1);
     }
-    let device = tutti_worker::model::device::select("cpu")?;
+    let device = tutti_model::device::select("cpu")?;
     // The same threads as a farm worker, so that the difference is the farm's own time.
     tch::set_num_threads(a.worker_threads);
     let engine = Engine::start(models.clone(), device, EngineOptions::default_for(device))?;

@@ -156,7 +156,7 @@ pub(crate) async fn start(
     }
     let queue = Arc::new(MemoryQueue::new());
     let blobs = Arc::new(LocalStore::new(data_dir.join("blobs")));
-    let device = tutti_worker::model::device::select(&args.device)
+    let device = tutti_model::device::select(&args.device)
         .with_context(|| format!("choosing the device {:?}", args.device))?;
     let mut workers = Vec::new();
     for i in 0..args.workers {

@@ -147,11 +147,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {
-            println!("{}", tutti_worker::model::pack::inspect(&path)?);
+            println!("{}", tutti_model::pack::inspect(&path)?);
             Ok(())
         }
         Command::Model(ModelCommand::Tiny { path, seed }) => {
-            tutti_worker::model::tiny::write_tiny_pack(&path, seed)?;
+            tutti_model::tiny::write_tiny_pack(&path, seed)?;
             println!("wrote a tiny random pack to {}", path.display());
             Ok(())
         }

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use tutti_worker::train;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TrainCommand {
@@ -172,15 +171,15 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
     match cmd {
         TrainCommand::Dataset(a) => {
             tch::set_num_threads(a.threads);
-            let mut cfg = train::dataset::DatasetConfig::new(a.clips, a.seconds, a.seed);
+            let mut cfg = tutti_train::dataset::DatasetConfig::new(a.clips, a.seconds, a.seed);
             cfg.corpus_fraction = a.corpus_fraction;
-            let paths = train::dataset::DatasetPaths {
+            let paths = tutti_train::dataset::DatasetPaths {
                 out: a.out.clone(),
                 soundfont: a.soundfont,
                 corpus: a.corpus,
             };
             let t0 = std::time::Instant::now();
-            let n = train::dataset::make(&cfg, &paths, true)?;
+            let n = tutti_train::dataset::make(&cfg, &paths, true)?;
             let s = t0.elapsed().as_secs_f64();
             println!(
                 "rendered {n} clips into {} in {s:.1} s ({:.2} clips/s)",
@@ -191,7 +190,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Denoiser(a) => {
             tch::set_num_threads(a.run.threads);
-            let cfg = train::denoiser::DenoiserConfig {
+            let cfg = tutti_train::denoiser::DenoiserConfig {
                 seed: a.run.seed,
                 layers: a.layers,
                 heads: a.heads,
@@ -199,19 +198,19 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 tokens: a.tokens,
                 crop_min: a.crop_min,
                 crop_max: a.crop_max,
-                adam: train::optim::AdamWConfig {
+                adam: tutti_train::optim::AdamWConfig {
                     lr: a.lr,
                     ..Default::default()
                 },
                 ..Default::default()
             };
-            let paths = train::denoiser::RunPaths {
+            let paths = tutti_train::denoiser::RunPaths {
                 dataset: a.run.dataset.clone(),
                 text_encoder: a.text_encoder.clone(),
                 run: a.run.run.clone(),
             };
             let mut t =
-                train::denoiser::Trainer::open(&cfg, &paths, device(&a.run.device)?, a.amp)?;
+                tutti_train::denoiser::Trainer::open(&cfg, &paths, device(&a.run.device)?, a.amp)?;
             if let Some(pack) = &a.init {
                 if t.state.step == 0 {
                     t.init_from_pack(pack)?;
@@ -250,7 +249,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Vocoder(a) => {
             tch::set_num_threads(a.run.threads);
-            let mut cfg = train::vocoder::VocoderConfig {
+            let mut cfg = tutti_train::vocoder::VocoderConfig {
                 seed: a.run.seed,
                 batch: a.batch,
                 ..Default::default()
@@ -258,7 +257,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             cfg.vocos.dim = a.dim;
             cfg.vocos.intermediate_dim = 3 * a.dim;
             cfg.vocos.num_layers = a.layers;
-            let mut t = train::vocoder::VocoderTrainer::open(
+            let mut t = tutti_train::vocoder::VocoderTrainer::open(
                 &cfg,
                 &a.run.dataset,
                 &a.run.run,
@@ -285,7 +284,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Eval(a) => {
             tch::set_num_threads(a.threads);
-            let opts = train::eval::EvalOptions {
+            let opts = tutti_train::eval::EvalOptions {
                 steps: a.steps,
                 seconds: a.seconds,
                 seeds: a.seeds,
@@ -294,13 +293,13 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 classifier_dataset: a.calibrate.clone(),
             };
             let t0 = std::time::Instant::now();
-            let mut report = train::eval::evaluate(&a.pack, &a.out, &opts)?;
+            let mut report = tutti_train::eval::evaluate(&a.pack, &a.out, &opts)?;
             println!(
                 "generated and analysed in {:.0} s",
                 t0.elapsed().as_secs_f64()
             );
             if let Some(ds) = &a.calibrate {
-                let (t, m) = train::eval::calibrate(ds, a.calibrate_clips)?;
+                let (t, m) = tutti_train::eval::calibrate(ds, a.calibrate_clips)?;
                 let line = format!(
                     "\nAnalyzers on {} rendered training clips (ground truth): tempo within 8% {:.0}%, mode right {:.0}%.\n",
                     a.calibrate_clips,
@@ -308,17 +307,17 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                     100.0 * m
                 );
                 report.markdown.push_str(&line);
-                let (v, g) = train::eval::vocoder_check::vocoder_check(&a.pack, ds, 20)?;
+                let (v, g) = tutti_train::eval::vocoder_check::vocoder_check(&a.pack, ds, 20)?;
                 report.markdown.push_str(&format!(
                     "\nVocoder on 20 rendered clips (true log-mel -> audio -> log-mel, mean L1; lower is better): the pack's vocoder {v:.3}, Griffin-Lim (32 iterations) {g:.3}.\n"
                 ));
             }
-            train::eval::write_report(&a.out, &report)?;
+            tutti_train::eval::write_report(&a.out, &report)?;
             println!("{}", report.markdown);
             Ok(())
         }
         TrainCommand::Pack(a) => {
-            let cfg = train::pack::write_pack(
+            let cfg = tutti_train::pack::write_pack(
                 &a.out,
                 &a.denoiser,
                 a.vocoder.as_deref(),

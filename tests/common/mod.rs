@@ -188,7 +188,7 @@ impl Farm {
     pub async fn start(opts: FarmOptions) -> Farm {
         let dir = tempfile::tempdir().expect("tempdir");
         let models = dir.path().join("models");
-        tutti_worker::model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
+        tutti_model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
         let id = Uuid::new_v4().simple().to_string();
         let db = format!("tutti_test_{}", &id[..12]);
         let prefix = format!("test-{}", &id[..12]);

@@ -31,10 +31,10 @@ use uuid::Uuid;
 use crate::held::{HeldStates, Holds};
 use crate::vocoder::{self, Background};
 
-use crate::model::pipeline::{BatchShape, GenerationParams, Pipeline};
-use crate::model::sampler::SamplerKind;
-use crate::model::state::DenoiseState;
-use crate::model::ModelError;
+use tutti_model::pipeline::{BatchShape, GenerationParams, Pipeline};
+use tutti_model::sampler::SamplerKind;
+use tutti_model::state::DenoiseState;
+use tutti_model::ModelError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

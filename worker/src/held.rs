@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use crate::model::DenoiseState;
+use tutti_model::DenoiseState;
 
 /// Jobs whose latest state is held, and the step it is at; readable from any thread.
 #[derive(Debug, Clone, Default)]

@@ -1,15 +1,12 @@
-//! tutti's worker: consumes denoise and vocode tasks and runs them with the model runtime.
+//! tutti's worker: consumes denoise and vocode tasks and runs them with the model runtime
+//! (`tutti-model`).
 
-pub mod bench;
-pub mod bench_serve;
 pub mod config;
 pub mod engine;
 mod gpu;
 pub mod held;
-pub mod model;
 pub mod runner;
 mod trace;
-pub mod train;
 mod vocoder;
 
 use std::sync::Arc;
@@ -26,7 +23,7 @@ pub use config::WorkerConfig;
 /// Runs a worker until `shutdown` flips to true (then finishes the task in hand and returns).
 pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
-    let device = model::device::select(&cfg.device).context("choosing the device")?;
+    let device = tutti_model::device::select(&cfg.device).context("choosing the device")?;
     if let Some(n) = cfg.torch_threads {
         tch::set_num_threads(n);
     }

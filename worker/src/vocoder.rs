@@ -22,8 +22,8 @@ use tutti_shared::job::{JobSpec, ModelRef};
 use tutti_shared::models::ModelRegistry;
 
 use crate::engine::{load_once, EngineError, EngineStats, Rendered};
-use crate::model::pipeline::Renderer;
-use crate::model::state::DenoiseState;
+use tutti_model::pipeline::Renderer;
+use tutti_model::state::DenoiseState;
 
 /// How much lower than the step loop the vocoder thread runs (Linux nice values: at 10 a
 /// thread gets about a tenth of the CPU a busy nice-0 thread gets).

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tutti_model::tiny::write_tiny_pack;
+use tutti_model::DenoiseState;
 use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerName};
 use tutti_shared::prompt::Controls;
 use tutti_worker::engine::{
     DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
 };
-use tutti_worker::model::tiny::write_tiny_pack;
-use tutti_worker::model::DenoiseState;
 use uuid::Uuid;
 
 fn models() -> tempfile::TempDir {
@@ -254,7 +254,7 @@ async fn forwards_with_budget(dir: &std::path::Path, batch_bytes: usize) -> u64 
 async fn the_memory_budget_caps_the_batch() {
     let dir = models();
     let pipeline =
-        tutti_worker::model::pipeline::Pipeline::load(&dir.path().join("tiny"), tch::Device::Cpu)
+        tutti_model::pipeline::Pipeline::load(&dir.path().join("tiny"), tch::Device::Cpu)
             .expect("pipeline");
     let state = pipeline
         .prepare(&pipeline.default_params("harp arpeggios", 2.0))

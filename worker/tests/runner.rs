@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tutti_model::tiny::write_tiny_pack;
 use tutti_shared::blob::{BlobStore, LocalStore};
 use tutti_shared::job::{checkpoint_key, AudioFormat, JobSpec, ModelRef, SamplerName, TaskKind};
 use tutti_shared::messages::{Outcome, TaskMessage, WorkerEvent};
 use tutti_shared::prompt::Controls;
 use tutti_shared::taskqueue::{Consumer, MemoryQueue, QueueName, TaskQueue};
 use tutti_worker::engine::{Engine, EngineOptions};
-use tutti_worker::model::tiny::write_tiny_pack;
 use tutti_worker::runner::Worker;
 use uuid::Uuid;
 

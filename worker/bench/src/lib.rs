@@ -1,0 +1,7 @@
+//! Benchmarks: `tutti bench model` (the model runtime's stages, one job at a time and batched)
+//! and `tutti bench serve` (the worker's engine with continuous batching against one job at a
+//! time). A crate of its own because it needs both the trainer's pack writer and the serving
+//! engine, which the worker build must not pull in.
+
+pub mod model;
+pub mod serve;

@@ -1,0 +1,138 @@
+//! Captions from what was rendered, through the API's prompt builder (`prompt::build`), with
+//! varied wording: style, mood (from mode, tempo and dynamics), instruments, tempo, key and mode,
+//! sometimes structure words. Numeric controls come from the caption with the API's own parser,
+//! so training sees exactly what a request with that text gets.
+//!
+//! The evaluation's unseen words ("sorrowful", "chill", "energetic") never appear here.
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tutti_shared::prompt::{self, Controls, Mode, StructuredPrompt};
+
+use super::music::{Dynamics, Piece, Style};
+
+/// Words a training caption never contains (held out to test the text encoder).
+pub const HELD_OUT_WORDS: [&str; 3] = ["sorrowful", "chill", "energetic"];
+
+/// The mood word: honest to mode, tempo and dynamics.
+pub fn mood(rng: &mut ChaCha8Rng, mode: Mode, bpm: f32, dynamics: Dynamics) -> String {
+    let fast = bpm >= 110.0;
+    let words: &[&str] = match (mode, fast) {
+        (Mode::Major, true) => &["upbeat", "happy", "bright", "joyful", "cheerful"],
+        (Mode::Major, false) => &["calm", "peaceful", "warm", "gentle", "serene"],
+        (Mode::Minor, true) => &["dark", "intense", "driving", "tense", "urgent"],
+        (Mode::Minor, false) => &["melancholic", "sad", "somber", "wistful", "moody"],
+    };
+    let word = *words.choose(rng).unwrap_or(&"");
+    let extra = match dynamics {
+        Dynamics::Loud => ["powerful", "bold"].choose(rng).copied(),
+        Dynamics::Soft => ["soft", "quiet"].choose(rng).copied(),
+        Dynamics::Medium => None,
+    };
+    match extra {
+        Some(e) if rng.random_bool(0.35) => format!("{word} {e}"),
+        _ => word.to_string(),
+    }
+}
+
+fn style_words(rng: &mut ChaCha8Rng, piece: &Piece) -> (String, String) {
+    let (sub, genre) = piece.style.words();
+    let variants: &[(&str, &str)] = match piece.style {
+        Style::Rock => &[("", "rock"), ("", "rock song"), ("", "rock track")],
+        Style::LofiHipHop => &[
+            ("lo-fi", "hip hop"),
+            ("lo-fi", "hip hop beat"),
+            ("lofi", "beat"),
+        ],
+        Style::House => &[
+            ("", "house"),
+            ("", "house track"),
+            ("four-on-the-floor", "house"),
+        ],
+        Style::Trap => &[("", "trap"), ("", "trap beat")],
+        Style::Waltz => &[("", "waltz"), ("", "waltz in 3/4")],
+        Style::Ambient => &[
+            ("", "ambient"),
+            ("", "ambient soundscape"),
+            ("", "ambient music"),
+        ],
+        Style::Classical => &[("", "classical"), ("", "classical piece")],
+        Style::Folk => &[
+            ("", "folk"),
+            ("", "folk tune"),
+            ("traditional", "folk melody"),
+        ],
+    };
+    let (s, g) = *variants.choose(rng).unwrap_or(&(sub, genre));
+    (s.to_string(), g.to_string())
+}
+
+/// A caption for the first `seconds` of `piece` and the controls a request with it gets.
+pub fn caption(rng: &mut ChaCha8Rng, piece: &Piece, seconds: f64) -> (String, Controls) {
+    let mut p = StructuredPrompt::default();
+    if rng.random_bool(0.9) {
+        let (s, g) = style_words(rng, piece);
+        p.subgenre = s;
+        p.genre = g;
+    }
+    if rng.random_bool(0.75) {
+        p.mood = mood(rng, piece.mode, piece.bpm, piece.dynamics);
+    }
+    if rng.random_bool(0.8) {
+        let mut words: Vec<String> = piece
+            .families_heard(seconds)
+            .iter()
+            .map(|f| f.word().to_string())
+            .collect();
+        words.shuffle(rng);
+        p.instruments = words;
+    }
+    if rng.random_bool(0.6) {
+        p.tempo_bpm = Some(piece.bpm);
+    }
+    if rng.random_bool(0.55) {
+        p.key = Some((piece.tonic, Some(piece.mode)));
+    } else if rng.random_bool(0.25) {
+        p.extra = match piece.mode {
+            Mode::Major => "major key".into(),
+            Mode::Minor => "minor key".into(),
+        };
+    }
+    let heard = piece.sections_heard(seconds);
+    if !heard.is_empty() && rng.random_bool(0.5) {
+        p.structure = heard;
+    }
+    let text = prompt::build(&p);
+    let controls = prompt::parse_controls(&text, seconds as f32);
+    (text, controls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::music::{compose, Style};
+    use crate::rng_for;
+
+    #[test]
+    fn captions_are_true_and_avoid_held_out_words() {
+        for i in 0..200 {
+            let mut rng = rng_for(1, 2, i);
+            let style = Style::PROCEDURAL[i as usize % 6];
+            let piece = compose::compose(style, &mut rng, 10.0);
+            let (text, c) = caption(&mut rng, &piece, 10.0);
+            for w in HELD_OUT_WORDS {
+                assert!(!text.contains(w), "{text}");
+            }
+            if let Some(bpm) = c.bpm {
+                assert_eq!(bpm, piece.bpm, "{text}");
+            }
+            if let Some(m) = c.mode {
+                assert_eq!(m, piece.mode, "{text}");
+            }
+            if let Some(k) = c.key {
+                assert_eq!(k, piece.tonic, "{text}");
+            }
+        }
+    }
+}
