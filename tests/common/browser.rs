@@ -165,9 +165,18 @@ impl Browser {
             .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
     }
 
-    /// Saves a screenshot of the page as a test artifact (see `artifact_dir`).
+    /// Saves a screenshot of the whole page as a test artifact (see `artifact_dir`): the window
+    /// grows to the page's height for the picture, then returns to its size.
     pub async fn screenshot(&self, name: &str) {
+        let size = self
+            .js("return [window.outerWidth, window.outerHeight, document.documentElement.scrollHeight]")
+            .await;
+        let dim = |i: usize| size[i].as_u64().unwrap_or(1000) as u32;
+        let (w, h, page) = (dim(0), dim(1), dim(2));
+        self.set_width(w, (page + (h.saturating_sub(page.min(h)))).clamp(h, 4000) + 120)
+            .await;
         let png = self.client.screenshot().await.expect("screenshot");
+        self.set_width(w, h).await;
         let dir = artifact_dir();
         std::fs::create_dir_all(&dir).expect("artifact dir");
         std::fs::write(dir.join(format!("{name}.png")), &png).expect("write screenshot");

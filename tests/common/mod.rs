@@ -11,6 +11,8 @@
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+pub mod browser;
+
 /// Runs `async fn $body(Backend)` as two tests, `$body::distributed` and `$body::embedded`.
 macro_rules! both_backends {
     ($($body:ident),+ $(,)?) => {$(
