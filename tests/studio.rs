@@ -51,7 +51,11 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
             .await,
         "true"
     );
-    assert_eq!(b.js("return document.querySelectorAll('.job').length").await, 0);
+    assert_eq!(
+        b.js("return document.querySelectorAll('.job').length")
+            .await,
+        0
+    );
     assert_eq!(farm.job_count().await, 0, "a refused form stored a job");
     if backend == Backend::Embedded {
         b.screenshot("field-error").await;
@@ -95,12 +99,16 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
     assert!(bar[1].as_f64().unwrap_or(0.0) > 1.0, "no steps: {bar}");
     assert_eq!(b.text(&format!("{CARD} .prompt-text")).await, expected);
     b.wait_js(
-        &format!("const a = document.querySelector('{CARD} audio'); return !!a && a.readyState >= 1"),
+        &format!(
+            "const a = document.querySelector('{CARD} audio'); return !!a && a.readyState >= 1"
+        ),
         "the audio's metadata",
     )
     .await;
     let duration = b
-        .js(&format!("return document.querySelector('{CARD} audio').duration"))
+        .js(&format!(
+            "return document.querySelector('{CARD} audio').duration"
+        ))
         .await
         .as_f64()
         .expect("audio duration");
@@ -129,7 +137,9 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
         "the audio is not seekable"
     );
     let job_id = b
-        .js(&format!("return document.querySelector('{CARD}').dataset.jobId"))
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
         .await;
     let stored = farm
         .client()
@@ -196,10 +206,15 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
     )
     .await;
     let long_id = b
-        .js(&format!("return document.querySelector('{CARD}').dataset.jobId"))
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
         .await;
     let cancelled = farm
-        .wait_job(long_id.as_str().unwrap_or_default(), Duration::from_secs(60))
+        .wait_job(
+            long_id.as_str().unwrap_or_default(),
+            Duration::from_secs(60),
+        )
         .await;
     assert_eq!(common::state(&cancelled), pb::JobState::Cancelled);
     assert!(cancelled.steps_done < 200);
@@ -207,24 +222,22 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
     // History: newest first, two to a page, a search by prompt text.
     let mut client = farm.client().await;
     for p in ["zebra crossing groove", "quiet harbour"] {
-        client
-            .submit_generation(request(p))
-            .await
-            .expect("submit");
+        client.submit_generation(request(p)).await.expect("submit");
     }
     b.click(r#".tab[data-view="history"]"#).await;
     let items = "Array.from(document.querySelectorAll('#history li[data-job-id]')).map(l => l.dataset.jobId)";
-    b.wait_js(
-        &format!("return {items}.length === 2"),
-        "the first page",
-    )
-    .await;
+    b.wait_js(&format!("return {items}.length === 2"), "the first page")
+        .await;
     let first = b.js(&format!("return {items}")).await;
     let page1: Vec<String> = serde_json::from_value(first).expect("ids");
     let mut seen = page1.clone();
     let listed = list_all(&farm).await;
     assert_eq!(page1, listed[..2].to_vec(), "page 1 is not the newest two");
-    while b.js("return !document.querySelector('#history-older').disabled").await == true {
+    while b
+        .js("return !document.querySelector('#history-older').disabled")
+        .await
+        == true
+    {
         let before = b.text("#history-page").await;
         b.click("#history-older").await;
         b.wait_js(
@@ -237,7 +250,10 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
         assert!(ids.len() <= 2 && !ids.is_empty());
         seen.extend(ids);
     }
-    assert_eq!(seen, listed, "paging did not walk every job once, newest first");
+    assert_eq!(
+        seen, listed,
+        "paging did not walk every job once, newest first"
+    );
     b.click("#history-newer").await;
     b.wait_js(
         "return document.querySelector('#history-page').textContent !== ''",
@@ -263,7 +279,11 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
     .await;
     b.select("#h-state", "").await;
     b.click("#history-form button[type=submit]").await;
-    b.wait_js(&format!("return {items}.length === 2"), "the first page again").await;
+    b.wait_js(
+        &format!("return {items}.length === 2"),
+        "the first page again",
+    )
+    .await;
     b.screenshot(&format!("history-{tag}")).await;
 
     // The operator view shows the farm's worker.
@@ -330,7 +350,8 @@ async fn operators_see_the_fleet_and_tenants_see_only_their_jobs() {
     let b = Browser::start().await;
     b.open(&farm.studio_url()).await;
     assert_eq!(
-        b.js("return document.querySelector('#key-form').hidden").await,
+        b.js("return document.querySelector('#key-form').hidden")
+            .await,
         false,
         "auth is on but the page asks for no key"
     );
@@ -342,15 +363,49 @@ async fn operators_see_the_fleet_and_tenants_see_only_their_jobs() {
             "const r = document.querySelector('#workers tr[data-worker=\"{w}\"]'); return !!r && r.dataset.state === '{state}'"
         )
     };
-    b.wait_js(&row("w0", "live"), "w0 in the operator view").await;
+    b.wait_js(&row("w0", "live"), "w0 in the operator view")
+        .await;
     let w1 = farm.add_worker(&[]);
     b.wait_js(&row("w1", "live"), "w1 to appear").await;
     b.screenshot("operator").await;
     farm.terminate_worker(w1);
     b.wait_js(&row("w1", "gone"), "w1 to be marked gone").await;
+    assert!(b.js(&row("w0", "live")).await == true, "w0 went with w1");
+
+    // The CLI reads the same service: `tutti workers` with the admin key, not with a tenant's.
+    let server = format!("http://{}", farm.addr);
+    let cli = |key: &str, sub: &str| {
+        std::process::Command::new(common::bin())
+            .args([sub, "--server", &server, "--api-key", key])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tutti")
+    };
+    let out = cli(&admin, "workers");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        b.js(&row("w0", "live")).await == true,
-        "w0 went with w1"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("w0 ") && l.contains("live")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("w1 ") && l.contains("gone")),
+        "{stdout}"
+    );
+    let out = cli(&alice, "queues");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A tenant's key may not see the fleet.
@@ -373,7 +428,9 @@ async fn operators_see_the_fleet_and_tenants_see_only_their_jobs() {
     )
     .await;
     let alice_job = b
-        .js(&format!("return document.querySelector('{CARD}').dataset.jobId"))
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
         .await;
     let alice_job = alice_job.as_str().expect("job id").to_string();
     assert_eq!(farm.tenant_job_count("alice").await, 1);

@@ -252,7 +252,9 @@ pub(crate) async fn dev(cfg: DevConfig, shutdown: watch::Receiver<bool>) -> anyh
         .with_context(|| format!("binding {}", cfg.listen))?;
     let studio = match cfg.studio_listen.0 {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-            format!("binding the studio's address {addr} (another port: --studio-listen; none: off)")
+            format!(
+                "binding the studio's address {addr} (another port: --studio-listen; none: off)"
+            )
         })?),
         None => None,
     };

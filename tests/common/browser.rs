@@ -90,8 +90,11 @@ impl Browser {
     /// Opens `url` and waits for the studio's script to have started.
     pub async fn open(&self, url: &str) {
         self.client.goto(url).await.expect("open the page");
-        self.wait_js("return document.body.dataset.ready === 'true'", "the page to start")
-            .await;
+        self.wait_js(
+            "return document.body.dataset.ready === 'true'",
+            "the page to start",
+        )
+        .await;
     }
 
     /// Runs `script` (a function body) in the page; its return value.
@@ -104,7 +107,8 @@ impl Browser {
 
     /// Waits until `script` returns true; panics with `what` after 60 s.
     pub async fn wait_js(&self, script: &str, what: &str) {
-        self.wait_js_for(script, what, Duration::from_secs(60)).await
+        self.wait_js_for(script, what, Duration::from_secs(60))
+            .await
     }
 
     pub async fn wait_js_for(&self, script: &str, what: &str, limit: Duration) {
@@ -148,7 +152,9 @@ impl Browser {
             .find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no element {css}: {e}"));
-        el.clear().await.unwrap_or_else(|e| panic!("clear {css}: {e}"));
+        el.clear()
+            .await
+            .unwrap_or_else(|e| panic!("clear {css}: {e}"));
         el.send_keys(text)
             .await
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));
@@ -173,8 +179,12 @@ impl Browser {
             .await;
         let dim = |i: usize| size[i].as_u64().unwrap_or(1000) as u32;
         let (w, h, page) = (dim(0), dim(1), dim(2));
-        self.set_width(w, (page + (h.saturating_sub(page.min(h)))).clamp(h, 4000) + 120)
-            .await;
+        self.set_width(
+            w,
+            (page + (h.saturating_sub(page.min(h)))).clamp(h, 4000) + 120,
+        )
+        .await;
+        self.js("window.scrollTo(0, 0); return true").await;
         let png = self.client.screenshot().await.expect("screenshot");
         self.set_width(w, h).await;
         let dir = artifact_dir();

@@ -27,11 +27,11 @@ mod sqlite_sched;
 mod tenants;
 mod tenants_pg;
 mod tenants_sqlite;
+#[cfg(test)]
+mod tests;
 pub mod views;
 mod views_pg;
 mod views_sqlite;
-#[cfg(test)]
-mod tests;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -92,7 +92,13 @@ impl ViewStore for PgStore {
     }
 
     async fn failed_jobs(&self, limit: i64) -> Result<Vec<FailedJob>> {
-        type Row = (Uuid, String, Option<String>, Option<String>, Option<DateTime<Utc>>);
+        type Row = (
+            Uuid,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<DateTime<Utc>>,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, tenant, error_code, error_message, finished_at FROM jobs \
              WHERE state = 'failed' ORDER BY finished_at DESC NULLS LAST LIMIT $1",
@@ -207,13 +213,15 @@ pub(super) fn overview(
     QueueOverview {
         queues: rows
             .into_iter()
-            .map(|(kind, rank, pending, in_flight, oldest_pending)| QueueRow {
-                kind,
-                rank,
-                pending: pending.max(0) as u64,
-                in_flight: in_flight.max(0) as u64,
-                oldest_pending,
-            })
+            .map(
+                |(kind, rank, pending, in_flight, oldest_pending)| QueueRow {
+                    kind,
+                    rank,
+                    pending: pending.max(0) as u64,
+                    in_flight: in_flight.max(0) as u64,
+                    oldest_pending,
+                },
+            )
             .collect(),
         jobs_queued: count("queued"),
         jobs_running: count("running"),

@@ -79,11 +79,7 @@ pub(crate) fn error_body(status: &tonic::Status) -> serde_json::Value {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            http_status(self.0.code()),
-            axum::Json(error_body(&self.0)),
-        )
-            .into_response()
+        (http_status(self.0.code()), axum::Json(error_body(&self.0))).into_response()
     }
 }
 
@@ -146,6 +142,9 @@ mod tests {
         let body = error_body(&s);
         assert_eq!(body["code"], "NOT_FOUND");
         assert!(body["field"].is_null());
-        assert_eq!(code_name(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(
+            code_name(tonic::Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
     }
 }

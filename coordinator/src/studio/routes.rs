@@ -145,7 +145,9 @@ async fn watch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Strin
                 }
                 Event::default().json_data(&e)
             }
-            Err(status) => Event::default().event("error").json_data(error_body(&status)),
+            Err(status) => Event::default()
+                .event("error")
+                .json_data(error_body(&status)),
         };
         Ok::<_, Infallible>(event.unwrap_or_else(|e| {
             Event::default()
