@@ -61,7 +61,7 @@ impl ViewStore for PgStore {
     }
 
     async fn queue_overview(&self) -> Result<QueueOverview> {
-        let rows: Vec<(String, i16, i64, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let rows: Vec<QueueCounts> = sqlx::query_as(
             "SELECT kind, priority, count(*) FILTER (WHERE state = 'pending'), \
                     count(*) FILTER (WHERE state = 'dispatched'), \
                     min(created_at) FILTER (WHERE state = 'pending') \
@@ -201,8 +201,11 @@ pub(super) async fn records(
     Ok(out)
 }
 
+/// (kind, rank, pending, in flight, oldest pending) of one stage and class.
+pub(super) type QueueCounts = (String, i16, i64, i64, Option<DateTime<Utc>>);
+
 pub(super) fn overview(
-    rows: Vec<(String, i16, i64, i64, Option<DateTime<Utc>>)>,
+    rows: Vec<QueueCounts>,
     jobs: Vec<(String, i64)>,
 ) -> QueueOverview {
     let count = |s: &str| {

@@ -92,7 +92,7 @@ impl LocalUrls {
 
 /// The byte range of a `Range` header for a body of `len` bytes: `Ok(None)` for the whole
 /// body (no header, or several ranges, which are served whole), `Err(())` when unsatisfiable.
-pub fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(crate) fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };

@@ -25,8 +25,6 @@ use crate::auth::Authenticator;
 use crate::batches::BatchesApi;
 use crate::operator::OperatorApi;
 
-pub use blobs::parse_range;
-
 /// What the gateway calls: the same service values the gRPC server serves.
 #[derive(Clone)]
 pub struct Studio {
