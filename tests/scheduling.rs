@@ -289,7 +289,9 @@ async fn tenants_with_weights_one_and_three_get_a_quarter_and_three_quarters() {
                 .await
                 .expect("heartbeat");
         }
-        store.dispatch_due(&queue, &policy).await.expect("dispatch");
+        tutti_coordinator::dispatcher::dispatch_once(&store, &queue, &policy)
+            .await
+            .expect("dispatch");
         while let Ok(Some(d)) =
             tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
         {

@@ -115,8 +115,8 @@ impl GenerationService {
             .map_err(|e| Error::Internal(format!("stored request of job {}: {e}", j.id)))?;
         Ok(pb::Job {
             id: j.id.to_string(),
-            state: state_pb(j.state()?) as i32,
-            stage: stage_pb(j.stage()?) as i32,
+            state: state_pb(j.state) as i32,
+            stage: stage_pb(j.stage) as i32,
             steps_done: j.steps_done as u32,
             steps_total: j.steps_total as u32,
             attempts: j.attempts as u32,
@@ -264,7 +264,7 @@ impl pb::generation_server::Generation for GenerationApi {
         let svc = Arc::clone(&self.0);
         let stream = async_stream(move |tx| async move {
             let snapshot = svc.to_pb(&first).await?;
-            let mut done = first.job.state().map(JobState::is_terminal)?;
+            let mut done = first.job.state.is_terminal();
             send(&tx, pb::job_event::Kind::Snapshot, snapshot).await?;
             let mut last_step = first.job.steps_done;
             while !done {
@@ -279,7 +279,7 @@ impl pb::generation_server::Generation for GenerationApi {
                 let Some(rec) = svc.store.get_job(caller.scope(), id).await? else {
                     break;
                 };
-                let state = rec.job.state()?;
+                let state = rec.job.state;
                 done = state.is_terminal();
                 let kind = match (what.as_str(), state) {
                     (_, JobState::Succeeded) => pb::job_event::Kind::Succeeded,

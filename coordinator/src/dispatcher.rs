@@ -1,6 +1,8 @@
 //! The dispatch loop: whenever tasks change (or every half second, for backoffs coming due),
-//! the store runs a dispatch round (`sched`) from committed state and marks what it published
-//! dispatched in the same transaction; once a second, tasks of workers whose heartbeats
+//! the dispatcher opens a round in the store, plans it (`sched`) from committed state, publishes
+//! what the round marked dispatched and only then commits it (a failed publish rolls the round
+//! back; a crash before the commit re-dispatches the same attempt, which the result fence
+//! absorbs); once a second, tasks of workers whose heartbeats
 //! stopped and expired leases go back to the backlog. Queue and database errors are logged
 //! and retried with backoff.
 
@@ -13,8 +15,35 @@ use tracing::Instrument;
 use tutti_shared::messages::TaskMessage;
 use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
 
-use crate::sched::Policy;
+use crate::error::Result;
+use crate::sched::{plan_round, Policy};
 use crate::store::{JobStore, RetryPolicy};
+
+/// One dispatch round: plan it in a store transaction, publish its tasks, commit. Returns how
+/// many tasks went out.
+pub async fn dispatch_once(
+    store: &dyn JobStore,
+    queue: &dyn TaskQueue,
+    policy: &Policy,
+) -> Result<usize> {
+    let mut round = store.begin_round().await?;
+    let outgoing = plan_round(round.as_mut(), policy).await?;
+    // Published together: each publish waits for the broker's confirm (a persistent message),
+    // and one after the other a round took a confirm per task, while interactive work that came
+    // meanwhile waited for the round to end. Any failure rolls the round back.
+    let publishes = outgoing.iter().map(|o| {
+        publish_task(
+            queue,
+            &o.message,
+            &o.body,
+            o.routed_to.as_deref().map(|w| (w, policy.affinity_wait)),
+            o.message.priority.as_str(),
+        )
+    });
+    futures::future::try_join_all(publishes).await?;
+    round.commit().await?;
+    Ok(outgoing.len())
+}
 
 /// Publishes a task (the encoded `msg`) to its kind's queue inside a `dispatch` span that
 /// continues the job's submit trace; the span's context rides in the message's headers, so the
@@ -94,11 +123,7 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "dispatcher: lease check failed");
                 }
             }
-            match self
-                .store
-                .dispatch_due(self.queue.as_ref(), &self.policy)
-                .await
-            {
+            match dispatch_once(self.store.as_ref(), self.queue.as_ref(), &self.policy).await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
                     if n > 0 {

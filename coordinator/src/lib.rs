@@ -9,12 +9,15 @@ pub mod dispatcher;
 pub mod error;
 mod health;
 pub mod janitor;
+pub mod lifecycle;
+pub mod notify;
 mod observe;
 pub mod operator;
 pub mod results;
 pub mod sched;
 pub mod store;
 pub mod studio;
+pub mod tenancy;
 pub mod validate;
 
 use std::sync::Arc;

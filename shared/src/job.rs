@@ -26,6 +26,20 @@ macro_rules! string_enum {
             }
         }
 
+        /// A variant equals its text (`JobState::Failed == "failed"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownVariant;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
         impl FromStr for $name {
             type Err = UnknownVariant;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -92,6 +106,11 @@ string_enum!(
 );
 
 impl JobState {
+    /// Queued or running: results, retries and cancels still apply.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Queued | JobState::Running)
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -113,6 +132,18 @@ string_enum!(
 );
 
 string_enum!(TaskKind { Denoise => "denoise", Vocode => "vocode" });
+
+string_enum!(
+    /// Where a stage task is: waiting in the backlog (`pending`), sent to a worker
+    /// (`dispatched`), or ended.
+    TaskState {
+        Pending => "pending",
+        Dispatched => "dispatched",
+        Done => "done",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
 
 /// A model pack by name and (resolved) version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

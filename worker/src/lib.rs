@@ -7,7 +7,6 @@ mod gpu;
 pub mod held;
 pub mod runner;
 mod trace;
-mod vocoder;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,16 +3,13 @@
 //! a gRPC service. With auth off (the default, for embedded mode and `tutti dev`) every caller
 //! is the one local tenant `default`.
 
-pub mod key;
 pub mod layer;
-pub mod limits;
 
 use crate::error::{Error, Result};
 use crate::store::{JobStore, Scope};
 
-pub use key::ApiKey;
+pub use crate::tenancy::{key, limits, ApiKey, Limits, SubmitRate};
 pub use layer::{Authenticated, Authenticator};
-pub use limits::{Limits, SubmitRate};
 
 /// The tenant of every caller while auth is off.
 pub const DEFAULT_TENANT: &str = "default";

@@ -2,7 +2,7 @@
 //! how much work may be in flight (`fleet`: live workers' slots, chunk affinity), which pending
 //! tasks go out next (`plan`: class order, a guaranteed batch share, preemption at chunk
 //! boundaries) and in what proportion tenants get served (`fair`: start-time fair queueing).
-//! `round` runs one dispatch round over a store's transaction.
+//! `round` plans one dispatch round over a store's transaction.
 
 pub mod fair;
 pub mod fleet;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tutti_shared::job::Priority;
 
-pub use round::{dispatch_round, PendingTask, RoundTx};
+pub use round::{plan_round, Outgoing, PendingTask, RoundTx};
 
 /// The scheduler's knobs.
 #[derive(Debug, Clone, PartialEq)]

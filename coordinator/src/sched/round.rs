@@ -1,13 +1,13 @@
 //! One dispatch round over a store's transaction: read the fleet, the load and the backlog,
-//! plan, then mark and publish each picked task. The store supplies the SQL (`RoundTx`); the
-//! decisions are the same for every store.
+//! plan, then mark each picked task dispatched. The store supplies the SQL (`RoundTx`); the
+//! decisions are the same for every store. Publishing is the dispatcher's: it sends the
+//! round's messages and commits the transaction only once the broker has confirmed them all.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tutti_shared::job::{JobSpec, Priority, TaskKind};
 use tutti_shared::messages::TaskMessage;
-use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
 use super::fair::{FairClocks, ShareRow};
@@ -69,14 +69,23 @@ pub trait RoundTx: Send {
     ) -> Result<bool>;
     /// Records a `preempted` event, once per chunk.
     async fn mark_preempted(&mut self, task: &PendingTask) -> Result<()>;
+    /// Commits the round (and then sends the change notices it collected).
+    async fn commit(self: Box<Self>) -> Result<()>;
 }
 
-/// Runs one round; returns how many tasks went out.
-pub async fn dispatch_round(
-    tx: &mut dyn RoundTx,
-    queue: &dyn TaskQueue,
-    policy: &Policy,
-) -> Result<usize> {
+/// A task the round marked dispatched, to be published before the round commits.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub message: TaskMessage,
+    /// `message` encoded.
+    pub body: Vec<u8>,
+    /// The worker that holds the job's latent, when the task is routed to it.
+    pub routed_to: Option<String>,
+}
+
+/// Plans one round inside `tx`: marks the picked tasks dispatched and the preempted ones
+/// preempted, saves the fair-share clocks, and returns the messages to publish.
+pub async fn plan_round(tx: &mut dyn RoundTx, policy: &Policy) -> Result<Vec<Outgoing>> {
     let workers = tx.workers(policy.worker_timeout).await?;
     let busy = tx.busy().await?;
     let mut fleet = Fleet::new(workers, &busy, policy.max_in_flight);
@@ -89,7 +98,7 @@ pub async fn dispatch_round(
         .max(1);
     let tasks = tx.candidates(per_group).await?;
     if tasks.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let candidates: Vec<Candidate> = tasks
         .iter()
@@ -123,24 +132,15 @@ pub async fn dispatch_round(
         if !tx.mark_dispatched(task, routed.as_deref()).await? {
             continue;
         }
-        let msg = task.message();
-        let body = serde_json::to_vec(&msg)
+        let message = task.message();
+        let body = serde_json::to_vec(&message)
             .map_err(|e| Error::Internal(format!("encoding a task: {e}")))?;
-        outgoing.push((msg, body, routed, task.class));
-    }
-    // Published together: each publish waits for the broker's confirm (a persistent message),
-    // and one after the other a round took a confirm per task, while interactive work that came
-    // meanwhile waited for the round to end. Any failure rolls the round back, as before.
-    let publishes = outgoing.iter().map(|(msg, body, routed, class)| {
-        crate::dispatcher::publish_task(
-            queue,
-            msg,
+        outgoing.push(Outgoing {
+            message,
             body,
-            routed.as_deref().map(|w| (w, policy.affinity_wait)),
-            class.as_str(),
-        )
-    });
-    futures::future::try_join_all(publishes).await?;
+            routed_to: routed,
+        });
+    }
     tx.save_clocks(&clocks.changed_rows()).await?;
-    Ok(outgoing.len())
+    Ok(outgoing)
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::batches::{ItemFilter, NewItem};
 use super::tests::{at, done, drain, new_job, POLICY, T};
 use super::JobStore;
+use crate::dispatcher::dispatch_once;
 use crate::error::Error;
 
 fn item(batch: Uuid, id: &str, line: i64, steps: u32) -> NewItem {
@@ -127,7 +128,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
         .await
         .expect("cancel")
         .expect("job");
-    s.dispatch_due(&q, &super::tests::bound(8))
+    dispatch_once(s, &q, &super::tests::bound(8))
         .await
         .expect("dispatch");
     let t0 = drain(&q).await.pop().expect("denoise");
@@ -144,7 +145,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
         b.batches_to_finish().await.expect("due").is_empty(),
         "an item is running"
     );
-    s.dispatch_due(&q, &super::tests::bound(8))
+    dispatch_once(s, &q, &super::tests::bound(8))
         .await
         .expect("dispatch");
     let v = drain(&q).await.pop().expect("vocode");
@@ -215,7 +216,7 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
     b.add_items(T, id, &[item(id, "x", 1, 8), item(id, "y", 2, 8)])
         .await
         .expect("add");
-    s.dispatch_due(&q, &super::tests::bound(1))
+    dispatch_once(s, &q, &super::tests::bound(1))
         .await
         .expect("dispatch");
     let t = drain(&q).await.pop().expect("a task");
@@ -239,7 +240,7 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
         Err(Error::FailedPrecondition(_))
     ));
     // Nothing of it is dispatched any more.
-    s.dispatch_due(&q, &super::tests::bound(8))
+    dispatch_once(s, &q, &super::tests::bound(8))
         .await
         .expect("dispatch");
     assert!(drain(&q).await.is_empty());

@@ -185,3 +185,10 @@ pub(super) const UPSERT_ITEM_SQL: &str =
     "INSERT INTO batch_items (batch_id, item_id, line, error) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (batch_id, item_id) DO UPDATE SET line = excluded.line, error = NULL \
      WHERE batch_items.job_id IS NULL AND excluded.error IS NULL";
+
+pub(super) fn min_opt(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -14,24 +14,13 @@
 #[cfg(test)]
 mod batch_tests;
 pub mod batches;
-mod notify;
 mod pg;
-mod pg_batches;
-mod pg_dispatch;
-mod pg_sched;
-mod sched_sql;
+mod sql;
 mod sqlite;
-mod sqlite_batches;
-mod sqlite_dispatch;
-mod sqlite_sched;
 mod tenants;
-mod tenants_pg;
-mod tenants_sqlite;
 #[cfg(test)]
 mod tests;
 pub mod views;
-mod views_pg;
-mod views_sqlite;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,50 +30,30 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use tutti_shared::job::{JobSpec, JobState, Stage};
 use tutti_shared::messages::Outcome;
-use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
-use crate::sched::{PendingTask, Policy};
+use crate::error::Result;
+use crate::sched::{PendingTask, RoundTx};
 use crate::validate::NewJob;
 
+pub use crate::lifecycle::{RetryPolicy, TaskRef};
+pub use crate::notify::{JobChange, Notifier};
+pub use crate::tenancy::Scope;
 pub use batches::BatchStore;
-pub use notify::{JobChange, Notifier};
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
 pub use views::ViewStore;
-
-/// Whose jobs a read or a cancel may touch: one tenant's, or every tenant's (admin keys).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope<'a> {
-    Tenant(&'a str),
-    All,
-}
-
-impl<'a> Scope<'a> {
-    /// The tenant to filter by; `None` for all.
-    pub fn tenant(self) -> Option<&'a str> {
-        match self {
-            Scope::Tenant(t) => Some(t),
-            Scope::All => None,
-        }
-    }
-}
-
-impl<'a> From<&'a str> for Scope<'a> {
-    fn from(tenant: &'a str) -> Self {
-        Scope::Tenant(tenant)
-    }
-}
 
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub id: Uuid,
     pub tenant: String,
-    pub state: String,
-    pub stage: String,
+    #[sqlx(try_from = "String")]
+    pub state: JobState,
+    #[sqlx(try_from = "String")]
+    pub stage: Stage,
     pub priority: i16,
     pub spec: Json<JobSpec>,
     pub request: Vec<u8>,
@@ -98,19 +67,6 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl JobRow {
-    pub fn state(&self) -> Result<JobState> {
-        self.state
-            .parse()
-            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
-    }
-    pub fn stage(&self) -> Result<Stage> {
-        self.stage
-            .parse()
-            .map_err(|e| Error::Internal(format!("job {}: {e}", self.id)))
-    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -140,32 +96,6 @@ pub struct HistoryEvent {
     pub detail: serde_json::Value,
 }
 
-/// How failed attempts are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts per task before its job fails.
-    pub max_attempts: u32,
-    /// First retry delay; doubles with each attempt.
-    pub backoff: Duration,
-}
-
-impl RetryPolicy {
-    /// The delay before attempt `attempt + 1`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        self.backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(10))
-    }
-}
-
-/// A worker's result for one attempt of one task.
-#[derive(Debug, Clone, Copy)]
-pub struct TaskRef<'a> {
-    pub job: Uuid,
-    pub chunk: u32,
-    pub attempt: u32,
-    pub worker: &'a str,
-}
-
 /// A worker's sign of life: what it serves, how much at once, and which jobs' latents it holds.
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat<'a> {
@@ -187,13 +117,6 @@ pub struct Stats {
     pub in_flight: Vec<(String, i64)>,
 }
 
-pub(crate) const STATS_JOBS_SQL: &str =
-    "SELECT state, priority, count(*) FROM jobs GROUP BY state, priority";
-pub(crate) const STATS_BACKLOG_SQL: &str =
-    "SELECT priority, kind, count(*) FROM tasks WHERE state = 'pending' GROUP BY priority, kind";
-pub(crate) const STATS_IN_FLIGHT_SQL: &str =
-    "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind";
-
 #[async_trait]
 pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
@@ -214,10 +137,9 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
     /// job; otherwise the job and whether this call cancelled it.
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
-    /// One dispatch round (see `sched`): publishes the due tasks that fit the live workers'
-    /// capacity, by class and fair share, and marks them dispatched in the same transaction.
-    /// Returns how many went out.
-    async fn dispatch_due(&self, queue: &dyn TaskQueue, policy: &Policy) -> Result<usize>;
+    /// Opens a dispatch round: a transaction that no other round runs beside (see
+    /// `sched::plan_round` and `dispatcher::dispatch_once`).
+    async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>>;
     /// Records a worker's heartbeat (its capacity and the latents it holds).
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()>;
     /// Tasks of workers unheard of for `timeout` go back to the backlog as a new attempt at
@@ -253,12 +175,12 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     fn batches(&self) -> &dyn BatchStore;
 }
 
-/// The history detail of a dispatch.
 /// Denoise chunks of a job of `steps` in chunks of `chunk_steps` (its checkpoints' count).
 pub(crate) fn denoise_chunks(steps: i32, chunk_steps: i32) -> u32 {
     tutti_shared::job::chunk_ranges(steps.max(0) as u32, chunk_steps.max(1) as u32).len() as u32
 }
 
+/// The history detail of a dispatch.
 pub(crate) fn dispatched_detail(task: &PendingTask, routed_to: Option<&str>) -> serde_json::Value {
     let mut detail = serde_json::json!({
         "kind": task.kind.as_str(),
@@ -270,21 +192,4 @@ pub(crate) fn dispatched_detail(task: &PendingTask, routed_to: Option<&str>) -> 
         detail["routed_to"] = serde_json::Value::from(w);
     }
     detail
-}
-
-pub(crate) fn outcome_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Done { .. } => "done",
-        Outcome::Failed { .. } => "failed",
-        Outcome::Cancelled => "cancelled",
-    }
-}
-
-/// Output keys are derived from the tenant and job; anything else is a worker bug.
-pub(crate) fn check_output_key(key: &str, tenant: &str, job: Uuid) -> Result<()> {
-    if key.starts_with(&format!("outputs/{tenant}/{job}/")) {
-        Ok(())
-    } else {
-        Err(Error::Internal(format!("output key {key} outside the job")))
-    }
 }

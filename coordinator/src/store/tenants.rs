@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::auth::key::ApiKey;
-use crate::auth::limits::{priorities_from_text, priorities_to_text, Limits};
 use crate::error::{Error, Result};
+use crate::tenancy::key::ApiKey;
+use crate::tenancy::limits::{priorities_from_text, priorities_to_text, Limits};
 
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq)]

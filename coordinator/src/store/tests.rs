@@ -12,9 +12,10 @@ use tutti_shared::taskqueue::{MemoryQueue, QueueName, TaskQueue};
 use uuid::Uuid;
 
 use super::{Heartbeat, JobStore, PgStore, RetryPolicy, Scope, SqliteStore, TaskRef};
-use crate::auth::{ApiKey, Limits};
+use crate::dispatcher::dispatch_once;
 use crate::error::Error;
 use crate::sched::Policy;
+use crate::tenancy::{ApiKey, Limits};
 use crate::validate::NewJob;
 
 /// The static bound of `n` in flight per kind (no worker heartbeats), nothing kept for batch.
@@ -104,7 +105,7 @@ async fn state(s: &dyn JobStore, id: Uuid) -> (String, String, i32) {
         .expect("get")
         .expect("job")
         .job;
-    (j.state, j.stage, j.steps_done)
+    (j.state.to_string(), j.stage.to_string(), j.steps_done)
 }
 
 pub(super) async fn stores_jobs_with_idempotency_and_tenants(s: &dyn JobStore) {
@@ -204,9 +205,9 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     let mut changes = s.notifier().subscribe();
     let (job, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
     let id = job.job.id;
-    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 1);
+    assert_eq!(dispatch_once(s, &q, &bound(8)).await.expect("dispatch"), 1);
     assert_eq!(
-        s.dispatch_due(&q, &bound(8)).await.expect("dispatch"),
+        dispatch_once(s, &q, &bound(8)).await.expect("dispatch"),
         0,
         "dispatched twice"
     );
@@ -227,14 +228,14 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     s.record_result(at(t0), &done(10), POLICY)
         .await
         .expect("dup");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t1 = drain(&q).await.pop().expect("chunk 1");
     assert_eq!((t1.chunk, t1.from_step, t1.to_step), (1, 4, 8));
     s.record_result(at(&t1), &done(20), POLICY)
         .await
         .expect("result");
     assert_eq!(state(s, id).await, ("running".into(), "vocode".into(), 8));
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let v = drain(&q).await.pop().expect("vocode");
     assert_eq!((v.kind, v.chunk), (TaskKind::Vocode, 2));
     let out = OutputInfo {
@@ -307,15 +308,15 @@ pub(super) async fn bounds_in_flight_tasks(s: &dyn JobStore) {
     for _ in 0..3 {
         s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
     }
-    assert_eq!(s.dispatch_due(&q, &bound(2)).await.expect("dispatch"), 2);
-    assert_eq!(s.dispatch_due(&q, &bound(2)).await.expect("dispatch"), 0);
+    assert_eq!(dispatch_once(s, &q, &bound(2)).await.expect("dispatch"), 2);
+    assert_eq!(dispatch_once(s, &q, &bound(2)).await.expect("dispatch"), 0);
     let tasks = drain(&q).await;
     s.record_result(at(&tasks[0]), &done(1), POLICY)
         .await
         .expect("result");
     // The finished chunk frees a denoise slot for the third job; its vocode task has a
     // queue (and a bound) of its own.
-    assert_eq!(s.dispatch_due(&q, &bound(2)).await.expect("dispatch"), 2);
+    assert_eq!(dispatch_once(s, &q, &bound(2)).await.expect("dispatch"), 2);
     let mut kinds: Vec<TaskKind> = drain(&q).await.into_iter().map(|t| t.kind).collect();
     kinds.sort_by_key(|k| k.as_str());
     assert_eq!(kinds, vec![TaskKind::Denoise, TaskKind::Vocode]);
@@ -325,7 +326,7 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     let q = MemoryQueue::new();
     let (job, _) = s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
     let id = job.job.id;
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
     let fail = Outcome::Failed {
         code: "BOOM".into(),
@@ -335,7 +336,7 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
     s.record_result(at(&t), &fail, POLICY)
         .await
         .expect("result");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t2 = drain(&q).await.pop().expect("retry");
     assert_eq!((t2.chunk, t2.attempt), (0, 2));
     // The first attempt's late result is stale now.
@@ -357,19 +358,19 @@ pub(super) async fn retries_with_a_bound_and_fails_with_the_cause(s: &dyn JobSto
         (rec.error_code.as_deref(), rec.error_message.as_deref()),
         (Some("BOOM"), Some("it broke"))
     );
-    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 0);
+    assert_eq!(dispatch_once(s, &q, &bound(8)).await.expect("dispatch"), 0);
 }
 
 pub(super) async fn expired_leases_come_back_as_a_new_attempt(s: &dyn JobStore) {
     let q = MemoryQueue::new();
     let (job, _) = s.insert_job(T, &new_job(4, 4, None)).await.expect("insert");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     drain(&q).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     s.expire_leases(Duration::from_millis(1), POLICY)
         .await
         .expect("expire");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("redispatched");
     assert_eq!((t.job_id, t.attempt), (job.job.id, 2));
 }
@@ -378,7 +379,7 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
     let q = MemoryQueue::new();
     let (job, _) = s.insert_job(T, &new_job(8, 4, None)).await.expect("insert");
     let id = job.job.id;
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
     let (rec, changed) = s
         .cancel_job(T.into(), id)
@@ -393,7 +394,7 @@ pub(super) async fn a_cancelled_job_never_comes_back(s: &dyn JobStore) {
     s.record_result(at(&t), &done(1), POLICY)
         .await
         .expect("result");
-    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 0);
+    assert_eq!(dispatch_once(s, &q, &bound(8)).await.expect("dispatch"), 0);
     assert_eq!(state(s, id).await.0, "cancelled");
     let (_, changed) = s
         .cancel_job(T.into(), id)
@@ -616,7 +617,7 @@ pub(super) async fn capacity_follows_the_heartbeats_of_live_workers(s: &dyn JobS
         .await
         .expect("heartbeat");
     // Three slots, not the static bound of 64.
-    assert_eq!(s.dispatch_due(&q, &policy).await.expect("dispatch"), 3);
+    assert_eq!(dispatch_once(s, &q, &policy).await.expect("dispatch"), 3);
     let tasks = drain(&q).await;
     // A draining worker takes nothing new, even with a slot free.
     s.record_heartbeat(&heartbeat("w1", 3, &[], true))
@@ -626,13 +627,13 @@ pub(super) async fn capacity_follows_the_heartbeats_of_live_workers(s: &dyn JobS
         .await
         .expect("result");
     let denoise = |q: Vec<TaskMessage>| q.iter().filter(|t| t.kind == TaskKind::Denoise).count();
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     assert_eq!(denoise(drain(&q).await), 0);
     // Another worker joins with 3 slots; 2 of them are taken by w1's tasks in flight.
     s.record_heartbeat(&heartbeat("w2", 3, &[], false))
         .await
         .expect("heartbeat");
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     assert_eq!(denoise(drain(&q).await), 1);
     // Every worker silent past the timeout: no capacity at all (not the static bound).
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -643,7 +644,7 @@ pub(super) async fn capacity_follows_the_heartbeats_of_live_workers(s: &dyn JobS
         worker_timeout: Duration::from_millis(10),
         ..bound(64)
     };
-    s.dispatch_due(&q, &silent).await.expect("dispatch");
+    dispatch_once(s, &q, &silent).await.expect("dispatch");
     assert_eq!(denoise(drain(&q).await), 0);
 }
 
@@ -654,14 +655,14 @@ pub(super) async fn tasks_of_a_silent_worker_go_back_at_once(s: &dyn JobStore) {
     s.record_heartbeat(&heartbeat("w1", 1, &[], false))
         .await
         .expect("heartbeat");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("task");
     s.record_progress(by(&t, "w1"), 1).await.expect("progress");
     // Still heard from: nothing happens.
     s.reclaim_lost(Duration::from_secs(60), POLICY)
         .await
         .expect("reclaim");
-    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 0);
+    assert_eq!(dispatch_once(s, &q, &bound(8)).await.expect("dispatch"), 0);
     tokio::time::sleep(Duration::from_millis(30)).await;
     s.reclaim_lost(Duration::from_millis(10), POLICY)
         .await
@@ -677,7 +678,7 @@ pub(super) async fn tasks_of_a_silent_worker_go_back_at_once(s: &dyn JobStore) {
     s.record_heartbeat(&heartbeat("w2", 1, &[], false))
         .await
         .expect("heartbeat");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let again = drain(&q).await.pop().expect("redispatched");
     assert_eq!((again.chunk, again.attempt), (0, 2));
     // The lost attempt's late result is stale.
@@ -706,7 +707,7 @@ pub(super) async fn classes_go_in_order_and_batch_keeps_a_share(s: &dyn JobStore
         batch_share: 0.1,
         ..bound(3)
     };
-    assert_eq!(s.dispatch_due(&q, &policy).await.expect("dispatch"), 3);
+    assert_eq!(dispatch_once(s, &q, &policy).await.expect("dispatch"), 3);
     let first = drain(&q).await;
     let classes: Vec<Priority> = first.iter().map(|t| class[&t.job_id]).collect();
     assert_eq!(
@@ -724,7 +725,7 @@ pub(super) async fn classes_go_in_order_and_batch_keeps_a_share(s: &dyn JobStore
     }
     // The two free denoise slots go to standard work (batch has its share in flight); the
     // interactive jobs' vocode tasks go out on their own bound.
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     let next: Vec<(TaskKind, Priority)> = drain(&q)
         .await
         .iter()
@@ -756,7 +757,7 @@ pub(super) async fn tenants_share_a_class_by_weight(s: &dyn JobStore) {
     let mut served = std::collections::HashMap::<String, usize>::new();
     let mut total = 0;
     while total < 40 {
-        assert!(s.dispatch_due(&q, &policy).await.expect("dispatch") > 0);
+        assert!(dispatch_once(s, &q, &policy).await.expect("dispatch") > 0);
         for t in drain(&q).await {
             if t.kind == TaskKind::Denoise {
                 *served.entry(t.tenant.clone()).or_default() += 1;
@@ -781,7 +782,7 @@ pub(super) async fn a_batch_chunk_yields_to_interactive_work_and_resumes(s: &dyn
         batch_share: 0.1,
         ..bound(1)
     };
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     let b0 = drain(&q).await.pop().expect("batch chunk 0");
     let (inter, _) = s
         .insert_job(T, &job_of(Priority::Interactive, 4))
@@ -791,15 +792,15 @@ pub(super) async fn a_batch_chunk_yields_to_interactive_work_and_resumes(s: &dyn
         .await
         .expect("result");
     // The batch job's next chunk waits in the backlog; the interactive job goes first.
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     let i0 = drain(&q).await.pop().expect("interactive chunk");
     assert_eq!(i0.job_id, inter.job.id);
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     assert!(drain(&q).await.is_empty());
     s.record_result(at(&i0), &done(1), POLICY)
         .await
         .expect("result");
-    s.dispatch_due(&q, &policy).await.expect("dispatch");
+    dispatch_once(s, &q, &policy).await.expect("dispatch");
     let resumed = drain(&q)
         .await
         .into_iter()
@@ -835,7 +836,7 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
     s.record_heartbeat(&heartbeat("w2", 4, &[], false))
         .await
         .expect("heartbeat");
-    s.dispatch_due(&q, &bound(8)).await.expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let first = drain(&q).await;
     let t_held = first.iter().find(|t| t.job_id == held).expect("held");
     let t_other = first.iter().find(|t| t.job_id == other).expect("other");
@@ -860,7 +861,7 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
     s.record_result(by(t_reported, "w2"), &held_done, POLICY)
         .await
         .expect("result");
-    assert_eq!(s.dispatch_due(&q, &bound(8)).await.expect("dispatch"), 3);
+    assert_eq!(dispatch_once(s, &q, &bound(8)).await.expect("dispatch"), 3);
     drain(&q).await;
     let routed = |h: Vec<super::HistoryEvent>| {
         h.into_iter()

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use tutti_shared::job::JobState;
 use uuid::Uuid;
 
-use super::{JobRecord, Scope};
-use crate::error::Result;
+use super::{JobRecord, JobStore, Scope};
+use crate::error::{Error, Result};
 
 /// A worker's latest heartbeat.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,4 +115,61 @@ pub trait ViewStore: Send + Sync {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Vec<JobRecord>>;
+}
+
+/// The records of `ids`, in order (a job deleted in between is left out).
+pub(crate) async fn records(
+    store: &dyn JobStore,
+    scope: Scope<'_>,
+    ids: Vec<Uuid>,
+) -> Result<Vec<JobRecord>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(r) = store.get_job(scope, id).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// (kind, rank, pending, in flight, oldest pending) of one stage and class.
+pub(crate) type QueueCounts = (String, i16, i64, i64, Option<DateTime<Utc>>);
+
+pub(crate) fn overview(rows: Vec<QueueCounts>, jobs: Vec<(String, i64)>) -> QueueOverview {
+    let count = |s: &str| {
+        jobs.iter()
+            .find(|(state, _)| state == s)
+            .map_or(0, |(_, n)| (*n).max(0) as u64)
+    };
+    QueueOverview {
+        queues: rows
+            .into_iter()
+            .map(
+                |(kind, rank, pending, in_flight, oldest_pending)| QueueRow {
+                    kind,
+                    rank,
+                    pending: pending.max(0) as u64,
+                    in_flight: in_flight.max(0) as u64,
+                    oldest_pending,
+                },
+            )
+            .collect(),
+        jobs_queued: count("queued"),
+        jobs_running: count("running"),
+    }
+}
+
+pub(crate) fn tenant_work((tenant, rank, tasks, millis): (String, i16, i64, i64)) -> TenantWork {
+    TenantWork {
+        tenant,
+        rank,
+        tasks: tasks.max(0) as u64,
+        millis,
+    }
+}
+
+/// A stored id of the SQLite dialect (text).
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid> {
+    s.parse()
+        .map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")))
 }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tutti_shared::prompt::{Controls, Mode};
 
-use super::dataset::DatasetConfig;
 use super::music::{Dynamics, Family, Style};
 use super::{file_err, Result, TrainError};
 
@@ -49,12 +48,6 @@ pub fn read_manifest(dir: &Path) -> Result<Vec<ManifestRow>> {
     rows.sort_by_key(|r| r.id);
     rows.dedup_by_key(|r| r.id);
     Ok(rows)
-}
-
-pub fn read_config(dir: &Path) -> Result<DatasetConfig> {
-    let path = dir.join("dataset.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| file_err(&path, e))
 }
 
 /// A clip's log-mel `[n_mels * frames]` (row-major `[n_mels, frames]`).

@@ -203,3 +203,9 @@ fn write_clip(out: &Path, id: usize, wave: &[f32], mel: &[f32]) -> Result<()> {
     std::fs::write(&audio_path, bytes).map_err(|e| file_err(&audio_path, e))?;
     Ok(())
 }
+
+pub fn read_config(dir: &Path) -> Result<DatasetConfig> {
+    let path = dir.join("dataset.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| file_err(&path, e))
+}

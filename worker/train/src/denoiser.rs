@@ -18,7 +18,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::batch::{self, BatchSpec, TextCache};
 use super::data::{self, ManifestRow};
 use super::optim::{AdamW, AdamWConfig, Ema};
-use super::{checkpoint, cond, pack, plot, rng_for, Result, TrainError};
+use super::{checkpoint, cond, cpu_seconds, plot, rng_for, Result, TrainError};
 use tutti_model::conditioners::{ConditionerConfig, Conditioners};
 use tutti_model::decoder::DecoderConfig;
 use tutti_model::dit::{DitConfig, DitInput, StableAudioDit};
@@ -176,7 +176,7 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh model, or the run's checkpoint when there is one (its config wins over `cfg`).
     pub fn open(cfg: &DenoiserConfig, paths: &RunPaths, device: Device, amp: bool) -> Result<Self> {
-        let ds = data::read_config(&paths.dataset)?;
+        let ds = crate::dataset::read_config(&paths.dataset)?;
         let rows = data::read_manifest(&paths.dataset)?;
         let n_mels = ds.mel.n_mels;
         std::fs::create_dir_all(&paths.run).map_err(|e| super::file_err(&paths.run, e))?;
@@ -494,26 +494,24 @@ impl Trainer {
 
     /// EMA weights for the pack: DiT (with the frozen time projection) and conditioners.
     pub fn ema_weights(&self) -> (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
-        pack::split_ema(&self.ema.shadow, &self.dit_time_proj())
+        split_ema(&self.ema.shadow, &self.dit_time_proj())
     }
 }
 
-/// CPU seconds of this process (user + system), from /proc; 0 where unavailable.
-pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+/// Splits EMA shadow tensors (`dit.*`, `cond.*`) into the DiT's and the conditioners' weights.
+pub fn split_ema(
+    shadow: &BTreeMap<String, Tensor>,
+    time_proj: &Tensor,
+) -> (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
+    let mut dit = BTreeMap::new();
+    let mut cond = BTreeMap::new();
+    for (k, v) in shadow {
+        if let Some(n) = k.strip_prefix("dit.") {
+            dit.insert(n.to_string(), v.shallow_clone());
+        } else if let Some(n) = k.strip_prefix("cond.") {
+            cond.insert(n.to_string(), v.shallow_clone());
+        }
+    }
+    dit.insert("time_proj.weight".into(), time_proj.shallow_clone());
+    (dit, cond)
 }

@@ -78,3 +78,23 @@ pub(crate) fn log_line(run: &std::path::Path, step: u64, loss: f64, fps: f64, se
         let _ = f.write_all(line.as_bytes());
     }
 }
+
+/// CPU seconds of this process (user + system), from /proc; 0 where unavailable.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}

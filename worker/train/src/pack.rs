@@ -9,31 +9,13 @@ use std::path::Path;
 use safetensors::Dtype;
 use tch::{Kind, Tensor};
 
-use super::denoiser::{DenoiserState, CHECKPOINT};
+use super::denoiser::{split_ema, DenoiserState, CHECKPOINT};
 use super::vocoder::{VocoderState, VOCODER_CHECKPOINT};
 use super::{checkpoint, file_err, Result, TrainError};
 use tutti_model::decoder::DecoderConfig;
 use tutti_model::pack::{self, Defaults, Limits, ModelInfo, PackConfig};
 use tutti_model::sampler::{SamplerKind, ScheduleConfig};
 use tutti_model::vocoder::{GriffinLimConfig, VocoderConfig};
-
-/// Splits EMA shadow tensors (`dit.*`, `cond.*`) into the DiT's and the conditioners' weights.
-pub fn split_ema(
-    shadow: &BTreeMap<String, Tensor>,
-    time_proj: &Tensor,
-) -> (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
-    let mut dit = BTreeMap::new();
-    let mut cond = BTreeMap::new();
-    for (k, v) in shadow {
-        if let Some(n) = k.strip_prefix("dit.") {
-            dit.insert(n.to_string(), v.shallow_clone());
-        } else if let Some(n) = k.strip_prefix("cond.") {
-            cond.insert(n.to_string(), v.shallow_clone());
-        }
-    }
-    dit.insert("time_proj.weight".into(), time_proj.shallow_clone());
-    (dit, cond)
-}
 
 /// Writes tensors as f16 (or f32) safetensors.
 pub fn write_weights(path: &Path, tensors: &BTreeMap<String, Tensor>, half: bool) -> Result<()> {

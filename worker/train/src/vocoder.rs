@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::data::{self, ManifestRow};
-use super::denoiser::cpu_seconds;
 use super::optim::{AdamW, AdamWConfig, Ema};
-use super::{checkpoint, plot, rng_for, vocos_net, Result, TrainError};
+use super::{checkpoint, cpu_seconds, plot, rng_for, vocos_net, Result, TrainError};
 use tutti_model::mel::{MelConfig, MelFrontEnd};
 use tutti_model::vocoder::{Vocos, VocosConfig};
 
@@ -108,7 +107,7 @@ impl VocoderTrainer {
         run: &std::path::Path,
         device: Device,
     ) -> Result<Self> {
-        let ds = data::read_config(dataset)?;
+        let ds = crate::dataset::read_config(dataset)?;
         let rows = data::read_manifest(dataset)?;
         std::fs::create_dir_all(run).map_err(|e| super::file_err(run, e))?;
         let path = run.join(VOCODER_CHECKPOINT);

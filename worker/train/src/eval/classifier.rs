@@ -76,7 +76,7 @@ fn labels(r: &ManifestRow) -> Vec<f32> {
 impl Classifier {
     /// Trains on up to `max_clips` clips of a dataset.
     pub fn train(dataset: &Path, max_clips: usize) -> Result<Self> {
-        let cfg = data::read_config(dataset)?;
+        let cfg = crate::dataset::read_config(dataset)?;
         let n_mels = cfg.mel.n_mels;
         let mut rows = data::read_manifest(dataset)?;
         rows.shuffle(&mut rng_for(0, 40, 0));

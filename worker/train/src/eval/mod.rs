@@ -258,7 +258,7 @@ pub fn write_report(out: &Path, r: &Report) -> Result<()> {
 
 /// The analyzers on `n` rendered clips of a dataset: (tempo within 8%, mode right) fractions.
 pub fn calibrate(dataset: &Path, n: usize) -> Result<(f64, f64)> {
-    let cfg = data::read_config(dataset)?;
+    let cfg = crate::dataset::read_config(dataset)?;
     let rows = data::read_manifest(dataset)?;
     let front = analyzers::front_end(&cfg.mel)?;
     let fps = cfg.mel.sample_rate as f64 / cfg.mel.hop_length as f64;

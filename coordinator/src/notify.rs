@@ -54,19 +54,23 @@ impl Notifier {
 
 /// Notices gathered inside a transaction and sent once it commits.
 #[derive(Default)]
-pub(crate) struct Pending {
+pub struct Pending {
     jobs: Vec<(Uuid, &'static str)>,
     tasks: bool,
 }
 
 impl Pending {
-    pub(crate) fn job(&mut self, job: Uuid, what: &'static str) {
+    pub fn job(&mut self, job: Uuid, what: &'static str) {
         self.jobs.push((job, what));
     }
-    pub(crate) fn tasks(&mut self) {
+    pub fn tasks(&mut self) {
         self.tasks = true;
     }
-    pub(crate) fn send(self, n: &Notifier) {
+    /// The job changes and whether tasks changed, for a store that sends them itself.
+    pub fn into_parts(self) -> (Vec<(Uuid, &'static str)>, bool) {
+        (self.jobs, self.tasks)
+    }
+    pub fn send(self, n: &Notifier) {
         for (job, what) in self.jobs {
             n.job_changed(job, what);
         }

@@ -4,36 +4,27 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::MutexGuard;
 use tutti_shared::job::{Priority, TaskKind};
-use tutti_shared::taskqueue::TaskQueue;
-use uuid::Uuid;
 
-use super::notify::Pending;
-use super::sqlite::{event, now_us, uuid, SqliteStore, Tx};
-use super::sqlite_sched::retry_or_fail;
-use super::{sched_sql, Heartbeat, RetryPolicy};
+use super::rows::{event, now_us, uuid, Tx};
+use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::notify::{Notifier, Pending};
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
-use crate::sched::{class_of, dispatch_round, PendingTask, Policy, RoundTx};
+use crate::sched::{class_of, PendingTask, RoundTx};
+use crate::store::{sql, Heartbeat};
 
-pub(super) async fn dispatch_due(
-    store: &SqliteStore,
-    queue: &dyn TaskQueue,
-    policy: &Policy,
-) -> Result<usize> {
-    let (w, tx) = store.begin_write().await?;
-    let mut round = SqliteRound {
+pub(super) async fn begin_round(store: &SqliteStore) -> Result<Box<dyn RoundTx + '_>> {
+    let (writer, tx) = store.begin_write().await?;
+    Ok(Box::new(SqliteRound {
+        writer,
         tx,
         notes: Pending::default(),
+        notifier: &store.notifier,
         now: now_us(),
-    };
-    let sent = dispatch_round(&mut round, queue, policy).await?;
-    let SqliteRound { tx, notes, .. } = round;
-    tx.commit().await?;
-    drop(w);
-    notes.send(&store.notifier);
-    Ok(sent)
+    }))
 }
 
 fn kind(s: &str) -> Result<TaskKind> {
@@ -46,8 +37,10 @@ fn class(rank: i64) -> Result<Priority> {
 }
 
 struct SqliteRound<'c> {
+    writer: MutexGuard<'c, ()>,
     tx: Tx<'c>,
     notes: Pending,
+    notifier: &'c Notifier,
     now: i64,
 }
 
@@ -93,9 +86,8 @@ impl RoundTx for SqliteRound<'_> {
     }
 
     async fn busy(&mut self) -> Result<Vec<Busy>> {
-        let rows: Vec<(Option<String>, String, i64, i64)> = sqlx::query_as(sched_sql::BUSY)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows: Vec<(Option<String>, String, i64, i64)> =
+            sqlx::query_as(sql::BUSY).fetch_all(&mut *self.tx).await?;
         rows.into_iter()
             .map(|(worker, k, rank, n)| {
                 Ok(Busy {
@@ -109,7 +101,7 @@ impl RoundTx for SqliteRound<'_> {
     }
 
     async fn candidates(&mut self, per_group: u32) -> Result<Vec<PendingTask>> {
-        let rows: Vec<CandidateRow> = sqlx::query_as(&sched_sql::candidates("$2"))
+        let rows: Vec<CandidateRow> = sqlx::query_as(&sql::candidates("$2"))
             .bind(i64::from(per_group))
             .bind(self.now)
             .fetch_all(&mut *self.tx)
@@ -136,10 +128,10 @@ impl RoundTx for SqliteRound<'_> {
     }
 
     async fn clocks(&mut self) -> Result<Vec<ShareRow>> {
-        let classes: Vec<(String, i64, f64)> = sqlx::query_as(sched_sql::CLASS_CLOCKS)
+        let classes: Vec<(String, i64, f64)> = sqlx::query_as(sql::CLASS_CLOCKS)
             .fetch_all(&mut *self.tx)
             .await?;
-        let tenants: Vec<(String, i64, String, f64)> = sqlx::query_as(sched_sql::TENANT_CLOCKS)
+        let tenants: Vec<(String, i64, String, f64)> = sqlx::query_as(sql::TENANT_CLOCKS)
             .fetch_all(&mut *self.tx)
             .await?;
         let mut out = Vec::with_capacity(classes.len() + tenants.len());
@@ -165,11 +157,11 @@ impl RoundTx for SqliteRound<'_> {
     async fn save_clocks(&mut self, rows: &[ShareRow]) -> Result<()> {
         for r in rows {
             let q = match &r.tenant {
-                None => sqlx::query(sched_sql::SAVE_CLASS_CLOCK)
+                None => sqlx::query(sql::SAVE_CLASS_CLOCK)
                     .bind(r.kind.as_str())
                     .bind(i64::from(r.class.rank()))
                     .bind(r.vtime),
-                Some(t) => sqlx::query(sched_sql::SAVE_TENANT_CLOCK)
+                Some(t) => sqlx::query(sql::SAVE_TENANT_CLOCK)
                     .bind(r.kind.as_str())
                     .bind(i64::from(r.class.rank()))
                     .bind(t)
@@ -220,7 +212,7 @@ impl RoundTx for SqliteRound<'_> {
             "dispatched",
             Some(task.chunk),
             Some(task.attempt),
-            super::dispatched_detail(task, routed_to),
+            crate::store::dispatched_detail(task, routed_to),
         )
         .await?;
         self.notes.job(
@@ -235,7 +227,7 @@ impl RoundTx for SqliteRound<'_> {
     }
 
     async fn mark_preempted(&mut self, task: &PendingTask) -> Result<()> {
-        let marked = sqlx::query(sched_sql::MARK_PREEMPTED)
+        let marked = sqlx::query(sql::MARK_PREEMPTED)
             .bind(task.job_id.to_string())
             .bind(i64::from(task.chunk))
             .execute(&mut *self.tx)
@@ -253,6 +245,20 @@ impl RoundTx for SqliteRound<'_> {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let SqliteRound {
+            writer,
+            tx,
+            notes,
+            notifier,
+            ..
+        } = *self;
+        tx.commit().await?;
+        drop(writer);
+        notes.send(notifier);
         Ok(())
     }
 }
@@ -297,47 +303,5 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     if before != Some(now) {
         store.notifier.tasks_changed();
     }
-    Ok(())
-}
-
-pub(super) async fn reclaim_lost(
-    store: &SqliteStore,
-    timeout: Duration,
-    policy: RetryPolicy,
-) -> Result<()> {
-    let (w, mut tx) = store.begin_write().await?;
-    let cutoff = now_us() - timeout.as_micros() as i64;
-    let lost: Vec<(String, i64, i64, String)> = sqlx::query_as(
-        "SELECT t.job_id, t.chunk, t.attempt, w.worker \
-         FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
-         WHERE t.state = 'dispatched' AND w.last_seen < $1",
-    )
-    .bind(cutoff)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut notes = Pending::default();
-    let policy = RetryPolicy {
-        backoff: Duration::ZERO,
-        ..policy
-    };
-    for (job, chunk, attempt, worker) in lost {
-        let job: Uuid = uuid(&job)?;
-        let message = format!("worker {worker} stopped sending heartbeats");
-        retry_or_fail(
-            &mut tx,
-            &mut notes,
-            job,
-            chunk,
-            attempt as u32,
-            policy,
-            "WORKER_LOST",
-            &message,
-            true,
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    drop(w);
-    notes.send(&store.notifier);
     Ok(())
 }

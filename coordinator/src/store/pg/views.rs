@@ -1,4 +1,4 @@
-//! `ViewStore` on Postgres.
+//! `ViewStore` on Postgres: the SQL of the read-only views.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,12 +9,13 @@ use sqlx::types::Json;
 use tutti_shared::job::JobState;
 use uuid::Uuid;
 
-use super::views::{
-    DispatchedTask, FailedJob, FailedTask, QueueOverview, QueueRow, TenantWork, ViewStore,
-    WorkerRow,
+use super::PgStore;
+use crate::error::Result;
+use crate::store::views::{
+    overview, records, tenant_work, DispatchedTask, FailedJob, FailedTask, QueueCounts,
+    QueueOverview, TenantWork, ViewStore, WorkerRow,
 };
-use super::{JobRecord, JobStore, PgStore, Scope};
-use crate::error::{Error, Result};
+use crate::store::{JobRecord, Scope};
 
 #[async_trait]
 impl ViewStore for PgStore {
@@ -184,64 +185,4 @@ impl ViewStore for PgStore {
         .await?;
         records(self, scope, ids).await
     }
-}
-
-/// The records of `ids`, in order (a job deleted in between is left out).
-pub(super) async fn records(
-    store: &dyn JobStore,
-    scope: Scope<'_>,
-    ids: Vec<Uuid>,
-) -> Result<Vec<JobRecord>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(r) = store.get_job(scope, id).await? {
-            out.push(r);
-        }
-    }
-    Ok(out)
-}
-
-/// (kind, rank, pending, in flight, oldest pending) of one stage and class.
-pub(super) type QueueCounts = (String, i16, i64, i64, Option<DateTime<Utc>>);
-
-pub(super) fn overview(
-    rows: Vec<QueueCounts>,
-    jobs: Vec<(String, i64)>,
-) -> QueueOverview {
-    let count = |s: &str| {
-        jobs.iter()
-            .find(|(state, _)| state == s)
-            .map_or(0, |(_, n)| (*n).max(0) as u64)
-    };
-    QueueOverview {
-        queues: rows
-            .into_iter()
-            .map(
-                |(kind, rank, pending, in_flight, oldest_pending)| QueueRow {
-                    kind,
-                    rank,
-                    pending: pending.max(0) as u64,
-                    in_flight: in_flight.max(0) as u64,
-                    oldest_pending,
-                },
-            )
-            .collect(),
-        jobs_queued: count("queued"),
-        jobs_running: count("running"),
-    }
-}
-
-pub(super) fn tenant_work((tenant, rank, tasks, millis): (String, i16, i64, i64)) -> TenantWork {
-    TenantWork {
-        tenant,
-        rank,
-        tasks: tasks.max(0) as u64,
-        millis,
-    }
-}
-
-/// A stored id of the SQLite dialect (text).
-pub(super) fn parse_uuid(s: &str) -> Result<Uuid> {
-    s.parse()
-        .map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")))
 }

@@ -13,23 +13,30 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 use tutti_shared::job::{chunk_ranges, JobState};
 use tutti_shared::messages::Outcome;
-use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
-use super::notify::Pending;
+mod batches;
+mod lifecycle;
+mod round;
+mod rows;
+mod tenants;
+mod views;
+
+use self::lifecycle::SqliteLifecycle;
+use self::rows::{event, insert_task, now_us, uuid, Tx};
 use super::{
     Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
     TaskRef,
 };
 use crate::error::{Error, Result};
-use crate::sched::Policy;
+use crate::lifecycle::LifecycleTx;
+use crate::notify::Pending;
+use crate::sched::RoundTx;
 use crate::validate::NewJob;
-
-pub(super) type Tx<'a> = Transaction<'a, Sqlite>;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
@@ -41,10 +48,6 @@ pub struct SqliteStore {
     pub(super) notifier: Notifier,
 }
 
-pub(super) fn now_us() -> i64 {
-    Utc::now().timestamp_micros()
-}
-
 fn time(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
 }
@@ -53,9 +56,13 @@ fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| Error::Internal(format!("stored json: {e}")))
 }
 
-pub(super) fn uuid(s: &str) -> Result<Uuid> {
+/// A stored enum (a state, a stage) back from its text.
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
     s.parse()
-        .map_err(|e| Error::Internal(format!("stored id {s:?}: {e}")))
+        .map_err(|e| Error::Internal(format!("stored value: {e}")))
 }
 
 fn job_row(r: &SqliteRow) -> Result<JobRow> {
@@ -65,8 +72,8 @@ fn job_row(r: &SqliteRow) -> Result<JobRow> {
     Ok(JobRow {
         id: uuid(r.try_get("id")?)?,
         tenant: r.try_get("tenant")?,
-        state: r.try_get("state")?,
-        stage: r.try_get("stage")?,
+        state: parse(r.try_get("state")?)?,
+        stage: parse(r.try_get("stage")?)?,
         priority: r.try_get::<i64, _>("priority")? as i16,
         spec: Json(json(r.try_get("spec")?)?),
         request: r.try_get("request")?,
@@ -111,7 +118,7 @@ impl SqliteStore {
 
     /// The single writer: the lock serialises this process's writers (no `SQLITE_BUSY` on a
     /// read-to-write upgrade), `BEGIN IMMEDIATE` keeps out any other process.
-    pub(super) async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, Tx<'_>)> {
+    async fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, Tx<'_>)> {
         let guard = self.write.lock().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok((guard, tx))
@@ -183,7 +190,7 @@ impl SqliteStore {
 impl JobStore for SqliteStore {
     async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let (w, mut tx) = self.begin_write().await?;
-        let in_flight = super::tenants_sqlite::in_flight_limit(&mut tx, tenant).await?;
+        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         let spec = serde_json::to_string(&new.spec)
@@ -233,7 +240,7 @@ impl JobStore for SqliteStore {
             return Ok((job, false));
         }
         if let Some(max) = in_flight {
-            super::tenants_sqlite::check_in_flight(&mut tx, tenant, max).await?;
+            tenants::check_in_flight(&mut tx, tenant, max).await?;
         }
         let mut notes = Pending::default();
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
@@ -302,53 +309,32 @@ impl JobStore for SqliteStore {
     }
 
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
-        let (w, mut tx) = self.begin_write().await?;
-        let now = now_us();
-        let changed = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = $3 \
-             WHERE id = $1 AND ($2 IS NULL OR tenant = $2) AND state IN ('queued', 'running')",
-        )
-        .bind(id.to_string())
-        .bind(scope.tenant())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let mut notes = Pending::default();
-        if changed {
-            sqlx::query(
-                "UPDATE tasks SET state = 'cancelled', finished_at = $2 \
-                 WHERE job_id = $1 AND state IN ('pending', 'dispatched')",
-            )
-            .bind(id.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            event(&mut tx, id, "cancelled", None, None, serde_json::json!({})).await?;
-            notes.job(id, "cancelled");
-            notes.tasks();
-        }
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let changed = crate::lifecycle::cancel(tx.as_mut(), scope, id).await?;
         tx.commit().await?;
-        drop(w);
-        notes.send(&self.notifier);
         Ok(self.get_job(scope, id).await?.map(|j| (j, changed)))
     }
 
-    async fn dispatch_due(&self, queue: &dyn TaskQueue, policy: &Policy) -> Result<usize> {
-        super::sqlite_dispatch::dispatch_due(self, queue, policy).await
+    async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>> {
+        round::begin_round(self).await
     }
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
-        super::sqlite_dispatch::heartbeat(self, hb).await
+        round::heartbeat(self, hb).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
-        super::sqlite_dispatch::reclaim_lost(self, timeout, policy).await
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        crate::lifecycle::reclaim_lost(tx.as_mut(), timeout, policy).await?;
+        tx.commit().await
     }
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()> {
-        super::sqlite_sched::expire_leases(self, lease, policy).await
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
+        tx.commit().await
     }
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
-        super::sqlite_sched::progress(self, task, steps_done).await
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        crate::lifecycle::record_progress(tx.as_mut(), task, steps_done).await?;
+        tx.commit().await
     }
     async fn record_result(
         &self,
@@ -356,7 +342,9 @@ impl JobStore for SqliteStore {
         outcome: &Outcome,
         policy: RetryPolicy,
     ) -> Result<()> {
-        super::sqlite_sched::result(self, task, outcome, policy).await
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
+        tx.commit().await
     }
 
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
@@ -399,13 +387,13 @@ impl JobStore for SqliteStore {
 
     async fn stats(&self) -> Result<super::Stats> {
         Ok(super::Stats {
-            jobs: sqlx::query_as(super::STATS_JOBS_SQL)
+            jobs: sqlx::query_as(super::sql::STATS_JOBS_SQL)
                 .fetch_all(&self.pool)
                 .await?,
-            backlog: sqlx::query_as(super::STATS_BACKLOG_SQL)
+            backlog: sqlx::query_as(super::sql::STATS_BACKLOG_SQL)
                 .fetch_all(&self.pool)
                 .await?,
-            in_flight: sqlx::query_as(super::STATS_IN_FLIGHT_SQL)
+            in_flight: sqlx::query_as(super::sql::STATS_IN_FLIGHT_SQL)
                 .fetch_all(&self.pool)
                 .await?,
         })
@@ -435,81 +423,4 @@ impl JobStore for SqliteStore {
     fn batches(&self) -> &dyn super::BatchStore {
         self
     }
-}
-
-pub(super) async fn insert_task(
-    tx: &mut Tx<'_>,
-    job: Uuid,
-    chunk: u32,
-    kind: &str,
-    from_step: u32,
-    to_step: u32,
-    priority: i16,
-) -> Result<()> {
-    let now = now_us();
-    sqlx::query(
-        "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority, not_before, created_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7)",
-    )
-    .bind(job.to_string())
-    .bind(i64::from(chunk))
-    .bind(kind)
-    .bind(i64::from(from_step))
-    .bind(i64::from(to_step))
-    .bind(i64::from(priority))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn event(
-    tx: &mut Tx<'_>,
-    job: Uuid,
-    kind: &str,
-    chunk: Option<u32>,
-    attempt: Option<u32>,
-    detail: serde_json::Value,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO job_events (job_id, kind, chunk, attempt, detail, at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(job.to_string())
-    .bind(kind)
-    .bind(chunk.map(i64::from))
-    .bind(attempt.map(i64::from))
-    .bind(detail.to_string())
-    .bind(now_us())
-    .execute(&mut **tx)
-    .await?;
-    observe_event(tx, job, kind, chunk, &detail).await
-}
-
-/// The metrics that follow the job history (see `pg::observe_event`).
-async fn observe_event(
-    tx: &mut Tx<'_>,
-    job: Uuid,
-    kind: &str,
-    chunk: Option<u32>,
-    detail: &serde_json::Value,
-) -> Result<()> {
-    let Some(chunk) = chunk else {
-        return Ok(());
-    };
-    let event = crate::observe::TaskEvent::of(kind, detail);
-    if event.is_none() {
-        return Ok(());
-    }
-    let row: Option<(String, i64, i64)> = sqlx::query_as(
-        "SELECT kind, priority, MAX(not_before, created_at) FROM tasks WHERE job_id = $1 AND chunk = $2",
-    )
-    .bind(job.to_string())
-    .bind(i64::from(chunk))
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some((stage, rank, due)) = row {
-        let waited = (now_us() - due) as f64 / 1e6;
-        crate::observe::task_event(event, &stage, rank as i16, waited);
-    }
-    Ok(())
 }

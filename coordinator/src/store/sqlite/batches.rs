@@ -8,15 +8,15 @@ use sqlx::Row;
 use tutti_shared::job::chunk_ranges;
 use uuid::Uuid;
 
-use super::batches::{
-    AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow, NewItem,
-    UPSERT_ITEM_SQL,
-};
-use super::notify::Pending;
-use super::pg_batches::min_opt;
-use super::sqlite::{event, insert_task, now_us, uuid, Tx};
-use super::{OutputRow, SqliteStore};
+use super::rows::{event, insert_task, now_us, uuid, Tx};
+use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::notify::Pending;
+use crate::store::batches::{
+    min_opt, AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow,
+    NewItem, UPSERT_ITEM_SQL,
+};
+use crate::store::OutputRow;
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";

@@ -6,14 +6,14 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::sqlite::{now_us, Tx};
-use super::tenants::{
+use super::rows::{now_us, Tx};
+use super::SqliteStore;
+use crate::error::{Error, Result};
+use crate::store::tenants::{
     unknown_key, unknown_tenant, KeyInfo, KeyOwner, LimitCols, Tenant, TenantStore, LIMIT_COLUMNS,
 };
-use super::SqliteStore;
-use crate::auth::key::{hashes_match, ApiKey};
-use crate::auth::limits::Limits;
-use crate::error::{Error, Result};
+use crate::tenancy::key::{hashes_match, ApiKey};
+use crate::tenancy::limits::Limits;
 
 fn time(us: i64) -> Result<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))

@@ -2,30 +2,38 @@
 //! one transaction; `NOTIFY` inside it wakes dispatchers (`tutti_tasks`) and watchers
 //! (`tutti_jobs`, payload `<job id> <event>`) only once it commits, on every replica.
 
+mod batches;
+mod lifecycle;
+mod listen;
+mod round;
+mod rows;
+mod tenants;
+mod views;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, PgPool};
 use tutti_shared::job::{chunk_ranges, JobState};
 use tutti_shared::messages::Outcome;
-use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
+use self::lifecycle::PgLifecycle;
+use self::listen::{ensure_database, listen};
+use self::rows::{event, insert_task, JOBS_CHANNEL, TASKS_CHANNEL};
 use super::{
     Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
     TaskRef,
 };
 use crate::error::{Error, Result};
-use crate::sched::Policy;
+use crate::lifecycle::LifecycleTx;
+use crate::sched::RoundTx;
 use crate::validate::NewJob;
-
-pub(super) const TASKS_CHANNEL: &str = "tutti_tasks";
-pub(super) const JOBS_CHANNEL: &str = "tutti_jobs";
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
@@ -60,7 +68,7 @@ impl PgStore {
 
     async fn insert_job_impl(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let mut tx = self.pool.begin().await?;
-        let in_flight = super::tenants_pg::in_flight_limit(&mut tx, tenant).await?;
+        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         // The new row comes back from the insert: a submit reads nothing after its commit.
@@ -104,7 +112,7 @@ impl PgStore {
             return Ok((job, false));
         };
         if let Some(max) = in_flight {
-            super::tenants_pg::check_in_flight(&mut tx, tenant, max).await?;
+            tenants::check_in_flight(&mut tx, tenant, max).await?;
         }
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
@@ -186,31 +194,8 @@ impl PgStore {
         scope: Scope<'_>,
         id: Uuid,
     ) -> Result<Option<(JobRecord, bool)>> {
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = now() \
-             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) \
-               AND state IN ('queued', 'running')",
-        )
-        .bind(id)
-        .bind(scope.tenant())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if changed {
-            sqlx::query(
-                "UPDATE tasks SET state = 'cancelled', finished_at = now() \
-                 WHERE job_id = $1 AND state IN ('pending', 'dispatched')",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            event(&mut tx, id, "cancelled", None, None, serde_json::json!({})).await?;
-            notify_job(&mut tx, id, "cancelled").await?;
-            // Its dispatched tasks' slots are free.
-            notify(&mut tx, TASKS_CHANNEL, "").await?;
-        }
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let changed = crate::lifecycle::cancel(tx.as_mut(), scope, id).await?;
         tx.commit().await?;
         Ok(self.get_job_impl(scope, id).await?.map(|j| (j, changed)))
     }
@@ -238,20 +223,26 @@ impl JobStore for PgStore {
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
         self.cancel_job_impl(scope, id).await
     }
-    async fn dispatch_due(&self, queue: &dyn TaskQueue, policy: &Policy) -> Result<usize> {
-        super::pg_dispatch::dispatch_due(&self.pool, queue, policy).await
+    async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>> {
+        round::begin_round(&self.pool).await
     }
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
-        super::pg_dispatch::heartbeat(&self.pool, hb).await
+        round::heartbeat(&self.pool, hb).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
-        super::pg_dispatch::reclaim_lost(&self.pool, timeout, policy).await
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::reclaim_lost(tx.as_mut(), timeout, policy).await?;
+        tx.commit().await
     }
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()> {
-        super::pg_sched::expire_leases(&self.pool, lease, policy).await
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
+        tx.commit().await
     }
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
-        super::pg_sched::progress(&self.pool, task, steps_done).await
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::record_progress(tx.as_mut(), task, steps_done).await?;
+        tx.commit().await
     }
     async fn record_result(
         &self,
@@ -259,7 +250,9 @@ impl JobStore for PgStore {
         outcome: &Outcome,
         policy: RetryPolicy,
     ) -> Result<()> {
-        super::pg_sched::result(&self.pool, task, outcome, policy).await
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
+        tx.commit().await
     }
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
         let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
@@ -293,13 +286,13 @@ impl JobStore for PgStore {
 
     async fn stats(&self) -> Result<super::Stats> {
         Ok(super::Stats {
-            jobs: sqlx::query_as(super::STATS_JOBS_SQL)
+            jobs: sqlx::query_as(super::sql::STATS_JOBS_SQL)
                 .fetch_all(&self.pool)
                 .await?,
-            backlog: sqlx::query_as(super::STATS_BACKLOG_SQL)
+            backlog: sqlx::query_as(super::sql::STATS_BACKLOG_SQL)
                 .fetch_all(&self.pool)
                 .await?,
-            in_flight: sqlx::query_as(super::STATS_IN_FLIGHT_SQL)
+            in_flight: sqlx::query_as(super::sql::STATS_IN_FLIGHT_SQL)
                 .fetch_all(&self.pool)
                 .await?,
         })
@@ -327,178 +320,4 @@ impl JobStore for PgStore {
     fn batches(&self) -> &dyn super::BatchStore {
         self
     }
-}
-
-/// Feeds the notifier from `LISTEN` until the store is dropped; reconnects when the
-/// connection drops, and then wakes everyone in case a notice was lost meanwhile.
-async fn listen(pool: PgPool, notifier: std::sync::Weak<Notifier>) {
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "job store: listen failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if notifier.strong_count() == 0 {
-                    return;
-                }
-                continue;
-            }
-        };
-        if listener
-            .listen_all([TASKS_CHANNEL, JOBS_CHANNEL])
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        loop {
-            let n = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
-            let Some(notifier) = notifier.upgrade() else {
-                return;
-            };
-            match n {
-                Err(_) => continue,
-                Ok(Ok(n)) if n.channel() == TASKS_CHANNEL => notifier.tasks_changed(),
-                Ok(Ok(n)) => {
-                    let mut parts = n.payload().splitn(2, ' ');
-                    if let Some(job) = parts.next().and_then(|s| s.parse().ok()) {
-                        notifier.job_changed(job, parts.next().unwrap_or(""));
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "job store: notification connection lost");
-                    notifier.tasks_changed();
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Creates the target database if it is missing (handy on a fresh server; harmless otherwise).
-async fn ensure_database(opts: &PgConnectOptions) -> Result<()> {
-    let Some(name) = opts.get_database().map(str::to_string) else {
-        return Ok(());
-    };
-    let admin = opts.clone().database("postgres");
-    let mut conn = match admin.connect().await {
-        Ok(c) => c,
-        // Without access to `postgres`, assume the database exists; the pool will say if not.
-        Err(_) => return Ok(()),
-    };
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        let quoted = name.replace('"', "\"\"");
-        if let Err(e) = sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
-            .execute(&mut conn)
-            .await
-        {
-            // Another replica may have created it between the check and here.
-            tracing::debug!(error = %e, database = %name, "create database");
-        }
-    }
-    Ok(())
-}
-
-pub(crate) async fn insert_task(
-    tx: &mut Transaction<'_, Postgres>,
-    job: Uuid,
-    chunk: u32,
-    kind: &str,
-    from_step: u32,
-    to_step: u32,
-    priority: i16,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO tasks (job_id, chunk, kind, from_step, to_step, state, priority, tenant, \
-                            job_created_at) \
-         SELECT $1, $2, $3, $4, $5, 'pending', $6, tenant, created_at FROM jobs WHERE id = $1",
-    )
-    .bind(job)
-    .bind(chunk as i32)
-    .bind(kind)
-    .bind(from_step as i32)
-    .bind(to_step as i32)
-    .bind(priority)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-pub(crate) async fn event(
-    tx: &mut Transaction<'_, Postgres>,
-    job: Uuid,
-    kind: &str,
-    chunk: Option<u32>,
-    attempt: Option<u32>,
-    detail: serde_json::Value,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO job_events (job_id, kind, chunk, attempt, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(job)
-    .bind(kind)
-    .bind(chunk.map(|c| c as i32))
-    .bind(attempt.map(|a| a as i32))
-    .bind(&detail)
-    .execute(&mut **tx)
-    .await?;
-    observe_event(tx, job, kind, chunk, &detail).await
-}
-
-/// The metrics that follow the job history: every dispatch (with its wait in the backlog, from
-/// the task coming due), every failed attempt and every stale result is written as an event.
-/// Counted when written: a transaction that rolls back afterwards (a database error) over-counts.
-async fn observe_event(
-    tx: &mut Transaction<'_, Postgres>,
-    job: Uuid,
-    kind: &str,
-    chunk: Option<u32>,
-    detail: &serde_json::Value,
-) -> Result<()> {
-    let Some(chunk) = chunk else {
-        return Ok(());
-    };
-    let event = crate::observe::TaskEvent::of(kind, detail);
-    if event.is_none() {
-        return Ok(());
-    }
-    let row: Option<(String, i16, f64)> = sqlx::query_as(
-        "SELECT kind, priority, EXTRACT(EPOCH FROM now() - GREATEST(not_before, created_at))::float8 \
-         FROM tasks WHERE job_id = $1 AND chunk = $2",
-    )
-    .bind(job)
-    .bind(chunk as i32)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some((stage, rank, waited)) = row {
-        crate::observe::task_event(event, &stage, rank, waited);
-    }
-    Ok(())
-}
-
-pub(crate) async fn notify(
-    tx: &mut Transaction<'_, Postgres>,
-    channel: &str,
-    payload: &str,
-) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-pub(crate) async fn notify_job(
-    tx: &mut Transaction<'_, Postgres>,
-    job: Uuid,
-    what: &str,
-) -> Result<()> {
-    notify(tx, JOBS_CHANNEL, &format!("{job} {what}")).await
 }

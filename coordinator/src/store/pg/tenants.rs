@@ -5,13 +5,13 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
-use super::tenants::{
+use super::PgStore;
+use crate::error::{Error, Result};
+use crate::store::tenants::{
     unknown_key, unknown_tenant, KeyInfo, KeyOwner, LimitCols, Tenant, TenantStore, LIMIT_COLUMNS,
 };
-use super::PgStore;
-use crate::auth::key::{hashes_match, ApiKey};
-use crate::auth::limits::Limits;
-use crate::error::{Error, Result};
+use crate::tenancy::key::{hashes_match, ApiKey};
+use crate::tenancy::limits::Limits;
 
 fn limits(r: &PgRow) -> Result<Limits> {
     LimitCols {

@@ -9,34 +9,25 @@ use async_trait::async_trait;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tutti_shared::job::{JobSpec, TaskKind};
-use tutti_shared::taskqueue::TaskQueue;
 use uuid::Uuid;
 
-use super::pg::{event, notify, notify_job, TASKS_CHANNEL};
-use super::pg_sched::retry_or_fail;
-use super::{sched_sql, Heartbeat, RetryPolicy};
+use super::rows::{event, notify, notify_job, TASKS_CHANNEL};
 use crate::error::{Error, Result};
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
-use crate::sched::{class_of, dispatch_round, PendingTask, Policy, RoundTx};
+use crate::sched::{class_of, PendingTask, RoundTx};
+use crate::store::{sql, Heartbeat};
 
 /// Key of the advisory lock that serialises dispatch rounds ("tutti" + "sched").
 const DISPATCH_LOCK: i64 = 0x7475_7474_6973_6368;
 
-pub(super) async fn dispatch_due(
-    pool: &PgPool,
-    queue: &dyn TaskQueue,
-    policy: &Policy,
-) -> Result<usize> {
+pub(super) async fn begin_round(pool: &PgPool) -> Result<Box<dyn RoundTx + '_>> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(DISPATCH_LOCK)
         .execute(&mut *tx)
         .await?;
-    let mut round = PgRound { tx };
-    let sent = dispatch_round(&mut round, queue, policy).await?;
-    round.tx.commit().await?;
-    Ok(sent)
+    Ok(Box::new(PgRound { tx }))
 }
 
 fn kind(s: &str) -> Result<TaskKind> {
@@ -52,7 +43,7 @@ struct PgRound<'c> {
     tx: Transaction<'c, Postgres>,
 }
 
-/// The same rows as `sched_sql::candidates`, read through `tasks_pending_by_group`
+/// The same rows as `store::sql::candidates`, read through `tasks_pending_by_group`
 /// (migration 0006): a recursive skip scan finds the (kind, class, tenant) groups that have
 /// pending tasks, then each group reads its first `$1` tasks from the index. A round costs
 /// about a millisecond whether 100 or 100,000 tasks wait (a window over all of them took
@@ -116,9 +107,8 @@ impl RoundTx for PgRound<'_> {
     }
 
     async fn busy(&mut self) -> Result<Vec<Busy>> {
-        let rows: Vec<(Option<String>, String, i16, i64)> = sqlx::query_as(sched_sql::BUSY)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows: Vec<(Option<String>, String, i16, i64)> =
+            sqlx::query_as(sql::BUSY).fetch_all(&mut *self.tx).await?;
         rows.into_iter()
             .map(|(worker, k, rank, n)| {
                 Ok(Busy {
@@ -157,10 +147,10 @@ impl RoundTx for PgRound<'_> {
     }
 
     async fn clocks(&mut self) -> Result<Vec<ShareRow>> {
-        let classes: Vec<(String, i16, f64)> = sqlx::query_as(sched_sql::CLASS_CLOCKS)
+        let classes: Vec<(String, i16, f64)> = sqlx::query_as(sql::CLASS_CLOCKS)
             .fetch_all(&mut *self.tx)
             .await?;
-        let tenants: Vec<(String, i16, String, f64)> = sqlx::query_as(sched_sql::TENANT_CLOCKS)
+        let tenants: Vec<(String, i16, String, f64)> = sqlx::query_as(sql::TENANT_CLOCKS)
             .fetch_all(&mut *self.tx)
             .await?;
         let mut out = Vec::with_capacity(classes.len() + tenants.len());
@@ -186,11 +176,11 @@ impl RoundTx for PgRound<'_> {
     async fn save_clocks(&mut self, rows: &[ShareRow]) -> Result<()> {
         for r in rows {
             let q = match &r.tenant {
-                None => sqlx::query(sched_sql::SAVE_CLASS_CLOCK)
+                None => sqlx::query(sql::SAVE_CLASS_CLOCK)
                     .bind(r.kind.as_str())
                     .bind(r.class.rank())
                     .bind(r.vtime),
-                Some(t) => sqlx::query(sched_sql::SAVE_TENANT_CLOCK)
+                Some(t) => sqlx::query(sql::SAVE_TENANT_CLOCK)
                     .bind(r.kind.as_str())
                     .bind(r.class.rank())
                     .bind(t)
@@ -238,7 +228,7 @@ impl RoundTx for PgRound<'_> {
             "dispatched",
             Some(task.chunk),
             Some(task.attempt),
-            super::dispatched_detail(task, routed_to),
+            crate::store::dispatched_detail(task, routed_to),
         )
         .await?;
         let what = if task.chunk == 0 && task.attempt == 1 {
@@ -251,7 +241,7 @@ impl RoundTx for PgRound<'_> {
     }
 
     async fn mark_preempted(&mut self, task: &PendingTask) -> Result<()> {
-        let marked = sqlx::query(sched_sql::MARK_PREEMPTED)
+        let marked = sqlx::query(sql::MARK_PREEMPTED)
             .bind(task.job_id)
             .bind(task.chunk as i32)
             .execute(&mut *self.tx)
@@ -269,6 +259,11 @@ impl RoundTx for PgRound<'_> {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
         Ok(())
     }
 }
@@ -308,43 +303,6 @@ pub(super) async fn heartbeat(pool: &PgPool, hb: &Heartbeat<'_>) -> Result<()> {
     );
     if before != Some(now) {
         notify(&mut tx, TASKS_CHANNEL, "").await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-pub(super) async fn reclaim_lost(
-    pool: &PgPool,
-    timeout: Duration,
-    policy: RetryPolicy,
-) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    let lost: Vec<(Uuid, i32, i32, String)> = sqlx::query_as(
-        "SELECT t.job_id, t.chunk, t.attempt, w.worker \
-         FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
-         WHERE t.state = 'dispatched' AND w.last_seen < now() - make_interval(secs => $1) \
-         FOR UPDATE OF t SKIP LOCKED",
-    )
-    .bind(timeout.as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await?;
-    let policy = RetryPolicy {
-        backoff: Duration::ZERO,
-        ..policy
-    };
-    for (job, chunk, attempt, worker) in lost {
-        let message = format!("worker {worker} stopped sending heartbeats");
-        retry_or_fail(
-            &mut tx,
-            job,
-            chunk,
-            attempt as u32,
-            policy,
-            "WORKER_LOST",
-            &message,
-            true,
-        )
-        .await?;
     }
     tx.commit().await?;
     Ok(())

@@ -39,3 +39,11 @@ pub(super) const SAVE_TENANT_CLOCK: &str =
 /// Marks a batch chunk preempted, once.
 pub(super) const MARK_PREEMPTED: &str = "UPDATE tasks SET preempted = TRUE \
      WHERE job_id = $1 AND chunk = $2 AND state = 'pending' AND NOT preempted";
+
+/// Counts for the metrics gauges.
+pub(super) const STATS_JOBS_SQL: &str =
+    "SELECT state, priority, count(*) FROM jobs GROUP BY state, priority";
+pub(super) const STATS_BACKLOG_SQL: &str =
+    "SELECT priority, kind, count(*) FROM tasks WHERE state = 'pending' GROUP BY priority, kind";
+pub(super) const STATS_IN_FLIGHT_SQL: &str =
+    "SELECT kind, count(*) FROM tasks WHERE state = 'dispatched' GROUP BY kind";

@@ -8,12 +8,13 @@ use chrono::{DateTime, Utc};
 use tutti_shared::job::JobState;
 use uuid::Uuid;
 
-use super::views::{
-    DispatchedTask, FailedJob, FailedTask, QueueOverview, TenantWork, ViewStore, WorkerRow,
-};
-use super::views_pg::{overview, parse_uuid, records, tenant_work};
-use super::{JobRecord, Scope, SqliteStore};
+use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::store::views::{
+    overview, parse_uuid, records, tenant_work, DispatchedTask, FailedJob, FailedTask,
+    QueueOverview, TenantWork, ViewStore, WorkerRow,
+};
+use crate::store::{JobRecord, Scope};
 
 fn time(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tutti_shared::job::{JobSpec, ModelRef};
 use tutti_shared::models::ModelRegistry;
 
-use crate::engine::{load_once, EngineError, EngineStats, Rendered};
+use super::{load_once, EngineError, EngineStats, Rendered};
 use tutti_model::pipeline::Renderer;
 use tutti_model::state::DenoiseState;
 

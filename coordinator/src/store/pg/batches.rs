@@ -9,12 +9,14 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tutti_shared::job::chunk_ranges;
 use uuid::Uuid;
 
-use super::batches::{
-    AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow, NewItem,
-};
-use super::pg::{notify, notify_job, TASKS_CHANNEL};
-use super::{OutputRow, PgStore};
+use super::rows::{notify, notify_job, TASKS_CHANNEL};
+use super::PgStore;
 use crate::error::{Error, Result};
+use crate::store::batches::{
+    min_opt, AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow,
+    NewItem,
+};
+use crate::store::OutputRow;
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";
@@ -489,12 +491,5 @@ impl BatchStore for PgStore {
         .execute(self.pool())
         .await?;
         Ok(())
-    }
-}
-
-pub(super) fn min_opt(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }

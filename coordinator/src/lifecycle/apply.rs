@@ -1,0 +1,233 @@
+//! The lifecycle's rules run over a store transaction. Each function does the whole change
+//! of one event (a result, a progress report, an expired lease, a cancel); the caller commits.
+
+use std::time::Duration;
+
+use tutti_shared::job::{Stage, TaskKind};
+use tutti_shared::messages::Outcome;
+use uuid::Uuid;
+
+use super::events::outcome_name;
+use super::rules::{after_denoise, after_failure, fence, AfterFailure, Fence};
+use super::{check_output_key, Failure, LifecycleTx, LostTask, RetryPolicy, TaskRef};
+use crate::error::Result;
+use crate::tenancy::Scope;
+
+/// The end of an attempt: advance the job, retry, or fail it. A stale or duplicate result is
+/// recorded in the history and changes nothing else.
+pub async fn record_result(
+    tx: &mut dyn LifecycleTx,
+    task: TaskRef<'_>,
+    outcome: &Outcome,
+    policy: RetryPolicy,
+) -> Result<()> {
+    let TaskRef {
+        job,
+        chunk,
+        attempt,
+        worker,
+    } = task;
+    let Some(row) = tx.lock_task(job, chunk).await? else {
+        tracing::warn!(job_id = %job, chunk, attempt, "result for an unknown task, dropped");
+        return Ok(());
+    };
+    if fence(&row, attempt) == Fence::Stale {
+        tracing::info!(job_id = %job, chunk, attempt, current_attempt = row.attempt, task_state = %row.state, "stale or duplicate result, dropped");
+        let detail = serde_json::json!({
+            "outcome": outcome_name(outcome),
+            "worker": worker,
+            "task_state": row.state.as_str(),
+            "current_attempt": row.attempt,
+        });
+        return tx
+            .event(job, "stale_result", Some(chunk), Some(attempt), detail)
+            .await;
+    }
+    let head = tx.lock_job(job).await?;
+    if !head.state.is_active() {
+        return Ok(());
+    }
+    match outcome {
+        Outcome::Done {
+            millis,
+            outputs,
+            held,
+        } => {
+            tx.finish(task, *millis).await?;
+            tx.add_stage_time(job, row.kind, *millis).await?;
+            let detail = serde_json::json!({
+                "kind": row.kind.as_str(),
+                "worker": worker,
+                "millis": millis,
+                "to_step": row.to_step,
+            });
+            tx.event(job, "chunk_done", Some(chunk), Some(attempt), detail)
+                .await?;
+            match row.kind {
+                TaskKind::Denoise => {
+                    tx.raise_steps(job, row.to_step).await?;
+                    let next = after_denoise(chunk, head.steps_total, head.chunk_steps);
+                    tx.insert_task(job, &next, head.priority).await?;
+                    match next.kind {
+                        TaskKind::Denoise => tx.notes().job(job, "step"),
+                        TaskKind::Vocode => {
+                            tx.set_stage(job, Stage::Vocode).await?;
+                            tx.notes().job(job, "stage");
+                        }
+                    }
+                    if *held {
+                        // Chunk affinity for the next chunk, dispatched right away.
+                        tx.add_hold(worker, job).await?;
+                    }
+                }
+                TaskKind::Vocode => {
+                    for o in outputs {
+                        check_output_key(&o.key, &head.tenant, job)?;
+                    }
+                    tx.put_outputs(job, outputs).await?;
+                    tx.succeed(job).await?;
+                    tx.event(job, "succeeded", None, None, serde_json::json!({}))
+                        .await?;
+                    tx.notes().job(job, "succeeded");
+                }
+            }
+            // A slot is free (and a denoise chunk queued the job's next task): waiting work goes
+            // out now, not at the next poll.
+            tx.notes().tasks();
+            Ok(())
+        }
+        Outcome::Failed {
+            code,
+            message,
+            retryable,
+        } => {
+            let failure = Failure {
+                code,
+                message,
+                retryable: *retryable,
+            };
+            retry_or_fail(tx, job, chunk, attempt, policy, failure).await
+        }
+        // The worker saw a cancel for a job that is not cancelled here (e.g. a stale
+        // broadcast): run the chunk again.
+        Outcome::Cancelled => {
+            let failure = Failure {
+                code: "CANCELLED_BY_WORKER",
+                message: "worker stopped the task",
+                retryable: true,
+            };
+            retry_or_fail(tx, job, chunk, attempt, policy.at_once(), failure).await
+        }
+    }
+}
+
+/// Step progress of a live attempt (dropped for any other attempt).
+pub async fn record_progress(
+    tx: &mut dyn LifecycleTx,
+    task: TaskRef<'_>,
+    steps_done: u32,
+) -> Result<()> {
+    if tx.touch(task).await? && tx.progress(task.job, steps_done).await? {
+        tx.notes().job(task.job, "step");
+    }
+    Ok(())
+}
+
+/// Dispatched tasks with no sign of life for `lease` go back to the backlog as a new attempt
+/// at once (or fail their job past the bound).
+pub async fn expire_leases(
+    tx: &mut dyn LifecycleTx,
+    lease: Duration,
+    policy: RetryPolicy,
+) -> Result<()> {
+    let message = format!("task lease of {lease:?} expired");
+    for t in tx.expired(lease).await? {
+        let failure = Failure {
+            code: "LEASE_EXPIRED",
+            message: &message,
+            retryable: true,
+        };
+        retry_or_fail(tx, t.job, t.chunk, t.attempt, policy.at_once(), failure).await?;
+    }
+    Ok(())
+}
+
+/// Tasks of workers unheard of for `timeout` go back to the backlog as a new attempt at once,
+/// without waiting for their lease.
+pub async fn reclaim_lost(
+    tx: &mut dyn LifecycleTx,
+    timeout: Duration,
+    policy: RetryPolicy,
+) -> Result<()> {
+    for LostTask {
+        job,
+        chunk,
+        attempt,
+        worker,
+    } in tx.of_lost_workers(timeout).await?
+    {
+        let message = format!(
+            "worker {} stopped sending heartbeats",
+            worker.as_deref().unwrap_or("?")
+        );
+        let failure = Failure {
+            code: "WORKER_LOST",
+            message: &message,
+            retryable: true,
+        };
+        retry_or_fail(tx, job, chunk, attempt, policy.at_once(), failure).await?;
+    }
+    Ok(())
+}
+
+/// Cancels a job in scope that has not ended, with its unfinished tasks; true when this call
+/// cancelled it.
+pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Result<bool> {
+    if !tx.cancel(scope, job).await? {
+        return Ok(false);
+    }
+    tx.event(job, "cancelled", None, None, serde_json::json!({}))
+        .await?;
+    tx.notes().job(job, "cancelled");
+    // Its dispatched tasks' slots are free.
+    tx.notes().tasks();
+    Ok(true)
+}
+
+/// A failed attempt: back to the backlog as attempt + 1 after the policy's backoff, or, past
+/// the bound or for an error a retry cannot fix, the job fails with the cause.
+async fn retry_or_fail(
+    tx: &mut dyn LifecycleTx,
+    job: Uuid,
+    chunk: u32,
+    attempt: u32,
+    policy: RetryPolicy,
+    failure: Failure<'_>,
+) -> Result<()> {
+    let Failure { code, message, .. } = failure;
+    let error = format!("{code}: {message}");
+    match after_failure(attempt, failure.retryable, policy) {
+        AfterFailure::Retry { delay } => {
+            tx.requeue(job, chunk, &error, delay).await?;
+            let detail = serde_json::json!({
+                "code": code,
+                "message": message,
+                "delay_ms": delay.as_millis() as u64,
+            });
+            tx.event(job, "retry", Some(chunk), Some(attempt), detail)
+                .await?;
+            tx.notes().job(job, "retry");
+        }
+        AfterFailure::Fail => {
+            tx.fail_task(job, chunk, &error).await?;
+            tx.fail_job(job, code, message).await?;
+            let detail = serde_json::json!({ "code": code, "message": message });
+            tx.event(job, "failed", Some(chunk), Some(attempt), detail)
+                .await?;
+            tx.notes().job(job, "failed");
+        }
+    }
+    // Its slot is free (and a retry is waiting work).
+    tx.notes().tasks();
+    Ok(())
+}

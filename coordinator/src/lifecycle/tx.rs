@@ -1,0 +1,95 @@
+//! The reads and writes of the lifecycle inside one store transaction: SQL only, one
+//! implementation per dialect. Every write is unconditional; the decisions are `rules`'.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tutti_shared::job::{JobState, Stage, TaskKind, TaskState};
+use tutti_shared::messages::OutputInfo;
+use uuid::Uuid;
+
+use super::rules::NextTask;
+use super::TaskRef;
+use crate::error::Result;
+use crate::notify::Pending;
+use crate::tenancy::Scope;
+
+/// What the fence and the advance read of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRow {
+    pub kind: TaskKind,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub to_step: u32,
+}
+
+/// What the advance reads of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobHead {
+    pub state: JobState,
+    pub priority: i16,
+    pub steps_total: u32,
+    pub chunk_steps: u32,
+    pub tenant: String,
+}
+
+/// A dispatched task whose worker went quiet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostTask {
+    pub job: Uuid,
+    pub chunk: u32,
+    pub attempt: u32,
+    /// The worker it was with, when known.
+    pub worker: Option<String>,
+}
+
+#[async_trait]
+pub trait LifecycleTx: Send {
+    /// The task, locked for the transaction; `None` when there is no such task.
+    async fn lock_task(&mut self, job: Uuid, chunk: u32) -> Result<Option<TaskRow>>;
+    /// The task's job, locked for the transaction.
+    async fn lock_job(&mut self, job: Uuid) -> Result<JobHead>;
+    /// Dispatched tasks with no sign of life for `lease`, locked (others skip them).
+    async fn expired(&mut self, lease: Duration) -> Result<Vec<LostTask>>;
+    /// Dispatched tasks of workers unheard of for `timeout`, locked (others skip them).
+    async fn of_lost_workers(&mut self, timeout: Duration) -> Result<Vec<LostTask>>;
+
+    /// A sign of life of a dispatched attempt; false when it is not the live attempt.
+    async fn touch(&mut self, task: TaskRef<'_>) -> Result<bool>;
+    /// Moves a running job's step count forward to `steps_done`; false when it was not behind.
+    async fn progress(&mut self, job: Uuid, steps_done: u32) -> Result<bool>;
+    /// The task is done by `task.worker` in `millis`.
+    async fn finish(&mut self, task: TaskRef<'_>, millis: u64) -> Result<()>;
+    /// Adds `millis` to the job's time in `kind`'s stage.
+    async fn add_stage_time(&mut self, job: Uuid, kind: TaskKind, millis: u64) -> Result<()>;
+    /// Raises the job's steps done to at least `steps`.
+    async fn raise_steps(&mut self, job: Uuid, steps: u32) -> Result<()>;
+    async fn insert_task(&mut self, job: Uuid, task: &NextTask, priority: i16) -> Result<()>;
+    async fn set_stage(&mut self, job: Uuid, stage: Stage) -> Result<()>;
+    /// Until its next heartbeat says otherwise, `worker` holds the job's latent.
+    async fn add_hold(&mut self, worker: &str, job: Uuid) -> Result<()>;
+    /// Stores (or replaces, for a redone vocode) the job's outputs.
+    async fn put_outputs(&mut self, job: Uuid, outputs: &[OutputInfo]) -> Result<()>;
+    async fn succeed(&mut self, job: Uuid) -> Result<()>;
+    /// Back to the backlog as the next attempt, due after `delay`.
+    async fn requeue(&mut self, job: Uuid, chunk: u32, error: &str, delay: Duration) -> Result<()>;
+    async fn fail_task(&mut self, job: Uuid, chunk: u32, error: &str) -> Result<()>;
+    /// Fails the job, if it is still active, with the cause.
+    async fn fail_job(&mut self, job: Uuid, code: &str, message: &str) -> Result<()>;
+    /// Cancels a job in scope that is still active, with its unfinished tasks; false when there
+    /// was nothing to cancel.
+    async fn cancel(&mut self, scope: Scope<'_>, job: Uuid) -> Result<bool>;
+    /// A line of the job's history (and the metrics that follow it, `events`).
+    async fn event(
+        &mut self,
+        job: Uuid,
+        kind: &str,
+        chunk: Option<u32>,
+        attempt: Option<u32>,
+        detail: serde_json::Value,
+    ) -> Result<()>;
+    /// Change notices, sent once the transaction commits.
+    fn notes(&mut self) -> &mut Pending;
+    /// Commits, then sends the notices.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}

@@ -1,0 +1,327 @@
+//! The lifecycle's reads and writes on Postgres (`lifecycle::LifecycleTx`): row locks with
+//! `FOR UPDATE`, expiry scans with `SKIP LOCKED` so that replicas split the work, and notices
+//! sent with `NOTIFY` inside the transaction (delivered when it commits).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{PgPool, Postgres, Transaction};
+use tutti_shared::job::{Stage, TaskKind};
+use tutti_shared::messages::OutputInfo;
+use uuid::Uuid;
+
+use super::rows::{event, insert_task, send_notes};
+use crate::error::{Error, Result};
+use crate::lifecycle::rules::NextTask;
+use crate::lifecycle::{JobHead, LifecycleTx, LostTask, TaskRef, TaskRow};
+use crate::notify::Pending;
+use crate::tenancy::Scope;
+
+pub(super) struct PgLifecycle {
+    tx: Transaction<'static, Postgres>,
+    notes: Pending,
+}
+
+impl PgLifecycle {
+    pub(super) async fn begin(pool: &PgPool) -> Result<Box<Self>> {
+        Ok(Box::new(Self {
+            tx: pool.begin().await?,
+            notes: Pending::default(),
+        }))
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{what}: {e}"))
+}
+
+fn lost((job, chunk, attempt, worker): (Uuid, i32, i32, Option<String>)) -> LostTask {
+    LostTask {
+        job,
+        chunk: chunk as u32,
+        attempt: attempt as u32,
+        worker,
+    }
+}
+
+#[async_trait]
+impl LifecycleTx for PgLifecycle {
+    async fn lock_task(&mut self, job: Uuid, chunk: u32) -> Result<Option<TaskRow>> {
+        let row: Option<(String, String, i32, i32)> = sqlx::query_as(
+            "SELECT kind, state, attempt, to_step FROM tasks \
+             WHERE job_id = $1 AND chunk = $2 FOR UPDATE",
+        )
+        .bind(job)
+        .bind(chunk as i32)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|(kind, state, attempt, to_step)| {
+            Ok(TaskRow {
+                kind: kind.parse().map_err(|e| internal("task kind", e))?,
+                state: state.parse().map_err(|e| internal("task state", e))?,
+                attempt: attempt as u32,
+                to_step: to_step as u32,
+            })
+        })
+        .transpose()
+    }
+
+    async fn lock_job(&mut self, job: Uuid) -> Result<JobHead> {
+        let (state, priority, steps_total, chunk_steps, tenant): (String, i16, i32, i32, String) =
+            sqlx::query_as(
+                "SELECT state, priority, steps_total, chunk_steps, tenant FROM jobs \
+                 WHERE id = $1 FOR UPDATE",
+            )
+            .bind(job)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(JobHead {
+            state: state.parse().map_err(|e| internal("job state", e))?,
+            priority,
+            steps_total: steps_total as u32,
+            chunk_steps: chunk_steps as u32,
+            tenant,
+        })
+    }
+
+    async fn expired(&mut self, lease: Duration) -> Result<Vec<LostTask>> {
+        let rows: Vec<(Uuid, i32, i32, Option<String>)> = sqlx::query_as(
+            "SELECT job_id, chunk, attempt, NULL::text FROM tasks \
+             WHERE state = 'dispatched' AND heartbeat_at < now() - make_interval(secs => $1) \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(lease.as_secs_f64())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(lost).collect())
+    }
+
+    async fn of_lost_workers(&mut self, timeout: Duration) -> Result<Vec<LostTask>> {
+        let rows: Vec<(Uuid, i32, i32, Option<String>)> = sqlx::query_as(
+            "SELECT t.job_id, t.chunk, t.attempt, w.worker \
+             FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
+             WHERE t.state = 'dispatched' AND w.last_seen < now() - make_interval(secs => $1) \
+             FOR UPDATE OF t SKIP LOCKED",
+        )
+        .bind(timeout.as_secs_f64())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(lost).collect())
+    }
+
+    async fn touch(&mut self, task: TaskRef<'_>) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE tasks SET heartbeat_at = now(), worker = $4 \
+             WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'dispatched'",
+        )
+        .bind(task.job)
+        .bind(task.chunk as i32)
+        .bind(task.attempt as i32)
+        .bind(task.worker)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    async fn progress(&mut self, job: Uuid, steps_done: u32) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE jobs SET steps_done = $2 WHERE id = $1 AND state = 'running' AND steps_done < $2",
+        )
+        .bind(job)
+        .bind(steps_done as i32)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    async fn finish(&mut self, task: TaskRef<'_>, millis: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'done', finished_at = now(), worker = $3, millis = $4 \
+             WHERE job_id = $1 AND chunk = $2",
+        )
+        .bind(task.job)
+        .bind(task.chunk as i32)
+        .bind(task.worker)
+        .bind(millis as i64)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn add_stage_time(&mut self, job: Uuid, kind: TaskKind, millis: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET timings = jsonb_set(timings, ARRAY[$2::text], \
+               to_jsonb(COALESCE((timings->>$2)::bigint, 0) + $3)) WHERE id = $1",
+        )
+        .bind(job)
+        .bind(kind.as_str())
+        .bind(millis as i64)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn raise_steps(&mut self, job: Uuid, steps: u32) -> Result<()> {
+        sqlx::query("UPDATE jobs SET steps_done = GREATEST(steps_done, $2) WHERE id = $1")
+            .bind(job)
+            .bind(steps as i32)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_task(&mut self, job: Uuid, task: &NextTask, priority: i16) -> Result<()> {
+        insert_task(
+            &mut self.tx,
+            job,
+            task.chunk,
+            task.kind.as_str(),
+            task.from_step,
+            task.to_step,
+            priority,
+        )
+        .await
+    }
+
+    async fn set_stage(&mut self, job: Uuid, stage: Stage) -> Result<()> {
+        sqlx::query("UPDATE jobs SET stage = $2 WHERE id = $1")
+            .bind(job)
+            .bind(stage.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_hold(&mut self, worker: &str, job: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE workers SET holds = holds || to_jsonb($2::text) \
+             WHERE worker = $1 AND NOT holds @> to_jsonb($2::text)",
+        )
+        .bind(worker)
+        .bind(job.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_outputs(&mut self, job: Uuid, outputs: &[OutputInfo]) -> Result<()> {
+        for o in outputs {
+            let format = o.key.rsplit('.').next().unwrap_or("wav");
+            sqlx::query(
+                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (job_id, idx) DO UPDATE SET key = EXCLUDED.key, sha256 = EXCLUDED.sha256, \
+                   size_bytes = EXCLUDED.size_bytes, duration_s = EXCLUDED.duration_s, \
+                   sample_rate = EXCLUDED.sample_rate, format = EXCLUDED.format",
+            )
+            .bind(job)
+            .bind(o.index as i32)
+            .bind(&o.key)
+            .bind(&o.sha256)
+            .bind(o.size_bytes as i64)
+            .bind(o.duration_s)
+            .bind(o.sample_rate as i32)
+            .bind(format)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn succeed(&mut self, job: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', stage = 'done', finished_at = now() WHERE id = $1",
+        )
+        .bind(job)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn requeue(&mut self, job: Uuid, chunk: u32, error: &str, delay: Duration) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'pending', attempt = attempt + 1, last_error = $3, \
+               not_before = now() + make_interval(secs => $4) \
+             WHERE job_id = $1 AND chunk = $2",
+        )
+        .bind(job)
+        .bind(chunk as i32)
+        .bind(error)
+        .bind(delay.as_secs_f64())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn fail_task(&mut self, job: Uuid, chunk: u32, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'failed', finished_at = now(), last_error = $3 \
+             WHERE job_id = $1 AND chunk = $2",
+        )
+        .bind(job)
+        .bind(chunk as i32)
+        .bind(error)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn fail_job(&mut self, job: Uuid, code: &str, message: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, finished_at = now() \
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(job)
+        .bind(code)
+        .bind(message)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel(&mut self, scope: Scope<'_>, job: Uuid) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = now() \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) \
+               AND state IN ('queued', 'running')",
+        )
+        .bind(job)
+        .bind(scope.tenant())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            sqlx::query(
+                "UPDATE tasks SET state = 'cancelled', finished_at = now() \
+                 WHERE job_id = $1 AND state IN ('pending', 'dispatched')",
+            )
+            .bind(job)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(changed)
+    }
+
+    async fn event(
+        &mut self,
+        job: Uuid,
+        kind: &str,
+        chunk: Option<u32>,
+        attempt: Option<u32>,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        event(&mut self.tx, job, kind, chunk, attempt, detail).await
+    }
+
+    fn notes(&mut self) -> &mut Pending {
+        &mut self.notes
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let Self { mut tx, notes } = *self;
+        send_notes(&mut tx, notes).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
