@@ -15,6 +15,7 @@ mod observe;
 pub mod operator;
 pub mod results;
 pub mod sched;
+pub mod settings;
 pub mod store;
 pub mod studio;
 pub mod tenancy;
@@ -36,6 +37,7 @@ use tutti_shared::taskqueue::{AmqpQueue, TaskQueue};
 
 pub use auth::AuthMode;
 pub use config::{CoordinatorConfig, TlsFiles};
+pub use settings::{FarmArgs, Settings};
 
 /// Where a coordinator keeps its state and sends its work: Postgres, RabbitMQ and S3 for the
 /// farm; SQLite, the in-process queue and a local folder in embedded mode.
@@ -46,41 +48,13 @@ pub struct Backend {
     pub blobs: Arc<dyn BlobStore>,
 }
 
-/// The scheduler's knobs, whichever backend runs it.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub models_dir: std::path::PathBuf,
-    pub default_model: Option<String>,
-    pub chunk_steps: u32,
-    pub sched: sched::Policy,
-    pub retry: store::RetryPolicy,
-    pub task_lease: std::time::Duration,
-    /// How long after a job ends its checkpoints are deleted.
-    pub checkpoint_grace: std::time::Duration,
-    pub url_ttl: std::time::Duration,
-    /// Whether job API calls need an API key.
-    pub auth: AuthMode,
-    /// TLS for the gRPC server (plaintext when `None`).
-    pub tls: Option<TlsFiles>,
-}
-
 impl From<&CoordinatorConfig> for Settings {
     fn from(cfg: &CoordinatorConfig) -> Self {
-        Self {
+        cfg.farm.apply(Settings {
             models_dir: cfg.models_dir.clone(),
-            default_model: cfg.default_model.clone(),
-            chunk_steps: cfg.chunk_steps,
-            sched: cfg.policy(),
-            retry: store::RetryPolicy {
-                max_attempts: cfg.max_attempts,
-                backoff: cfg.retry_backoff,
-            },
-            task_lease: cfg.task_lease,
-            checkpoint_grace: cfg.checkpoint_grace,
-            url_ttl: cfg.url_ttl,
-            auth: cfg.auth,
             tls: cfg.tls.files(),
-        }
+            ..Settings::default()
+        })
     }
 }
 

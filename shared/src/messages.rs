@@ -35,6 +35,86 @@ pub struct OutputInfo {
     pub sample_rate: u32,
 }
 
+/// Why an attempt failed: a closed set, so that job errors, retries and dashboards name causes
+/// the same way everywhere. On the wire and in the job store as `SCREAMING_SNAKE_CASE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The worker has no pack of the job's model.
+    ModelNotInstalled,
+    /// The model refused the job's input.
+    InvalidInput,
+    /// The model runtime failed (libtorch, a tensor, a step).
+    ModelError,
+    /// The worker's model packs could not be read.
+    ModelPacks,
+    /// The worker is shutting down.
+    WorkerStopping,
+    /// The chunk's latent was not held where it was routed; it runs from the checkpoint.
+    NotHeld,
+    CheckpointMissing,
+    CheckpointRead,
+    CheckpointWrite,
+    /// Encoding the audio (WAV/FLAC) failed.
+    Encode,
+    OutputWrite,
+    /// A dispatched task gave no sign of life within its lease.
+    LeaseExpired,
+    /// The task's worker stopped sending heartbeats.
+    WorkerLost,
+    /// A worker stopped a task of a job that is not cancelled.
+    CancelledByWorker,
+    /// A code this build does not know (from a newer worker).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::ModelNotInstalled,
+        ErrorCode::InvalidInput,
+        ErrorCode::ModelError,
+        ErrorCode::ModelPacks,
+        ErrorCode::WorkerStopping,
+        ErrorCode::NotHeld,
+        ErrorCode::CheckpointMissing,
+        ErrorCode::CheckpointRead,
+        ErrorCode::CheckpointWrite,
+        ErrorCode::Encode,
+        ErrorCode::OutputWrite,
+        ErrorCode::LeaseExpired,
+        ErrorCode::WorkerLost,
+        ErrorCode::CancelledByWorker,
+        ErrorCode::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ModelNotInstalled => "MODEL_NOT_INSTALLED",
+            ErrorCode::InvalidInput => "INVALID_INPUT",
+            ErrorCode::ModelError => "MODEL_ERROR",
+            ErrorCode::ModelPacks => "MODEL_PACKS",
+            ErrorCode::WorkerStopping => "WORKER_STOPPING",
+            ErrorCode::NotHeld => "NOT_HELD",
+            ErrorCode::CheckpointMissing => "CHECKPOINT_MISSING",
+            ErrorCode::CheckpointRead => "CHECKPOINT_READ",
+            ErrorCode::CheckpointWrite => "CHECKPOINT_WRITE",
+            ErrorCode::Encode => "ENCODE",
+            ErrorCode::OutputWrite => "OUTPUT_WRITE",
+            ErrorCode::LeaseExpired => "LEASE_EXPIRED",
+            ErrorCode::WorkerLost => "WORKER_LOST",
+            ErrorCode::CancelledByWorker => "CANCELLED_BY_WORKER",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a task ended on a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -49,7 +129,7 @@ pub enum Outcome {
         held: bool,
     },
     Failed {
-        code: String,
+        code: ErrorCode,
         message: String,
         /// False for errors that a retry cannot fix (e.g. a model pack the worker lacks).
         retryable: bool,
@@ -117,6 +197,20 @@ pub enum ControlMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_keep_their_wire_names() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(code).expect("encode");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&json).expect("decode"),
+                *code
+            );
+        }
+        let newer: ErrorCode = serde_json::from_str("\"GPU_ON_FIRE\"").expect("decode");
+        assert_eq!(newer, ErrorCode::Unknown);
+    }
 
     #[test]
     fn events_from_workers_without_a_class_read_as_standard() {

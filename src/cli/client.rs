@@ -245,7 +245,7 @@ pub(crate) async fn connect_local(url: &str) -> anyhow::Result<Client> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("embedded server did not start")))
 }
 
-async fn connect_to(server: &str, credentials: &Credentials) -> anyhow::Result<Client> {
+pub(crate) async fn connect_to(server: &str, credentials: &Credentials) -> anyhow::Result<Client> {
     let (channel, bearer) = channel_to(server, credentials).await?;
     Ok(GenerationClient::with_interceptor(channel, bearer))
 }
@@ -349,17 +349,6 @@ impl GenerateArgs {
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
             labels: self.labels.iter().cloned().collect::<HashMap<_, _>>(),
         })
-    }
-}
-
-pub(crate) async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let req = args.request()?;
-    match args.server.clone() {
-        Some(server) => {
-            let mut client = connect_to(&server, &args.credentials).await?;
-            run_job(&mut client, req, &args, false).await
-        }
-        None => super::embedded::generate(req, &args).await,
     }
 }
 

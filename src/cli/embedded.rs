@@ -5,14 +5,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tutti_coordinator::config::TlsArgs;
-use tutti_coordinator::store::{RetryPolicy, SqliteStore};
-use tutti_coordinator::{AuthMode, Backend, Settings};
+use tutti_coordinator::store::SqliteStore;
+use tutti_coordinator::{Backend, FarmArgs, Settings};
 use tutti_shared::blob::LocalStore;
 use tutti_shared::job::TaskKind;
 use tutti_shared::metrics::Health;
@@ -46,38 +45,14 @@ pub(crate) struct DevConfig {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub embedded: EmbeddedArgs,
-    /// Model used when a request names none (default: the only pack, or `tutti-mini`).
-    #[arg(long, env = "TUTTI_DEFAULT_MODEL")]
-    pub default_model: Option<String>,
-    /// Denoising steps per chunk (0: the model's default).
-    #[arg(long, env = "TUTTI_CHUNK_STEPS", default_value_t = 0)]
-    pub chunk_steps: u32,
-    /// Attempts per task before its job fails.
-    #[arg(long, env = "TUTTI_MAX_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
-    /// First retry delay; doubles with each attempt.
-    #[arg(long, env = "TUTTI_RETRY_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub retry_backoff: Duration,
-    /// A dispatched task with no sign of life for this long is dispatched again.
-    #[arg(long, env = "TUTTI_TASK_LEASE", default_value = "300s", value_parser = humantime::parse_duration)]
-    pub task_lease: Duration,
-    /// How long after a job ends its checkpoints are deleted.
-    #[arg(long, env = "TUTTI_CHECKPOINT_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub checkpoint_grace: Duration,
-    /// Tasks dispatched but unfinished per stage. Small, so that the backlog waits in the
-    /// store where priorities apply, not in the queue.
-    #[arg(long, env = "TUTTI_MAX_IN_FLIGHT", default_value_t = 8)]
-    pub max_in_flight: u32,
+    #[command(flatten)]
+    pub farm: FarmArgs,
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Address of tutti studio, the web page (`off`: none).
     #[arg(long, env = "TUTTI_STUDIO_LISTEN", default_value = "127.0.0.1:8080")]
     pub studio_listen: StudioListen,
-    /// `required`: API calls need a key (`tutti key create --sqlite DATA_DIR/jobs.db ...`);
-    /// `off`: every caller is the local tenant `default`.
-    #[arg(long, env = "TUTTI_AUTH", value_enum, default_value = "off")]
-    pub auth: AuthMode,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -219,29 +194,21 @@ pub(crate) async fn start(
     })
 }
 
+/// The settings of an embedded farm: its defaults, with `tutti dev`'s flags when given.
 pub(crate) fn settings(models_dir: PathBuf, cfg: Option<&DevConfig>) -> Settings {
-    Settings {
-        models_dir,
-        default_model: cfg.and_then(|c| c.default_model.clone()),
-        chunk_steps: cfg.map_or(0, |c| c.chunk_steps),
-        sched: tutti_coordinator::sched::Policy {
-            max_in_flight: cfg.map_or(8, |c| c.max_in_flight),
-            ..Default::default()
-        },
-        retry: RetryPolicy {
-            max_attempts: cfg.map_or(4, |c| c.max_attempts),
-            backoff: cfg.map_or(Duration::from_secs(1), |c| c.retry_backoff),
-        },
-        task_lease: cfg.map_or(Duration::from_secs(300), |c| c.task_lease),
-        checkpoint_grace: cfg.map_or(Duration::from_secs(60), |c| c.checkpoint_grace),
-        url_ttl: Duration::from_secs(3600),
-        auth: cfg.map_or(AuthMode::Off, |c| c.auth),
-        tls: cfg.and_then(|c| c.tls.files()),
+    let base = Settings::embedded(models_dir);
+    match cfg {
+        Some(c) => c.farm.apply(Settings {
+            tls: c.tls.files(),
+            ..base
+        }),
+        None => base,
     }
 }
 
 /// `tutti dev`: serves until SIGTERM or ctrl-c, then lets the workers finish their task.
 pub(crate) async fn dev(cfg: DevConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    cfg.farm.validate().map_err(anyhow::Error::msg)?;
     let models_dir = resolve_models_dir(cfg.embedded.models_dir.as_deref())?;
     let data_dir = cfg
         .data_dir
@@ -289,47 +256,5 @@ pub(crate) async fn dev(cfg: DevConfig, shutdown: watch::Receiver<bool>) -> anyh
     for w in farm.workers {
         let _ = w.await;
     }
-    result
-}
-
-/// `tutti generate` without `--server`: a throwaway embedded farm in a temp folder, one job.
-pub(crate) async fn generate(
-    req: tutti_proto::v1::SubmitGenerationRequest,
-    args: &super::client::GenerateArgs,
-) -> anyhow::Result<()> {
-    if args.embedded.workers == 0 {
-        bail!("--workers must be at least 1 to generate embedded");
-    }
-    if args.no_wait {
-        bail!("--no-wait needs --server: an embedded farm ends with the command");
-    }
-    let models_dir = resolve_models_dir(args.embedded.models_dir.as_deref())?;
-    let dir = tempfile::Builder::new()
-        .prefix("tutti-embedded-")
-        .tempdir()
-        .context("creating a temp folder for the embedded farm")?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a local port for the embedded farm")?;
-    let (stop, shutdown) = watch::channel(false);
-    let settings = settings(models_dir, None);
-    let farm = start(
-        dir.path(),
-        &args.embedded,
-        settings,
-        Health::default(),
-        listener,
-        None,
-        shutdown,
-    )
-    .await?;
-    let url = format!("http://{}", farm.addr);
-    let result = async {
-        let mut client = super::client::connect_local(&url).await?;
-        super::client::run_job(&mut client, req, args, true).await
-    }
-    .await;
-    let _ = stop.send(true);
-    let _ = farm.server.await;
     result
 }

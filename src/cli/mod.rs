@@ -8,6 +8,7 @@ mod bench_farm;
 mod bench_timeline;
 mod client;
 mod embedded;
+mod generate;
 mod operator;
 mod signals;
 mod train;
@@ -104,6 +105,21 @@ impl Command {
 pub(crate) enum ModelCommand {
     /// Print what a model pack holds.
     Inspect { path: PathBuf },
+    /// Make a pack of a published Stable Audio folder (diffusers layout of SAO 1.0, or the
+    /// stable-audio-tools layout of SAO Small with --t5); the pack links to the folder.
+    Import {
+        dir: PathBuf,
+        /// The pack folder to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        /// The t5-base folder (config.json, model.safetensors, tokenizer.json) for SAO Small.
+        #[arg(long)]
+        t5: Option<PathBuf>,
+    },
     /// Write a tiny random-weight pack of the real architecture (for tests and demos of the farm).
     Tiny {
         path: PathBuf,
@@ -143,7 +159,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let shutdown = signals::shutdown_on_signal();
             embedded::dev(cfg, shutdown).await
         }
-        Command::Generate(args) => client::generate(args).await,
+        Command::Generate(args) => generate::generate(args).await,
         Command::Job(args) => client::show_job(args).await,
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
@@ -157,6 +173,23 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {
             println!("{}", tutti_model::pack::inspect(&path)?);
+            Ok(())
+        }
+        Command::Model(ModelCommand::Import {
+            dir,
+            output,
+            name,
+            version,
+            t5,
+        }) => {
+            let opts = tutti_model::stable_audio::ImportOptions { name, version, t5 };
+            let pack = tutti_model::stable_audio::import(&dir, &output, &opts)?;
+            println!(
+                "imported {} ({:?} layout) into {}",
+                pack.model.name,
+                pack.model.layout,
+                output.display()
+            );
             Ok(())
         }
         Command::Model(ModelCommand::Tiny { path, seed }) => {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tutti_shared::job::{Stage, TaskKind};
-use tutti_shared::messages::Outcome;
+use tutti_shared::messages::{ErrorCode, Outcome};
 use uuid::Uuid;
 
 use super::events::outcome_name;
@@ -102,7 +102,7 @@ pub async fn record_result(
             retryable,
         } => {
             let failure = Failure {
-                code,
+                code: *code,
                 message,
                 retryable: *retryable,
             };
@@ -112,7 +112,7 @@ pub async fn record_result(
         // broadcast): run the chunk again.
         Outcome::Cancelled => {
             let failure = Failure {
-                code: "CANCELLED_BY_WORKER",
+                code: ErrorCode::CancelledByWorker,
                 message: "worker stopped the task",
                 retryable: true,
             };
@@ -143,7 +143,7 @@ pub async fn expire_leases(
     let message = format!("task lease of {lease:?} expired");
     for t in tx.expired(lease).await? {
         let failure = Failure {
-            code: "LEASE_EXPIRED",
+            code: ErrorCode::LeaseExpired,
             message: &message,
             retryable: true,
         };
@@ -171,7 +171,7 @@ pub async fn reclaim_lost(
             worker.as_deref().unwrap_or("?")
         );
         let failure = Failure {
-            code: "WORKER_LOST",
+            code: ErrorCode::WorkerLost,
             message: &message,
             retryable: true,
         };
@@ -206,6 +206,7 @@ async fn retry_or_fail(
 ) -> Result<()> {
     let Failure { code, message, .. } = failure;
     let error = format!("{code}: {message}");
+    let code = code.as_str();
     match after_failure(attempt, failure.retryable, policy) {
         AfterFailure::Retry { delay } => {
             tx.requeue(job, chunk, &error, delay).await?;

@@ -12,6 +12,7 @@ mod tx;
 
 use std::time::Duration;
 
+use tutti_shared::messages::ErrorCode;
 use uuid::Uuid;
 
 pub use apply::{cancel, expire_leases, reclaim_lost, record_progress, record_result};
@@ -56,7 +57,7 @@ pub struct TaskRef<'a> {
 /// Why an attempt ended without a result.
 #[derive(Debug, Clone, Copy)]
 pub struct Failure<'a> {
-    pub code: &'a str,
+    pub code: ErrorCode,
     pub message: &'a str,
     /// Whether another attempt may succeed.
     pub retryable: bool,

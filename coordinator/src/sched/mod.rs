@@ -36,18 +36,6 @@ pub struct Policy {
     pub affinity_wait: Duration,
 }
 
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 64,
-            worker_timeout: Duration::from_secs(10),
-            weights: TenantWeights::default(),
-            batch_share: 0.1,
-            affinity_wait: Duration::from_millis(1500),
-        }
-    }
-}
-
 /// Fair-share weights, parsed from `tenant=weight,...` (e.g. `acme=3,beta=1`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantWeights(BTreeMap<String, f64>);

@@ -11,10 +11,9 @@
 //! by (job, chunk, attempt); a failed attempt retries with backoff up to a bound; a cancelled
 //! job never comes back.
 
-#[cfg(test)]
-mod batch_tests;
 pub mod batches;
 mod pg;
+mod rows;
 mod sql;
 mod sqlite;
 mod tenants;

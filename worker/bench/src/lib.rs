@@ -3,5 +3,6 @@
 //! time). A crate of its own because it needs both the trainer's pack writer and the serving
 //! engine, which the worker build must not pull in.
 
+mod host;
 pub mod model;
 pub mod serve;

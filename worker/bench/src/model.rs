@@ -26,6 +26,8 @@ use tutti_train::denoiser::{DenoiserConfig, DenoiserState};
 use tutti_train::pack as train_pack;
 use tutti_train::vocoder::{VocoderConfig as TrainVocoderConfig, VocoderState};
 
+use crate::host::{median, read_loadavg, CpuSnapshot};
+
 /// The size of the built-in model (`tutti-mini`): the pack that `tutti train pack` writes from
 /// the training defaults, so the benchmark follows the trainer when its sizes change.
 ///
@@ -191,9 +193,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let (dir, source) = match &opts.pack {
         PackSource::Dir(d) => (d.clone(), format!("pack {}", d.display())),
         PackSource::BuiltinSize | PackSource::Tiny => {
-            scratch = ScratchDir::new()?;
-            let source = write_random_pack(&scratch.0, &opts.pack)?;
-            (scratch.0.clone(), source)
+            scratch = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
+            let source = write_random_pack(scratch.path(), &opts.pack)?;
+            (scratch.path().to_path_buf(), source)
         }
     };
     let pipeline = Pipeline::load(&dir, dev)?;
@@ -384,19 +386,6 @@ fn batch_row(p: &Pipeline, opts: &BenchOptions, b: usize) -> Result<BatchRow> {
     })
 }
 
-pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
 /// Writes a random pack; returns a description of it.
 pub(crate) fn write_random_pack(dir: &Path, which: &PackSource) -> Result<String> {
     if *which == PackSource::Tiny {
@@ -578,86 +567,6 @@ impl BenchReport {
             }
         }
         o
-    }
-}
-
-/// Aggregate and own CPU time from `/proc` (Linux only), in clock ticks.
-#[derive(Debug, Clone, Copy)]
-struct CpuSnapshot {
-    cpus: usize,
-    busy: u64,
-    total: u64,
-    own: u64,
-}
-
-impl CpuSnapshot {
-    fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let mut lines = stat.lines();
-        let fields: Vec<u64> = lines
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal (guest time is already in user).
-        if fields.len() < 8 {
-            return None;
-        }
-        let total: u64 = fields[..8].iter().sum();
-        let busy = total - fields[3] - fields[4];
-        let cpus = lines.filter(|l| l.starts_with("cpu")).count().max(1);
-        let own_stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = own_stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let own = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        Some(Self {
-            cpus,
-            busy,
-            total,
-            own,
-        })
-    }
-
-    /// Cores kept busy by other processes between `self` and `later`.
-    fn others_cores_until(&self, later: &Self) -> f64 {
-        let total = later.total.saturating_sub(self.total).max(1) as f64;
-        let others = later
-            .busy
-            .saturating_sub(self.busy)
-            .saturating_sub(later.own.saturating_sub(self.own)) as f64;
-        others / total * self.cpus as f64
-    }
-}
-
-pub(crate) fn read_loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// A scratch folder for the random pack, removed on drop.
-pub(crate) struct ScratchDir(pub(crate) PathBuf);
-
-impl ScratchDir {
-    pub(crate) fn new() -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("tutti-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

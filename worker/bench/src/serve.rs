@@ -21,7 +21,8 @@ use tutti_shared::job::{chunk_ranges, AudioFormat, JobSpec, ModelRef, SamplerNam
 use tutti_shared::prompt::Controls;
 use uuid::Uuid;
 
-use crate::model::{read_loadavg, write_random_pack, PackSource, ScratchDir};
+use crate::host::read_loadavg;
+use crate::model::{write_random_pack, PackSource};
 use tutti_model::{device, ModelError, PackConfig, Result};
 use tutti_worker::engine::{
     DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
@@ -203,9 +204,9 @@ pub async fn run(opts: &ServeOptions) -> Result<ServeReport> {
     let (dir, pack) = match &opts.pack {
         PackSource::Dir(d) => (d.clone(), format!("pack {}", d.display())),
         other => {
-            scratch = ScratchDir::new()?;
-            let source = write_random_pack(&scratch.0, other)?;
-            (scratch.0.clone(), source)
+            scratch = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
+            let source = write_random_pack(scratch.path(), other)?;
+            (scratch.path().to_path_buf(), source)
         }
     };
     let cfg = PackConfig::read(&dir)?;

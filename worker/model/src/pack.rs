@@ -341,6 +341,9 @@ fn describe_weights(out: &mut String, path: &Path) {
 
 /// A human-readable summary of a pack: its configuration and what each weight file holds.
 pub fn inspect(path: &Path) -> Result<String> {
+    if super::stable_audio::is_stable_audio_pack(path) {
+        return super::stable_audio::inspect(path);
+    }
     let cfg = PackConfig::read(path)?;
     let m = &cfg.model;
     let d = &cfg.denoiser;

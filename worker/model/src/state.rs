@@ -216,41 +216,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| ModelError::Checkpoint(e.to_string()))
 }
 
-/// SplitMix64: a tiny, well-mixed generator. Noise is drawn with it (not libtorch's global
-/// generator) so that it depends only on the seed: not on threads, batch composition or device.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn next_unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    }
-}
-
-/// Standard normal noise `[shape]` (f32, CPU) from `seed`, by Box-Muller over SplitMix64.
-pub fn seeded_noise(seed: u64, shape: &[i64]) -> Tensor {
-    let n: i64 = shape.iter().product();
-    let mut rng = SplitMix64(seed);
-    let mut out = Vec::with_capacity(n as usize);
-    while (out.len() as i64) < n {
-        let (u1, u2) = (rng.next_unit(), rng.next_unit());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let theta = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * theta.cos()) as f32);
-        if (out.len() as i64) < n {
-            out.push((r * theta.sin()) as f32);
-        }
-    }
-    Tensor::from_slice(&out).view(shape)
-}
+/// The seeded noise lives with the samplers' per-step noise (one generator for both).
+pub use super::sampler::seeded_noise;
 
 #[cfg(test)]
 mod tests {

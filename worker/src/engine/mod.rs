@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tutti_shared::job::{JobSpec, ModelRef, Priority, SamplerName};
+use tutti_shared::messages::ErrorCode;
 use tutti_shared::models::ModelRegistry;
 use uuid::Uuid;
 
@@ -65,15 +66,15 @@ impl EngineError {
         !matches!(self, EngineError::Model(ModelError::Input(_)))
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            EngineError::UnknownModel(_) => "MODEL_NOT_INSTALLED",
-            EngineError::Model(ModelError::Input(_)) => "INVALID_INPUT",
-            EngineError::Model(_) => "MODEL_ERROR",
-            EngineError::Packs(_) => "MODEL_PACKS",
-            EngineError::Stopped => "WORKER_STOPPING",
-            EngineError::NotHeld => "NOT_HELD",
-            EngineError::Step(_) => "MODEL_ERROR",
+            EngineError::UnknownModel(_) => ErrorCode::ModelNotInstalled,
+            EngineError::Model(ModelError::Input(_)) => ErrorCode::InvalidInput,
+            EngineError::Model(_) => ErrorCode::ModelError,
+            EngineError::Packs(_) => ErrorCode::ModelPacks,
+            EngineError::Stopped => ErrorCode::WorkerStopping,
+            EngineError::NotHeld => ErrorCode::NotHeld,
+            EngineError::Step(_) => ErrorCode::ModelError,
         }
     }
 }

@@ -8,14 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
-use tutti_shared::job::{JobSpec, TaskKind};
+use tutti_shared::job::JobSpec;
 use uuid::Uuid;
 
 use super::rows::{event, notify, notify_job, TASKS_CHANNEL};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
-use crate::sched::{class_of, PendingTask, RoundTx};
+use crate::sched::{PendingTask, RoundTx};
+use crate::store::rows::{class, kind, share_rows};
 use crate::store::{sql, Heartbeat};
 
 /// Key of the advisory lock that serialises dispatch rounds ("tutti" + "sched").
@@ -28,15 +29,6 @@ pub(super) async fn begin_round(pool: &PgPool) -> Result<Box<dyn RoundTx + '_>> 
         .execute(&mut *tx)
         .await?;
     Ok(Box::new(PgRound { tx }))
-}
-
-fn kind(s: &str) -> Result<TaskKind> {
-    s.parse()
-        .map_err(|e| Error::Internal(format!("task kind: {e}")))
-}
-
-fn class(rank: i16) -> Result<tutti_shared::job::Priority> {
-    class_of(i64::from(rank)).ok_or_else(|| Error::Internal(format!("priority rank {rank}")))
 }
 
 struct PgRound<'c> {
@@ -153,24 +145,7 @@ impl RoundTx for PgRound<'_> {
         let tenants: Vec<(String, i16, String, f64)> = sqlx::query_as(sql::TENANT_CLOCKS)
             .fetch_all(&mut *self.tx)
             .await?;
-        let mut out = Vec::with_capacity(classes.len() + tenants.len());
-        for (k, rank, vtime) in classes {
-            out.push(ShareRow {
-                kind: kind(&k)?,
-                class: class(rank)?,
-                tenant: None,
-                vtime,
-            });
-        }
-        for (k, rank, tenant, vtime) in tenants {
-            out.push(ShareRow {
-                kind: kind(&k)?,
-                class: class(rank)?,
-                tenant: Some(tenant),
-                vtime,
-            });
-        }
-        Ok(out)
+        share_rows(classes, tenants)
     }
 
     async fn save_clocks(&mut self, rows: &[ShareRow]) -> Result<()> {

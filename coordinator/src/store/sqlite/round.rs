@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::MutexGuard;
-use tutti_shared::job::{Priority, TaskKind};
 
 use super::rows::{event, now_us, uuid, Tx};
 use super::SqliteStore;
@@ -13,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::notify::{Notifier, Pending};
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
-use crate::sched::{class_of, PendingTask, RoundTx};
+use crate::sched::{PendingTask, RoundTx};
+use crate::store::rows::{class, kind, share_rows};
 use crate::store::{sql, Heartbeat};
 
 pub(super) async fn begin_round(store: &SqliteStore) -> Result<Box<dyn RoundTx + '_>> {
@@ -25,15 +25,6 @@ pub(super) async fn begin_round(store: &SqliteStore) -> Result<Box<dyn RoundTx +
         notifier: &store.notifier,
         now: now_us(),
     }))
-}
-
-fn kind(s: &str) -> Result<TaskKind> {
-    s.parse()
-        .map_err(|e| Error::Internal(format!("task kind: {e}")))
-}
-
-fn class(rank: i64) -> Result<Priority> {
-    class_of(rank).ok_or_else(|| Error::Internal(format!("priority rank {rank}")))
 }
 
 struct SqliteRound<'c> {
@@ -134,24 +125,7 @@ impl RoundTx for SqliteRound<'_> {
         let tenants: Vec<(String, i64, String, f64)> = sqlx::query_as(sql::TENANT_CLOCKS)
             .fetch_all(&mut *self.tx)
             .await?;
-        let mut out = Vec::with_capacity(classes.len() + tenants.len());
-        for (k, rank, vtime) in classes {
-            out.push(ShareRow {
-                kind: kind(&k)?,
-                class: class(rank)?,
-                tenant: None,
-                vtime,
-            });
-        }
-        for (k, rank, tenant, vtime) in tenants {
-            out.push(ShareRow {
-                kind: kind(&k)?,
-                class: class(rank)?,
-                tenant: Some(tenant),
-                vtime,
-            });
-        }
-        Ok(out)
+        share_rows(classes, tenants)
     }
 
     async fn save_clocks(&mut self, rows: &[ShareRow]) -> Result<()> {

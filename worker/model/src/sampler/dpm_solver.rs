@@ -134,7 +134,7 @@ impl DpmSolverPp2m {
     }
 
     /// The denoised (x0) prediction at step `i`.
-    fn denoised(&self, i: usize, x: &Tensor, m: &Tensor) -> Tensor {
+    pub(super) fn denoised(&self, i: usize, x: &Tensor, m: &Tensor) -> Tensor {
         let s = self.sigmas[i];
         match self.param {
             Param::Vp => {

@@ -3,13 +3,19 @@
 //! that a multistep solver carries between steps lives in [`SamplerState`], which the pipeline
 //! stores in every checkpoint.
 
+mod cosine_sde;
 mod ddim;
 mod dpm_solver;
 mod flow_euler;
+mod noise;
+mod pingpong;
 
+pub use cosine_sde::CosineDpmSolverPp2mSde;
 pub use ddim::Ddim;
 pub use dpm_solver::{DpmSolverPp2m, PREV_DENOISED, PREV_STEP};
 pub use flow_euler::FlowEuler;
+pub use noise::{seeded_noise, step_noise, step_noise_seed};
+pub use pingpong::PingPong;
 
 use crate::{ModelError, Result};
 use std::collections::BTreeMap;
@@ -34,8 +40,13 @@ pub enum SamplerKind {
     Ddim,
     /// DPM-Solver++ 2M (diffusers' DPMSolverMultistepScheduler, algorithm dpmsolver++, order 2).
     DpmSolverPp2m,
-    /// The cosine-schedule DPM-Solver++ 2M that Stable Audio uses (CosineDPMSolverMultistepScheduler).
+    /// The cosine-schedule DPM-Solver++ 2M that Stable Audio uses, as an ODE (deterministic).
     CosineDpmSolverPp2m,
+    /// The same solver as the SDE that diffusers' CosineDPMSolverMultistepScheduler runs
+    /// (stochastic: per-step noise from the job's seed).
+    CosineDpmSolverPp2mSde,
+    /// stable-audio-tools' ping-pong sampler for rectified-flow denoisers (SAO Small; stochastic).
+    PingPong,
 }
 
 /// Tensors a sampler carries between steps (e.g. the previous model output). Empty for
@@ -78,6 +89,24 @@ pub trait Sampler: Send + Sync {
         model_output: &Tensor,
         state: &mut SamplerState,
     ) -> Tensor;
+    /// Whether each step takes fresh standard-normal noise (SDE and ping-pong samplers). The
+    /// caller then draws it with [`step_noise`] from the rows' seeds and calls
+    /// [`Sampler::step_with_noise`]; their plain `step` uses zero noise.
+    fn is_stochastic(&self) -> bool {
+        false
+    }
+    /// One step with `noise` (the sample's shape) for stochastic samplers; deterministic ones
+    /// ignore it.
+    fn step_with_noise(
+        &self,
+        i: usize,
+        sample: &Tensor,
+        model_output: &Tensor,
+        state: &mut SamplerState,
+        _noise: &Tensor,
+    ) -> Tensor {
+        self.step(i, sample, model_output, state)
+    }
 }
 
 /// How the training betas are laid out (diffusers' `beta_schedule`).
@@ -199,6 +228,18 @@ pub fn build(
                 return Err(incompatible(kind, p));
             }
             Ok(Box::new(DpmSolverPp2m::new_cosine(schedule, num_steps)?))
+        }
+        SamplerKind::CosineDpmSolverPp2mSde => {
+            if p == Prediction::Flow {
+                return Err(incompatible(kind, p));
+            }
+            Ok(Box::new(CosineDpmSolverPp2mSde::new(schedule, num_steps)?))
+        }
+        SamplerKind::PingPong => {
+            if p != Prediction::Flow {
+                return Err(incompatible(kind, p));
+            }
+            Ok(Box::new(PingPong::new(num_steps)?))
         }
     }
 }

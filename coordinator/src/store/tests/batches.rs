@@ -1,15 +1,15 @@
-//! The conformance suite for backfill batches, on Postgres and SQLite (see `tests.rs`).
+//! The conformance suite for backfill batches, on Postgres and SQLite (see `tests/mod.rs`).
 
 use tutti_shared::job::Priority;
 use tutti_shared::messages::{Outcome, OutputInfo};
 use tutti_shared::taskqueue::MemoryQueue;
 use uuid::Uuid;
 
-use super::batches::{ItemFilter, NewItem};
-use super::tests::{at, done, drain, new_job, POLICY, T};
-use super::JobStore;
+use super::{at, bound, done, drain, new_job, POLICY, T};
 use crate::dispatcher::dispatch_once;
 use crate::error::Error;
+use crate::store::batches::{ItemFilter, NewItem};
+use crate::store::JobStore;
 
 fn item(batch: Uuid, id: &str, line: i64, steps: u32) -> NewItem {
     let mut job = new_job(steps, 4, None);
@@ -128,9 +128,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
         .await
         .expect("cancel")
         .expect("job");
-    dispatch_once(s, &q, &super::tests::bound(8))
-        .await
-        .expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let t0 = drain(&q).await.pop().expect("denoise");
     assert_eq!(t0.job_id, ok);
     s.record_result(at(&t0), &done(5), POLICY)
@@ -145,9 +143,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
         b.batches_to_finish().await.expect("due").is_empty(),
         "an item is running"
     );
-    dispatch_once(s, &q, &super::tests::bound(8))
-        .await
-        .expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     let v = drain(&q).await.pop().expect("vocode");
     let outcome = Outcome::Done {
         millis: 5,
@@ -216,9 +212,7 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
     b.add_items(T, id, &[item(id, "x", 1, 8), item(id, "y", 2, 8)])
         .await
         .expect("add");
-    dispatch_once(s, &q, &super::tests::bound(1))
-        .await
-        .expect("dispatch");
+    dispatch_once(s, &q, &bound(1)).await.expect("dispatch");
     let t = drain(&q).await.pop().expect("a task");
     s.record_progress(at(&t), 1).await.expect("progress");
     let running = b.cancel_batch(T, id).await.expect("cancel").expect("batch");
@@ -240,20 +234,18 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
         Err(Error::FailedPrecondition(_))
     ));
     // Nothing of it is dispatched any more.
-    dispatch_once(s, &q, &super::tests::bound(8))
-        .await
-        .expect("dispatch");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
     assert!(drain(&q).await.is_empty());
 }
 
 macro_rules! batch_store_suite {
     ($($name:ident),+ $(,)?) => {
         mod postgres_suite {
-            $(#[tokio::test] async fn $name() { super::$name(&super::super::tests::pg().await).await; })+
+            $(#[tokio::test] async fn $name() { super::$name(&$crate::store::tests::pg().await).await; })+
         }
         mod sqlite_suite {
             $(#[tokio::test] async fn $name() {
-                let (s, _dir) = super::super::tests::sqlite().await;
+                let (s, _dir) = $crate::store::tests::sqlite().await;
                 super::$name(&s).await;
             })+
         }
