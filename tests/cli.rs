@@ -169,6 +169,9 @@ fn dev_serves_the_client_commands() {
             &models,
             "--device",
             "cpu",
+            // Any free port: the default 8080 may be taken on a test machine.
+            "--studio-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -225,6 +228,24 @@ fn dev_serves_the_client_commands() {
         text(&unknown).1.contains("NotFound"),
         "{:?}",
         text(&unknown)
+    );
+    // The operator commands (auth off: the local operator may look).
+    let workers = tutti(&["workers", "--server", &server], dir.path());
+    let (stdout, stderr) = text(&workers);
+    assert!(workers.status.success(), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("embedded-w0") && l.contains("live")),
+        "{stdout}"
+    );
+    let queues = tutti(&["queues", "--server", &server], dir.path());
+    let (stdout, stderr) = text(&queues);
+    assert!(queues.status.success(), "{stderr}");
+    assert!(stdout.contains("jobs: 0 queued, 0 running"), "{stdout}");
+    assert!(
+        stdout.contains("default"),
+        "the tenant's share is missing: {stdout}"
     );
     // SIGTERM drains and exits cleanly.
     let _ = Command::new("kill")

@@ -41,8 +41,8 @@ fn parse_id(field: &str, id: &str) -> Result<Uuid> {
         .map_err(|_| Error::invalid(field, "must be a job id (a UUID)"))
 }
 
-pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub(crate) fn ts(t: DateTime<Utc>) -> tutti_proto::wkt::Timestamp {
+    tutti_proto::wkt::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
@@ -346,10 +346,19 @@ impl pb::generation_server::Generation for GenerationApi {
             t => Some(decode_token(t)?),
         };
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
-        let rows = self
-            .store
-            .list_jobs(caller.scope(), state, &labels, after, limit + 1)
-            .await?;
+        let text = req.text.trim();
+        if text.chars().count() > crate::validate::MAX_PROMPT_CHARS {
+            return Err(Error::invalid("text", "must be at most 1000 characters").into());
+        }
+        let rows = if text.is_empty() {
+            self.store
+                .list_jobs(caller.scope(), state, &labels, after, limit + 1)
+                .await?
+        } else {
+            self.store
+                .search_jobs(caller.scope(), state, &labels, text, after, limit + 1)
+                .await?
+        };
         let more = rows.len() as i64 > limit;
         let mut jobs = Vec::new();
         for r in rows.iter().take(limit as usize) {
@@ -364,6 +373,31 @@ impl pb::generation_server::Generation for GenerationApi {
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,
+        }))
+    }
+
+    async fn render_prompt(
+        &self,
+        request: Request<pb::RenderPromptRequest>,
+    ) -> Result<Response<pb::RenderPromptResponse>, Status> {
+        // Any caller the auth layer let through may preview; nothing is read or stored.
+        Caller::of(&request)?;
+        let structured = request.into_inner().structured.unwrap_or_default();
+        let (prompt_text, controls) = crate::validate::render_structured(&structured)?;
+        use tutti_shared::prompt::{key_name, vocab, STRUCTURE_WORDS};
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Ok(Response::new(pb::RenderPromptResponse {
+            prompt_text,
+            tempo_bpm: controls.bpm,
+            key: controls
+                .key
+                .map(|k| key_name(k, controls.mode))
+                .unwrap_or_default(),
+            genres: words(vocab::GENRES),
+            subgenres: words(vocab::SUBGENRES),
+            moods: words(vocab::MOODS),
+            instruments: words(vocab::INSTRUMENTS),
+            structure_words: words(STRUCTURE_WORDS),
         }))
     }
 }

@@ -27,6 +27,9 @@ pub struct CoordinatorConfig {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of tutti studio, the web page and its HTTP/JSON gateway (off when unset).
+    #[arg(long, env = "TUTTI_STUDIO_LISTEN")]
+    pub studio_listen: Option<SocketAddr>,
     /// Run the database migrations, then exit (for a Kubernetes migration Job).
     #[arg(long)]
     pub migrate_only: bool,

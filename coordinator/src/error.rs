@@ -17,6 +17,9 @@ pub enum Error {
     /// No API key, or one that is malformed, unknown or revoked.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A known caller asked for what its key may not see (an operator call with a tenant key).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A tenant limit was hit: `limit: what happened`.
     #[error("{limit}: {detail}")]
     ResourceExhausted { limit: &'static str, detail: String },
@@ -54,6 +57,7 @@ impl Error {
             Error::AlreadyExists(_) => tonic::Code::AlreadyExists,
             Error::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Error::ResourceExhausted { .. } => tonic::Code::ResourceExhausted,
             Error::Database(_) | Error::Queue(_) | Error::Blob(_) => tonic::Code::Unavailable,
             Error::Migrate(_) | Error::Internal(_) => tonic::Code::Internal,

@@ -12,10 +12,12 @@ pub mod janitor;
 pub mod lifecycle;
 pub mod notify;
 mod observe;
+pub mod operator;
 pub mod results;
 pub mod sched;
 pub mod settings;
 pub mod store;
+pub mod studio;
 pub mod tenancy;
 pub mod validate;
 
@@ -27,6 +29,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tutti_proto::v1::batches_server::BatchesServer;
 use tutti_proto::v1::generation_server::GenerationServer;
+use tutti_proto::v1::operator_server::OperatorServer;
 use tutti_shared::blob::{BlobStore, S3Store};
 use tutti_shared::models::ModelRegistry;
 use tutti_shared::queue::Topology;
@@ -80,6 +83,14 @@ pub async fn serve(
         let bound = tutti_shared::metrics::serve(addr, health.clone()).await?;
         tracing::info!(addr = %bound, "metrics and probes listening");
     }
+    let studio = match cfg.studio_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the studio's address {addr}"))?,
+        ),
+        None => None,
+    };
     let s3 = S3Store::new(&cfg.s3.settings());
     s3.ensure_bucket()
         .await
@@ -89,11 +100,12 @@ pub async fn serve(
         queue: Arc::new(AmqpQueue::new(cfg.amqp.amqp_url.clone(), topology)),
         blobs: Arc::new(s3),
     };
-    let result = serve_backend(
+    let result = serve_with_studio(
         &Settings::from(cfg),
         backend,
         health.clone(),
         listener,
+        studio,
         shutdown,
     )
     .await;
@@ -109,6 +121,19 @@ pub async fn serve_backend(
     backend: Backend,
     health: tutti_shared::metrics::Health,
     listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    serve_with_studio(cfg, backend, health, listener, None, shutdown).await
+}
+
+/// `serve_backend`, and the studio (the web page and its HTTP gateway over the same services)
+/// on `studio` when given.
+pub async fn serve_with_studio(
+    cfg: &Settings,
+    backend: Backend,
+    health: tutti_shared::metrics::Health,
+    listener: TcpListener,
+    studio: Option<TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let registry = ModelRegistry::scan(&cfg.models_dir)
@@ -167,6 +192,11 @@ pub async fn serve_backend(
         shutdown.clone(),
     ));
 
+    let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
+        store: Arc::clone(&backend.store),
+        policy: cfg.sched.clone(),
+    }));
+    let blobs = Arc::clone(&backend.blobs);
     let service = Arc::new(api::GenerationService {
         store: backend.store,
         validator,
@@ -174,6 +204,20 @@ pub async fn serve_backend(
         queue: backend.queue,
         url_ttl: cfg.url_ttl,
         submit_rate: auth::SubmitRate::default(),
+    });
+    let batches_api = batches::BatchesApi(Arc::new(batches::BatchesService {
+        generation: Arc::clone(&service),
+    }));
+    let generation = api::GenerationApi(service);
+    let studio_task = studio.map(|listener| {
+        let studio = studio::Studio::new(
+            auth.clone(),
+            generation.clone(),
+            operator.clone(),
+            batches_api.clone(),
+            blobs,
+        );
+        tokio::spawn(studio::serve(studio, listener, shutdown.clone()))
     });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tutti_proto::FILE_DESCRIPTOR_SET)
@@ -201,12 +245,9 @@ pub async fn serve_backend(
     server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(auth.layer(BatchesServer::new(batches::BatchesApi(Arc::new(
-            batches::BatchesService {
-                generation: Arc::clone(&service),
-            },
-        )))))
-        .add_service(auth.layer(GenerationServer::new(api::GenerationApi(service))))
+        .add_service(auth.layer(BatchesServer::new(batches_api)))
+        .add_service(auth.layer(GenerationServer::new(generation)))
+        .add_service(auth.layer(OperatorServer::new(operator)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })
@@ -215,5 +256,11 @@ pub async fn serve_backend(
     let _ = dispatch_task.await;
     let _ = results_task.await;
     let _ = probe_task.await;
+    if let Some(task) = studio_task {
+        match task.await {
+            Ok(r) => r?,
+            Err(e) => tracing::warn!(error = %e, "the studio task ended abnormally"),
+        }
+    }
     Ok(())
 }

@@ -255,21 +255,11 @@ impl Validator {
             ));
         }
 
-        let controls = {
-            let mut c = prompt::parse_controls(&prompt_text, duration_s);
-            if let Some(pb::submit_generation_request::PromptKind::Structured(s)) = &req.prompt_kind
-            {
-                // Structured fields are the controls themselves, not a guess from the text.
-                if let Some(bpm) = s.tempo_bpm {
-                    c.bpm = Some(bpm);
-                }
-                if let Some((k, m)) = prompt::parse_key(&s.key) {
-                    c.key = Some(k);
-                    c.mode = m.or(c.mode);
-                }
-            }
-            c
+        let structured_prompt = match &req.prompt_kind {
+            Some(pb::submit_generation_request::PromptKind::Structured(s)) => Some(s),
+            _ => None,
         };
+        let controls = controls(&prompt_text, duration_s, structured_prompt);
 
         let model_ref = ModelRef {
             name: model.name.clone(),
@@ -323,6 +313,34 @@ impl Validator {
             chunk_steps,
         })
     }
+}
+
+/// A structured prompt under the same rules as a submission, rendered by the prompt builder:
+/// the text and the controls the model would get (RenderPrompt).
+pub fn render_structured(s: &pb::StructuredPrompt) -> Result<(String, prompt::Controls)> {
+    let text = prompt::build(&structured(s)?);
+    let c = controls(&text, 0.0, Some(s));
+    Ok((text, c))
+}
+
+/// The numeric controls of a prompt: parsed from its text, and for a structured prompt its
+/// tempo and key fields, which are the controls themselves rather than a guess from the text.
+fn controls(
+    text: &str,
+    duration_s: f32,
+    structured: Option<&pb::StructuredPrompt>,
+) -> prompt::Controls {
+    let mut c = prompt::parse_controls(text, duration_s);
+    if let Some(s) = structured {
+        if let Some(bpm) = s.tempo_bpm {
+            c.bpm = Some(bpm);
+        }
+        if let Some((k, m)) = prompt::parse_key(&s.key) {
+            c.key = Some(k);
+            c.mode = m.or(c.mode);
+        }
+    }
+    c
 }
 
 fn check_text(field: &str, text: &str) -> Result<()> {

@@ -42,6 +42,66 @@ pub const STRUCTURE_WORDS: &[&str] = &[
     "outro",
 ];
 
+/// Words of the built-in model's training captions (`tutti train`'s styles, moods and
+/// instrument families), offered as suggestions by forms; any other word is allowed.
+pub mod vocab {
+    pub const GENRES: &[&str] = &[
+        "rock",
+        "hip hop",
+        "house",
+        "trap",
+        "waltz",
+        "ambient",
+        "classical",
+        "folk",
+    ];
+    pub const SUBGENRES: &[&str] = &["lo-fi", "four-on-the-floor", "traditional"];
+    pub const MOODS: &[&str] = &[
+        "upbeat",
+        "happy",
+        "bright",
+        "joyful",
+        "cheerful",
+        "calm",
+        "peaceful",
+        "warm",
+        "gentle",
+        "serene",
+        "dark",
+        "intense",
+        "driving",
+        "tense",
+        "urgent",
+        "melancholic",
+        "sad",
+        "somber",
+        "wistful",
+        "moody",
+    ];
+    pub const INSTRUMENTS: &[&str] = &[
+        "piano",
+        "electric piano",
+        "organ",
+        "acoustic guitar",
+        "electric guitar",
+        "strings",
+        "flute",
+        "synth pad",
+        "bass",
+        "drums",
+    ];
+}
+
+/// The name of a key: "A minor", "F# major", "Eb" (sharps: "D#").
+pub fn key_name(tonic: u8, mode: Option<Mode>) -> String {
+    let name = PITCH_NAMES[usize::from(tonic % 12)];
+    match mode {
+        Some(Mode::Major) => format!("{name} major"),
+        Some(Mode::Minor) => format!("{name} minor"),
+        None => name.to_string(),
+    }
+}
+
 /// The structured form of a prompt (the API's `StructuredPrompt`, validated).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StructuredPrompt {
@@ -85,12 +145,7 @@ pub fn build(p: &StructuredPrompt) -> String {
         parts.push(format!("{} BPM", bpm.round() as i64));
     }
     if let Some((tonic, mode)) = p.key {
-        let name = PITCH_NAMES[usize::from(tonic % 12)];
-        parts.push(match mode {
-            Some(Mode::Major) => format!("in {name} major"),
-            Some(Mode::Minor) => format!("in {name} minor"),
-            None => format!("in {name}"),
-        });
+        parts.push(format!("in {}", key_name(tonic, mode)));
     }
     let structure: Vec<&str> = p.structure.iter().map(|s| s.trim()).collect();
     if !structure.is_empty() {

@@ -239,6 +239,15 @@ pub(crate) async fn connect_local(url: &str) -> anyhow::Result<Client> {
 }
 
 pub(crate) async fn connect_to(server: &str, credentials: &Credentials) -> anyhow::Result<Client> {
+    let (channel, bearer) = channel_to(server, credentials).await?;
+    Ok(GenerationClient::with_interceptor(channel, bearer))
+}
+
+/// A channel to a farm and the interceptor that carries the key, for any of its services.
+pub(crate) async fn channel_to(
+    server: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<(Channel, Bearer)> {
     let tls = credentials.tls()?;
     let bearer = credentials.bearer()?;
     // tonic speaks TLS to https:// addresses only.
@@ -269,10 +278,10 @@ pub(crate) async fn connect_to(server: &str, credentials: &Credentials) -> anyho
              or leave out --server to run embedded"
         )
     })?;
-    Ok(GenerationClient::with_interceptor(channel, bearer))
+    Ok((channel, bearer))
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 

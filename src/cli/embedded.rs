@@ -50,8 +50,28 @@ pub(crate) struct DevConfig {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of tutti studio, the web page (`off`: none).
+    #[arg(long, env = "TUTTI_STUDIO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub studio_listen: StudioListen,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// Where `tutti dev` serves the studio: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StudioListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for StudioListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" | "" => Ok(StudioListen(None)),
+            a => a
+                .parse()
+                .map(|a| StudioListen(Some(a)))
+                .map_err(|e| format!("{a:?} is not an address such as 127.0.0.1:8080 or off: {e}")),
+        }
+    }
 }
 
 pub(crate) fn tutti_home() -> PathBuf {
@@ -107,13 +127,14 @@ pub(crate) struct Embedded {
     pub workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts store, queue, blobs, workers and the API on `listener`.
+/// Starts store, queue, blobs, workers and the API on `listener` (and the studio on `studio`).
 pub(crate) async fn start(
     data_dir: &Path,
     args: &EmbeddedArgs,
     settings: Settings,
     health: Health,
     listener: TcpListener,
+    studio: Option<TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Embedded> {
     std::fs::create_dir_all(data_dir)
@@ -163,7 +184,8 @@ pub(crate) async fn start(
     };
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
-        tutti_coordinator::serve_backend(&settings, backend, health, listener, shutdown).await
+        tutti_coordinator::serve_with_studio(&settings, backend, health, listener, studio, shutdown)
+            .await
     });
     Ok(Embedded {
         addr,
@@ -195,6 +217,15 @@ pub(crate) async fn dev(cfg: DevConfig, shutdown: watch::Receiver<bool>) -> anyh
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
+    let studio = match cfg.studio_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding the studio's address {addr} (another port: --studio-listen; none: off)"
+            )
+        })?),
+        None => None,
+    };
+    let studio_addr = studio.as_ref().map(|l| l.local_addr()).transpose()?;
     let settings = settings(models_dir.clone(), Some(&cfg));
     let health = Health::default();
     if let Some(addr) = cfg.metrics_listen {
@@ -207,9 +238,13 @@ pub(crate) async fn dev(cfg: DevConfig, shutdown: watch::Receiver<bool>) -> anyh
         settings,
         health,
         listener,
+        studio,
         shutdown,
     )
     .await?;
+    if let Some(addr) = studio_addr {
+        eprintln!("tutti studio: http://{addr}/");
+    }
     eprintln!(
         "tutti dev: gRPC on http://{} · data in {} · models from {} · {} worker(s)",
         farm.addr,

@@ -47,6 +47,7 @@ async fn embedded(
         settings,
         Health::default(),
         listener,
+        None,
         shutdown,
     )
     .await?;

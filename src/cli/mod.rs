@@ -9,6 +9,7 @@ mod bench_timeline;
 mod client;
 mod embedded;
 mod generate;
+mod operator;
 mod signals;
 mod train;
 
@@ -59,6 +60,10 @@ pub(crate) enum Command {
     Cancel(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
+    /// The farm's workers: slots in use, held latents, last heartbeat (admin key with auth).
+    Workers(operator::WorkersArgs),
+    /// Backlog per stage and class, tenants' shares, recent failures (admin key with auth).
+    Queues(operator::QueuesArgs),
     /// Tenants and their limits (operators: talks to the job store directly).
     #[command(subcommand)]
     Tenant(admin::TenantCommand),
@@ -87,6 +92,8 @@ impl Command {
                 | Command::Watch(_)
                 | Command::Cancel(_)
                 | Command::List(_)
+                | Command::Workers(_)
+                | Command::Queues(_)
                 | Command::Tenant(_)
                 | Command::Key(_)
                 | Command::Batch(_)
@@ -157,6 +164,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::List(args) => client::list(args).await,
+        Command::Workers(args) => operator::workers(args).await,
+        Command::Queues(args) => operator::queues(args).await,
         Command::Tenant(cmd) => admin::tenant(cmd).await,
         Command::Key(cmd) => admin::key(cmd).await,
         Command::Batch(cmd) => batch::run(cmd).await,

@@ -11,6 +11,8 @@
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+pub mod browser;
+
 /// Runs `async fn $body(Backend)` as two tests, `$body::distributed` and `$body::embedded`.
 macro_rules! both_backends {
     ($($body:ident),+ $(,)?) => {$(
@@ -157,6 +159,8 @@ pub struct Farm {
     pub addr: SocketAddr,
     /// The distributed coordinator's `/metrics`, `/healthz` and `/readyz`.
     pub metrics_addr: SocketAddr,
+    /// tutti studio (the web page) of the coordinator or `tutti dev`.
+    pub studio_addr: SocketAddr,
     /// The coordinator, or the `tutti dev` process of an embedded farm.
     pub coordinator: Option<Child>,
     pub workers: Vec<Child>,
@@ -215,6 +219,7 @@ impl Farm {
             prefix,
             addr: free_addr(),
             metrics_addr: free_addr(),
+            studio_addr: free_addr(),
             coordinator: None,
             workers: Vec::new(),
             opts,
@@ -365,6 +370,7 @@ impl Farm {
         }
         let child = cmd
             .env("TUTTI_LISTEN", self.addr.to_string())
+            .env("TUTTI_STUDIO_LISTEN", self.studio_addr.to_string())
             .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
             .env("TUTTI_RETRY_BACKOFF", self.opts.retry_backoff)
             .envs(self.opts.coordinator_env.iter().map(|(k, v)| (*k, v)))
@@ -379,6 +385,11 @@ impl Farm {
             assert!(Instant::now() < deadline, "coordinator did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The studio's page.
+    pub fn studio_url(&self) -> String {
+        format!("http://{}/", self.studio_addr)
     }
 
     /// SIGKILLs the coordinator (no drain, no goodbye).

@@ -19,6 +19,7 @@ mod sqlite;
 mod tenants;
 #[cfg(test)]
 mod tests;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub use batches::BatchStore;
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
+pub use views::ViewStore;
 
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -115,7 +117,7 @@ pub struct Stats {
 }
 
 #[async_trait]
-pub trait JobStore: TenantStore + Send + Sync {
+pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
     /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
     /// stored) when the tenant's `max_jobs_in_flight` is reached.

@@ -8,6 +8,7 @@ mod listen;
 mod round;
 mod rows;
 mod tenants;
+mod views;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -24,6 +24,7 @@ mod lifecycle;
 mod round;
 mod rows;
 mod tenants;
+mod views;
 
 use self::lifecycle::SqliteLifecycle;
 use self::rows::{event, insert_task, now_us, uuid, Tx};

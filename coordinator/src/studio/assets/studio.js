@@ -1,0 +1,670 @@
+// tutti studio: the page's behaviour. Every call goes to the studio's JSON gateway, which calls
+// the farm's gRPC services in process; the prompt text preview comes from the server's prompt
+// builder (RenderPrompt), never from code here.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+// ---- API -----------------------------------------------------------------------------------
+
+const KEY_STORAGE = "tutti.studio.key";
+let apiKey = localStorage.getItem(KEY_STORAGE) || "";
+
+function headers(extra = {}) {
+  const h = { ...extra };
+  if (apiKey) h["Authorization"] = "Bearer " + apiKey;
+  return h;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body.message || "HTTP " + status);
+    this.status = status;
+    this.code = body.code || "";
+    this.field = body.field || null;
+  }
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body) init.body = JSON.stringify(body);
+  const res = await fetch(path, init);
+  const text = await res.text();
+  let data = {};
+  try { data = text ? JSON.parse(text) : {}; } catch { data = { message: text }; }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+// Server-sent events over fetch (EventSource cannot send the Authorization header).
+async function watchEvents(path, onEvent, signal) {
+  const res = await fetch(path, { headers: headers({ Accept: "text/event-stream" }), signal });
+  if (!res.ok) {
+    let body = {};
+    try { body = await res.json(); } catch { /* not JSON */ }
+    throw new ApiError(res.status, body);
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+function banner(text) {
+  const b = $("#banner");
+  b.textContent = text || "";
+  b.hidden = !text;
+}
+
+// ---- Views ---------------------------------------------------------------------------------
+
+let operatorTimer = null;
+
+function show(view) {
+  for (const t of $$(".tab")) t.setAttribute("aria-pressed", String(t.dataset.view === view));
+  for (const v of $$(".view")) v.hidden = v.id !== "view-" + view;
+  clearInterval(operatorTimer);
+  if (view === "history") loadHistory(0);
+  if (view === "operator") {
+    refreshOperator();
+    operatorTimer = setInterval(refreshOperator, 2000);
+  }
+}
+
+// ---- Prompt form ---------------------------------------------------------------------------
+
+const num = (el) => (el.value.trim() === "" ? undefined : Number(el.value));
+let suggestionsLoaded = false;
+
+function chips(container, words, name) {
+  container.textContent = "";
+  for (const w of words) {
+    const label = document.createElement("label");
+    label.className = "chip";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = w;
+    box.name = name;
+    label.append(box, " " + w);
+    container.append(label);
+  }
+}
+
+function fillSuggestions(r) {
+  if (suggestionsLoaded) return;
+  suggestionsLoaded = true;
+  for (const [id, words] of [["genres", r.genres], ["subgenres", r.subgenres], ["moods", r.moods]]) {
+    $("#" + id).replaceChildren(...(words || []).map((w) => new Option(w)));
+  }
+  chips($("#f-instruments"), r.instruments || [], "instrument");
+  chips($("#f-structure"), r.structure_words || [], "structure");
+}
+
+function structured() {
+  const s = {
+    genre: $("#f-genre").value,
+    subgenre: $("#f-subgenre").value,
+    mood: $("#f-mood").value,
+    key: [$("#f-key").value, $("#f-key").value ? $("#f-mode").value : ""].join(" ").trim(),
+    instruments: [
+      ...$$("#f-instruments input:checked").map((b) => b.value),
+      ...$("#f-instrument-extra").value.split(",").map((s) => s.trim()).filter(Boolean),
+    ],
+    structure: $$("#f-structure input:checked").map((b) => b.value),
+    extra: $("#f-extra").value,
+  };
+  if (!$("#f-tempo-unknown").checked) s.tempo_bpm = num($("#f-tempo"));
+  return s;
+}
+
+function request() {
+  const r = {
+    structured: structured(),
+    negative_prompt: $("#f-negative").value,
+    duration_seconds: num($("#f-duration")),
+    steps: num($("#f-steps")),
+    guidance_scale: num($("#f-guidance")),
+    sampler: $("#f-sampler").value,
+    format: $("#f-format").value,
+    variations: num($("#f-variations")),
+    priority: "PRIORITY_INTERACTIVE",
+  };
+  const seed = $("#f-seed").value.trim();
+  if (seed !== "") r.seed = seed;
+  const name = $("#f-model").value.trim();
+  const version = $("#f-version").value.trim();
+  if (name || version) r.model = { name, version };
+  return r;
+}
+
+function clearErrors(scope = document) {
+  for (const e of $$(".error[data-error-for]", scope)) e.textContent = "";
+  for (const i of $$("[aria-invalid]", scope)) i.removeAttribute("aria-invalid");
+}
+
+// Shows a server field error next to its field; false when no field on the form has that name.
+function showFieldError(field, message) {
+  const base = field.replace(/\[.*$/, "");
+  const slot = $(`.error[data-error-for="${CSS.escape(base)}"]`);
+  if (!slot) return false;
+  slot.textContent = message;
+  const input = $(`[name="${CSS.escape(base)}"]`) || slot.parentElement.querySelector("input, select, textarea");
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    if (!slot.id) slot.id = "err-" + base.replace(/[^a-z0-9]+/gi, "-");
+    input.setAttribute("aria-describedby", slot.id);
+  }
+  return true;
+}
+
+let previewSeq = 0;
+async function renderPreview() {
+  const seq = ++previewSeq;
+  try {
+    const r = await api("/api/prompt/render", { method: "POST", body: { structured: structured() } });
+    if (seq !== previewSeq) return;
+    fillSuggestions(r);
+    clearErrors($("#prompt-form fieldset"));
+    $("#preview").textContent = r.prompt_text || "(empty: pick a genre, a mood or an instrument)";
+    const c = [];
+    c.push(r.tempo_bpm ? `tempo ${Math.round(r.tempo_bpm)} BPM` : "tempo unknown");
+    c.push(r.key ? `key ${r.key}` : "key unknown");
+    $("#preview-controls").textContent = c.join(" · ");
+  } catch (e) {
+    if (seq !== previewSeq) return;
+    if (e.field && showFieldError(e.field, e.message)) return;
+    $("#preview-controls").textContent = e.message;
+  }
+}
+
+let previewTimer = null;
+function schedulePreview() {
+  clearTimeout(previewTimer);
+  previewTimer = setTimeout(renderPreview, 150);
+}
+
+async function submit(ev) {
+  ev.preventDefault();
+  clearErrors();
+  const status = $("#form-status");
+  status.textContent = "Submitting…";
+  try {
+    const job = await api("/api/jobs", { method: "POST", body: request() });
+    status.textContent = "Submitted.";
+    if (!$("#f-seed-lock").checked) $("#f-seed").value = "";
+    addJob(job, $("#jobs"));
+  } catch (e) {
+    if (e.field && showFieldError(e.field, e.message)) {
+      status.textContent = "Not submitted: fix the field marked below.";
+    } else {
+      status.textContent = "Not submitted: " + e.message;
+    }
+  }
+}
+
+// ---- Jobs ----------------------------------------------------------------------------------
+
+const cards = new Map();
+const short = (s) => (s || "").replace(/^[A-Z]+_STATE_|^STAGE_/, "").toLowerCase();
+const ended = (job) => ["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"].includes(job.state);
+
+function addJob(job, container, watch = true) {
+  let card = cards.get(job.id);
+  if (!card || !card.el.isConnected) {
+    const el = $("#job-template").content.firstElementChild.cloneNode(true);
+    el.dataset.jobId = job.id;
+    card = { el, job, controller: null, drawn: new Set() };
+    cards.set(job.id, card);
+    $(".cancel", el).addEventListener("click", () => cancelJob(job.id));
+    $(".same", el).addEventListener("click", () => again(card.job, false));
+    $(".variation", el).addEventListener("click", () => again(card.job, true));
+    container.prepend(el);
+  }
+  update(card, job);
+  if (watch && !ended(job)) follow(card);
+  return card;
+}
+
+function statusLine(job) {
+  const state = short(job.state);
+  if (job.state === "JOB_STATE_QUEUED") return "queued: waiting for a worker";
+  if (job.state === "JOB_STATE_RUNNING") return `running: ${short(job.stage)}`;
+  if (job.state === "JOB_STATE_FAILED") return `failed: ${(job.error && job.error.message) || ""}`;
+  return state;
+}
+
+function update(card, job) {
+  card.job = job;
+  const el = card.el;
+  el.dataset.state = short(job.state);
+  $(".prompt-text", el).textContent = job.prompt_text || "";
+  $(".status", el).textContent = statusLine(job);
+  const total = job.steps_total || 0;
+  const done = job.state === "JOB_STATE_SUCCEEDED" ? total : job.steps_done || 0;
+  const bar = $(".bar", el);
+  bar.max = Math.max(total, 1);
+  bar.value = done;
+  const pct = total ? Math.round((100 * done) / total) : 0;
+  bar.setAttribute("aria-label", `progress ${pct}%, ${done} of ${total} steps`);
+  $(".percent", el).textContent = pct + "%";
+  $(".cancel", el).hidden = ended(job);
+  $(".again", el).hidden = !ended(job);
+  const r = job.request || {};
+  $(".params pre", el).textContent = [
+    `seed ${r.seed ?? "?"}`,
+    `duration ${r.duration_seconds ?? "?"} s · steps ${r.steps ?? "?"} · guidance ${r.guidance_scale ?? "?"}`,
+    `sampler ${short(r.sampler || "").replace(/^sampler_/, "")} · model ${job.model_version || ""}`,
+    `job ${job.id}`,
+  ].join("\n");
+  for (const o of job.outputs || []) addOutput(card, o);
+}
+
+function addOutput(card, o) {
+  const idx = o.index || 0;
+  if (card.drawn.has(idx)) return;
+  card.drawn.add(idx);
+  const fig = document.createElement("figure");
+  fig.className = "output";
+  const audio = document.createElement("audio");
+  audio.controls = true;
+  audio.preload = "metadata";
+  audio.src = o.url;
+  audio.dataset.duration = String(o.duration_seconds || 0);
+  const wave = document.createElement("canvas");
+  wave.className = "wave";
+  wave.width = 600;
+  wave.height = 64;
+  wave.setAttribute("role", "img");
+  wave.setAttribute("aria-label", "waveform");
+  const mel = document.createElement("canvas");
+  mel.className = "mel";
+  mel.width = 600;
+  mel.height = 64;
+  mel.setAttribute("role", "img");
+  mel.setAttribute("aria-label", "mel spectrogram");
+  const cap = document.createElement("figcaption");
+  const ext = o.format === "AUDIO_FORMAT_FLAC" ? "flac" : "wav";
+  const link = document.createElement("a");
+  const name = `tutti-${card.job.id.slice(0, 8)}-${idx}.${ext}`;
+  link.href = o.url.startsWith("/") ? o.url + "&download=" + name : o.url;
+  link.download = name;
+  link.textContent = `Download ${ext.toUpperCase()}`;
+  cap.append(`Variation ${idx + 1} · ${(o.duration_seconds || 0).toFixed(1)} s · `, link);
+  fig.append(audio, wave, mel, cap);
+  $(".outputs", card.el).append(fig);
+  // Clicking the pictures seeks.
+  for (const c of [wave, mel]) {
+    c.addEventListener("click", (e) => {
+      if (!audio.duration) return;
+      audio.currentTime = (e.offsetX / c.clientWidth) * audio.duration;
+    });
+  }
+  drawPictures(o.url, wave, mel).catch(() => {
+    cap.append(" · (no picture: the audio could not be decoded here)");
+  });
+}
+
+async function follow(card) {
+  if (card.controller) return;
+  card.controller = new AbortController();
+  try {
+    await watchEvents(`/api/jobs/${card.job.id}/events`, (name, data) => {
+      if (name === "error") {
+        $(".status", card.el).textContent = "watch failed: " + (data.message || "");
+      } else if (data.job) {
+        update(card, data.job);
+      }
+    }, card.controller.signal);
+  } catch (e) {
+    if (e.name !== "AbortError") $(".status", card.el).textContent = "watch failed: " + e.message;
+  } finally {
+    card.controller = null;
+  }
+}
+
+async function cancelJob(id) {
+  try {
+    const job = await api(`/api/jobs/${id}/cancel`, { method: "POST" });
+    const card = cards.get(id);
+    if (card) update(card, job);
+  } catch (e) {
+    banner("Cancel failed: " + e.message);
+  }
+}
+
+async function again(job, variation) {
+  const r = { ...(job.request || {}) };
+  delete r.idempotency_key;
+  if (variation) delete r.seed;
+  try {
+    addJob(await api("/api/jobs", { method: "POST", body: r }), $("#jobs"));
+    show("create");
+  } catch (e) {
+    banner("Not submitted: " + e.message);
+  }
+}
+
+// ---- Waveform and mel spectrogram ------------------------------------------------------------
+
+async function drawPictures(url, wave, mel) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error("HTTP " + res.status);
+  const ctx = new (window.OfflineAudioContext || window.webkitOfflineAudioContext)(1, 1, 22050);
+  const audio = await ctx.decodeAudioData(await res.arrayBuffer());
+  const x = audio.getChannelData(0);
+  drawWave(wave, x);
+  drawMel(mel, x, audio.sampleRate);
+}
+
+function drawWave(canvas, x) {
+  const g = canvas.getContext("2d");
+  const { width: w, height: h } = canvas;
+  g.fillStyle = "#f3f1ec";
+  g.fillRect(0, 0, w, h);
+  g.fillStyle = "#3b5bdb";
+  const per = Math.max(1, Math.floor(x.length / w));
+  for (let i = 0; i < w; i++) {
+    let lo = 0, hi = 0;
+    for (let j = i * per; j < Math.min(x.length, (i + 1) * per); j++) {
+      if (x[j] < lo) lo = x[j];
+      if (x[j] > hi) hi = x[j];
+    }
+    g.fillRect(i, ((1 - hi) * h) / 2, 1, Math.max(1, ((hi - lo) * h) / 2));
+  }
+}
+
+// In-place radix-2 FFT of (re, im).
+function fft(re, im) {
+  const n = re.length;
+  for (let i = 1, j = 0; i < n; i++) {
+    let bit = n >> 1;
+    for (; j & bit; bit >>= 1) j ^= bit;
+    j ^= bit;
+    if (i < j) { [re[i], re[j]] = [re[j], re[i]]; [im[i], im[j]] = [im[j], im[i]]; }
+  }
+  for (let len = 2; len <= n; len <<= 1) {
+    const a = (-2 * Math.PI) / len;
+    for (let i = 0; i < n; i += len) {
+      for (let k = 0; k < len / 2; k++) {
+        const c = Math.cos(a * k), s = Math.sin(a * k);
+        const ur = re[i + k], ui = im[i + k];
+        const vr = re[i + k + len / 2] * c - im[i + k + len / 2] * s;
+        const vi = re[i + k + len / 2] * s + im[i + k + len / 2] * c;
+        re[i + k] = ur + vr; im[i + k] = ui + vi;
+        re[i + k + len / 2] = ur - vr; im[i + k + len / 2] = ui - vi;
+      }
+    }
+  }
+}
+
+function drawMel(canvas, x, rate) {
+  const n = 1024, bands = 64;
+  const g = canvas.getContext("2d");
+  const { width: w, height: h } = canvas;
+  const mel = (f) => 2595 * Math.log10(1 + f / 700);
+  const hz = (m) => 700 * (10 ** (m / 2595) - 1);
+  const top = mel(rate / 2);
+  const edges = Array.from({ length: bands + 2 }, (_, i) => Math.floor((hz((top * i) / (bands + 1)) / rate) * n));
+  const frames = Math.min(w, Math.max(1, Math.floor((x.length - n) / 256)));
+  const hop = Math.max(1, Math.floor((x.length - n) / frames));
+  const img = g.createImageData(frames, bands);
+  const window_ = Array.from({ length: n }, (_, i) => 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / n));
+  const values = [];
+  let max = -Infinity;
+  for (let f = 0; f < frames; f++) {
+    const re = new Float64Array(n), im = new Float64Array(n);
+    for (let i = 0; i < n; i++) re[i] = (x[f * hop + i] || 0) * window_[i];
+    fft(re, im);
+    for (let b = 0; b < bands; b++) {
+      let e = 0;
+      for (let k = edges[b]; k <= edges[b + 2]; k++) {
+        const wgt = k < edges[b + 1]
+          ? (k - edges[b]) / Math.max(1, edges[b + 1] - edges[b])
+          : (edges[b + 2] - k) / Math.max(1, edges[b + 2] - edges[b + 1]);
+        e += wgt * (re[k] * re[k] + im[k] * im[k]);
+      }
+      const v = Math.log10(e + 1e-10);
+      values.push(v);
+      if (v > max) max = v;
+    }
+  }
+  for (let f = 0; f < frames; f++) {
+    for (let b = 0; b < bands; b++) {
+      const t = Math.max(0, 1 - (max - values[f * bands + b]) / 8);
+      const p = ((bands - 1 - b) * frames + f) * 4;
+      img.data[p] = 255 * t;
+      img.data[p + 1] = 180 * t * t;
+      img.data[p + 2] = 90 + 120 * (1 - t);
+      img.data[p + 3] = 255;
+    }
+  }
+  const tmp = document.createElement("canvas");
+  tmp.width = frames;
+  tmp.height = bands;
+  tmp.getContext("2d").putImageData(img, 0, 0);
+  g.imageSmoothingEnabled = false;
+  g.drawImage(tmp, 0, 0, w, h);
+}
+
+// ---- History -------------------------------------------------------------------------------
+
+// `?page_size=N` on the page's address changes the history's page size.
+const PAGE_SIZE = Number(new URLSearchParams(location.search).get("page_size")) || 10;
+let pageTokens = [""];
+let page = 0;
+
+async function loadHistory(to) {
+  const q = new URLSearchParams({ page_size: String(PAGE_SIZE) });
+  if (pageTokens[to]) q.set("page_token", pageTokens[to]);
+  if ($("#h-state").value) q.set("state", $("#h-state").value);
+  if ($("#h-label").value.trim()) q.set("label", $("#h-label").value.trim());
+  if ($("#h-text").value.trim()) q.set("text", $("#h-text").value.trim());
+  $("#history-error").textContent = "";
+  try {
+    const r = await api("/api/jobs?" + q);
+    page = to;
+    pageTokens[to + 1] = r.next_page_token || "";
+    const list = $("#history");
+    list.textContent = "";
+    for (const job of r.jobs || []) {
+      const li = document.createElement("li");
+      li.dataset.jobId = job.id;
+      li.dataset.state = short(job.state);
+      const when = job.created_at ? new Date(job.created_at).toLocaleString() : "";
+      const open = document.createElement("button");
+      open.type = "button";
+      open.textContent = "Open";
+      open.setAttribute("aria-label", "Open job " + job.id.slice(0, 8));
+      open.addEventListener("click", () => addJob(job, $("#history-detail")));
+      const text = document.createElement("span");
+      text.className = "prompt-text";
+      text.textContent = job.prompt_text || "";
+      li.append(open, ` ${short(job.state)} · ${when} · `, text);
+      list.append(li);
+    }
+    if (!(r.jobs || []).length) list.innerHTML = "<li>No jobs.</li>";
+    $("#history-page").textContent = `page ${page + 1}`;
+    $("#history-newer").disabled = page === 0;
+    $("#history-older").disabled = !r.next_page_token;
+  } catch (e) {
+    $("#history-error").textContent = e.message;
+  }
+}
+
+// ---- Batches -------------------------------------------------------------------------------
+
+async function showBatch(ev) {
+  if (ev) ev.preventDefault();
+  const id = $("#b-id").value.trim();
+  $("#batch-error").textContent = "";
+  if (!id) return;
+  try {
+    renderBatch(await api(`/api/batches/${encodeURIComponent(id)}`));
+  } catch (e) {
+    $("#batch-error").textContent = e.message;
+    $("#batch").textContent = "";
+  }
+}
+
+function renderBatch(b) {
+  const out = $("#batch");
+  out.textContent = "";
+  const dl = document.createElement("dl");
+  dl.className = "batch";
+  const rows = [
+    ["Name", b.name || b.id], ["State", short(b.state)], ["Items", b.total || 0],
+    ["Queued", b.queued || 0], ["Running", b.running || 0], ["Succeeded", b.succeeded || 0],
+    ["Failed", b.failed || 0], ["Cancelled", b.cancelled || 0], ["Rejected", b.rejected || 0],
+    ["Throughput", `${(b.items_per_second || 0).toFixed(2)} items/s`],
+    ["ETA", b.eta_seconds ? `${b.eta_seconds} s` : "-"], ["Results", b.results_uri || "not yet"],
+  ];
+  for (const [k, v] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = String(v);
+    dl.append(dt, dd);
+  }
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.textContent = "Cancel batch";
+  cancel.addEventListener("click", async () => {
+    try { renderBatch(await api(`/api/batches/${b.id}/cancel`, { method: "POST" })); }
+    catch (e) { $("#batch-error").textContent = e.message; }
+  });
+  out.append(dl, cancel);
+}
+
+// ---- Operator ------------------------------------------------------------------------------
+
+function cells(tr, values) {
+  for (const v of values) {
+    const td = document.createElement("td");
+    td.textContent = String(v);
+    tr.append(td);
+  }
+}
+
+const ago = (t) => (t ? `${Math.max(0, Math.round((Date.now() - new Date(t)) / 1000))} s ago` : "-");
+const klass = (c) => short(c || "PRIORITY_STANDARD").replace(/^priority_/, "");
+
+async function refreshOperator() {
+  try {
+    const [w, q] = await Promise.all([api("/api/operator/workers"), api("/api/operator/queues")]);
+    $("#operator-error").textContent = "";
+    const wb = $("#workers tbody");
+    wb.textContent = "";
+    for (const x of w.workers || []) {
+      const tr = document.createElement("tr");
+      tr.dataset.worker = x.name;
+      tr.dataset.state = x.gone ? "gone" : x.draining ? "draining" : "live";
+      cells(tr, [
+        x.name, tr.dataset.state, (x.stages || []).join(", "),
+        `${x.denoise_in_use || 0}/${x.denoise_slots || 0}`, `${x.vocode_in_use || 0}/${x.vocode_slots || 0}`,
+        `${x.express_in_use || 0}/${x.express_slots || 0}`, x.held_latents || 0, ago(x.last_heartbeat),
+        (x.tasks || []).map((t) => `${t.job_id.slice(0, 8)}#${t.chunk || 0} ${t.stage}`).join(", ") || "-",
+      ]);
+      wb.append(tr);
+    }
+    if (!(w.workers || []).length) wb.innerHTML = '<tr><td colspan="9">No worker has sent a heartbeat.</td></tr>';
+    $("#jobs-summary").textContent = `${q.jobs_queued || 0} jobs queued, ${q.jobs_running || 0} running`;
+    const qb = $("#queues tbody");
+    qb.textContent = "";
+    for (const x of q.queues || []) {
+      const tr = document.createElement("tr");
+      cells(tr, [x.stage, klass(x.class), x.pending || 0, x.in_flight || 0, `${(x.oldest_wait_seconds || 0).toFixed(1)} s`]);
+      qb.append(tr);
+    }
+    if (!(q.queues || []).length) qb.innerHTML = '<tr><td colspan="5">Nothing waiting.</td></tr>';
+    const sb = $("#shares tbody");
+    sb.textContent = "";
+    for (const x of q.shares || []) {
+      const tr = document.createElement("tr");
+      cells(tr, [x.tenant, klass(x.class), (x.weight || 0).toFixed(1),
+        `${Math.round(100 * (x.fair_share || 0))}%`, `${Math.round(100 * (x.share || 0))}%`, x.tasks_done || 0]);
+      sb.append(tr);
+    }
+    const fl = $("#failures");
+    fl.textContent = "";
+    for (const f of q.failures || []) {
+      const li = document.createElement("li");
+      li.textContent = `job ${f.job_id.slice(0, 8)} (${f.tenant}) ${f.code}: ${f.message} · ${ago(f.at)}`;
+      fl.append(li);
+    }
+    for (const t of q.failed_tasks || []) {
+      const li = document.createElement("li");
+      li.textContent = `task ${t.job_id.slice(0, 8)}#${t.chunk || 0} ${t.stage} attempt ${t.attempt || 0} on ${t.worker || "-"} [${t.state}]: ${t.error}`;
+      fl.append(li);
+    }
+    if (!fl.children.length) fl.innerHTML = "<li>None.</li>";
+  } catch (e) {
+    $("#operator-error").textContent = e.message;
+  }
+}
+
+// ---- Start ---------------------------------------------------------------------------------
+
+async function start() {
+  for (const t of $$(".tab")) t.addEventListener("click", () => show(t.dataset.view));
+  const form = $("#prompt-form");
+  form.addEventListener("input", schedulePreview);
+  form.addEventListener("change", schedulePreview);
+  form.addEventListener("submit", submit);
+  const tempo = $("#f-tempo"), slider = $("#f-tempo-slider");
+  tempo.addEventListener("input", () => { slider.value = tempo.value; });
+  slider.addEventListener("input", () => { tempo.value = slider.value; });
+  $("#f-tempo-unknown").addEventListener("change", (e) => {
+    tempo.disabled = slider.disabled = e.target.checked;
+  });
+  $("#f-seed-random").addEventListener("click", () => {
+    $("#f-seed").value = String(Math.floor(Math.random() * 2 ** 31));
+    $("#f-seed-lock").checked = true;
+  });
+  $("#history-form").addEventListener("submit", (e) => { e.preventDefault(); pageTokens = [""]; loadHistory(0); });
+  $("#history-older").addEventListener("click", () => loadHistory(page + 1));
+  $("#history-newer").addEventListener("click", () => loadHistory(Math.max(0, page - 1)));
+  $("#batch-form").addEventListener("submit", showBatch);
+  $("#key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    apiKey = $("#api-key").value.trim();
+    localStorage.setItem(KEY_STORAGE, apiKey);
+    $("#key-status").textContent = apiKey ? "key saved" : "key cleared";
+    cards.clear();
+    $("#jobs").textContent = "";
+    $("#history-detail").textContent = "";
+    banner("");
+    const view = ($$(".tab").find((t) => t.getAttribute("aria-pressed") === "true") || {}).dataset;
+    show((view && view.view) || "create");
+  });
+  try {
+    const info = await api("/api/info");
+    $("#key-form").hidden = !info.auth_required;
+    if (info.auth_required) {
+      $("#api-key").value = apiKey;
+      if (!apiKey) banner("This farm needs an API key: enter it above.");
+    }
+  } catch (e) {
+    banner("The studio cannot reach its server: " + e.message);
+  }
+  renderPreview();
+  document.body.dataset.ready = "true";
+}
+
+start();

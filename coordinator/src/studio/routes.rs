@@ -1,0 +1,197 @@
+//! The gateway's routes: each one a call of a gRPC method, in process (see `mod.rs`).
+//!
+//! | route                               | method                        |
+//! |-------------------------------------|-------------------------------|
+//! | `POST /api/prompt/render`           | Generation.RenderPrompt       |
+//! | `POST /api/jobs`                    | Generation.SubmitGeneration   |
+//! | `GET  /api/jobs?state&label&text…`  | Generation.ListJobs           |
+//! | `GET  /api/jobs/{id}`               | Generation.GetJob             |
+//! | `GET  /api/jobs/{id}/events`        | Generation.WatchJob (SSE)     |
+//! | `POST /api/jobs/{id}/cancel`        | Generation.CancelJob          |
+//! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
+//! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
+//! | `GET  /api/operator/workers`        | Operator.ListWorkers          |
+//! | `GET  /api/operator/queues`         | Operator.GetQueues            |
+
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use tutti_proto::v1 as pb;
+use tutti_proto::v1::batches_server::Batches;
+use tutti_proto::v1::generation_server::Generation;
+use tutti_proto::v1::operator_server::Operator;
+
+use super::gateway::{error_body, json, parse, ApiError};
+use super::{assets, blobs, Studio};
+use crate::auth::AuthMode;
+
+pub(super) fn router(studio: Studio) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/studio.js", get(assets::script))
+        .route("/studio.css", get(assets::style))
+        .route("/blobs/{*key}", get(blobs::get))
+        .route("/api/info", get(info))
+        .route("/api/prompt/render", post(render_prompt))
+        .route("/api/jobs", post(submit).get(list))
+        .route("/api/jobs/{id}", get(get_job))
+        .route("/api/jobs/{id}/events", get(watch))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/batches/{id}", get(get_batch))
+        .route("/api/batches/{id}/cancel", post(cancel_batch))
+        .route("/api/operator/workers", get(workers))
+        .route("/api/operator/queues", get(queues))
+        .with_state(studio)
+}
+
+type Reply = Result<Response, ApiError>;
+
+/// What the page must know before its first call: whether it needs an API key.
+async fn info(State(s): State<Studio>) -> Reply {
+    json(&serde_json::json!({
+        "auth_required": s.auth.mode() == AuthMode::Required,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn render_prompt(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Reply {
+    let req = s.request(&headers, parse(&body)?).await?;
+    json(s.generation.render_prompt(req).await?.get_ref())
+}
+
+async fn submit(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Reply {
+    let req = s.request(&headers, parse(&body)?).await?;
+    let mut job = s.generation.submit_generation(req).await?.into_inner();
+    s.blobs.rewrite(&mut job);
+    json(&job)
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ListQuery {
+    page_size: Option<u32>,
+    page_token: Option<String>,
+    /// A `JobState` name (`JOB_STATE_SUCCEEDED`) or its short form (`succeeded`).
+    state: Option<String>,
+    /// `key=value`.
+    label: Option<String>,
+    text: Option<String>,
+}
+
+fn job_state(name: &str) -> Result<pb::JobState, ApiError> {
+    let upper = name.trim().to_ascii_uppercase();
+    if upper.is_empty() {
+        return Ok(pb::JobState::Unspecified);
+    }
+    pb::JobState::from_str_name(&upper)
+        .or_else(|| pb::JobState::from_str_name(&format!("JOB_STATE_{upper}")))
+        .ok_or_else(|| crate::error::Error::invalid("state", "unknown job state").into())
+}
+
+async fn list(State(s): State<Studio>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Reply {
+    let mut labels = std::collections::HashMap::new();
+    if let Some(l) = q.label.as_deref().filter(|l| !l.trim().is_empty()) {
+        let (k, v) = l.split_once('=').ok_or_else(|| {
+            ApiError::from(crate::error::Error::invalid("labels", "must be key=value"))
+        })?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let message = pb::ListJobsRequest {
+        page_size: q.page_size.unwrap_or(0),
+        page_token: q.page_token.unwrap_or_default(),
+        state: job_state(q.state.as_deref().unwrap_or(""))? as i32,
+        labels,
+        text: q.text.unwrap_or_default(),
+    };
+    let req = s.request(&headers, message).await?;
+    let mut page = s.generation.list_jobs(req).await?.into_inner();
+    for job in &mut page.jobs {
+        s.blobs.rewrite(job);
+    }
+    json(&page)
+}
+
+async fn get_job(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::GetJobRequest { id }).await?;
+    let mut job = s.generation.get_job(req).await?.into_inner();
+    s.blobs.rewrite(&mut job);
+    json(&job)
+}
+
+async fn cancel(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::CancelJobRequest { id }).await?;
+    let mut job = s.generation.cancel_job(req).await?.into_inner();
+    s.blobs.rewrite(&mut job);
+    json(&job)
+}
+
+/// WatchJob as server-sent events: one `message` event per JobEvent (its JSON), then an
+/// `error` event with the error body if the stream ends in one.
+async fn watch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::WatchJobRequest { id }).await?;
+    let events = s.generation.watch_job(req).await?.into_inner();
+    let urls = s.blobs.clone();
+    let stream = events.map(move |item| {
+        let event = match item {
+            Ok(mut e) => {
+                if let Some(job) = e.job.as_mut() {
+                    urls.rewrite(job);
+                }
+                Event::default().json_data(&e)
+            }
+            Err(status) => Event::default()
+                .event("error")
+                .json_data(error_body(&status)),
+        };
+        Ok::<_, Infallible>(event.unwrap_or_else(|e| {
+            Event::default()
+                .event("error")
+                .data(format!("encoding an event: {e}"))
+        }))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+async fn get_batch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::GetBatchRequest { id }).await?;
+    json(s.batches.get_batch(req).await?.get_ref())
+}
+
+async fn cancel_batch(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
+    let req = s.request(&headers, pb::CancelBatchRequest { id }).await?;
+    json(s.batches.cancel_batch(req).await?.get_ref())
+}
+
+async fn workers(State(s): State<Studio>, headers: HeaderMap) -> Reply {
+    let req = s.request(&headers, pb::ListWorkersRequest {}).await?;
+    json(s.operator.list_workers(req).await?.get_ref())
+}
+
+#[derive(serde::Deserialize, Default)]
+struct QueuesQuery {
+    share_window_seconds: Option<u32>,
+}
+
+async fn queues(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Query(q): Query<QueuesQuery>,
+) -> Reply {
+    let message = pb::GetQueuesRequest {
+        share_window_seconds: q.share_window_seconds.unwrap_or(0),
+    };
+    let req = s.request(&headers, message).await?;
+    json(s.operator.get_queues(req).await?.get_ref())
+}

@@ -1,0 +1,176 @@
+//! `tutti workers` and `tutti queues`: the farm's Operator service as tables.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tutti_proto::v1 as pb;
+use tutti_proto::v1::operator_client::OperatorClient;
+
+use super::client::{channel_to, status_err, Bearer, ServerArgs};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkersArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print the response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueuesArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Window of the tenants' shares, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub window: u32,
+    /// Print the response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
+
+async fn client(server: &ServerArgs) -> anyhow::Result<Client> {
+    let (channel, bearer) = channel_to(&server.server, &server.credentials).await?;
+    Ok(OperatorClient::with_interceptor(channel, bearer))
+}
+
+fn class(c: i32) -> &'static str {
+    match pb::Priority::try_from(c) {
+        Ok(pb::Priority::Interactive) => "interactive",
+        Ok(pb::Priority::Batch) => "batch",
+        _ => "standard",
+    }
+}
+
+fn ago(t: Option<&tutti_proto::wkt::Timestamp>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match t {
+        Some(t) => format!("{}s ago", (now - t.seconds).max(0)),
+        None => "-".into(),
+    }
+}
+
+pub(crate) async fn workers(args: WorkersArgs) -> anyhow::Result<()> {
+    let resp = client(&args.server)
+        .await?
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<8} {:<15} {:>9} {:>9} {:>7} {:>5}  LAST HEARTBEAT",
+        "WORKER", "STATE", "STAGES", "DENOISE", "VOCODE", "EXPRESS", "HELD"
+    );
+    for w in &resp.workers {
+        let state = if w.gone {
+            "gone"
+        } else if w.draining {
+            "draining"
+        } else {
+            "live"
+        };
+        println!(
+            "{:<24} {:<8} {:<15} {:>9} {:>9} {:>7} {:>5}  {}",
+            w.name,
+            state,
+            w.stages.join(","),
+            format!("{}/{}", w.denoise_in_use, w.denoise_slots),
+            format!("{}/{}", w.vocode_in_use, w.vocode_slots),
+            format!("{}/{}", w.express_in_use, w.express_slots),
+            w.held_latents,
+            ago(w.last_heartbeat.as_ref()),
+        );
+    }
+    if resp.workers.is_empty() {
+        println!("(no worker has sent a heartbeat)");
+    }
+    Ok(())
+}
+
+pub(crate) async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
+    let resp = client(&args.server)
+        .await?
+        .get_queues(pb::GetQueuesRequest {
+            share_window_seconds: args.window,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(());
+    }
+    println!(
+        "jobs: {} queued, {} running",
+        resp.jobs_queued, resp.jobs_running
+    );
+    println!(
+        "{:<8} {:<12} {:>8} {:>10} {:>12}",
+        "STAGE", "CLASS", "PENDING", "IN FLIGHT", "OLDEST WAIT"
+    );
+    for q in &resp.queues {
+        println!(
+            "{:<8} {:<12} {:>8} {:>10} {:>11.1}s",
+            q.stage,
+            class(q.class),
+            q.pending,
+            q.in_flight,
+            q.oldest_wait_seconds
+        );
+    }
+    if !resp.shares.is_empty() {
+        println!(
+            "\nshares over the last {} s:\n{:<20} {:<12} {:>6} {:>6} {:>6} {:>8}",
+            resp.share_window_seconds, "TENANT", "CLASS", "WEIGHT", "FAIR", "SHARE", "TASKS"
+        );
+        for s in &resp.shares {
+            println!(
+                "{:<20} {:<12} {:>6.1} {:>5.0}% {:>5.0}% {:>8}",
+                s.tenant,
+                class(s.class),
+                s.weight,
+                s.fair_share * 100.0,
+                s.share * 100.0,
+                s.tasks_done
+            );
+        }
+    }
+    if !resp.failures.is_empty() {
+        println!("\nrecent failed jobs:");
+        for f in &resp.failures {
+            println!(
+                "  {} {} {}: {} ({})",
+                f.job_id,
+                f.tenant,
+                f.code,
+                f.message,
+                ago(f.at.as_ref())
+            );
+        }
+    }
+    if !resp.failed_tasks.is_empty() {
+        println!("\nfailed task attempts:");
+        for t in &resp.failed_tasks {
+            println!(
+                "  {} chunk {} {} attempt {} on {} [{}]: {}",
+                t.job_id,
+                t.chunk,
+                t.stage,
+                t.attempt,
+                if t.worker.is_empty() { "-" } else { &t.worker },
+                t.state,
+                t.error
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,479 @@
+//! tutti studio in a real browser (headless Debian chromium over WebDriver) against real farms:
+//! `tutti dev` (SQLite, in-process queue, local blobs) and the farm on Postgres, RabbitMQ and S3.
+//! Screenshots of each screen land in `$CARGO_TARGET_TMPDIR/studio/` (with
+//! `TUTTI_STUDIO_DOCS=1` also in `docs/studio/`, the README's pictures).
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::{request, Backend, Farm, FarmOptions};
+use serde_json::Value;
+use tutti_proto::v1 as pb;
+
+both_backends!(a_listener_builds_hears_cancels_and_pages);
+
+/// The card of the newest job on the create view.
+const CARD: &str = "#jobs .job";
+
+async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
+    let farm = Farm::start(FarmOptions::on(backend)).await;
+    let b = Browser::start().await;
+    b.open(&format!("{}?page_size=2", farm.studio_url())).await;
+    let tag = match backend {
+        Backend::Distributed => "farm",
+        Backend::Embedded => "dev",
+    };
+
+    // A bad field: the server's rule appears next to the field, in the preview and on submit,
+    // and nothing is stored.
+    b.wait_js(
+        "return document.querySelectorAll('#f-instruments input').length > 0",
+        "the suggestions from RenderPrompt",
+    )
+    .await;
+    b.fill("#f-genre", "ambient").await;
+    b.fill("#f-tempo", "500").await;
+    b.click("#submit").await;
+    b.wait_js(
+        "return document.querySelector('#form-status').textContent.startsWith('Not submitted')",
+        "the refused submit",
+    )
+    .await;
+    let err = b
+        .text(r#".error[data-error-for="structured.tempo_bpm"]"#)
+        .await;
+    assert_eq!(err, "must be between 40 and 240 BPM");
+    assert_eq!(
+        b.js("return document.querySelector('#f-tempo').getAttribute('aria-invalid')")
+            .await,
+        "true"
+    );
+    assert_eq!(
+        b.js("return document.querySelectorAll('.job').length")
+            .await,
+        0
+    );
+    assert_eq!(farm.job_count().await, 0, "a refused form stored a job");
+    if backend == Backend::Embedded {
+        b.screenshot("field-error").await;
+    }
+
+    // The form builds a structured prompt; the preview is the server's prompt builder.
+    b.fill("#f-tempo", "100").await;
+    b.fill("#f-mood", "calm").await;
+    b.select("#f-key", "A").await;
+    b.select("#f-mode", "minor").await;
+    b.click(r#"#f-instruments input[value="piano"]"#).await;
+    b.click(r#"#f-structure input[value="intro"]"#).await;
+    b.fill("#f-duration", "3").await;
+    let expected = "calm ambient with piano, 100 BPM, in A minor, intro";
+    b.wait_js(
+        &format!("return document.querySelector('#preview').textContent === {expected:?}"),
+        "the preview of the structured prompt",
+    )
+    .await;
+    assert_eq!(
+        b.text(r#".error[data-error-for="structured.tempo_bpm"]"#)
+            .await,
+        "",
+        "the fixed field still shows its error"
+    );
+
+    // Submit: the progress bar reaches 100% and the player holds the asked length.
+    b.click("#submit").await;
+    b.wait_js(
+        &format!("const c = document.querySelector('{CARD}'); return !!c && c.dataset.state === 'succeeded'"),
+        "the job to succeed",
+    )
+    .await;
+    assert_eq!(b.text(&format!("{CARD} .percent")).await, "100%");
+    let bar = b
+        .js(&format!(
+            "const p = document.querySelector('{CARD} progress'); return [p.value, p.max]"
+        ))
+        .await;
+    assert_eq!(bar[0], bar[1], "progress bar not full: {bar}");
+    assert!(bar[1].as_f64().unwrap_or(0.0) > 1.0, "no steps: {bar}");
+    assert_eq!(b.text(&format!("{CARD} .prompt-text")).await, expected);
+    b.wait_js(
+        &format!(
+            "const a = document.querySelector('{CARD} audio'); return !!a && a.readyState >= 1"
+        ),
+        "the audio's metadata",
+    )
+    .await;
+    let duration = b
+        .js(&format!(
+            "return document.querySelector('{CARD} audio').duration"
+        ))
+        .await
+        .as_f64()
+        .expect("audio duration");
+    assert!(
+        (duration - 3.0).abs() < 0.02,
+        "the audio lasts {duration} s, asked 3 s"
+    );
+    // Seeking works (the audio is served with ranges): a seek lands where it was asked.
+    b.js(&format!(
+        "const a = document.querySelector('{CARD} audio'); a.currentTime = 2.0; return true"
+    ))
+    .await;
+    b.wait_js(
+        &format!(
+            "const a = document.querySelector('{CARD} audio'); return !a.seeking && Math.abs(a.currentTime - 2.0) < 0.05"
+        ),
+        "the seek",
+    )
+    .await;
+    assert_eq!(
+        b.js(&format!(
+            "const a = document.querySelector('{CARD} audio'); return a.seekable.length > 0 && a.seekable.end(0) > 2.9"
+        ))
+        .await,
+        true,
+        "the audio is not seekable"
+    );
+    let job_id = b
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
+        .await;
+    let stored = farm
+        .client()
+        .await
+        .get_job(pb::GetJobRequest {
+            id: job_id.as_str().unwrap_or_default().into(),
+        })
+        .await
+        .expect("the page's job exists")
+        .into_inner();
+    assert_eq!(stored.prompt_text, expected);
+    let sent = stored.request.expect("request");
+    assert_eq!(sent.duration_seconds, Some(3.0));
+    match sent.prompt_kind {
+        Some(pb::submit_generation_request::PromptKind::Structured(s)) => {
+            assert_eq!((s.genre.as_str(), s.mood.as_str()), ("ambient", "calm"));
+            assert_eq!(s.tempo_bpm, Some(100.0));
+            assert_eq!(s.key, "A minor");
+            assert_eq!(s.instruments, vec!["piano".to_string()]);
+        }
+        other => panic!("the page sent {other:?}"),
+    }
+    // The waveform was drawn from the decoded audio (not a blank canvas).
+    b.wait_js(
+        &format!(
+            "const c = document.querySelector('{CARD} canvas.wave'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+             for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 200 && d[i] < 100) return true; return false"
+        ),
+        "the waveform",
+    )
+    .await;
+    b.screenshot(&format!("create-{tag}")).await;
+
+    // Same again: the same seed; variation: another seed.
+    b.click(&format!("{CARD} .same")).await;
+    b.wait_js(
+        "return document.querySelectorAll('#jobs .job').length === 2",
+        "the same-again job",
+    )
+    .await;
+    let seeds = b
+        .js("return Array.from(document.querySelectorAll('#jobs .job .params pre')).map(p => p.textContent.split('\\n')[0])")
+        .await;
+    assert_eq!(seeds[0], seeds[1], "same again changed the seed: {seeds}");
+
+    // A long job is cancelled from its card.
+    b.fill("#f-steps", "200").await;
+    b.fill("#f-duration", "20").await;
+    b.click("#submit").await;
+    b.wait_js(
+        "return document.querySelectorAll('#jobs .job').length === 3",
+        "the long job's card",
+    )
+    .await;
+    b.wait_js(
+        &format!("return document.querySelector('{CARD}').dataset.state === 'running'"),
+        "the long job to start",
+    )
+    .await;
+    b.click(&format!("{CARD} .cancel")).await;
+    b.wait_js(
+        &format!("return document.querySelector('{CARD}').dataset.state === 'cancelled'"),
+        "the cancel",
+    )
+    .await;
+    let long_id = b
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
+        .await;
+    let cancelled = farm
+        .wait_job(
+            long_id.as_str().unwrap_or_default(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(common::state(&cancelled), pb::JobState::Cancelled);
+    assert!(cancelled.steps_done < 200);
+
+    // History: newest first, two to a page, a search by prompt text.
+    let mut client = farm.client().await;
+    for p in ["zebra crossing groove", "quiet harbour"] {
+        client.submit_generation(request(p)).await.expect("submit");
+    }
+    b.click(r#".tab[data-view="history"]"#).await;
+    let items = "Array.from(document.querySelectorAll('#history li[data-job-id]')).map(l => l.dataset.jobId)";
+    b.wait_js(&format!("return {items}.length === 2"), "the first page")
+        .await;
+    let first = b.js(&format!("return {items}")).await;
+    let page1: Vec<String> = serde_json::from_value(first).expect("ids");
+    let mut seen = page1.clone();
+    let listed = list_all(&farm).await;
+    assert_eq!(page1, listed[..2].to_vec(), "page 1 is not the newest two");
+    while b
+        .js("return !document.querySelector('#history-older').disabled")
+        .await
+        == true
+    {
+        let before = b.text("#history-page").await;
+        b.click("#history-older").await;
+        b.wait_js(
+            &format!("return document.querySelector('#history-page').textContent !== {before:?}"),
+            "the next page",
+        )
+        .await;
+        let ids: Vec<String> =
+            serde_json::from_value(b.js(&format!("return {items}")).await).expect("ids");
+        assert!(ids.len() <= 2 && !ids.is_empty());
+        seen.extend(ids);
+    }
+    assert_eq!(
+        seen, listed,
+        "paging did not walk every job once, newest first"
+    );
+    b.click("#history-newer").await;
+    b.wait_js(
+        "return document.querySelector('#history-page').textContent !== ''",
+        "a page",
+    )
+    .await;
+    b.fill("#h-text", "ZEBRA").await;
+    b.click("#history-form button[type=submit]").await;
+    b.wait_js(
+        &format!(
+            "const l = {items}; return l.length === 1 && document.querySelector('#history li .prompt-text').textContent === 'zebra crossing groove'"
+        ),
+        "the search",
+    )
+    .await;
+    b.fill("#h-text", "").await;
+    b.select("#h-state", "cancelled").await;
+    b.click("#history-form button[type=submit]").await;
+    b.wait_js(
+        &format!("const l = {items}; return l.length === 1 && l[0] === {long_id}"),
+        "the state filter",
+    )
+    .await;
+    b.select("#h-state", "").await;
+    b.click("#history-form button[type=submit]").await;
+    b.wait_js(
+        &format!("return {items}.length === 2"),
+        "the first page again",
+    )
+    .await;
+    b.screenshot(&format!("history-{tag}")).await;
+
+    // The operator view shows the farm's worker.
+    let worker = match backend {
+        Backend::Distributed => "w0",
+        Backend::Embedded => "embedded-w0",
+    };
+    b.click(r#".tab[data-view="operator"]"#).await;
+    b.wait_js(
+        &format!(
+            "const r = document.querySelector('#workers tr[data-worker=\"{worker}\"]'); return !!r && r.dataset.state === 'live'"
+        ),
+        "the worker in the operator view",
+    )
+    .await;
+    if backend == Backend::Embedded {
+        b.screenshot("operator-dev").await;
+        // A phone-width screen: the form is one column and nothing scrolls sideways.
+        b.set_width(390, 844).await;
+        b.click(r#".tab[data-view="create"]"#).await;
+        b.wait_js(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            "a page as wide as the phone",
+        )
+        .await;
+        b.screenshot("phone").await;
+    }
+    b.close().await;
+}
+
+/// Every job of the farm's default tenant, newest first, through ListJobs.
+async fn list_all(farm: &Farm) -> Vec<String> {
+    farm.client()
+        .await
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| j.id)
+        .collect()
+}
+
+/// With auth on: the operator view needs an admin key, shows workers come and go; one
+/// tenant's key sees none of another's jobs.
+#[tokio::test]
+async fn operators_see_the_fleet_and_tenants_see_only_their_jobs() {
+    let mut farm = Farm::start(FarmOptions {
+        auth: true,
+        coordinator_env: vec![("TUTTI_WORKER_TIMEOUT", "2s".into())],
+        ..FarmOptions::on(Backend::Distributed)
+    })
+    .await;
+    for t in ["ops", "alice", "bob"] {
+        farm.operator(&["tenant", "create", t]);
+    }
+    let admin = farm.create_key("ops", true);
+    let alice = farm.create_key("alice", false);
+    let bob = farm.create_key("bob", false);
+    let b = Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    assert_eq!(
+        b.js("return document.querySelector('#key-form').hidden")
+            .await,
+        false,
+        "auth is on but the page asks for no key"
+    );
+
+    use_key(&b, &admin).await;
+    b.click(r#".tab[data-view="operator"]"#).await;
+    let row = |w: &str, state: &str| {
+        format!(
+            "const r = document.querySelector('#workers tr[data-worker=\"{w}\"]'); return !!r && r.dataset.state === '{state}'"
+        )
+    };
+    b.wait_js(&row("w0", "live"), "w0 in the operator view")
+        .await;
+    let w1 = farm.add_worker(&[]);
+    b.wait_js(&row("w1", "live"), "w1 to appear").await;
+    b.screenshot("operator").await;
+    farm.terminate_worker(w1);
+    b.wait_js(&row("w1", "gone"), "w1 to be marked gone").await;
+    assert!(b.js(&row("w0", "live")).await == true, "w0 went with w1");
+
+    // The CLI reads the same service: `tutti workers` with the admin key, not with a tenant's.
+    let server = format!("http://{}", farm.addr);
+    let cli = |key: &str, sub: &str| {
+        std::process::Command::new(common::bin())
+            .args([sub, "--server", &server, "--api-key", key])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tutti")
+    };
+    let out = cli(&admin, "workers");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("w0 ") && l.contains("live")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("w1 ") && l.contains("gone")),
+        "{stdout}"
+    );
+    let out = cli(&alice, "queues");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A tenant's key may not see the fleet.
+    use_key(&b, &alice).await;
+    b.click(r#".tab[data-view="operator"]"#).await;
+    b.wait_js(
+        "return document.querySelector('#operator-error').textContent.includes('admin key')",
+        "the operator view to refuse a tenant key",
+    )
+    .await;
+
+    // Alice makes a job from the page.
+    b.click(r#".tab[data-view="create"]"#).await;
+    b.fill("#f-genre", "folk").await;
+    b.fill("#f-duration", "2").await;
+    b.click("#submit").await;
+    b.wait_js(
+        &format!("const c = document.querySelector('{CARD}'); return !!c && c.dataset.state === 'succeeded'"),
+        "alice's job",
+    )
+    .await;
+    let alice_job = b
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
+        .await;
+    let alice_job = alice_job.as_str().expect("job id").to_string();
+    assert_eq!(farm.tenant_job_count("alice").await, 1);
+    b.click(r#".tab[data-view="history"]"#).await;
+    b.wait_js(
+        &format!(
+            "return Array.from(document.querySelectorAll('#history li[data-job-id]')).map(l => l.dataset.jobId).join() === {alice_job:?}"
+        ),
+        "alice's history",
+    )
+    .await;
+
+    // Bob sees none of it: an empty history, and alice's job id is not found.
+    use_key(&b, &bob).await;
+    b.wait_js(
+        "return document.querySelector('#history li') !== null && document.querySelectorAll('#history li[data-job-id]').length === 0",
+        "bob's empty history",
+    )
+    .await;
+    let r: Value = b
+        .client
+        .execute_async(
+            "const [id, done] = arguments; \
+             fetch('/api/jobs/' + id, { headers: { Authorization: 'Bearer ' + localStorage.getItem('tutti.studio.key') } }) \
+               .then(async r => done([r.status, await r.json()]));",
+            vec![Value::String(alice_job.clone())],
+        )
+        .await
+        .expect("fetch as bob");
+    assert_eq!(r[0], 404, "bob reached alice's job: {r}");
+    assert_eq!(r[1]["code"], "NOT_FOUND");
+    b.screenshot("tenant-isolation").await;
+    b.close().await;
+}
+
+async fn use_key(b: &Browser, key: &str) {
+    b.fill("#api-key", key).await;
+    b.click("#key-form button[type=submit]").await;
+    b.wait_js(
+        "return document.querySelector('#key-status').textContent !== ''",
+        "the key to be saved",
+    )
+    .await;
+    b.js("document.querySelector('#key-status').textContent = ''; return true")
+        .await;
+}
