@@ -48,25 +48,6 @@ pub(crate) fn ts(t: DateTime<Utc>) -> tutti_proto::wkt::Timestamp {
     }
 }
 
-fn state_pb(s: JobState) -> pb::JobState {
-    match s {
-        JobState::Queued => pb::JobState::Queued,
-        JobState::Running => pb::JobState::Running,
-        JobState::Succeeded => pb::JobState::Succeeded,
-        JobState::Failed => pb::JobState::Failed,
-        JobState::Cancelled => pb::JobState::Cancelled,
-    }
-}
-
-fn stage_pb(s: Stage) -> pb::Stage {
-    match s {
-        Stage::Queued => pb::Stage::Queued,
-        Stage::Denoise => pb::Stage::Denoise,
-        Stage::Vocode => pb::Stage::Vocode,
-        Stage::Done => pb::Stage::Done,
-    }
-}
-
 /// The API view of a stored output, without a presigned URL.
 pub(crate) fn output_pb(o: &OutputRow, uri: String) -> pb::Output {
     pb::Output {
@@ -106,7 +87,7 @@ impl GenerationService {
             .filter_map(|(stage, ms)| {
                 let stage: Stage = stage.parse().ok()?;
                 Some(pb::StageTiming {
-                    stage: stage_pb(stage) as i32,
+                    stage: pb::Stage::from(stage) as i32,
                     millis: (*ms).max(0) as u64,
                 })
             })
@@ -115,8 +96,8 @@ impl GenerationService {
             .map_err(|e| Error::Internal(format!("stored request of job {}: {e}", j.id)))?;
         Ok(pb::Job {
             id: j.id.to_string(),
-            state: state_pb(j.state) as i32,
-            stage: stage_pb(j.stage) as i32,
+            state: pb::JobState::from(j.state) as i32,
+            stage: pb::Stage::from(j.stage) as i32,
             steps_done: j.steps_done as u32,
             steps_total: j.steps_total as u32,
             attempts: j.attempts as u32,
@@ -332,13 +313,8 @@ impl pb::generation_server::Generation for GenerationApi {
             n if n > 500 => return Err(Error::invalid("page_size", "must be at most 500").into()),
             n => n,
         } as i64;
-        let state = match pb::JobState::try_from(req.state) {
-            Ok(pb::JobState::Unspecified) => None,
-            Ok(pb::JobState::Queued) => Some(JobState::Queued),
-            Ok(pb::JobState::Running) => Some(JobState::Running),
-            Ok(pb::JobState::Succeeded) => Some(JobState::Succeeded),
-            Ok(pb::JobState::Failed) => Some(JobState::Failed),
-            Ok(pb::JobState::Cancelled) => Some(JobState::Cancelled),
+        let state: Option<JobState> = match pb::JobState::try_from(req.state) {
+            Ok(s) => s.into(),
             Err(_) => return Err(Error::invalid("state", "unknown job state").into()),
         };
         let after = match req.page_token.as_str() {

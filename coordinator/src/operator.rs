@@ -28,11 +28,7 @@ pub struct OperatorService {
 
 /// The API class of a stored priority rank.
 fn class_pb(rank: i16) -> pb::Priority {
-    match rank {
-        0 => pb::Priority::Interactive,
-        2 => pb::Priority::Batch,
-        _ => pb::Priority::Standard,
-    }
+    crate::sched::class_of(i64::from(rank)).map_or(pb::Priority::Standard, pb::Priority::from)
 }
 
 /// Operators only: an admin key, or any caller while auth is off (no key at all).

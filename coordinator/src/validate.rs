@@ -208,9 +208,8 @@ impl Validator {
                 ),
             ));
         }
-        let format = match pb::AudioFormat::try_from(req.format) {
-            Ok(pb::AudioFormat::Unspecified | pb::AudioFormat::Wav) => AudioFormat::Wav,
-            Ok(pb::AudioFormat::Flac) => AudioFormat::Flac,
+        let format: AudioFormat = match pb::AudioFormat::try_from(req.format) {
+            Ok(f) => f.into(),
             Err(_) => return Err(Error::invalid("format", "must be wav or flac")),
         };
         let variations = if req.variations == 0 {
@@ -224,10 +223,8 @@ impl Validator {
                 format!("must be between 1 and {MAX_VARIATIONS}"),
             ));
         }
-        let priority = match pb::Priority::try_from(req.priority) {
-            Ok(pb::Priority::Unspecified | pb::Priority::Standard) => Priority::Standard,
-            Ok(pb::Priority::Interactive) => Priority::Interactive,
-            Ok(pb::Priority::Batch) => Priority::Batch,
+        let priority: Priority = match pb::Priority::try_from(req.priority) {
+            Ok(p) => p.into(),
             Err(_) => {
                 return Err(Error::invalid(
                     "priority",
@@ -272,15 +269,8 @@ impl Validator {
         accepted.seed = Some(seed);
         accepted.variations = variations;
         accepted.sampler = pb::Sampler::from(sampler) as i32;
-        accepted.format = match format {
-            AudioFormat::Wav => pb::AudioFormat::Wav,
-            AudioFormat::Flac => pb::AudioFormat::Flac,
-        } as i32;
-        accepted.priority = match priority {
-            Priority::Interactive => pb::Priority::Interactive,
-            Priority::Standard => pb::Priority::Standard,
-            Priority::Batch => pb::Priority::Batch,
-        } as i32;
+        accepted.format = pb::AudioFormat::from(format) as i32;
+        accepted.priority = pb::Priority::from(priority) as i32;
         accepted.model = Some(pb::ModelRef {
             name: model_ref.name.clone(),
             version: model_ref.version.clone(),
