@@ -41,9 +41,12 @@ pub struct ConditionerConfig {
     pub embed_dim: i64,
     /// Number of Fourier features of the number embedders (even).
     pub fourier_dim: i64,
-    /// Requested length in seconds.
+    /// Requested length in seconds. A table without it has none (the struct's default declares
+    /// one, and a pack written without it must not read back with it).
+    #[serde(default)]
     pub duration: Option<NumberRange>,
-    /// Tempo in BPM.
+    /// Tempo in BPM; absent from the table: none.
+    #[serde(default)]
     pub tempo: Option<NumberRange>,
     /// Tonic pitch class.
     pub key: bool,
@@ -305,6 +308,18 @@ impl Conditioners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_without_a_tempo_reads_back_without_one() {
+        let cfg = ConditionerConfig::duration_only(64, 32, 11.0);
+        let text = toml::to_string(&cfg).expect("write");
+        let back: ConditionerConfig = toml::from_str(&text).expect("read");
+        assert_eq!(back, cfg);
+        assert_eq!(back.tempo, None);
+        // A table that names nothing still gets the built-in widths and flags.
+        let empty: ConditionerConfig = toml::from_str("").expect("read");
+        assert_eq!(empty.embed_dim, ConditionerConfig::default().embed_dim);
+    }
 
     fn controls(bpm: Option<f32>, key: Option<u8>, mode: Option<Mode>) -> Controls {
         Controls {
