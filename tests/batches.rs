@@ -213,7 +213,7 @@ async fn a_streamed_batch_runs_each_item_once_and_writes_its_results(backend: Ba
 #[tokio::test]
 async fn a_manifest_in_s3_reports_bad_rows_by_line_and_runs_the_good_ones() {
     let farm = Farm::start(FarmOptions::default()).await;
-    let key = format!("manifests/{}/catalog.jsonl", farm.prefix);
+    let key = format!("manifests/{}/catalog.jsonl", farm.prefix());
     let manifest = [
         r#"{"item_id": "intro", "prompt": "ambient pads", "duration_seconds": 2, "steps": 4, "seed": 1}"#,
         r#"{"item_id": "broken", "prompt": "#,
@@ -368,7 +368,7 @@ fn async_stream(
 #[tokio::test]
 async fn the_cli_submits_a_csv_file_and_watches_it_to_its_results() {
     let farm = Farm::start(FarmOptions::default()).await;
-    let csv = farm.dir.path().join("catalog.csv");
+    let csv = farm.dir().join("catalog.csv");
     std::fs::write(
         &csv,
         "item_id,prompt,duration_seconds,steps,seed,labels\n\

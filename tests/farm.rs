@@ -326,12 +326,12 @@ async fn garbage_on_a_task_queue_is_dead_lettered_and_the_queue_keeps_flowing() 
     let ch = tutti_shared::queue::confirm_channel(&conn)
         .await
         .expect("channel");
-    let dead = format!("{}.dead", farm.prefix);
+    let dead = format!("{}.dead", farm.prefix());
     let before = farm.queue_counts(&dead).await.map(|c| c.0).unwrap_or(0);
     tutti_shared::queue::publish_bytes(
         &ch,
         "",
-        &format!("{}.denoise", farm.prefix),
+        &format!("{}.denoise", farm.prefix()),
         b"\x00not a task{",
         lapin::types::FieldTable::default(),
     )

@@ -152,7 +152,7 @@ async fn readiness_follows_postgres_and_rabbitmq() {
     farm.kill_coordinator();
     farm.opts.env.push((
         "TUTTI_DATABASE_URL".to_string(),
-        through(&pg_url(&farm.db), pg.addr),
+        through(&pg_url(farm.db()), pg.addr),
     ));
     farm.start_coordinator().await;
     let worker_metrics = common::free_addr();

@@ -86,6 +86,21 @@ impl Priority {
 
 string_enum!(AudioFormat { Wav => "wav", Flac => "flac" });
 
+/// On the command line these read as their wire names (`--priority batch`, `--format flac`).
+macro_rules! value_enum {
+    ($($t:ty),+) => {$(
+        impl clap::ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                Self::ALL
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.as_str()))
+            }
+        }
+    )+};
+}
+value_enum!(Priority, AudioFormat);
+
 impl AudioFormat {
     pub fn content_type(self) -> &'static str {
         match self {

@@ -36,18 +36,12 @@ pub(crate) struct SubmitArgs {
     pub name: Option<String>,
     /// Read a local file as CSV or JSONL regardless of its extension.
     #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
+    pub format: Option<ManifestFormat>,
     /// Follow the batch until it ends.
     #[arg(long)]
     pub watch: bool,
     #[command(flatten)]
     pub server: ServerArgs,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum FormatArg {
-    Jsonl,
-    Csv,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,11 +160,9 @@ pub(crate) fn stream_file(
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     let mut client = connect(&a.server).await?;
-    let format = match a.format {
-        Some(FormatArg::Csv) => ManifestFormat::Csv,
-        Some(FormatArg::Jsonl) => ManifestFormat::Jsonl,
-        None => ManifestFormat::from_name(&a.manifest),
-    };
+    let format = a
+        .format
+        .unwrap_or_else(|| ManifestFormat::from_name(&a.manifest));
     let (response, local_errors) = if a.manifest.starts_with("s3://") {
         let header = pb::SubmitBatchRequest {
             kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {

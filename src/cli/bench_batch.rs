@@ -3,10 +3,11 @@
 //! prefix, removed afterwards; no workers), streams N generated items through SubmitBatch and
 //! samples the coordinator's resident memory from /proc.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use tutti::process_farm::{ProcessFarm, Servers};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::batches_client::BatchesClient;
 
@@ -72,35 +73,24 @@ fn item(i: u64) -> pb::SubmitBatchRequest {
 }
 
 pub(crate) async fn run(a: BatchAcceptArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let models = dir.path().join("models");
-    tutti_model::tiny::write_tiny_pack(&models.join("tiny"), 7)?;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let db = format!("tutti_bench_{tag}");
-    let prefix = format!("bench-{tag}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("coordinator")
-        .env("TUTTI_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TUTTI_DATABASE_URL", format!("{}/{db}", a.postgres))
-        .env("TUTTI_AMQP_URL", &a.amqp_url)
-        .env("TUTTI_QUEUE_PREFIX", &prefix)
-        .env("TUTTI_MODELS_DIR", &models)
+    let servers = Servers {
+        pg: a.postgres.clone(),
+        amqp: a.amqp_url.clone(),
+        s3: None,
+    };
+    let farm = ProcessFarm::new(std::env::current_exe()?, servers, "bench")?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut child = farm
+        .coordinator(addr)?
         .env_remove("TUTTI_METRICS_LISTEN")
-        .env(
-            "RUST_LOG",
-            std::env::var("TUTTI_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .context("starting a coordinator")?;
-    let result = measure(&a, child.id(), port).await;
+    let result = measure(&a, child.id(), addr.port()).await;
     let _ = child.kill();
     let _ = child.wait();
-    cleanup(&a, &db, &prefix).await;
+    farm.drop_database();
+    farm.remove_topology(&[]);
     let report = result?;
     print!("{report}");
     Ok(())
@@ -213,42 +203,4 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
         writeln!(out, "RSS as items were sent: {}", row.join(", "))?;
     }
     Ok(out)
-}
-
-/// Drops the bench's database and deletes its queues and exchanges.
-async fn cleanup(a: &BatchAcceptArgs, db: &str, prefix: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&format!("{}/postgres", a.postgres)).await {
-        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-            .execute(&mut conn)
-            .await
-        {
-            eprintln!("dropping the bench database {db}: {e}");
-        }
-    }
-    let work = async {
-        let conn = lapin::Connection::connect(&a.amqp_url, lapin::ConnectionProperties::default())
-            .await
-            .ok()?;
-        let ch = conn.create_channel().await.ok()?;
-        for q in ["denoise", "vocode", "results", "dead"] {
-            let _ = ch
-                .queue_delete(
-                    &format!("{prefix}.{q}"),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-        for x in ["dlx", "control"] {
-            let _ = ch
-                .exchange_delete(
-                    &format!("{prefix}.{x}"),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = conn.close(200, "bench done").await;
-        Some(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
 }

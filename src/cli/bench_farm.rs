@@ -9,7 +9,7 @@
 //!    farm, against the same jobs on the idle farm;
 //! 3. submits per second sustained by concurrent clients for a duration.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use tonic::transport::Channel;
+use tutti::process_farm::{ProcessFarm, Servers};
 use tutti_coordinator::validate::Validator;
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
@@ -74,15 +75,10 @@ pub(crate) struct FarmBenchArgs {
 /// The farm's processes; killed, and its queues and database removed, on drop (the database
 /// stays, for a look at its `job_events`, with `TUTTI_BENCH_KEEP_DB=1`).
 struct BenchFarm {
-    dir: tempfile::TempDir,
-    prefix: String,
-    amqp: String,
-    /// The server's maintenance database and the benchmark's own database.
-    pg_admin: String,
-    db_name: String,
+    farm: ProcessFarm,
     /// The benchmark's own database, for the report's breakdown of where the time went.
     db_url: String,
-    workers: usize,
+    workers: Vec<String>,
     addr: std::net::SocketAddr,
     children: Vec<Child>,
 }
@@ -93,126 +89,53 @@ impl Drop for BenchFarm {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let (prefix, amqp, workers) = (self.prefix.clone(), self.amqp.clone(), self.workers);
-        let db = (std::env::var_os("TUTTI_BENCH_KEEP_DB").is_none())
-            .then(|| (self.pg_admin.clone(), self.db_name.clone()));
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(remove_queues(&amqp, &prefix, workers));
-            if let Some((admin, name)) = db {
-                rt.block_on(drop_database(&admin, &name));
-            }
-        });
-        let _ = cleanup.join();
+        self.farm.remove_topology(&self.workers);
+        if std::env::var_os("TUTTI_BENCH_KEEP_DB").is_none() {
+            self.farm.drop_database();
+        }
     }
-}
-
-async fn remove_queues(amqp: &str, prefix: &str, workers: usize) {
-    let work = async {
-        let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default())
-            .await
-            .ok()?;
-        // The shared queues and the workers' own (chunk affinity), `bench-w<i>`.
-        let workers = (0..workers)
-            .flat_map(|i| ["denoise", "vocode"].map(|k| format!("{prefix}.worker.bench-w{i}.{k}")));
-        let shared = ["denoise", "vocode", "results", "dead"].map(|q| format!("{prefix}.{q}"));
-        for q in shared.into_iter().chain(workers) {
-            let ch = conn.create_channel().await.ok()?;
-            let _ = ch.queue_delete(&q, Default::default()).await;
-        }
-        for x in ["dlx", "control"] {
-            let ch = conn.create_channel().await.ok()?;
-            let _ = ch
-                .exchange_delete(&format!("{prefix}.{x}"), Default::default())
-                .await;
-        }
-        let _ = conn.close(200, "bench farm removed").await;
-        Some(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-}
-
-async fn drop_database(admin: &str, name: &str) {
-    use sqlx::Connection;
-    let work = async {
-        let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
-        // The name is ours (`tutti_bench_` and hex digits), so quoting it is enough.
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-        let _ = conn.close().await;
-        Some(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-}
-
-fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?)
 }
 
 impl BenchFarm {
     async fn start(a: &FarmBenchArgs) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("tutti-bench-").tempdir()?;
-        tutti_model::tiny::write_tiny_pack(&dir.path().join("models/tiny"), 7)?;
-        let id = Uuid::new_v4().simple().to_string();
-        let server = a.pg.trim_end_matches('/');
-        let db_name = format!("tutti_bench_{}", &id[..12]);
-        let mut farm = Self {
-            pg_admin: format!("{server}/postgres"),
-            db_url: format!("{server}/{db_name}"),
-            db_name,
-            workers: a.workers,
-            prefix: format!("bench-{}", &id[..12]),
+        let servers = Servers {
+            pg: a.pg.clone(),
             amqp: a.amqp.clone(),
-            addr: free_addr()?,
-            children: Vec::new(),
-            dir,
+            s3: None,
         };
         let exe = std::env::current_exe().context("locating this binary")?;
-        let db = farm.db_url.clone();
-        let spawn = |sub: &str, extra: &[(&str, String)]| -> anyhow::Result<Child> {
-            let mut c = Command::new(&exe);
-            c.arg(sub)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("TUTTI_BENCH_LOG").unwrap_or("warn".into()),
-                )
-                .env("TUTTI_DATABASE_URL", &db)
-                .env("TUTTI_AMQP_URL", &a.amqp)
-                .env("TUTTI_QUEUE_PREFIX", &farm.prefix)
-                .env("TUTTI_MODELS_DIR", farm.dir.path().join("models"))
-                .envs(extra.iter().map(|(k, v)| (*k, v)))
-                .stdin(Stdio::null());
-            c.spawn().with_context(|| format!("starting tutti {sub}"))
+        let farm = ProcessFarm::new(exe, servers, "bench")?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("binding a free port")?;
+        let mut bench = Self {
+            db_url: farm.db_url(),
+            workers: (0..a.workers).map(|i| format!("bench-w{i}")).collect(),
+            addr,
+            children: Vec::new(),
+            farm,
         };
-        farm.children.push(spawn(
-            "coordinator",
-            &[
-                ("TUTTI_LISTEN", farm.addr.to_string()),
-                // Dispatched work bounded by what the workers run at once: the backlog waits
-                // in Postgres, where classes apply.
-                ("TUTTI_MAX_IN_FLIGHT", a.workers.to_string()),
-            ],
-        )?);
-        for i in 0..a.workers {
-            farm.children.push(spawn(
-                "worker",
-                &[
-                    ("TUTTI_WORKER_NAME", format!("bench-w{i}")),
-                    ("TUTTI_DEVICE", "cpu".into()),
-                    ("TUTTI_TORCH_THREADS", a.worker_threads.to_string()),
-                ],
-            )?);
+        let coordinator = bench
+            .farm
+            .coordinator(addr)?
+            // Dispatched work bounded by what the workers run at once: the backlog waits
+            // in Postgres, where classes apply.
+            .env("TUTTI_MAX_IN_FLIGHT", a.workers.to_string())
+            .spawn()
+            .context("starting tutti coordinator")?;
+        bench.children.push(coordinator);
+        for name in bench.workers.clone() {
+            let worker = bench
+                .farm
+                .worker(&name)?
+                .env("TUTTI_TORCH_THREADS", a.worker_threads.to_string())
+                .spawn()
+                .context("starting tutti worker")?;
+            bench.children.push(worker);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if farm.client().await.is_ok() {
+            if bench.client().await.is_ok() {
                 break;
             }
             if Instant::now() > deadline {
@@ -220,7 +143,7 @@ impl BenchFarm {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(farm)
+        Ok(bench)
     }
 
     async fn client(&self) -> anyhow::Result<GenerationClient<Channel>> {
@@ -228,7 +151,7 @@ impl BenchFarm {
     }
 
     fn models(&self) -> std::path::PathBuf {
-        self.dir.path().join("models")
+        self.farm.models_dir()
     }
 }
 

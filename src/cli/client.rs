@@ -10,7 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
-use tutti_shared::job::SamplerKind;
+use tutti_shared::job::{AudioFormat, Priority, SamplerKind};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArgs {
@@ -101,19 +101,6 @@ impl tonic::service::Interceptor for Bearer {
 
 pub(crate) type Client = GenerationClient<InterceptedService<Channel, Bearer>>;
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum PriorityArg {
-    Interactive,
-    Standard,
-    Batch,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum FormatArg {
-    Wav,
-    Flac,
-}
-
 #[derive(Debug, clap::Args)]
 pub(crate) struct GenerateArgs {
     /// What to generate, e.g. "melancholic lo-fi piano, 75 BPM, late night study session".
@@ -149,13 +136,13 @@ pub(crate) struct GenerateArgs {
     pub sampler: Option<SamplerKind>,
     /// Audio file format.
     #[arg(long, value_enum, default_value = "wav")]
-    pub format: FormatArg,
+    pub format: AudioFormat,
     /// Takes rendered from one prompt (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     pub variations: u32,
     /// Scheduling class on a shared farm.
     #[arg(long, value_enum, default_value = "interactive")]
-    pub priority: PriorityArg,
+    pub priority: Priority,
     /// Model pack name (default: the farm's default model).
     #[arg(long)]
     pub model: Option<String>,
@@ -325,16 +312,9 @@ impl GenerateArgs {
                 name: name.clone(),
                 version: self.model_version.clone().unwrap_or_default(),
             }),
-            format: match self.format {
-                FormatArg::Wav => pb::AudioFormat::Wav,
-                FormatArg::Flac => pb::AudioFormat::Flac,
-            } as i32,
+            format: pb::AudioFormat::from(self.format) as i32,
             variations: self.variations,
-            priority: match self.priority {
-                PriorityArg::Interactive => pb::Priority::Interactive,
-                PriorityArg::Standard => pb::Priority::Standard,
-                PriorityArg::Batch => pb::Priority::Batch,
-            } as i32,
+            priority: pb::Priority::from(self.priority) as i32,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
             labels: self.labels.iter().cloned().collect::<HashMap<_, _>>(),
         })

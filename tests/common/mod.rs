@@ -30,13 +30,14 @@ macro_rules! both_backends {
 }
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tutti::process_farm::{ProcessFarm, Servers};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::generation_client::GenerationClient;
 use tutti_shared::blob::{S3Settings, S3Store};
@@ -153,9 +154,8 @@ pub enum Db {
 }
 
 pub struct Farm {
-    pub dir: tempfile::TempDir,
-    pub db: String,
-    pub prefix: String,
+    /// Names, folder and process commands (shared with `tutti bench farm`).
+    pub procs: ProcessFarm,
     pub addr: SocketAddr,
     /// The distributed coordinator's `/metrics`, `/healthz` and `/readyz`.
     pub metrics_addr: SocketAddr,
@@ -190,17 +190,18 @@ pub fn free_addr() -> SocketAddr {
 
 impl Farm {
     pub async fn start(opts: FarmOptions) -> Farm {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let models = dir.path().join("models");
-        tutti_model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
-        let id = Uuid::new_v4().simple().to_string();
-        let db = format!("tutti_test_{}", &id[..12]);
-        let prefix = format!("test-{}", &id[..12]);
+        let servers = Servers {
+            pg: pg_url(""),
+            amqp: amqp_url(),
+            s3: Some(s3_settings()),
+        };
+        let mut procs = ProcessFarm::new(bin().into(), servers, "test").expect("a farm folder");
+        procs.log_files = opts.log_files;
         let store = match opts.backend {
             Backend::Distributed => Db::Pg(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(4)
-                    .connect_lazy(&pg_url(&db))
+                    .connect_lazy(&procs.db_url())
                     .expect("pool"),
             ),
             Backend::Embedded => Db::Sqlite(
@@ -208,15 +209,13 @@ impl Farm {
                     .max_connections(2)
                     .connect_lazy_with(
                         sqlx::sqlite::SqliteConnectOptions::new()
-                            .filename(dir.path().join("data").join("jobs.db"))
+                            .filename(procs.data_dir().join("jobs.db"))
                             .busy_timeout(Duration::from_secs(10)),
                     ),
             ),
         };
         let mut farm = Farm {
-            dir,
-            db: db.clone(),
-            prefix,
+            procs,
             addr: free_addr(),
             metrics_addr: free_addr(),
             studio_addr: free_addr(),
@@ -293,70 +292,55 @@ impl Farm {
             Backend::Distributed => format!("s3://{}/{key}", s3_settings().bucket),
             Backend::Embedded => format!(
                 "file://{}",
-                self.dir
-                    .path()
-                    .join("data")
-                    .join("blobs")
-                    .join(key)
-                    .display()
+                self.procs.data_dir().join("blobs").join(key).display()
             ),
         }
     }
 
     pub fn models_dir(&self) -> PathBuf {
-        self.dir.path().join("models")
+        self.procs.models_dir()
+    }
+
+    /// The farm's folder (models, logs, an embedded farm's data).
+    pub fn dir(&self) -> &Path {
+        self.procs.path()
+    }
+
+    /// The farm's queue prefix.
+    pub fn prefix(&self) -> &str {
+        &self.procs.prefix
+    }
+
+    /// The farm's database name.
+    pub fn db(&self) -> &str {
+        &self.procs.db
     }
 
     /// The stderr of a farm process started with `log_files`: "coordinator", "dev" or "w<N>".
     pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.procs.log_path(name)).unwrap_or_default()
     }
 
     /// A `tutti SUB` process of this farm, its stderr in `<name>.log` with `log_files`.
     pub fn command(&self, sub: &str) -> Command {
-        self.command_named(sub, sub)
+        self.with_test_env(self.procs.command(sub, sub))
     }
 
-    fn command_named(&self, sub: &str, name: &str) -> Command {
-        let s3 = s3_settings();
-        let mut c = Command::new(bin());
-        c.arg(sub)
-            .env(
-                "RUST_LOG",
-                std::env::var("TUTTI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .env("TUTTI_DATABASE_URL", pg_url(&self.db))
-            .env("TUTTI_AMQP_URL", amqp_url())
-            .env("TUTTI_QUEUE_PREFIX", &self.prefix)
-            .env("TUTTI_S3_ENDPOINT", s3.endpoint.unwrap_or_default())
-            .env("TUTTI_S3_BUCKET", &s3.bucket)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
-            .env("TUTTI_MODELS_DIR", self.models_dir())
-            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null());
-        if self.opts.log_files {
-            let file = std::fs::File::create(self.dir.path().join(format!("{name}.log")))
-                .expect("create a log file");
-            c.stderr(file);
-        }
+    /// The test's extra environment, set last (tests change it between restarts).
+    fn with_test_env(&self, c: std::io::Result<Command>) -> Command {
+        let mut c = c.expect("a farm process's log file");
+        c.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
     pub async fn start_coordinator(&mut self) {
         let mut cmd = match self.opts.backend {
             Backend::Distributed => {
-                let mut c = self.command_named("coordinator", "coordinator");
+                let mut c = self.with_test_env(self.procs.coordinator(self.addr));
                 c.env("TUTTI_METRICS_LISTEN", self.metrics_addr.to_string());
                 c
             }
-            Backend::Embedded => {
-                let mut c = self.command_named("dev", "dev");
-                c.env("TUTTI_DATA_DIR", self.dir.path().join("data"))
-                    .env("TUTTI_WORKERS", self.opts.workers.to_string())
-                    .env("TUTTI_DEVICE", "cpu");
-                c
-            }
+            Backend::Embedded => self.with_test_env(self.procs.dev(self.addr, self.opts.workers)),
         };
         if self.opts.auth {
             cmd.env("TUTTI_AUTH", "required");
@@ -369,7 +353,6 @@ impl Farm {
             }
         }
         let child = cmd
-            .env("TUTTI_LISTEN", self.addr.to_string())
             .env("TUTTI_STUDIO_LISTEN", self.studio_addr.to_string())
             .env("TUTTI_CHUNK_STEPS", self.opts.chunk_steps.to_string())
             .env("TUTTI_RETRY_BACKOFF", self.opts.retry_backoff)
@@ -408,10 +391,8 @@ impl Farm {
         );
         let n = self.workers.len();
         let child = self
-            .command_named("worker", &format!("w{n}"))
+            .with_test_env(self.procs.worker(&format!("w{n}")))
             .args(extra)
-            .env("TUTTI_WORKER_NAME", format!("w{n}"))
-            .env("TUTTI_DEVICE", "cpu")
             .spawn()
             .expect("spawn worker");
         self.workers.push(child);
@@ -434,7 +415,7 @@ impl Farm {
     pub async fn wait_for_consumers(&self, n: u32) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if self.consumers(&format!("{}.denoise", self.prefix)).await >= n {
+            if self.consumers(&format!("{}.denoise", self.prefix())).await >= n {
                 return;
             }
             assert!(Instant::now() < deadline, "workers did not start consuming");
@@ -500,8 +481,7 @@ impl Farm {
         let mut c = self.command(args[0]);
         c.args(&args[1..]);
         if self.opts.backend == Backend::Embedded {
-            c.arg("--sqlite")
-                .arg(self.dir.path().join("data").join("jobs.db"));
+            c.arg("--sqlite").arg(self.procs.data_dir().join("jobs.db"));
         }
         let out = c.output().expect("run tutti");
         assert!(
@@ -615,57 +595,15 @@ impl Drop for Farm {
         }
         self.kill_coordinator();
         if self.opts.backend == Backend::Distributed {
-            remove_topology(&self.prefix, self.workers.len());
+            remove_topology(self.prefix(), self.workers.len());
         }
     }
 }
 
-/// Deletes a test farm's queues and exchanges, so the broker does not collect (quorum) queues
-/// run after run. Runs on its own thread and runtime because `drop` cannot await.
-/// Workers' own queues (`{prefix}.worker.w{n}.{kind}`) go too; they would expire anyway.
+/// Deletes a test farm's queues and exchanges, its workers' (`w0`..) own queues too.
 pub fn remove_topology(prefix: &str, workers: usize) {
-    let prefix = prefix.to_string();
-    let handle = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let work = async {
-                let conn =
-                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-                        .await
-                        .ok()?;
-                let own = (0..workers)
-                    .flat_map(|n| ["denoise", "vocode"].map(|k| format!("worker.w{n}.{k}")));
-                let shared = ["denoise", "vocode", "results", "dead"].map(String::from);
-                for q in shared.into_iter().chain(own) {
-                    let ch = conn.create_channel().await.ok()?;
-                    let _ = ch
-                        .queue_delete(
-                            &format!("{prefix}.{q}"),
-                            lapin::options::QueueDeleteOptions::default(),
-                        )
-                        .await;
-                }
-                for x in ["dlx", "control"] {
-                    let ch = conn.create_channel().await.ok()?;
-                    let _ = ch
-                        .exchange_delete(
-                            &format!("{prefix}.{x}"),
-                            lapin::options::ExchangeDeleteOptions::default(),
-                        )
-                        .await;
-                }
-                let _ = conn.close(200, "test farm removed").await;
-                Some(())
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-        });
-    });
-    let _ = handle.join();
+    let names: Vec<String> = (0..workers).map(|n| format!("w{n}")).collect();
+    tutti::process_farm::remove_topology(&amqp_url(), prefix, &names);
 }
 
 pub fn request(prompt: &str) -> pb::SubmitGenerationRequest {

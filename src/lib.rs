@@ -1,0 +1,4 @@
+//! The `tutti` package's library: what the binary, its benchmarks and the integration tests
+//! share outside the workspace crates.
+
+pub mod process_farm;
