@@ -10,7 +10,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tutti_shared::prompt::{self, vocab, Controls, Mode, StructuredPrompt};
 
-use super::music::{Dynamics, Piece, Style};
+use super::music::{Dynamics, Piece};
 
 /// Words a training caption never contains (held out to test the text encoder).
 pub const HELD_OUT_WORDS: [&str; 3] = ["sorrowful", "chill", "energetic"];

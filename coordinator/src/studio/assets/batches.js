@@ -147,7 +147,9 @@ async function uploadManifest(ev) {
     if (!res.ok) {
       status.textContent = "Not submitted: " + (data.message || "HTTP " + res.status);
       $("#b-file").setAttribute("aria-invalid", "true");
-      for (const r of data.rejected_items || []) {
+      // In file order (the server reports rows as it settles them).
+      const rows = (data.rejected_items || []).slice().sort((a, b) => count(a.line) - count(b.line));
+      for (const r of rows) {
         const li = document.createElement("li");
         li.dataset.line = String(r.line || 0);
         li.textContent = `line ${r.line || "?"}${r.item_id ? ` (${r.item_id})` : ""}: ${r.error}`;
