@@ -29,6 +29,7 @@ fn header(name: &str, manifest_uri: &str) -> pb::SubmitBatchRequest {
         kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
             name: name.into(),
             manifest_uri: manifest_uri.into(),
+            validate_only: false,
         })),
     }
 }
@@ -90,6 +91,26 @@ async fn a_streamed_batch_runs_each_item_once_and_writes_its_results(backend: Ba
         item("c", 3, too_short),
         item("d", 4, quick("string quartet")),
     ];
+    // validate_only: the same report, nothing stored.
+    let mut checking = msgs.clone();
+    if let Some(pb::submit_batch_request::Kind::Header(h)) = checking[0].kind.as_mut() {
+        h.validate_only = true;
+    }
+    let checked = client
+        .submit_batch(tokio_stream::iter(checking))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!((checked.accepted, checked.rejected), (3, 1));
+    assert_eq!(checked.rejected_items[0].line, 3);
+    assert!(checked.batch.is_none(), "a check returned a batch");
+    let listed = client
+        .list_batches(pb::ListBatchesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.batches.is_empty(), "a check stored a batch");
+    assert_eq!(farm.job_count().await, 0, "a check stored jobs");
     let r = client
         .submit_batch(tokio_stream::iter(msgs.clone()))
         .await
@@ -108,6 +129,57 @@ async fn a_streamed_batch_runs_each_item_once_and_writes_its_results(backend: Ba
     assert_eq!(id, batch_id("default", "catalog-1"));
 
     let done = wait_results(&farm, &batch.id, Duration::from_secs(120)).await;
+    // ListBatches: the tenant's batches newest first, with the same view as GetBatch, paged.
+    let later = client
+        .submit_batch(tokio_stream::iter([
+            header("catalog-2", ""),
+            item("z", 1, quick("late addition")),
+        ]))
+        .await
+        .expect("submit")
+        .into_inner();
+    let later = later.batch.expect("batch");
+    let page = client
+        .list_batches(pb::ListBatchesRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(page.batches.len(), 1);
+    assert_eq!(page.batches[0].id, later.id, "newest first");
+    let rest = client
+        .list_batches(pb::ListBatchesRequest {
+            page_size: 1,
+            page_token: page.next_page_token.clone(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(rest.batches.len(), 1);
+    assert_eq!(rest.batches[0].id, batch.id);
+    assert_eq!(rest.batches[0].succeeded, 3);
+    assert!(rest.next_page_token.is_empty());
+    let bad = client
+        .list_batches(pb::ListBatchesRequest {
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("too big a page");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("page_size: "),
+        "{}",
+        bad.message()
+    );
+    // The results manifest has a presigned URL too.
+    assert!(!done.results_url.is_empty());
+    assert_eq!(
+        farm.fetch(&done.results_url).await,
+        farm.fetch(&done.results_uri).await
+    );
     assert_eq!(
         pb::BatchState::try_from(done.state),
         Ok(pb::BatchState::Completed)
@@ -205,7 +277,8 @@ async fn a_streamed_batch_runs_each_item_once_and_writes_its_results(backend: Ba
         .expect("resubmit")
         .into_inner();
     assert_eq!((again.accepted, again.existing, again.rejected), (0, 3, 1));
-    assert_eq!(farm.job_count().await, 3);
+    // Its three jobs and catalog-2's one.
+    assert_eq!(farm.job_count().await, 4);
     let after = again.batch.expect("batch");
     assert_eq!(after.results_uri, done.results_uri);
 }

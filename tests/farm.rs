@@ -348,6 +348,34 @@ async fn garbage_on_a_task_queue_is_dead_lettered_and_the_queue_keeps_flowing() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The operator API says who refused it, from which queue, and why.
+    let mut operator =
+        pb::operator_client::OperatorClient::new(farm.channel().await.expect("channel"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let letter = loop {
+        let q = operator
+            .get_queues(pb::GetQueuesRequest::default())
+            .await
+            .expect("queues")
+            .into_inner();
+        if let Some(d) = q.dead_letters.into_iter().next() {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter's cause recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (letter.refused_by.as_str(), letter.queue.as_str()),
+        ("w0", "denoise")
+    );
+    assert_eq!(letter.size_bytes, 12);
+    assert!(
+        !letter.error.is_empty() && letter.at.is_some(),
+        "{letter:?}"
+    );
 }
 
 async fn the_same_seed_and_parameters_give_byte_identical_audio(backend: Backend) {

@@ -285,6 +285,8 @@ async fn tenants_with_weights_one_and_three_get_a_quarter_and_three_quarters() {
                     express_slots: 0,
                     holds: &[],
                     draining: false,
+                    device: "cpu",
+                    chunks_per_forward: 0.0,
                 })
                 .await
                 .expect("heartbeat");

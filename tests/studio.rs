@@ -13,7 +13,10 @@ use common::{request, Backend, Farm, FarmOptions};
 use serde_json::Value;
 use tutti_proto::v1 as pb;
 
-both_backends!(a_listener_builds_hears_cancels_and_pages);
+both_backends!(
+    a_listener_builds_hears_cancels_and_pages,
+    a_batch_is_uploaded_followed_and_cancelled
+);
 
 /// The card of the newest job on the create view.
 const CARD: &str = "#jobs .job";
@@ -299,6 +302,16 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
         "the worker in the operator view",
     )
     .await;
+    // Its device and the fill of its forwards come from its heartbeats (it ran jobs above).
+    let row = format!("#workers tr[data-worker=\"{worker}\"]");
+    assert_eq!(b.text(&format!("{row} td.device")).await, "cpu");
+    b.wait_js(
+        &format!(
+            "const c = document.querySelector('{row} td:nth-child(9)'); return !!c && Number(c.textContent) >= 1"
+        ),
+        "chunks per forward of a worker that ran jobs",
+    )
+    .await;
     if backend == Backend::Embedded {
         b.screenshot("operator-dev").await;
         // A phone-width screen: the form is one column and nothing scrolls sideways.
@@ -312,6 +325,227 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
         b.screenshot("phone").await;
     }
     b.close().await;
+}
+
+/// A batch from the page: a manifest with bad lines is refused whole with the server's reason
+/// for each line (nothing stored); a good CSV manifest is submitted by upload, its card shows
+/// the counts as items end, and it is cancelled from the keyboard; then its results manifest
+/// is linked. The page is usable at phone width and every control has a label.
+async fn a_batch_is_uploaded_followed_and_cancelled(backend: Backend) {
+    let farm = Farm::start(FarmOptions::on(backend)).await;
+    let b = Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    let tag = match backend {
+        Backend::Distributed => "farm",
+        Backend::Embedded => "dev",
+    };
+    let mut batches =
+        pb::batches_client::BatchesClient::new(farm.channel().await.expect("channel"));
+    b.click(r#".tab[data-view="batches"]"#).await;
+    b.wait_js(
+        "return document.querySelector('#batches').textContent.includes('No batches')",
+        "the empty list",
+    )
+    .await;
+
+    // Every form control of every view has a label.
+    let unlabelled = b
+        .js("return Array.from(document.querySelectorAll('input, select, textarea')).filter(e => \
+             !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby')).map(e => e.id)")
+        .await;
+    assert_eq!(
+        unlabelled,
+        serde_json::json!([]),
+        "controls without a label"
+    );
+
+    // Bad lines: the page lists the server's rule for each, and nothing is submitted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        concat!(
+            "{\"item_id\": \"a\", \"prompt\": \"calm piano\", \"duration_seconds\": 1}\n",
+            "{\"item_id\": \"b\", \"prompt\": \"loud drums\", \"steps\": 5000}\n",
+            "{\"item_id\": \"c\", \"prompt\": \"folk\", \"tempo\": 90}\n",
+            "not json at all\n",
+        ),
+    )
+    .expect("write manifest");
+    upload(&b, &bad).await;
+    b.wait_js(
+        "return document.querySelector('#batch-status').textContent.startsWith('Not submitted')",
+        "the refused manifest",
+    )
+    .await;
+    let problems = b
+        .js("return Array.from(document.querySelectorAll('#batch-problems li')).map(l => [l.dataset.line, l.textContent])")
+        .await;
+    let problems: Vec<(String, String)> = serde_json::from_value(problems).expect("problems");
+    let lines: Vec<&str> = problems.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(lines, ["2", "3", "4"], "{problems:?}");
+    assert!(problems[0].1.contains("steps: must be"), "{problems:?}");
+    assert!(problems[1].1.contains("tempo"), "{problems:?}");
+    assert!(
+        b.text("#batch-status").await.contains("3 of 4 rows"),
+        "{}",
+        b.text("#batch-status").await
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#b-file').getAttribute('aria-invalid')")
+            .await,
+        "true"
+    );
+    let listed = batches
+        .list_batches(pb::ListBatchesRequest::default())
+        .await
+        .expect("list batches")
+        .into_inner();
+    assert!(listed.batches.is_empty(), "a refused manifest made a batch");
+    assert_eq!(farm.job_count().await, 0, "a refused manifest stored jobs");
+    if backend == Backend::Embedded {
+        b.screenshot("batch-refused").await;
+    }
+
+    // A good CSV manifest: two short items, three long ones.
+    let good = dir.path().join("catalog.csv");
+    let mut csv = String::from("item_id,prompt,duration_seconds,steps\n");
+    for i in 0..2 {
+        csv.push_str(&format!("short-{i},quiet harbour {i},1,4\n"));
+    }
+    for i in 0..3 {
+        csv.push_str(&format!("long-{i},endless drone {i},20,200\n"));
+    }
+    std::fs::write(&good, csv).expect("write manifest");
+    b.fill("#b-name", "catalog").await;
+    upload(&b, &good).await;
+    b.wait_js(
+        "return document.querySelector('#batch-status').textContent.startsWith('Submitted catalog')",
+        "the submitted manifest",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelectorAll('#batch-problems li').length")
+            .await,
+        0
+    );
+    let card = "#batches .batch";
+    let count = |k: &str| {
+        format!("Number(document.querySelector('{card} dd[data-count=\"{k}\"]').textContent)")
+    };
+    b.wait_js(
+        &format!(
+            "return !!document.querySelector('{card}') && {} === 5",
+            count("total")
+        ),
+        "the batch's card",
+    )
+    .await;
+    let id = b
+        .js(&format!(
+            "return document.querySelector('{card}').dataset.batchId"
+        ))
+        .await;
+    let id = id.as_str().expect("batch id").to_string();
+    let stored = batches
+        .get_batch(pb::GetBatchRequest { id: id.clone() })
+        .await
+        .expect("the page's batch exists")
+        .into_inner();
+    assert_eq!((stored.name.as_str(), stored.total), ("catalog", 5));
+    assert!(
+        stored.manifest_uri.ends_with(".csv"),
+        "{}",
+        stored.manifest_uri
+    );
+    // The counts follow the items as the two short ones end.
+    b.wait_js_for(
+        &format!("return {} === 2", count("succeeded")),
+        "two items to succeed",
+        Duration::from_secs(120),
+    )
+    .await;
+    b.wait_js(
+        &format!("return document.querySelector('{card} .rate').textContent.includes('items/s')"),
+        "throughput and ETA",
+    )
+    .await;
+    b.screenshot(&format!("batches-{tag}")).await;
+
+    // Cancel from the keyboard: focus the button and press Enter.
+    b.js(&format!(
+        "document.querySelector('{card} button.cancel').focus(); return true"
+    ))
+    .await;
+    b.client
+        .active_element()
+        .await
+        .expect("focused element")
+        .send_keys("\u{E007}")
+        .await
+        .expect("press Enter");
+    b.wait_js(
+        &format!("return document.querySelector('{card}').dataset.state === 'cancelled'"),
+        "the cancel",
+    )
+    .await;
+    let cancelled = batches
+        .get_batch(pb::GetBatchRequest { id: id.clone() })
+        .await
+        .expect("get batch")
+        .into_inner();
+    assert_eq!(cancelled.state(), pb::BatchState::Cancelled);
+    assert_eq!(cancelled.succeeded, 2);
+    // Once every item has ended, the card links the results manifest: one line per item.
+    b.wait_js_for(
+        &format!("return !!document.querySelector('{card} a.results')"),
+        "the results link",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        b.text(&format!("{card} dd[data-count=\"cancelled\"]"))
+            .await,
+        "3"
+    );
+    let href = b
+        .js(&format!(
+            "return document.querySelector('{card} a.results').href"
+        ))
+        .await;
+    let results = farm.fetch(href.as_str().expect("href")).await;
+    let results = String::from_utf8(results).expect("utf-8 results");
+    assert_eq!(results.lines().count(), 5, "{results}");
+    assert!(
+        results.contains("short-0") && results.contains("long-2"),
+        "{results}"
+    );
+
+    // Phone width: the batches view fits.
+    b.set_width(390, 844).await;
+    b.wait_js(
+        "return document.documentElement.scrollWidth <= window.innerWidth",
+        "a batches view as wide as the phone",
+    )
+    .await;
+    if backend == Backend::Embedded {
+        b.screenshot("batches-phone").await;
+    }
+    b.close().await;
+}
+
+/// Chooses `path` in the manifest file input and submits the upload form.
+async fn upload(b: &Browser, path: &std::path::Path) {
+    b.js("document.querySelector('#batch-status').textContent = ''; return true")
+        .await;
+    b.client
+        .find(fantoccini::Locator::Css("#b-file"))
+        .await
+        .expect("file input")
+        .send_keys(&path.display().to_string())
+        .await
+        .expect("choose the file");
+    b.click("#batch-upload button[type=submit]").await;
 }
 
 /// Every job of the farm's default tenant, newest first, through ListJobs.
@@ -367,6 +601,11 @@ async fn operators_see_the_fleet_and_tenants_see_only_their_jobs() {
         .await;
     let w1 = farm.add_worker(&[]);
     b.wait_js(&row("w1", "live"), "w1 to appear").await;
+    assert_eq!(
+        b.text(r#"#workers tr[data-worker="w1"] td.device"#).await,
+        "cpu",
+        "the device its heartbeat told"
+    );
     b.screenshot("operator").await;
     farm.terminate_worker(w1);
     b.wait_js(&row("w1", "gone"), "w1 to be marked gone").await;
@@ -391,7 +630,7 @@ async fn operators_see_the_fleet_and_tenants_see_only_their_jobs() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("w0 ") && l.contains("live")),
+            .any(|l| l.starts_with("w0 ") && l.contains("live") && l.contains(" cpu ")),
         "{stdout}"
     );
     assert!(

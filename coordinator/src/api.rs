@@ -369,9 +369,9 @@ impl pb::generation_server::Generation for GenerationApi {
                 .key
                 .map(|k| key_name(k, controls.mode))
                 .unwrap_or_default(),
-            genres: words(vocab::GENRES),
-            subgenres: words(vocab::SUBGENRES),
-            moods: words(vocab::MOODS),
+            genres: words(&vocab::genres()),
+            subgenres: words(&vocab::subgenres()),
+            moods: words(&vocab::moods()),
             instruments: words(vocab::INSTRUMENTS),
             structure_words: words(STRUCTURE_WORDS),
         }))

@@ -76,6 +76,8 @@ impl OperatorService {
                     draining: w.draining,
                     gone: now - w.last_seen > timeout,
                     last_heartbeat: Some(ts(w.last_seen)),
+                    device: w.device.clone(),
+                    chunks_per_forward: f64::from(w.chunks_per_forward),
                     tasks: mine
                         .iter()
                         .map(|t| pb::WorkerTask {
@@ -180,7 +182,21 @@ impl OperatorService {
                 at: t.at.map(ts),
             })
             .collect();
+        let dead_letters = self
+            .store
+            .dead_letters(FAILURES_LISTED)
+            .await?
+            .into_iter()
+            .map(|d| pb::DeadLetter {
+                refused_by: d.by,
+                queue: d.queue,
+                error: d.error,
+                size_bytes: d.size_bytes,
+                at: Some(ts(d.at)),
+            })
+            .collect();
         Ok(pb::GetQueuesResponse {
+            dead_letters,
             queues,
             shares,
             share_window_seconds: window.as_secs() as u32,

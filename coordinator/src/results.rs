@@ -19,7 +19,7 @@ use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{Delivery, QueueName, TaskQueue};
 
 use crate::error::{Error, Result};
-use crate::store::{Heartbeat, JobStore, RetryPolicy, TaskRef};
+use crate::store::{DeadLetter, Heartbeat, JobStore, RetryPolicy, TaskRef};
 
 /// Lanes for the events of other classes than interactive (each applies one event at a time,
 /// holding a database connection). One for now: on the 2-core benchmark machine four cost 20% of
@@ -54,7 +54,9 @@ fn lane(event: &WorkerEvent) -> usize {
         WorkerEvent::Progress { job_id, .. } | WorkerEvent::Result { job_id, .. } => {
             job_id.hash(&mut h)
         }
-        WorkerEvent::Heartbeat { worker, .. } => worker.hash(&mut h),
+        WorkerEvent::Heartbeat { worker, .. } | WorkerEvent::DeadLetter { worker, .. } => {
+            worker.hash(&mut h)
+        }
     }
     1 + (h.finish() % LANES as u64) as usize
 }
@@ -117,6 +119,15 @@ impl ResultsConsumer {
                 Err(e) => {
                     tracing::warn!(error = %e, "unparseable worker event, dead-lettering");
                     metrics::counter!(names::DEAD_LETTERS, "by" => "coordinator").increment(1);
+                    let letter = DeadLetter {
+                        by: "coordinator",
+                        queue: "results",
+                        error: &e.to_string(),
+                        size_bytes: delivery.data.len() as u64,
+                    };
+                    if let Err(e) = self.store.record_dead_letter(&letter).await {
+                        tracing::warn!(error = %e, "recording a dead letter's cause");
+                    }
                     if let Err(e) = delivery.nack(false).await {
                         break Err(e.into());
                     }
@@ -192,6 +203,8 @@ impl ResultsConsumer {
                 holds,
                 draining,
                 express_slots,
+                device,
+                chunks_per_forward,
             } => {
                 let hb = Heartbeat {
                     worker,
@@ -200,8 +213,24 @@ impl ResultsConsumer {
                     express_slots: *express_slots,
                     holds,
                     draining: *draining,
+                    device,
+                    chunks_per_forward: *chunks_per_forward,
                 };
                 self.store.record_heartbeat(&hb).await
+            }
+            WorkerEvent::DeadLetter {
+                worker,
+                queue,
+                error,
+                size_bytes,
+            } => {
+                let letter = DeadLetter {
+                    by: worker,
+                    queue,
+                    error,
+                    size_bytes: *size_bytes,
+                };
+                self.store.record_dead_letter(&letter).await
             }
         }
     }
@@ -238,6 +267,8 @@ mod tests {
             holds: Vec::new(),
             draining: false,
             express_slots: 0,
+            device: String::new(),
+            chunks_per_forward: 0.0,
         };
         let mut used = [false; LANES + 1];
         for i in 0..200 {

@@ -184,6 +184,23 @@ pub enum WorkerEvent {
         /// lane), so an interactive job never waits for a slot behind batch work.
         #[serde(default)]
         express_slots: u32,
+        /// Where its model runs (`cpu`, `cuda:0`); empty from a worker of an older release.
+        #[serde(default)]
+        device: String,
+        /// Denoise chunks per denoiser forward over its last minute (how well continuous step
+        /// batching fills its forwards); 0 when it ran none.
+        #[serde(default)]
+        chunks_per_forward: f32,
+    },
+    /// A worker refused a message it could not parse and dead-lettered it: why, for operators
+    /// (best effort, like a heartbeat; the message itself waits in the dead-letter queue).
+    DeadLetter {
+        worker: String,
+        /// The stage queue it came from (`denoise`, `vocode`).
+        queue: String,
+        /// What was wrong with it (the parse error).
+        error: String,
+        size_bytes: u64,
     },
 }
 

@@ -42,54 +42,125 @@ pub const STRUCTURE_WORDS: &[&str] = &[
     "outro",
 ];
 
-/// Words of the built-in model's training captions (`tutti train`'s styles, moods and
-/// instrument families), offered as suggestions by forms; any other word is allowed.
+/// Words of the built-in model's training captions: `tutti train`'s captions
+/// (worker/train/src/caption.rs) pick from these lists, and forms offer them as suggestions,
+/// so a suggestion is a word the model was taught. Any other word is allowed in a request.
 pub mod vocab {
-    pub const GENRES: &[&str] = &[
-        "rock",
-        "hip hop",
-        "house",
-        "trap",
-        "waltz",
-        "ambient",
-        "classical",
-        "folk",
+    /// (subgenre, genre) wordings of a style the composer writes; the first names the style.
+    pub type Wordings = &'static [(&'static str, &'static str)];
+
+    pub const ROCK: Wordings = &[("", "rock"), ("", "rock song"), ("", "rock track")];
+    pub const LOFI_HIP_HOP: Wordings = &[
+        ("lo-fi", "hip hop"),
+        ("lo-fi", "hip hop beat"),
+        ("lofi", "beat"),
     ];
-    pub const SUBGENRES: &[&str] = &["lo-fi", "four-on-the-floor", "traditional"];
-    pub const MOODS: &[&str] = &[
-        "upbeat",
-        "happy",
-        "bright",
-        "joyful",
-        "cheerful",
-        "calm",
-        "peaceful",
-        "warm",
-        "gentle",
-        "serene",
-        "dark",
-        "intense",
-        "driving",
-        "tense",
-        "urgent",
-        "melancholic",
-        "sad",
-        "somber",
-        "wistful",
-        "moody",
+    pub const HOUSE: Wordings = &[
+        ("", "house"),
+        ("", "house track"),
+        ("four-on-the-floor", "house"),
     ];
+    pub const TRAP: Wordings = &[("", "trap"), ("", "trap beat")];
+    pub const WALTZ: Wordings = &[("", "waltz"), ("", "waltz in 3/4")];
+    pub const AMBIENT: Wordings = &[
+        ("", "ambient"),
+        ("", "ambient soundscape"),
+        ("", "ambient music"),
+    ];
+    pub const CLASSICAL: Wordings = &[("", "classical"), ("", "classical piece")];
+    pub const FOLK: Wordings = &[
+        ("", "folk"),
+        ("", "folk tune"),
+        ("traditional", "folk melody"),
+    ];
+    pub const POP: Wordings = &[("", "pop"), ("", "pop song")];
+    pub const JAZZ: Wordings = &[("", "jazz"), ("swing", "jazz"), ("", "jazz tune")];
+    pub const TECHNO: Wordings = &[("", "techno"), ("", "techno track")];
+    pub const CINEMATIC: Wordings = &[
+        ("", "cinematic"),
+        ("", "cinematic score"),
+        ("epic", "cinematic music"),
+    ];
+    /// Every style's wordings.
+    pub const STYLES: &[Wordings] = &[
+        ROCK,
+        LOFI_HIP_HOP,
+        HOUSE,
+        TRAP,
+        WALTZ,
+        AMBIENT,
+        CLASSICAL,
+        FOLK,
+        POP,
+        JAZZ,
+        TECHNO,
+        CINEMATIC,
+    ];
+
+    /// Mood words by mode and tempo (fast: 110 BPM and up), honest to the music they describe.
+    pub const MOODS_MAJOR_FAST: &[&str] = &["upbeat", "happy", "bright", "joyful", "cheerful"];
+    pub const MOODS_MAJOR_SLOW: &[&str] = &["calm", "peaceful", "warm", "gentle", "serene"];
+    pub const MOODS_MINOR_FAST: &[&str] = &["dark", "intense", "driving", "tense", "urgent"];
+    pub const MOODS_MINOR_SLOW: &[&str] = &["melancholic", "sad", "somber", "wistful", "moody"];
+    /// Words a mood gains for loud or soft music ("upbeat powerful").
+    pub const LOUD: &[&str] = &["powerful", "bold"];
+    pub const SOFT: &[&str] = &["soft", "quiet"];
+
+    pub const PIANO: &str = "piano";
+    pub const ELECTRIC_PIANO: &str = "electric piano";
+    pub const ORGAN: &str = "organ";
+    pub const ACOUSTIC_GUITAR: &str = "acoustic guitar";
+    pub const ELECTRIC_GUITAR: &str = "electric guitar";
+    pub const STRINGS: &str = "strings";
+    pub const FLUTE: &str = "flute";
+    pub const SYNTH_PAD: &str = "synth pad";
+    pub const BASS: &str = "bass";
+    pub const DRUMS: &str = "drums";
+    /// The instrument families' words.
     pub const INSTRUMENTS: &[&str] = &[
-        "piano",
-        "electric piano",
-        "organ",
-        "acoustic guitar",
-        "electric guitar",
-        "strings",
-        "flute",
-        "synth pad",
-        "bass",
-        "drums",
+        PIANO,
+        ELECTRIC_PIANO,
+        ORGAN,
+        ACOUSTIC_GUITAR,
+        ELECTRIC_GUITAR,
+        STRINGS,
+        FLUTE,
+        SYNTH_PAD,
+        BASS,
+        DRUMS,
     ];
+
+    /// Each style's name (the genre of its first wording).
+    pub fn genres() -> Vec<&'static str> {
+        STYLES
+            .iter()
+            .filter_map(|w| w.first().map(|(_, genre)| *genre))
+            .collect()
+    }
+
+    /// Every subgenre word of the wordings, once, in order.
+    pub fn subgenres() -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for (sub, _) in STYLES.iter().flat_map(|w| w.iter()) {
+            if !sub.is_empty() && !out.contains(sub) {
+                out.push(sub);
+            }
+        }
+        out
+    }
+
+    /// Every mood word, the dynamics words last.
+    pub fn moods() -> Vec<&'static str> {
+        [
+            MOODS_MAJOR_FAST,
+            MOODS_MAJOR_SLOW,
+            MOODS_MINOR_FAST,
+            MOODS_MINOR_SLOW,
+            LOUD,
+            SOFT,
+        ]
+        .concat()
+    }
 }
 
 /// The name of a key: "A minor", "F# major", "Eb" (sharps: "D#").
@@ -256,6 +327,31 @@ pub fn parse_controls(text: &str, duration_s: f32) -> Controls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_suggestions_are_the_caption_words_once_each() {
+        let genres = vocab::genres();
+        assert_eq!(genres.len(), vocab::STYLES.len());
+        assert_eq!(&genres[..3], ["rock", "hip hop", "house"]);
+        let subgenres = vocab::subgenres();
+        assert_eq!(
+            subgenres,
+            [
+                "lo-fi",
+                "lofi",
+                "four-on-the-floor",
+                "traditional",
+                "swing",
+                "epic"
+            ]
+        );
+        let moods = vocab::moods();
+        assert_eq!(moods.len(), 24);
+        for (i, m) in moods.iter().enumerate() {
+            assert!(!moods[..i].contains(m), "{m} twice");
+        }
+        assert_eq!(vocab::INSTRUMENTS.len(), 10);
+    }
 
     #[test]
     fn parses_tempo_and_key_from_free_text() {

@@ -24,6 +24,17 @@ pub(crate) enum BatchCommand {
     Get(BatchIdArgs),
     /// Cancel every item of a batch that has not ended.
     Cancel(BatchIdArgs),
+    /// The tenant's batches, newest first.
+    List(ListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Batches to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +51,9 @@ pub(crate) struct SubmitArgs {
     /// Follow the batch until it ends.
     #[arg(long)]
     pub watch: bool,
+    /// Check every row against the server's rules and report; submit nothing.
+    #[arg(long, conflicts_with = "watch")]
+    pub validate_only: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -90,6 +104,7 @@ pub(crate) async fn run(cmd: BatchCommand) -> anyhow::Result<()> {
             print_batch(&b);
             Ok(())
         }
+        BatchCommand::List(a) => list(a).await,
         BatchCommand::Cancel(a) => {
             let b = connect(&a.server)
                 .await?
@@ -109,6 +124,7 @@ pub(crate) fn stream_file(
     path: PathBuf,
     format: ManifestFormat,
     name: String,
+    validate_only: bool,
     sent: ProgressBar,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<pb::SubmitBatchRequest>,
@@ -124,6 +140,7 @@ pub(crate) fn stream_file(
             kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
                 name,
                 manifest_uri: String::new(),
+                validate_only,
             })),
         };
         if tx.send(header).await.is_err() {
@@ -168,6 +185,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
             kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
                 name: a.name.clone().unwrap_or_default(),
                 manifest_uri: a.manifest.clone(),
+                validate_only: a.validate_only,
             })),
         };
         let r = client
@@ -190,14 +208,18 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("progress style: {e}"))?,
         );
         bar.enable_steady_tick(Duration::from_millis(120));
-        let (stream, reader) = stream_file(abs, format, name, bar.clone());
+        let (stream, reader) = stream_file(abs, format, name, a.validate_only, bar.clone());
         let result = client.submit_batch(stream).await;
         bar.finish_and_clear();
         let local = reader.await.context("manifest reader")??;
         (result.map_err(status_err)?.into_inner(), local)
     };
     let batch = response.batch.clone().unwrap_or_default();
-    println!("batch {}  ({})", batch.id, batch.name);
+    if a.validate_only {
+        println!("checked: nothing was submitted");
+    } else {
+        println!("batch {}  ({})", batch.id, batch.name);
+    }
     println!(
         "accepted {}  already held {}  rejected {}",
         response.accepted,
@@ -224,6 +246,38 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     if a.watch {
         let b = watch(&mut client, &batch.id).await?;
         print_batch(&b);
+    }
+    Ok(())
+}
+
+async fn list(a: ListArgs) -> anyhow::Result<()> {
+    let page = connect(&a.server)
+        .await?
+        .list_batches(pb::ListBatchesRequest {
+            page_size: a.limit,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    println!(
+        "{:<36} {:<10} {:>7} {:>7} {:>7} {:>7}  NAME",
+        "BATCH", "STATE", "ITEMS", "DONE", "FAILED", "QUEUED"
+    );
+    for b in &page.batches {
+        println!(
+            "{:<36} {:<10} {:>7} {:>7} {:>7} {:>7}  {}",
+            b.id,
+            state_name(b),
+            b.total,
+            b.succeeded,
+            b.failed,
+            b.queued + b.running,
+            b.name
+        );
+    }
+    if page.batches.is_empty() {
+        println!("(no batches)");
     }
     Ok(())
 }

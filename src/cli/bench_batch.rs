@@ -138,6 +138,7 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
         kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
             name: "bench".into(),
             manifest_uri: String::new(),
+            validate_only: false,
         })),
     };
     let items = tokio_stream::iter(std::iter::once(header).chain((0..n).map(move |i| {

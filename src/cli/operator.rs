@@ -67,8 +67,8 @@ pub(crate) async fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<8} {:<15} {:>9} {:>9} {:>7} {:>5}  LAST HEARTBEAT",
-        "WORKER", "STATE", "STAGES", "DENOISE", "VOCODE", "EXPRESS", "HELD"
+        "{:<24} {:<8} {:<8} {:<15} {:>9} {:>9} {:>7} {:>5} {:>7}  LAST HEARTBEAT",
+        "WORKER", "STATE", "DEVICE", "STAGES", "DENOISE", "VOCODE", "EXPRESS", "HELD", "CHUNK/F"
     );
     for w in &resp.workers {
         let state = if w.gone {
@@ -78,15 +78,24 @@ pub(crate) async fn workers(args: WorkersArgs) -> anyhow::Result<()> {
         } else {
             "live"
         };
+        // Chunks per denoiser forward over the worker's last minute; "-" when it ran none.
+        let fill = if w.chunks_per_forward > 0.0 {
+            format!("{:.1}", w.chunks_per_forward)
+        } else {
+            "-".to_string()
+        };
+        let device = if w.device.is_empty() { "-" } else { &w.device };
         println!(
-            "{:<24} {:<8} {:<15} {:>9} {:>9} {:>7} {:>5}  {}",
+            "{:<24} {:<8} {:<8} {:<15} {:>9} {:>9} {:>7} {:>5} {:>7}  {}",
             w.name,
             state,
+            device,
             w.stages.join(","),
             format!("{}/{}", w.denoise_in_use, w.denoise_slots),
             format!("{}/{}", w.vocode_in_use, w.vocode_slots),
             format!("{}/{}", w.express_in_use, w.express_slots),
             w.held_latents,
+            fill,
             ago(w.last_heartbeat.as_ref()),
         );
     }
@@ -169,6 +178,19 @@ pub(crate) async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
                 if t.worker.is_empty() { "-" } else { &t.worker },
                 t.state,
                 t.error
+            );
+        }
+    }
+    if !resp.dead_letters.is_empty() {
+        println!("\ndead letters (messages that could not be parsed):");
+        for d in &resp.dead_letters {
+            println!(
+                "  from {} refused by {} ({} bytes, {}): {}",
+                d.queue,
+                d.refused_by,
+                d.size_bytes,
+                ago(d.at.as_ref()),
+                d.error
             );
         }
     }

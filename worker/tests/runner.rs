@@ -168,7 +168,7 @@ async fn run_jobs(options: EngineOptions, specs: &[JobSpec]) -> Run {
                     waiting.remove(&(i, job_id));
                 }
                 hb @ WorkerEvent::Heartbeat { .. } => heartbeats.push(hb),
-                WorkerEvent::Progress { .. } => {}
+                WorkerEvent::Progress { .. } | WorkerEvent::DeadLetter { .. } => {}
             }
         }
     }
@@ -260,4 +260,21 @@ async fn held_latents_give_the_same_audio_as_checkpoints_and_heartbeats_report_t
         Some(WorkerEvent::Heartbeat { denoise_slots, .. }) => assert_eq!(*denoise_slots, 1),
         other => panic!("{other:?}"),
     }
+    // What operators see: the device, and chunks per forward over the last minute (one chunk
+    // at a time on the sequential worker; up to its 4 slots on the batched one).
+    let fill = |run: &Run| match run.heartbeats.last() {
+        Some(WorkerEvent::Heartbeat {
+            device,
+            chunks_per_forward,
+            ..
+        }) => (device.clone(), *chunks_per_forward),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fill(&sequential), ("cpu".to_string(), 1.0));
+    let (device, batched_fill) = fill(&batched);
+    assert_eq!(device, "cpu");
+    assert!(
+        (1.0..=4.0).contains(&batched_fill),
+        "chunks per forward {batched_fill}"
+    );
 }

@@ -2,18 +2,17 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tutti_proto::v1 as pb;
-use tutti_shared::job::JobState;
 use uuid::Uuid;
 
 use super::manifest::{ManifestFormat, ManifestReader};
 use super::{batch_id, item_job_id};
-use crate::api::{output_pb, ts, GenerationService};
+use crate::api::GenerationService;
 use crate::auth::{Caller, Limits};
 use crate::error::{Error, Result};
-use crate::store::batches::{AddOutcome, BatchCounts, BatchRow, ItemFilter, ItemRow, NewItem};
+use crate::store::batches::{AddOutcome, NewItem};
 
 /// Items validated and stored per transaction: big enough to amortise the commit, small
 /// enough that a 100,000-item batch streams through flat memory.
@@ -40,7 +39,7 @@ pub struct BatchesService {
 #[derive(Clone)]
 pub struct BatchesApi(pub Arc<BatchesService>);
 
-fn parse_batch_id(id: &str) -> Result<Uuid> {
+pub(super) fn parse_batch_id(id: &str) -> Result<Uuid> {
     id.parse()
         .map_err(|_| Error::invalid("id", "must be a batch id (a UUID)"))
 }
@@ -51,6 +50,8 @@ struct Submission {
     /// The caller's limits: batch size and the per-job rules apply to every item.
     limits: Limits,
     batch: Uuid,
+    /// Check the rows and report; store nothing.
+    validate_only: bool,
     chunk: Vec<NewItem>,
     position: u64,
     accepted: u64,
@@ -142,6 +143,17 @@ impl BatchesService {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut sub.chunk, Vec::with_capacity(CHUNK));
+        if sub.validate_only {
+            // What storing would report of rows new to the batch; items the batch may hold
+            // already are not looked up (checking a manifest reads no state).
+            for item in chunk {
+                match item.job {
+                    Ok(_) => sub.accepted += 1,
+                    Err(rule) => sub.reject(item.line.max(0) as u64, &item.item_id, rule),
+                }
+            }
+            return Ok(());
+        }
         self.settle(sub).await?;
         let store = Arc::clone(&self.generation.store);
         let (tenant, batch) = (sub.tenant.clone(), sub.batch);
@@ -210,119 +222,20 @@ impl BatchesService {
         }
         Ok(())
     }
-
-    async fn batch_pb(&self, tenant: &str, id: Uuid) -> Result<pb::Batch> {
-        let (batch, counts) = self
-            .generation
-            .store
-            .batches()
-            .get_batch(tenant, id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("batch {id} not found")))?;
-        Ok(batch_to_pb(
-            &batch,
-            &counts,
-            &*self.generation.blobs,
-            Utc::now(),
-        ))
-    }
 }
 
-fn batch_to_pb(
-    b: &BatchRow,
-    c: &BatchCounts,
-    blobs: &dyn tutti_shared::blob::BlobStore,
-    now: DateTime<Utc>,
-) -> pb::Batch {
-    let state = match (b.cancelled, b.sealed, &b.results_key) {
-        (true, _, _) => pb::BatchState::Cancelled,
-        (false, _, Some(_)) => pb::BatchState::Completed,
-        (false, false, None) => pb::BatchState::Open,
-        (false, true, None) => pb::BatchState::Running,
-    };
-    // Throughput: items ended per second since the first one started (until the last ended,
-    // once the batch is done).
-    let end = if b.results_key.is_some() {
-        c.last_finished.unwrap_or(now)
-    } else {
-        now
-    };
-    let rate = match c.first_started {
-        Some(start) if end > start && c.ended() > 0 => {
-            c.ended() as f64 / ((end - start).num_milliseconds().max(1) as f64 / 1000.0)
-        }
-        _ => 0.0,
-    };
-    let remaining = c.queued + c.running;
-    let eta_seconds = match (remaining, rate > 0.0) {
-        (0, _) => Some(0),
-        (n, true) => Some((n as f64 / rate).ceil() as u64),
-        (_, false) => None,
-    };
-    pb::Batch {
-        id: b.id.to_string(),
-        name: b.name.clone(),
-        manifest_uri: b.manifest_uri.clone().unwrap_or_default(),
-        state: state as i32,
-        total: c.total(),
-        queued: c.queued,
-        running: c.running,
-        succeeded: c.succeeded,
-        failed: c.failed,
-        cancelled: c.cancelled,
-        rejected: c.rejected,
-        items_per_second: rate,
-        eta_seconds,
-        results_uri: b
-            .results_key
-            .as_deref()
-            .map(|k| blobs.uri(k))
-            .unwrap_or_default(),
-        created_at: Some(ts(b.created_at)),
-        finished_at: b.finished_at.map(ts),
-    }
-}
-
-fn item_state_pb(state: &str) -> pb::BatchItemState {
-    match state.parse::<JobState>() {
-        Ok(JobState::Queued) => pb::BatchItemState::Queued,
-        Ok(JobState::Running) => pb::BatchItemState::Running,
-        Ok(JobState::Succeeded) => pb::BatchItemState::Succeeded,
-        Ok(JobState::Failed) => pb::BatchItemState::Failed,
-        Ok(JobState::Cancelled) => pb::BatchItemState::Cancelled,
-        Err(_) => pb::BatchItemState::Rejected,
-    }
-}
-
-fn item_to_pb(item: ItemRow, blobs: &dyn tutti_shared::blob::BlobStore) -> pb::BatchItemStatus {
-    pb::BatchItemStatus {
-        state: item_state_pb(&item.state) as i32,
-        job_id: item.job_id.map(|j| j.to_string()).unwrap_or_default(),
-        error: item.error_code.map(|code| pb::JobError {
-            code,
-            message: item.error_message.unwrap_or_default(),
-        }),
-        outputs: item
-            .outputs
-            .iter()
-            .map(|o| output_pb(o, blobs.uri(&o.key)))
-            .collect(),
-        item_id: item.item_id,
-        line: item.line.max(0) as u64,
-    }
-}
-
-#[tonic::async_trait]
-impl pb::batches_server::Batches for BatchesApi {
+impl BatchesApi {
+    /// SubmitBatch over any stream of its messages: the gRPC method's (`Streaming`), or the
+    /// studio's (a header naming an uploaded manifest), so both share every rule.
     #[tracing::instrument(skip_all, fields(batch_id))]
-    async fn submit_batch(
-        &self,
-        request: Request<Streaming<pb::SubmitBatchRequest>>,
-    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+    pub async fn submit<S>(&self, request: Request<S>) -> Result<pb::SubmitBatchResponse, Status>
+    where
+        S: Stream<Item = Result<pb::SubmitBatchRequest, Status>> + Send + Unpin,
+    {
         let caller = Caller::of(&request)?;
         let tenant = caller.tenant.as_str();
         let mut stream = request.into_inner();
-        let header = match stream.message().await?.and_then(|m| m.kind) {
+        let header = match stream.next().await.transpose()?.and_then(|m| m.kind) {
             Some(pb::submit_batch_request::Kind::Header(h)) => h,
             _ => {
                 return Err(Error::invalid("header", "the first message must be the header").into())
@@ -348,14 +261,17 @@ impl pb::batches_server::Batches for BatchesApi {
         tracing::Span::current().record("batch_id", tracing::field::display(id));
         let manifest = Some(header.manifest_uri.as_str()).filter(|u| !u.is_empty());
         let store = &self.0.generation.store;
-        store
-            .batches()
-            .open_batch(tenant, id, &name, manifest)
-            .await?;
+        if !header.validate_only {
+            store
+                .batches()
+                .open_batch(tenant, id, &name, manifest)
+                .await?;
+        }
         let mut sub = Submission {
             tenant: tenant.to_string(),
             limits: caller.limits.clone(),
             batch: id,
+            validate_only: header.validate_only,
             chunk: Vec::with_capacity(CHUNK),
             position: 0,
             accepted: 0,
@@ -366,7 +282,7 @@ impl pb::batches_server::Batches for BatchesApi {
         };
         if let Some(uri) = manifest {
             self.0.read_manifest(&mut sub, uri).await?;
-            if stream.message().await?.is_some() {
+            if stream.next().await.transpose()?.is_some() {
                 return Err(Error::invalid(
                     "item",
                     "a batch with a manifest_uri takes no streamed items",
@@ -377,8 +293,8 @@ impl pb::batches_server::Batches for BatchesApi {
             // A chunk is stored when full, or when the client pauses: what was sent is kept
             // (and scheduled) even if the stream is cut off later.
             loop {
-                let msg = match tokio::time::timeout(FLUSH_AFTER, stream.message()).await {
-                    Ok(msg) => msg?,
+                let msg = match tokio::time::timeout(FLUSH_AFTER, stream.next()).await {
+                    Ok(msg) => msg.transpose()?,
                     Err(_) => {
                         self.0.flush(&mut sub).await?;
                         self.0.settle(&mut sub).await?;
@@ -402,6 +318,15 @@ impl pb::batches_server::Batches for BatchesApi {
         }
         self.0.flush(&mut sub).await?;
         self.0.settle(&mut sub).await?;
+        if sub.validate_only {
+            return Ok(pb::SubmitBatchResponse {
+                batch: None,
+                accepted: sub.accepted,
+                existing: 0,
+                rejected: sub.rejected,
+                rejected_items: sub.reported,
+            });
+        }
         // Every item arrived: the batch finishes once they have all ended.
         store.batches().seal_batch(tenant, id).await?;
         tracing::info!(
@@ -410,13 +335,23 @@ impl pb::batches_server::Batches for BatchesApi {
             rejected = sub.rejected,
             "batch submitted"
         );
-        Ok(Response::new(pb::SubmitBatchResponse {
+        Ok(pb::SubmitBatchResponse {
             batch: Some(self.0.batch_pb(tenant, id).await?),
             accepted: sub.accepted,
             existing: sub.existing,
             rejected: sub.rejected,
             rejected_items: sub.reported,
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::batches_server::Batches for BatchesApi {
+    async fn submit_batch(
+        &self,
+        request: Request<Streaming<pb::SubmitBatchRequest>>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        Ok(Response::new(self.submit(request).await?))
     }
 
     async fn get_batch(
@@ -434,59 +369,17 @@ impl pb::batches_server::Batches for BatchesApi {
         request: Request<pb::ListBatchItemsRequest>,
     ) -> Result<Response<pb::ListBatchItemsResponse>, Status> {
         let tenant = tenant(&request)?;
-        let tenant = tenant.as_str();
         let req = request.into_inner();
-        let id = parse_batch_id(&req.id)?;
-        let limit = match req.page_size {
-            0 => 100,
-            n if n > 1000 => return Err(Error::invalid("page_size", "must be at most 1000").into()),
-            n => n,
-        } as i64;
-        let filter = match pb::BatchItemState::try_from(req.state) {
-            Ok(pb::BatchItemState::Unspecified) => None,
-            Ok(pb::BatchItemState::Queued) => Some(ItemFilter::Job(JobState::Queued)),
-            Ok(pb::BatchItemState::Running) => Some(ItemFilter::Job(JobState::Running)),
-            Ok(pb::BatchItemState::Succeeded) => Some(ItemFilter::Job(JobState::Succeeded)),
-            Ok(pb::BatchItemState::Failed) => Some(ItemFilter::Job(JobState::Failed)),
-            Ok(pb::BatchItemState::Cancelled) => Some(ItemFilter::Job(JobState::Cancelled)),
-            Ok(pb::BatchItemState::Rejected) => Some(ItemFilter::Rejected),
-            Err(_) => return Err(Error::invalid("state", "unknown item state").into()),
-        };
-        let after = match req.page_token.as_str() {
-            "" => None,
-            t => {
-                let bad = || {
-                    Error::invalid(
-                        "page_token",
-                        "must be a token from a previous ListBatchItems response",
-                    )
-                };
-                let (line, item) = t.split_once('_').ok_or_else(bad)?;
-                Some((line.parse::<i64>().map_err(|_| bad())?, item.to_string()))
-            }
-        };
-        let store = &self.0.generation.store;
-        if store.batches().get_batch(tenant, id).await?.is_none() {
-            return Err(Error::NotFound(format!("batch {id} not found")).into());
-        }
-        let rows = store
-            .batches()
-            .list_items(tenant, id, filter, after, limit + 1)
-            .await?;
-        let more = rows.len() as i64 > limit;
-        let next_page_token = match (more, rows.get(limit as usize - 1)) {
-            (true, Some(last)) => format!("{}_{}", last.line, last.item_id),
-            _ => String::new(),
-        };
-        let blobs = &*self.0.generation.blobs;
-        Ok(Response::new(pb::ListBatchItemsResponse {
-            items: rows
-                .into_iter()
-                .take(limit as usize)
-                .map(|r| item_to_pb(r, blobs))
-                .collect(),
-            next_page_token,
-        }))
+        Ok(Response::new(self.0.list_items(&tenant, req).await?))
+    }
+
+    async fn list_batches(
+        &self,
+        request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(self.0.list_batches(&tenant, req).await?))
     }
 
     async fn cancel_batch(

@@ -9,6 +9,7 @@
 mod api;
 pub mod manifest;
 mod results;
+mod views;
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;

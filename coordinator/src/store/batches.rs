@@ -112,6 +112,9 @@ pub struct ItemRow {
 /// Paging cursor of items: (line, item id), ascending.
 pub type ItemCursor = (i64, String);
 
+/// Paging cursor of batches: (created at, id), descending.
+pub type BatchCursor = (DateTime<Utc>, Uuid);
+
 #[async_trait]
 pub trait BatchStore: Send + Sync {
     /// The batch, created now when absent, and open for a submission (unsealed unless its
@@ -131,6 +134,13 @@ pub trait BatchStore: Send + Sync {
     /// Every item was received: the batch finishes once they have all ended.
     async fn seal_batch(&self, tenant: &str, batch: Uuid) -> Result<()>;
     async fn get_batch(&self, tenant: &str, id: Uuid) -> Result<Option<(BatchRow, BatchCounts)>>;
+    /// A page of the tenant's batches, newest first, after `after`.
+    async fn list_batches(
+        &self,
+        tenant: &str,
+        after: Option<BatchCursor>,
+        limit: i64,
+    ) -> Result<Vec<BatchRow>>;
     /// A page of items in line order after `after`.
     async fn list_items(
         &self,

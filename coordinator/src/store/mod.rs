@@ -105,7 +105,25 @@ pub struct Heartbeat<'a> {
     pub express_slots: u32,
     pub holds: &'a [Uuid],
     pub draining: bool,
+    /// Where its model runs (`cpu`, `cuda:0`), for operators.
+    pub device: &'a str,
+    /// Denoise chunks per forward over its last minute, for operators.
+    pub chunks_per_forward: f32,
 }
+
+/// A message refused to the dead-letter queue, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetter<'a> {
+    /// Who refused it: a worker's name, or `coordinator`.
+    pub by: &'a str,
+    /// The queue it came from (`denoise`, `vocode`, `results`).
+    pub queue: &'a str,
+    pub error: &'a str,
+    pub size_bytes: u64,
+}
+
+/// Dead letters' causes kept for operators (older ones are dropped as new ones come).
+pub const DEAD_LETTERS_KEPT: i64 = 1000;
 
 /// Counts for the metrics gauges: jobs by (state, priority rank), pending tasks by (priority
 /// rank, kind) and dispatched tasks by kind.
@@ -141,6 +159,8 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>>;
     /// Records a worker's heartbeat (its capacity and the latents it holds).
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()>;
+    /// Records why a message was dead-lettered (the newest `DEAD_LETTERS_KEPT` are kept).
+    async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()>;
     /// Tasks of workers unheard of for `timeout` go back to the backlog as a new attempt at
     /// once, without waiting for their lease.
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()>;

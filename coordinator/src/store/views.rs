@@ -24,6 +24,8 @@ pub struct WorkerRow {
     pub holds: Vec<Uuid>,
     pub draining: bool,
     pub last_seen: DateTime<Utc>,
+    pub device: String,
+    pub chunks_per_forward: f32,
 }
 
 /// A dispatched task and the worker that has it (or was routed it).
@@ -81,6 +83,16 @@ pub struct FailedTask {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// A dead-lettered message's recorded cause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRow {
+    pub by: String,
+    pub queue: String,
+    pub error: String,
+    pub size_bytes: u64,
+    pub at: DateTime<Utc>,
+}
+
 /// Backlog, in flight and jobs not ended.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueOverview {
@@ -105,6 +117,8 @@ pub trait ViewStore: Send + Sync {
     async fn failed_jobs(&self, limit: i64) -> Result<Vec<FailedJob>>;
     /// Tasks whose last attempt failed, newest first.
     async fn failed_tasks(&self, limit: i64) -> Result<Vec<FailedTask>>;
+    /// Dead letters' causes, newest first.
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>>;
     /// `list_jobs` narrowed to jobs whose prompt text contains `text` (case-insensitive).
     async fn search_jobs(
         &self,

@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 pub(super) const INDEX: &str = include_str!("assets/index.html");
 pub(super) const SCRIPT: &str = include_str!("assets/studio.js");
 pub(super) const STYLE: &str = include_str!("assets/studio.css");
+/// The batches and operator views (the first script holds what they share).
+pub(super) const BATCHES_SCRIPT: &str = include_str!("assets/batches.js");
+pub(super) const OPERATOR_SCRIPT: &str = include_str!("assets/operator.js");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -29,4 +32,12 @@ pub(super) async fn script() -> Response {
 
 pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+pub(super) async fn batches_script() -> Response {
+    asset("text/javascript; charset=utf-8", BATCHES_SCRIPT)
+}
+
+pub(super) async fn operator_script() -> Response {
+    asset("text/javascript; charset=utf-8", OPERATOR_SCRIPT)
 }

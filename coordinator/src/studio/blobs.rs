@@ -56,16 +56,18 @@ impl LocalUrls {
         mac
     }
 
-    /// The page's URL of a local output (`None` for one the blob store presigned itself).
-    fn url(&self, output: &pb::Output) -> Option<String> {
-        if !output.url.starts_with("file://") {
+    /// The page's URL of a local object (`None` for one the blob store presigned itself).
+    fn url(
+        &self,
+        uri: &str,
+        url: &str,
+        expires: Option<&tutti_proto::wkt::Timestamp>,
+    ) -> Option<String> {
+        if !url.starts_with("file://") {
             return None;
         }
-        let key = output.uri.strip_prefix(&self.prefix)?;
-        let expires = output
-            .url_expires_at
-            .as_ref()
-            .map_or(0, |t| t.seconds.max(0) as u64);
+        let key = uri.strip_prefix(&self.prefix)?;
+        let expires = expires.map_or(0, |t| t.seconds.max(0) as u64);
         let sig = hex::encode(self.signature(key, expires).finalize().into_bytes());
         Some(format!("/blobs/{key}?expires={expires}&sig={sig}"))
     }
@@ -73,9 +75,17 @@ impl LocalUrls {
     /// Replaces `file://` URLs of a job's outputs with the gateway's presigned ones.
     pub(crate) fn rewrite(&self, job: &mut pb::Job) {
         for o in &mut job.outputs {
-            if let Some(url) = self.url(o) {
+            if let Some(url) = self.url(&o.uri, &o.url, o.url_expires_at.as_ref()) {
                 o.url = url;
             }
+        }
+    }
+
+    /// The same for a batch's results manifest.
+    pub(crate) fn rewrite_batch(&self, batch: &mut pb::Batch) {
+        let expires = batch.results_url_expires_at.as_ref();
+        if let Some(url) = self.url(&batch.results_uri, &batch.results_url, expires) {
+            batch.results_url = url;
         }
     }
 
@@ -129,6 +139,7 @@ fn content_type(key: &str) -> &'static str {
         Some("wav") => "audio/wav",
         Some("flac") => "audio/flac",
         Some("jsonl") => "application/x-ndjson",
+        Some("csv") => "text/csv",
         _ => "application/octet-stream",
     }
 }

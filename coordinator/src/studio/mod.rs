@@ -9,6 +9,7 @@
 //! mapping (pbjson) with the .proto field names, so a field error names the form's field.
 
 mod assets;
+mod batches;
 mod blobs;
 mod gateway;
 mod routes;

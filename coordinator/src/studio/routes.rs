@@ -8,6 +8,8 @@
 //! | `GET  /api/jobs/{id}`               | Generation.GetJob             |
 //! | `GET  /api/jobs/{id}/events`        | Generation.WatchJob (SSE)     |
 //! | `POST /api/jobs/{id}/cancel`        | Generation.CancelJob          |
+//! | `GET  /api/batches?page_size…`      | Batches.ListBatches           |
+//! | `POST /api/batches?name&file`       | Batches.SubmitBatch (checked with validate_only, then stored) |
 //! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
 //! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
 //! | `GET  /api/operator/workers`        | Operator.ListWorkers          |
@@ -16,6 +18,7 @@
 use std::convert::Infallible;
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,12 +27,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::StreamExt;
 use tutti_proto::v1 as pb;
-use tutti_proto::v1::batches_server::Batches;
 use tutti_proto::v1::generation_server::Generation;
 use tutti_proto::v1::operator_server::Operator;
 
 use super::gateway::{error_body, json, parse, ApiError};
-use super::{assets, blobs, Studio};
+use super::{assets, batches, blobs, Studio};
 use crate::auth::AuthMode;
 
 pub(super) fn router(studio: Studio) -> Router {
@@ -37,6 +39,8 @@ pub(super) fn router(studio: Studio) -> Router {
         .route("/", get(assets::index))
         .route("/studio.js", get(assets::script))
         .route("/studio.css", get(assets::style))
+        .route("/batches.js", get(assets::batches_script))
+        .route("/operator.js", get(assets::operator_script))
         .route("/blobs/{*key}", get(blobs::get))
         .route("/api/info", get(info))
         .route("/api/prompt/render", post(render_prompt))
@@ -44,8 +48,14 @@ pub(super) fn router(studio: Studio) -> Router {
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/events", get(watch))
         .route("/api/jobs/{id}/cancel", post(cancel))
-        .route("/api/batches/{id}", get(get_batch))
-        .route("/api/batches/{id}/cancel", post(cancel_batch))
+        .route(
+            "/api/batches",
+            get(batches::list)
+                .post(batches::upload)
+                .layer(DefaultBodyLimit::max(batches::MAX_UPLOAD)),
+        )
+        .route("/api/batches/{id}", get(batches::get))
+        .route("/api/batches/{id}/cancel", post(batches::cancel))
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
         .with_state(studio)
@@ -158,20 +168,6 @@ async fn watch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Strin
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-async fn get_batch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
-    let req = s.request(&headers, pb::GetBatchRequest { id }).await?;
-    json(s.batches.get_batch(req).await?.get_ref())
-}
-
-async fn cancel_batch(
-    State(s): State<Studio>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Reply {
-    let req = s.request(&headers, pb::CancelBatchRequest { id }).await?;
-    json(s.batches.cancel_batch(req).await?.get_ref())
 }
 
 async fn workers(State(s): State<Studio>, headers: HeaderMap) -> Reply {

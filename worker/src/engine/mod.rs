@@ -233,6 +233,7 @@ pub struct Engine {
     holds: Holds,
     options: EngineOptions,
     stats: Arc<EngineStats>,
+    device: tch::Device,
 }
 
 pub fn generation_params(spec: &JobSpec) -> GenerationParams {
@@ -296,6 +297,7 @@ impl Engine {
             holds,
             options,
             stats,
+            device,
         })
     }
 
@@ -305,6 +307,11 @@ impl Engine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// Where the model runs, as operators read it: `cpu`, `cuda:0`, `mps`, `vulkan`.
+    pub fn device_name(&self) -> String {
+        device_name(self.device)
     }
 
     /// The jobs whose latest state this engine holds, with their steps.
@@ -351,6 +358,15 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+}
+
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod lanes;
 mod stages;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +108,7 @@ impl Worker {
         }
     }
 
-    fn heartbeat(&self, draining: bool) -> WorkerEvent {
+    fn heartbeat(&self, draining: bool, chunks_per_forward: f32) -> WorkerEvent {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         WorkerEvent::Heartbeat {
             worker: self.name.clone(),
@@ -116,6 +117,8 @@ impl Worker {
             express_slots: count(self.engine.options().express),
             holds: self.engine.holds().jobs(),
             draining,
+            device: self.engine.device_name(),
+            chunks_per_forward,
         }
     }
 
@@ -143,9 +146,16 @@ impl Worker {
         let beat_shutdown = shutdown.clone();
         let heartbeat_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            let mut fill = window::ForwardWindow::default();
             loop {
                 tick.tick().await;
-                let ev = beat.heartbeat(*beat_shutdown.borrow());
+                let stats = beat.engine.stats();
+                let cpf = fill.sample(
+                    Instant::now(),
+                    stats.forwards.load(Ordering::Relaxed),
+                    stats.chunk_steps.load(Ordering::Relaxed),
+                );
+                let ev = beat.heartbeat(*beat_shutdown.borrow(), cpf);
                 if let Ok(body) = serde_json::to_vec(&ev) {
                     let _ = beat
                         .queue
@@ -280,7 +290,7 @@ impl Worker {
             let this = Arc::clone(&self);
             let cancels = Arc::clone(&cancels);
             tasks.spawn(async move {
-                let r = this.handle(delivery, task, &cancels).await;
+                let r = this.handle(kind, delivery, task, &cancels).await;
                 drop(permit);
                 r
             });
@@ -303,6 +313,7 @@ impl Worker {
     /// execute, publish the result (confirmed), ack.
     async fn handle(
         &self,
+        kind: TaskKind,
         delivery: Delivery,
         task: Result<TaskMessage, serde_json::Error>,
         cancels: &Arc<Mutex<Cancellations>>,
@@ -312,7 +323,21 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(error = %e, bytes = delivery.data.len(), "unparseable task, dead-lettering");
                 metrics::counter!(names::DEAD_LETTERS, "by" => "worker").increment(1);
+                let size_bytes = delivery.data.len() as u64;
                 delivery.nack(false).await?;
+                // Its cause, for the operator view (best effort: the letter itself is kept).
+                let note = WorkerEvent::DeadLetter {
+                    worker: self.name.clone(),
+                    queue: kind.as_str().to_string(),
+                    error: e.to_string(),
+                    size_bytes,
+                };
+                if let Ok(body) = serde_json::to_vec(&note) {
+                    let _ = self
+                        .queue
+                        .publish_best_effort(QueueName::Results, &body)
+                        .await;
+                }
                 return Ok(());
             }
         };

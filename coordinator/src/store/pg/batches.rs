@@ -13,8 +13,8 @@ use super::rows::{notify, notify_job, TASKS_CHANNEL};
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::store::batches::{
-    min_opt, AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow,
-    NewItem,
+    min_opt, AddOutcome, BatchCounts, BatchCursor, BatchRow, BatchStore, ItemCursor, ItemFilter,
+    ItemRow, NewItem,
 };
 use crate::store::OutputRow;
 
@@ -327,6 +327,27 @@ impl BatchStore for PgStore {
             counts.last_finished = counts.last_finished.max(finished);
         }
         Ok(Some((batch, counts)))
+    }
+
+    async fn list_batches(
+        &self,
+        tenant: &str,
+        after: Option<BatchCursor>,
+        limit: i64,
+    ) -> Result<Vec<BatchRow>> {
+        let (after_at, after_id) = after.unzip();
+        let rows: Vec<BatchTuple> = sqlx::query_as(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant = $1 \
+               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .bind(tenant)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(batch_row).collect())
     }
 
     async fn list_items(

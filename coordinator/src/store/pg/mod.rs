@@ -27,8 +27,8 @@ use self::lifecycle::PgLifecycle;
 use self::listen::{ensure_database, listen};
 use self::rows::{event, insert_task, JOBS_CHANNEL, TASKS_CHANNEL};
 use super::{
-    Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
-    TaskRef,
+    DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow,
+    RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::LifecycleTx;
@@ -228,6 +228,9 @@ impl JobStore for PgStore {
     }
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
         round::heartbeat(&self.pool, hb).await
+    }
+    async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()> {
+        views::record_dead_letter(&self.pool, letter).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;

@@ -12,32 +12,48 @@ use uuid::Uuid;
 use super::PgStore;
 use crate::error::Result;
 use crate::store::views::{
-    overview, records, tenant_work, DispatchedTask, FailedJob, FailedTask, QueueCounts,
-    QueueOverview, TenantWork, ViewStore, WorkerRow,
+    overview, records, tenant_work, DeadLetterRow, DispatchedTask, FailedJob, FailedTask,
+    QueueCounts, QueueOverview, TenantWork, ViewStore, WorkerRow,
 };
+use crate::store::{DeadLetter, DEAD_LETTERS_KEPT};
 use crate::store::{JobRecord, Scope};
 
 #[async_trait]
 impl ViewStore for PgStore {
     async fn workers_view(&self) -> Result<Vec<WorkerRow>> {
-        type Row = (String, i32, i32, i32, Json<Vec<Uuid>>, bool, DateTime<Utc>);
+        type Row = (
+            String,
+            i32,
+            i32,
+            i32,
+            Json<Vec<Uuid>>,
+            bool,
+            DateTime<Utc>,
+            String,
+            f32,
+        );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, last_seen \
+            "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, last_seen, \
+                    device, chunks_per_forward \
              FROM workers ORDER BY worker",
         )
         .fetch_all(self.pool())
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(worker, d, v, e, holds, draining, last_seen)| WorkerRow {
-                worker,
-                denoise_slots: d.max(0) as u32,
-                vocode_slots: v.max(0) as u32,
-                express_slots: e.max(0) as u32,
-                holds: holds.0,
-                draining,
-                last_seen,
-            })
+            .map(
+                |(worker, d, v, e, holds, draining, last_seen, device, cpf)| WorkerRow {
+                    worker,
+                    denoise_slots: d.max(0) as u32,
+                    vocode_slots: v.max(0) as u32,
+                    express_slots: e.max(0) as u32,
+                    holds: holds.0,
+                    draining,
+                    last_seen,
+                    device,
+                    chunks_per_forward: cpf,
+                },
+            )
             .collect())
     }
 
@@ -156,6 +172,26 @@ impl ViewStore for PgStore {
             .collect())
     }
 
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>> {
+        let rows: Vec<(String, String, String, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT refused_by, queue, error, size_bytes, at FROM dead_letters \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(by, queue, error, size, at)| DeadLetterRow {
+                by,
+                queue,
+                error,
+                size_bytes: size.max(0) as u64,
+                at,
+            })
+            .collect())
+    }
+
     async fn search_jobs(
         &self,
         scope: Scope<'_>,
@@ -185,4 +221,25 @@ impl ViewStore for PgStore {
         .await?;
         records(self, scope, ids).await
     }
+}
+
+/// Records a dead letter's cause and drops the ones past the newest `DEAD_LETTERS_KEPT`.
+pub(super) async fn record_dead_letter(pool: &sqlx::PgPool, d: &DeadLetter<'_>) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO dead_letters (refused_by, queue, error, size_bytes) \
+         VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(d.by)
+    .bind(d.queue)
+    .bind(d.error)
+    .bind(d.size_bytes as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM dead_letters WHERE id <= $1")
+        .bind(id - DEAD_LETTERS_KEPT)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

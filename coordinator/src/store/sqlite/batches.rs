@@ -13,8 +13,8 @@ use super::SqliteStore;
 use crate::error::{Error, Result};
 use crate::notify::Pending;
 use crate::store::batches::{
-    min_opt, AddOutcome, BatchCounts, BatchRow, BatchStore, ItemCursor, ItemFilter, ItemRow,
-    NewItem, UPSERT_ITEM_SQL,
+    min_opt, AddOutcome, BatchCounts, BatchCursor, BatchRow, BatchStore, ItemCursor, ItemFilter,
+    ItemRow, NewItem, UPSERT_ITEM_SQL,
 };
 use crate::store::OutputRow;
 
@@ -245,6 +245,27 @@ impl BatchStore for SqliteStore {
             counts.last_finished = counts.last_finished.max(finished.map(time).transpose()?);
         }
         Ok(Some((batch, counts)))
+    }
+
+    async fn list_batches(
+        &self,
+        tenant: &str,
+        after: Option<BatchCursor>,
+        limit: i64,
+    ) -> Result<Vec<BatchRow>> {
+        let (after_at, after_id) = after.unzip();
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant = $1 \
+               AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .bind(tenant)
+        .bind(after_at.map(|t| t.timestamp_micros()))
+        .bind(after_id.map(|id| id.to_string()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(batch_row).collect()
     }
 
     async fn list_items(

@@ -29,8 +29,8 @@ mod views;
 use self::lifecycle::SqliteLifecycle;
 use self::rows::{event, insert_task, now_us, uuid, Tx};
 use super::{
-    Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, RetryPolicy, Scope,
-    TaskRef,
+    DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow,
+    RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::LifecycleTx;
@@ -320,6 +320,9 @@ impl JobStore for SqliteStore {
     }
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()> {
         round::heartbeat(self, hb).await
+    }
+    async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()> {
+        views::record_dead_letter(self, letter).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
         let mut tx = SqliteLifecycle::begin(self).await?;

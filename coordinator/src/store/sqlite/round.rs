@@ -250,12 +250,13 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
         .map_err(|e| Error::Internal(format!("encoding holds: {e}")))?;
     sqlx::query(
         "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen, \
-                              express_slots) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                              express_slots, device, chunks_per_forward) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (worker) DO UPDATE SET denoise_slots = excluded.denoise_slots, \
            vocode_slots = excluded.vocode_slots, holds = excluded.holds, \
            draining = excluded.draining, last_seen = excluded.last_seen, \
-           express_slots = excluded.express_slots",
+           express_slots = excluded.express_slots, device = excluded.device, \
+           chunks_per_forward = excluded.chunks_per_forward",
     )
     .bind(hb.worker)
     .bind(i64::from(hb.denoise_slots))
@@ -264,6 +265,8 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     .bind(hb.draining)
     .bind(now_us())
     .bind(i64::from(hb.express_slots))
+    .bind(hb.device)
+    .bind(f64::from(hb.chunks_per_forward))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

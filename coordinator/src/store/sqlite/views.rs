@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::SqliteStore;
 use crate::error::{Error, Result};
 use crate::store::views::{
-    overview, parse_uuid, records, tenant_work, DispatchedTask, FailedJob, FailedTask,
-    QueueOverview, TenantWork, ViewStore, WorkerRow,
+    overview, parse_uuid, records, tenant_work, DeadLetterRow, DispatchedTask, FailedJob,
+    FailedTask, QueueOverview, TenantWork, ViewStore, WorkerRow,
 };
-use crate::store::{JobRecord, Scope};
+use crate::store::{DeadLetter, JobRecord, Scope, DEAD_LETTERS_KEPT};
 
 fn time(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
@@ -27,25 +27,31 @@ fn opt_time(us: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 #[async_trait]
 impl ViewStore for SqliteStore {
     async fn workers_view(&self) -> Result<Vec<WorkerRow>> {
-        let rows: Vec<(String, i64, i64, i64, String, bool, i64)> = sqlx::query_as(
-            "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, last_seen \
+        type Row = (String, i64, i64, i64, String, bool, i64, String, f64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, last_seen, \
+                    device, chunks_per_forward \
              FROM workers ORDER BY worker",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(worker, d, v, e, holds, draining, last_seen)| {
-                Ok(WorkerRow {
-                    worker,
-                    denoise_slots: d.max(0) as u32,
-                    vocode_slots: v.max(0) as u32,
-                    express_slots: e.max(0) as u32,
-                    holds: serde_json::from_str(&holds)
-                        .map_err(|e| Error::Internal(format!("stored holds: {e}")))?,
-                    draining,
-                    last_seen: time(last_seen)?,
-                })
-            })
+            .map(
+                |(worker, d, v, e, holds, draining, last_seen, device, cpf)| {
+                    Ok(WorkerRow {
+                        worker,
+                        denoise_slots: d.max(0) as u32,
+                        vocode_slots: v.max(0) as u32,
+                        express_slots: e.max(0) as u32,
+                        holds: serde_json::from_str(&holds)
+                            .map_err(|e| Error::Internal(format!("stored holds: {e}")))?,
+                        draining,
+                        last_seen: time(last_seen)?,
+                        device,
+                        chunks_per_forward: cpf as f32,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -170,6 +176,27 @@ impl ViewStore for SqliteStore {
             .collect()
     }
 
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>> {
+        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT refused_by, queue, error, size_bytes, at FROM dead_letters \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(by, queue, error, size, at)| {
+                Ok(DeadLetterRow {
+                    by,
+                    queue,
+                    error,
+                    size_bytes: size.max(0) as u64,
+                    at: time(at)?,
+                })
+            })
+            .collect()
+    }
+
     async fn search_jobs(
         &self,
         scope: Scope<'_>,
@@ -208,4 +235,26 @@ impl ViewStore for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         records(self, scope, ids).await
     }
+}
+
+/// Records a dead letter's cause and drops the ones past the newest `DEAD_LETTERS_KEPT`.
+pub(super) async fn record_dead_letter(store: &SqliteStore, d: &DeadLetter<'_>) -> Result<()> {
+    let (_w, mut tx) = store.begin_write().await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO dead_letters (refused_by, queue, error, size_bytes, at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(d.by)
+    .bind(d.queue)
+    .bind(d.error)
+    .bind(d.size_bytes as i64)
+    .bind(super::rows::now_us())
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM dead_letters WHERE id <= $1")
+        .bind(id - DEAD_LETTERS_KEPT)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

@@ -252,7 +252,42 @@ macro_rules! batch_store_suite {
     };
 }
 
+pub(super) async fn batches_are_listed_newest_first_per_tenant(s: &dyn JobStore) {
+    let b = s.batches();
+    let mut ids = Vec::new();
+    for name in ["first", "second", "third"] {
+        let id = crate::batches::batch_id(T, name);
+        b.open_batch(T, id, name, None).await.expect("open");
+        ids.push(id);
+        // Distinct creation times (SQLite keeps microseconds).
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let other = crate::batches::batch_id("tenant-b", "first");
+    b.open_batch("tenant-b", other, "first", None)
+        .await
+        .expect("open");
+    let page = b.list_batches(T, None, 2).await.expect("list");
+    let names: Vec<&str> = page.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["third", "second"]);
+    let last = page.last().expect("a row");
+    let rest = b
+        .list_batches(T, Some((last.created_at, last.id)), 2)
+        .await
+        .expect("list");
+    assert_eq!(
+        rest.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]],
+        "the next page is the oldest, and another tenant's batch is not on it"
+    );
+    assert!(b
+        .list_batches("tenant-c", None, 10)
+        .await
+        .expect("list")
+        .is_empty());
+}
+
 batch_store_suite!(
+    batches_are_listed_newest_first_per_tenant,
     items_are_added_once_and_resubmissions_resume,
     a_batch_finishes_once_every_item_has_ended,
     a_cancelled_batch_cancels_its_items_and_takes_no_more,

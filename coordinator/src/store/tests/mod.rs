@@ -128,6 +128,8 @@ fn heartbeat<'a>(
         express_slots: 0,
         holds,
         draining,
+        device: "cpu",
+        chunks_per_forward: 1.5,
     }
 }
 

@@ -254,7 +254,69 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
     );
 }
 
+pub(super) async fn the_fleet_view_shows_what_heartbeats_told(s: &dyn JobStore) {
+    s.record_heartbeat(&Heartbeat {
+        device: "cuda:0",
+        chunks_per_forward: 3.5,
+        express_slots: 4,
+        ..heartbeat("gpu-1", 32, &[], false)
+    })
+    .await
+    .expect("heartbeat");
+    s.record_heartbeat(&heartbeat("cpu-1", 8, &[], true))
+        .await
+        .expect("heartbeat");
+    let fleet = s.workers_view().await.expect("workers");
+    let gpu = fleet.iter().find(|w| w.worker == "gpu-1").expect("gpu-1");
+    assert_eq!(gpu.device, "cuda:0");
+    assert_eq!(gpu.chunks_per_forward, 3.5);
+    assert_eq!((gpu.denoise_slots, gpu.express_slots), (32, 4));
+    let cpu = fleet.iter().find(|w| w.worker == "cpu-1").expect("cpu-1");
+    assert_eq!((cpu.device.as_str(), cpu.draining), ("cpu", true));
+    // The next heartbeat replaces what the last one said.
+    s.record_heartbeat(&Heartbeat {
+        device: "cuda:1",
+        chunks_per_forward: 0.0,
+        ..heartbeat("gpu-1", 32, &[], false)
+    })
+    .await
+    .expect("heartbeat");
+    let fleet = s.workers_view().await.expect("workers");
+    let gpu = fleet.iter().find(|w| w.worker == "gpu-1").expect("gpu-1");
+    assert_eq!(
+        (gpu.device.as_str(), gpu.chunks_per_forward),
+        ("cuda:1", 0.0)
+    );
+}
+
+pub(super) async fn dead_letters_causes_are_kept_newest_first(s: &dyn JobStore) {
+    for (i, queue) in ["denoise", "vocode", "results"].iter().enumerate() {
+        s.record_dead_letter(&crate::store::DeadLetter {
+            by: if *queue == "results" {
+                "coordinator"
+            } else {
+                "w1"
+            },
+            queue,
+            error: &format!("expected value at line 1 column {i}"),
+            size_bytes: 10 + i as u64,
+        })
+        .await
+        .expect("record");
+    }
+    let letters = s.dead_letters(2).await.expect("dead letters");
+    let seen: Vec<(&str, &str, u64)> = letters
+        .iter()
+        .map(|d| (d.by.as_str(), d.queue.as_str(), d.size_bytes))
+        .collect();
+    assert_eq!(seen, [("coordinator", "results", 12), ("w1", "vocode", 11)]);
+    assert!(letters[0].error.ends_with("column 2"));
+    assert!(letters[0].at >= letters[1].at);
+}
+
 job_store_suite!(
+    dead_letters_causes_are_kept_newest_first,
+    the_fleet_view_shows_what_heartbeats_told,
     bounds_in_flight_tasks,
     capacity_follows_the_heartbeats_of_live_workers,
     classes_go_in_order_and_batch_keeps_a_share,

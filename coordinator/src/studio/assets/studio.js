@@ -5,6 +5,8 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+// A proto3 JSON number (64-bit ones arrive as strings), 0 when absent.
+const count = (v) => Number(v || 0);
 
 // ---- API -----------------------------------------------------------------------------------
 
@@ -75,16 +77,20 @@ function banner(text) {
 
 // ---- Views ---------------------------------------------------------------------------------
 
-let operatorTimer = null;
+// Views that follow the farm register a refresh here (batches.js, operator.js); it runs when
+// the view is shown and every two seconds while it stays shown.
+const refreshers = {};
+let viewTimer = null;
 
 function show(view) {
   for (const t of $$(".tab")) t.setAttribute("aria-pressed", String(t.dataset.view === view));
   for (const v of $$(".view")) v.hidden = v.id !== "view-" + view;
-  clearInterval(operatorTimer);
+  clearInterval(viewTimer);
   if (view === "history") loadHistory(0);
-  if (view === "operator") {
-    refreshOperator();
-    operatorTimer = setInterval(refreshOperator, 2000);
+  const refresh = refreshers[view];
+  if (refresh) {
+    refresh();
+    viewTimer = setInterval(refresh, 2000);
   }
 }
 
@@ -508,117 +514,6 @@ async function loadHistory(to) {
   }
 }
 
-// ---- Batches -------------------------------------------------------------------------------
-
-async function showBatch(ev) {
-  if (ev) ev.preventDefault();
-  const id = $("#b-id").value.trim();
-  $("#batch-error").textContent = "";
-  if (!id) return;
-  try {
-    renderBatch(await api(`/api/batches/${encodeURIComponent(id)}`));
-  } catch (e) {
-    $("#batch-error").textContent = e.message;
-    $("#batch").textContent = "";
-  }
-}
-
-function renderBatch(b) {
-  const out = $("#batch");
-  out.textContent = "";
-  const dl = document.createElement("dl");
-  dl.className = "batch";
-  const rows = [
-    ["Name", b.name || b.id], ["State", short(b.state)], ["Items", b.total || 0],
-    ["Queued", b.queued || 0], ["Running", b.running || 0], ["Succeeded", b.succeeded || 0],
-    ["Failed", b.failed || 0], ["Cancelled", b.cancelled || 0], ["Rejected", b.rejected || 0],
-    ["Throughput", `${(b.items_per_second || 0).toFixed(2)} items/s`],
-    ["ETA", b.eta_seconds ? `${b.eta_seconds} s` : "-"], ["Results", b.results_uri || "not yet"],
-  ];
-  for (const [k, v] of rows) {
-    const dt = document.createElement("dt");
-    dt.textContent = k;
-    const dd = document.createElement("dd");
-    dd.textContent = String(v);
-    dl.append(dt, dd);
-  }
-  const cancel = document.createElement("button");
-  cancel.type = "button";
-  cancel.textContent = "Cancel batch";
-  cancel.addEventListener("click", async () => {
-    try { renderBatch(await api(`/api/batches/${b.id}/cancel`, { method: "POST" })); }
-    catch (e) { $("#batch-error").textContent = e.message; }
-  });
-  out.append(dl, cancel);
-}
-
-// ---- Operator ------------------------------------------------------------------------------
-
-function cells(tr, values) {
-  for (const v of values) {
-    const td = document.createElement("td");
-    td.textContent = String(v);
-    tr.append(td);
-  }
-}
-
-const ago = (t) => (t ? `${Math.max(0, Math.round((Date.now() - new Date(t)) / 1000))} s ago` : "-");
-const klass = (c) => short(c || "PRIORITY_STANDARD").replace(/^priority_/, "");
-
-async function refreshOperator() {
-  try {
-    const [w, q] = await Promise.all([api("/api/operator/workers"), api("/api/operator/queues")]);
-    $("#operator-error").textContent = "";
-    const wb = $("#workers tbody");
-    wb.textContent = "";
-    for (const x of w.workers || []) {
-      const tr = document.createElement("tr");
-      tr.dataset.worker = x.name;
-      tr.dataset.state = x.gone ? "gone" : x.draining ? "draining" : "live";
-      cells(tr, [
-        x.name, tr.dataset.state, (x.stages || []).join(", "),
-        `${x.denoise_in_use || 0}/${x.denoise_slots || 0}`, `${x.vocode_in_use || 0}/${x.vocode_slots || 0}`,
-        `${x.express_in_use || 0}/${x.express_slots || 0}`, x.held_latents || 0, ago(x.last_heartbeat),
-        (x.tasks || []).map((t) => `${t.job_id.slice(0, 8)}#${t.chunk || 0} ${t.stage}`).join(", ") || "-",
-      ]);
-      wb.append(tr);
-    }
-    if (!(w.workers || []).length) wb.innerHTML = '<tr><td colspan="9">No worker has sent a heartbeat.</td></tr>';
-    $("#jobs-summary").textContent = `${q.jobs_queued || 0} jobs queued, ${q.jobs_running || 0} running`;
-    const qb = $("#queues tbody");
-    qb.textContent = "";
-    for (const x of q.queues || []) {
-      const tr = document.createElement("tr");
-      cells(tr, [x.stage, klass(x.class), x.pending || 0, x.in_flight || 0, `${(x.oldest_wait_seconds || 0).toFixed(1)} s`]);
-      qb.append(tr);
-    }
-    if (!(q.queues || []).length) qb.innerHTML = '<tr><td colspan="5">Nothing waiting.</td></tr>';
-    const sb = $("#shares tbody");
-    sb.textContent = "";
-    for (const x of q.shares || []) {
-      const tr = document.createElement("tr");
-      cells(tr, [x.tenant, klass(x.class), (x.weight || 0).toFixed(1),
-        `${Math.round(100 * (x.fair_share || 0))}%`, `${Math.round(100 * (x.share || 0))}%`, x.tasks_done || 0]);
-      sb.append(tr);
-    }
-    const fl = $("#failures");
-    fl.textContent = "";
-    for (const f of q.failures || []) {
-      const li = document.createElement("li");
-      li.textContent = `job ${f.job_id.slice(0, 8)} (${f.tenant}) ${f.code}: ${f.message} · ${ago(f.at)}`;
-      fl.append(li);
-    }
-    for (const t of q.failed_tasks || []) {
-      const li = document.createElement("li");
-      li.textContent = `task ${t.job_id.slice(0, 8)}#${t.chunk || 0} ${t.stage} attempt ${t.attempt || 0} on ${t.worker || "-"} [${t.state}]: ${t.error}`;
-      fl.append(li);
-    }
-    if (!fl.children.length) fl.innerHTML = "<li>None.</li>";
-  } catch (e) {
-    $("#operator-error").textContent = e.message;
-  }
-}
-
 // ---- Start ---------------------------------------------------------------------------------
 
 async function start() {
@@ -640,7 +535,6 @@ async function start() {
   $("#history-form").addEventListener("submit", (e) => { e.preventDefault(); pageTokens = [""]; loadHistory(0); });
   $("#history-older").addEventListener("click", () => loadHistory(page + 1));
   $("#history-newer").addEventListener("click", () => loadHistory(Math.max(0, page - 1)));
-  $("#batch-form").addEventListener("submit", showBatch);
   $("#key-form").addEventListener("submit", (e) => {
     e.preventDefault();
     apiKey = $("#api-key").value.trim();
@@ -667,4 +561,5 @@ async function start() {
   document.body.dataset.ready = "true";
 }
 
-start();
+// After every script of the page has run (they are deferred, in order).
+document.addEventListener("DOMContentLoaded", start);

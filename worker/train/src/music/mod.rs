@@ -8,7 +8,7 @@ pub mod grooves;
 pub mod theory;
 
 use serde::{Deserialize, Serialize};
-use tutti_shared::prompt::Mode;
+use tutti_shared::prompt::{vocab, Mode};
 
 /// One note; times in beats (quarter notes) from the start of the piece.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,16 +40,16 @@ impl Family {
     /// The caption word.
     pub fn word(self) -> &'static str {
         match self {
-            Family::Piano => "piano",
-            Family::ElectricPiano => "electric piano",
-            Family::Organ => "organ",
-            Family::AcousticGuitar => "acoustic guitar",
-            Family::ElectricGuitar => "electric guitar",
-            Family::Strings => "strings",
-            Family::Flute => "flute",
-            Family::SynthPad => "synth pad",
-            Family::Bass => "bass",
-            Family::Drums => "drums",
+            Family::Piano => vocab::PIANO,
+            Family::ElectricPiano => vocab::ELECTRIC_PIANO,
+            Family::Organ => vocab::ORGAN,
+            Family::AcousticGuitar => vocab::ACOUSTIC_GUITAR,
+            Family::ElectricGuitar => vocab::ELECTRIC_GUITAR,
+            Family::Strings => vocab::STRINGS,
+            Family::Flute => vocab::FLUTE,
+            Family::SynthPad => vocab::SYNTH_PAD,
+            Family::Bass => vocab::BASS,
+            Family::Drums => vocab::DRUMS,
         }
     }
 
@@ -126,22 +126,27 @@ impl Style {
         Style::Cinematic,
     ];
 
-    /// (subgenre, genre) words of the caption.
-    pub fn words(self) -> (&'static str, &'static str) {
+    /// The (subgenre, genre) wordings its captions pick from (`prompt::vocab`).
+    pub fn wordings(self) -> vocab::Wordings {
         match self {
-            Style::Rock => ("", "rock"),
-            Style::LofiHipHop => ("lo-fi", "hip hop"),
-            Style::House => ("", "house"),
-            Style::Trap => ("", "trap"),
-            Style::Waltz => ("", "waltz"),
-            Style::Ambient => ("", "ambient"),
-            Style::Classical => ("", "classical"),
-            Style::Folk => ("", "folk"),
-            Style::Pop => ("", "pop"),
-            Style::Jazz => ("", "jazz"),
-            Style::Techno => ("", "techno"),
-            Style::Cinematic => ("", "cinematic"),
+            Style::Rock => vocab::ROCK,
+            Style::LofiHipHop => vocab::LOFI_HIP_HOP,
+            Style::House => vocab::HOUSE,
+            Style::Trap => vocab::TRAP,
+            Style::Waltz => vocab::WALTZ,
+            Style::Ambient => vocab::AMBIENT,
+            Style::Classical => vocab::CLASSICAL,
+            Style::Folk => vocab::FOLK,
+            Style::Pop => vocab::POP,
+            Style::Jazz => vocab::JAZZ,
+            Style::Techno => vocab::TECHNO,
+            Style::Cinematic => vocab::CINEMATIC,
         }
+    }
+
+    /// (subgenre, genre) words of the caption: its first wording.
+    pub fn words(self) -> (&'static str, &'static str) {
+        self.wordings().first().copied().unwrap_or(("", ""))
     }
 
     /// Tempo range in BPM (together 60-180).

@@ -1,0 +1,147 @@
+//! The gateway's batch routes (see `routes.rs` for the table). An uploaded manifest is stored in
+//! the farm's blob store under the tenant, by its content, and submitted by its URI, so the
+//! coordinator's one manifest reader and its rules see it as they see `tutti batch submit`'s.
+//! The upload is checked first (SubmitBatch with `validate_only`): a manifest with a bad row
+//! is refused whole, with the server's reason for each row, and nothing is submitted.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use tutti_proto::v1 as pb;
+use tutti_proto::v1::batches_server::Batches;
+
+use super::gateway::{http_status, json, ApiError};
+use super::Studio;
+use crate::batches::manifest::ManifestFormat;
+use crate::error::Error;
+
+/// The largest manifest the page may upload (a 100,000-row catalog is about 20 MB).
+pub(super) const MAX_UPLOAD: usize = 64 << 20;
+
+type Reply = Result<Response, ApiError>;
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct ListQuery {
+    page_size: Option<u32>,
+    page_token: Option<String>,
+}
+
+pub(super) async fn list(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Reply {
+    let message = pb::ListBatchesRequest {
+        page_size: q.page_size.unwrap_or(0),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let req = s.request(&headers, message).await?;
+    let mut page = s.batches.list_batches(req).await?.into_inner();
+    for b in &mut page.batches {
+        s.blobs.rewrite_batch(b);
+    }
+    json(&page)
+}
+
+pub(super) async fn get(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
+    let req = s.request(&headers, pb::GetBatchRequest { id }).await?;
+    let mut batch = s.batches.get_batch(req).await?.into_inner();
+    s.blobs.rewrite_batch(&mut batch);
+    json(&batch)
+}
+
+pub(super) async fn cancel(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
+    let req = s.request(&headers, pb::CancelBatchRequest { id }).await?;
+    let mut batch = s.batches.cancel_batch(req).await?.into_inner();
+    s.blobs.rewrite_batch(&mut batch);
+    json(&batch)
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct UploadQuery {
+    /// The batch's name (default: the file's name).
+    name: Option<String>,
+    /// The uploaded file's name: `.csv` is CSV, anything else JSONL.
+    file: Option<String>,
+}
+
+/// `POST /api/batches?name&file` with the manifest as the body.
+pub(super) async fn upload(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Query(q): Query<UploadQuery>,
+    body: Bytes,
+) -> Reply {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid("manifest", "the file is empty").into());
+    }
+    let caller = s.auth.caller(&headers).await?;
+    let file = q.file.unwrap_or_default();
+    let (ext, content_type) = match ManifestFormat::from_name(&file) {
+        ManifestFormat::Csv => ("csv", "text/csv"),
+        ManifestFormat::Jsonl => ("jsonl", "application/x-ndjson"),
+    };
+    let digest = hex::encode(Sha256::digest(&body));
+    let key = format!("uploads/{}/{digest}.{ext}", caller.tenant);
+    let blobs = &s.batches.0.generation.blobs;
+    blobs
+        .put(&key, body, content_type)
+        .await
+        .map_err(Error::from)?;
+    let name = q.name.filter(|n| !n.trim().is_empty()).unwrap_or(file);
+    let header = |validate_only| {
+        Ok::<_, tonic::Status>(pb::SubmitBatchRequest {
+            kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
+                name: name.trim().to_string(),
+                manifest_uri: blobs.uri(&key),
+                validate_only,
+            })),
+        })
+    };
+    let check = s
+        .batches
+        .submit(
+            s.request(&headers, futures::stream::iter([header(true)]))
+                .await?,
+        )
+        .await?;
+    if check.rejected > 0 {
+        // Nothing of it is kept: a fixed file is uploaded again.
+        if let Err(e) = blobs.delete(std::slice::from_ref(&key)).await {
+            tracing::warn!(key, error = %e, "removing a refused manifest");
+        }
+        let status = tonic::Status::invalid_argument("manifest: refused");
+        let body = serde_json::json!({
+            "code": "INVALID_ARGUMENT",
+            "field": "manifest",
+            "message": format!(
+                "{} of {} rows break a rule: nothing was submitted",
+                check.rejected,
+                check.rejected + check.accepted
+            ),
+            "rejected_items": check.rejected_items,
+        });
+        return Ok((http_status(status.code()), axum::Json(body)).into_response());
+    }
+    let mut done = s
+        .batches
+        .submit(
+            s.request(&headers, futures::stream::iter([header(false)]))
+                .await?,
+        )
+        .await?;
+    if let Some(b) = done.batch.as_mut() {
+        s.blobs.rewrite_batch(b);
+    }
+    json(&done)
+}
