@@ -196,15 +196,18 @@ impl Validator {
             Ok(s) => Option::<SamplerKind>::from(s).unwrap_or(model.defaults.sampler),
             Err(_) => return Err(Error::invalid("sampler", "unknown sampler")),
         };
-        if sampler.is_stochastic() {
-            // Their per-step noise is drawn by the Stable Audio runtime, which the farm's
-            // chunked path does not run yet.
+        if !model.supports(sampler) {
+            // The family decides: a mel pack runs the deterministic samplers, a Stable Audio
+            // pack the ones its schedule was made for (its model.toml lists them).
+            let names: Vec<&str> = model.samplers().iter().map(|s| s.as_str()).collect();
             return Err(Error::invalid(
                 "sampler",
                 format!(
-                    "{} is not available for model {} (stochastic samplers need the Stable Audio runtime)",
+                    "{} is not available for model {} ({} family; it runs {})",
                     sampler.as_str(),
-                    model.name
+                    model.name,
+                    model.family.as_str(),
+                    names.join(", ")
                 ),
             ));
         }

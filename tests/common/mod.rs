@@ -30,7 +30,7 @@ macro_rules! both_backends {
 }
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,9 @@ pub struct FarmOptions {
     pub tls: Option<Tls>,
     /// Extra environment of the coordinator (scheduler knobs and the like).
     pub coordinator_env: Vec<(&'static str, String)>,
+    /// Writes more model packs into the farm's models folder before anything starts (the
+    /// tiny mel pack is always there).
+    pub packs: Option<fn(&Path)>,
 }
 
 /// PEM files for a TLS farm.
@@ -118,6 +121,7 @@ impl Default for FarmOptions {
             auth: false,
             tls: None,
             coordinator_env: Vec::new(),
+            packs: None,
         }
     }
 }
@@ -193,6 +197,9 @@ impl Farm {
         let dir = tempfile::tempdir().expect("tempdir");
         let models = dir.path().join("models");
         tutti_model::tiny::write_tiny_pack(&models.join("tiny"), 7).expect("tiny pack");
+        if let Some(write) = opts.packs {
+            write(&models);
+        }
         let id = Uuid::new_v4().simple().to_string();
         let db = format!("tutti_test_{}", &id[..12]);
         let prefix = format!("test-{}", &id[..12]);

@@ -162,8 +162,12 @@ impl Worker {
         for (i, mut wave) in rendered.waveforms.into_iter().enumerate() {
             audio::normalize_loudness(&mut wave);
             let encoded = match task.spec.format {
-                AudioFormat::Wav => audio::encode_wav(&wave, rendered.sample_rate),
-                AudioFormat::Flac => audio::encode_flac(&wave, rendered.sample_rate),
+                AudioFormat::Wav => {
+                    audio::encode_wav(&wave, rendered.channels, rendered.sample_rate)
+                }
+                AudioFormat::Flac => {
+                    audio::encode_flac(&wave, rendered.channels, rendered.sample_rate)
+                }
             }
             .map_err(|e| TaskError::fatal(ErrorCode::Encode, e.to_string()))?;
             let key = output_key(&task.tenant, task.job_id, i as u32, task.spec.format);
@@ -172,7 +176,9 @@ impl Worker {
                 key: key.clone(),
                 sha256: audio::sha256_hex(&encoded),
                 size_bytes: encoded.len() as u64,
-                duration_s: wave.len() as f32 / rendered.sample_rate as f32,
+                duration_s: wave.len() as f32
+                    / f32::from(rendered.channels.max(1))
+                    / rendered.sample_rate as f32,
                 sample_rate: rendered.sample_rate,
             };
             self.blobs
