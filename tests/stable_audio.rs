@@ -50,7 +50,12 @@ fn write_packs(models: &Path) {
         t5,
     };
     import(&open, &models.join("stable-audio-open-1.0"), &opts(None)).expect("import 1.0");
-    import(&small, &models.join("stable-audio-open-small"), &opts(Some(t5))).expect("import small");
+    import(
+        &small,
+        &models.join("stable-audio-open-small"),
+        &opts(Some(t5)),
+    )
+    .expect("import small");
 }
 
 fn on_model(prompt: &str, model: &str, duration: f32) -> pb::SubmitGenerationRequest {
@@ -103,10 +108,18 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
     // SAO 1.0: its defaults (the SDE sampler, guidance 7), 6 steps in three chunks of two.
     let mut req = on_model("fast drums and bass", "stable-audio-open-1.0", 1.2);
     req.steps = Some(6);
-    let open = client.submit_generation(req.clone()).await.expect("submit").into_inner();
+    let open = client
+        .submit_generation(req.clone())
+        .await
+        .expect("submit")
+        .into_inner();
     let mut flac = req;
     flac.format = pb::AudioFormat::Flac as i32;
-    let flac = client.submit_generation(flac).await.expect("submit").into_inner();
+    let flac = client
+        .submit_generation(flac)
+        .await
+        .expect("submit")
+        .into_inner();
     // Small: its defaults (ping-pong, 8 steps, no guidance) in four chunks.
     let small = client
         .submit_generation(on_model("a calm piano", "stable-audio-open-small", 1.0))
@@ -119,7 +132,10 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
         assert_eq!(state(&job), pb::JobState::Succeeded, "{job:?}");
         let out = &job.outputs[0];
         assert_eq!(out.sample_rate, 44100);
-        assert!((out.duration_seconds - frames as f32 / 44100.0).abs() < 1e-3, "{out:?}");
+        assert!(
+            (out.duration_seconds - frames as f32 / 44100.0).abs() < 1e-3,
+            "{out:?}"
+        );
         // The presigned URL gives the object, a stereo 44.1 kHz WAV of the asked length.
         let object = farm.fetch(&out.url).await;
         assert_eq!(hex::encode(Sha256::digest(&object)), out.sha256);
@@ -137,7 +153,8 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
     let object = farm.fetch(&flac.outputs[0].url).await;
     assert_eq!(&object[..4], b"fLaC");
     // STREAMINFO: 20 bits of rate, then 3 of (channels - 1).
-    let rate = (u32::from(object[18]) << 12) | (u32::from(object[19]) << 4) | (u32::from(object[20]) >> 4);
+    let rate =
+        (u32::from(object[18]) << 12) | (u32::from(object[19]) << 4) | (u32::from(object[20]) >> 4);
     assert_eq!((rate, ((object[20] >> 1) & 7) + 1), (44100, 2));
 }
 
@@ -159,7 +176,11 @@ fn ok(o: Output) -> String {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     );
-    assert!(o.status.success(), "exit {:?}\n{stdout}\n{stderr}", o.status);
+    assert!(
+        o.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        o.status
+    );
     stdout
 }
 
@@ -174,14 +195,21 @@ fn generate_embedded_with_an_imported_small_pack() {
         ok(tutti(&args, dir.path()))
     };
     let stdout = import(&["-o", "models/stable-audio-open-small"]);
-    assert!(stdout.contains("imported stable-audio-open-small"), "{stdout}");
+    assert!(
+        stdout.contains("imported stable-audio-open-small"),
+        "{stdout}"
+    );
     // The same model with its 8 steps in one chunk instead of two (a pack's defaults are the
     // operator's to edit).
     import(&["--name", "one-chunk", "-o", "models/one-chunk"]);
     let toml_path = dir.path().join("models/one-chunk/model.toml");
     let text = std::fs::read_to_string(&toml_path).expect("model.toml");
     assert!(text.contains("chunk_steps = 4"), "{text}");
-    std::fs::write(&toml_path, text.replace("chunk_steps = 4", "chunk_steps = 8")).expect("write");
+    std::fs::write(
+        &toml_path,
+        text.replace("chunk_steps = 4", "chunk_steps = 8"),
+    )
+    .expect("write");
 
     let generate = |model: &str, out: &str| {
         ok(tutti(

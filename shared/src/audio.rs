@@ -61,7 +61,7 @@ fn to_i16(s: f32) -> i16 {
 
 /// A whole number of frames of at least one channel.
 fn check_frames(samples: &[f32], channels: u16) -> Result<(), AudioError> {
-    if channels == 0 || samples.len() % usize::from(channels) != 0 {
+    if channels == 0 || !samples.len().is_multiple_of(usize::from(channels)) {
         return Err(AudioError::Channels {
             samples: samples.len(),
             channels,
@@ -71,7 +71,11 @@ fn check_frames(samples: &[f32], channels: u16) -> Result<(), AudioError> {
 }
 
 /// 16-bit FLAC of `channels` interleaved channels (lossless; about half the size of the WAV).
-pub fn encode_flac(samples: &[f32], channels: u16, sample_rate: u32) -> Result<Vec<u8>, AudioError> {
+pub fn encode_flac(
+    samples: &[f32],
+    channels: u16,
+    sample_rate: u32,
+) -> Result<Vec<u8>, AudioError> {
     check_frames(samples, channels)?;
     use flacenc::component::BitRepr;
     use flacenc::error::Verify;
@@ -79,7 +83,12 @@ pub fn encode_flac(samples: &[f32], channels: u16, sample_rate: u32) -> Result<V
     let config = flacenc::config::Encoder::default()
         .into_verified()
         .map_err(|(_, e)| AudioError::Flac(format!("{e:?}")))?;
-    let source = flacenc::source::MemSource::from_samples(&pcm, usize::from(channels), 16, sample_rate as usize);
+    let source = flacenc::source::MemSource::from_samples(
+        &pcm,
+        usize::from(channels),
+        16,
+        sample_rate as usize,
+    );
     let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
         .map_err(|e| AudioError::Flac(format!("{e:?}")))?;
     let mut sink = flacenc::bitsink::ByteSink::new();

@@ -23,6 +23,9 @@ pub struct Audio {
 }
 
 /// A loaded pack of either family.
+// Both variants are a few KB of configs; there is one per loaded pack and it never moves in a
+// hot path, so boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ServedModel {
     Mel(Pipeline),
@@ -126,6 +129,7 @@ impl ServedModel {
 }
 
 /// A pack's final stage alone, for a thread that only renders.
+#[allow(clippy::large_enum_variant)]
 pub enum ServedRenderer {
     Mel(Renderer),
     StableAudio(StableAudioRenderer),

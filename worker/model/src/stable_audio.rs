@@ -26,10 +26,10 @@ use super::t5::{FixedTokenizer, T5Config, T5Encoder};
 use super::tensors::{read_json, TensorSource};
 use super::{weights, ModelError, Result};
 
+use super::stable_audio_pack::CONFIG_FILE;
 pub use super::stable_audio_pack::{
     is_stable_audio_pack, Defaults, Layout, Limits, ModelInfo, StableAudioPack, FAMILY,
 };
-use super::stable_audio_pack::CONFIG_FILE;
 const SOURCE_LINK: &str = "source";
 const T5_LINK: &str = "t5";
 

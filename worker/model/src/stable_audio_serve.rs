@@ -267,7 +267,10 @@ impl StableAudioPipeline {
             // Guided: v rows of the unconditional input, then v of the prompt (uncond first,
             // as StableAudioPipeline orders them); unguided: the prompt's alone.
             let (x, rows): (Tensor, Vec<i64>) = if rows_per_variation(&s.params) == 2 {
-                (Tensor::cat(&[&x, &x], 0), (0..2 * v).map(|r| r / v).collect())
+                (
+                    Tensor::cat(&[&x, &x], 0),
+                    (0..2 * v).map(|r| r / v).collect(),
+                )
             } else {
                 (x, vec![1; v as usize])
             };
@@ -313,8 +316,13 @@ impl StableAudioPipeline {
             let next = if s.sampler.is_stochastic() {
                 let noise = step_noise(&seeds(&s.params), s.step, &s.latent.size()[1..])
                     .to_device(s.latent.device());
-                s.sampler
-                    .step_with_noise(s.step, &s.latent, &model_out, &mut s.sampler_state, &noise)
+                s.sampler.step_with_noise(
+                    s.step,
+                    &s.latent,
+                    &model_out,
+                    &mut s.sampler_state,
+                    &noise,
+                )
             } else {
                 s.sampler
                     .step(s.step, &s.latent, &model_out, &mut s.sampler_state)
@@ -411,19 +419,13 @@ pub fn render_state(
         .decode_chunked(&latent, DECODE_CHUNK_FRAMES, vae.receptive_radius_frames())?
         .to_kind(Kind::Float)
         .to_device(Device::Cpu);
-    let (b, channels, len) = audio
-        .size3()
-        .map_err(|e| bad(format!("vae output: {e}")))?;
+    let (b, channels, len) = audio.size3().map_err(|e| bad(format!("vae output: {e}")))?;
     let rate = vae.config().sampling_rate as f64;
     let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
     let kept = frames.min(len);
     let mut out = Vec::with_capacity(b as usize);
     for i in 0..b {
-        let clip = audio
-            .get(i)
-            .narrow(1, 0, kept)
-            .transpose(0, 1)
-            .contiguous();
+        let clip = audio.get(i).narrow(1, 0, kept).transpose(0, 1).contiguous();
         let n = (kept * channels) as usize;
         let mut samples = vec![0f32; n];
         clip.f_copy_data(&mut samples, n)?;

@@ -143,9 +143,11 @@ pub fn sat_folder(fixture: &Path, out: &Path, frames: i64) -> Result<()> {
         .collect();
     let blocks = vae.downsampling_ratios.len();
     for (name, t) in vae_weights(&vae) {
-        let key = sat_vae_key(&name, blocks).ok_or_else(|| io(&src, format!("no sat name for {name}")))?;
+        let key = sat_vae_key(&name, blocks)
+            .ok_or_else(|| io(&src, format!("no sat name for {name}")))?;
         // The inverse must map back, or the importer would refuse the folder.
-        let back = sat::rename(&key, &t.size(), blocks).and_then(|r| r.first().map(|r| r.name.clone()));
+        let back =
+            sat::rename(&key, &t.size(), blocks).and_then(|r| r.first().map(|r| r.name.clone()));
         if back.as_deref() != Some(name.as_str()) {
             return Err(io(&src, format!("{key} maps back to {back:?}, not {name}")));
         }

@@ -159,7 +159,10 @@ fn open_guided_sde_resumes_and_batches_bit_identically() {
     m.step_batch(&mut [&mut a]).unwrap();
     m.step_batch(&mut [&mut a]).unwrap();
     assert_eq!(m.batch_shape(&a), m.batch_shape(&b));
-    assert!(m.forward_bytes(&a) > m.forward_bytes(&b), "guidance doubles the rows");
+    assert!(
+        m.forward_bytes(&a) > m.forward_bytes(&b),
+        "guidance doubles the rows"
+    );
     while !b.is_done() {
         m.step_batch(&mut [&mut a, &mut b]).unwrap();
     }
