@@ -62,11 +62,11 @@ fn model_id(pack: &StableAudioPack) -> String {
 }
 
 impl StableAudioPipeline {
-    /// Loads a pack: the DiT, projection and VAE decoder in the device's compute kind (f32 on
-    /// CPU, bf16 on CUDA), the T5 in f32.
+    /// Loads a pack: the DiT, projection and VAE (decoder and, for audio-to-audio, encoder) in
+    /// the device's compute kind (f32 on CPU, bf16 on CUDA), the T5 in f32.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let kind = compute_kind(device);
-        let model = StableAudioModel::load(dir, device, kind, false)?;
+        let model = StableAudioModel::load(dir, device, kind, true)?;
         Ok(Self {
             pack: model.pack.clone(),
             config: model.config.clone(),
@@ -201,6 +201,94 @@ impl StableAudioPipeline {
             global_cond,
             sampler_state: SamplerState::default(),
         })
+    }
+
+    /// Audio-to-audio: as [`Self::prepare`], but the latent starts from `audio` (`[channels,
+    /// samples]` f32 at the pack's rate; mono is spread to every channel, the clip cropped or
+    /// zero-padded to the window) encoded by the VAE (its posterior mean) and noised to the level
+    /// `strength` in (0, 1] names: 1 is pure noise (the text alone decides), lower keeps more
+    /// of the audio. Ping-pong starts at time `strength`, `x = (1 - t) x0 + t n`; the cosine
+    /// samplers at `sigma = sigma_min (sigma_max / sigma_min)^strength`, `x = x0 + sigma n`
+    /// (stable-audio-tools' init-audio rule, with its noise level spelled as a strength). The
+    /// sampler then runs all the asked steps from there; `n` is the variation's seeded noise.
+    pub fn prepare_from_audio(
+        &self,
+        p: &GenerationParams,
+        audio: &Tensor,
+        strength: f64,
+    ) -> Result<DenoiseState> {
+        if !(strength > 0.0 && strength <= 1.0) {
+            return Err(bad(format!(
+                "init strength must be in (0, 1], got {strength}"
+            )));
+        }
+        let channels = self.config.vae.audio_channels;
+        let (ch, len) = audio.size2().map_err(|_| {
+            bad(format!(
+                "init audio must be [channels, samples], got {:?}",
+                audio.size()
+            ))
+        })?;
+        if ch != 1 && ch != channels {
+            return Err(bad(format!(
+                "init audio has {ch} channels; model {} takes 1 or {channels}",
+                self.model_id
+            )));
+        }
+        let mut state = self.prepare(p)?;
+        let sched = &self.config.schedule;
+        let flow = sched.prediction == super::sampler::Prediction::Flow;
+        let sigma = if flow {
+            strength
+        } else {
+            sched.sigma_min * (sched.sigma_max / sched.sigma_min).powf(strength)
+        };
+        let schedule = super::sampler::ScheduleConfig {
+            init_noise: Some(sigma),
+            ..sched.clone()
+        };
+        let sampler = sampler::build(p.sampler, &schedule, p.steps)?;
+        let window = self.config.dit.sample_size * self.config.vae.hop_length();
+        let _g = tch::no_grad_guard();
+        let dev = self.device;
+        let clip = audio.to_kind(Kind::Float).narrow(1, 0, len.min(window));
+        let clip = if clip.size()[1] < window {
+            let pad = Tensor::zeros([ch, window - clip.size()[1]], (Kind::Float, clip.device()));
+            Tensor::cat(&[&clip, &pad], 1)
+        } else {
+            clip
+        };
+        let clip = clip
+            .expand([channels, window], false)
+            .unsqueeze(0)
+            .to_device(dev);
+        let x0 = {
+            let m = self.lock();
+            m.vae
+                .encode(&clip.to_kind(self.kind))?
+                .0
+                .to_kind(Kind::Float)
+        };
+        let (c, t) = (self.config.dit.in_channels, self.config.dit.sample_size);
+        if x0.size() != [1, c, t] {
+            return Err(bad(format!(
+                "the vae encodes the window to {:?}, the DiT takes [1, {c}, {t}]",
+                x0.size()
+            )));
+        }
+        let noise: Vec<Tensor> = seeds(p)
+            .iter()
+            .map(|&s| seeded_noise(s, &[1, c, t]))
+            .collect();
+        let noise = Tensor::cat(&noise, 0).to_device(dev);
+        state.latent = if flow {
+            &x0 * (1.0 - sigma) + noise * sigma
+        } else {
+            &x0 + noise * sigma
+        };
+        state.schedule = schedule;
+        state.sampler = sampler;
+        Ok(state)
     }
 
     /// Every state of one pack has the same shape (the full window, the fixed text length).
