@@ -68,6 +68,21 @@ fn on_model(prompt: &str, model: &str, duration: f32) -> pb::SubmitGenerationReq
     req
 }
 
+/// A WAV of sines (440 Hz left, 660 Hz right when stereo), `secs` long.
+fn sine_wav(secs: f32, rate: u32, channels: u16) -> Vec<u8> {
+    let n = (secs * rate as f32) as usize;
+    let samples: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let t = i as f32 / rate as f32;
+            let tau = 2.0 * std::f32::consts::PI;
+            [(tau * 440.0 * t).sin() * 0.5, (tau * 660.0 * t).sin() * 0.5]
+                .into_iter()
+                .take(usize::from(channels))
+        })
+        .collect();
+    tutti_shared::audio::encode_wav(&samples, channels, rate).expect("encode")
+}
+
 /// Channels, rate and frames of a WAV.
 fn wav_shape(bytes: &[u8]) -> (u16, u32, u32) {
     let r = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("a WAV");
@@ -148,6 +163,92 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
             .count();
         assert_eq!(denoise, chunks, "denoise chunks of {}", job.id);
     }
+    // Audio-to-audio on Small: the clip is checked, stored, and the job starts from it. At
+    // strength 1 ping-pong keeps nothing of the clip: the bytes of the text-only job.
+    for (field, change, rule) in [
+        (
+            "init_audio",
+            ("tiny", 2.0, sine_wav(1.0, 16000, 1), None),
+            "mel family",
+        ),
+        (
+            "init_audio",
+            (
+                "stable-audio-open-small",
+                1.0,
+                sine_wav(1.0, 22050, 2),
+                None,
+            ),
+            "44100 Hz",
+        ),
+        (
+            "init_audio",
+            (
+                "stable-audio-open-small",
+                1.0,
+                b"RIFF....WAVE".to_vec(),
+                None,
+            ),
+            "WAV file",
+        ),
+        (
+            "init_audio",
+            (
+                "stable-audio-open-small",
+                1.0,
+                sine_wav(3.0, 44100, 2),
+                None,
+            ),
+            "long",
+        ),
+        (
+            "init_strength",
+            (
+                "stable-audio-open-small",
+                1.0,
+                sine_wav(1.0, 44100, 2),
+                Some(0.0),
+            ),
+            "(0, 1]",
+        ),
+    ] {
+        let (model, duration, wav, strength) = change;
+        let mut bad = on_model("a calm piano", model, duration);
+        bad.init_audio = wav;
+        bad.init_strength = strength;
+        let e = client.submit_generation(bad).await.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().starts_with(field) && e.message().contains(rule),
+            "{}",
+            e.message()
+        );
+    }
+    let mut a2a = on_model("a calm piano", "stable-audio-open-small", 1.0);
+    a2a.init_audio = sine_wav(1.0, 44100, 2);
+    a2a.init_strength = Some(0.5);
+    let half = client
+        .submit_generation(a2a.clone())
+        .await
+        .expect("submit")
+        .into_inner();
+    a2a.init_strength = Some(1.0);
+    let full = client
+        .submit_generation(a2a)
+        .await
+        .expect("submit")
+        .into_inner();
+    let small = farm.wait_job(&small.id, Duration::from_secs(120)).await;
+    let half = farm.wait_job(&half.id, Duration::from_secs(120)).await;
+    let full = farm.wait_job(&full.id, Duration::from_secs(120)).await;
+    for j in [&half, &full] {
+        assert_eq!(state(j), pb::JobState::Succeeded, "{j:?}");
+        let object = farm.fetch(&j.outputs[0].url).await;
+        assert_eq!(wav_shape(&object), (2, 44100, 44100));
+    }
+    assert_ne!(half.outputs[0].sha256, small.outputs[0].sha256);
+    assert_eq!(full.outputs[0].sha256, small.outputs[0].sha256);
+
     let flac = farm.wait_job(&flac.id, Duration::from_secs(120)).await;
     assert_eq!(state(&flac), pb::JobState::Succeeded, "{flac:?}");
     let object = farm.fetch(&flac.outputs[0].url).await;

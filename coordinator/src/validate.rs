@@ -37,6 +37,8 @@ pub struct NewJob {
     /// The request with defaults filled in and the seed chosen, as GetJob reports it.
     pub accepted: pb::SubmitGenerationRequest,
     pub chunk_steps: u32,
+    /// The init clip of an audio-to-audio request, to store before the job.
+    pub init_clip: Option<crate::init_audio::InitClip>,
 }
 
 /// Models and their tokenizers, for the rules that depend on the model.
@@ -279,6 +281,11 @@ impl Validator {
             version: model_ref.version.clone(),
         });
 
+        let init_clip = crate::init_audio::check(model, req)?;
+        // The clip lives in the blob store; the accepted request keeps its strength only.
+        accepted.init_audio = Vec::new();
+        accepted.init_strength = init_clip.as_ref().map(|c| c.init.strength);
+
         let chunk_steps = match self.chunk_steps_override {
             0 => model.defaults.chunk_steps.max(1),
             k => k,
@@ -297,6 +304,7 @@ impl Validator {
                 variations,
                 format,
                 trace_context: Default::default(),
+                init_audio: init_clip.as_ref().map(|c| c.init.clone()),
             },
             priority,
             labels,
@@ -304,6 +312,7 @@ impl Validator {
             request_hash,
             accepted,
             chunk_steps,
+            init_clip,
         })
     }
 }

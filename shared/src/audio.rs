@@ -8,6 +8,8 @@ pub enum AudioError {
     Wav(#[from] hound::Error),
     #[error("flac: {0}")]
     Flac(String),
+    #[error("unsupported wav: {0}")]
+    Format(String),
     #[error("{samples} samples are not whole frames of {channels} channels")]
     Channels { samples: usize, channels: u16 },
 }
@@ -98,6 +100,43 @@ pub fn encode_flac(
     Ok(sink.as_slice().to_vec())
 }
 
+/// A decoded WAV: samples in [-1, 1], channels interleaved frame by frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pcm {
+    pub samples: Vec<f32>,
+    pub channels: u16,
+    pub sample_rate: u32,
+}
+
+impl Pcm {
+    pub fn frames(&self) -> usize {
+        self.samples.len() / usize::from(self.channels.max(1))
+    }
+}
+
+/// Reads a 16-bit integer or 32-bit float PCM WAV (what tutti and most tools write).
+pub fn decode_wav(bytes: &[u8]) -> Result<Pcm, AudioError> {
+    let mut r = hound::WavReader::new(std::io::Cursor::new(bytes))?;
+    let spec = r.spec();
+    let samples = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Int, 16) => r
+            .samples::<i16>()
+            .map(|s| s.map(|s| f32::from(s) / f32::from(i16::MAX)))
+            .collect::<Result<Vec<f32>, _>>()?,
+        (hound::SampleFormat::Float, 32) => r.samples::<f32>().collect::<Result<Vec<f32>, _>>()?,
+        (f, b) => {
+            return Err(AudioError::Format(format!(
+                "{b}-bit {f:?} samples (16-bit int or 32-bit float only)"
+            )))
+        }
+    };
+    Ok(Pcm {
+        samples,
+        channels: spec.channels,
+        sample_rate: spec.sample_rate,
+    })
+}
+
 /// Lowercase hex SHA-256 of a byte string.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -135,6 +174,13 @@ mod tests {
         // STREAMINFO: 3 bits of (channels - 1) at byte 8 + 12 of the stream.
         assert_eq!(((flac[20] >> 1) & 0x07) + 1, 2);
         assert!(encode_wav(&frames[..3], 2, 44100).is_err());
+        let pcm = decode_wav(&encode_wav(&frames, 2, 44100).unwrap()).unwrap();
+        assert_eq!(
+            (pcm.channels, pcm.sample_rate, pcm.frames()),
+            (2, 44100, 4410)
+        );
+        assert!((pcm.samples[2] - frames[2]).abs() < 1e-4);
+        assert!(decode_wav(b"RIFF not a wav").is_err());
     }
 
     #[test]

@@ -92,6 +92,23 @@ impl ServedModel {
         }
     }
 
+    /// Audio-to-audio (see `StableAudioPipeline::prepare_from_audio`): `audio` is `[channels,
+    /// samples]` at the pack's rate. A mel pack has no audio encoder: an input error.
+    pub fn prepare_from_audio(
+        &self,
+        params: &GenerationParams,
+        audio: &tch::Tensor,
+        strength: f64,
+    ) -> Result<DenoiseState> {
+        match self {
+            Self::Mel(p) => Err(super::ModelError::Input(format!(
+                "model {} (mel family) has no audio encoder; init audio needs a waveform-VAE model",
+                p.model_id()
+            ))),
+            Self::StableAudio(p) => p.prepare_from_audio(params, audio, strength),
+        }
+    }
+
     pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
         match self {
             Self::Mel(p) => p.batch_shape(state),

@@ -83,6 +83,9 @@ impl EngineError {
 pub enum Start {
     /// Step 0: encode the prompt and draw the noise.
     Fresh,
+    /// Step 0 of an audio-to-audio job: as `Fresh`, the latent drawn from the job's init clip
+    /// (decoded from its WAV) at the job's strength.
+    FreshFrom(tutti_shared::audio::Pcm),
     /// The state this engine holds for the job (see [`Engine::holds`]).
     Held,
     /// Checkpoint bytes (from S3).

@@ -250,6 +250,21 @@ impl EngineThread {
         let pipeline = self.pipeline(&spec.model)?;
         let (state, source) = match start {
             Start::Fresh => (pipeline.prepare(&generation_params(spec))?, "fresh"),
+            Start::FreshFrom(pcm) => {
+                let strength = spec
+                    .init_audio
+                    .as_ref()
+                    .map_or(1.0, |i| f64::from(i.strength));
+                let ch = i64::from(pcm.channels.max(1));
+                let frames = pcm.samples.len() as i64 / ch;
+                let audio = tch::Tensor::from_slice(&pcm.samples[..(frames * ch) as usize])
+                    .view([frames, ch])
+                    .transpose(0, 1)
+                    .contiguous();
+                let state =
+                    pipeline.prepare_from_audio(&generation_params(spec), &audio, strength)?;
+                (state, "fresh")
+            }
             Start::Checkpoint(bytes) => {
                 (DenoiseState::from_checkpoint(&bytes, device)?, "checkpoint")
             }
