@@ -338,4 +338,26 @@ fn generate_embedded_with_an_imported_small_pack() {
     generate("one-chunk", "one.wav");
     let whole = std::fs::read(dir.path().join("one.wav")).expect("the WAV");
     assert!(chunked == whole, "two chunks and one give different audio");
+
+    // Audio-to-audio from a clip on disk.
+    std::fs::write(dir.path().join("clip.wav"), sine_wav(1.2, 44100, 1)).expect("write");
+    let mut args = vec![
+        "generate",
+        "--model",
+        "stable-audio-open-small",
+        "a calm piano with soft strings",
+    ];
+    args.extend(["--models-dir", "models", "--duration", "1.2", "--seed", "5"]);
+    args.extend([
+        "--init-audio",
+        "clip.wav",
+        "--init-strength",
+        "0.6",
+        "-o",
+        "a2a.wav",
+    ]);
+    ok(tutti(&args, dir.path()));
+    let a2a = std::fs::read(dir.path().join("a2a.wav")).expect("the WAV");
+    assert_eq!(wav_shape(&a2a), (2, 44100, 52920));
+    assert!(a2a != chunked, "the clip changed nothing");
 }
