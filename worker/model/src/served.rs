@@ -146,7 +146,6 @@ impl ServedModel {
 }
 
 /// A pack's final stage alone, for a thread that only renders.
-#[allow(clippy::large_enum_variant)]
 pub enum ServedRenderer {
     Mel(Renderer),
     StableAudio(StableAudioRenderer),

@@ -325,7 +325,8 @@ pub fn import(dir: &Path, out: &Path, opts: &ImportOptions) -> Result<StableAudi
     FixedTokenizer::load(&paths.tokenizer(), cfg.text_max_length)?;
     let pack = StableAudioPack::for_layout(
         paths.layout,
-        &cfg,
+        &cfg.vae,
+        cfg.max_duration_s(),
         opts.name.as_deref(),
         opts.version.as_deref(),
     );

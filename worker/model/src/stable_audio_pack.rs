@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::oobleck::OobleckConfig;
 use super::sampler::SamplerKind;
-use super::stable_audio::StableAudioConfig;
 
 /// `family` of a Stable Audio pack's `model.toml`.
 pub const FAMILY: &str = "stable_audio";
@@ -70,16 +70,18 @@ pub struct StableAudioPack {
 const MAX_STEPS: usize = 500;
 
 impl StableAudioPack {
-    /// The pack `tutti model import` writes for a folder of `layout` with configs `cfg`: SAO 1.0
+    /// The pack `tutti model import` writes for a folder of `layout` whose VAE is `vae` and
+    /// whose latent window holds `window_s` seconds: SAO 1.0
     /// runs diffusers' cosine DPM-Solver++ 2M SDE, 100 steps, guidance 7; Small the ping-pong
     /// sampler, 8 steps, no guidance (stable-audio-tools' defaults for it).
     pub fn for_layout(
         layout: Layout,
-        cfg: &StableAudioConfig,
+        vae: &OobleckConfig,
+        window_s: f64,
         name: Option<&str>,
         version: Option<&str>,
     ) -> Self {
-        let window = (cfg.max_duration_s() * 100.0).floor() / 100.0;
+        let window = (window_s * 100.0).floor() / 100.0;
         let (default_name, sampler, steps, guidance_scale, chunk_steps, samplers) = match layout {
             Layout::Diffusers => (
                 "stable-audio-open-1.0",
@@ -107,8 +109,8 @@ impl StableAudioPack {
                 name: name.unwrap_or(default_name).to_string(),
                 version: version.unwrap_or("1.0").to_string(),
                 layout,
-                sample_rate: cfg.vae.sampling_rate as u32,
-                channels: cfg.vae.audio_channels as u16,
+                sample_rate: vae.sampling_rate as u32,
+                channels: vae.audio_channels as u16,
             },
             defaults: Defaults {
                 sampler,
