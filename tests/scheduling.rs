@@ -220,6 +220,7 @@ fn new_job(priority: Priority) -> NewJob {
             variations: 1,
             format: AudioFormat::Wav,
             trace_context: Default::default(),
+            init_audio: None,
         },
         priority,
         labels: BTreeMap::new(),
@@ -227,6 +228,7 @@ fn new_job(priority: Priority) -> NewJob {
         request_hash: "fair".into(),
         accepted: pb::SubmitGenerationRequest::default(),
         chunk_steps: 4,
+        init_clip: None,
     }
 }
 

@@ -122,6 +122,13 @@ impl GenerationService {
         self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let mut new = self.validator.validate(&req)?;
         caller.limits.check_job(&new)?;
+        if let Some(clip) = new.init_clip.take() {
+            // Before the job, so that no task can start without its clip; the key is the
+            // clip's hash, so a retried submit rewrites the same object.
+            self.blobs
+                .put(&clip.init.key, bytes::Bytes::from(clip.wav), "audio/wav")
+                .await?;
+        }
         // Every task of the job joins this trace, however late it is dispatched.
         new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
             .into_iter()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod error;
 mod health;
+pub mod init_audio;
 pub mod janitor;
 pub mod lifecycle;
 pub mod notify;

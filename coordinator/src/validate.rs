@@ -37,6 +37,8 @@ pub struct NewJob {
     /// The request with defaults filled in and the seed chosen, as GetJob reports it.
     pub accepted: pb::SubmitGenerationRequest,
     pub chunk_steps: u32,
+    /// The init clip of an audio-to-audio request, to store before the job.
+    pub init_clip: Option<crate::init_audio::InitClip>,
 }
 
 /// Models and their tokenizers, for the rules that depend on the model.
@@ -196,15 +198,18 @@ impl Validator {
             Ok(s) => Option::<SamplerKind>::from(s).unwrap_or(model.defaults.sampler),
             Err(_) => return Err(Error::invalid("sampler", "unknown sampler")),
         };
-        if sampler.is_stochastic() {
-            // Their per-step noise is drawn by the Stable Audio runtime, which the farm's
-            // chunked path does not run yet.
+        if !model.supports(sampler) {
+            // The family decides: a mel pack runs the deterministic samplers, a Stable Audio
+            // pack the ones its schedule was made for (its model.toml lists them).
+            let names: Vec<&str> = model.samplers().iter().map(|s| s.as_str()).collect();
             return Err(Error::invalid(
                 "sampler",
                 format!(
-                    "{} is not available for model {} (stochastic samplers need the Stable Audio runtime)",
+                    "{} is not available for model {} ({} family; it runs {})",
                     sampler.as_str(),
-                    model.name
+                    model.name,
+                    model.family.as_str(),
+                    names.join(", ")
                 ),
             ));
         }
@@ -276,6 +281,11 @@ impl Validator {
             version: model_ref.version.clone(),
         });
 
+        let init_clip = crate::init_audio::check(model, req)?;
+        // The clip lives in the blob store; the accepted request keeps its strength only.
+        accepted.init_audio = Vec::new();
+        accepted.init_strength = init_clip.as_ref().map(|c| c.init.strength);
+
         let chunk_steps = match self.chunk_steps_override {
             0 => model.defaults.chunk_steps.max(1),
             k => k,
@@ -294,6 +304,7 @@ impl Validator {
                 variations,
                 format,
                 trace_context: Default::default(),
+                init_audio: init_clip.as_ref().map(|c| c.init.clone()),
             },
             priority,
             labels,
@@ -301,6 +312,7 @@ impl Validator {
             request_hash,
             accepted,
             chunk_steps,
+            init_clip,
         })
     }
 }

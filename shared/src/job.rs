@@ -229,6 +229,23 @@ pub struct JobSpec {
     /// job joins the submit's trace, whichever coordinator dispatches it and whenever.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub trace_context: std::collections::BTreeMap<String, String>,
+    /// Audio-to-audio: the clip the job starts from (stored once at submit) and its strength.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_audio: Option<InitAudio>,
+}
+
+/// The init clip of an audio-to-audio job: a WAV in the blob store at `key`
+/// ([`init_audio_key`]) and how much of it is redrawn, in (0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitAudio {
+    pub key: String,
+    pub strength: f32,
+}
+
+/// Where an init clip is stored: `inputs/<sha256 of the WAV>.wav`, so that a resubmitted clip
+/// (a retry, or the same clip in many jobs) is one object.
+pub fn init_audio_key(sha256_hex: &str) -> String {
+    format!("inputs/{sha256_hex}.wav")
 }
 
 /// Output key layout: `outputs/<tenant>/<job>/<n>.<ext>`, deterministic so that a redone upload

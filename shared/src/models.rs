@@ -1,6 +1,7 @@
-//! What the coordinator needs to know of a model pack: its name, version, defaults and limits,
-//! read from the `[model]`, `[defaults]` and `[limits]` tables of its `model.toml`. The worker's
-//! model runtime reads the whole file; unknown tables are ignored here.
+//! What the coordinator needs to know of a model pack: its family, name, version, audio layout,
+//! defaults and limits, read from the top level and the `[model]`, `[defaults]` and `[limits]`
+//! tables of its `model.toml`. The worker's model runtime reads the whole file; unknown tables
+//! are ignored here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,30 @@ pub enum ModelsError {
     Parse { path: String, message: String },
 }
 
+/// How a pack turns a denoised latent into audio (`family` in `model.toml`; none: `mel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFamily {
+    /// latent -> log-mel -> vocoder, mono (tutti-mini and the packs `tutti train` makes).
+    #[default]
+    Mel,
+    /// Stable Audio Open 1.0 and Small: T5, seconds conditioning, DiT, Oobleck VAE to stereo.
+    StableAudio,
+}
+
+impl ModelFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFamily::Mel => "mel",
+            ModelFamily::StableAudio => "stable_audio",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct PackToml {
+    #[serde(default)]
+    family: ModelFamily,
     model: ModelTable,
     #[serde(default)]
     defaults: Defaults,
@@ -34,6 +57,12 @@ struct ModelTable {
     name: String,
     version: String,
     sample_rate: u32,
+    #[serde(default = "mono")]
+    channels: u16,
+}
+
+fn mono() -> u16 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +93,8 @@ pub struct Limits {
     pub max_steps: u32,
     pub max_duration_s: f32,
     pub max_prompt_tokens: usize,
+    /// The samplers the pack's schedule runs (none listed: every deterministic one).
+    pub samplers: Option<Vec<SamplerKind>>,
 }
 
 impl Default for Limits {
@@ -72,6 +103,7 @@ impl Default for Limits {
             max_steps: 200,
             max_duration_s: 30.0,
             max_prompt_tokens: 128,
+            samplers: None,
         }
     }
 }
@@ -79,9 +111,12 @@ impl Default for Limits {
 /// One pack found on disk.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
+    pub family: ModelFamily,
     pub name: String,
     pub version: String,
     pub sample_rate: u32,
+    /// Audio channels of its outputs (1: mono, 2: stereo).
+    pub channels: u16,
     pub defaults: Defaults,
     pub limits: Limits,
     pub dir: PathBuf,
@@ -99,17 +134,42 @@ impl ModelInfo {
             message: e.to_string(),
         })?;
         Ok(Self {
+            family: t.family,
             name: t.model.name,
             version: t.model.version,
             sample_rate: t.model.sample_rate,
+            channels: t.model.channels,
             defaults: t.defaults,
             limits: t.limits,
             dir: dir.to_path_buf(),
         })
     }
 
-    /// The pack's tokenizer, wherever the pack keeps it.
+    /// Whether the pack runs `sampler`: one it lists, or without a list any deterministic one
+    /// (the stochastic ones draw per-step noise that only the Stable Audio runtime draws).
+    pub fn supports(&self, sampler: SamplerKind) -> bool {
+        match &self.limits.samplers {
+            Some(list) => list.contains(&sampler),
+            None => !sampler.is_stochastic(),
+        }
+    }
+
+    /// The samplers it runs, for error messages.
+    pub fn samplers(&self) -> Vec<SamplerKind> {
+        SamplerKind::ALL
+            .iter()
+            .copied()
+            .filter(|s| self.supports(*s))
+            .collect()
+    }
+
+    /// The pack's tokenizer, wherever the pack keeps it, for the prompt-length rule. None for
+    /// the Stable Audio family: its T5 tokenizer truncates to the model's fixed length, as the
+    /// reference pipelines do, so a long prompt is not an error there.
     pub fn tokenizer_path(&self) -> Option<PathBuf> {
+        if self.family == ModelFamily::StableAudio {
+            return None;
+        }
         ["text_encoder/tokenizer.json", "tokenizer.json"]
             .iter()
             .map(|p| self.dir.join(p))

@@ -252,7 +252,7 @@ async fn run_in_process(
         .await?;
     for mut wave in rendered.waveforms {
         tutti_shared::audio::normalize_loudness(&mut wave);
-        let _ = tutti_shared::audio::encode_wav(&wave, rendered.sample_rate);
+        let _ = tutti_shared::audio::encode_wav(&wave, rendered.channels, rendered.sample_rate);
     }
     Ok(t0.elapsed())
 }

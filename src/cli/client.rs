@@ -152,6 +152,12 @@ pub(crate) struct GenerateArgs {
     /// Submitting twice with one key returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Audio-to-audio: a WAV at the model's rate to start from (waveform-VAE models).
+    #[arg(long)]
+    pub init_audio: Option<std::path::PathBuf>,
+    /// How much of --init-audio is redrawn, in (0, 1] (default 0.7).
+    #[arg(long, requires = "init_audio")]
+    pub init_strength: Option<f32>,
     /// key=value, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -317,6 +323,12 @@ impl GenerateArgs {
             priority: pb::Priority::from(self.priority) as i32,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
             labels: self.labels.iter().cloned().collect::<HashMap<_, _>>(),
+            init_audio: match &self.init_audio {
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("reading --init-audio {}", path.display()))?,
+                None => Vec::new(),
+            },
+            init_strength: self.init_strength,
         })
     }
 }

@@ -92,6 +92,9 @@ pub struct FarmOptions {
     pub tls: Option<Tls>,
     /// Extra environment of the coordinator (scheduler knobs and the like).
     pub coordinator_env: Vec<(&'static str, String)>,
+    /// Writes more model packs into the farm's models folder before anything starts (the
+    /// tiny mel pack is always there).
+    pub packs: Option<fn(&Path)>,
 }
 
 /// PEM files for a TLS farm.
@@ -119,6 +122,7 @@ impl Default for FarmOptions {
             auth: false,
             tls: None,
             coordinator_env: Vec::new(),
+            packs: None,
         }
     }
 }
@@ -197,6 +201,9 @@ impl Farm {
         };
         let mut procs = ProcessFarm::new(bin().into(), servers, "test").expect("a farm folder");
         procs.log_files = opts.log_files;
+        if let Some(write) = opts.packs {
+            write(&procs.models_dir());
+        }
         let store = match opts.backend {
             Backend::Distributed => Db::Pg(
                 sqlx::postgres::PgPoolOptions::new()

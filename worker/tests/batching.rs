@@ -87,6 +87,7 @@ fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> 
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),
+        init_audio: None,
     }
 }
 

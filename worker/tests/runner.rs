@@ -41,6 +41,7 @@ fn spec(seed: u64, steps: u32, guidance: f32) -> JobSpec {
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),
+        init_audio: None,
     }
 }
 

@@ -116,6 +116,14 @@ impl BatchesService {
                     .validator
                     .validate(&req)
                     .and_then(|new| sub.limits.check_job(&new).map(|()| new))
+                    .and_then(|new| match new.init_clip {
+                        // A manifest line is no place for a WAV: its clip would never be stored.
+                        Some(_) => Err(crate::error::Error::invalid(
+                            "init_audio",
+                            "not supported in batch manifests (submit audio-to-audio jobs one by one)",
+                        )),
+                        None => Ok(new),
+                    })
                     .map(|mut new| {
                         new.labels
                             .insert(BATCH_LABEL.to_string(), sub.batch.to_string());

@@ -287,6 +287,7 @@ fn job_spec(model: &ModelRef, i: usize, duration_s: f32, steps: u32) -> JobSpec 
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),
+        init_audio: None,
     }
 }
 

@@ -18,13 +18,17 @@ pub mod projection;
 pub mod rope;
 pub mod sampler;
 pub mod sat;
+pub mod served;
 pub mod stable_audio;
+pub mod stable_audio_pack;
 pub mod stable_audio_run;
+pub mod stable_audio_serve;
 pub mod state;
 pub mod t5;
 pub mod tensors;
 pub mod text_encoder;
 pub mod tiny;
+pub mod tiny_sao;
 pub mod vocoder;
 pub mod weights;
 

@@ -13,59 +13,25 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tch::{nn, Device, Kind};
 
 use super::dit::{DitConfig, StableAudioDit};
 use super::layout::{self, Shapes};
 use super::oobleck::{Oobleck, OobleckConfig};
 use super::projection::{ProjectionConfig, ProjectionModel};
-use super::sampler::{Prediction, SamplerKind, ScheduleConfig, SigmaSchedule};
+use super::sampler::{Prediction, ScheduleConfig, SigmaSchedule};
 use super::sat::{self, SatConfig};
 use super::t5::{FixedTokenizer, T5Config, T5Encoder};
 use super::tensors::{read_json, TensorSource};
 use super::{weights, ModelError, Result};
 
-/// `family` of a Stable Audio pack's `model.toml`.
-pub const FAMILY: &str = "stable_audio";
-const CONFIG_FILE: &str = "model.toml";
+use super::stable_audio_pack::CONFIG_FILE;
+pub use super::stable_audio_pack::{
+    is_stable_audio_pack, Defaults, Layout, Limits, ModelInfo, StableAudioPack, FAMILY,
+};
 const SOURCE_LINK: &str = "source";
 const T5_LINK: &str = "t5";
-
-/// How the published folder is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// diffusers' `StableAudioPipeline` folder (SAO 1.0).
-    Diffusers,
-    /// stable-audio-tools' `model_config.json` + `model.safetensors` (SAO Small).
-    StableAudioTools,
-}
-
-/// `[model]` of a Stable Audio pack.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    pub name: String,
-    pub version: String,
-    pub layout: Layout,
-}
-
-/// `[defaults]`: what a request that names nothing gets (the model's own sampler and settings).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Defaults {
-    pub sampler: SamplerKind,
-    pub steps: usize,
-    /// Classifier-free guidance; 1 or less means none (diffusers' rule).
-    pub guidance_scale: f64,
-}
-
-/// A parsed Stable Audio `model.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StableAudioPack {
-    pub family: String,
-    pub model: ModelInfo,
-    pub defaults: Defaults,
-}
 
 /// Everything the runtime needs, read from the published folder's configs.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +137,7 @@ fn diffusers_schedule(path: &Path) -> Result<ScheduleConfig> {
 }
 
 /// Where a layout keeps each component.
-struct Paths {
+pub(crate) struct Paths {
     layout: Layout,
     root: PathBuf,
     t5: PathBuf,
@@ -357,33 +323,13 @@ pub fn import(dir: &Path, out: &Path, opts: &ImportOptions) -> Result<StableAudi
     check_folder(&paths, &cfg)?;
     // The tokenizer must load with the model's length (a tokenizer file can be broken too).
     FixedTokenizer::load(&paths.tokenizer(), cfg.text_max_length)?;
-    let (default_name, defaults) = match paths.layout {
-        Layout::Diffusers => (
-            "stable-audio-open-1.0",
-            Defaults {
-                sampler: SamplerKind::CosineDpmSolverPp2mSde,
-                steps: 100,
-                guidance_scale: 7.0,
-            },
-        ),
-        Layout::StableAudioTools => (
-            "stable-audio-open-small",
-            Defaults {
-                sampler: SamplerKind::PingPong,
-                steps: 8,
-                guidance_scale: 1.0,
-            },
-        ),
-    };
-    let pack = StableAudioPack {
-        family: FAMILY.into(),
-        model: ModelInfo {
-            name: opts.name.clone().unwrap_or_else(|| default_name.into()),
-            version: opts.version.clone().unwrap_or_else(|| "1.0".into()),
-            layout: paths.layout,
-        },
-        defaults,
-    };
+    let pack = StableAudioPack::for_layout(
+        paths.layout,
+        &cfg.vae,
+        cfg.max_duration_s(),
+        opts.name.as_deref(),
+        opts.version.as_deref(),
+    );
     std::fs::create_dir_all(out).map_err(|e| pack_err(out, format!("cannot create: {e}")))?;
     if out.join(CONFIG_FILE).exists() {
         return Err(pack_err(out, "already holds a model.toml"));
@@ -415,19 +361,6 @@ fn link(_target: &Path, at: &Path) -> Result<()> {
     ))
 }
 
-/// Whether `dir/model.toml` names the Stable Audio family.
-pub fn is_stable_audio_pack(dir: &Path) -> bool {
-    #[derive(Deserialize)]
-    struct Family {
-        family: Option<String>,
-    }
-    std::fs::read_to_string(dir.join(CONFIG_FILE))
-        .ok()
-        .and_then(|t| toml::from_str::<Family>(&t).ok())
-        .and_then(|f| f.family)
-        .is_some_and(|f| f == FAMILY)
-}
-
 impl StableAudioPack {
     /// Reads `dir/model.toml` and the linked source's configs.
     pub fn read(dir: &Path) -> Result<(Self, StableAudioConfig)> {
@@ -446,7 +379,7 @@ impl StableAudioPack {
         Ok((pack, cfg))
     }
 
-    fn paths(&self, dir: &Path) -> Paths {
+    pub(crate) fn paths(&self, dir: &Path) -> Paths {
         Paths {
             layout: self.model.layout,
             root: dir.join(SOURCE_LINK),
@@ -532,6 +465,31 @@ impl StableAudioModel {
     }
 }
 
+/// A pack's VAE alone, decoder only, in `kind` (the worker's background renderer needs no more).
+pub fn load_vae(
+    dir: &Path,
+    device: Device,
+    kind: Kind,
+) -> Result<(StableAudioPack, StableAudioConfig, Oobleck)> {
+    let (pack, config) = StableAudioPack::read(dir)?;
+    let root = pack.paths(dir).root;
+    let vae = match pack.model.layout {
+        Layout::Diffusers => Oobleck::load(&root.join("vae"), device, kind, false)?,
+        Layout::StableAudioTools => {
+            let path = root.join("model.safetensors");
+            let source = path.display().to_string();
+            let file = weights::read_safetensors(&path)?;
+            let blocks = config.vae.downsampling_ratios.len();
+            let parts = sat::split_checkpoint(file.tensors, blocks, &source)?;
+            let mut src = TensorSource::new(&source, parts.vae, device, kind);
+            let vae = Oobleck::from_source(&config.vae, &mut src, false)?;
+            src.finish()?;
+            vae
+        }
+    };
+    Ok((pack, config, vae))
+}
+
 /// What `tutti model inspect` prints for a Stable Audio pack.
 pub fn inspect(dir: &Path) -> Result<String> {
     let (pack, cfg) = StableAudioPack::read(dir)?;
@@ -584,8 +542,21 @@ pub fn inspect(dir: &Path) -> Result<String> {
     let df = &pack.defaults;
     let _ = writeln!(
         out,
-        "  defaults: {:?}, {} steps, guidance {}",
-        df.sampler, df.steps, df.guidance_scale
+        "  defaults: {}, {} steps ({} per chunk), guidance {}, {} s",
+        df.sampler.as_str(),
+        df.steps,
+        df.chunk_steps,
+        df.guidance_scale,
+        df.duration_s
+    );
+    let l = &pack.limits;
+    let samplers: Vec<&str> = l.samplers.iter().map(|s| s.as_str()).collect();
+    let _ = writeln!(
+        out,
+        "  limits: {} steps, {} s, samplers {}",
+        l.max_steps,
+        l.max_duration_s,
+        samplers.join(", ")
     );
     Ok(out)
 }

@@ -120,7 +120,12 @@ impl StableAudioModel {
         Ok(())
     }
 
-    fn encode(&self, prompts: &[&str], start: &Tensor, total: &Tensor) -> Result<Conditioning> {
+    pub(crate) fn encode(
+        &self,
+        prompts: &[&str],
+        start: &Tensor,
+        total: &Tensor,
+    ) -> Result<Conditioning> {
         let (ids, mask) = self.tokenizer.tokenize(prompts)?;
         let text = self.t5.forward(&ids, &mask);
         let kind = self.kind;

@@ -4,7 +4,7 @@
 //!
 //! Continuous step batching (`thread`, by the rules in `policy`): the thread holds every denoise chunk in hand and runs one
 //! denoiser forward per step for all chunks of the same pack and latent length (each at its own
-//! timestep and guidance scale; `Pipeline::step_batch`), at most `max_batch` per forward. New
+//! timestep and guidance scale; `ServedModel::step_batch`, for packs of either family), at most `max_batch` per forward. New
 //! chunks join, and finished or cancelled ones leave, at step boundaries. Chunks of other shapes
 //! form their own batches, stepped in turn. Only same-length latents share a forward because
 //! they are bit-identical batched or alone (padding a shorter latent changes float
@@ -36,7 +36,8 @@ use self::thread::EngineThread;
 use self::vocoder::Background;
 use crate::held::{HeldStates, Holds};
 
-use tutti_model::pipeline::{GenerationParams, Pipeline};
+use tutti_model::pipeline::GenerationParams;
+use tutti_model::served::ServedModel;
 use tutti_model::state::DenoiseState;
 use tutti_model::ModelError;
 
@@ -82,6 +83,9 @@ impl EngineError {
 pub enum Start {
     /// Step 0: encode the prompt and draw the noise.
     Fresh,
+    /// Step 0 of an audio-to-audio job: as `Fresh`, the latent drawn from the job's init clip
+    /// (decoded from its WAV) at the job's strength.
+    FreshFrom(tutti_shared::audio::Pcm),
     /// The state this engine holds for the job (see [`Engine::holds`]).
     Held,
     /// Checkpoint bytes (from S3).
@@ -109,11 +113,8 @@ pub enum DenoiseOutcome {
     Cancelled,
 }
 
-/// Rendered audio of every variation.
-pub struct Rendered {
-    pub waveforms: Vec<Vec<f32>>,
-    pub sample_rate: u32,
-}
+/// Rendered audio of every variation (channels interleaved frame by frame).
+pub type Rendered = tutti_model::served::Audio;
 
 /// How the engine batches and what it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +123,7 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Bytes of finished states kept for the jobs' next chunks (0: none; always the checkpoint).
     pub held_bytes: usize,
-    /// Activation memory one forward may take, by `Pipeline::forward_bytes`: a batch stops
+    /// Activation memory one forward may take, by `ServedModel::forward_bytes` (per family): a batch stops
     /// growing at `max_batch` chunks or at this budget, whichever comes first (one chunk always
     /// runs, whatever its size).
     pub batch_bytes: usize,
@@ -388,11 +389,8 @@ pub(crate) fn load_once<'a, T>(
         .ok_or_else(|| EngineError::UnknownModel(model.clone()))
 }
 
-/// Decodes and vocodes a finished state.
-fn render(pipeline: &Pipeline, state: &DenoiseState) -> Result<Rendered, EngineError> {
-    let waveforms = pipeline.render(state)?;
-    Ok(Rendered {
-        waveforms,
-        sample_rate: pipeline.config().model.sample_rate,
-    })
+/// The final stage of a finished state, by the pack's family (decode and vocode a mel pack's
+/// latent; decode a waveform-VAE pack's straight to audio).
+fn render(model: &ServedModel, state: &DenoiseState) -> Result<Rendered, EngineError> {
+    Ok(model.render(state)?)
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tutti_model::pipeline::{BatchShape, Pipeline};
+use tutti_model::pipeline::BatchShape;
+use tutti_model::served::ServedModel;
 use tutti_model::state::DenoiseState;
 use tutti_model::ModelError;
 use tutti_shared::job::{JobSpec, ModelRef, Priority};
@@ -36,7 +37,7 @@ struct BatchKey {
 struct Active {
     job: Uuid,
     key: BatchKey,
-    /// Its share of a forward's activation memory (`Pipeline::forward_bytes`).
+    /// Its share of a forward's activation memory (`ServedModel::forward_bytes`).
     bytes: usize,
     state: DenoiseState,
     to_step: usize,
@@ -61,7 +62,7 @@ pub(super) struct EngineThread {
     registry: ModelRegistry,
     device: tch::Device,
     options: EngineOptions,
-    loaded: HashMap<ModelRef, Pipeline>,
+    loaded: HashMap<ModelRef, ServedModel>,
     active: Vec<Active>,
     /// Vocode tasks not yet run, in arrival order.
     vocodes: std::collections::VecDeque<Vocode>,
@@ -152,11 +153,12 @@ impl EngineThread {
         self.urgent()
     }
 
-    fn pipeline(&mut self, model: &ModelRef) -> Result<&Pipeline, EngineError> {
+    fn pipeline(&mut self, model: &ModelRef) -> Result<&ServedModel, EngineError> {
         let device = self.device;
         load_once(&mut self.loaded, &self.registry, model, |dir| {
-            tracing::info!(model = %model, dir = %dir.display(), device = ?device, "loading model pack");
-            Pipeline::load(dir, device)
+            let served = ServedModel::load(dir, device)?;
+            tracing::info!(model = %model, dir = %dir.display(), device = ?device, family = served.family(), "loaded model pack");
+            Ok(served)
         })
     }
 
@@ -248,6 +250,21 @@ impl EngineThread {
         let pipeline = self.pipeline(&spec.model)?;
         let (state, source) = match start {
             Start::Fresh => (pipeline.prepare(&generation_params(spec))?, "fresh"),
+            Start::FreshFrom(pcm) => {
+                let strength = spec
+                    .init_audio
+                    .as_ref()
+                    .map_or(1.0, |i| f64::from(i.strength));
+                let ch = i64::from(pcm.channels.max(1));
+                let frames = pcm.samples.len() as i64 / ch;
+                let audio = tch::Tensor::from_slice(&pcm.samples[..(frames * ch) as usize])
+                    .view([frames, ch])
+                    .transpose(0, 1)
+                    .contiguous();
+                let state =
+                    pipeline.prepare_from_audio(&generation_params(spec), &audio, strength)?;
+                (state, "fresh")
+            }
             Start::Checkpoint(bytes) => {
                 (DenoiseState::from_checkpoint(&bytes, device)?, "checkpoint")
             }

@@ -8,7 +8,7 @@
 //! waits for this thread, which would invert the priorities: interactive vocodes stay on the
 //! step loop.
 //!
-//! The thread loads its own copy of each pack's decoder and vocoder (`Renderer`, on the first
+//! The thread loads its own copy of each pack's final stage (`ServedRenderer`: a mel pack's decoder and vocoder, a Stable Audio pack's VAE decoder; on the first
 //! vocode it gets): libtorch modules are not `Sync`, the step loop's copy stays locked for whole
 //! forwards, and a render half shared under a lock of its own would make an interactive vocode
 //! on the step loop wait for a niced render (priority inversion).
@@ -22,7 +22,8 @@ use tutti_shared::job::{JobSpec, ModelRef};
 use tutti_shared::models::ModelRegistry;
 
 use super::{load_once, EngineError, EngineStats, Rendered};
-use tutti_model::pipeline::Renderer;
+
+use tutti_model::served::ServedRenderer;
 use tutti_model::state::DenoiseState;
 
 /// How much lower than the step loop the vocoder thread runs (Linux nice values: at 10 a
@@ -72,19 +73,14 @@ fn run(
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
         tracing::warn!(error = %e, "could not lower the vocoder thread's priority");
     }
-    let mut loaded: HashMap<ModelRef, Renderer> = HashMap::new();
+    let mut loaded: HashMap<ModelRef, ServedRenderer> = HashMap::new();
     while let Ok(job) = rx.recv() {
         let model = &job.spec.model;
         let rendered = load_once(&mut loaded, &registry, model, |dir| {
             tracing::info!(model = %model, dir = %dir.display(), "loading a pack's decoder and vocoder for background vocodes");
-            Renderer::load(dir, device)
+            ServedRenderer::load(dir, device)
         })
-        .and_then(|r| {
-            Ok(Rendered {
-                waveforms: r.render(&job.state)?,
-                sample_rate: r.config().model.sample_rate,
-            })
-        });
+        .and_then(|r| Ok(r.render(&job.state)?));
         stats.background_vocodes.fetch_add(1, Ordering::Relaxed);
         let _ = job.reply.send(rendered);
     }

@@ -83,7 +83,10 @@ impl Worker {
     /// Where a task starts: fresh, the state this worker holds, or the S3 checkpoint.
     pub(super) async fn start(&self, task: &TaskMessage, step: usize) -> Result<Start, TaskError> {
         if step == 0 {
-            Ok(Start::Fresh)
+            match &task.spec.init_audio {
+                None => Ok(Start::Fresh),
+                Some(init) => Ok(Start::FreshFrom(self.init_clip(&init.key).await?)),
+            }
         } else if self.engine.holds().step(task.job_id) == Some(step) {
             Ok(Start::Held)
         } else {
@@ -120,6 +123,23 @@ impl Worker {
             }
             r => r.map_err(TaskError::engine),
         }
+    }
+
+    /// An audio-to-audio job's init clip, stored at submit (the coordinator checked it).
+    async fn init_clip(&self, key: &str) -> Result<audio::Pcm, TaskError> {
+        let bytes = match self.blobs.get(key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Err(TaskError::fatal(
+                    ErrorCode::InvalidInput,
+                    format!("init audio {key} not found"),
+                ))
+            }
+            Err(e) => return Err(TaskError::retry(ErrorCode::CheckpointRead, e.to_string())),
+        };
+        audio::decode_wav(&bytes).map_err(|e| {
+            TaskError::fatal(ErrorCode::InvalidInput, format!("init audio {key}: {e}"))
+        })
     }
 
     pub(super) async fn checkpoint(&self, task: &TaskMessage) -> Result<Vec<u8>, TaskError> {
@@ -162,8 +182,12 @@ impl Worker {
         for (i, mut wave) in rendered.waveforms.into_iter().enumerate() {
             audio::normalize_loudness(&mut wave);
             let encoded = match task.spec.format {
-                AudioFormat::Wav => audio::encode_wav(&wave, rendered.sample_rate),
-                AudioFormat::Flac => audio::encode_flac(&wave, rendered.sample_rate),
+                AudioFormat::Wav => {
+                    audio::encode_wav(&wave, rendered.channels, rendered.sample_rate)
+                }
+                AudioFormat::Flac => {
+                    audio::encode_flac(&wave, rendered.channels, rendered.sample_rate)
+                }
             }
             .map_err(|e| TaskError::fatal(ErrorCode::Encode, e.to_string()))?;
             let key = output_key(&task.tenant, task.job_id, i as u32, task.spec.format);
@@ -172,7 +196,9 @@ impl Worker {
                 key: key.clone(),
                 sha256: audio::sha256_hex(&encoded),
                 size_bytes: encoded.len() as u64,
-                duration_s: wave.len() as f32 / rendered.sample_rate as f32,
+                duration_s: wave.len() as f32
+                    / f32::from(rendered.channels.max(1))
+                    / rendered.sample_rate as f32,
                 sample_rate: rendered.sample_rate,
             };
             self.blobs

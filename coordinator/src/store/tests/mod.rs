@@ -56,6 +56,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
             variations: 1,
             format: AudioFormat::Wav,
             trace_context: Default::default(),
+            init_audio: None,
         },
         priority: Priority::Interactive,
         labels: BTreeMap::from([("team".to_string(), "a".to_string())]),
@@ -63,6 +64,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
         request_hash: format!("hash-{steps}"),
         accepted: pb::SubmitGenerationRequest::default(),
         chunk_steps,
+        init_clip: None,
     }
 }
 

@@ -150,6 +150,10 @@ pub struct ScheduleConfig {
     pub sigma_data: f64,
     pub sigma_schedule: SigmaSchedule,
     pub rho: f64,
+    /// Audio-to-audio: the noise level the sampler starts from instead of pure noise (the
+    /// ping-pong time in (0, 1], or the cosine schedule's first sigma). Kept in checkpoints with
+    /// the rest of the schedule, so a resumed job rebuilds the same sampler.
+    pub init_noise: Option<f64>,
 }
 
 impl Default for ScheduleConfig {
@@ -170,6 +174,7 @@ impl Default for ScheduleConfig {
             sigma_data: 1.0,
             sigma_schedule: SigmaSchedule::Exponential,
             rho: 7.0,
+            init_noise: None,
         }
     }
 }
@@ -189,6 +194,18 @@ pub fn build(
         ));
     }
     let p = schedule.prediction;
+    // Audio-to-audio on the cosine schedule: its sigmas start at the init level.
+    let from_init;
+    let schedule = match schedule.init_noise {
+        Some(sigma) if p != Prediction::Flow => {
+            from_init = ScheduleConfig {
+                sigma_max: sigma,
+                ..schedule.clone()
+            };
+            &from_init
+        }
+        _ => schedule,
+    };
     match kind {
         SamplerKind::FlowEuler => {
             if p != Prediction::Flow {
@@ -224,7 +241,10 @@ pub fn build(
             if p != Prediction::Flow {
                 return Err(incompatible(kind, p));
             }
-            Ok(Box::new(PingPong::new(num_steps)?))
+            Ok(Box::new(PingPong::with_sigma_max(
+                num_steps,
+                schedule.init_noise.unwrap_or(1.0),
+            )?))
         }
     }
 }

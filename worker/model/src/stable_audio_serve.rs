@@ -1,0 +1,534 @@
+//! Stable Audio packs on the farm's path: the same API as the mel [`Pipeline`] (prepare a
+//! [`DenoiseState`], step any set of them in one DiT forward with per-sample timesteps, render),
+//! so that chunked denoising, held latents, checkpoints and continuous batching work unchanged.
+//!
+//! A state holds the conditioning as `StableAudioPipeline` builds it, in the checkpoint's
+//! layout: `text_states` `[2, L + n, D]` is the DiT's whole cross input (row 0 the unconditional
+//! one: zeros, or the negative prompt's; row 1 the prompt's, seconds tokens included),
+//! `text_mask` is all ones (SAO attends to its zeroed padding) and `global_cond` `[2, n * D]`
+//! the seconds embeddings. The latent is the model's full window, as the reference draws it;
+//! the render crops the audio to the asked duration. Variation `i` starts from the noise of seed
+//! `seed + i`, and the stochastic samplers' noise of step `k` is `step_noise(seed + i, k)`: a
+//! function of the job's seed and the step only, so a chunked or resumed job equals a one-shot
+//! one bit for bit, and this path computes what [`StableAudioModel::generate`] computes.
+//!
+//! [`Pipeline`]: super::pipeline::Pipeline
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use tch::{Device, Kind, Tensor};
+
+use super::device::compute_kind;
+use super::dit::DitInput;
+use super::oobleck::Oobleck;
+use super::pipeline::{BatchShape, MAX_VARIATIONS};
+use super::sampler::{self, step_noise, SamplerState};
+use super::stable_audio::{load_vae, StableAudioConfig, StableAudioModel, StableAudioPack};
+use super::state::{seeded_noise, DenoiseState, GenerationParams};
+use super::{ModelError, Result};
+
+/// Latent frames the VAE decodes at once (about 12 s of SAO audio; a 47 s clip of SAO 1.0
+/// decoded whole peaks at ~1 GB per activation), each window with the decoder's receptive
+/// radius of context on both sides so that the audio equals the whole decode.
+pub const DECODE_CHUNK_FRAMES: i64 = 256;
+
+fn bad(m: String) -> ModelError {
+    ModelError::Input(m)
+}
+
+/// A loaded Stable Audio pack on one device, for the farm. `Send + Sync` like `Pipeline`: the
+/// modules sit behind a mutex.
+pub struct StableAudioPipeline {
+    pack: StableAudioPack,
+    config: StableAudioConfig,
+    device: Device,
+    kind: Kind,
+    model_id: String,
+    model: Mutex<StableAudioModel>,
+}
+
+impl std::fmt::Debug for StableAudioPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableAudioPipeline")
+            .field("model", &self.model_id)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn model_id(pack: &StableAudioPack) -> String {
+    format!("{}@{}", pack.model.name, pack.model.version)
+}
+
+impl StableAudioPipeline {
+    /// Loads a pack: the DiT, projection and VAE (decoder and, for audio-to-audio, encoder) in
+    /// the device's compute kind (f32 on CPU, bf16 on CUDA), the T5 in f32.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let kind = compute_kind(device);
+        let model = StableAudioModel::load(dir, device, kind, true)?;
+        Ok(Self {
+            pack: model.pack.clone(),
+            config: model.config.clone(),
+            device,
+            kind,
+            model_id: model_id(&model.pack),
+            model: Mutex::new(model),
+        })
+    }
+
+    pub fn pack(&self) -> &StableAudioPack {
+        &self.pack
+    }
+
+    pub fn config(&self) -> &StableAudioConfig {
+        &self.config
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StableAudioModel> {
+        // Inference only: a panic inside libtorch leaves no torn state behind.
+        self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parameters with the pack's defaults for a prompt.
+    pub fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
+        let d = &self.pack.defaults;
+        GenerationParams {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            controls: tutti_shared::prompt::Controls {
+                duration_s,
+                ..Default::default()
+            },
+            seed: 0,
+            steps: d.steps,
+            guidance_scale: d.guidance_scale,
+            sampler: d.sampler,
+            variations: 1,
+        }
+    }
+
+    /// Checks a request against the pack's limits and the model's window.
+    pub fn validate(&self, p: &GenerationParams) -> Result<()> {
+        let l = &self.pack.limits;
+        if p.steps == 0 || p.steps > l.max_steps {
+            return Err(bad(format!(
+                "steps must be in 1..={}, got {}",
+                l.max_steps, p.steps
+            )));
+        }
+        if p.variations == 0 || p.variations > MAX_VARIATIONS {
+            return Err(bad(format!(
+                "variations must be in 1..={MAX_VARIATIONS}, got {}",
+                p.variations
+            )));
+        }
+        let d = f64::from(p.controls.duration_s);
+        let window = self
+            .config
+            .max_duration_s()
+            .min(self.config.projection.max_value);
+        if !d.is_finite() || d <= self.config.projection.min_value || d > window {
+            return Err(bad(format!(
+                "duration must be in ({}, {window:.2}] seconds for model {}, got {d}",
+                self.config.projection.min_value, self.model_id
+            )));
+        }
+        if !p.guidance_scale.is_finite() || p.guidance_scale < 0.0 {
+            return Err(bad(format!(
+                "guidance_scale must be finite and non-negative, got {}",
+                p.guidance_scale
+            )));
+        }
+        if !l.samplers.contains(&p.sampler) {
+            return Err(bad(format!(
+                "sampler {} is not one model {} runs ({:?})",
+                p.sampler.as_str(),
+                self.model_id,
+                l.samplers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Encodes the prompt (and the negative prompt, when guided and given), draws the full
+    /// latent window of every variation; step 0.
+    pub fn prepare(&self, p: &GenerationParams) -> Result<DenoiseState> {
+        self.validate(p)?;
+        let sampler = sampler::build(p.sampler, &self.config.schedule, p.steps)?;
+        let m = self.lock();
+        let _g = tch::no_grad_guard();
+        let dev = self.device;
+        let start = Tensor::zeros([1], (Kind::Float, dev));
+        let total = Tensor::full([1], f64::from(p.controls.duration_s), (Kind::Float, dev));
+        let cond = m.encode(&[&p.prompt], &start, &total)?;
+        let uncond = if p.guidance_scale > 1.0 && !p.negative_prompt.is_empty() {
+            m.encode(&[&p.negative_prompt], &start, &total)?
+        } else {
+            cond.unconditional()
+        };
+        let text_states = Tensor::cat(&[&uncond.cross, &cond.cross], 0).to_kind(Kind::Float);
+        let global_cond = Tensor::cat(&[&uncond.global, &cond.global], 0)
+            .squeeze_dim(1)
+            .to_kind(Kind::Float);
+        let text_mask = Tensor::ones(
+            [2, text_states.size()[1]],
+            (Kind::Float, text_states.device()),
+        );
+        let (c, t) = (self.config.dit.in_channels, self.config.dit.sample_size);
+        let rows: Vec<Tensor> = seeds(p)
+            .iter()
+            .map(|&s| seeded_noise(s, &[1, c, t]))
+            .collect();
+        let latent = (Tensor::cat(&rows, 0) * sampler.init_noise_sigma()).to_device(dev);
+        Ok(DenoiseState {
+            params: p.clone(),
+            step: 0,
+            model: self.model_id.clone(),
+            schedule: self.config.schedule.clone(),
+            sampler,
+            latent,
+            text_states,
+            text_mask,
+            global_cond,
+            sampler_state: SamplerState::default(),
+        })
+    }
+
+    /// Audio-to-audio: as [`Self::prepare`], but the latent starts from `audio` (`[channels,
+    /// samples]` f32 at the pack's rate; mono is spread to every channel, the clip cropped or
+    /// zero-padded to the window) encoded by the VAE (its posterior mean) and noised to the level
+    /// `strength` in (0, 1] names: 1 is pure noise (the text alone decides), lower keeps more
+    /// of the audio. Ping-pong starts at time `strength`, `x = (1 - t) x0 + t n`; the cosine
+    /// samplers at `sigma = sigma_min (sigma_max / sigma_min)^strength`, `x = x0 + sigma n`
+    /// (stable-audio-tools' init-audio rule, with its noise level spelled as a strength). The
+    /// sampler then runs all the asked steps from there; `n` is the variation's seeded noise.
+    pub fn prepare_from_audio(
+        &self,
+        p: &GenerationParams,
+        audio: &Tensor,
+        strength: f64,
+    ) -> Result<DenoiseState> {
+        if !(strength > 0.0 && strength <= 1.0) {
+            return Err(bad(format!(
+                "init strength must be in (0, 1], got {strength}"
+            )));
+        }
+        let channels = self.config.vae.audio_channels;
+        let (ch, len) = audio.size2().map_err(|_| {
+            bad(format!(
+                "init audio must be [channels, samples], got {:?}",
+                audio.size()
+            ))
+        })?;
+        if ch != 1 && ch != channels {
+            return Err(bad(format!(
+                "init audio has {ch} channels; model {} takes 1 or {channels}",
+                self.model_id
+            )));
+        }
+        let mut state = self.prepare(p)?;
+        let sched = &self.config.schedule;
+        let flow = sched.prediction == super::sampler::Prediction::Flow;
+        let sigma = if flow {
+            strength
+        } else {
+            sched.sigma_min * (sched.sigma_max / sched.sigma_min).powf(strength)
+        };
+        let schedule = super::sampler::ScheduleConfig {
+            init_noise: Some(sigma),
+            ..sched.clone()
+        };
+        let sampler = sampler::build(p.sampler, &schedule, p.steps)?;
+        let window = self.config.dit.sample_size * self.config.vae.hop_length();
+        let _g = tch::no_grad_guard();
+        let dev = self.device;
+        let clip = audio.to_kind(Kind::Float).narrow(1, 0, len.min(window));
+        let clip = if clip.size()[1] < window {
+            let pad = Tensor::zeros([ch, window - clip.size()[1]], (Kind::Float, clip.device()));
+            Tensor::cat(&[&clip, &pad], 1)
+        } else {
+            clip
+        };
+        let clip = clip
+            .expand([channels, window], false)
+            .unsqueeze(0)
+            .to_device(dev);
+        let x0 = {
+            let m = self.lock();
+            m.vae
+                .encode(&clip.to_kind(self.kind))?
+                .0
+                .to_kind(Kind::Float)
+        };
+        let (c, t) = (self.config.dit.in_channels, self.config.dit.sample_size);
+        if x0.size() != [1, c, t] {
+            return Err(bad(format!(
+                "the vae encodes the window to {:?}, the DiT takes [1, {c}, {t}]",
+                x0.size()
+            )));
+        }
+        let noise: Vec<Tensor> = seeds(p)
+            .iter()
+            .map(|&s| seeded_noise(s, &[1, c, t]))
+            .collect();
+        let noise = Tensor::cat(&noise, 0).to_device(dev);
+        state.latent = if flow {
+            &x0 * (1.0 - sigma) + noise * sigma
+        } else {
+            &x0 + noise * sigma
+        };
+        state.schedule = schedule;
+        state.sampler = sampler;
+        Ok(state)
+    }
+
+    /// Every state of one pack has the same shape (the full window, the fixed text length).
+    pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
+        BatchShape {
+            frames: state.latent.size()[2],
+            text_tokens: state.text_states.size()[1],
+        }
+    }
+
+    /// An upper estimate of the activation memory one state adds to a DiT forward (as
+    /// `Pipeline::forward_bytes`): its rows (two per variation with guidance, one without)
+    /// through the widest point of a block, attention probabilities over the window and the
+    /// cross tokens included.
+    pub fn forward_bytes(&self, state: &DenoiseState) -> usize {
+        let d = &self.config.dit;
+        let rows = rows_per_variation(&state.params) * state.params.variations as i64;
+        let tokens = state.latent.size()[2] + 1;
+        let text = state.text_states.size()[1];
+        let inner = d.num_attention_heads * d.attention_head_dim;
+        let per_token = 8 * inner + 2 * 4 * inner;
+        let attention = d.num_attention_heads * tokens * (tokens + text);
+        let elem = self.kind.elt_size_in_bytes() as i64;
+        (rows * (tokens * per_token + attention) * elem) as usize
+    }
+
+    /// Advances every state by one step with one DiT forward over all of them, each at its own
+    /// timestep and guidance scale.
+    pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
+        let Some(first) = states.first() else {
+            return Ok(());
+        };
+        let shape = self.batch_shape(first);
+        for s in states.iter() {
+            if s.model != self.model_id {
+                return Err(bad(format!(
+                    "state of model {} given to {}",
+                    s.model, self.model_id
+                )));
+            }
+            if s.is_done() {
+                return Err(bad(format!(
+                    "state already finished its {} steps",
+                    s.params.steps
+                )));
+            }
+            if self.batch_shape(s) != shape {
+                return Err(bad(format!(
+                    "states of shapes {shape:?} and {:?} cannot share a forward",
+                    self.batch_shape(s)
+                )));
+            }
+        }
+        let _g = tch::no_grad_guard();
+        let dev = self.device;
+        let (mut xs, mut ts, mut cross, mut global) = (vec![], vec![], vec![], vec![]);
+        for s in states.iter() {
+            let v = s.params.variations as i64;
+            let x = s
+                .sampler
+                .scale_model_input(&s.latent, s.step)
+                .to_device(dev)
+                .to_kind(Kind::Float);
+            // Guided: v rows of the unconditional input, then v of the prompt (uncond first,
+            // as StableAudioPipeline orders them); unguided: the prompt's alone.
+            let (x, rows): (Tensor, Vec<i64>) = if rows_per_variation(&s.params) == 2 {
+                (
+                    Tensor::cat(&[&x, &x], 0),
+                    (0..2 * v).map(|r| r / v).collect(),
+                )
+            } else {
+                (x, vec![1; v as usize])
+            };
+            let rows = Tensor::from_slice(&rows).to_device(dev);
+            ts.push(Tensor::full(
+                [x.size()[0]],
+                s.sampler.model_timestep(s.step),
+                (Kind::Float, dev),
+            ));
+            xs.push(x);
+            cross.push(s.text_states.to_device(dev).index_select(0, &rows));
+            global.push(s.global_cond.to_device(dev).index_select(0, &rows));
+        }
+        let out = {
+            let m = self.lock();
+            let kind = m.kind;
+            let hidden = Tensor::cat(&xs, 0).to_kind(kind);
+            let rotary = m.dit.rotary(shape.frames, dev);
+            m.dit.forward(&DitInput {
+                hidden_states: &hidden,
+                timestep: &Tensor::cat(&ts, 0),
+                encoder_hidden_states: &Tensor::cat(&cross, 0).to_kind(kind),
+                global_hidden_states: &Tensor::cat(&global, 0).unsqueeze(1).to_kind(kind),
+                rotary: &rotary,
+                attention_mask: None,
+                encoder_attention_mask: None,
+                frame_states: None,
+            })
+        }
+        .to_kind(Kind::Float);
+        let mut row = 0;
+        for s in states.iter_mut() {
+            let v = s.params.variations as i64;
+            let model_out = if rows_per_variation(&s.params) == 2 {
+                let (u, c) = (out.narrow(0, row, v), out.narrow(0, row + v, v));
+                row += 2 * v;
+                &u + (&c - &u) * s.params.guidance_scale
+            } else {
+                row += v;
+                out.narrow(0, row - v, v)
+            };
+            let model_out = model_out.to_device(s.latent.device());
+            let next = if s.sampler.is_stochastic() {
+                let noise = step_noise(&seeds(&s.params), s.step, &s.latent.size()[1..])
+                    .to_device(s.latent.device());
+                s.sampler.step_with_noise(
+                    s.step,
+                    &s.latent,
+                    &model_out,
+                    &mut s.sampler_state,
+                    &noise,
+                )
+            } else {
+                s.sampler
+                    .step(s.step, &s.latent, &model_out, &mut s.sampler_state)
+            };
+            s.latent = next.to_kind(Kind::Float);
+            s.step += 1;
+        }
+        Ok(())
+    }
+
+    /// Decodes a finished state: one clip per variation, channels interleaved frame by frame,
+    /// exactly `duration * sample_rate` frames (see [`render_state`]).
+    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+        let m = self.lock();
+        render_state(&m.vae, self.kind, self.device, &self.model_id, state)
+    }
+}
+
+/// Rows of the DiT batch per variation: guidance (above 1, diffusers' rule) doubles them.
+fn rows_per_variation(p: &GenerationParams) -> i64 {
+    if p.guidance_scale > 1.0 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The row seeds of a request's variations: variation `i` is seeded `seed + i`.
+fn seeds(p: &GenerationParams) -> Vec<u64> {
+    (0..p.variations as u64)
+        .map(|i| p.seed.wrapping_add(i))
+        .collect()
+}
+
+/// A pack's VAE decoder alone, for a thread that only renders (the worker's background
+/// vocoder): no T5 or DiT to load.
+pub struct StableAudioRenderer {
+    model_id: String,
+    config: StableAudioConfig,
+    device: Device,
+    kind: Kind,
+    vae: Oobleck,
+}
+
+impl StableAudioRenderer {
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let kind = compute_kind(device);
+        let (pack, config, vae) = load_vae(dir, device, kind)?;
+        Ok(Self {
+            model_id: model_id(&pack),
+            config,
+            device,
+            kind,
+            vae,
+        })
+    }
+
+    pub fn config(&self) -> &StableAudioConfig {
+        &self.config
+    }
+
+    /// As [`StableAudioPipeline::render`], bit for bit.
+    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+        render_state(&self.vae, self.kind, self.device, &self.model_id, state)
+    }
+}
+
+/// The finished latent decoded by windows of [`DECODE_CHUNK_FRAMES`], cropped to the asked
+/// duration (`floor(duration * rate)` frames, as diffusers crops), interleaved; non-finite
+/// samples zeroed and a clip scaled down if its peak exceeds 0.99, as the mel family does.
+pub fn render_state(
+    vae: &Oobleck,
+    kind: Kind,
+    device: Device,
+    model_id: &str,
+    state: &DenoiseState,
+) -> Result<Vec<Vec<f32>>> {
+    if state.model != model_id {
+        return Err(bad(format!(
+            "state of model {} given to {model_id}",
+            state.model
+        )));
+    }
+    if !state.is_done() {
+        return Err(bad(format!(
+            "the state is at step {} of {}",
+            state.step,
+            state.total_steps()
+        )));
+    }
+    let _g = tch::no_grad_guard();
+    let latent = state.latent.to_device(device).to_kind(kind);
+    let audio = vae
+        .decode_chunked(&latent, DECODE_CHUNK_FRAMES, vae.receptive_radius_frames())?
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu);
+    let (b, channels, len) = audio.size3().map_err(|e| bad(format!("vae output: {e}")))?;
+    let rate = vae.config().sampling_rate as f64;
+    let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
+    let kept = frames.min(len);
+    let mut out = Vec::with_capacity(b as usize);
+    for i in 0..b {
+        let clip = audio.get(i).narrow(1, 0, kept).transpose(0, 1).contiguous();
+        let n = (kept * channels) as usize;
+        let mut samples = vec![0f32; n];
+        clip.f_copy_data(&mut samples, n)?;
+        samples.resize((frames * channels) as usize, 0.0);
+        for x in samples.iter_mut() {
+            if !x.is_finite() {
+                *x = 0.0;
+            }
+        }
+        let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
+        if peak > 0.99 {
+            let g = 0.99 / peak;
+            samples.iter_mut().for_each(|x| *x *= g);
+        }
+        out.push(samples);
+    }
+    Ok(out)
+}
