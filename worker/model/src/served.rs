@@ -109,6 +109,22 @@ impl ServedModel {
         }
     }
 
+    /// [`Self::prepare_from_audio`] from a decoded WAV (channels interleaved).
+    pub fn prepare_from_pcm(
+        &self,
+        params: &GenerationParams,
+        pcm: &tutti_shared::audio::Pcm,
+        strength: f64,
+    ) -> Result<DenoiseState> {
+        let ch = i64::from(pcm.channels.max(1));
+        let frames = pcm.frames() as i64;
+        let audio = tch::Tensor::from_slice(&pcm.samples[..(frames * ch) as usize])
+            .view([frames, ch])
+            .transpose(0, 1)
+            .contiguous();
+        self.prepare_from_audio(params, &audio, strength)
+    }
+
     pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
         match self {
             Self::Mel(p) => p.batch_shape(state),

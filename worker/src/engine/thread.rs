@@ -255,15 +255,8 @@ impl EngineThread {
                     .init_audio
                     .as_ref()
                     .map_or(1.0, |i| f64::from(i.strength));
-                let ch = i64::from(pcm.channels.max(1));
-                let frames = pcm.samples.len() as i64 / ch;
-                let audio = tch::Tensor::from_slice(&pcm.samples[..(frames * ch) as usize])
-                    .view([frames, ch])
-                    .transpose(0, 1)
-                    .contiguous();
-                let state =
-                    pipeline.prepare_from_audio(&generation_params(spec), &audio, strength)?;
-                (state, "fresh")
+                let params = generation_params(spec);
+                (pipeline.prepare_from_pcm(&params, &pcm, strength)?, "fresh")
             }
             Start::Checkpoint(bytes) => {
                 (DenoiseState::from_checkpoint(&bytes, device)?, "checkpoint")
