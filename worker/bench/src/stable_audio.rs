@@ -17,7 +17,7 @@ use tutti_model::stable_audio::StableAudioModel;
 use tutti_model::stable_audio_run::SaoRequest;
 use tutti_model::{device, ModelError, Result};
 
-use crate::host::read_loadavg;
+use crate::host::{process_cpu_seconds, read_loadavg};
 
 /// Latent frames the warm-up decodes (enough for every kernel of the VAE to run once).
 const WARMUP_FRAMES: i64 = 16;
@@ -48,6 +48,8 @@ pub struct SaoRun {
     pub steps_s: Vec<f64>,
     pub decode_s: f64,
     pub total_s: f64,
+    /// CPU seconds the process used for the clip (all threads; `None` off Linux).
+    pub cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +128,7 @@ pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
             r + 1,
             opts.runs
         );
+        let cpu0 = process_cpu_seconds();
         let t0 = Instant::now();
         let mut st = model.prepare(&req)?;
         let prepare_s = secs(t0);
@@ -143,6 +146,7 @@ pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
             steps_s,
             decode_s,
             total_s: secs(t0),
+            cpu_s: process_cpu_seconds().zip(cpu0).map(|(b, a)| b - a),
         });
         last = Some((st.latent().shallow_clone(), audio));
     }
