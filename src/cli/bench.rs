@@ -26,6 +26,9 @@ enum BenchWhat {
     /// One worker's jobs per hour with continuous step batching against one chunk at a time,
     /// on a seeded arrival trace mixed in duration and steps.
     Serve(ServeBenchArgs),
+    /// One side of the Stable Audio benchmark: seconds per clip, stage by stage, on an imported
+    /// Stable Audio pack (scripts/bench/stable_audio.py runs it beside the Python references).
+    StableAudio(super::bench_sao::SaoBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +112,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchWhat::Model(a) => a,
         BenchWhat::Farm(a) => return super::bench_farm::run(a).await,
         BenchWhat::BatchAccept(a) => return super::bench_batch::run(a).await,
+        BenchWhat::StableAudio(a) => return super::bench_sao::run(a).await,
         BenchWhat::Serve(a) => {
             let opts = ServeOptions {
                 pack: pack_source(a.pack, a.tiny),

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod bench_batch;
 mod bench_farm;
+mod bench_sao;
 mod bench_timeline;
 mod client;
 mod embedded;

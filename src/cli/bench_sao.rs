@@ -1,0 +1,61 @@
+//! `tutti bench stable-audio`: the tutti side of the Stable Audio benchmark (see
+//! `tutti_bench::stable_audio`); prints its report as one JSON object on stdout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tutti_bench::stable_audio::{self, SaoBenchOptions};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SaoBenchArgs {
+    /// An imported Stable Audio pack (`tutti model import`).
+    #[arg(long)]
+    pack: PathBuf,
+    /// auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "warm analog synth pads with a slow drum groove")]
+    prompt: String,
+    /// Clip length (seconds_total); the latent is always the model's full window.
+    #[arg(long, default_value_t = 11.0)]
+    seconds: f64,
+    /// Denoising steps (default: the pack's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance (default: the pack's; 1 or less: none).
+    #[arg(long)]
+    guidance: Option<f64>,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Timed clips after the warm-up.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// libtorch threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Write the last clip's final latent and audio here (safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
+    let opts = SaoBenchOptions {
+        pack: a.pack,
+        device: a.device,
+        prompt: a.prompt,
+        seconds: a.seconds,
+        steps: a.steps,
+        guidance: a.guidance,
+        seed: a.seed,
+        runs: a.runs,
+        threads: a.threads,
+        out: a.out,
+    };
+    // libtorch work blocks: keep it off the async workers.
+    let report = tokio::task::spawn_blocking(move || stable_audio::run(&opts)).await??;
+    println!(
+        "{}",
+        serde_json::to_string(&report).context("serialising the report")?
+    );
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `tutti bench stable-audio`: one side of the Stable Audio benchmark. Loads an imported Stable
+//! Audio pack and times clips stage by stage: prepare (tokenizer, T5, number conditioners,
+//! initial noise), each denoising step (DiT forward(s), guidance, sampler, per-step noise) and the
+//! VAE decode. `scripts/bench/stable_audio.py` runs it beside the Python references on the same
+//! weights and noise and writes the side-by-side table.
+//!
+//! Before the timed clips a warm-up runs prepare, one step and a decode of a short slice of the
+//! latent, so that the first use of each kernel is not timed; the Python side does the same.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use tutti_model::stable_audio::StableAudioModel;
+use tutti_model::stable_audio_run::SaoRequest;
+use tutti_model::{device, ModelError, Result};
+
+use crate::host::{process_cpu_seconds, read_loadavg};
+
+/// Latent frames the warm-up decodes (enough for every kernel of the VAE to run once).
+const WARMUP_FRAMES: i64 = 16;
+
+#[derive(Debug, Clone)]
+pub struct SaoBenchOptions {
+    pub pack: PathBuf,
+    pub device: String,
+    pub prompt: String,
+    pub seconds: f64,
+    /// Default: the pack's.
+    pub steps: Option<usize>,
+    /// Default: the pack's.
+    pub guidance: Option<f64>,
+    pub seed: u64,
+    pub runs: usize,
+    /// libtorch intra-op threads; `None` keeps libtorch's default.
+    pub threads: Option<i32>,
+    /// Writes the last run's final latent and decoded audio here (safetensors: `latent`, `audio`),
+    /// so the driver can check that both sides computed the same clip.
+    pub out: Option<PathBuf>,
+}
+
+/// One timed clip, seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaoRun {
+    pub prepare_s: f64,
+    pub steps_s: Vec<f64>,
+    pub decode_s: f64,
+    pub total_s: f64,
+    /// CPU seconds the process used for the clip (all threads; `None` off Linux).
+    pub cpu_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SaoReport {
+    pub side: &'static str,
+    pub model: String,
+    pub device: String,
+    pub threads: i32,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seconds: f64,
+    pub load_s: f64,
+    pub warmup_s: f64,
+    pub loadavg_at_start: Option<f64>,
+    pub runs: Vec<SaoRun>,
+}
+
+fn request(opts: &SaoBenchOptions, model: &StableAudioModel) -> SaoRequest {
+    let d = &model.pack.defaults;
+    SaoRequest {
+        prompts: vec![opts.prompt.clone()],
+        negative_prompts: None,
+        seeds: vec![opts.seed],
+        seconds_start: 0.0,
+        seconds_total: opts.seconds,
+        steps: opts.steps.unwrap_or(d.steps),
+        guidance_scale: opts.guidance.unwrap_or(d.guidance_scale),
+        sampler: d.sampler,
+    }
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// Runs the benchmark; progress goes to stderr.
+pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
+    if opts.runs == 0 || opts.steps == Some(0) || opts.threads.is_some_and(|n| n < 1) {
+        return Err(ModelError::Input(
+            "runs, steps and threads must be positive".into(),
+        ));
+    }
+    if let Some(n) = opts.threads {
+        tch::set_num_threads(n);
+    }
+    let dev = device::select(&opts.device)?;
+    let kind = if dev == Device::Cpu {
+        Kind::Float
+    } else {
+        device::compute_kind(dev)
+    };
+    let loadavg_at_start = read_loadavg();
+    let t = Instant::now();
+    let model = StableAudioModel::load(&opts.pack, dev, kind, false)?;
+    let load_s = secs(t);
+    let req = request(opts, &model);
+
+    eprintln!("tutti: warm-up");
+    let t = Instant::now();
+    {
+        let _g = tch::no_grad_guard();
+        let mut st = model.prepare(&req)?;
+        model.step(&mut st)?;
+        let short = st.latent().narrow(2, 0, WARMUP_FRAMES).to_kind(kind);
+        let _ = model.vae.decode(&short);
+    }
+    let warmup_s = secs(t);
+
+    let mut runs = Vec::new();
+    let mut last = None;
+    for r in 0..opts.runs {
+        eprintln!(
+            "tutti: {} s clip, {} steps, run {}/{}",
+            opts.seconds,
+            req.steps,
+            r + 1,
+            opts.runs
+        );
+        let cpu0 = process_cpu_seconds();
+        let t0 = Instant::now();
+        let mut st = model.prepare(&req)?;
+        let prepare_s = secs(t0);
+        let mut steps_s = Vec::with_capacity(req.steps);
+        while !st.is_done() {
+            let t = Instant::now();
+            model.step(&mut st)?;
+            steps_s.push(secs(t));
+        }
+        let t = Instant::now();
+        let audio = model.decode(&st)?;
+        let decode_s = secs(t);
+        runs.push(SaoRun {
+            prepare_s,
+            steps_s,
+            decode_s,
+            total_s: secs(t0),
+            cpu_s: process_cpu_seconds().zip(cpu0).map(|(b, a)| b - a),
+        });
+        last = Some((st.latent().shallow_clone(), audio));
+    }
+    if let (Some(path), Some((latent, audio))) = (&opts.out, last) {
+        let tensors: [(&str, Tensor); 2] = [
+            ("latent", latent.to_device(Device::Cpu).contiguous()),
+            ("audio", audio.to_device(Device::Cpu).contiguous()),
+        ];
+        Tensor::write_safetensors(&tensors, path)?;
+    }
+    Ok(SaoReport {
+        side: "tutti",
+        model: model.pack.model.name.clone(),
+        device: format!("{dev:?}").to_lowercase(),
+        threads: tch::get_num_threads(),
+        steps: req.steps,
+        guidance: req.guidance_scale,
+        seconds: opts.seconds,
+        load_s,
+        warmup_s,
+        loadavg_at_start,
+        runs,
+    })
+}
