@@ -20,6 +20,20 @@ pub(crate) enum TrainCommand {
     /// Round-trip ceiling: held-out renders -> representation -> audio -> the analyzers, for
     /// each candidate representation (and the source audio itself).
     Ceiling(CeilingArgs),
+    /// Train a small mel VAE (a learned latent, 2-4x shorter in time) for the ceiling's
+    /// learned-latent row; resumes from RUN's checkpoint.
+    Vae(VaeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VaeArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Time downsampling of the latent: 2 or 4.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(2..=4))]
+    pub factor: i64,
+    #[arg(long, default_value_t = 32)]
+    pub latent_channels: i64,
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +54,14 @@ pub(crate) struct CeilingArgs {
     /// Also a pack's own mel and vocoder (repeatable), e.g. one with a trained Vocos.
     #[arg(long)]
     pub pack: Vec<PathBuf>,
+    /// Also a trained mel VAE's round trip before Griffin-Lim (a `tutti train vae` run folder;
+    /// repeatable).
+    #[arg(long)]
+    pub vae: Vec<PathBuf>,
+    /// Only these rows of the standard table (repeatable; 0 is today's 64 mels, 1 is 128 mels,
+    /// then 256 mels, 22.05 kHz, 24 kHz, Griffin-Lim 100); all of them without it.
+    #[arg(long)]
+    pub standard: Vec<usize>,
     /// Write the table here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -152,6 +174,10 @@ pub(crate) struct VocoderArgs {
     pub layers: usize,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Train with Vocos' adversarial losses (multi-period and multi-resolution discriminators,
+    /// hinge + feature matching), switched on at this step; without it, reconstruction only.
+    #[arg(long)]
+    pub gan_from: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +226,10 @@ pub(crate) struct DatasetArgs {
     pub corpus_fraction: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Mel bands of the log-mel features (16 kHz, n_fft 1024, hop 256 either way); 128 keeps
+    /// more of the pitch (see models/tutti-mini/README.md, the round-trip ceiling).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(16..=512))]
+    pub n_mels: u16,
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
@@ -211,6 +241,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             tch::set_num_threads(a.threads);
             let mut cfg = tutti_train::dataset::DatasetConfig::new(a.clips, a.seconds, a.seed);
             cfg.corpus_fraction = a.corpus_fraction;
+            cfg.mel.n_mels = usize::from(a.n_mels);
             let paths = tutti_train::dataset::DatasetPaths {
                 out: a.out.clone(),
                 soundfont: a.soundfont,
@@ -297,6 +328,10 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             cfg.vocos.dim = a.dim;
             cfg.vocos.intermediate_dim = 3 * a.dim;
             cfg.vocos.num_layers = a.layers;
+            cfg.gan = a.gan_from.map(|from_step| tutti_train::gan::GanConfig {
+                from_step,
+                ..Default::default()
+            });
             let mut t = tutti_train::vocoder::VocoderTrainer::open(
                 &cfg,
                 &a.run.dataset,
@@ -359,9 +394,17 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Ceiling(a) => {
             tch::set_num_threads(a.threads);
-            let mut cands = tutti_train::ceiling::standard_candidates()?;
+            let mut cands: Vec<_> = tutti_train::ceiling::standard_candidates()?
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| a.standard.is_empty() || a.standard.contains(i))
+                .map(|(_, c)| c)
+                .collect();
             for p in &a.pack {
                 cands.push(tutti_train::ceiling::Candidate::from_pack(p)?);
+            }
+            for v in &a.vae {
+                cands.push(tutti_train::ceiling::Candidate::vae(v, 32)?);
             }
             let opts = tutti_train::ceiling::CeilingOptions {
                 clips: a.clips,
@@ -376,6 +419,33 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             if let Some(out) = &a.out {
                 std::fs::write(out, &md).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
             }
+            Ok(())
+        }
+        TrainCommand::Vae(a) => {
+            anyhow::ensure!(
+                a.run.device == "cpu",
+                "--device {}: the vae trains on the cpu only",
+                a.run.device
+            );
+            tch::set_num_threads(a.run.threads);
+            let cfg = tutti_train::vae::VaeConfig {
+                seed: a.run.seed,
+                factor: a.factor,
+                latent_channels: a.latent_channels,
+                ..Default::default()
+            };
+            let mut t = tutti_train::vae::VaeTrainer::open(&cfg, &a.run.dataset, &a.run.run)?;
+            let loss = t.run(
+                a.run.steps,
+                a.run.save_every,
+                a.run.minutes * 60.0,
+                a.run.log_every,
+            )?;
+            println!(
+                "step {} reconstruction L1 {loss:.4} (normalised log-mel); {:.2} CPU hours in all",
+                t.state.step,
+                t.state.cpu_seconds / 3600.0
+            );
             Ok(())
         }
         TrainCommand::Pack(a) => {

@@ -307,7 +307,8 @@ impl Trainer {
     /// Starts this new run from a pack's weights (to continue training a shipped model on a new
     /// dataset or with longer crops): the pack's DiT and conditioner weights become the parameters
     /// and the EMA, and its log-mel normalisation replaces the dataset's (the weights were trained
-    /// on it). Adam's moments and the learning-rate warm-up start afresh. The sizes must match.
+    /// on it). Adam's moments and the learning-rate warm-up start afresh. The sizes must match,
+    /// except that a pack on fewer mel bands is widened to the run's (`widen.rs`).
     pub fn init_from_pack(&mut self, dir: &Path) -> Result<()> {
         if self.state.step != 0 {
             return Err(TrainError::Input(format!(
@@ -317,15 +318,19 @@ impl Trainer {
             )));
         }
         let cfg = PackConfig::read(dir)?;
-        let want = self
-            .state
-            .config
-            .dit(self.state.mel.n_mels as i64, self.state.text_dim);
+        // A pack on fewer mel bands (and otherwise the same mel settings) widens (`widen.rs`).
+        let (from, to) = (cfg.mel.n_mels, self.state.mel.n_mels);
+        let want = self.state.config.dit(from as i64, self.state.text_dim);
+        let same_mel = MelConfig {
+            n_mels: to,
+            ..cfg.mel.clone()
+        } == self.state.mel;
         let frames_differ = cfg.frame_conditioning.is_some()
             && cfg.frame_conditioning != self.state.config.frame_cond();
         if cfg.denoiser != want
             || cfg.conditioners != self.cond_cfg
-            || cfg.mel != self.state.mel
+            || !same_mel
+            || from > to
             || frames_differ
         {
             return Err(TrainError::Input(format!(
@@ -363,6 +368,11 @@ impl Trainer {
             }
             let src = src
                 .ok_or_else(|| TrainError::Input(format!("{}: no weight {name}", dir.display())))?;
+            let widened = match name.strip_prefix("dit.") {
+                Some(k) if from != to => super::widen::widen(k, src, from, to)?,
+                _ => None,
+            };
+            let src = widened.as_ref().unwrap_or(src);
             if src.size() != t.size() {
                 return Err(TrainError::Input(format!(
                     "{}: {name} has shape {:?}, the run {:?}",
@@ -374,8 +384,12 @@ impl Trainer {
             t.f_copy_(&src.to_kind(t.kind()).to_device(t.device()))?;
         }
         self.ema = Ema::new(self.state.config.ema, &self.opt.params);
-        self.state.mean = shift;
-        self.state.std = scale;
+        // Widened, the run keeps the dataset's own normalisation: the finer bands' log values
+        // sit elsewhere, and normalised they reach the transformer as the pack's bands did.
+        if from == to {
+            self.state.mean = shift;
+            self.state.std = scale;
+        }
         self.state.init = Some(format!("{}@{}", cfg.model.name, cfg.model.version));
         // Versions the pack writer makes end in `step<N>`.
         self.state.init_steps = cfg

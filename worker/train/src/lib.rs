@@ -12,13 +12,16 @@ pub mod data;
 pub mod dataset;
 pub mod denoiser;
 pub mod eval;
+pub mod gan;
 pub mod music;
 pub mod optim;
 pub mod pack;
 pub mod plot;
 pub mod render;
+pub mod vae;
 pub mod vocoder;
 pub mod vocos_net;
+pub mod widen;
 
 use thiserror::Error;
 

@@ -1,6 +1,8 @@
 //! `tutti train vocoder`: the Vocos vocoder on the rendered audio (log-mel -> waveform), with a
-//! log-mel L1 loss and a multi-resolution STFT loss (spectral convergence + log magnitude).
-//! No adversarial loss at this size. Same optimizer, EMA and exact-resume scheme as the denoiser.
+//! log-mel L1 loss and a multi-resolution STFT loss (spectral convergence + log magnitude), and,
+//! when the run asks for them, the adversarial and feature-matching losses of Vocos' multi-period
+//! and multi-resolution discriminators (`gan.rs`). Same optimizer, EMA and exact-resume scheme as
+//! the denoiser.
 //!
 //! Alignment: Vocos' "same" iSTFT centres output frame `k` at sample `k * hop + hop / 2`, the mel
 //! front end centres frame `k` at `k * hop`, so the target is the audio delayed by `hop / 2`.
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::data::{self, ManifestRow};
+use super::gan::{Discriminators, GanConfig};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::{checkpoint, cpu_seconds, plot, rng_for, vocos_net, Result, TrainError};
 use tutti_model::mel::{MelConfig, MelFrontEnd};
@@ -29,6 +32,9 @@ pub struct VocoderConfig {
     pub grad_clip: f64,
     pub ema: f64,
     pub adam: AdamWConfig,
+    /// Adversarial training (runs made before it read as without).
+    #[serde(default)]
+    pub gan: Option<GanConfig>,
 }
 
 impl Default for VocoderConfig {
@@ -50,6 +56,7 @@ impl Default for VocoderConfig {
                 warmup: 100,
                 ..Default::default()
             },
+            gan: None,
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct VocoderTrainer {
     dataset: PathBuf,
     run: PathBuf,
     device: Device,
+    /// The discriminators and their optimizer, for a run with `gan`.
+    disc: Option<(Discriminators, AdamW)>,
     _vs: nn::VarStore,
 }
 
@@ -140,6 +149,29 @@ impl VocoderTrainer {
             l.restore("ema", &mut ema.shadow)?;
             opt.t = state.step;
         }
+        let disc = match &state.config.gan {
+            Some(g) => {
+                let d = Discriminators::new(g, device);
+                // HiFi-GAN's and Vocos' discriminator optimizer: betas (0.8, 0.9), no decay.
+                let adam = AdamWConfig {
+                    lr: g.lr,
+                    beta1: 0.8,
+                    beta2: 0.9,
+                    weight_decay: 0.0,
+                    warmup: 1,
+                    ..Default::default()
+                };
+                let mut dopt = AdamW::new(adam, d.params());
+                if let Some(l) = &loaded {
+                    l.restore("disc", &mut dopt.params)?;
+                    l.restore("disc_m", &mut dopt.m)?;
+                    l.restore("disc_v", &mut dopt.v)?;
+                    dopt.t = state.step.saturating_sub(g.from_step);
+                }
+                Some((d, dopt))
+            }
+            None => None,
+        };
         let front = MelFrontEnd::new(&state.mel, device)?;
         Ok(Self {
             state,
@@ -151,10 +183,13 @@ impl VocoderTrainer {
             dataset: dataset.to_path_buf(),
             run: run.to_path_buf(),
             device,
+            disc,
             _vs: vs,
         })
     }
 
+    /// One step; returns the reconstruction loss (comparable before and after the adversarial
+    /// losses switch on).
     pub fn step(&mut self) -> Result<f64> {
         let c = &self.state.config;
         let mut rng = rng_for(c.seed, 20, self.state.step);
@@ -187,17 +222,46 @@ impl VocoderTrainer {
         let y = vocos_net::forward(&self.vars, &c.vocos, n_fft, hop as i64, &mel)?;
         let mel_y = self.front.log_mel(&y)?;
         let mel_t = tch::no_grad(|| self.front.log_mel(&target))?;
-        let mut loss = (mel_y - mel_t).abs().mean(Kind::Float) * 2.0;
+        let mut recon = (mel_y - mel_t).abs().mean(Kind::Float) * 2.0;
         for n in [256, 512, 1024] {
-            loss += stft_loss(&y, &target, n);
+            recon += stft_loss(&y, &target, n);
         }
+        let adversarial = self
+            .disc
+            .as_ref()
+            .filter(|(d, _)| self.state.step >= d.cfg.from_step);
+        let loss = match adversarial {
+            Some((d, _)) => &recon + d.g_loss(&target, &y) * d.cfg.weight,
+            None => recon.shallow_clone(),
+        };
         self.opt.zero_grad();
         loss.backward();
         self.opt.clip_grad_norm(c.grad_clip);
         self.opt.step();
+        if let Some((d, dopt)) = self
+            .disc
+            .as_mut()
+            .filter(|(d, _)| self.state.step >= d.cfg.from_step)
+        {
+            // The generator's backward left gradients on the discriminators: cleared first.
+            dopt.zero_grad();
+            d.d_loss(&target, &y).backward();
+            dopt.clip_grad_norm(c.grad_clip * 10.0);
+            dopt.step();
+        }
         self.state.step += 1;
         self.ema.update(&self.opt.params, self.state.step);
-        Ok(loss.double_value(&[]))
+        Ok(recon.double_value(&[]))
+    }
+
+    /// The discriminators' weights, for a run with `gan`.
+    pub fn disc_params(&self) -> Option<BTreeMap<String, Tensor>> {
+        self.disc.as_ref().map(|(_, o)| {
+            o.params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect()
+        })
     }
 
     pub fn save(&self) -> Result<()> {
@@ -209,16 +273,20 @@ impl VocoderTrainer {
             "head.istft.window".into(),
             self.vars["head.istft.window"].shallow_clone(),
         );
-        checkpoint::save(
-            &self.run.join(VOCODER_CHECKPOINT),
-            &[
-                ("param", &self.opt.params),
-                ("adam_m", &self.opt.m),
-                ("adam_v", &self.opt.v),
-                ("ema", &ema),
-            ],
-            &self.state,
-        )
+        let mut groups = vec![
+            ("param", &self.opt.params),
+            ("adam_m", &self.opt.m),
+            ("adam_v", &self.opt.v),
+            ("ema", &ema),
+        ];
+        if let Some((_, dopt)) = &self.disc {
+            groups.extend([
+                ("disc", &dopt.params),
+                ("disc_m", &dopt.m),
+                ("disc_v", &dopt.v),
+            ]);
+        }
+        checkpoint::save(&self.run.join(VOCODER_CHECKPOINT), &groups, &self.state)
     }
 
     pub fn run(

@@ -168,6 +168,48 @@ fn frame_controls_grow_from_a_pack(pack_dir: &Path, paths: &RunPaths, dir: &Path
     assert!(p.render(&st).unwrap()[0].iter().all(|v| v.is_finite()));
 }
 
+/// `--init PACK` on a dataset of more mel bands: the layers that touch the bands are widened
+/// (`widen.rs`), the rest copied, and the run trains on; the classifier and the analyzers work on
+/// the 128-band dataset through its audio.
+fn a_pack_widens_to_more_bands(pack_dir: &Path, paths: &RunPaths, dir: &Path, sf: &Path) {
+    let ds = dir.join("ds128");
+    let mut cfg = DatasetConfig::new(2, 3.0, 8);
+    cfg.mel.n_mels = 128;
+    let dpaths = DatasetPaths {
+        out: ds.clone(),
+        soundfont: sf.to_path_buf(),
+        corpus: None,
+    };
+    assert_eq!(dataset::make(&cfg, &dpaths, false).unwrap(), 2);
+    let rows = data::read_manifest(&ds).unwrap();
+    assert!(data::read_mel(&ds, rows[0].id, 128, rows[0].frames).is_ok());
+    let wide = RunPaths {
+        dataset: ds.clone(),
+        run: dir.join("wide"),
+        ..paths.clone()
+    };
+    let mut w = Trainer::open(&tiny_config(), &wide, Device::Cpu, false).unwrap();
+    w.init_from_pack(pack_dir).unwrap();
+    let packed = weights::read_safetensors(&pack_dir.join("denoiser.safetensors"))
+        .unwrap()
+        .tensors;
+    let p_in = &w.opt.params["dit.proj_in.weight"];
+    assert_eq!(p_in.size()[1], 128);
+    let want = tutti_train::widen::widen("proj_in.weight", &packed["proj_in.weight"], 64, 128)
+        .unwrap()
+        .unwrap();
+    assert!(p_in.allclose(&want, 1e-6, 1e-6, false));
+    let blocks = "dit.transformer_blocks.0.attn1.to_q.weight";
+    let q = blocks.strip_prefix("dit.").unwrap();
+    assert!(w.opt.params[blocks].to_kind(Kind::Half).equal(&packed[q]));
+    assert!(w.run(1, 100, 1e9, 1, false).unwrap().is_finite());
+    // Trained on 64-band features computed from the 128-band dataset's audio (id 0 held out).
+    let clf = eval::classifier::Classifier::train(&ds, 10).unwrap();
+    assert!((0.0..=1.0).contains(&clf.held_out_accuracy));
+    let (t, m) = eval::calibrate(&ds, 2).unwrap();
+    assert!((0.0..=1.0).contains(&t) && (0.0..=1.0).contains(&m));
+}
+
 /// `tutti train ceiling` on two held-out clips: the source row and a Griffin-Lim round trip,
 /// scored on the same clips.
 fn round_trip_ceiling(ds: &Path, sf: &Path) {
@@ -193,6 +235,38 @@ fn round_trip_ceiling(ds: &Path, sf: &Path) {
         "a 4-iteration Griffin-Lim is not lossless"
     );
     assert!(md.contains("| source audio (no round trip) |") && md.contains("| gl4 |"));
+}
+
+/// `--gan-from 1`: the adversarial losses switch on at step 1, the discriminators train, and a
+/// resumed run (discriminators and their optimizer from the checkpoint) equals the straight one.
+fn vocoder_gan_resume_is_exact(base: &VocoderConfig, ds: &Path, dir: &Path) {
+    let cfg = VocoderConfig {
+        gan: Some(tutti_train::gan::GanConfig {
+            from_step: 1,
+            periods: vec![2, 3],
+            resolutions: vec![256],
+            channels: 4,
+            mrd_channels: 4,
+            ..Default::default()
+        }),
+        ..base.clone()
+    };
+    let mut a = VocoderTrainer::open(&cfg, ds, &dir.join("gan-a"), Device::Cpu).unwrap();
+    assert!(a.run(3, 100, 1e9, 1, false).unwrap().is_finite());
+    let mut b = VocoderTrainer::open(&cfg, ds, &dir.join("gan-b"), Device::Cpu).unwrap();
+    b.run(2, 100, 1e9, 1, false).unwrap();
+    drop(b);
+    let mut b = VocoderTrainer::open(&cfg, ds, &dir.join("gan-b"), Device::Cpu).unwrap();
+    b.run(3, 100, 1e9, 1, false).unwrap();
+    assert!(
+        same(&a.opt.params, &b.opt.params),
+        "generator differs after resuming"
+    );
+    let (da, db) = (a.disc_params().unwrap(), b.disc_params().unwrap());
+    assert!(same(&da, &db), "discriminators differ after resuming");
+    let init = VocoderTrainer::open(&cfg, ds, &dir.join("gan-c"), Device::Cpu).unwrap();
+    let init = init.disc_params().unwrap();
+    assert!(!same(&da, &init), "the discriminators trained");
 }
 
 #[test]
@@ -264,6 +338,7 @@ fn dataset_training_resume_pack_and_eval() {
     vcfg.vocos.num_layers = 1;
     let mut v = VocoderTrainer::open(&vcfg, &ds, &dir.join("voc"), Device::Cpu).unwrap();
     assert!(v.run(2, 100, 1e9, 1, false).unwrap().is_finite());
+    vocoder_gan_resume_is_exact(&vcfg, &ds, dir);
 
     let out = dir.join("pack");
     pack::write_pack(
@@ -275,6 +350,7 @@ fn dataset_training_resume_pack_and_eval() {
     )
     .unwrap();
     pack_starts_a_new_run(&out, &run, dir);
+    a_pack_widens_to_more_bands(&out, &run, dir, &sf);
     frame_controls_grow_from_a_pack(&out, &run, dir);
 
     let p = Pipeline::load(&out, Device::Cpu).unwrap();

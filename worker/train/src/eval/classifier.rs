@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data::{self, ManifestRow};
 use crate::music::Family;
 use crate::{rng_for, Result, TrainError};
+use tutti_model::mel::MelConfig;
 
 pub const FAMILIES: [Family; 10] = [
     Family::Piano,
@@ -77,14 +78,31 @@ impl Classifier {
     /// Trains on up to `max_clips` clips of a dataset.
     pub fn train(dataset: &Path, max_clips: usize) -> Result<Self> {
         let cfg = crate::dataset::read_config(dataset)?;
-        let n_mels = cfg.mel.n_mels;
+        // Always the analyzers' features (16 kHz, 64 bands), so that packs on other mel settings
+        // are judged by the same classifier: a dataset on other bands is re-analysed from audio.
+        let analysis = MelConfig::default();
+        let n_mels = analysis.n_mels;
+        let front = if cfg.mel == analysis {
+            None
+        } else if cfg.mel.sample_rate == analysis.sample_rate {
+            Some(super::analyzers::front_end(&analysis)?)
+        } else {
+            return Err(TrainError::Input(format!(
+                "{}: the classifier needs 16 kHz audio, the dataset is at {} Hz",
+                dataset.display(),
+                cfg.mel.sample_rate
+            )));
+        };
         let mut rows = data::read_manifest(dataset)?;
         rows.shuffle(&mut rng_for(0, 40, 0));
         rows.truncate(max_clips);
         let (mut xtr, mut ytr, mut xte, mut yte) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in &rows {
-            let mel = data::read_mel(dataset, r.id, n_mels, r.frames)?;
-            let (x, y) = (features(&mel, n_mels, r.frames), labels(r));
+            let (mel, frames) = match &front {
+                None => (data::read_mel(dataset, r.id, n_mels, r.frames)?, r.frames),
+                Some(f) => super::analyzers::log_mel(f, &data::read_audio(dataset, r.id)?)?,
+            };
+            let (x, y) = (features(&mel, n_mels, frames), labels(r));
             if r.id % 10 == 0 {
                 xte.extend(x);
                 yte.extend(y);

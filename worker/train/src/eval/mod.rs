@@ -86,7 +86,10 @@ fn mode_word(m: Mode) -> &'static str {
 pub fn evaluate(pack: &Path, out: &Path, opts: &EvalOptions) -> Result<Report> {
     std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
     let p = Pipeline::load(pack, Device::Cpu)?;
-    let mel_cfg = p.config().mel.clone();
+    // The analyzers' own front end (16 kHz, 64 bands) whatever the pack's mel, so that packs on
+    // other representations are measured alike; audio at another rate is resampled to it.
+    let pack_rate = p.config().mel.sample_rate;
+    let mel_cfg = tutti_model::mel::MelConfig::default();
     let front = analyzers::front_end(&mel_cfg)?;
     let fps = mel_cfg.sample_rate as f64 / mel_cfg.hop_length as f64;
     let list: Vec<&str> = if opts.prompts.is_empty() {
@@ -119,6 +122,7 @@ pub fn evaluate(pack: &Path, out: &Path, opts: &EvalOptions) -> Result<Report> {
         let families = classifier::families_in(text);
         let mut families_heard = Vec::new();
         for (s, wave) in audio.iter().enumerate() {
+            let wave = &crate::ceiling::resample(wave, pack_rate, mel_cfg.sample_rate)?;
             let (mel, frames) = analyzers::log_mel(&front, wave)?;
             if let Some(c) = &clf {
                 let p = c.predict(&mel, mel_cfg.n_mels, frames);
@@ -267,18 +271,23 @@ pub fn write_report(out: &Path, r: &Report) -> Result<()> {
 pub fn calibrate(dataset: &Path, n: usize) -> Result<(f64, f64)> {
     let cfg = crate::dataset::read_config(dataset)?;
     let rows = data::read_manifest(dataset)?;
-    let front = analyzers::front_end(&cfg.mel)?;
-    let fps = cfg.mel.sample_rate as f64 / cfg.mel.hop_length as f64;
+    let an = tutti_model::mel::MelConfig::default();
+    let front = analyzers::front_end(&an)?;
+    let fps = an.sample_rate as f64 / an.hop_length as f64;
     let (mut t, mut m, mut k) = (0, 0, 0);
     for r in rows.iter().take(n) {
-        let wave = data::read_audio(dataset, r.id)?;
+        let wave = crate::ceiling::resample(
+            &data::read_audio(dataset, r.id)?,
+            cfg.mel.sample_rate,
+            an.sample_rate,
+        )?;
         let (mel, frames) = analyzers::log_mel(&front, &wave)?;
-        if analyzers::tempo(&mel, cfg.mel.n_mels, frames, fps)
+        if analyzers::tempo(&mel, an.n_mels, frames, fps)
             .is_some_and(|b| analyzers::tempo_ok(b, r.bpm as f64, 0.08))
         {
             t += 1;
         }
-        if analyzers::key(&analyzers::chroma(&front, &cfg.mel, &wave)?).1 == r.mode {
+        if analyzers::key(&analyzers::chroma(&front, &an, &wave)?).1 == r.mode {
             m += 1;
         }
         k += 1;
