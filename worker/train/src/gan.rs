@@ -236,7 +236,7 @@ mod tests {
             .view([1, -1])
             * 0.5;
         let fake = Tensor::randn([1, 2048], (Kind::Float, Device::Cpu)) * 0.1;
-        let mut opt = nn::Adam::default().build(&d.vs, cfg.lr).unwrap();
+        let mut opt = nn::OptimizerConfig::build(nn::Adam::default(), &d.vs, cfg.lr).unwrap();
         let first = d.d_loss(&real, &fake).double_value(&[]);
         for _ in 0..30 {
             let l = d.d_loss(&real, &fake);

@@ -18,6 +18,7 @@ pub mod optim;
 pub mod pack;
 pub mod plot;
 pub mod render;
+pub mod resample;
 pub mod vae;
 pub mod vocoder;
 pub mod vocos_net;

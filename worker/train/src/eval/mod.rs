@@ -122,7 +122,7 @@ pub fn evaluate(pack: &Path, out: &Path, opts: &EvalOptions) -> Result<Report> {
         let families = classifier::families_in(text);
         let mut families_heard = Vec::new();
         for (s, wave) in audio.iter().enumerate() {
-            let wave = &crate::ceiling::resample(wave, pack_rate, mel_cfg.sample_rate)?;
+            let wave = &crate::resample::resample(wave, pack_rate, mel_cfg.sample_rate)?;
             let (mel, frames) = analyzers::log_mel(&front, wave)?;
             if let Some(c) = &clf {
                 let p = c.predict(&mel, mel_cfg.n_mels, frames);
@@ -276,7 +276,7 @@ pub fn calibrate(dataset: &Path, n: usize) -> Result<(f64, f64)> {
     let fps = an.sample_rate as f64 / an.hop_length as f64;
     let (mut t, mut m, mut k) = (0, 0, 0);
     for r in rows.iter().take(n) {
-        let wave = crate::ceiling::resample(
+        let wave = crate::resample::resample(
             &data::read_audio(dataset, r.id)?,
             cfg.mel.sample_rate,
             an.sample_rate,
