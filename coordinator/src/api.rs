@@ -326,7 +326,7 @@ impl pb::generation_server::Generation for GenerationApi {
         };
         let after = match req.page_token.as_str() {
             "" => None,
-            t => Some(decode_token(t)?),
+            t => Some(crate::page_token::decode(t, "ListJobs")?),
         };
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         let text = req.text.trim();
@@ -348,9 +348,7 @@ impl pb::generation_server::Generation for GenerationApi {
             jobs.push(self.to_pb(r).await?);
         }
         let next_page_token = match (more, rows.get(limit as usize - 1)) {
-            (true, Some(last)) => {
-                format!("{}_{}", last.job.created_at.timestamp_micros(), last.job.id)
-            }
+            (true, Some(last)) => crate::page_token::encode(last.job.created_at, last.job.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListJobsResponse {
@@ -383,22 +381,6 @@ impl pb::generation_server::Generation for GenerationApi {
             structure_words: words(STRUCTURE_WORDS),
         }))
     }
-}
-
-fn decode_token(t: &str) -> Result<(DateTime<Utc>, Uuid)> {
-    let bad = || {
-        Error::invalid(
-            "page_token",
-            "must be a token from a previous ListJobs response",
-        )
-    };
-    let (micros, id) = t.split_once('_').ok_or_else(bad)?;
-    let at = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(bad)?;
-    Ok((at, id.parse().map_err(|_| bad())?))
 }
 
 async fn send(

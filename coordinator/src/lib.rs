@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod notify;
 mod observe;
 pub mod operator;
+pub mod page_token;
 pub mod results;
 pub mod sched;
 pub mod settings;

@@ -114,23 +114,11 @@ fn page_size(requested: u32, default: u32, most: u32) -> Result<i64> {
 }
 
 fn batch_token(b: &BatchRow) -> String {
-    format!("{}_{}", b.created_at.timestamp_micros(), b.id)
+    crate::page_token::encode(b.created_at, b.id)
 }
 
 fn decode_batch_token(t: &str) -> Result<BatchCursor> {
-    let bad = || {
-        Error::invalid(
-            "page_token",
-            "must be a token from a previous ListBatches response",
-        )
-    };
-    let (micros, id) = t.split_once('_').ok_or_else(bad)?;
-    let at = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(bad)?;
-    Ok((at, id.parse().map_err(|_| bad())?))
+    crate::page_token::decode(t, "ListBatches")
 }
 
 impl BatchesService {

@@ -105,19 +105,7 @@ impl Pipeline {
     /// Parameters with the pack's defaults for a prompt.
     pub fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
         let d = &self.config.defaults;
-        GenerationParams {
-            prompt: prompt.to_string(),
-            negative_prompt: String::new(),
-            controls: tutti_shared::prompt::Controls {
-                duration_s,
-                ..Default::default()
-            },
-            seed: 0,
-            steps: d.steps,
-            guidance_scale: d.guidance_scale,
-            sampler: d.sampler,
-            variations: 1,
-        }
+        GenerationParams::with_defaults(prompt, duration_s, d.sampler, d.steps, d.guidance_scale)
     }
 
     fn lock(&self) -> MutexGuard<'_, LoadedPack> {

@@ -31,6 +31,33 @@ pub struct GenerationParams {
     pub variations: usize,
 }
 
+impl GenerationParams {
+    /// A prompt of `duration_s` seconds with a pack's default sampler, steps and guidance (no
+    /// negative prompt, no other controls, seed 0, one take): what each family's
+    /// `default_params` starts from.
+    pub fn with_defaults(
+        prompt: &str,
+        duration_s: f32,
+        sampler: SamplerKind,
+        steps: usize,
+        guidance_scale: f64,
+    ) -> Self {
+        GenerationParams {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            controls: Controls {
+                duration_s,
+                ..Default::default()
+            },
+            seed: 0,
+            steps,
+            guidance_scale,
+            sampler,
+            variations: 1,
+        }
+    }
+}
+
 /// One generation between steps: latent, conditioning, sampler state and progress.
 pub struct DenoiseState {
     pub(crate) params: GenerationParams,
