@@ -14,6 +14,10 @@ pub(crate) struct SaoBenchArgs {
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Precision of the DiT, projection and VAE: auto (f32 on CPU; on CUDA the DiT in bf16 and
+    /// the VAE in f16), f32, bf16 or f16; the T5 runs in f32 whatever is asked.
+    #[arg(long, default_value = "auto")]
+    precision: tutti_model::device::Precision,
     #[arg(long, default_value = "warm analog synth pads with a slow drum groove")]
     prompt: String,
     /// Clip length (seconds_total); the latent is always the model's full window.
@@ -27,7 +31,10 @@ pub(crate) struct SaoBenchArgs {
     guidance: Option<f64>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Timed clips after the warm-up.
+    /// Clips made together, in one batch (seeds seed, seed + 1, ...).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed runs after the warm-up.
     #[arg(long, default_value_t = 1)]
     runs: usize,
     /// libtorch threads (default: libtorch's choice).
@@ -42,11 +49,13 @@ pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
     let opts = SaoBenchOptions {
         pack: a.pack,
         device: a.device,
+        precision: a.precision,
         prompt: a.prompt,
         seconds: a.seconds,
         steps: a.steps,
         guidance: a.guidance,
         seed: a.seed,
+        batch: a.batch,
         runs: a.runs,
         threads: a.threads,
         out: a.out,

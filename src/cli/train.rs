@@ -375,14 +375,8 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 t0.elapsed().as_secs_f64()
             );
             if let Some(ds) = &a.calibrate {
-                let (t, m) = tutti_train::eval::calibrate(ds, a.calibrate_clips)?;
-                let line = format!(
-                    "\nAnalyzers on {} rendered training clips (ground truth): tempo within 8% {:.0}%, mode right {:.0}%.\n",
-                    a.calibrate_clips,
-                    100.0 * t,
-                    100.0 * m
-                );
-                report.markdown.push_str(&line);
+                let cal = tutti_train::eval::calibrate(ds, a.calibrate_clips)?;
+                report.markdown.push_str(&format!("\n{}\n", cal.markdown()));
                 let (v, g) = tutti_train::eval::vocoder_check::vocoder_check(&a.pack, ds, 20)?;
                 report.markdown.push_str(&format!(
                     "\nVocoder on 20 rendered clips (true log-mel -> audio -> log-mel, mean L1; lower is better): the pack's vocoder {v:.3}, Griffin-Lim (32 iterations) {g:.3}.\n"

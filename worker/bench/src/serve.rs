@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::host::read_loadavg;
 use crate::model::{write_random_pack, PackSource};
+use tutti_model::stable_audio::{is_stable_audio_pack, StableAudioPack};
 use tutti_model::{device, ModelError, PackConfig, Result};
 use tutti_worker::engine::{
     DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
@@ -209,11 +210,7 @@ pub async fn run(opts: &ServeOptions) -> Result<ServeReport> {
             (scratch.path().to_path_buf(), source)
         }
     };
-    let cfg = PackConfig::read(&dir)?;
-    let model = ModelRef {
-        name: cfg.model.name.clone(),
-        version: cfg.model.version.clone(),
-    };
+    let model = TraceModel::read(&dir)?;
     let arrivals = trace(opts);
     let max_batch = opts
         .max_batch
@@ -263,7 +260,41 @@ fn engine_err(e: EngineError) -> ModelError {
     }
 }
 
-fn job_spec(model: &ModelRef, i: usize, duration_s: f32, steps: u32) -> JobSpec {
+/// The pack a trace runs on and what its jobs ask of it: the mel family's benchmark settings
+/// (flow Euler, guidance 4, as before), or a Stable Audio pack's own sampler and guidance.
+#[derive(Debug, Clone)]
+struct TraceModel {
+    model: ModelRef,
+    sampler: SamplerKind,
+    guidance_scale: f32,
+}
+
+impl TraceModel {
+    fn read(dir: &std::path::Path) -> Result<Self> {
+        if is_stable_audio_pack(dir) {
+            let (pack, _) = StableAudioPack::read(dir)?;
+            return Ok(Self {
+                model: ModelRef {
+                    name: pack.model.name,
+                    version: pack.model.version,
+                },
+                sampler: pack.defaults.sampler,
+                guidance_scale: pack.defaults.guidance_scale as f32,
+            });
+        }
+        let cfg = PackConfig::read(dir)?;
+        Ok(Self {
+            model: ModelRef {
+                name: cfg.model.name,
+                version: cfg.model.version,
+            },
+            sampler: SamplerKind::FlowEuler,
+            guidance_scale: 4.0,
+        })
+    }
+}
+
+fn job_spec(model: &TraceModel, i: usize, duration_s: f32, steps: u32) -> JobSpec {
     const PROMPTS: [&str; 4] = [
         "lo-fi hip hop with mellow piano and soft drums",
         "energetic house track with a driving bass line",
@@ -271,7 +302,7 @@ fn job_spec(model: &ModelRef, i: usize, duration_s: f32, steps: u32) -> JobSpec 
         "bright acoustic guitar folk tune",
     ];
     JobSpec {
-        model: model.clone(),
+        model: model.model.clone(),
         prompt: PROMPTS[i % PROMPTS.len()].into(),
         negative_prompt: String::new(),
         controls: Controls {
@@ -282,8 +313,8 @@ fn job_spec(model: &ModelRef, i: usize, duration_s: f32, steps: u32) -> JobSpec 
         duration_s,
         seed: i as u64,
         steps,
-        guidance_scale: 4.0,
-        sampler: SamplerKind::FlowEuler,
+        guidance_scale: model.guidance_scale,
+        sampler: model.sampler,
         variations: 1,
         format: AudioFormat::Wav,
         trace_context: Default::default(),
@@ -292,7 +323,7 @@ fn job_spec(model: &ModelRef, i: usize, duration_s: f32, steps: u32) -> JobSpec 
 }
 
 /// Loads the pack and touches every shape of the trace once.
-async fn warm_up(engine: &Engine, model: &ModelRef, opts: &ServeOptions) -> Result<()> {
+async fn warm_up(engine: &Engine, model: &TraceModel, opts: &ServeOptions) -> Result<()> {
     for (i, d) in opts.durations_s.iter().enumerate() {
         let spec = job_spec(model, i, *d, 2);
         one_job(engine, spec, 2).await?;
@@ -369,7 +400,7 @@ async fn one_job_gated(
 
 async fn serve(
     engine: &Engine,
-    model: &ModelRef,
+    model: &TraceModel,
     arrivals: &[Arrival],
     chunk_steps: u32,
     max_batch: usize,

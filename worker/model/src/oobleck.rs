@@ -15,6 +15,11 @@ use tch::{Device, Kind, Tensor};
 use super::tensors::{read_json, TensorSource};
 use super::{ModelError, Result};
 
+/// Latent frames the VAE decodes at once (about 12 s of SAO audio; a 47 s clip of SAO 1.0
+/// decoded whole peaks at ~1 GB per activation), each window with the decoder's receptive
+/// radius of context on both sides so that the audio equals the whole decode.
+pub const DECODE_CHUNK_FRAMES: i64 = 256;
+
 /// `vae/config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OobleckConfig {
@@ -472,6 +477,34 @@ impl Oobleck {
             s += len;
         }
         Ok(Tensor::cat(&parts, 2))
+    }
+
+    /// Samples `[start, end)` of [`Self::decode`]'s output (`end` clamped to its length),
+    /// decoding only the latent frames they depend on: their own and
+    /// [`Self::receptive_radius_frames`] more on each side, in windows of `chunk` as
+    /// [`Self::decode_chunked`]. The latent is the model's whole window whatever the asked
+    /// duration (47 s for SAO 1.0), so an 11 s clip decodes about a quarter of it; every kept
+    /// sample sees exactly the inputs it sees in the whole decode.
+    pub fn decode_span(
+        &self,
+        latents: &Tensor,
+        start: i64,
+        end: i64,
+        chunk: i64,
+    ) -> Result<Tensor> {
+        let hop = self.cfg.hop_length();
+        let t = latents.size()[2];
+        let end = end.min(t * hop);
+        if start < 0 || start >= end {
+            return Err(ModelError::Input(format!(
+                "decode span [{start}, {end}) is empty or outside the {t}-frame latent"
+            )));
+        }
+        let r = self.receptive_radius_frames();
+        let a = (start / hop - r).max(0);
+        let e = ((end + hop - 1) / hop + r).min(t);
+        let audio = self.decode_chunked(&latents.narrow(2, a, e - a), chunk, r)?;
+        Ok(audio.narrow(2, start - a * hop, end - start))
     }
 
     /// Audio `[B, channels, S]` → (mean, std) of the latent distribution.

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tch::{nn, Device, Kind};
 
+use super::device::Kinds;
 use super::dit::{DitConfig, StableAudioDit};
 use super::layout::{self, Shapes};
 use super::oobleck::{Oobleck, OobleckConfig};
@@ -401,14 +402,26 @@ pub struct StableAudioModel {
     pub vae: Oobleck,
     /// Where every component runs, and the kind of all but the T5.
     pub device: Device,
+    /// The DiT's and projection's kind.
     pub kind: Kind,
+    /// The VAE's kind.
+    pub vae_kind: Kind,
     _dit_vars: nn::VarStore,
 }
 
 impl StableAudioModel {
     /// Loads a pack: the DiT, projection and VAE in `kind` (f32 on CPU; bf16 or f16 on CUDA),
     /// the T5 in f32; the VAE's encoder only `with_encoder` (audio-to-audio).
-    pub fn load(dir: &Path, device: Device, kind: Kind, with_encoder: bool) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        device: Device,
+        kinds: impl Into<Kinds>,
+        with_encoder: bool,
+    ) -> Result<Self> {
+        let Kinds {
+            dit: kind,
+            vae: vae_kind,
+        } = kinds.into();
         let (pack, config) = StableAudioPack::read(dir)?;
         let paths = pack.paths(dir);
         let tokenizer = FixedTokenizer::load(&paths.tokenizer(), config.text_max_length)?;
@@ -425,7 +438,7 @@ impl StableAudioModel {
                 )?;
                 (
                     ProjectionModel::load(&r.join("projection_model"), device, kind)?,
-                    Oobleck::load(&r.join("vae"), device, kind, with_encoder)?,
+                    Oobleck::load(&r.join("vae"), device, vae_kind, with_encoder)?,
                 )
             }
             Layout::StableAudioTools => {
@@ -441,7 +454,7 @@ impl StableAudioModel {
                 let mut src = TensorSource::new(&source, parts.projection, device, kind);
                 let projection = ProjectionModel::from_source(&config.projection, &mut src, false)?;
                 src.finish()?;
-                let mut src = TensorSource::new(&source, parts.vae, device, kind);
+                let mut src = TensorSource::new(&source, parts.vae, device, vae_kind);
                 let vae = Oobleck::from_source(&config.vae, &mut src, with_encoder)?;
                 src.finish()?;
                 (projection, vae)
@@ -460,6 +473,7 @@ impl StableAudioModel {
             vae,
             device,
             kind,
+            vae_kind,
             _dit_vars: vs,
         })
     }

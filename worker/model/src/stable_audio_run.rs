@@ -11,6 +11,7 @@
 use tch::{Kind, Tensor};
 
 use super::dit::DitInput;
+use super::oobleck::DECODE_CHUNK_FRAMES;
 use super::projection::Conditioning;
 use super::sampler::{self, step_noise, Sampler, SamplerKind, SamplerState};
 use super::stable_audio::StableAudioModel;
@@ -246,13 +247,11 @@ impl StableAudioModel {
             )));
         }
         let _g = tch::no_grad_guard();
-        let audio = self
-            .vae
-            .decode(&st.latent.to_kind(self.kind))
-            .to_kind(Kind::Float);
         let (a, e) = st.crop;
-        let e = e.min(audio.size()[2]);
-        Ok(audio.narrow(2, a, e - a))
+        Ok(self
+            .vae
+            .decode_span(&st.latent.to_kind(self.vae_kind), a, e, DECODE_CHUNK_FRAMES)?
+            .to_kind(Kind::Float))
     }
 
     /// The whole request.

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
 
-use super::device::compute_kind;
+use super::device::{Kinds, Precision};
 use super::dit::DitInput;
 use super::oobleck::Oobleck;
 use super::pipeline::{BatchShape, MAX_VARIATIONS};
@@ -28,10 +28,7 @@ use super::stable_audio::{load_vae, StableAudioConfig, StableAudioModel, StableA
 use super::state::{seeded_noise, DenoiseState, GenerationParams};
 use super::{ModelError, Result};
 
-/// Latent frames the VAE decodes at once (about 12 s of SAO audio; a 47 s clip of SAO 1.0
-/// decoded whole peaks at ~1 GB per activation), each window with the decoder's receptive
-/// radius of context on both sides so that the audio equals the whole decode.
-pub const DECODE_CHUNK_FRAMES: i64 = 256;
+pub use super::oobleck::DECODE_CHUNK_FRAMES;
 
 fn bad(m: String) -> ModelError {
     ModelError::Input(m)
@@ -43,7 +40,8 @@ pub struct StableAudioPipeline {
     pack: StableAudioPack,
     config: StableAudioConfig,
     device: Device,
-    kind: Kind,
+    /// The DiT's kind (its activation bytes) and the VAE's.
+    kinds: Kinds,
     model_id: String,
     model: Mutex<StableAudioModel>,
 }
@@ -63,15 +61,16 @@ fn model_id(pack: &StableAudioPack) -> String {
 
 impl StableAudioPipeline {
     /// Loads a pack: the DiT, projection and VAE (decoder and, for audio-to-audio, encoder) in
-    /// the device's compute kind (f32 on CPU, bf16 on CUDA), the T5 in f32.
+    /// the device's kinds (f32 on CPU; on CUDA the DiT in bf16, the VAE in f16: see
+    /// [`Precision::kinds`]), the T5 in f32.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let kind = compute_kind(device);
-        let model = StableAudioModel::load(dir, device, kind, true)?;
+        let kinds = Precision::Auto.kinds(device);
+        let model = StableAudioModel::load(dir, device, kinds, true)?;
         Ok(Self {
             pack: model.pack.clone(),
             config: model.config.clone(),
             device,
-            kind,
+            kinds,
             model_id: model_id(&model.pack),
             model: Mutex::new(model),
         })
@@ -253,7 +252,7 @@ impl StableAudioPipeline {
         let x0 = {
             let m = self.lock();
             m.vae
-                .encode(&clip.to_kind(self.kind))?
+                .encode(&clip.to_kind(self.kinds.vae))?
                 .0
                 .to_kind(Kind::Float)
         };
@@ -299,7 +298,7 @@ impl StableAudioPipeline {
         let inner = d.num_attention_heads * d.attention_head_dim;
         let per_token = 8 * inner + 2 * 4 * inner;
         let attention = d.num_attention_heads * tokens * (tokens + text);
-        let elem = self.kind.elt_size_in_bytes() as i64;
+        let elem = self.kinds.dit.elt_size_in_bytes() as i64;
         (rows * (tokens * per_token + attention) * elem) as usize
     }
 
@@ -413,7 +412,7 @@ impl StableAudioPipeline {
     /// exactly `duration * sample_rate` frames (see [`render_state`]).
     pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         let m = self.lock();
-        render_state(&m.vae, self.kind, self.device, &self.model_id, state)
+        render_state(&m.vae, self.kinds.vae, self.device, &self.model_id, state)
     }
 }
 
@@ -445,7 +444,7 @@ pub struct StableAudioRenderer {
 
 impl StableAudioRenderer {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let kind = compute_kind(device);
+        let kind = Precision::Auto.kinds(device).vae;
         let (pack, config, vae) = load_vae(dir, device, kind)?;
         Ok(Self {
             model_id: model_id(&pack),
@@ -491,13 +490,13 @@ pub fn render_state(
     }
     let _g = tch::no_grad_guard();
     let latent = state.latent.to_device(device).to_kind(kind);
+    let rate = vae.config().sampling_rate as f64;
+    let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
     let audio = vae
-        .decode_chunked(&latent, DECODE_CHUNK_FRAMES, vae.receptive_radius_frames())?
+        .decode_span(&latent, 0, frames, DECODE_CHUNK_FRAMES)?
         .to_kind(Kind::Float)
         .to_device(Device::Cpu);
     let (b, channels, len) = audio.size3().map_err(|e| bad(format!("vae output: {e}")))?;
-    let rate = vae.config().sampling_rate as f64;
-    let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
     let kept = frames.min(len);
     let mut out = Vec::with_capacity(b as usize);
     for i in 0..b {

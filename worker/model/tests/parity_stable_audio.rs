@@ -416,6 +416,25 @@ fn vae_decode_and_encode_match() {
     let whole = vae.decode(&long);
     let chunked = vae.decode_chunked(&long, 8, r).unwrap();
     check("chunked vae decode", &chunked, &whole, 1e-6);
+    // A span decodes only the frames its samples depend on and equals the whole decode's crop,
+    // wherever it starts and ends (on a frame edge or not, at the latent's ends or inside).
+    let hop = vae.config().hop_length();
+    let len = whole.size()[2];
+    for (a, e) in [
+        (0, len),
+        (0, 5 * hop + 3),
+        (17 * hop - 1, 40 * hop),
+        (30 * hop, len + 9),
+    ] {
+        let span = vae.decode_span(&long, a, e, 8).unwrap();
+        check(
+            "vae decode span",
+            &span,
+            &whole.narrow(2, a, e.min(len) - a),
+            1e-6,
+        );
+    }
+    assert!(vae.decode_span(&long, 5, 5, 8).is_err());
     let short = vae.decode_chunked(&long, 8, 0).unwrap();
     assert!(
         max_abs(&short, &whole) > 1e-3,

@@ -262,3 +262,78 @@ fn audio_to_audio_starts_from_the_encoded_clip_and_resumes_bit_identically() {
         .latent()
         .equal(run(&m, &p).latent()));
 }
+
+/// Relative L2 distance.
+fn rel(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    let d = (a - b).norm().double_value(&[]);
+    d / b.norm().double_value(&[]).max(1e-12)
+}
+
+/// What CUDA workers run, here on CPU (libtorch computes every kind there too): the DiT and
+/// projection in bf16 or f16 with the T5 in f32, one step of each model's default sampler,
+/// guided and not; then the VAE decode of the f32 latent in each kind. The steps stay within
+/// 2% of f32; the decoder loses more to bf16 than to f16 (random weights, whose stacked
+/// upsampling convolutions amplify rounding), which is why CUDA's `auto` decodes in f16. One
+/// step only: random weights make a many-step trajectory chaotic, so that any rounding grows.
+#[test]
+fn half_precisions_stay_close_to_f32_and_f16_decodes_closer() {
+    use tch::Kind;
+    use tutti_model::device::Kinds;
+    let _g = tch::no_grad_guard();
+    let tmp = tempfile::tempdir().unwrap();
+    for (dir, prompt) in [
+        (small_pack(tmp.path()), "fast drums and bass"),
+        (open_pack(tmp.path()), "a calm piano"),
+    ] {
+        let f32_model = StableAudioModel::load(&dir, Device::Cpu, Kind::Float, false).unwrap();
+        let d = &f32_model.pack.defaults;
+        let req = SaoRequest {
+            prompts: vec![prompt.into(), "soft rain".into()],
+            negative_prompts: None,
+            seeds: vec![1, 2],
+            seconds_start: 0.0,
+            seconds_total: 1.0,
+            steps: 1,
+            guidance_scale: d.guidance_scale,
+            sampler: d.sampler,
+        };
+        let mut want = f32_model.prepare(&req).unwrap();
+        f32_model.step(&mut want).unwrap();
+        let latent = want.latent().shallow_clone();
+        let want_audio = f32_model.vae.decode(&latent);
+        let mut decode_err = Vec::new();
+        for kind in [Kind::BFloat16, Kind::Half] {
+            let m = StableAudioModel::load(&dir, Device::Cpu, kind, false).unwrap();
+            assert_eq!(m.kind, kind);
+            let mut got = m.prepare(&req).unwrap();
+            m.step(&mut got).unwrap();
+            assert_eq!(got.latent().kind(), Kind::Float);
+            let r = rel(got.latent(), &latent);
+            assert!(
+                r > 0.0 && r < 0.02,
+                "{kind:?} step on {}: {r}",
+                dir.display()
+            );
+            let audio = m.vae.decode(&latent.to_kind(kind));
+            assert_eq!(audio.kind(), kind);
+            assert!(audio.isfinite().all().int64_value(&[]) == 1);
+            decode_err.push(rel(&audio.to_kind(Kind::Float), &want_audio));
+        }
+        let (bf16, f16) = (decode_err[0], decode_err[1]);
+        assert!(
+            f16 < 0.5 * bf16 && f16 < 0.15,
+            "{}: decode bf16 {bf16}, f16 {f16}",
+            dir.display()
+        );
+        // Mixed kinds load as asked: the DiT in one, the VAE in the other.
+        let kinds = Kinds {
+            dit: Kind::BFloat16,
+            vae: Kind::Half,
+        };
+        let m = StableAudioModel::load(&dir, Device::Cpu, kinds, false).unwrap();
+        assert_eq!((m.kind, m.vae_kind), (Kind::BFloat16, Kind::Half));
+        let audio = m.generate(&req).unwrap();
+        assert_eq!(audio.kind(), Kind::Float);
+        assert_eq!(audio.size()[0], 2);
+    }
+}

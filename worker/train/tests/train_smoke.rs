@@ -206,8 +206,12 @@ fn a_pack_widens_to_more_bands(pack_dir: &Path, paths: &RunPaths, dir: &Path, sf
     // Trained on 64-band features computed from the 128-band dataset's audio (id 0 held out).
     let clf = eval::classifier::Classifier::train(&ds, 10).unwrap();
     assert!((0.0..=1.0).contains(&clf.held_out_accuracy));
-    let (t, m) = eval::calibrate(&ds, 2).unwrap();
-    assert!((0.0..=1.0).contains(&t) && (0.0..=1.0).contains(&m));
+    let cal = eval::calibrate(&ds, 2).unwrap();
+    assert_eq!(cal.clips, 2);
+    for v in [cal.tempo, cal.tempo_metrical, cal.mode, cal.mode_relative] {
+        assert!((0.0..=1.0).contains(&v));
+    }
+    assert!(cal.tempo <= cal.tempo_metrical && cal.mode + cal.mode_relative <= 1.0);
 }
 
 /// `tutti train ceiling` on two held-out clips: the source row and a Griffin-Lim round trip,

@@ -172,7 +172,46 @@ pub fn tempo_ok(measured: f64, wanted: f64, tol: f64) -> bool {
     (measured - wanted).abs() <= tol * wanted
 }
 
+/// The metrical levels an onset-periodicity estimator confuses with the beat: double and half
+/// time, and the dotted/triplet relations (3/2, 2/3) of compound and swung meters.
+pub const METRICAL_FACTORS: [f64; 5] = [1.0, 2.0, 0.5, 1.5, 2.0 / 3.0];
+
+/// Whether `measured` is within `tol` of `wanted` at one of the [`METRICAL_FACTORS`]: the clip
+/// keeps the asked pulse, though the analyzer may count it at another level of the meter.
+pub fn tempo_metrical(measured: f64, wanted: f64, tol: f64) -> bool {
+    METRICAL_FACTORS
+        .iter()
+        .any(|f| tempo_ok(measured, wanted * f, tol))
+}
+
+/// The tonic of the relative key (same pitch set, the other mode): the analyzer's usual miss.
+pub fn relative_tonic(tonic: u8, mode: Mode) -> u8 {
+    match mode {
+        Mode::Major => (tonic + 9) % 12,
+        Mode::Minor => (tonic + 3) % 12,
+    }
+}
+
 /// The mel front end of the analyzers.
 pub fn front_end(cfg: &MelConfig) -> Result<MelFrontEnd> {
     Ok(MelFrontEnd::new(cfg, Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrical_levels_count_as_the_pulse_but_not_as_the_tempo() {
+        assert!(tempo_ok(122.0, 120.0, 0.08) && tempo_metrical(122.0, 120.0, 0.08));
+        for m in [60.0, 240.0, 180.0, 80.0] {
+            assert!(
+                !tempo_ok(m, 120.0, 0.08) && tempo_metrical(m, 120.0, 0.08),
+                "{m}"
+            );
+        }
+        assert!(!tempo_metrical(100.0, 120.0, 0.08));
+        assert_eq!(relative_tonic(0, Mode::Major), 9); // C major -> A minor
+        assert_eq!(relative_tonic(9, Mode::Minor), 0);
+    }
 }

@@ -65,6 +65,8 @@ pub struct EvalRow {
 pub struct Report {
     pub rows: Vec<EvalRow>,
     pub tempo_accuracy: Option<f64>,
+    /// Tempo within 8% at a metrical level (`analyzers::METRICAL_FACTORS`).
+    pub tempo_metrical: Option<f64>,
     pub mode_accuracy: Option<f64>,
     pub family_accuracy: Option<f64>,
     pub mean_seed_distance: f64,
@@ -184,6 +186,7 @@ pub fn evaluate(pack: &Path, out: &Path, opts: &EvalOptions) -> Result<Report> {
 
 fn report(pack: &Path, opts: &EvalOptions, rows: Vec<EvalRow>, clf: Option<(f64, f64)>) -> Report {
     let (mut t_hit, mut t_n, mut m_hit, mut m_n) = (0, 0, 0, 0);
+    let mut t_metrical = 0;
     let (mut f_hit, mut f_n) = (0, 0);
     let mut md = String::new();
     let _ = writeln!(md, "# Evaluation of `{}`\n", pack.display());
@@ -198,6 +201,7 @@ fn report(pack: &Path, opts: &EvalOptions, rows: Vec<EvalRow>, clf: Option<(f64,
             for m in &r.measured_bpm {
                 t_n += 1;
                 t_hit += usize::from(analyzers::tempo_ok(*m, b as f64, 0.08));
+                t_metrical += usize::from(analyzers::tempo_metrical(*m, b as f64, 0.08));
             }
         }
         if let Some(mode) = r.mode {
@@ -234,12 +238,13 @@ fn report(pack: &Path, opts: &EvalOptions, rows: Vec<EvalRow>, clf: Option<(f64,
         );
     }
     let tempo_accuracy = ratio(t_hit, t_n);
+    let tempo_metrical = ratio(t_metrical, t_n);
     let mode_accuracy = ratio(m_hit, m_n);
     let mean_seed_distance =
         rows.iter().map(|r| r.seed_distance).sum::<f64>() / rows.len().max(1) as f64;
     let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.0}%", 100.0 * v));
     let family_accuracy = ratio(f_hit, f_n);
-    let _ = writeln!(md, "\n**Tempo within 8%: {} of {t_n} generations. Mode right: {} of {m_n}. Requested instrument families heard: {} of {f_n}. Mean seed distance: {mean_seed_distance:.3}.**", pct(tempo_accuracy), pct(mode_accuracy), pct(family_accuracy));
+    let _ = writeln!(md, "\n**Tempo within 8%: {} of {t_n} generations ({} at a metrical level of it: x1, x2, x1/2, x3/2, x2/3). Mode right: {} of {m_n}. Requested instrument families heard: {} of {f_n}. Mean seed distance: {mean_seed_distance:.3}.**", pct(tempo_accuracy), pct(tempo_metrical), pct(mode_accuracy), pct(family_accuracy));
     match clf {
         Some((a, r)) => {
             let _ = writeln!(md, "\nInstrument classifier (log-mel statistics + MLP, trained on the rendered clips): {:.0}% per-family accuracy on held-out rendered clips; it hears {:.0}% of the families present there (the ceiling of the figure above).", 100.0 * a, 100.0 * r);
@@ -254,6 +259,7 @@ fn report(pack: &Path, opts: &EvalOptions, rows: Vec<EvalRow>, clf: Option<(f64,
     Report {
         rows,
         tempo_accuracy,
+        tempo_metrical,
         mode_accuracy,
         family_accuracy,
         mean_seed_distance,
@@ -267,32 +273,67 @@ pub fn write_report(out: &Path, r: &Report) -> Result<()> {
     std::fs::write(&p, &r.markdown).map_err(|e| file_err(&p, e))
 }
 
-/// The analyzers on `n` rendered clips of a dataset: (tempo within 8%, mode right) fractions.
-pub fn calibrate(dataset: &Path, n: usize) -> Result<(f64, f64)> {
+/// How right the analyzers are on rendered clips with exact labels, and how they go wrong.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    pub clips: usize,
+    /// Tempo within 8% of the true BPM.
+    pub tempo: f64,
+    /// Tempo within 8% at one of the metrical levels (`analyzers::METRICAL_FACTORS`).
+    pub tempo_metrical: f64,
+    /// Mode right.
+    pub mode: f64,
+    /// Mode wrong because the relative key (same pitch set) was found.
+    pub mode_relative: f64,
+}
+
+impl Calibration {
+    /// The report's line.
+    pub fn markdown(&self) -> String {
+        let p = |v: f64| format!("{:.0}%", 100.0 * v);
+        format!(
+            "Analyzers on {} rendered training clips (ground truth): tempo within 8% {}, at a metrical level of it (x1, x2, x1/2, x3/2, x2/3) {}; mode right {}, the relative key found instead {}.",
+            self.clips,
+            p(self.tempo),
+            p(self.tempo_metrical),
+            p(self.mode),
+            p(self.mode_relative)
+        )
+    }
+}
+
+/// The analyzers on the last `n` rendered clips of a dataset (the classifier trains on the first).
+pub fn calibrate(dataset: &Path, n: usize) -> Result<Calibration> {
     let cfg = crate::dataset::read_config(dataset)?;
     let rows = data::read_manifest(dataset)?;
     let an = tutti_model::mel::MelConfig::default();
     let front = analyzers::front_end(&an)?;
     let fps = an.sample_rate as f64 / an.hop_length as f64;
-    let (mut t, mut m, mut k) = (0, 0, 0);
-    for r in rows.iter().take(n) {
+    let (mut t, mut tm, mut m, mut rel, mut k) = (0, 0, 0, 0, 0);
+    for r in rows.iter().rev().take(n) {
         let wave = crate::resample::resample(
             &data::read_audio(dataset, r.id)?,
             cfg.mel.sample_rate,
             an.sample_rate,
         )?;
         let (mel, frames) = analyzers::log_mel(&front, &wave)?;
-        if analyzers::tempo(&mel, an.n_mels, frames, fps)
-            .is_some_and(|b| analyzers::tempo_ok(b, r.bpm as f64, 0.08))
-        {
-            t += 1;
+        if let Some(b) = analyzers::tempo(&mel, an.n_mels, frames, fps) {
+            t += usize::from(analyzers::tempo_ok(b, r.bpm as f64, 0.08));
+            tm += usize::from(analyzers::tempo_metrical(b, r.bpm as f64, 0.08));
         }
-        if analyzers::key(&analyzers::chroma(&front, &an, &wave)?).1 == r.mode {
-            m += 1;
-        }
+        let (tonic, mode, _) = analyzers::key(&analyzers::chroma(&front, &an, &wave)?);
+        m += usize::from(mode == r.mode);
+        rel += usize::from(mode != r.mode && tonic == analyzers::relative_tonic(r.tonic, r.mode));
         k += 1;
     }
-    Ok((t as f64 / k.max(1) as f64, m as f64 / k.max(1) as f64))
+    let share = |v: usize| v as f64 / k.max(1) as f64;
+    Ok(Calibration {
+        clips: k,
+        tempo: share(t),
+        tempo_metrical: share(tm),
+        mode: share(m),
+        mode_relative: share(rel),
+    })
 }
 
 fn write_wav(path: &Path, wave: &[f32], sr: u32) -> Result<()> {
@@ -334,6 +375,7 @@ mod tests {
             Some((0.9, 0.8)),
         );
         assert_eq!(r.tempo_accuracy, Some(0.5));
+        assert_eq!(r.tempo_metrical, Some(1.0)); // 60 is half time
         assert_eq!(r.mode_accuracy, Some(0.5));
         assert!(r.markdown.contains(
             "| 0 | x, 120 BPM | 120 | 121, 60 | minor | minor, major | 1/1, 0/1 | 0.500 |"
