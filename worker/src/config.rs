@@ -57,6 +57,10 @@ pub struct WorkerConfig {
     /// interactive job never waits for batch work to end). Default: 2 on CPU, 4 on CUDA.
     #[arg(long, env = "TUTTI_EXPRESS_SLOTS")]
     pub express_slots: Option<usize>,
+    /// Precision of the model networks: auto (f32 on CPU; bf16 on CUDA, with Stable Audio's
+    /// VAE in f16), f32, bf16 or f16 (for GPUs without fast bf16). Text encoders run in f32.
+    #[arg(long, env = "TUTTI_PRECISION", default_value = "auto")]
+    pub precision: tutti_model::device::Precision,
     /// libtorch intra-op threads (default: libtorch's, one per core); set it when several CPU
     /// workers share a machine.
     #[arg(long, env = "TUTTI_TORCH_THREADS")]
@@ -105,6 +109,7 @@ impl WorkerConfig {
             held_bytes: self.held_latents_mb.map_or(d.held_bytes, |mb| mb << 20),
             batch_bytes: self.batch_memory_mb.map_or(d.batch_bytes, |mb| mb << 20),
             express: self.express_slots.unwrap_or(d.express),
+            precision: self.precision,
             ..d
         }
     }
@@ -146,6 +151,11 @@ mod tests {
             (64 << 20, 0, true)
         );
         assert!(!cfg.engine_options(tch::Device::Cuda(0)).interactive_first);
+        assert_eq!(o.precision, tutti_model::device::Precision::Auto);
+        let cfg = Cli::parse_from(["w", "--precision", "fp16"]).worker;
+        let o = cfg.engine_options(tch::Device::Cuda(0));
+        assert_eq!(o.precision, tutti_model::device::Precision::F16);
+        assert!(Cli::try_parse_from(["w", "--precision", "int8"]).is_err());
         let cfg = Cli::parse_from(["w", "--max-batch", "0"]).worker;
         assert!(cfg.validate().is_err());
     }

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::{nn, Device, Kind};
 
 use super::conditioners::{ConditionerConfig, Conditioners};
 use super::decoder::{self, Decoder, DecoderConfig};
@@ -27,7 +27,7 @@ use super::mel::MelConfig;
 use super::sampler::{SamplerKind, ScheduleConfig};
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
 use super::vocoder::{self, Vocoder, VocoderConfig};
-use super::{device, weights, ModelError, Result};
+use super::{weights, ModelError, Result};
 
 pub const CONFIG_FILE: &str = "model.toml";
 pub const DENOISER_FILE: &str = "denoiser.safetensors";
@@ -238,7 +238,8 @@ fn load_component(vs: &nn::VarStore, path: &Path, required: bool) -> Result<()> 
 }
 
 impl LoadedPack {
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+    /// Loads a pack, its denoiser in `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let config = PackConfig::read(dir)?;
         let te_dir = dir.join(&config.text_encoder);
         let text_encoder = TextEncoder::load(&te_dir, device)?;
@@ -278,7 +279,7 @@ impl LoadedPack {
             return Err(pack_err(&dit_path, "weights file is missing"));
         }
         weights::load_file_strict(&dit_vs, &dit_path, &|_| false)?;
-        dit_vs.set_kind(device::compute_kind(device));
+        dit_vs.set_kind(kind);
 
         let RenderPack {
             decoder,

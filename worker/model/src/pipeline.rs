@@ -62,6 +62,8 @@ pub struct BatchShape {
 pub struct Pipeline {
     config: PackConfig,
     device: Device,
+    /// The denoiser's kind (its activation bytes).
+    kind: Kind,
     model_id: String,
     pack: Mutex<LoadedPack>,
 }
@@ -76,13 +78,20 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    /// Loads a pack with its denoiser in the device's compute kind (`device::compute_kind`).
     pub fn load(pack_dir: &Path, device: Device) -> Result<Self> {
-        let pack = LoadedPack::load(pack_dir, device)?;
+        Self::load_with(pack_dir, device, super::device::compute_kind(device))
+    }
+
+    /// [`Self::load`] with the denoiser in `kind`.
+    pub fn load_with(pack_dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let pack = LoadedPack::load(pack_dir, device, kind)?;
         let config = pack.config.clone();
         let model_id = format!("{}@{}", config.model.name, config.model.version);
         Ok(Self {
             config,
             device,
+            kind,
             model_id,
             pack: Mutex::new(pack),
         })
@@ -199,7 +208,7 @@ impl Pipeline {
         let inner = d.num_attention_heads * d.attention_head_dim;
         let per_token = 8 * inner + 2 * 4 * inner;
         let attention = d.num_attention_heads * tokens * (tokens + text);
-        let elem = super::device::compute_kind(self.device).elt_size_in_bytes() as i64;
+        let elem = self.kind.elt_size_in_bytes() as i64;
         (rows * (tokens * per_token + attention) * elem) as usize
     }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use tch::Device;
 
+use super::device::Precision;
 use super::pipeline::{BatchShape, Pipeline, Renderer};
 use super::stable_audio::is_stable_audio_pack;
 use super::stable_audio_serve::{StableAudioPipeline, StableAudioRenderer};
@@ -33,12 +34,17 @@ pub enum ServedModel {
 }
 
 impl ServedModel {
-    /// Loads the pack at `dir` by the family its `model.toml` names (none: mel).
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+    /// Loads the pack at `dir` by the family its `model.toml` names (none: mel), its networks in
+    /// `precision` (see [`Precision::kinds`]).
+    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         Ok(if is_stable_audio_pack(dir) {
-            Self::StableAudio(StableAudioPipeline::load(dir, device)?)
+            Self::StableAudio(StableAudioPipeline::load_with(
+                dir,
+                device,
+                precision.kinds(device),
+            )?)
         } else {
-            Self::Mel(Pipeline::load(dir, device)?)
+            Self::Mel(Pipeline::load_with(dir, device, precision.kind(device))?)
         })
     }
 
@@ -168,9 +174,15 @@ pub enum ServedRenderer {
 }
 
 impl ServedRenderer {
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+    /// The final stage of the pack at `dir`; the mel family's decoder and vocoder run in f32
+    /// whatever `precision` says (only its denoiser has a kind), Stable Audio's VAE in its kind.
+    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         Ok(if is_stable_audio_pack(dir) {
-            Self::StableAudio(StableAudioRenderer::load(dir, device)?)
+            Self::StableAudio(StableAudioRenderer::load_with(
+                dir,
+                device,
+                precision.kinds(device).vae,
+            )?)
         } else {
             Self::Mel(Renderer::load(dir, device)?)
         })

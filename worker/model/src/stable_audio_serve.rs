@@ -64,7 +64,11 @@ impl StableAudioPipeline {
     /// the device's kinds (f32 on CPU; on CUDA the DiT in bf16, the VAE in f16: see
     /// [`Precision::kinds`]), the T5 in f32.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let kinds = Precision::Auto.kinds(device);
+        Self::load_with(dir, device, Precision::Auto.kinds(device))
+    }
+
+    /// [`Self::load`] with the DiT's and the VAE's kinds as given.
+    pub fn load_with(dir: &Path, device: Device, kinds: Kinds) -> Result<Self> {
         let model = StableAudioModel::load(dir, device, kinds, true)?;
         Ok(Self {
             pack: model.pack.clone(),
@@ -444,7 +448,11 @@ pub struct StableAudioRenderer {
 
 impl StableAudioRenderer {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let kind = Precision::Auto.kinds(device).vae;
+        Self::load_with(dir, device, Precision::Auto.kinds(device).vae)
+    }
+
+    /// [`Self::load`] with the VAE in `kind`.
+    pub fn load_with(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let (pack, config, vae) = load_vae(dir, device, kind)?;
         Ok(Self {
             model_id: model_id(&pack),

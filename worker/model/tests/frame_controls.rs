@@ -89,7 +89,7 @@ fn beat_grid_is_built_from_the_tempo_and_reaches_the_denoiser() {
     // A known tempo's global embedding is zero whatever the BPM: only the grid can tell 120
     // from 90.
     rewrite_conditioners(&dir, &["tempo.proj."], |t| t.zeros_like());
-    let loaded = LoadedPack::load(&dir, Device::Cpu).unwrap();
+    let loaded = LoadedPack::load(&dir, Device::Cpu, tch::Kind::Float).unwrap();
     assert!(loaded.frames.is_some(), "the pack declares a beat grid");
     drop(loaded);
 
@@ -170,7 +170,7 @@ fn packs_without_frame_controls_are_unchanged() {
         !toml.contains("frame_conditioning"),
         "a pack without the controls writes no table for them"
     );
-    assert!(LoadedPack::load(&old, Device::Cpu)
+    assert!(LoadedPack::load(&old, Device::Cpu, tch::Kind::Float)
         .unwrap()
         .frames
         .is_none());

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use tch::Device;
+use tutti_model::device::Precision;
 use tutti_model::sampler::SamplerKind;
 use tutti_model::served::{ServedModel, ServedRenderer};
 use tutti_model::stable_audio::{import, ImportOptions, StableAudioModel};
@@ -78,7 +79,7 @@ fn run_chunked(m: &ServedModel, p: &GenerationParams, split: usize) -> DenoiseSt
 fn small_renders_stereo_44k_and_resumes_bit_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = small_pack(tmp.path());
-    let m = ServedModel::load(&dir, Device::Cpu).unwrap();
+    let m = ServedModel::load(&dir, Device::Cpu, Precision::Auto).unwrap();
     assert_eq!(m.family(), "stable_audio");
     assert_eq!(m.model_id(), "stable-audio-open-small@1.0");
     assert_eq!((m.sample_rate(), m.channels()), (44100, 2));
@@ -106,7 +107,7 @@ fn small_renders_stereo_44k_and_resumes_bit_identically() {
     }
     assert_ne!(audio.waveforms[0], audio.waveforms[1], "variations differ");
     // The background renderer (VAE alone) renders the same audio.
-    let r = ServedRenderer::load(&dir, Device::Cpu).unwrap();
+    let r = ServedRenderer::load(&dir, Device::Cpu, Precision::Auto).unwrap();
     assert_eq!(r.render(&whole).unwrap(), audio);
 
     // The farm path is the model's own run: same latent as `generate` from the same seed.
@@ -133,7 +134,7 @@ fn small_renders_stereo_44k_and_resumes_bit_identically() {
 fn open_guided_sde_resumes_and_batches_bit_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = open_pack(tmp.path());
-    let m = ServedModel::load(&dir, Device::Cpu).unwrap();
+    let m = ServedModel::load(&dir, Device::Cpu, Precision::Auto).unwrap();
     assert_eq!(m.model_id(), "stable-audio-open-1.0@1.0");
     let mut p = m.default_params("fast drums and bass", 1.0);
     assert_eq!(
@@ -224,7 +225,7 @@ fn audio_to_audio_starts_from_the_encoded_clip_and_resumes_bit_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let clip = sines(1.2);
     for (dir, strength) in [(small_pack(tmp.path()), 0.5), (open_pack(tmp.path()), 0.3)] {
-        let m = ServedModel::load(&dir, Device::Cpu).unwrap();
+        let m = ServedModel::load(&dir, Device::Cpu, Precision::Auto).unwrap();
         let mut p = m.default_params("a calm piano", 1.2);
         p.steps = 6;
         p.seed = 4;
@@ -255,7 +256,12 @@ fn audio_to_audio_starts_from_the_encoded_clip_and_resumes_bit_identically() {
         assert!(e.contains("3 channels"), "{e}");
     }
     // Ping-pong at strength 1 is pure noise: generation from text alone, bit for bit.
-    let m = ServedModel::load(&tmp.path().join("models/small"), Device::Cpu).unwrap();
+    let m = ServedModel::load(
+        &tmp.path().join("models/small"),
+        Device::Cpu,
+        Precision::Auto,
+    )
+    .unwrap();
     let mut p = m.default_params("a calm piano", 1.2);
     p.seed = 4;
     assert!(run_from_audio(&m, &p, &clip, 1.0, 3)
@@ -335,5 +341,14 @@ fn half_precisions_stay_close_to_f32_and_f16_decodes_closer() {
         let audio = m.generate(&req).unwrap();
         assert_eq!(audio.kind(), Kind::Float);
         assert_eq!(audio.size()[0], 2);
+        // The farm's path in a worker's --precision: finite stereo clips of the asked length.
+        for precision in [Precision::Bf16, Precision::F16] {
+            let served = ServedModel::load(&dir, Device::Cpu, precision).unwrap();
+            let mut p = served.default_params(prompt, 1.0);
+            p.steps = 2;
+            let audio = served.render(&run(&served, &p)).unwrap();
+            assert_eq!(audio.waveforms[0].len(), 2 * 44100);
+            assert!(audio.waveforms[0].iter().all(|x| x.is_finite()));
+        }
     }
 }

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use tutti_model::device::Precision;
 
 use std::time::Instant;
 
@@ -142,6 +143,9 @@ pub struct EngineOptions {
     /// priority (see `vocoder`), instead of between two steps: on CPU, where one of a long clip
     /// takes as long as dozens of steps and cannot be split.
     pub background_vocodes: bool,
+    /// The networks' precision (`auto`: f32 on CPU; on CUDA bf16, with Stable Audio's VAE in
+    /// f16).
+    pub precision: Precision,
 }
 
 /// Activations of one forward on CPU. Batching buys nothing there while a forward fits the
@@ -166,6 +170,7 @@ impl EngineOptions {
                 express: 4,
                 other_forward: std::time::Duration::MAX,
                 background_vocodes: false,
+                precision: Precision::Auto,
             }
         } else {
             Self {
@@ -176,6 +181,7 @@ impl EngineOptions {
                 express: 2,
                 other_forward: std::time::Duration::from_millis(10),
                 background_vocodes: true,
+                precision: Precision::Auto,
             }
         }
     }
@@ -190,6 +196,7 @@ impl EngineOptions {
             express: 0,
             other_forward: std::time::Duration::MAX,
             background_vocodes: false,
+            precision: Precision::Auto,
         }
     }
 }
@@ -272,6 +279,7 @@ impl Engine {
             Some(Background::start(
                 registry.clone(),
                 device,
+                options.precision,
                 Arc::clone(&stats),
             )?)
         } else {

@@ -154,9 +154,9 @@ impl EngineThread {
     }
 
     fn pipeline(&mut self, model: &ModelRef) -> Result<&ServedModel, EngineError> {
-        let device = self.device;
+        let (device, precision) = (self.device, self.options.precision);
         load_once(&mut self.loaded, &self.registry, model, |dir| {
-            let served = ServedModel::load(dir, device)?;
+            let served = ServedModel::load(dir, device, precision)?;
             tracing::info!(model = %model, dir = %dir.display(), device = ?device, family = served.family(), "loaded model pack");
             Ok(served)
         })

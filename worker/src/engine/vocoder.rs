@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use tutti_model::device::Precision;
 
 use tokio::sync::oneshot;
 use tutti_shared::job::{JobSpec, ModelRef};
@@ -46,12 +47,13 @@ impl Background {
     pub(crate) fn start(
         registry: ModelRegistry,
         device: tch::Device,
+        precision: Precision,
         stats: Arc<EngineStats>,
     ) -> Result<Self, EngineError> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("tutti-vocoder".into())
-            .spawn(move || run(rx, registry, device, stats))
+            .spawn(move || run(rx, registry, device, precision, stats))
             .map_err(|e| EngineError::Packs(format!("spawning the vocoder thread: {e}")))?;
         Ok(Self { tx })
     }
@@ -66,6 +68,7 @@ fn run(
     rx: mpsc::Receiver<Job>,
     registry: ModelRegistry,
     device: tch::Device,
+    precision: Precision,
     stats: Arc<EngineStats>,
 ) {
     let _guard = tch::no_grad_guard();
@@ -78,7 +81,7 @@ fn run(
         let model = &job.spec.model;
         let rendered = load_once(&mut loaded, &registry, model, |dir| {
             tracing::info!(model = %model, dir = %dir.display(), "loading a pack's decoder and vocoder for background vocodes");
-            ServedRenderer::load(dir, device)
+            ServedRenderer::load(dir, device, precision)
         })
         .and_then(|r| Ok(r.render(&job.state)?));
         stats.background_vocodes.fetch_add(1, Ordering::Relaxed);

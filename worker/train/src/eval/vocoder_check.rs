@@ -13,7 +13,7 @@ use tutti_model::vocoder::{GriffinLim, GriffinLimConfig, Vocoder};
 
 /// (pack vocoder, Griffin-Lim) mean log-mel L1 over the first `n` clips of a dataset.
 pub fn vocoder_check(pack: &Path, dataset: &Path, n: usize) -> Result<(f64, f64)> {
-    let p = LoadedPack::load(pack, Device::Cpu)?;
+    let p = LoadedPack::load(pack, Device::Cpu, tch::Kind::Float)?;
     let mel_cfg = p.config.mel.clone();
     let front = analyzers::front_end(&mel_cfg)?;
     let gl = GriffinLim::new(&GriffinLimConfig::default(), &mel_cfg, Device::Cpu)?;
