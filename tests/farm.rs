@@ -70,6 +70,7 @@ async fn a_job_becomes_a_wav_with_every_chunk_recorded(backend: Backend) {
         farm.uri(&format!("outputs/default/{}/0.wav", job.id))
     );
     assert_eq!(out.sample_rate, 16000);
+    assert_eq!(out.channels, 1);
     assert!((out.duration_seconds - 2.0).abs() < 1e-3);
     let object = farm.fetch(&out.uri).await;
     let wav = hound::WavReader::new(std::io::Cursor::new(object.clone())).expect("wav");

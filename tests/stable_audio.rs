@@ -147,6 +147,7 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
         assert_eq!(state(&job), pb::JobState::Succeeded, "{job:?}");
         let out = &job.outputs[0];
         assert_eq!(out.sample_rate, 44100);
+        assert_eq!(out.channels, 2);
         assert!(
             (out.duration_seconds - frames as f32 / 44100.0).abs() < 1e-3,
             "{out:?}"

@@ -55,6 +55,7 @@ pub(crate) fn output_pb(o: &OutputRow, uri: String) -> pb::Output {
         uri,
         duration_seconds: o.duration_s,
         sample_rate: o.sample_rate as u32,
+        channels: o.channels as u32,
         sha256: o.sha256.clone(),
         size_bytes: o.size_bytes as u64,
         format: if o.format == "flac" {

@@ -33,6 +33,13 @@ pub struct OutputInfo {
     pub size_bytes: u64,
     pub duration_s: f32,
     pub sample_rate: u32,
+    /// Messages from workers before the field were all mono.
+    #[serde(default = "mono")]
+    pub channels: u16,
+}
+
+fn mono() -> u16 {
+    1
 }
 
 /// Why an attempt failed: a closed set, so that job errors, retries and dashboards name causes

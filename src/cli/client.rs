@@ -406,8 +406,11 @@ fn print_summary(job: &pb::Job, path: &std::path::Path, wall: std::time::Duratio
     let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     println!("wrote    {}", shown.display());
     println!(
-        "audio    {:.2} s at {} Hz ({} bytes)",
-        first.duration_seconds, first.sample_rate, first.size_bytes
+        "audio    {:.2} s at {} Hz, {} ({} bytes)",
+        first.duration_seconds,
+        first.sample_rate,
+        channels_word(first.channels),
+        first.size_bytes
     );
     if let Some(seed) = job.request.as_ref().and_then(|r| r.seed) {
         println!("seed     {seed} (pass --seed {seed} for the same audio again)");
@@ -524,8 +527,13 @@ fn print_job(job: &pb::Job) {
     }
     for o in &job.outputs {
         println!(
-            "output   #{} {} ({:.2} s, {} Hz, sha256 {})",
-            o.index, o.uri, o.duration_seconds, o.sample_rate, o.sha256
+            "output   #{} {} ({:.2} s, {} Hz, {}, sha256 {})",
+            o.index,
+            o.uri,
+            o.duration_seconds,
+            o.sample_rate,
+            channels_word(o.channels),
+            o.sha256
         );
         println!("url      {}", o.url);
     }
@@ -586,4 +594,13 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How an output's channel count reads in the CLI (0: a coordinator from before the field).
+fn channels_word(n: u32) -> String {
+    match n {
+        0 | 1 => "mono".into(),
+        2 => "stereo".into(),
+        n => format!("{n} channels"),
+    }
 }

@@ -77,6 +77,7 @@ pub struct OutputRow {
     pub duration_s: f32,
     pub sample_rate: i32,
     pub format: String,
+    pub channels: i32,
 }
 
 /// A job with its outputs.

@@ -200,6 +200,7 @@ impl Worker {
                     / f32::from(rendered.channels.max(1))
                     / rendered.sample_rate as f32,
                 sample_rate: rendered.sample_rate,
+                channels: rendered.channels,
             };
             self.blobs
                 .put(&key, Bytes::from(encoded), task.spec.format.content_type())

@@ -386,15 +386,17 @@ impl BatchStore for PgStore {
         .fetch_all(self.pool())
         .await?;
         let jobs: Vec<Uuid> = rows.iter().filter_map(|r| r.2).collect();
-        let outputs: Vec<(Uuid, i32, String, String, i64, f32, i32, String)> = sqlx::query_as(
-            "SELECT job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format \
+        // One row type per output: (job, idx, key, sha256, bytes, seconds, rate, format, channels).
+        type OutputCols = (Uuid, i32, String, String, i64, f32, i32, String, i32);
+        let outputs: Vec<OutputCols> = sqlx::query_as(
+            "SELECT job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
              FROM outputs WHERE job_id = ANY($1) ORDER BY job_id, idx",
         )
         .bind(&jobs)
         .fetch_all(self.pool())
         .await?;
         let mut by_job: HashMap<Uuid, Vec<OutputRow>> = HashMap::new();
-        for (job, idx, key, sha256, size_bytes, duration_s, sample_rate, format) in outputs {
+        for (job, idx, key, sha256, size_bytes, duration_s, sample_rate, format, ch) in outputs {
             by_job.entry(job).or_default().push(OutputRow {
                 idx,
                 key,
@@ -403,6 +405,7 @@ impl BatchStore for PgStore {
                 duration_s,
                 sample_rate,
                 format,
+                channels: ch,
             });
         }
         Ok(rows

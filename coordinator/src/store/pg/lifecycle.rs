@@ -208,11 +208,11 @@ impl LifecycleTx for PgLifecycle {
         for o in outputs {
             let format = o.key.rsplit('.').next().unwrap_or("wav");
             sqlx::query(
-                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (job_id, idx) DO UPDATE SET key = EXCLUDED.key, sha256 = EXCLUDED.sha256, \
                    size_bytes = EXCLUDED.size_bytes, duration_s = EXCLUDED.duration_s, \
-                   sample_rate = EXCLUDED.sample_rate, format = EXCLUDED.format",
+                   sample_rate = EXCLUDED.sample_rate, format = EXCLUDED.format, channels = EXCLUDED.channels",
             )
             .bind(job)
             .bind(o.index as i32)
@@ -222,6 +222,7 @@ impl LifecycleTx for PgLifecycle {
             .bind(o.duration_s)
             .bind(o.sample_rate as i32)
             .bind(format)
+            .bind(i32::from(o.channels))
             .execute(&mut *self.tx)
             .await?;
         }

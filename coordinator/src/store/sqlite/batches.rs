@@ -432,8 +432,8 @@ impl BatchStore for SqliteStore {
 
 impl SqliteStore {
     async fn item_outputs(&self, job: Uuid) -> Result<Vec<OutputRow>> {
-        let rows: Vec<(i64, String, String, i64, f64, i64, String)> = sqlx::query_as(
-            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format \
+        let rows: Vec<(i64, String, String, i64, f64, i64, String, i64)> = sqlx::query_as(
+            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(job.to_string())
@@ -441,15 +441,18 @@ impl SqliteStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(idx, key, sha256, size_bytes, d, sr, format)| OutputRow {
-                idx: idx as i32,
-                key,
-                sha256,
-                size_bytes,
-                duration_s: d as f32,
-                sample_rate: sr as i32,
-                format,
-            })
+            .map(
+                |(idx, key, sha256, size_bytes, d, sr, format, ch)| OutputRow {
+                    idx: idx as i32,
+                    key,
+                    sha256,
+                    size_bytes,
+                    duration_s: d as f32,
+                    sample_rate: sr as i32,
+                    format,
+                    channels: ch as i32,
+                },
+            )
             .collect())
     }
 }

@@ -219,11 +219,11 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         for o in outputs {
             let format = o.key.rsplit('.').next().unwrap_or("wav");
             sqlx::query(
-                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (job_id, idx) DO UPDATE SET key = excluded.key, sha256 = excluded.sha256, \
                    size_bytes = excluded.size_bytes, duration_s = excluded.duration_s, \
-                   sample_rate = excluded.sample_rate, format = excluded.format",
+                   sample_rate = excluded.sample_rate, format = excluded.format, channels = excluded.channels",
             )
             .bind(job.to_string())
             .bind(i64::from(o.index))
@@ -233,6 +233,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             .bind(f64::from(o.duration_s))
             .bind(i64::from(o.sample_rate))
             .bind(format)
+            .bind(i64::from(o.channels))
             .execute(&mut *self.tx)
             .await?;
         }

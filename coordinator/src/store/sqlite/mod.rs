@@ -159,7 +159,7 @@ impl SqliteStore {
 
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         let rows = sqlx::query(
-            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format \
+            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id.to_string())
@@ -175,6 +175,7 @@ impl SqliteStore {
                     duration_s: r.try_get::<f64, _>("duration_s")? as f32,
                     sample_rate: r.try_get::<i64, _>("sample_rate")? as i32,
                     format: r.try_get("format")?,
+                    channels: r.try_get::<i64, _>("channels")? as i32,
                 })
             })
             .collect()

@@ -154,6 +154,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
             size_bytes: 10,
             duration_s: 2.0,
             sample_rate: 16000,
+            channels: 1,
         }],
         held: false,
     };

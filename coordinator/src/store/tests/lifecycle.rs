@@ -47,6 +47,7 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
         size_bytes: 10,
         duration_s: 2.0,
         sample_rate: 16000,
+        channels: 2,
     };
     let outcome = Outcome::Done {
         millis: 5,
@@ -65,8 +66,12 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     assert_eq!(rec.job.timings.0.get("vocode"), Some(&5));
     assert_eq!(rec.outputs.len(), 1);
     assert_eq!(
-        (rec.outputs[0].key.as_str(), rec.outputs[0].sample_rate),
-        (out.key.as_str(), 16000)
+        (
+            rec.outputs[0].key.as_str(),
+            rec.outputs[0].sample_rate,
+            rec.outputs[0].channels
+        ),
+        (out.key.as_str(), 16000, 2)
     );
     let kinds: Vec<String> = s
         .history(id)
