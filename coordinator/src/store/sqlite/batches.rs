@@ -432,7 +432,9 @@ impl BatchStore for SqliteStore {
 
 impl SqliteStore {
     async fn item_outputs(&self, job: Uuid) -> Result<Vec<OutputRow>> {
-        let rows: Vec<(i64, String, String, i64, f64, i64, String, i64)> = sqlx::query_as(
+        // (idx, key, sha256, bytes, seconds, rate, format, channels)
+        type OutputCols = (i64, String, String, i64, f64, i64, String, i64);
+        let rows: Vec<OutputCols> = sqlx::query_as(
             "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
