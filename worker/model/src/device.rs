@@ -81,10 +81,11 @@ impl From<Kind> for Kinds {
 
 impl Precision {
     /// The kinds of a Stable Audio pack's networks on `device`. `auto` on CUDA runs the DiT in
-    /// bf16 and the VAE in f16 (the precision diffusers documents for the pipeline): the
+    /// bf16 and the VAE in f16, the precision diffusers documents for this pipeline: the
     /// decoder's stacked upsampling convolutions lose 2-3x more to bf16's 8-bit mantissa than
     /// to f16's 11 (relative L2 of a decode, random weights: 0.24 against 0.10 tiny, 0.15 bf16
-    /// at real size), while its activations stay far inside f16's range.
+    /// at real size). f16's range is the risk: random weights overflow it at real size, trained
+    /// ones decode to audio in [-1, 1]; `--precision bf16` or `f32` avoids it.
     pub fn kinds(self, device: Device) -> Kinds {
         match self {
             Self::Auto if device.is_cuda() => Kinds {
