@@ -177,7 +177,10 @@ fn packs_without_frame_controls_are_unchanged() {
     // The shipped pack declares both per-frame controls.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tutti-mini");
     let fc = PackConfig::read(&shipped).unwrap().frame_conditioning;
-    assert!(fc.as_ref().is_some_and(|f| f.beat_grid && f.key_profile), "{fc:?}");
+    assert!(
+        fc.as_ref().is_some_and(|f| f.beat_grid && f.key_profile),
+        "{fc:?}"
+    );
 
     // The same weights plus zeroed per-frame controls (what a run started from the old pack
     // begins with) generate exactly what the old pack generates, bit for bit.
