@@ -38,7 +38,7 @@ impl ServedModel {
     /// `precision` (see [`Precision::kinds`]).
     pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         Ok(if is_stable_audio_pack(dir) {
-            Self::StableAudio(StableAudioPipeline::load_with(
+            Self::StableAudio(StableAudioPipeline::load(
                 dir,
                 device,
                 precision.kinds(device),
@@ -178,7 +178,7 @@ impl ServedRenderer {
     /// whatever `precision` says (only its denoiser has a kind), Stable Audio's VAE in its kind.
     pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         Ok(if is_stable_audio_pack(dir) {
-            Self::StableAudio(StableAudioRenderer::load_with(
+            Self::StableAudio(StableAudioRenderer::load(
                 dir,
                 device,
                 precision.kinds(device).vae,

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
 
-use super::device::{Kinds, Precision};
+use super::device::Kinds;
 use super::dit::DitInput;
 use super::oobleck::Oobleck;
 use super::pipeline::{BatchShape, MAX_VARIATIONS};
@@ -28,7 +28,7 @@ use super::stable_audio::{load_vae, StableAudioConfig, StableAudioModel, StableA
 use super::state::{seeded_noise, DenoiseState, GenerationParams};
 use super::{ModelError, Result};
 
-pub use super::oobleck::DECODE_CHUNK_FRAMES;
+use super::oobleck::DECODE_CHUNK_FRAMES;
 
 fn bad(m: String) -> ModelError {
     ModelError::Input(m)
@@ -60,15 +60,11 @@ fn model_id(pack: &StableAudioPack) -> String {
 }
 
 impl StableAudioPipeline {
-    /// Loads a pack: the DiT, projection and VAE (decoder and, for audio-to-audio, encoder) in
-    /// the device's kinds (f32 on CPU; on CUDA the DiT in bf16, the VAE in f16: see
-    /// [`Precision::kinds`]), the T5 in f32.
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        Self::load_with(dir, device, Precision::Auto.kinds(device))
-    }
-
-    /// [`Self::load`] with the DiT's and the VAE's kinds as given.
-    pub fn load_with(dir: &Path, device: Device, kinds: Kinds) -> Result<Self> {
+    /// Loads a pack: the DiT and projection in `kinds.dit`, the VAE (decoder and, for
+    /// audio-to-audio, encoder) in `kinds.vae` (see [`Precision::kinds`]), the T5 in f32.
+    ///
+    /// [`Precision::kinds`]: super::device::Precision::kinds
+    pub fn load(dir: &Path, device: Device, kinds: Kinds) -> Result<Self> {
         let model = StableAudioModel::load(dir, device, kinds, true)?;
         Ok(Self {
             pack: model.pack.clone(),
@@ -447,12 +443,8 @@ pub struct StableAudioRenderer {
 }
 
 impl StableAudioRenderer {
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        Self::load_with(dir, device, Precision::Auto.kinds(device).vae)
-    }
-
-    /// [`Self::load`] with the VAE in `kind`.
-    pub fn load_with(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+    /// Loads a pack's VAE decoder in `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let (pack, config, vae) = load_vae(dir, device, kind)?;
         Ok(Self {
             model_id: model_id(&pack),
