@@ -286,7 +286,8 @@ async fn a_streamed_batch_runs_each_item_once_and_writes_its_results(backend: Ba
 #[tokio::test]
 async fn a_manifest_in_s3_reports_bad_rows_by_line_and_runs_the_good_ones() {
     let farm = Farm::start(FarmOptions::default()).await;
-    let key = format!("manifests/{}/catalog.jsonl", farm.prefix());
+    // A tenant names manifests under its own prefix (`manifests/<tenant>/`).
+    let key = format!("manifests/default/{}/catalog.jsonl", farm.prefix());
     let manifest = [
         r#"{"item_id": "intro", "prompt": "ambient pads", "duration_seconds": 2, "steps": 4, "seed": 1}"#,
         r#"{"item_id": "broken", "prompt": "#,

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
 use crate::store::{JobRecord, JobStore, OutputRow};
+use crate::tenancy::blobs::BlobAccess;
 use crate::validate::Validator;
 
 pub use crate::auth::DEFAULT_TENANT;
@@ -29,6 +30,8 @@ pub struct GenerationService {
     pub store: Arc<dyn JobStore>,
     pub validator: Validator,
     pub blobs: Arc<dyn BlobStore>,
+    /// Which objects of `blobs` a caller may name in a request.
+    pub blob_access: BlobAccess,
     /// Carries cancel broadcasts to the workers.
     pub queue: Arc<dyn TaskQueue>,
     pub url_ttl: Duration,
@@ -329,11 +332,15 @@ impl pb::generation_server::Generation for GenerationApi {
             "" => None,
             t => Some(crate::page_token::decode(t, "ListJobs")?),
         };
-        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
-        let text = req.text.trim();
-        if text.chars().count() > crate::validate::MAX_PROMPT_CHARS {
-            return Err(Error::invalid("text", "must be at most 1000 characters").into());
+        use crate::text::{check, TextRule};
+        use crate::validate::{MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_PROMPT_CHARS};
+        for (k, v) in &req.labels {
+            check("labels", k, TextRule::line(MAX_LABEL_KEY))?;
+            check("labels", v, TextRule::line(MAX_LABEL_VALUE))?;
         }
+        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
+        check("text", &req.text, TextRule::line(MAX_PROMPT_CHARS))?;
+        let text = req.text.trim();
         let rows = if text.is_empty() {
             self.store
                 .list_jobs(caller.scope(), state, &labels, after, limit + 1)

@@ -1,5 +1,8 @@
 //! The coordinator's error type and its one mapping to gRPC status codes.
 
+use std::time::Duration;
+
+use tonic_types::{ErrorDetails, StatusExt};
 use tutti_shared::blob::BlobError;
 use tutti_shared::queue::QueueError;
 
@@ -20,9 +23,14 @@ pub enum Error {
     /// A known caller asked for what its key may not see (an operator call with a tenant key).
     #[error("{0}")]
     PermissionDenied(String),
-    /// A tenant limit was hit: `limit: what happened`.
+    /// A tenant limit was hit: `limit: what happened`. `retry_after` is when a retry may pass
+    /// (`None`: not by waiting, as with a class or a size the tenant may not use).
     #[error("{limit}: {detail}")]
-    ResourceExhausted { limit: &'static str, detail: String },
+    ResourceExhausted {
+        limit: &'static str,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -47,6 +55,17 @@ impl Error {
         Error::ResourceExhausted {
             limit,
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A limit that a retry passes after `delay` (sent as the gRPC `RetryInfo` detail, and as
+    /// `Retry-After` over HTTP).
+    pub fn exhausted_for(limit: &'static str, detail: impl Into<String>, delay: Duration) -> Self {
+        Error::ResourceExhausted {
+            limit,
+            detail: detail.into(),
+            retry_after: Some(delay),
         }
     }
 
@@ -73,8 +92,23 @@ impl From<Error> for tonic::Status {
         ) {
             tracing::error!(error = %e, "request failed");
         }
-        tonic::Status::new(e.grpc_code(), e.to_string())
+        match e {
+            Error::ResourceExhausted {
+                retry_after: Some(delay),
+                ..
+            } => tonic::Status::with_error_details(
+                e.grpc_code(),
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
+            _ => tonic::Status::new(e.grpc_code(), e.to_string()),
+        }
     }
+}
+
+/// The retry delay a status carries (`RetryInfo`), if any.
+pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    status.get_details_retry_info()?.retry_delay
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,6 +21,7 @@ pub mod settings;
 pub mod store;
 pub mod studio;
 pub mod tenancy;
+pub mod text;
 pub mod validate;
 
 use std::sync::Arc;
@@ -202,6 +203,10 @@ pub async fn serve_with_studio(
     let service = Arc::new(api::GenerationService {
         store: backend.store,
         validator,
+        blob_access: tenancy::blobs::BlobAccess::new(
+            backend.blobs.uri(""),
+            cfg.admin_blob_prefixes.clone(),
+        ),
         blobs: backend.blobs,
         queue: backend.queue,
         url_ttl: cfg.url_ttl,
@@ -218,6 +223,7 @@ pub async fn serve_with_studio(
             operator.clone(),
             batches_api.clone(),
             blobs,
+            cfg.studio_access.clone(),
         );
         tokio::spawn(studio::serve(studio, listener, shutdown.clone()))
     });

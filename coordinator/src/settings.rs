@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::auth::AuthMode;
 use crate::lifecycle::RetryPolicy;
 use crate::sched::{Policy, TenantWeights};
+use crate::studio::StudioAccess;
 
 /// The default of every setting, as its flag spells it.
 pub mod defaults {
@@ -49,6 +50,11 @@ pub struct Settings {
     pub auth: AuthMode,
     /// TLS for the gRPC server (plaintext when `None`).
     pub tls: Option<TlsFiles>,
+    /// Key prefixes of the blob store that admin keys may name in requests (manifests), beside
+    /// every tenant's own `uploads/<tenant>/` and `manifests/<tenant>/`.
+    pub admin_blob_prefixes: Vec<String>,
+    /// Which browsers' requests the studio's gateway serves (hosts, origins).
+    pub studio_access: StudioAccess,
 }
 
 impl Default for Settings {
@@ -67,6 +73,8 @@ impl Default for Settings {
             url_ttl: duration(defaults::URL_TTL),
             auth: AuthMode::Off,
             tls: None,
+            admin_blob_prefixes: Vec::new(),
+            studio_access: StudioAccess::default(),
         }
     }
 }
@@ -145,6 +153,20 @@ pub struct FarmArgs {
     /// `tutti key create`); `off`: every caller is the tenant `default`.
     #[arg(long, env = "TUTTI_AUTH", value_enum, default_value = "off")]
     pub auth: AuthMode,
+    /// Key prefixes of the farm's bucket that admin keys may name as manifests
+    /// (`catalog/,backfills/`), beside each tenant's own `uploads/<tenant>/` and
+    /// `manifests/<tenant>/`.
+    #[arg(long, env = "TUTTI_ADMIN_BLOB_PREFIXES", value_delimiter = ',')]
+    pub admin_blob_prefixes: Vec<String>,
+    /// Origins whose pages may call the studio's HTTP API (`https://app.example.com,...`):
+    /// they get CORS answers. Without it no other site's page can (writes from another
+    /// origin are refused).
+    #[arg(long, env = "TUTTI_STUDIO_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub studio_allowed_origins: Vec<String>,
+    /// Host names the studio answers besides loopback names when it listens on loopback (a
+    /// guard against DNS rebinding); on other addresses, the only names it answers when set.
+    #[arg(long, env = "TUTTI_STUDIO_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub studio_allowed_hosts: Vec<String>,
 }
 
 impl FarmArgs {
@@ -154,6 +176,13 @@ impl FarmArgs {
         }
         if !(0.0..=1.0).contains(&self.batch_share) {
             return Err("batch_share must be between 0 and 1".into());
+        }
+        if let Some(p) = self.admin_blob_prefixes.iter().find(|p| {
+            !p.ends_with('/') || tutti_shared::blob::check_key(p.trim_end_matches('/')).is_err()
+        }) {
+            return Err(format!(
+                "admin_blob_prefixes: {p:?} must be a key prefix of plain segments ending in /"
+            ));
         }
         if self.url_ttl > Duration::from_secs(7 * 24 * 3600) {
             return Err("url_ttl must be at most 7 days (an S3 limit)".into());
@@ -182,6 +211,11 @@ impl FarmArgs {
             checkpoint_grace: self.checkpoint_grace,
             url_ttl: self.url_ttl,
             auth: self.auth,
+            admin_blob_prefixes: self.admin_blob_prefixes.clone(),
+            studio_access: StudioAccess {
+                allowed_origins: self.studio_allowed_origins.clone(),
+                allowed_hosts: self.studio_allowed_hosts.clone(),
+            },
             ..base
         }
     }

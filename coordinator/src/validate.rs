@@ -12,6 +12,7 @@ use tutti_shared::models::{ModelInfo, ModelRegistry};
 use tutti_shared::prompt::{self, StructuredPrompt, STRUCTURE_WORDS};
 
 use crate::error::{Error, Result};
+use crate::text::{self, quote, TextRule};
 
 pub const MAX_PROMPT_CHARS: usize = 1000;
 pub const MIN_DURATION_S: f32 = 1.0;
@@ -24,6 +25,12 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const MAX_LIST_ITEMS: usize = 8;
 pub const MAX_WORD_CHARS: usize = 40;
 pub const TEMPO_RANGE: (f32, f32) = (40.0, 240.0);
+pub const MAX_MODEL_NAME: usize = 128;
+
+/// The request's free text: prompts, the negative prompt, the structured prompt's extra text.
+const PROMPT: TextRule = TextRule::lines(MAX_PROMPT_CHARS);
+/// One word or short phrase of a structured prompt.
+const WORD: TextRule = TextRule::line(MAX_WORD_CHARS);
 
 /// A request that passed every rule, ready to store.
 #[derive(Debug, Clone)]
@@ -82,6 +89,10 @@ impl Validator {
     }
 
     fn model(&self, r: Option<&pb::ModelRef>) -> Result<&ModelInfo> {
+        if let Some(m) = r {
+            text::check("model.name", &m.name, TextRule::line(MAX_MODEL_NAME))?;
+            text::check("model.version", &m.version, TextRule::line(MAX_MODEL_NAME))?;
+        }
         let (name, version) = match r {
             Some(m) if !m.name.is_empty() => (m.name.clone(), m.version.clone()),
             Some(m) if !m.version.is_empty() => {
@@ -106,9 +117,13 @@ impl Validator {
         };
         self.registry.resolve(&name, &version).ok_or_else(|| {
             if version.is_empty() {
-                Error::NotFound(format!("model {name:?} not found"))
+                Error::NotFound(format!("model {} not found", quote(&name)))
             } else {
-                Error::NotFound(format!("model {name:?} version {version:?} not found"))
+                Error::NotFound(format!(
+                    "model {} version {} not found",
+                    quote(&name),
+                    quote(&version)
+                ))
             }
         })
     }
@@ -142,12 +157,12 @@ impl Validator {
 
         let prompt_text = match &req.prompt_kind {
             Some(pb::submit_generation_request::PromptKind::Prompt(p)) => {
-                check_text("prompt", p)?;
+                text::check("prompt", p, PROMPT.required())?;
                 p.trim().to_string()
             }
             Some(pb::submit_generation_request::PromptKind::Structured(s)) => {
                 let text = prompt::build(&structured(s)?);
-                check_text("structured", &text)?;
+                text::check("structured", &text, PROMPT.required())?;
                 text
             }
             None => {
@@ -158,12 +173,7 @@ impl Validator {
             }
         };
         self.check_tokens(model, "prompt", &prompt_text)?;
-        if req.negative_prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(Error::invalid(
-                "negative_prompt",
-                format!("must be at most {MAX_PROMPT_CHARS} characters"),
-            ));
-        }
+        text::check("negative_prompt", &req.negative_prompt, PROMPT)?;
         self.check_tokens(model, "negative_prompt", &req.negative_prompt)?;
 
         let duration_s = req.duration_seconds.unwrap_or(model.defaults.duration_s);
@@ -245,7 +255,10 @@ impl Validator {
                     format!("must be at most {MAX_IDEMPOTENCY_KEY} bytes"),
                 ))
             }
-            k => Some(k.to_string()),
+            k => {
+                text::check("idempotency_key", k, TextRule::line(MAX_IDEMPOTENCY_KEY))?;
+                Some(k.to_string())
+            }
         };
         let labels = labels(&req.labels)?;
         // Seeds stay within i64 so that every store and libtorch take them as they are.
@@ -345,38 +358,9 @@ fn controls(
     c
 }
 
-fn check_text(field: &str, text: &str) -> Result<()> {
-    if text.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    let n = text.chars().count();
-    if n > MAX_PROMPT_CHARS {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {MAX_PROMPT_CHARS} characters (got {n})"),
-        ));
-    }
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(Error::invalid(field, "must not contain control characters"));
-    }
-    Ok(())
-}
-
 fn word(field: &str, s: &str) -> Result<String> {
-    let s = s.trim();
-    if s.chars().count() > MAX_WORD_CHARS {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {MAX_WORD_CHARS} characters"),
-        ));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
-    }
-    Ok(s.to_string())
+    text::check(field, s, WORD)?;
+    Ok(s.trim().to_string())
 }
 
 fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
@@ -391,6 +375,7 @@ fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
             ));
         }
     }
+    text::check("structured.key", &s.key, WORD)?;
     let key = match s.key.trim() {
         "" => None,
         k => Some(prompt::parse_key(k).ok_or_else(|| {
@@ -418,7 +403,7 @@ fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
         if !STRUCTURE_WORDS.contains(&w.as_str()) {
             return Err(Error::invalid(
                 "structured.structure",
-                format!("{w:?} is not one of {}", STRUCTURE_WORDS.join(", ")),
+                format!("{} is not one of {}", quote(&w), STRUCTURE_WORDS.join(", ")),
             ));
         }
         structure.push(w);
@@ -436,12 +421,7 @@ fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
             .collect::<Result<_>>()?,
         structure,
         extra: {
-            if s.extra.chars().count() > MAX_PROMPT_CHARS {
-                return Err(Error::invalid(
-                    "structured.extra",
-                    format!("must be at most {MAX_PROMPT_CHARS} characters"),
-                ));
-            }
+            text::check("structured.extra", &s.extra, PROMPT)?;
             s.extra.trim().to_string()
         },
     })
@@ -465,16 +445,17 @@ fn labels(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
             });
         if !key_ok {
             return Err(Error::invalid(
-                format!("labels[{k:?}]"),
-                format!("keys are 1-{MAX_LABEL_KEY} characters of a-z, 0-9, _ . - /, starting with a letter or digit"),
+                "labels",
+                format!("key {}: keys are 1-{MAX_LABEL_KEY} characters of a-z, 0-9, _ . - /, starting with a letter or digit", quote(k)),
             ));
         }
-        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+        if v.len() > MAX_LABEL_VALUE {
             return Err(Error::invalid(
-                format!("labels[{k:?}]"),
-                format!("values are at most {MAX_LABEL_VALUE} bytes without control characters"),
+                format!("labels[{k}]"),
+                format!("values are at most {MAX_LABEL_VALUE} bytes"),
             ));
         }
+        text::check(&format!("labels[{k}]"), v, TextRule::line(MAX_LABEL_VALUE))?;
         out.insert(k.clone(), v.clone());
     }
     Ok(out)

@@ -30,7 +30,7 @@ pub enum BlobError {
 /// Keys are relative paths of plain segments (`outputs/t/j/0.wav`): no empty key, no leading
 /// `/`, no `.`/`..` segments. Both stores refuse the same keys, so a key that works on a laptop
 /// works on S3 and cannot escape the local folder.
-fn check_key(key: &str) -> Result<(), BlobError> {
+pub fn check_key(key: &str) -> Result<(), BlobError> {
     let ok = !key.is_empty()
         && std::path::Path::new(key)
             .components()

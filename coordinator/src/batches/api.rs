@@ -13,6 +13,8 @@ use crate::api::GenerationService;
 use crate::auth::{Caller, Limits};
 use crate::error::{Error, Result};
 use crate::store::batches::{AddOutcome, NewItem};
+use crate::tenancy::blobs as blob_access;
+use crate::text::{self, TextRule};
 
 /// Items validated and stored per transaction: big enough to amortise the commit, small
 /// enough that a 100,000-item batch streams through flat memory.
@@ -95,15 +97,9 @@ impl BatchesService {
         sub.position += 1;
         sub.limits.check_batch_items(sub.position as usize)?;
         let line = if line == 0 { sub.position } else { line };
-        if item_id.is_empty()
-            || item_id.chars().count() > MAX_ITEM_ID
-            || item_id.chars().any(char::is_control)
-        {
-            sub.reject(
-                line,
-                &item_id,
-                format!("item_id: 1-{MAX_ITEM_ID} characters without control characters"),
-            );
+        if let Err(e) = text::check("item_id", &item_id, TextRule::line(MAX_ITEM_ID).required()) {
+            // The id is not echoed back whole: the report quotes it.
+            sub.reject(line, &text::quote(&item_id), e.to_string());
             return Ok(());
         }
         let job = match request {
@@ -182,28 +178,27 @@ impl BatchesService {
         Ok(())
     }
 
-    /// Reads a manifest from the farm's blob store into the submission.
-    async fn read_manifest(&self, sub: &mut Submission, uri: &str) -> Result<()> {
-        let blobs = &self.generation.blobs;
-        let key = uri.strip_prefix(&blobs.uri("")).ok_or_else(|| {
-            Error::invalid(
-                "header.manifest_uri",
-                format!(
-                    "must be an object of the farm's store ({}...)",
-                    blobs.uri("")
-                ),
-            )
-        })?;
+    /// Reads a manifest from the farm's blob store into the submission: only an object of the
+    /// caller's own (see `tenancy::blobs`); another tenant's reads as absent.
+    async fn read_manifest(&self, sub: &mut Submission, admin: bool, uri: &str) -> Result<()> {
+        const FIELD: &str = "header.manifest_uri";
+        let key =
+            self.generation
+                .blob_access
+                .resolve((&sub.tenant, admin), FIELD, "manifest", uri)?;
+        let key = key.as_str();
         // Read row by row as it arrives: a manifest of any size takes the memory of a row.
-        let body = blobs
+        let body = self
+            .generation
+            .blobs
             .open(key)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("manifest {uri} not found")))?;
+            .ok_or_else(|| blob_access::not_found("manifest"))?;
         let mut rows = ManifestReader::new(body, ManifestFormat::from_name(key));
         while let Some(row) = rows
             .next()
             .await
-            .map_err(|e| Error::invalid("header.manifest_uri", e.to_string()))?
+            .map_err(|e| Error::invalid(FIELD, e.to_string()))?
         {
             match row {
                 Ok(item) => {
@@ -258,13 +253,7 @@ impl BatchesApi {
             ("", uri) => uri.to_string(),
             (name, _) => name.to_string(),
         };
-        if name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "header.name",
-                format!("at most {MAX_NAME} characters without control characters"),
-            )
-            .into());
-        }
+        text::check("header.name", &name, TextRule::line(MAX_NAME))?;
         let id = batch_id(tenant, &name);
         tracing::Span::current().record("batch_id", tracing::field::display(id));
         let manifest = Some(header.manifest_uri.as_str()).filter(|u| !u.is_empty());
@@ -289,7 +278,7 @@ impl BatchesApi {
             storing: None,
         };
         if let Some(uri) = manifest {
-            self.0.read_manifest(&mut sub, uri).await?;
+            self.0.read_manifest(&mut sub, caller.admin, uri).await?;
             if stream.next().await.transpose()?.is_some() {
                 return Err(Error::invalid(
                     "item",

@@ -12,8 +12,10 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tutti_proto::v1 as pb;
+
+use crate::text::quote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ManifestFormat {
@@ -56,7 +58,17 @@ pub enum ManifestError {
     Io(#[from] std::io::Error),
     #[error("line {line}: {message}")]
     Header { line: u64, message: String },
+    #[error("line {line}: not UTF-8 text")]
+    NotUtf8 { line: u64 },
+    #[error("line {line}: longer than {MAX_LINE} bytes (one row is one line)")]
+    LineTooLong { line: u64 },
 }
+
+/// The longest line a manifest may have: a row of every field at its limit fits easily, and a
+/// reader holds at most this much of a file that has no line breaks.
+pub const MAX_LINE: usize = 64 << 10;
+/// The most columns a CSV row may have (a header names each column once; there are 22).
+pub const MAX_COLUMNS: usize = 64;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,13 +160,13 @@ impl Row {
             Some(s) => s
                 .parse::<tutti_shared::job::SamplerKind>()
                 .map(pb::Sampler::from)
-                .map_err(|_| format!("sampler: unknown sampler {s:?}"))?,
+                .map_err(|_| format!("sampler: unknown sampler {}", quote(s)))?,
         };
         let format = match self.format.as_deref() {
             None | Some("") => pb::AudioFormat::Unspecified,
             Some("wav") => pb::AudioFormat::Wav,
             Some("flac") => pb::AudioFormat::Flac,
-            Some(f) => return Err(format!("format: must be wav or flac, not {f:?}")),
+            Some(f) => return Err(format!("format: must be wav or flac, not {}", quote(f))),
         };
         let model = self.model.filter(|m| !m.is_empty()).map(|m| {
             let (name, version) = m.split_once('@').unwrap_or((&m, ""));
@@ -185,7 +197,7 @@ pub struct ManifestReader<R> {
     input: R,
     format: ManifestFormat,
     line: u64,
-    buf: String,
+    buf: Vec<u8>,
     header: Option<Vec<String>>,
 }
 
@@ -195,7 +207,7 @@ impl<R: AsyncBufRead + Unpin> ManifestReader<R> {
             input,
             format,
             line: 0,
-            buf: String::new(),
+            buf: Vec::new(),
             header: None,
         }
     }
@@ -204,11 +216,24 @@ impl<R: AsyncBufRead + Unpin> ManifestReader<R> {
     pub async fn next(&mut self) -> Result<Option<Result<ManifestItem, RowError>>, ManifestError> {
         loop {
             self.buf.clear();
-            if self.input.read_line(&mut self.buf).await? == 0 {
+            // Read at most one byte past the limit, so a file without line breaks is refused
+            // after MAX_LINE bytes instead of being held whole.
+            let limit = MAX_LINE as u64 + 1;
+            if (&mut self.input)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+                .await?
+                == 0
+            {
                 return Ok(None);
             }
             self.line += 1;
-            let text = self.buf.trim_end_matches(['\n', '\r']);
+            if self.buf.len() > MAX_LINE {
+                return Err(ManifestError::LineTooLong { line: self.line });
+            }
+            let text = std::str::from_utf8(&self.buf)
+                .map_err(|_| ManifestError::NotUtf8 { line: self.line })?
+                .trim_end_matches(['\n', '\r']);
             if text.trim().is_empty() {
                 continue;
             }
@@ -269,7 +294,8 @@ fn check_header(header: &[String]) -> Result<(), String> {
     for h in header {
         if !COLUMNS.contains(&h.as_str()) {
             return Err(format!(
-                "unknown column {h:?} (columns: {})",
+                "unknown column {} (columns: {})",
+                quote(h),
                 COLUMNS.join(", ")
             ));
         }
@@ -362,9 +388,9 @@ fn csv_row(header: &[String], fields: Vec<String>) -> Result<Row, (Option<String
             "structure" => row.structure = list(&v),
             "labels" => {
                 for kv in list(&v) {
-                    let (k, val) = kv
-                        .split_once('=')
-                        .ok_or_else(|| err(&item_id, col, format!("{kv:?} is not key=value")))?;
+                    let (k, val) = kv.split_once('=').ok_or_else(|| {
+                        err(&item_id, col, format!("{} is not key=value", quote(&kv)))
+                    })?;
                     row.labels
                         .insert(k.trim().to_string(), val.trim().to_string());
                 }
@@ -403,6 +429,9 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
                 was_quoted = true;
             }
             (false, ',') => {
+                if out.len() + 1 >= MAX_COLUMNS {
+                    return Err(format!("more than {MAX_COLUMNS} columns"));
+                }
                 out.push(std::mem::take(&mut field));
                 was_quoted = false;
             }
@@ -492,6 +521,37 @@ mod tests {
         assert!(matches!(
             r.next().await,
             Err(ManifestError::Header { line: 1, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_manifest_is_read_in_bounded_lines_and_columns() {
+        // A file with no line breaks is refused after MAX_LINE bytes, not held whole.
+        let long = "x".repeat(4 * MAX_LINE);
+        let mut r = ManifestReader::new(long.as_bytes(), ManifestFormat::Jsonl);
+        assert!(matches!(
+            r.next().await,
+            Err(ManifestError::LineTooLong { line: 1 })
+        ));
+        // A header of a million columns stops at MAX_COLUMNS.
+        let wide = vec!["prompt"; 1_000_000].join(",");
+        let header = format!("item_id,{}\n", &wide[..MAX_LINE - 100]);
+        let mut r = ManifestReader::new(header.as_bytes(), ManifestFormat::Csv);
+        match r.next().await {
+            Err(ManifestError::Header { line: 1, message }) => {
+                assert!(message.contains("columns"), "{message}")
+            }
+            other => panic!("wide header: {other:?}"),
+        }
+        // Not UTF-8: a clear error naming the line.
+        let mut r = ManifestReader::new(
+            &b"{\"item_id\": \"a\"}\n\xff\xfe\n"[..],
+            ManifestFormat::Jsonl,
+        );
+        assert!(r.next().await.is_ok());
+        assert!(matches!(
+            r.next().await,
+            Err(ManifestError::NotUtf8 { line: 2 })
         ));
     }
 }

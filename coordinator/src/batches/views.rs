@@ -205,6 +205,8 @@ impl BatchesService {
                     )
                 };
                 let (line, item) = t.split_once('_').ok_or_else(bad)?;
+                crate::text::check("page_token", item, crate::text::TextRule::line(256))
+                    .map_err(|_| bad())?;
                 Some((line.parse::<i64>().map_err(|_| bad())?, item.to_string()))
             }
         };

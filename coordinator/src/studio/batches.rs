@@ -16,6 +16,7 @@ use super::gateway::{http_status, json, ApiError};
 use super::Studio;
 use crate::batches::manifest::ManifestFormat;
 use crate::error::Error;
+use crate::tenancy::blobs::BlobAccess;
 
 /// The largest manifest the page may upload (a 100,000-row catalog is about 20 MB).
 pub(super) const MAX_UPLOAD: usize = 64 << 20;
@@ -75,7 +76,9 @@ pub(super) struct UploadQuery {
     file: Option<String>,
 }
 
-/// `POST /api/batches?name&file` with the manifest as the body.
+/// `POST /api/batches?name&file` with the manifest as the body. The upload is stored, checked
+/// and submitted; on every refusal (a bad row, a bad file, a limit) what this call stored is
+/// deleted again, so a tenant's uploads are only ever manifests of submitted batches.
 pub(super) async fn upload(
     State(s): State<Studio>,
     headers: HeaderMap,
@@ -92,18 +95,48 @@ pub(super) async fn upload(
         ManifestFormat::Jsonl => ("jsonl", "application/x-ndjson"),
     };
     let digest = hex::encode(Sha256::digest(&body));
-    let key = format!("uploads/{}/{digest}.{ext}", caller.tenant);
+    let key = format!(
+        "{}{digest}.{ext}",
+        BlobAccess::upload_prefix(&caller.tenant)
+    );
     let blobs = &s.batches.0.generation.blobs;
+    // The same file uploaded before belongs to a batch already: a refusal now keeps it.
+    let existed = blobs.open(&key).await.map_err(Error::from)?.is_some();
     blobs
         .put(&key, body, content_type)
         .await
         .map_err(Error::from)?;
     let name = q.name.filter(|n| !n.trim().is_empty()).unwrap_or(file);
+    let reply = submit_upload(&s, &headers, name.trim(), blobs.uri(&key)).await;
+    if !existed && !matches!(&reply, Ok(Submitted::Batch(_))) {
+        if let Err(e) = blobs.delete(std::slice::from_ref(&key)).await {
+            tracing::warn!(key, error = %e, "removing a refused manifest");
+        }
+    }
+    match reply? {
+        Submitted::Batch(done) => json(&done),
+        Submitted::Refused(response) => Ok(response),
+    }
+}
+
+enum Submitted {
+    Batch(pb::SubmitBatchResponse),
+    /// Rows broke rules: the page lists them, nothing was submitted.
+    Refused(Response),
+}
+
+/// Checks the stored manifest at `uri` (SubmitBatch with `validate_only`), then submits it.
+async fn submit_upload(
+    s: &Studio,
+    headers: &HeaderMap,
+    name: &str,
+    uri: String,
+) -> Result<Submitted, ApiError> {
     let header = |validate_only| {
         Ok::<_, tonic::Status>(pb::SubmitBatchRequest {
             kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
-                name: name.trim().to_string(),
-                manifest_uri: blobs.uri(&key),
+                name: name.to_string(),
+                manifest_uri: uri.clone(),
                 validate_only,
             })),
         })
@@ -111,15 +144,11 @@ pub(super) async fn upload(
     let check = s
         .batches
         .submit(
-            s.request(&headers, futures::stream::iter([header(true)]))
+            s.request(headers, futures::stream::iter([header(true)]))
                 .await?,
         )
         .await?;
     if check.rejected > 0 {
-        // Nothing of it is kept: a fixed file is uploaded again.
-        if let Err(e) = blobs.delete(std::slice::from_ref(&key)).await {
-            tracing::warn!(key, error = %e, "removing a refused manifest");
-        }
         let status = tonic::Status::invalid_argument("manifest: refused");
         let body = serde_json::json!({
             "code": "INVALID_ARGUMENT",
@@ -131,17 +160,19 @@ pub(super) async fn upload(
             ),
             "rejected_items": check.rejected_items,
         });
-        return Ok((http_status(status.code()), axum::Json(body)).into_response());
+        return Ok(Submitted::Refused(
+            (http_status(status.code()), axum::Json(body)).into_response(),
+        ));
     }
     let mut done = s
         .batches
         .submit(
-            s.request(&headers, futures::stream::iter([header(false)]))
+            s.request(headers, futures::stream::iter([header(false)]))
                 .await?,
         )
         .await?;
     if let Some(b) = done.batch.as_mut() {
         s.blobs.rewrite_batch(b);
     }
-    json(&done)
+    Ok(Submitted::Batch(done))
 }

@@ -2,7 +2,7 @@
 //! would pass to the service, and a `tonic::Status` into an HTTP status with a JSON body
 //! `{code, message, field}`.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -79,7 +79,16 @@ pub(crate) fn error_body(status: &tonic::Status) -> serde_json::Value {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (http_status(self.0.code()), axum::Json(error_body(&self.0))).into_response()
+        let mut response =
+            (http_status(self.0.code()), axum::Json(error_body(&self.0))).into_response();
+        // A refusal a retry can pass says when (whole seconds, rounded up, as HTTP wants).
+        if let Some(delay) = crate::error::retry_delay(&self.0) {
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }
 
@@ -146,5 +155,20 @@ mod tests {
             code_name(tonic::Code::PermissionDenied),
             "PERMISSION_DENIED"
         );
+    }
+
+    #[test]
+    fn refusals_a_retry_passes_carry_retry_after() {
+        let e = crate::error::Error::exhausted_for(
+            "submits_per_second",
+            "over the rate",
+            std::time::Duration::from_millis(1500),
+        );
+        let response = ApiError::from(e).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let permanent = crate::error::Error::exhausted("max_steps", "over the limit");
+        let response = ApiError::from(permanent).into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -12,7 +12,10 @@ mod assets;
 mod batches;
 mod blobs;
 mod gateway;
+mod guard;
 mod routes;
+
+pub use guard::StudioAccess;
 
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ pub struct Studio {
     pub(crate) operator: OperatorApi,
     pub(crate) batches: BatchesApi,
     pub(crate) blobs: blobs::LocalUrls,
+    access: StudioAccess,
 }
 
 impl Studio {
@@ -43,6 +47,7 @@ impl Studio {
         operator: OperatorApi,
         batches: BatchesApi,
         blobs: Arc<dyn BlobStore>,
+        access: StudioAccess,
     ) -> Self {
         Self {
             auth,
@@ -50,6 +55,7 @@ impl Studio {
             operator,
             batches,
             blobs: blobs::LocalUrls::new(blobs),
+            access,
         }
     }
 }
@@ -60,8 +66,10 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "studio listening");
-    axum::serve(listener, routes::router(studio))
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "studio listening");
+    let guard = guard::Guard::new(studio.access.clone(), addr);
+    axum::serve(listener, routes::router(studio, guard))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })

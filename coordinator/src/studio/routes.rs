@@ -31,10 +31,10 @@ use tutti_proto::v1::generation_server::Generation;
 use tutti_proto::v1::operator_server::Operator;
 
 use super::gateway::{error_body, json, parse, ApiError};
-use super::{assets, batches, blobs, Studio};
+use super::{assets, batches, blobs, guard, Studio};
 use crate::auth::AuthMode;
 
-pub(super) fn router(studio: Studio) -> Router {
+pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/studio.js", get(assets::script))
@@ -58,6 +58,7 @@ pub(super) fn router(studio: Studio) -> Router {
         .route("/api/batches/{id}/cancel", post(batches::cancel))
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(studio)
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tutti_shared::job::Priority;
 
@@ -20,6 +20,10 @@ pub mod names {
     pub const MAX_DURATION_S: &str = "max_duration_s";
     pub const MAX_STEPS: &str = "max_steps";
 }
+
+/// The retry delay a refusal for jobs in flight suggests: no one knows when a job of the
+/// tenant's ends, and a few seconds is a fair share of a typical job.
+pub const IN_FLIGHT_RETRY: Duration = Duration::from_secs(5);
 
 /// A tenant's limits; `None` is no limit.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,9 +97,10 @@ impl Limits {
 
     /// The error the store returns when a submit would pass `max_jobs_in_flight`.
     pub fn in_flight_exhausted(tenant: &str, max: u32) -> Error {
-        Error::exhausted(
+        Error::exhausted_for(
             names::MAX_JOBS_IN_FLIGHT,
             format!("tenant {tenant:?} already has {max} jobs queued or running"),
+            IN_FLIGHT_RETRY,
         )
     }
 }
@@ -152,9 +157,15 @@ impl SubmitRate {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Error::exhausted(
+            // When the bucket next holds a whole token.
+            let wait = Duration::from_secs_f64(((1.0 - b.tokens) / rate).clamp(0.001, 86_400.0));
+            Err(Error::exhausted_for(
                 names::SUBMITS_PER_SECOND,
-                format!("over the tenant's rate of {rate} submits per second (burst {burst}); retry later"),
+                format!(
+                    "over the tenant's rate of {rate} submits per second (burst {burst}); retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+                wait,
             ))
         }
     }
@@ -177,6 +188,16 @@ mod tests {
         let err = rate.admit("a", &limits).expect_err("third submit");
         assert_eq!(err.grpc_code(), tonic::Code::ResourceExhausted);
         assert!(err.to_string().contains("submits_per_second"), "{err}");
+        // A token comes back after 1000 s at this rate: the refusal says so.
+        match &err {
+            Error::ResourceExhausted {
+                retry_after: Some(d),
+                ..
+            } => assert!((999.0..=1000.0).contains(&d.as_secs_f64()), "{d:?}"),
+            other => panic!("no retry delay: {other:?}"),
+        }
+        let status = tonic::Status::from(err);
+        assert!(crate::error::retry_delay(&status).is_some_and(|d| d.as_secs() >= 999));
         // Buckets are per tenant.
         assert!(rate.admit("b", &limits).is_ok());
         // No rate, no bucket.

@@ -2,6 +2,7 @@
 //! limits. Plain data and rules, read by the store (which keeps them) and by the auth layer
 //! (which applies them), so neither of those needs the other.
 
+pub mod blobs;
 pub mod key;
 pub mod limits;
 

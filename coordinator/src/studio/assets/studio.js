@@ -29,7 +29,9 @@ class ApiError extends Error {
 }
 
 async function api(path, { method = "GET", body } = {}) {
-  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  // Every write says JSON, even without a body: the gateway refuses writes of the types a
+  // page on another site could send.
+  const init = { method, headers: headers(method === "GET" ? {} : { "Content-Type": "application/json" }) };
   if (body) init.body = JSON.stringify(body);
   const res = await fetch(path, init);
   const text = await res.text();
