@@ -184,7 +184,7 @@ async fn every_rule_names_its_field_and_stores_nothing(backend: Backend) {
                 r.labels.insert("Bad Key".into(), "v".into());
             }),
             Code::InvalidArgument,
-            "labels[\"Bad Key\"]: keys are",
+            "labels: key \"Bad Key\": keys are",
         ),
         (
             "label value",

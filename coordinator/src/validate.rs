@@ -451,11 +451,15 @@ fn labels(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
         }
         if v.len() > MAX_LABEL_VALUE {
             return Err(Error::invalid(
-                format!("labels[{k}]"),
+                format!("labels[{k:?}]"),
                 format!("values are at most {MAX_LABEL_VALUE} bytes"),
             ));
         }
-        text::check(&format!("labels[{k}]"), v, TextRule::line(MAX_LABEL_VALUE))?;
+        text::check(
+            &format!("labels[{k:?}]"),
+            v,
+            TextRule::line(MAX_LABEL_VALUE),
+        )?;
         out.insert(k.clone(), v.clone());
     }
     Ok(out)
