@@ -179,6 +179,7 @@ macro_rules! job_store_suite {
 }
 
 mod batches;
+mod hostile;
 mod jobs;
 mod lifecycle;
 mod round;
