@@ -16,6 +16,7 @@ use tutti_shared::messages::TaskMessage;
 use tutti_shared::taskqueue::{QueueError, QueueName, TaskQueue};
 
 use crate::error::Result;
+use crate::hearing::Hearing;
 use crate::sched::{plan_round, Policy};
 use crate::store::{JobStore, RetryPolicy};
 
@@ -104,6 +105,8 @@ pub struct Dispatcher {
     pub policy: Policy,
     pub retry: RetryPolicy,
     pub task_lease: Duration,
+    /// Silence is judged only while the coordinator itself could hear (see `hearing`).
+    pub hearing: Hearing,
 }
 
 impl Dispatcher {
@@ -115,12 +118,18 @@ impl Dispatcher {
             if last_lease_check.elapsed() > Duration::from_secs(1) {
                 last_lease_check = std::time::Instant::now();
                 let timeout = self.policy.worker_timeout;
-                if let Err(e) = self.store.reclaim_lost(timeout, self.retry).await {
-                    tracing::warn!(error = %e, "dispatcher: worker liveness check failed");
+                if self.hearing.can_judge(timeout) {
+                    if let Err(e) = self.store.reclaim_lost(timeout, self.retry).await {
+                        self.hearing.deaf();
+                        tracing::warn!(error = %e, "dispatcher: worker liveness check failed");
+                    }
                 }
-                if let Err(e) = self.store.expire_leases(self.task_lease, self.retry).await {
-                    crate::observe::count_error(&e);
-                    tracing::warn!(error = %e, "dispatcher: lease check failed");
+                if self.hearing.can_judge(self.task_lease) {
+                    if let Err(e) = self.store.expire_leases(self.task_lease, self.retry).await {
+                        self.hearing.deaf();
+                        crate::observe::count_error(&e);
+                        tracing::warn!(error = %e, "dispatcher: lease check failed");
+                    }
                 }
             }
             match dispatch_once(self.store.as_ref(), self.queue.as_ref(), &self.policy).await {
@@ -131,6 +140,9 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
+                    if matches!(e, crate::error::Error::Database(_)) {
+                        self.hearing.deaf();
+                    }
                     crate::observe::count_error(&e);
                     tracing::warn!(error = %e, "dispatcher: dispatch failed");
                     tokio::select! {

@@ -12,6 +12,7 @@ use tutti_shared::metrics::Health;
 use tutti_shared::taskqueue::TaskQueue;
 
 use crate::api::GenerationApi;
+use crate::hearing::Hearing;
 use crate::store::JobStore;
 
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -46,6 +47,7 @@ async fn unready_reason(store: &dyn JobStore, queue: &dyn TaskQueue) -> Option<S
 pub(crate) async fn probe(
     store: Arc<dyn JobStore>,
     queue: Arc<dyn TaskQueue>,
+    hearing: Hearing,
     health: Health,
     reporter: HealthReporter,
     mut shutdown: watch::Receiver<bool>,
@@ -60,6 +62,9 @@ pub(crate) async fn probe(
         }
         let reason = unready_reason(store.as_ref(), queue.as_ref()).await;
         let ready = reason.is_none();
+        if !ready {
+            hearing.deaf();
+        }
         if serving != Some(ready) {
             match &reason {
                 Some(why) => tracing::warn!(reason = %why, "not ready"),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod error;
 mod health;
+pub mod hearing;
 pub mod init_audio;
 pub mod janitor;
 pub mod lifecycle;
@@ -148,18 +149,22 @@ pub async fn serve_with_studio(
         tracing::info!(model = %m.name, version = %m.version, dir = %m.dir.display(), "model pack");
     }
     let validator = validate::Validator::new(registry, cfg.default_model.clone(), cfg.chunk_steps)?;
+    let hearing = hearing::Hearing::default();
     let dispatcher = dispatcher::Dispatcher {
         store: Arc::clone(&backend.store),
         queue: Arc::clone(&backend.queue),
         policy: cfg.sched.clone(),
         retry: cfg.retry,
         task_lease: cfg.task_lease,
+        hearing: hearing.clone(),
     };
     let dispatch_task = tokio::spawn(dispatcher.run(shutdown.clone()));
     let results = results::ResultsConsumer {
         store: Arc::clone(&backend.store),
         queue: Arc::clone(&backend.queue),
         retry: cfg.retry,
+        blobs: Arc::clone(&backend.blobs),
+        hearing: hearing.clone(),
     };
     let results_task = tokio::spawn(results.run(shutdown.clone()));
     observe::register_counters();
@@ -176,6 +181,7 @@ pub async fn serve_with_studio(
     let probe_task = tokio::spawn(health::probe(
         Arc::clone(&backend.store),
         Arc::clone(&backend.queue),
+        hearing,
         health,
         health_reporter,
         shutdown.clone(),

@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tutti_shared::job::Priority;
-use tutti_shared::messages::WorkerEvent;
+use tutti_shared::blob::BlobStore;
+use tutti_shared::job::{checkpoint_key, Priority};
+use tutti_shared::messages::{ControlMessage, WorkerEvent};
 use tutti_shared::metrics::names;
 use tutti_shared::taskqueue::{Delivery, QueueName, TaskQueue};
 
 use crate::error::{Error, Result};
-use crate::store::{DeadLetter, Heartbeat, JobStore, RetryPolicy, TaskRef};
+use crate::hearing::Hearing;
+use crate::store::{DeadLetter, Heartbeat, JobStore, Recorded, RetryPolicy, TaskRef};
+use uuid::Uuid;
 
 /// Lanes for the events of other classes than interactive (each applies one event at a time,
 /// holding a database connection). One for now: on the 2-core benchmark machine four cost 20% of
@@ -36,6 +39,10 @@ pub struct ResultsConsumer {
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn TaskQueue>,
     pub retry: RetryPolicy,
+    /// Where a result of an unknown job left its checkpoint.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Told when events cannot be consumed or applied (the broker or the store is down).
+    pub hearing: Hearing,
 }
 
 /// The lane of an event: the interactive lane for an interactive job's, else its job's (its
@@ -69,6 +76,7 @@ impl ResultsConsumer {
             match self.consume(&mut shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
+                    self.hearing.deaf();
                     tracing::warn!(error = %e, "results consumer: reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -151,6 +159,7 @@ impl ResultsConsumer {
             match self.apply(&event).await {
                 Ok(()) => delivery.ack().await?,
                 Err(e) => {
+                    self.hearing.deaf();
                     crate::observe::count_error(&e);
                     tracing::warn!(error = %e, "applying worker event failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -158,6 +167,18 @@ impl ResultsConsumer {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The reply to a result of a job this farm never accepted (a forged or foreign task):
+    /// its checkpoint is deleted, and a cancel tells every worker to drop what it holds of
+    /// that job and to refuse its further chunks.
+    async fn forget(&self, job: Uuid, chunk: u32) -> Result<()> {
+        tracing::warn!(job_id = %job, chunk, "a worker ran a task of an unknown job; its checkpoint is deleted and the job cancelled on the workers");
+        self.blobs.delete(&[checkpoint_key(job, chunk)]).await?;
+        self.queue
+            .broadcast(&ControlMessage::Cancel { job_id: job })
+            .await?;
         Ok(())
     }
 
@@ -193,7 +214,10 @@ impl ResultsConsumer {
                     attempt: *attempt,
                     worker,
                 };
-                self.store.record_result(task, outcome, self.retry).await
+                match self.store.record_result(task, outcome, self.retry).await? {
+                    Recorded::UnknownTask => self.forget(*job_id, *chunk).await,
+                    Recorded::Applied | Recorded::Dropped => Ok(()),
+                }
             }
             // Worker liveness and capacity bound dispatch; holds steer chunk affinity.
             WorkerEvent::Heartbeat {

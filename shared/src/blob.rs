@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -17,6 +19,8 @@ pub enum BlobError {
         op: &'static str,
         key: String,
         message: String,
+        /// The store could not be reached or answered 5xx/429: the same call may pass later.
+        transient: bool,
     },
     #[error("file {path}: {source}")]
     File {
@@ -25,6 +29,20 @@ pub enum BlobError {
     },
     #[error("invalid key {0:?}: keys are relative paths without '..'")]
     InvalidKey(String),
+}
+
+impl BlobError {
+    /// Whether waiting may help: the store was unreachable, timed out or was overloaded (an
+    /// outage), rather than refusing this call (a bad key, a denied access, a full disk).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BlobError::S3 {
+                transient: true,
+                ..
+            }
+        )
+    }
 }
 
 /// Keys are relative paths of plain segments (`outputs/t/j/0.wav`): no empty key, no leading
@@ -120,7 +138,15 @@ impl S3Store {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(s.region.clone()))
             .credentials_provider(creds)
-            .force_path_style(s.path_style);
+            .force_path_style(s.path_style)
+            // Without these a store that stops answering (a paused server, a dropped route)
+            // hangs a call for good; with them it is a transient error that callers wait out.
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(30))
+                    .build(),
+            );
         if let Some(ep) = &s.endpoint {
             conf = conf.endpoint_url(ep);
         }
@@ -161,6 +187,7 @@ impl S3Store {
                         op: "create_bucket",
                         key: self.bucket.clone(),
                         message: msg,
+                        transient: false,
                     })
                 }
             }
@@ -173,13 +200,33 @@ impl S3Store {
 }
 
 /// Every S3 failure passes here, so `tutti_s3_errors_total` counts them all.
-fn s3_err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> BlobError {
+fn s3_err<E: std::error::Error>(op: &'static str, key: &str, e: E, transient: bool) -> BlobError {
     metrics::counter!(crate::metrics::names::S3_ERRORS, "op" => op).increment(1);
     BlobError::S3 {
         op,
         key: key.to_string(),
         message: format!("{}", aws_sdk_s3::error::DisplayErrorContext(e)),
+        transient,
     }
+}
+
+/// A failed S3 call, transient when the request never got a proper answer (no connection, a
+/// timeout, a broken response) or the server said it is failing or overloaded.
+fn sdk_err<E>(op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> BlobError
+where
+    E: std::error::Error + 'static,
+{
+    let transient = match &e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            status >= 500 || status == 429
+        }
+        _ => false,
+    };
+    s3_err(op, key, e, transient)
 }
 
 #[async_trait]
@@ -195,7 +242,7 @@ impl BlobStore for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| s3_err("put", key, e))?;
+            .map_err(|e| sdk_err("put", key, e))?;
         Ok(())
     }
 
@@ -215,11 +262,11 @@ impl BlobStore for S3Store {
                     .body
                     .collect()
                     .await
-                    .map_err(|e| s3_err("get", key, e))?;
+                    .map_err(|e| s3_err("get", key, e, true))?;
                 Ok(Some(data.into_bytes()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(s3_err("get", key, e)),
+            Err(e) => Err(sdk_err("get", key, e)),
         }
     }
 
@@ -235,7 +282,7 @@ impl BlobStore for S3Store {
         {
             Ok(out) => Ok(Some(Box::new(Box::pin(out.body.into_async_read())))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(s3_err("get", key, e)),
+            Err(e) => Err(sdk_err("get", key, e)),
         }
     }
 
@@ -245,7 +292,8 @@ impl BlobStore for S3Store {
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError> {
         check_key(key)?;
-        let cfg = PresigningConfig::expires_in(ttl).map_err(|e| s3_err("presign", key, e))?;
+        let cfg =
+            PresigningConfig::expires_in(ttl).map_err(|e| s3_err("presign", key, e, false))?;
         let req = self
             .client
             .get_object()
@@ -253,7 +301,7 @@ impl BlobStore for S3Store {
             .key(key)
             .presigned(cfg)
             .await
-            .map_err(|e| s3_err("presign", key, e))?;
+            .map_err(|e| sdk_err("presign", key, e))?;
         Ok(SignedUrl {
             url: req.uri().to_string(),
             expires_at: std::time::SystemTime::now() + ttl,
@@ -282,7 +330,7 @@ impl S3Store {
             .key(&key)
             .send()
             .await
-            .map_err(|e| s3_err("delete", &key, e))?;
+            .map_err(|e| sdk_err("delete", &key, e))?;
         Ok(())
     }
 }

@@ -174,6 +174,8 @@ pub(crate) async fn start(
             prefetch: 1,
             engine,
             blobs: blobs.clone(),
+            // Local blobs have no outages: their errors are the disk's, and final.
+            outage_budget: std::time::Duration::ZERO,
         };
         workers.push(tokio::spawn(worker.run(shutdown.clone())));
     }

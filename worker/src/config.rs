@@ -71,6 +71,10 @@ pub struct WorkerConfig {
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (off when unset).
     #[arg(long, env = "TUTTI_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a task in hand waits out an unreachable blob store (no connection, timeouts,
+    /// 5xx) before it fails; keep it under the coordinator's task lease.
+    #[arg(long, env = "TUTTI_OUTAGE_BUDGET", default_value = crate::runner::DEFAULT_OUTAGE_BUDGET, value_parser = humantime::parse_duration)]
+    pub outage_budget: std::time::Duration,
 }
 
 impl WorkerConfig {

@@ -40,6 +40,7 @@ pub async fn serve(cfg: &WorkerConfig, shutdown: watch::Receiver<bool>) -> anyho
         prefetch: cfg.prefetch,
         engine,
         blobs,
+        outage_budget: cfg.outage_budget,
     };
     tracing::info!(worker = %worker.name, device = ?device, options = ?worker.engine.options(), "worker starting");
     let health = tutti_shared::metrics::Health::default();

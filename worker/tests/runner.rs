@@ -92,6 +92,7 @@ async fn run_jobs(options: EngineOptions, specs: &[JobSpec]) -> Run {
         prefetch: 2,
         engine,
         blobs: blobs.clone(),
+        outage_budget: std::time::Duration::ZERO,
     };
     let (stop, shutdown) = watch::channel(false);
     let running = tokio::spawn(worker.run(shutdown));

@@ -15,12 +15,23 @@ use crate::tenancy::Scope;
 
 /// The end of an attempt: advance the job, retry, or fail it. A stale or duplicate result is
 /// recorded in the history and changes nothing else.
+/// What a worker's result did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// It moved its job on (or retried or failed it).
+    Applied,
+    /// Stale, duplicate, or for an ended job: kept in the history, nothing else.
+    Dropped,
+    /// No task of that job and chunk exists: a job this farm never accepted.
+    UnknownTask,
+}
+
 pub async fn record_result(
     tx: &mut dyn LifecycleTx,
     task: TaskRef<'_>,
     outcome: &Outcome,
     policy: RetryPolicy,
-) -> Result<()> {
+) -> Result<Recorded> {
     let TaskRef {
         job,
         chunk,
@@ -29,7 +40,7 @@ pub async fn record_result(
     } = task;
     let Some(row) = tx.lock_task(job, chunk).await? else {
         tracing::warn!(job_id = %job, chunk, attempt, "result for an unknown task, dropped");
-        return Ok(());
+        return Ok(Recorded::UnknownTask);
     };
     if fence(&row, attempt) == Fence::Stale {
         tracing::info!(job_id = %job, chunk, attempt, current_attempt = row.attempt, task_state = %row.state, "stale or duplicate result, dropped");
@@ -39,15 +50,15 @@ pub async fn record_result(
             "task_state": row.state.as_str(),
             "current_attempt": row.attempt,
         });
-        return tx
-            .event(job, "stale_result", Some(chunk), Some(attempt), detail)
-            .await;
+        tx.event(job, "stale_result", Some(chunk), Some(attempt), detail)
+            .await?;
+        return Ok(Recorded::Dropped);
     }
     let head = tx.lock_job(job).await?;
     if !head.state.is_active() {
-        return Ok(());
+        return Ok(Recorded::Dropped);
     }
-    match outcome {
+    let applied: Result<()> = match outcome {
         Outcome::Done {
             millis,
             outputs,
@@ -118,7 +129,8 @@ pub async fn record_result(
             };
             retry_or_fail(tx, job, chunk, attempt, policy.at_once(), failure).await
         }
-    }
+    };
+    applied.map(|()| Recorded::Applied)
 }
 
 /// Step progress of a live attempt (dropped for any other attempt).

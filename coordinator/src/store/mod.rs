@@ -35,7 +35,7 @@ use crate::error::Result;
 use crate::sched::{PendingTask, RoundTx};
 use crate::validate::NewJob;
 
-pub use crate::lifecycle::{RetryPolicy, TaskRef};
+pub use crate::lifecycle::{Recorded, RetryPolicy, TaskRef};
 pub use crate::notify::{JobChange, Notifier};
 pub use crate::tenancy::Scope;
 pub use batches::BatchStore;
@@ -177,7 +177,7 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
         task: TaskRef<'_>,
         outcome: &Outcome,
         policy: RetryPolicy,
-    ) -> Result<()>;
+    ) -> Result<Recorded>;
     /// Ended jobs, finished at least `grace` ago, whose checkpoints may still be in the blob
     /// store: at most `limit`, oldest first, each with its number of denoise chunks.
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>>;

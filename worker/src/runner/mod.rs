@@ -10,8 +10,11 @@
 //! heartbeat every two seconds tells the coordinator the slots, the held jobs and draining.
 
 mod lanes;
+mod patience;
 mod stages;
 mod window;
+
+pub use patience::DEFAULT_OUTAGE_BUDGET;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +60,8 @@ pub struct Worker {
     pub prefetch: u16,
     pub engine: Engine,
     pub blobs: Arc<dyn BlobStore>,
+    /// How long a task in hand waits out an unreachable blob store before it fails.
+    pub outage_budget: Duration,
 }
 
 /// How often a worker says it is alive.

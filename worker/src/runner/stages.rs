@@ -12,6 +12,7 @@ use tutti_shared::job::{checkpoint_key, output_key, AudioFormat};
 use tutti_shared::messages::{ErrorCode, OutputInfo, TaskMessage, WorkerEvent};
 use tutti_shared::taskqueue::QueueName;
 
+use super::patience::patiently;
 use super::Worker;
 use crate::engine::{DenoiseOutcome, DenoiseRequest, EngineError, Start};
 
@@ -66,10 +67,13 @@ impl Worker {
                 // result (and so the ack) waits for the upload.
                 let computed = begun.elapsed();
                 let key = checkpoint_key(task.job_id, task.chunk);
-                self.blobs
-                    .put(&key, Bytes::from(bytes), "application/octet-stream")
-                    .await
-                    .map_err(|e| TaskError::retry(ErrorCode::CheckpointWrite, e.to_string()))?;
+                let bytes = Bytes::from(bytes);
+                patiently(self.outage_budget, "checkpoint put", || {
+                    self.blobs
+                        .put(&key, bytes.clone(), "application/octet-stream")
+                })
+                .await
+                .map_err(|e| TaskError::retry(ErrorCode::CheckpointWrite, e.to_string()))?;
                 tracing::debug!(
                     engine_ms = computed.as_millis() as u64,
                     upload_ms = (begun.elapsed() - computed).as_millis() as u64,
@@ -127,16 +131,17 @@ impl Worker {
 
     /// An audio-to-audio job's init clip, stored at submit (the coordinator checked it).
     async fn init_clip(&self, key: &str) -> Result<audio::Pcm, TaskError> {
-        let bytes = match self.blobs.get(key).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return Err(TaskError::fatal(
-                    ErrorCode::InvalidInput,
-                    format!("init audio {key} not found"),
-                ))
-            }
-            Err(e) => return Err(TaskError::retry(ErrorCode::CheckpointRead, e.to_string())),
-        };
+        let bytes =
+            match patiently(self.outage_budget, "init audio get", || self.blobs.get(key)).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    return Err(TaskError::fatal(
+                        ErrorCode::InvalidInput,
+                        format!("init audio {key} not found"),
+                    ))
+                }
+                Err(e) => return Err(TaskError::retry(ErrorCode::CheckpointRead, e.to_string())),
+            };
         audio::decode_wav(&bytes).map_err(|e| {
             TaskError::fatal(ErrorCode::InvalidInput, format!("init audio {key}: {e}"))
         })
@@ -144,7 +149,11 @@ impl Worker {
 
     pub(super) async fn checkpoint(&self, task: &TaskMessage) -> Result<Vec<u8>, TaskError> {
         let key = checkpoint_key(task.job_id, task.chunk.saturating_sub(1));
-        match self.blobs.get(&key).await {
+        match patiently(self.outage_budget, "checkpoint get", || {
+            self.blobs.get(&key)
+        })
+        .await
+        {
             Ok(Some(b)) => Ok(b.to_vec()),
             Ok(None) => Err(TaskError::retry(
                 ErrorCode::CheckpointMissing,
@@ -202,10 +211,13 @@ impl Worker {
                 sample_rate: rendered.sample_rate,
                 channels: rendered.channels,
             };
-            self.blobs
-                .put(&key, Bytes::from(encoded), task.spec.format.content_type())
-                .await
-                .map_err(|e| TaskError::retry(ErrorCode::OutputWrite, e.to_string()))?;
+            let encoded = Bytes::from(encoded);
+            patiently(self.outage_budget, "output put", || {
+                self.blobs
+                    .put(&key, encoded.clone(), task.spec.format.content_type())
+            })
+            .await
+            .map_err(|e| TaskError::retry(ErrorCode::OutputWrite, e.to_string()))?;
             outputs.push(info);
         }
         Ok(Some(outputs))

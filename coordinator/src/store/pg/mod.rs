@@ -31,7 +31,7 @@ use super::{
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
-use crate::lifecycle::LifecycleTx;
+use crate::lifecycle::{LifecycleTx, Recorded};
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
 
@@ -252,10 +252,11 @@ impl JobStore for PgStore {
         task: TaskRef<'_>,
         outcome: &Outcome,
         policy: RetryPolicy,
-    ) -> Result<()> {
+    ) -> Result<Recorded> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;
-        crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
-        tx.commit().await
+        let recorded = crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
+        tx.commit().await?;
+        Ok(recorded)
     }
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
         let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(

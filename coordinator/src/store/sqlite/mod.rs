@@ -33,7 +33,7 @@ use super::{
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
-use crate::lifecycle::LifecycleTx;
+use crate::lifecycle::{LifecycleTx, Recorded};
 use crate::notify::Pending;
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
@@ -345,10 +345,11 @@ impl JobStore for SqliteStore {
         task: TaskRef<'_>,
         outcome: &Outcome,
         policy: RetryPolicy,
-    ) -> Result<()> {
+    ) -> Result<Recorded> {
         let mut tx = SqliteLifecycle::begin(self).await?;
-        crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
-        tx.commit().await
+        let recorded = crate::lifecycle::record_result(tx.as_mut(), task, outcome, policy).await?;
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>> {
