@@ -39,7 +39,8 @@ pub(crate) struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SubmitArgs {
-    /// A manifest: a local `.jsonl`/`.csv` file, or `s3://<bucket>/<key>` in the farm's bucket.
+    /// A manifest: a local `.jsonl`/`.csv` file, or `s3://<bucket>/manifests/<tenant>/<key>` in
+    /// the farm's bucket (a tenant names only its own prefixes).
     pub manifest: String,
     /// The batch's name (default: the manifest's absolute path or URI). The same name is the
     /// same batch.
