@@ -269,9 +269,17 @@ async fn stored(farm: &Farm, key: &str) -> bool {
     }
 }
 
-async fn upload(farm: &Farm, file: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+/// Uploads a manifest through the studio as the tenant of `key`.
+async fn upload(
+    farm: &Farm,
+    key: &str,
+    file: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     let r = reqwest::Client::new()
         .post(format!("{}api/batches?file={file}", farm.studio_url()))
+        .bearer_auth(key)
         .header("content-type", content_type)
         .body(body.to_vec())
         .send()
@@ -281,10 +289,21 @@ async fn upload(farm: &Farm, file: &str, content_type: &str, body: &[u8]) -> (u1
 }
 
 async fn a_refused_upload_is_not_kept(backend: Backend) {
-    let farm = farm(backend, false).await;
+    // A tenant keeps two uploads at most; refused ones never count.
+    let farm = Farm::start(FarmOptions {
+        workers: 0,
+        auth: true,
+        coordinator_env: vec![("TUTTI_MAX_UPLOADS", "2".into())],
+        ..FarmOptions::on(backend)
+    })
+    .await;
+    // A tenant of this test alone: the farms of other tests share the bucket.
+    let tenant = format!("up{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    farm.operator(&["tenant", "create", &tenant]);
+    let api_key = farm.create_key(&tenant, false);
     let key = |body: &[u8], ext: &str| {
         format!(
-            "uploads/default/{}.{ext}",
+            "uploads/{tenant}/{}.{ext}",
             hex::encode(Sha256::digest(body))
         )
     };
@@ -304,7 +323,7 @@ async fn a_refused_upload_is_not_kept(backend: Backend) {
     ];
     for (why, file, body) in refused {
         let ext = file.rsplit('.').next().unwrap_or_default();
-        let (status, text) = upload(&farm, file, "application/octet-stream", body).await;
+        let (status, text) = upload(&farm, &api_key, file, "application/octet-stream", body).await;
         assert_eq!(status, 400, "{why}: {text}");
         assert!(
             !stored(&farm, &key(body, ext)).await,
@@ -312,12 +331,44 @@ async fn a_refused_upload_is_not_kept(backend: Backend) {
         );
     }
     let good = b"{\"item_id\": \"a\", \"prompt\": \"calm piano\", \"duration_seconds\": 2}\n";
-    let (status, text) = upload(&farm, "good.jsonl", "application/x-ndjson", good).await;
+    let (status, text) = upload(&farm, &api_key, "good.jsonl", "application/x-ndjson", good).await;
     assert_eq!(status, 200, "{text}");
     assert!(
         stored(&farm, &key(good, "jsonl")).await,
         "a submitted manifest is kept"
     );
+    // The same file again is the same object: no new upload.
+    assert_eq!(
+        upload(&farm, &api_key, "good.jsonl", "application/x-ndjson", good)
+            .await
+            .0,
+        200
+    );
+    let second = b"{\"item_id\": \"b\", \"prompt\": \"calm piano\", \"duration_seconds\": 2}\n";
+    assert_eq!(
+        upload(
+            &farm,
+            &api_key,
+            "second.jsonl",
+            "application/x-ndjson",
+            second
+        )
+        .await
+        .0,
+        200
+    );
+    let third = b"{\"item_id\": \"c\", \"prompt\": \"calm piano\", \"duration_seconds\": 2}\n";
+    let (status, text) = upload(
+        &farm,
+        &api_key,
+        "third.jsonl",
+        "application/x-ndjson",
+        third,
+    )
+    .await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("max_uploads"), "{text}");
+    assert!(!stored(&farm, &key(third, "jsonl")).await);
 }
 
 /// A Batches client that sends `key`.

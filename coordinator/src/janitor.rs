@@ -15,7 +15,7 @@ use tutti_shared::blob::BlobStore;
 use tutti_shared::job::checkpoint_key;
 
 use crate::error::Result;
-use crate::store::JobStore;
+use crate::store::{JobStore, Scope};
 
 /// Jobs handled per store round trip.
 const SWEEP: i64 = 256;
@@ -62,4 +62,67 @@ pub async fn sweep(store: &dyn JobStore, blobs: &dyn BlobStore, grace: Duration)
         store.checkpoints_cleared(&jobs).await?;
         cleared += jobs.len();
     }
+}
+
+/// How often checkpoints of unknown jobs are looked for (a list of the prefix each time).
+pub const UNKNOWN_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Checkpoint keys read per sweep of unknown jobs' objects.
+const LISTED: usize = 10_000;
+
+/// Every `every` until `shutdown` flips: deletes the checkpoints of jobs the store does not
+/// know (see `sweep_unknown`).
+pub async fn clear_unknown_jobs(
+    store: Arc<dyn JobStore>,
+    blobs: Arc<dyn BlobStore>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match sweep_unknown(store.as_ref(), blobs.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(objects = n, "checkpoints of unknown jobs deleted"),
+            Err(e) => tracing::warn!(error = %e, "sweeping checkpoints of unknown jobs failed"),
+        }
+    }
+}
+
+/// Deletes `checkpoints/<job>/...` objects whose job the store does not know: what a task the
+/// farm never accepted (a forged or foreign message) left before its result was refused. A
+/// job's row exists before any of its checkpoints, so a known job is never touched. Returns
+/// how many objects it deleted.
+pub async fn sweep_unknown(store: &dyn JobStore, blobs: &dyn BlobStore) -> Result<usize> {
+    let keys = blobs.list("checkpoints/", LISTED).await?;
+    let mut doomed = Vec::new();
+    let mut known: Option<(uuid::Uuid, bool)> = None;
+    for key in keys {
+        let job = key
+            .split('/')
+            .nth(1)
+            .and_then(|j| j.parse::<uuid::Uuid>().ok());
+        let keep = match job {
+            // Not a job's key at all: nothing of the farm's wrote it.
+            None => false,
+            // Keys come in order, so one lookup per job.
+            Some(id) => match known {
+                Some((k, keep)) if k == id => keep,
+                _ => {
+                    let keep = store.get_job(Scope::All, id).await?.is_some();
+                    known = Some((id, keep));
+                    keep
+                }
+            },
+        };
+        if !keep {
+            doomed.push(key);
+        }
+    }
+    blobs.delete(&doomed).await?;
+    Ok(doomed.len())
 }

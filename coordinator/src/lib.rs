@@ -200,6 +200,12 @@ pub async fn serve_with_studio(
         std::time::Duration::from_secs(2),
         shutdown.clone(),
     ));
+    tokio::spawn(janitor::clear_unknown_jobs(
+        Arc::clone(&backend.store),
+        Arc::clone(&backend.blobs),
+        janitor::UNKNOWN_SWEEP_EVERY,
+        shutdown.clone(),
+    ));
 
     let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
         store: Arc::clone(&backend.store),
@@ -229,7 +235,7 @@ pub async fn serve_with_studio(
             operator.clone(),
             batches_api.clone(),
             blobs,
-            cfg.studio_access.clone(),
+            cfg.studio_options.clone(),
         );
         tokio::spawn(studio::serve(studio, listener, shutdown.clone()))
     });

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::auth::AuthMode;
 use crate::lifecycle::RetryPolicy;
 use crate::sched::{Policy, TenantWeights};
-use crate::studio::StudioAccess;
+use crate::studio::StudioOptions;
 
 /// The default of every setting, as its flag spells it.
 pub mod defaults {
@@ -54,7 +54,7 @@ pub struct Settings {
     /// every tenant's own `uploads/<tenant>/` and `manifests/<tenant>/`.
     pub admin_blob_prefixes: Vec<String>,
     /// Which browsers' requests the studio's gateway serves (hosts, origins).
-    pub studio_access: StudioAccess,
+    pub studio_options: StudioOptions,
 }
 
 impl Default for Settings {
@@ -74,7 +74,7 @@ impl Default for Settings {
             auth: AuthMode::Off,
             tls: None,
             admin_blob_prefixes: Vec::new(),
-            studio_access: StudioAccess::default(),
+            studio_options: StudioOptions::default(),
         }
     }
 }
@@ -167,6 +167,12 @@ pub struct FarmArgs {
     /// guard against DNS rebinding); on other addresses, the only names it answers when set.
     #[arg(long, env = "TUTTI_STUDIO_ALLOWED_HOSTS", value_delimiter = ',')]
     pub studio_allowed_hosts: Vec<String>,
+    /// The largest manifest the studio accepts in one upload, in MiB.
+    #[arg(long, env = "TUTTI_MAX_UPLOAD_MB", default_value_t = 64)]
+    pub max_upload_mb: usize,
+    /// Uploaded manifests a tenant keeps at once (each is a submitted batch's).
+    #[arg(long, env = "TUTTI_MAX_UPLOADS", default_value_t = 10_000)]
+    pub max_uploads: usize,
 }
 
 impl FarmArgs {
@@ -212,9 +218,11 @@ impl FarmArgs {
             url_ttl: self.url_ttl,
             auth: self.auth,
             admin_blob_prefixes: self.admin_blob_prefixes.clone(),
-            studio_access: StudioAccess {
+            studio_options: StudioOptions {
                 allowed_origins: self.studio_allowed_origins.clone(),
                 allowed_hosts: self.studio_allowed_hosts.clone(),
+                max_upload_bytes: self.max_upload_mb << 20,
+                max_uploads: self.max_uploads,
             },
             ..base
         }

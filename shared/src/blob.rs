@@ -93,6 +93,8 @@ pub trait BlobStore: Send + Sync {
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<SignedUrl, BlobError>;
     /// Deletes the objects; one that does not exist is no error.
     async fn delete(&self, keys: &[String]) -> Result<(), BlobError>;
+    /// Keys that start with `prefix`, in key order, at most `limit` of them.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, BlobError>;
 }
 
 /// Settings of an S3-compatible store.
@@ -319,6 +321,34 @@ impl BlobStore for S3Store {
         }
         Ok(())
     }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, BlobError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        while keys.len() < limit {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys((limit - keys.len()).min(1000) as i32)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| sdk_err("list", prefix, e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        keys.truncate(limit);
+        Ok(keys)
+    }
 }
 
 impl S3Store {
@@ -424,6 +454,43 @@ impl BlobStore for LocalStore {
         }
         Ok(())
     }
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, BlobError> {
+        // Walk the folder the prefix names (or its parent for a partial last segment).
+        let dir = match prefix.rsplit_once('/') {
+            Some((dir, _)) => self.root.join(dir),
+            None => self.root.clone(),
+        };
+        let mut keys = Vec::new();
+        let mut pending = vec![dir];
+        while let Some(dir) = pending.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(file_err(&dir, e)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(|e| file_err(&dir, e))? {
+                let path = entry.path();
+                let kind = entry.file_type().await.map_err(|e| file_err(&path, e))?;
+                if kind.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let key = rel
+                    .to_string_lossy()
+                    .replace(std::path::MAIN_SEPARATOR, "/");
+                // Half-written objects (`put` writes a temporary file first) are not objects.
+                if key.starts_with(prefix) && !key.contains(".tmp-") {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        keys.truncate(limit);
+        Ok(keys)
+    }
 }
 
 #[cfg(test)]
@@ -520,6 +587,62 @@ mod tests {
         }
     }
 
+    async fn lists_keys_under_a_prefix(s: &dyn BlobStore, prefix: &str) {
+        let keys: Vec<String> = [
+            "checkpoints/a/0",
+            "checkpoints/a/1",
+            "checkpoints/b/0",
+            "outputs/t/a/0.wav",
+        ]
+        .iter()
+        .map(|k| format!("{prefix}/{k}"))
+        .collect();
+        for key in &keys {
+            s.put(key, Bytes::from_static(b"x"), "application/octet-stream")
+                .await
+                .expect("put");
+        }
+        let listed = s
+            .list(&format!("{prefix}/checkpoints/"), 100)
+            .await
+            .expect("list");
+        assert_eq!(listed, keys[..3]);
+        assert_eq!(
+            s.list(&format!("{prefix}/checkpoints/a"), 100)
+                .await
+                .expect("list"),
+            keys[..2]
+        );
+        assert_eq!(
+            s.list(&format!("{prefix}/checkpoints/"), 2)
+                .await
+                .expect("list")
+                .len(),
+            2
+        );
+        assert!(s
+            .list(&format!("{prefix}/none/"), 10)
+            .await
+            .expect("list")
+            .is_empty());
+        s.delete(&keys).await.expect("clean up");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_a_transient_error_and_a_bad_key_is_not() {
+        let s = S3Store::new(&S3Settings {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            bucket: "b".into(),
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+            path_style: true,
+        });
+        let e = s.get("a/b").await.expect_err("nothing listens on port 9");
+        assert!(e.is_transient(), "{e}");
+        assert!(!s.get("../x").await.expect_err("bad key").is_transient());
+    }
+
     fn prefix() -> String {
         format!("conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
     }
@@ -561,5 +684,6 @@ mod tests {
         opens_objects_to_read_in_pieces,
         refuses_keys_outside_the_layout,
         deletes_objects_and_ignores_missing_ones,
+        lists_keys_under_a_prefix,
     );
 }

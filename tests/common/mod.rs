@@ -369,7 +369,13 @@ impl Farm {
         self.coordinator = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.channel().await.is_ok() {
+            // The gRPC port is bound before the store is migrated, the studio's after: wait
+            // for both.
+            if self.channel().await.is_ok()
+                && tokio::net::TcpStream::connect(self.studio_addr)
+                    .await
+                    .is_ok()
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "coordinator did not start");

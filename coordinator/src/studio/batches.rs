@@ -18,9 +18,6 @@ use crate::batches::manifest::ManifestFormat;
 use crate::error::Error;
 use crate::tenancy::blobs::BlobAccess;
 
-/// The largest manifest the page may upload (a 100,000-row catalog is about 20 MB).
-pub(super) const MAX_UPLOAD: usize = 64 << 20;
-
 type Reply = Result<Response, ApiError>;
 
 #[derive(serde::Deserialize, Default)]
@@ -102,6 +99,21 @@ pub(super) async fn upload(
     let blobs = &s.batches.0.generation.blobs;
     // The same file uploaded before belongs to a batch already: a refusal now keeps it.
     let existed = blobs.open(&key).await.map_err(Error::from)?.is_some();
+    let most = s.options.max_uploads;
+    if !existed
+        && blobs
+            .list(&BlobAccess::upload_prefix(&caller.tenant), most)
+            .await
+            .map_err(Error::from)?
+            .len()
+            >= most
+    {
+        return Err(Error::exhausted(
+            "max_uploads",
+            format!("the tenant keeps {most} uploaded manifests already (one per submitted batch)"),
+        )
+        .into());
+    }
     blobs
         .put(&key, body, content_type)
         .await

@@ -22,20 +22,12 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-/// Who may reach the gateway from a browser.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StudioAccess {
-    /// Origins (`https://app.example.com`) allowed to call the API from their pages (CORS).
-    pub allowed_origins: Vec<String>,
-    /// Host names (without port) served beside loopback names on a loopback listener, or the
-    /// only ones served elsewhere when not empty.
-    pub allowed_hosts: Vec<String>,
-}
+use super::StudioOptions;
 
 /// The rules of one listener.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
-    access: StudioAccess,
+    access: StudioOptions,
     /// The listener is on a loopback address: only loopback (or allowed) `Host`s.
     loopback: bool,
 }
@@ -49,7 +41,7 @@ const MANIFEST_TYPES: [&str; 4] = [
 ];
 
 impl Guard {
-    pub(crate) fn new(access: StudioAccess, addr: SocketAddr) -> Self {
+    pub(crate) fn new(access: StudioOptions, addr: SocketAddr) -> Self {
         Self {
             access,
             loopback: addr.ip().is_loopback(),
@@ -210,7 +202,7 @@ mod tests {
 
     fn dev() -> Guard {
         Guard::new(
-            StudioAccess::default(),
+            StudioOptions::default(),
             "127.0.0.1:8080".parse().expect("addr"),
         )
     }
@@ -243,7 +235,7 @@ mod tests {
         }
         assert!(g.refusal(&Method::GET, "/", &HeaderMap::new()).is_some());
         let allowed = Guard::new(
-            StudioAccess {
+            StudioOptions {
                 allowed_hosts: vec!["studio.lan".into()],
                 ..Default::default()
             },
@@ -254,7 +246,7 @@ mod tests {
             .is_none());
         // A public listener serves any name unless told which.
         let public = Guard::new(
-            StudioAccess::default(),
+            StudioOptions::default(),
             "0.0.0.0:8080".parse().expect("addr"),
         );
         assert!(public
@@ -291,7 +283,7 @@ mod tests {
         assert!(post(&[host, ("content-type", "text/csv")], "/api/batches").is_none());
         assert!(post(&[host, ("content-type", "text/csv")], "/api/jobs").is_some());
         let cors = Guard::new(
-            StudioAccess {
+            StudioOptions {
                 allowed_origins: vec!["https://app.example".into()],
                 ..Default::default()
             },

@@ -15,8 +15,6 @@ mod gateway;
 mod guard;
 mod routes;
 
-pub use guard::StudioAccess;
-
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -29,6 +27,32 @@ use crate::auth::Authenticator;
 use crate::batches::BatchesApi;
 use crate::operator::OperatorApi;
 
+/// How the gateway serves browsers and uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudioOptions {
+    /// Origins (`https://app.example.com`) allowed to call the API from their pages (CORS).
+    pub allowed_origins: Vec<String>,
+    /// Host names (without port) served beside loopback names on a loopback listener, or the
+    /// only ones served elsewhere when not empty.
+    pub allowed_hosts: Vec<String>,
+    /// The largest manifest one upload may be.
+    pub max_upload_bytes: usize,
+    /// Uploaded manifests a tenant keeps at once (each is a submitted batch's).
+    pub max_uploads: usize,
+}
+
+impl Default for StudioOptions {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            // A 100,000-row catalog is about 20 MB.
+            max_upload_bytes: 64 << 20,
+            max_uploads: 10_000,
+        }
+    }
+}
+
 /// What the gateway calls: the same service values the gRPC server serves.
 #[derive(Clone)]
 pub struct Studio {
@@ -37,7 +61,7 @@ pub struct Studio {
     pub(crate) operator: OperatorApi,
     pub(crate) batches: BatchesApi,
     pub(crate) blobs: blobs::LocalUrls,
-    access: StudioAccess,
+    options: StudioOptions,
 }
 
 impl Studio {
@@ -47,7 +71,7 @@ impl Studio {
         operator: OperatorApi,
         batches: BatchesApi,
         blobs: Arc<dyn BlobStore>,
-        access: StudioAccess,
+        options: StudioOptions,
     ) -> Self {
         Self {
             auth,
@@ -55,7 +79,7 @@ impl Studio {
             operator,
             batches,
             blobs: blobs::LocalUrls::new(blobs),
-            access,
+            options,
         }
     }
 }
@@ -68,7 +92,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "studio listening");
-    let guard = guard::Guard::new(studio.access.clone(), addr);
+    let guard = guard::Guard::new(studio.options.clone(), addr);
     axum::serve(listener, routes::router(studio, guard))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -52,7 +52,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
             "/api/batches",
             get(batches::list)
                 .post(batches::upload)
-                .layer(DefaultBodyLimit::max(batches::MAX_UPLOAD)),
+                .layer(DefaultBodyLimit::max(studio.options.max_upload_bytes)),
         )
         .route("/api/batches/{id}", get(batches::get))
         .route("/api/batches/{id}/cancel", post(batches::cancel))

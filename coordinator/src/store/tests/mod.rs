@@ -184,3 +184,4 @@ mod jobs;
 mod lifecycle;
 mod round;
 mod tenants;
+mod unknown;
