@@ -72,12 +72,12 @@ fn probe(path: &Path) -> Probe {
     let meter = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostats", "-i"])
         .arg(path)
-        .args(["-af", "ebur128=framelog=quiet", "-f", "null", "-"])
+        .args(["-af", "ebur128=framelog=verbose", "-f", "null", "-"])
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", ffmpeg_missing()));
     assert!(meter.status.success(), "ffmpeg ebur128: {meter:?}");
     let log = String::from_utf8_lossy(&meter.stderr);
-    // The summary's "I:         -14.0 LUFS" (the last one: the per-frame lines are off).
+    // The summary's "I:         -14.0 LUFS" (per-frame lines go to the verbose log level).
     let lufs = log
         .lines()
         .filter_map(|l| l.trim().strip_prefix("I:"))
@@ -178,6 +178,7 @@ async fn mp3_and_opus_outputs_decode_to_the_clip_at_the_loudness_target(backend:
         let path = dir.path().join(format!("{}.{ext}", job.id));
         std::fs::write(&path, &object).expect("write the output");
         let p = probe(&path);
+        eprintln!("{ext}: {p:?}, target {target} LUFS, the worker measured {measured}");
         assert_eq!(
             (p.codec.as_str(), p.channels, p.sample_rate),
             (*codec, 1, *rate),

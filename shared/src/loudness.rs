@@ -6,9 +6,11 @@
 //! How: measure the clip's integrated loudness, apply the gain that brings it to the target,
 //! then limit: a gain envelope that never lets the 4x-oversampled (true) peak past the ceiling,
 //! reaching its reduction over a few milliseconds before a peak and releasing over ~80 ms.
-//! Limiting lowers the loudness a little, so the gain is corrected and the pass repeated until
-//! the result is within a hundredth of an LU of the target (a handful of passes at most). A
-//! last static trim makes the ceiling hold exactly as `ebur128`'s true-peak meter reads it.
+//! Limiting lowers the loudness, so the gain is corrected and the pass repeated until the
+//! result is within a hundredth of an LU of the target: a secant step on the loudness the last
+//! two passes gave (with heavy limiting a dB more gain brings much less than a dB more
+//! loudness). A last static trim makes the ceiling hold exactly as `ebur128`'s true-peak meter
+//! reads it.
 
 use crate::audio::AudioError;
 
@@ -26,7 +28,9 @@ const LOOKAHEAD_S: f64 = 0.005;
 /// Release time constant of the limiter.
 const RELEASE_S: f64 = 0.08;
 /// Gain-correction passes at most.
-const MAX_PASSES: usize = 8;
+const MAX_PASSES: usize = 16;
+/// The most gain one correction adds, dB.
+const MAX_STEP_DB: f64 = 12.0;
 /// Close enough to the target to stop correcting.
 const TOLERANCE_LU: f64 = 0.01;
 
@@ -86,6 +90,7 @@ pub fn normalize(
     let limiter = Limiter::new(channels, sample_rate, ceiling as f32);
     let mut gain_db = target - measured;
     let mut best: Option<(f64, Vec<f32>)> = None;
+    let mut last: Option<(f64, f64)> = None;
     for _ in 0..MAX_PASSES {
         let g = 10f64.powf(gain_db / 20.0) as f32;
         let mut out: Vec<f32> = raw.iter().map(|s| s * g).collect();
@@ -98,7 +103,16 @@ pub fn normalize(
         if miss.abs() < TOLERANCE_LU {
             break;
         }
-        gain_db += miss;
+        // LU of loudness per dB of gain, from the last two passes: 1 without limiting, less
+        // the more the limiter holds back.
+        let slope = match last {
+            Some((g0, l0)) if (gain_db - g0).abs() > 1e-6 => {
+                ((lufs - l0) / (gain_db - g0)).clamp(0.05, 1.0)
+            }
+            _ => 1.0,
+        };
+        last = Some((gain_db, lufs));
+        gain_db += (miss / slope).clamp(-MAX_STEP_DB, MAX_STEP_DB);
     }
     let (_, out) = best.expect("at least one pass");
     samples.copy_from_slice(&out);
@@ -376,6 +390,29 @@ mod tests {
         let tp = l.true_peak_dbtp.unwrap();
         assert!(tp <= TRUE_PEAK_CEILING_DBTP + 1e-3, "{tp}");
         assert!(s.iter().all(|x| x.abs() <= 0.9));
+    }
+
+    #[test]
+    fn heavy_limiting_still_converges_on_the_target() {
+        // A quiet noise bed under dense loud crackle: most of the gain to -14 LUFS lands on
+        // the crackle, which the limiter holds back, so each dB of gain buys much less than
+        // a dB of loudness.
+        let rate = 16_000;
+        let mut x = 7u32;
+        let mut rand = move || {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let mut s: Vec<f32> = (0..3 * rate)
+            .map(|i| {
+                let crackle = if i % 331 == 0 { 0.9 * rand().signum() } else { 0.0 };
+                0.02 * rand() + crackle
+            })
+            .collect();
+        let l = normalize(&mut s, 1, rate, -14.0).unwrap();
+        let lufs = l.integrated_lufs.unwrap();
+        assert!((lufs + 14.0).abs() < 0.1, "{lufs}");
+        assert!(l.true_peak_dbtp.unwrap() <= TRUE_PEAK_CEILING_DBTP + 1e-3);
     }
 
     #[test]
