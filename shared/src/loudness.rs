@@ -405,7 +405,11 @@ mod tests {
         };
         let mut s: Vec<f32> = (0..3 * rate)
             .map(|i| {
-                let crackle = if i % 331 == 0 { 0.9 * rand().signum() } else { 0.0 };
+                let crackle = if i % 331 == 0 {
+                    0.9 * rand().signum()
+                } else {
+                    0.0
+                };
                 0.02 * rand() + crackle
             })
             .collect();
