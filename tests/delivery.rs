@@ -306,3 +306,102 @@ async fn deliver(
         }
     }
 }
+
+/// The studio: the format select offers MP3 and Opus, the bitrate field shows for them, a bad
+/// bitrate gets the server's rule next to the field, and a good one plays as an MP3 at the
+/// asked loudness, its caption saying so.
+#[tokio::test]
+async fn the_studio_picks_a_format_a_bitrate_and_a_loudness() {
+    let farm = Farm::start(FarmOptions::on(Backend::Embedded)).await;
+    let b = common::browser::Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    b.wait_js(
+        "return document.body.dataset.ready === 'true'",
+        "the studio",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('#f-bitrate-row').hidden")
+            .await,
+        true,
+        "WAV takes no bitrate"
+    );
+    b.fill("#f-genre", "ambient").await;
+    b.fill("#f-duration", "2").await;
+    b.select("#f-format", "AUDIO_FORMAT_MP3").await;
+    b.wait_js(
+        "return !document.querySelector('#f-bitrate-row').hidden",
+        "the bitrate field",
+    )
+    .await;
+    b.fill("#f-bitrate", "100").await;
+    b.fill("#f-loudness", "-16").await;
+    b.click("#submit").await;
+    b.wait_js(
+        "return document.querySelector('#form-status').textContent.startsWith('Not submitted')",
+        "the refused submit",
+    )
+    .await;
+    let rule = b.text(r#".error[data-error-for="bitrate_kbps"]"#).await;
+    assert!(rule.starts_with("must be one of 32, 40, 48"), "{rule}");
+    assert_eq!(farm.job_count().await, 0, "a refused form stored a job");
+
+    b.fill("#f-bitrate", "192").await;
+    b.click("#submit").await;
+    let card = "#jobs .job";
+    b.wait_js(
+        &format!("const c = document.querySelector('{card}'); return !!c && c.dataset.state === 'succeeded'"),
+        "the job to succeed",
+    )
+    .await;
+    b.wait_js(
+        &format!(
+            "const a = document.querySelector('{card} audio'); return !!a && a.readyState >= 1"
+        ),
+        "the MP3's metadata",
+    )
+    .await;
+    let duration = b
+        .js(&format!(
+            "return document.querySelector('{card} audio').duration"
+        ))
+        .await
+        .as_f64()
+        .expect("audio duration");
+    assert!((duration - 2.0).abs() < 0.05, "the MP3 plays {duration} s");
+    let caption = b.text(&format!("{card} figcaption")).await;
+    assert!(
+        caption.contains("-16.0 LUFS") && caption.contains("Download MP3"),
+        "{caption}"
+    );
+    let download = b
+        .js(&format!(
+            "return document.querySelector('{card} figcaption a').download"
+        ))
+        .await;
+    assert!(
+        download.as_str().is_some_and(|d| d.ends_with(".mp3")),
+        "{download}"
+    );
+    let id = b
+        .js(&format!(
+            "return document.querySelector('{card}').dataset.jobId"
+        ))
+        .await;
+    let job = farm
+        .client()
+        .await
+        .get_job(pb::GetJobRequest {
+            id: id.as_str().unwrap_or_default().into(),
+        })
+        .await
+        .expect("the page's job")
+        .into_inner();
+    b.screenshot("create-mp3").await;
+    let sent = job.request.expect("request");
+    assert_eq!(
+        (sent.format, sent.bitrate_kbps, sent.loudness_lufs),
+        (pb::AudioFormat::Mp3 as i32, Some(192), Some(-16.0))
+    );
+    b.close().await;
+}
