@@ -80,7 +80,7 @@ pub fn normalize(
             *s = 0.0;
         }
     }
-    let (measured, _) = meter(samples, channels, sample_rate)?;
+    let measured = integrated(samples, channels, sample_rate)?;
     if measured <= SILENCE_LUFS {
         return measure(samples, channels, sample_rate);
     }
@@ -95,7 +95,7 @@ pub fn normalize(
         let g = 10f64.powf(gain_db / 20.0) as f32;
         let mut out: Vec<f32> = raw.iter().map(|s| s * g).collect();
         limiter.apply(&mut out);
-        let (lufs, _) = meter(&out, channels, sample_rate)?;
+        let lufs = integrated(&out, channels, sample_rate)?;
         let miss = target - lufs;
         if best.as_ref().is_none_or(|(m, _)| miss.abs() < m.abs()) {
             best = Some((miss, out));
@@ -140,15 +140,35 @@ fn check(samples: &[f32], channels: u16, sample_rate: u32) -> Result<(), AudioEr
 
 /// Integrated loudness (LUFS, `-inf` for silence) and the highest true peak (linear).
 fn meter(samples: &[f32], channels: u16, sample_rate: u32) -> Result<(f64, f64), AudioError> {
+    meter_with(samples, channels, sample_rate, true)
+}
+
+/// Integrated loudness alone (the true-peak meter's oversampling is most of a meter's cost).
+fn integrated(samples: &[f32], channels: u16, sample_rate: u32) -> Result<f64, AudioError> {
+    Ok(meter_with(samples, channels, sample_rate, false)?.0)
+}
+
+fn meter_with(
+    samples: &[f32],
+    channels: u16,
+    sample_rate: u32,
+    true_peak: bool,
+) -> Result<(f64, f64), AudioError> {
     use ebur128::{EbuR128, Mode};
     let err = |e: ebur128::Error| AudioError::Format(format!("loudness meter: {e}"));
-    let mut m =
-        EbuR128::new(u32::from(channels), sample_rate, Mode::I | Mode::TRUE_PEAK).map_err(err)?;
+    let mode = if true_peak {
+        Mode::I | Mode::TRUE_PEAK
+    } else {
+        Mode::I
+    };
+    let mut m = EbuR128::new(u32::from(channels), sample_rate, mode).map_err(err)?;
     m.add_frames_f32(samples).map_err(err)?;
     let lufs = m.loudness_global().map_err(err)?;
     let mut peak = 0f64;
-    for c in 0..u32::from(channels) {
-        peak = peak.max(m.true_peak(c).map_err(err)?);
+    if true_peak {
+        for c in 0..u32::from(channels) {
+            peak = peak.max(m.true_peak(c).map_err(err)?);
+        }
     }
     Ok((lufs, peak))
 }
