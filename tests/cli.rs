@@ -87,11 +87,11 @@ fn generate_runs_embedded_and_writes_the_wav_it_reports() {
 #[test]
 fn bad_flags_say_what_is_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = tutti(&["generate", PROMPT, "--format", "mp3"], dir.path());
+    let out = tutti(&["generate", PROMPT, "--format", "aac"], dir.path());
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("'mp3'") && stderr.contains("wav, flac"),
+        stderr.contains("'aac'") && stderr.contains("wav, flac, mp3, opus"),
         "{stderr}"
     );
     let out = tutti(&["generate", PROMPT, "--sampler", "euler"], dir.path());
@@ -114,6 +114,43 @@ fn out_of_range_values_come_back_from_the_validator() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("InvalidArgument") && stderr.contains("duration"),
+        "{stderr}"
+    );
+    // The delivery flags' rules (a negative --loudness reads as a number, not a flag).
+    let out = tutti(
+        &[
+            "generate",
+            PROMPT,
+            "--models-dir",
+            &models,
+            "--format",
+            "opus",
+            "--bitrate",
+            "600",
+        ],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bitrate_kbps: must be between 6 and 510 kbps for opus"),
+        "{stderr}"
+    );
+    let out = tutti(
+        &[
+            "generate",
+            PROMPT,
+            "--models-dir",
+            &models,
+            "--loudness",
+            "-3",
+        ],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("loudness_lufs: must be between -40 and -8 LUFS"),
         "{stderr}"
     );
 }

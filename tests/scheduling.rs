@@ -219,6 +219,7 @@ fn new_job(priority: Priority) -> NewJob {
             sampler: SamplerKind::FlowEuler,
             variations: 1,
             format: AudioFormat::Wav,
+            delivery: Default::default(),
             trace_context: Default::default(),
             init_audio: None,
         },

@@ -158,7 +158,38 @@ async fn every_rule_names_its_field_and_stores_nothing(backend: Backend) {
             "format",
             with(|r| r.format = 7),
             Code::InvalidArgument,
-            "format: must be wav or flac",
+            "format: must be wav, flac, mp3 or opus",
+        ),
+        (
+            "mp3 bitrate",
+            with(|r| {
+                r.format = pb::AudioFormat::Mp3 as i32;
+                r.bitrate_kbps = Some(100);
+            }),
+            Code::InvalidArgument,
+            "bitrate_kbps: must be one of 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, \
+             320 kbps for mp3 (got 100)",
+        ),
+        (
+            "opus bitrate",
+            with(|r| {
+                r.format = pb::AudioFormat::Opus as i32;
+                r.bitrate_kbps = Some(5);
+            }),
+            Code::InvalidArgument,
+            "bitrate_kbps: must be between 6 and 510 kbps for opus (got 5)",
+        ),
+        (
+            "bitrate of a lossless format",
+            with(|r| r.bitrate_kbps = Some(128)),
+            Code::InvalidArgument,
+            "bitrate_kbps: applies to mp3 and opus only; wav is lossless",
+        ),
+        (
+            "loudness",
+            with(|r| r.loudness_lufs = Some(-3.0)),
+            Code::InvalidArgument,
+            "loudness_lufs: must be between -40 and -8 LUFS (got -3)",
         ),
         (
             "priority",

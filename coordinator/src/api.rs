@@ -61,11 +61,13 @@ pub(crate) fn output_pb(o: &OutputRow, uri: String) -> pb::Output {
         channels: o.channels as u32,
         sha256: o.sha256.clone(),
         size_bytes: o.size_bytes as u64,
-        format: if o.format == "flac" {
-            pb::AudioFormat::Flac
-        } else {
-            pb::AudioFormat::Wav
-        } as i32,
+        format: pb::AudioFormat::from(
+            o.format
+                .parse::<tutti_shared::job::AudioFormat>()
+                .unwrap_or(tutti_shared::job::AudioFormat::Wav),
+        ) as i32,
+        loudness_lufs: o.loudness_lufs,
+        true_peak_dbtp: o.true_peak_dbtp,
         ..Default::default()
     }
 }

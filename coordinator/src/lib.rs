@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod batches;
 pub mod config;
+pub mod delivery;
 pub mod dispatcher;
 pub mod error;
 mod health;

@@ -7,7 +7,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 use tutti_proto::v1 as pb;
-use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerKind};
+use tutti_shared::job::{JobSpec, ModelRef, Priority, SamplerKind};
 use tutti_shared::models::{ModelInfo, ModelRegistry};
 use tutti_shared::prompt::{self, StructuredPrompt, STRUCTURE_WORDS};
 
@@ -223,10 +223,7 @@ impl Validator {
                 ),
             ));
         }
-        let format: AudioFormat = match pb::AudioFormat::try_from(req.format) {
-            Ok(f) => f.into(),
-            Err(_) => return Err(Error::invalid("format", "must be wav or flac")),
-        };
+        let (format, delivery) = crate::delivery::check(req, model)?;
         let variations = if req.variations == 0 {
             1
         } else {
@@ -287,7 +284,7 @@ impl Validator {
         accepted.seed = Some(seed);
         accepted.variations = variations;
         accepted.sampler = pb::Sampler::from(sampler) as i32;
-        accepted.format = pb::AudioFormat::from(format) as i32;
+        crate::delivery::accept(&mut accepted, format, &delivery);
         accepted.priority = pb::Priority::from(priority) as i32;
         accepted.model = Some(pb::ModelRef {
             name: model_ref.name.clone(),
@@ -316,6 +313,7 @@ impl Validator {
                 sampler,
                 variations,
                 format,
+                delivery,
                 trace_context: Default::default(),
                 init_audio: init_clip.as_ref().map(|c| c.init.clone()),
             },

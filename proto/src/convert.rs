@@ -75,6 +75,8 @@ impl From<AudioFormat> for pb::AudioFormat {
         match f {
             AudioFormat::Wav => pb::AudioFormat::Wav,
             AudioFormat::Flac => pb::AudioFormat::Flac,
+            AudioFormat::Mp3 => pb::AudioFormat::Mp3,
+            AudioFormat::Opus => pb::AudioFormat::Opus,
         }
     }
 }
@@ -85,6 +87,8 @@ impl From<pb::AudioFormat> for AudioFormat {
         match f {
             pb::AudioFormat::Unspecified | pb::AudioFormat::Wav => AudioFormat::Wav,
             pb::AudioFormat::Flac => AudioFormat::Flac,
+            pb::AudioFormat::Mp3 => AudioFormat::Mp3,
+            pb::AudioFormat::Opus => AudioFormat::Opus,
         }
     }
 }

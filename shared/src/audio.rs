@@ -1,4 +1,5 @@
-//! Audio utilities: loudness normalisation, WAV encoding, content hashes.
+//! Audio utilities: WAV and FLAC encoding, WAV decoding, content hashes. Loudness is
+//! [`crate::loudness`]; the lossy formats are [`crate::encode`].
 
 use sha2::{Digest, Sha256};
 
@@ -12,29 +13,6 @@ pub enum AudioError {
     Format(String),
     #[error("{samples} samples are not whole frames of {channels} channels")]
     Channels { samples: usize, channels: u16 },
-}
-
-/// Target loudness (RMS, dBFS) and peak ceiling of rendered audio.
-const TARGET_RMS_DBFS: f32 = -18.0;
-const PEAK_CEILING: f32 = 0.89; // about -1 dBFS
-
-/// Scales a clip to a common RMS loudness, never past the peak ceiling. Silence stays silence.
-/// Interleaved channels get one gain for all (the stereo image is kept).
-pub fn normalize_loudness(samples: &mut [f32]) {
-    if samples.is_empty() {
-        return;
-    }
-    let rms = (samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64)
-        .sqrt() as f32;
-    let peak = samples.iter().fold(0f32, |m, s| m.max(s.abs()));
-    if rms < 1e-6 || peak < 1e-6 {
-        return;
-    }
-    let target = 10f32.powf(TARGET_RMS_DBFS / 20.0);
-    let gain = (target / rms).min(PEAK_CEILING / peak);
-    for s in samples.iter_mut() {
-        *s *= gain;
-    }
 }
 
 /// 16-bit PCM WAV of `channels` interleaved channels (1: mono, 2: stereo, frame by frame).
@@ -189,17 +167,5 @@ mod tests {
         let bytes = encode_flac(&samples, 1, 16000).unwrap();
         assert_eq!(&bytes[..4], b"fLaC");
         assert!(bytes.len() < encode_wav(&samples, 1, 16000).unwrap().len());
-    }
-
-    #[test]
-    fn normalisation_respects_the_peak_ceiling() {
-        let mut s = vec![0.0f32; 1000];
-        s[10] = 0.01;
-        normalize_loudness(&mut s);
-        assert!(s.iter().all(|x| x.abs() <= PEAK_CEILING + 1e-6));
-        assert!((s[10] - PEAK_CEILING).abs() < 1e-5);
-        let mut quiet = vec![0.0f32; 10];
-        normalize_loudness(&mut quiet);
-        assert!(quiet.iter().all(|x| *x == 0.0));
     }
 }

@@ -84,7 +84,16 @@ impl Priority {
     }
 }
 
-string_enum!(AudioFormat { Wav => "wav", Flac => "flac" });
+string_enum!(
+    /// Delivery formats; the text is also the output's file extension.
+    AudioFormat {
+        Wav => "wav",
+        Flac => "flac",
+        Mp3 => "mp3",
+        /// Ogg Opus (RFC 7845), 48 kHz.
+        Opus => "opus",
+    }
+);
 
 /// On the command line these read as their wire names (`--priority batch`, `--format flac`).
 macro_rules! value_enum {
@@ -106,6 +115,33 @@ impl AudioFormat {
         match self {
             AudioFormat::Wav => "audio/wav",
             AudioFormat::Flac => "audio/flac",
+            AudioFormat::Mp3 => "audio/mpeg",
+            AudioFormat::Opus => "audio/ogg; codecs=opus",
+        }
+    }
+
+    /// Lossy formats take a bitrate.
+    pub fn is_lossy(self) -> bool {
+        matches!(self, AudioFormat::Mp3 | AudioFormat::Opus)
+    }
+}
+
+/// How a job's audio is delivered besides its format: the bitrate of a lossy format and the
+/// integrated loudness its outputs are brought to (README "Delivery formats and loudness").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// kbps, for MP3 and Opus; `None` for WAV and FLAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
+    /// EBU R128 integrated loudness target, LUFS.
+    pub loudness_lufs: f32,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            bitrate_kbps: None,
+            loudness_lufs: crate::loudness::DEFAULT_TARGET_LUFS,
         }
     }
 }
@@ -225,6 +261,9 @@ pub struct JobSpec {
     pub sampler: SamplerKind,
     pub variations: u32,
     pub format: AudioFormat,
+    /// Bitrate and loudness target (specs from before the field: the defaults).
+    #[serde(default)]
+    pub delivery: Delivery,
     /// W3C trace context of the submit (`traceparent`, `tracestate`), so that every task of the
     /// job joins the submit's trace, whichever coordinator dispatches it and whenever.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -284,5 +323,19 @@ mod tests {
             assert_eq!(s.as_str().parse::<JobState>().ok(), Some(*s));
         }
         assert!("nope".parse::<Stage>().is_err());
+    }
+
+    #[test]
+    fn formats_name_their_files_and_specs_without_delivery_read_as_the_defaults() {
+        let job = uuid::Uuid::nil();
+        assert_eq!(
+            output_key("t", job, 1, AudioFormat::Opus),
+            format!("outputs/t/{job}/1.opus")
+        );
+        assert_eq!(AudioFormat::Mp3.content_type(), "audio/mpeg");
+        assert_eq!("mp3".parse::<AudioFormat>().ok(), Some(AudioFormat::Mp3));
+        let d: Delivery = serde_json::from_str(r#"{"loudness_lufs": -16.0}"#).unwrap();
+        assert_eq!((d.bitrate_kbps, d.loudness_lufs), (None, -16.0));
+        assert_eq!(Delivery::default().loudness_lufs, -14.0);
     }
 }

@@ -3,7 +3,9 @@
 pub mod audio;
 pub mod blob;
 pub mod config;
+pub mod encode;
 pub mod job;
+pub mod loudness;
 pub mod messages;
 pub mod metrics;
 pub mod models;

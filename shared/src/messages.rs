@@ -36,6 +36,12 @@ pub struct OutputInfo {
     /// Messages from workers before the field were all mono.
     #[serde(default = "mono")]
     pub channels: u16,
+    /// Integrated loudness (LUFS) and true peak (dBTP) the gain stage left; `None` for
+    /// silence, and in messages from workers before the fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loudness_lufs: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_peak_dbtp: Option<f32>,
 }
 
 fn mono() -> u16 {

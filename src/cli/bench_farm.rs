@@ -250,9 +250,18 @@ async fn run_in_process(
             tutti_shared::job::Priority::Interactive,
         )
         .await?;
+    // What a worker's vocode does after rendering: the gain stage and the encoder.
     for mut wave in rendered.waveforms {
-        tutti_shared::audio::normalize_loudness(&mut wave);
-        let _ = tutti_shared::audio::encode_wav(&wave, rendered.channels, rendered.sample_rate);
+        let (ch, rate) = (rendered.channels, rendered.sample_rate);
+        let _ =
+            tutti_shared::loudness::normalize(&mut wave, ch, rate, job.spec.delivery.loudness_lufs);
+        let _ = tutti_shared::encode::encode(
+            job.spec.format,
+            &wave,
+            ch,
+            rate,
+            job.spec.delivery.bitrate_kbps,
+        );
     }
     Ok(t0.elapsed())
 }

@@ -113,7 +113,7 @@ pub(crate) struct GenerateArgs {
     pub credentials: Credentials,
     #[command(flatten)]
     pub embedded: super::embedded::EmbeddedArgs,
-    /// Write the first output here (with --wait; embedded default: `<job id>.wav`).
+    /// Write the first output here (with --wait; embedded default: `<job id>.<format>`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// What to steer away from, e.g. "vocals, distortion".
@@ -134,9 +134,16 @@ pub(crate) struct GenerateArgs {
     /// Sampler (default: the model's).
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerKind>,
-    /// Audio file format.
+    /// Audio file format: wav, flac (lossless), mp3 or opus (Ogg Opus, 48 kHz).
     #[arg(long, value_enum, default_value = "wav")]
     pub format: AudioFormat,
+    /// Bitrate of mp3 or opus in kbps (mp3: 32-320 in MP3's steps, default 128 mono, 192
+    /// stereo; opus: 6-510, default 64 a channel).
+    #[arg(long = "bitrate", value_name = "KBPS")]
+    pub bitrate_kbps: Option<u32>,
+    /// Integrated loudness target in LUFS (EBU R128), -40 to -8; true peaks stay under -1 dBTP.
+    #[arg(long = "loudness", value_name = "LUFS", allow_negative_numbers = true)]
+    pub loudness_lufs: Option<f32>,
     /// Takes rendered from one prompt (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     pub variations: u32,
@@ -319,6 +326,8 @@ impl GenerateArgs {
                 version: self.model_version.clone().unwrap_or_default(),
             }),
             format: pb::AudioFormat::from(self.format) as i32,
+            bitrate_kbps: self.bitrate_kbps,
+            loudness_lufs: self.loudness_lufs,
             variations: self.variations,
             priority: pb::Priority::from(self.priority) as i32,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
@@ -374,17 +383,10 @@ pub(crate) async fn run_job(
     }
     let output = match (&args.output, embedded) {
         (Some(p), _) => Some(p.clone()),
-        (None, true) => job.outputs.first().map(|o| {
-            PathBuf::from(format!(
-                "{}.{}",
-                job.id,
-                if o.format == pb::AudioFormat::Flac as i32 {
-                    "flac"
-                } else {
-                    "wav"
-                }
-            ))
-        }),
+        (None, true) => job
+            .outputs
+            .first()
+            .map(|o| PathBuf::from(format!("{}.{}", job.id, extension(o.format)))),
         (None, false) => None,
     };
     if !embedded {
@@ -412,6 +414,7 @@ fn print_summary(job: &pb::Job, path: &std::path::Path, wall: std::time::Duratio
         channels_word(first.channels),
         first.size_bytes
     );
+    println!("loudness {}", loudness_words(first));
     if let Some(seed) = job.request.as_ref().and_then(|r| r.seed) {
         println!("seed     {seed} (pass --seed {seed} for the same audio again)");
     }
@@ -527,12 +530,13 @@ fn print_job(job: &pb::Job) {
     }
     for o in &job.outputs {
         println!(
-            "output   #{} {} ({:.2} s, {} Hz, {}, sha256 {})",
+            "output   #{} {} ({:.2} s, {} Hz, {}, {}, sha256 {})",
             o.index,
             o.uri,
             o.duration_seconds,
             o.sample_rate,
             channels_word(o.channels),
+            loudness_words(o),
             o.sha256
         );
         println!("url      {}", o.url);
@@ -594,6 +598,22 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// An output's file extension (its format's name; wav for a format this CLI doesn't know).
+fn extension(format: i32) -> &'static str {
+    pb::AudioFormat::try_from(format)
+        .map(|f| AudioFormat::from(f).as_str())
+        .unwrap_or("wav")
+}
+
+/// An output's measured loudness and true peak, as the CLI prints them.
+fn loudness_words(o: &pb::Output) -> String {
+    match (o.loudness_lufs, o.true_peak_dbtp) {
+        (Some(l), Some(tp)) => format!("{l:.1} LUFS, true peak {tp:.1} dBTP"),
+        (Some(l), None) => format!("{l:.1} LUFS"),
+        _ => "silent".into(),
+    }
 }
 
 /// How an output's channel count reads in the CLI (0: a coordinator from before the field).

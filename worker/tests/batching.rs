@@ -86,6 +86,7 @@ fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> 
         sampler: SamplerKind::FlowEuler,
         variations: 1,
         format: AudioFormat::Wav,
+        delivery: Default::default(),
         trace_context: Default::default(),
         init_audio: None,
     }

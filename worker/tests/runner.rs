@@ -40,6 +40,7 @@ fn spec(seed: u64, steps: u32, guidance: f32) -> JobSpec {
         sampler: SamplerKind::FlowEuler,
         variations: 1,
         format: AudioFormat::Wav,
+        delivery: Default::default(),
         trace_context: Default::default(),
         init_audio: None,
     }

@@ -5,7 +5,7 @@
 //! Fields (JSON names; CSV columns of the same names): `item_id` (or `id`), `prompt`,
 //! `negative_prompt`, `duration_seconds`, `steps`, `guidance_scale`, `seed`, `sampler`
 //! (`flow_euler`, `ddim`, `dpm_solver_pp2m`, `cosine_dpm_solver_pp2m`), `format` (`wav`,
-//! `flac`), `variations`, `model` (`name` or `name@version`), `labels` (JSON object; CSV
+//! `flac`, `mp3`, `opus`), `bitrate_kbps` (mp3 and opus), `loudness_lufs`, `variations`, `model` (`name` or `name@version`), `labels` (JSON object; CSV
 //! `k=v;k=v`), and the structured prompt's `genre`, `subgenre`, `mood`, `tempo_bpm`, `key`,
 //! `instruments`, `structure`, `extra` (JSON arrays; CSV `a;b`).
 
@@ -83,6 +83,8 @@ struct Row {
     seed: Option<u64>,
     sampler: Option<String>,
     format: Option<String>,
+    bitrate_kbps: Option<u32>,
+    loudness_lufs: Option<f32>,
     variations: Option<u32>,
     model: Option<String>,
     #[serde(default)]
@@ -110,6 +112,8 @@ const COLUMNS: &[&str] = &[
     "seed",
     "sampler",
     "format",
+    "bitrate_kbps",
+    "loudness_lufs",
     "variations",
     "model",
     "labels",
@@ -164,9 +168,10 @@ impl Row {
         };
         let format = match self.format.as_deref() {
             None | Some("") => pb::AudioFormat::Unspecified,
-            Some("wav") => pb::AudioFormat::Wav,
-            Some("flac") => pb::AudioFormat::Flac,
-            Some(f) => return Err(format!("format: must be wav or flac, not {}", quote(f))),
+            Some(f) => f
+                .parse::<tutti_shared::job::AudioFormat>()
+                .map(pb::AudioFormat::from)
+                .map_err(|_| format!("format: must be wav, flac, mp3 or opus, not {}", quote(f)))?,
         };
         let model = self.model.filter(|m| !m.is_empty()).map(|m| {
             let (name, version) = m.split_once('@').unwrap_or((&m, ""));
@@ -185,6 +190,8 @@ impl Row {
             seed: self.seed,
             model,
             format: format as i32,
+            bitrate_kbps: self.bitrate_kbps,
+            loudness_lufs: self.loudness_lufs,
             variations: self.variations.unwrap_or(0),
             labels: self.labels,
             ..Default::default()
@@ -362,6 +369,20 @@ fn csv_row(header: &[String], fields: Vec<String>) -> Result<Row, (Option<String
                         .map_err(|e| err(&item_id, col, format!("{e}")))?,
                 )
             }
+            "bitrate_kbps" => {
+                row.bitrate_kbps = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
+            "loudness_lufs" => {
+                row.loudness_lufs = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
             "variations" => {
                 row.variations = Some(
                     num(&v)
@@ -513,6 +534,34 @@ mod tests {
         assert!(b.message.starts_with("duration_seconds"), "{b}");
         let c = rows[2].as_ref().expect_err("short row");
         assert_eq!(c.line, 4);
+    }
+
+    #[tokio::test]
+    async fn delivery_columns_in_csv_and_jsonl() {
+        let csv = "item_id,prompt,format,bitrate_kbps,loudness_lufs\n\
+                   a,piano,mp3,320,-16\n\
+                   b,drums,ogg,,\n";
+        let rows_csv = rows(csv, ManifestFormat::Csv).await;
+        let a = rows_csv[0].as_ref().expect("row a");
+        assert_eq!(a.request.format, pb::AudioFormat::Mp3 as i32);
+        assert_eq!(
+            (a.request.bitrate_kbps, a.request.loudness_lufs),
+            (Some(320), Some(-16.0))
+        );
+        let b = rows_csv[1].as_ref().expect_err("unknown format");
+        assert!(b.message.contains("wav, flac, mp3 or opus"), "{b}");
+        let jsonl =
+            "{\"id\": \"c\", \"prompt\": \"x\", \"format\": \"opus\", \"bitrate_kbps\": 96}\n";
+        let c = &rows(jsonl, ManifestFormat::Jsonl).await[0];
+        let c = c.as_ref().expect("row c");
+        assert_eq!(
+            (
+                c.request.format,
+                c.request.bitrate_kbps,
+                c.request.loudness_lufs
+            ),
+            (pb::AudioFormat::Opus as i32, Some(96), None)
+        );
     }
 
     #[tokio::test]

@@ -78,6 +78,10 @@ pub struct OutputRow {
     pub sample_rate: i32,
     pub format: String,
     pub channels: i32,
+    /// Integrated loudness (LUFS) and true peak (dBTP) after the gain stage; NULL for silence
+    /// and for outputs from before the columns.
+    pub loudness_lufs: Option<f32>,
+    pub true_peak_dbtp: Option<f32>,
 }
 
 /// A job with its outputs.

@@ -135,9 +135,11 @@ pub(crate) fn parse_range(value: Option<&str>, len: u64) -> Result<Option<(u64, 
 }
 
 fn content_type(key: &str) -> &'static str {
-    match key.rsplit('.').next() {
-        Some("wav") => "audio/wav",
-        Some("flac") => "audio/flac",
+    let ext = key.rsplit('.').next();
+    if let Some(f) = ext.and_then(|e| e.parse::<tutti_shared::job::AudioFormat>().ok()) {
+        return f.content_type();
+    }
+    match ext {
         Some("jsonl") => "application/x-ndjson",
         Some("csv") => "text/csv",
         _ => "application/octet-stream",

@@ -317,6 +317,7 @@ fn job_spec(model: &TraceModel, i: usize, duration_s: f32, steps: u32) -> JobSpe
         sampler: model.sampler,
         variations: 1,
         format: AudioFormat::Wav,
+        delivery: Default::default(),
         trace_context: Default::default(),
         init_audio: None,
     }

@@ -413,7 +413,7 @@ impl Pipeline {
     }
 
     /// Decodes and vocodes: one mono waveform per variation, exactly `duration * sample_rate`
-    /// samples, non-finite samples zeroed, scaled down if its peak exceeds 0.99.
+    /// samples, non-finite samples zeroed, otherwise unscaled (the worker's gain stage sets levels).
     pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         render_with(&self.config, self.device, &self.model_id, state, |raw| {
             let pack = self.lock();
@@ -494,11 +494,6 @@ fn render_with(
             if !x.is_finite() {
                 *x = 0.0;
             }
-        }
-        let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
-        if peak > 0.99 {
-            let g = 0.99 / peak;
-            samples.iter_mut().for_each(|x| *x *= g);
         }
         out.push(samples);
     }

@@ -467,7 +467,7 @@ impl StableAudioRenderer {
 
 /// The finished latent decoded by windows of [`DECODE_CHUNK_FRAMES`], cropped to the asked
 /// duration (`floor(duration * rate)` frames, as diffusers crops), interleaved; non-finite
-/// samples zeroed and a clip scaled down if its peak exceeds 0.99, as the mel family does.
+/// samples zeroed, otherwise unscaled, as the mel family does (the worker's gain stage sets levels).
 pub fn render_state(
     vae: &Oobleck,
     kind: Kind,
@@ -509,11 +509,6 @@ pub fn render_state(
             if !x.is_finite() {
                 *x = 0.0;
             }
-        }
-        let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
-        if peak > 0.99 {
-            let g = 0.99 / peak;
-            samples.iter_mut().for_each(|x| *x *= g);
         }
         out.push(samples);
     }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tutti_shared::audio;
-use tutti_shared::job::{checkpoint_key, output_key, AudioFormat};
+use tutti_shared::job::{checkpoint_key, output_key};
 use tutti_shared::messages::{ErrorCode, OutputInfo, TaskMessage, WorkerEvent};
 use tutti_shared::taskqueue::QueueName;
+use tutti_shared::{audio, encode, loudness};
 
 use super::patience::patiently;
 use super::Worker;
@@ -188,28 +188,36 @@ impl Worker {
         }
         .map_err(TaskError::engine)?;
         let mut outputs = Vec::new();
-        for (i, mut wave) in rendered.waveforms.into_iter().enumerate() {
-            audio::normalize_loudness(&mut wave);
-            let encoded = match task.spec.format {
-                AudioFormat::Wav => {
-                    audio::encode_wav(&wave, rendered.channels, rendered.sample_rate)
-                }
-                AudioFormat::Flac => {
-                    audio::encode_flac(&wave, rendered.channels, rendered.sample_rate)
-                }
-            }
+        let (channels, rate) = (rendered.channels, rendered.sample_rate);
+        let (format, delivery) = (task.spec.format, task.spec.delivery);
+        for (i, wave) in rendered.waveforms.into_iter().enumerate() {
+            let duration_s = wave.len() as f32 / f32::from(channels.max(1)) / rate as f32;
+            // The one gain stage (the model hands over its raw waveform), then the encoder: CPU
+            // work of up to a second or two for a long clip, off the runtime's threads.
+            let (level, encoded) = tokio::task::spawn_blocking(move || {
+                let mut wave = wave;
+                let level = loudness::normalize(&mut wave, channels, rate, delivery.loudness_lufs)?;
+                let encoded = encode::encode(format, &wave, channels, rate, delivery.bitrate_kbps)?;
+                Ok::<_, audio::AudioError>((level, encoded))
+            })
+            .await
+            .map_err(|e| TaskError::fatal(ErrorCode::Encode, e.to_string()))?
             .map_err(|e| TaskError::fatal(ErrorCode::Encode, e.to_string()))?;
-            let key = output_key(&task.tenant, task.job_id, i as u32, task.spec.format);
+            let encode::Encoded {
+                bytes: encoded,
+                sample_rate,
+            } = encoded;
+            let key = output_key(&task.tenant, task.job_id, i as u32, format);
             let info = OutputInfo {
                 index: i as u32,
                 key: key.clone(),
                 sha256: audio::sha256_hex(&encoded),
                 size_bytes: encoded.len() as u64,
-                duration_s: wave.len() as f32
-                    / f32::from(rendered.channels.max(1))
-                    / rendered.sample_rate as f32,
-                sample_rate: rendered.sample_rate,
-                channels: rendered.channels,
+                duration_s,
+                sample_rate,
+                channels,
+                loudness_lufs: level.integrated_lufs,
+                true_peak_dbtp: level.true_peak_dbtp,
             };
             let encoded = Bytes::from(encoded);
             patiently(self.outage_budget, "output put", || {

@@ -386,17 +386,33 @@ impl BatchStore for PgStore {
         .fetch_all(self.pool())
         .await?;
         let jobs: Vec<Uuid> = rows.iter().filter_map(|r| r.2).collect();
-        // One row type per output: (job, idx, key, sha256, bytes, seconds, rate, format, channels).
-        type OutputCols = (Uuid, i32, String, String, i64, f32, i32, String, i32);
+        // One row type per output: (job, idx, key, sha256, bytes, seconds, rate, format, channels,
+        // loudness, true peak).
+        type OutputCols = (
+            Uuid,
+            i32,
+            String,
+            String,
+            i64,
+            f32,
+            i32,
+            String,
+            i32,
+            Option<f32>,
+            Option<f32>,
+        );
         let outputs: Vec<OutputCols> = sqlx::query_as(
-            "SELECT job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
+            "SELECT job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
+                    loudness_lufs, true_peak_dbtp \
              FROM outputs WHERE job_id = ANY($1) ORDER BY job_id, idx",
         )
         .bind(&jobs)
         .fetch_all(self.pool())
         .await?;
         let mut by_job: HashMap<Uuid, Vec<OutputRow>> = HashMap::new();
-        for (job, idx, key, sha256, size_bytes, duration_s, sample_rate, format, ch) in outputs {
+        for (job, idx, key, sha256, size_bytes, duration_s, sample_rate, format, ch, lufs, tp) in
+            outputs
+        {
             by_job.entry(job).or_default().push(OutputRow {
                 idx,
                 key,
@@ -406,6 +422,8 @@ impl BatchStore for PgStore {
                 sample_rate,
                 format,
                 channels: ch,
+                loudness_lufs: lufs,
+                true_peak_dbtp: tp,
             });
         }
         Ok(rows

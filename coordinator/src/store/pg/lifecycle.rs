@@ -208,11 +208,13 @@ impl LifecycleTx for PgLifecycle {
         for o in outputs {
             let format = o.key.rsplit('.').next().unwrap_or("wav");
             sqlx::query(
-                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
+                   loudness_lufs, true_peak_dbtp) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                  ON CONFLICT (job_id, idx) DO UPDATE SET key = EXCLUDED.key, sha256 = EXCLUDED.sha256, \
                    size_bytes = EXCLUDED.size_bytes, duration_s = EXCLUDED.duration_s, \
-                   sample_rate = EXCLUDED.sample_rate, format = EXCLUDED.format, channels = EXCLUDED.channels",
+                   sample_rate = EXCLUDED.sample_rate, format = EXCLUDED.format, channels = EXCLUDED.channels, \
+                   loudness_lufs = EXCLUDED.loudness_lufs, true_peak_dbtp = EXCLUDED.true_peak_dbtp",
             )
             .bind(job)
             .bind(o.index as i32)
@@ -223,6 +225,8 @@ impl LifecycleTx for PgLifecycle {
             .bind(o.sample_rate as i32)
             .bind(format)
             .bind(i32::from(o.channels))
+            .bind(o.loudness_lufs)
+            .bind(o.true_peak_dbtp)
             .execute(&mut *self.tx)
             .await?;
         }

@@ -149,7 +149,8 @@ impl PgStore {
 
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         Ok(sqlx::query_as(
-            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
+            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
+                    loudness_lufs, true_peak_dbtp \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id)

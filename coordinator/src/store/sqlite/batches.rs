@@ -432,10 +432,22 @@ impl BatchStore for SqliteStore {
 
 impl SqliteStore {
     async fn item_outputs(&self, job: Uuid) -> Result<Vec<OutputRow>> {
-        // (idx, key, sha256, bytes, seconds, rate, format, channels)
-        type OutputCols = (i64, String, String, i64, f64, i64, String, i64);
+        // (idx, key, sha256, bytes, seconds, rate, format, channels, loudness, true peak)
+        type OutputCols = (
+            i64,
+            String,
+            String,
+            i64,
+            f64,
+            i64,
+            String,
+            i64,
+            Option<f64>,
+            Option<f64>,
+        );
         let rows: Vec<OutputCols> = sqlx::query_as(
-            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
+            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
+                    loudness_lufs, true_peak_dbtp \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(job.to_string())
@@ -444,7 +456,7 @@ impl SqliteStore {
         Ok(rows
             .into_iter()
             .map(
-                |(idx, key, sha256, size_bytes, d, sr, format, ch)| OutputRow {
+                |(idx, key, sha256, size_bytes, d, sr, format, ch, lufs, tp)| OutputRow {
                     idx: idx as i32,
                     key,
                     sha256,
@@ -453,6 +465,8 @@ impl SqliteStore {
                     sample_rate: sr as i32,
                     format,
                     channels: ch as i32,
+                    loudness_lufs: lufs.map(|v| v as f32),
+                    true_peak_dbtp: tp.map(|v| v as f32),
                 },
             )
             .collect())

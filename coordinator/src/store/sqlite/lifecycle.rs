@@ -219,11 +219,13 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         for o in outputs {
             let format = o.key.rsplit('.').next().unwrap_or("wav");
             sqlx::query(
-                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
+                   loudness_lufs, true_peak_dbtp) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                  ON CONFLICT (job_id, idx) DO UPDATE SET key = excluded.key, sha256 = excluded.sha256, \
                    size_bytes = excluded.size_bytes, duration_s = excluded.duration_s, \
-                   sample_rate = excluded.sample_rate, format = excluded.format, channels = excluded.channels",
+                   sample_rate = excluded.sample_rate, format = excluded.format, channels = excluded.channels, \
+                   loudness_lufs = excluded.loudness_lufs, true_peak_dbtp = excluded.true_peak_dbtp",
             )
             .bind(job.to_string())
             .bind(i64::from(o.index))
@@ -234,6 +236,8 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             .bind(i64::from(o.sample_rate))
             .bind(format)
             .bind(i64::from(o.channels))
+            .bind(o.loudness_lufs.map(f64::from))
+            .bind(o.true_peak_dbtp.map(f64::from))
             .execute(&mut *self.tx)
             .await?;
         }

@@ -159,7 +159,8 @@ impl SqliteStore {
 
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         let rows = sqlx::query(
-            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels \
+            "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
+                    loudness_lufs, true_peak_dbtp \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id.to_string())
@@ -176,6 +177,12 @@ impl SqliteStore {
                     sample_rate: r.try_get::<i64, _>("sample_rate")? as i32,
                     format: r.try_get("format")?,
                     channels: r.try_get::<i64, _>("channels")? as i32,
+                    loudness_lufs: r
+                        .try_get::<Option<f64>, _>("loudness_lufs")?
+                        .map(|v| v as f32),
+                    true_peak_dbtp: r
+                        .try_get::<Option<f64>, _>("true_peak_dbtp")?
+                        .map(|v| v as f32),
                 })
             })
             .collect()

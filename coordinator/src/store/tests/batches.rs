@@ -155,6 +155,8 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
             duration_s: 2.0,
             sample_rate: 16000,
             channels: 1,
+            loudness_lufs: None,
+            true_peak_dbtp: None,
         }],
         held: false,
     };

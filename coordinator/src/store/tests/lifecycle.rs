@@ -48,6 +48,8 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
         duration_s: 2.0,
         sample_rate: 16000,
         channels: 2,
+        loudness_lufs: Some(-14.02),
+        true_peak_dbtp: Some(-1.5),
     };
     let outcome = Outcome::Done {
         millis: 5,
@@ -72,6 +74,10 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
             rec.outputs[0].channels
         ),
         (out.key.as_str(), 16000, 2)
+    );
+    assert_eq!(
+        (rec.outputs[0].loudness_lufs, rec.outputs[0].true_peak_dbtp),
+        (Some(-14.02), Some(-1.5))
     );
     let kinds: Vec<String> = s
         .history(id)

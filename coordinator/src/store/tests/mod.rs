@@ -55,6 +55,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
             sampler: SamplerKind::FlowEuler,
             variations: 1,
             format: AudioFormat::Wav,
+            delivery: Default::default(),
             trace_context: Default::default(),
             init_audio: None,
         },

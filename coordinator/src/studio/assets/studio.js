@@ -142,6 +142,18 @@ function structured() {
   return s;
 }
 
+const EXTENSIONS = {
+  AUDIO_FORMAT_WAV: "wav",
+  AUDIO_FORMAT_FLAC: "flac",
+  AUDIO_FORMAT_MP3: "mp3",
+  AUDIO_FORMAT_OPUS: "opus",
+};
+
+// MP3 and Opus take a bitrate; the field shows for them only.
+function lossy(format) {
+  return format === "AUDIO_FORMAT_MP3" || format === "AUDIO_FORMAT_OPUS";
+}
+
 function request() {
   const r = {
     structured: structured(),
@@ -152,8 +164,10 @@ function request() {
     sampler: $("#f-sampler").value,
     format: $("#f-format").value,
     variations: num($("#f-variations")),
+    loudness_lufs: num($("#f-loudness")),
     priority: "PRIORITY_INTERACTIVE",
   };
+  if (lossy($("#f-format").value)) r.bitrate_kbps = num($("#f-bitrate"));
   const seed = $("#f-seed").value.trim();
   if (seed !== "") r.seed = seed;
   const name = $("#f-model").value.trim();
@@ -308,13 +322,14 @@ function addOutput(card, o) {
   mel.setAttribute("role", "img");
   mel.setAttribute("aria-label", "mel spectrogram");
   const cap = document.createElement("figcaption");
-  const ext = o.format === "AUDIO_FORMAT_FLAC" ? "flac" : "wav";
+  const ext = EXTENSIONS[o.format] || "wav";
   const link = document.createElement("a");
   const name = `tutti-${card.job.id.slice(0, 8)}-${idx}.${ext}`;
   link.href = o.url.startsWith("/") ? o.url + "&download=" + name : o.url;
   link.download = name;
   link.textContent = `Download ${ext.toUpperCase()}`;
-  cap.append(`Variation ${idx + 1} · ${(o.duration_seconds || 0).toFixed(1)} s · `, link);
+  const level = o.loudness_lufs === undefined ? "" : `${o.loudness_lufs.toFixed(1)} LUFS · `;
+  cap.append(`Variation ${idx + 1} · ${(o.duration_seconds || 0).toFixed(1)} s · ${level}`, link);
   fig.append(audio, wave, mel, cap);
   $(".outputs", card.el).append(fig);
   // Clicking the pictures seeks.
@@ -530,6 +545,8 @@ async function start() {
   $("#f-tempo-unknown").addEventListener("change", (e) => {
     tempo.disabled = slider.disabled = e.target.checked;
   });
+  const format = $("#f-format");
+  format.addEventListener("change", () => { $("#f-bitrate-row").hidden = !lossy(format.value); });
   $("#f-seed-random").addEventListener("click", () => {
     $("#f-seed").value = String(Math.floor(Math.random() * 2 ** 31));
     $("#f-seed-lock").checked = true;
