@@ -8,12 +8,13 @@ use std::path::Path;
 
 use tch::Device;
 
-use super::device::Precision;
-use super::pipeline::{BatchShape, Pipeline, Renderer};
-use super::stable_audio::is_stable_audio_pack;
-use super::stable_audio_serve::{StableAudioPipeline, StableAudioRenderer};
-use super::state::{DenoiseState, GenerationParams};
-use super::Result;
+use crate::device::Precision;
+use crate::families::mel::pipeline::{Pipeline, Renderer};
+use crate::families::stable_audio::model::is_stable_audio_pack;
+use crate::families::stable_audio::serve::{StableAudioPipeline, StableAudioRenderer};
+use crate::state::BatchShape;
+use crate::state::{DenoiseState, GenerationParams};
+use crate::Result;
 
 /// Rendered clips of one job: one per variation, `channels` interleaved frame by frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +53,7 @@ impl ServedModel {
     pub fn family(&self) -> &'static str {
         match self {
             Self::Mel(_) => "mel",
-            Self::StableAudio(_) => super::stable_audio::FAMILY,
+            Self::StableAudio(_) => crate::families::stable_audio::model::FAMILY,
         }
     }
 
@@ -107,7 +108,7 @@ impl ServedModel {
         strength: f64,
     ) -> Result<DenoiseState> {
         match self {
-            Self::Mel(p) => Err(super::ModelError::Input(format!(
+            Self::Mel(p) => Err(crate::ModelError::Input(format!(
                 "model {} (mel family) has no audio encoder; init audio needs a waveform-VAE model",
                 p.model_id()
             ))),

@@ -12,10 +12,21 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use tutti_shared::prompt::Controls;
 
-use super::sampler::{self, Sampler, SamplerKind, SamplerState, ScheduleConfig};
-use super::{weights, ModelError, Result};
+use crate::samplers::{self, Sampler, SamplerKind, SamplerState, ScheduleConfig};
+use crate::{weights, ModelError, Result};
 
 const FORMAT: &str = "tutti-denoise-state/1";
+
+/// Most variations one request may ask for.
+pub const MAX_VARIATIONS: usize = 16;
+
+/// What states must share to be stepped in one forward bit-identically to each alone: latent
+/// frames and text tokens as the family pads them (plus the model, which the engine keys on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchShape {
+    pub frames: i64,
+    pub text_tokens: i64,
+}
 
 /// What a request asks the model for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +194,7 @@ impl DenoiseState {
                 params.steps
             )));
         }
-        let sampler = sampler::build(params.sampler, &schedule, params.steps)?;
+        let sampler = samplers::build(params.sampler, &schedule, params.steps)?;
         let mut tensors = file.tensors;
         let mut take = |k: &str| -> Result<Tensor> {
             tensors
@@ -244,7 +255,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
 }
 
 /// The seeded noise lives with the samplers' per-step noise (one generator for both).
-pub use super::sampler::seeded_noise;
+pub use crate::samplers::seeded_noise;
 
 #[cfg(test)]
 mod tests {

@@ -227,7 +227,11 @@ fn both_families_render_the_pinned_audio() {
             .iter()
             .map(|(k, t)| (k.clone(), strided(k, t)))
             .collect();
-        std::fs::write(&path, weights::to_safetensors_bytes(&tensors, None).unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            weights::to_safetensors_bytes(&tensors, None).unwrap(),
+        )
+        .unwrap();
     }
     let want = weights::read_safetensors(&path).unwrap().tensors;
     let mut names: Vec<&String> = want.keys().collect();

@@ -10,13 +10,13 @@
 
 use tch::{Kind, Tensor};
 
-use super::dit::DitInput;
-use super::oobleck::DECODE_CHUNK_FRAMES;
-use super::projection::Conditioning;
-use super::sampler::{self, step_noise, Sampler, SamplerKind, SamplerState};
-use super::stable_audio::StableAudioModel;
-use super::state::seeded_noise;
-use super::{ModelError, Result};
+use crate::decoders::oobleck::DECODE_CHUNK_FRAMES;
+use crate::families::stable_audio::model::StableAudioModel;
+use crate::families::stable_audio::projection::Conditioning;
+use crate::nn::dit::DitInput;
+use crate::samplers::{self, step_noise, Sampler, SamplerKind, SamplerState};
+use crate::state::seeded_noise;
+use crate::{ModelError, Result};
 
 /// One batch of prompts to render (one row per prompt).
 #[derive(Debug, Clone)]
@@ -143,7 +143,7 @@ impl StableAudioModel {
         let _g = tch::no_grad_guard();
         let dev = self.device;
         let b = r.prompts.len() as i64;
-        let sampler = sampler::build(r.sampler, &self.config.schedule, r.steps)?;
+        let sampler = samplers::build(r.sampler, &self.config.schedule, r.steps)?;
         let start = Tensor::full([b], r.seconds_start, (Kind::Float, dev));
         let total = Tensor::full([b], r.seconds_total, (Kind::Float, dev));
         let prompts: Vec<&str> = r.prompts.iter().map(String::as_str).collect();

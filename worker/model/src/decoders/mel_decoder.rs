@@ -1,7 +1,7 @@
 //! Latent -> log-mel decoders. The denoiser works on a latent `[B, C, T]`; a decoder turns it
 //! into the natural-log mel spectrogram `[B, n_mels, frames]` that the vocoders take.
 
-use crate::mel::MelConfig;
+use crate::decoders::mel::MelConfig;
 use crate::{ModelError, Result};
 use tch::nn::{self, Module};
 use tch::Tensor;

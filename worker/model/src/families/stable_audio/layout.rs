@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use super::dit::DitConfig;
-use super::oobleck::OobleckConfig;
-use super::projection::{ProjectionConfig, NUMBER_INTERNAL_DIM};
-use super::t5::T5Config;
-use super::{ModelError, Result};
+use crate::decoders::oobleck::OobleckConfig;
+use crate::families::stable_audio::projection::{ProjectionConfig, NUMBER_INTERNAL_DIM};
+use crate::nn::dit::DitConfig;
+use crate::text::t5::T5Config;
+use crate::{ModelError, Result};
 
 /// Tensor name → shape.
 pub type Shapes = BTreeMap<String, Vec<i64>>;

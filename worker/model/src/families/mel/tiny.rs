@@ -10,19 +10,19 @@ use std::path::Path;
 
 use tch::{nn, Device, Tensor};
 
-use super::conditioners::{ConditionerConfig, Conditioners};
-use super::decoder::{self, DecoderConfig};
-use super::dit::{DitConfig, StableAudioDit};
-use super::mel::MelConfig;
-use super::pack::{self, Defaults, Limits, ModelInfo, PackConfig};
-use super::sampler::{SamplerKind, ScheduleConfig};
-use super::state::seeded_noise;
-use super::text_encoder::{Bert, TextEncoderConfig};
-use super::vocoder::{self, GriffinLimConfig, VocoderConfig};
-use super::{weights, ModelError, Result};
+use crate::decoders::mel::MelConfig;
+use crate::decoders::mel_decoder::{self, DecoderConfig};
+use crate::decoders::vocoder::{self, GriffinLimConfig, VocoderConfig};
+use crate::families::mel::conditioners::{ConditionerConfig, Conditioners};
+use crate::families::mel::pack::{self, Defaults, Limits, ModelInfo, PackConfig};
+use crate::nn::dit::{DitConfig, StableAudioDit};
+use crate::samplers::{SamplerKind, ScheduleConfig};
+use crate::state::seeded_noise;
+use crate::text::bert::{Bert, TextEncoderConfig};
+use crate::{weights, ModelError, Result};
 
 /// The MiniLM (BERT uncased WordPiece) tokenizer.
-pub const TOKENIZER_JSON: &[u8] = include_bytes!("../../assets/tokenizer.json");
+pub const TOKENIZER_JSON: &[u8] = include_bytes!("../../../../assets/tokenizer.json");
 
 /// The configuration of the tiny pack.
 pub fn tiny_config() -> PackConfig {
@@ -150,12 +150,12 @@ pub fn write_pack_with(
     let _frames = cfg
         .frame_conditioning
         .as_ref()
-        .map(|f| super::frame_cond::FrameConditioner::new(vs.root() / "frames", f));
+        .map(|f| crate::families::mel::frame_cond::FrameConditioner::new(vs.root() / "frames", f));
     randomize(&vs, seed ^ 0x636f_6e64);
     weights::save_var_store(&vs, &dir.join(pack::CONDITIONERS_FILE))?;
 
     let vs = nn::VarStore::new(Device::Cpu);
-    let _dec = decoder::build(&cfg.decoder, vs.root(), &cfg.mel)?;
+    let _dec = mel_decoder::build(&cfg.decoder, vs.root(), &cfg.mel)?;
     if !vs.variables().is_empty() {
         randomize(&vs, seed ^ 0x0064_6563);
         weights::save_var_store(&vs, &dir.join(pack::DECODER_FILE))?;

@@ -12,23 +12,24 @@
 //! function of the job's seed and the step only, so a chunked or resumed job equals a one-shot
 //! one bit for bit, and this path computes what [`StableAudioModel::generate`] computes.
 //!
-//! [`Pipeline`]: super::pipeline::Pipeline
+//! [`Pipeline`]: crate::families::mel::pipeline::Pipeline
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
 
-use super::device::Kinds;
-use super::dit::DitInput;
-use super::oobleck::Oobleck;
-use super::pipeline::{BatchShape, MAX_VARIATIONS};
-use super::sampler::{self, step_noise, SamplerState};
-use super::stable_audio::{load_vae, StableAudioConfig, StableAudioModel, StableAudioPack};
-use super::state::{seeded_noise, DenoiseState, GenerationParams};
-use super::{ModelError, Result};
+use crate::decoders::oobleck::Oobleck;
+use crate::device::Kinds;
+use crate::families::stable_audio::model::{
+    load_vae, StableAudioConfig, StableAudioModel, StableAudioPack,
+};
+use crate::nn::dit::DitInput;
+use crate::samplers::{self, step_noise, SamplerState};
+use crate::state::{seeded_noise, BatchShape, DenoiseState, GenerationParams, MAX_VARIATIONS};
+use crate::{ModelError, Result};
 
-use super::oobleck::DECODE_CHUNK_FRAMES;
+use crate::decoders::oobleck::DECODE_CHUNK_FRAMES;
 
 fn bad(m: String) -> ModelError {
     ModelError::Input(m)
@@ -63,7 +64,7 @@ impl StableAudioPipeline {
     /// Loads a pack: the DiT and projection in `kinds.dit`, the VAE (decoder and, for
     /// audio-to-audio, encoder) in `kinds.vae` (see [`Precision::kinds`]), the T5 in f32.
     ///
-    /// [`Precision::kinds`]: super::device::Precision::kinds
+    /// [`Precision::kinds`]: crate::device::Precision::kinds
     pub fn load(dir: &Path, device: Device, kinds: Kinds) -> Result<Self> {
         let model = StableAudioModel::load(dir, device, kinds, true)?;
         Ok(Self {
@@ -150,7 +151,7 @@ impl StableAudioPipeline {
     /// latent window of every variation; step 0.
     pub fn prepare(&self, p: &GenerationParams) -> Result<DenoiseState> {
         self.validate(p)?;
-        let sampler = sampler::build(p.sampler, &self.config.schedule, p.steps)?;
+        let sampler = samplers::build(p.sampler, &self.config.schedule, p.steps)?;
         let m = self.lock();
         let _g = tch::no_grad_guard();
         let dev = self.device;
@@ -224,17 +225,17 @@ impl StableAudioPipeline {
         }
         let mut state = self.prepare(p)?;
         let sched = &self.config.schedule;
-        let flow = sched.prediction == super::sampler::Prediction::Flow;
+        let flow = sched.prediction == crate::samplers::Prediction::Flow;
         let sigma = if flow {
             strength
         } else {
             sched.sigma_min * (sched.sigma_max / sched.sigma_min).powf(strength)
         };
-        let schedule = super::sampler::ScheduleConfig {
+        let schedule = crate::samplers::ScheduleConfig {
             init_noise: Some(sigma),
             ..sched.clone()
         };
-        let sampler = sampler::build(p.sampler, &schedule, p.steps)?;
+        let sampler = samplers::build(p.sampler, &schedule, p.steps)?;
         let window = self.config.dit.sample_size * self.config.vae.hop_length();
         let _g = tch::no_grad_guard();
         let dev = self.device;

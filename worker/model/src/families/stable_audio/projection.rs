@@ -17,8 +17,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::tensors::{read_json, TensorSource};
-use super::{ModelError, Result};
+use crate::weights::source::{read_json, TensorSource};
+use crate::{ModelError, Result};
 
 /// Width of the number embedders' Fourier features (fixed in diffusers and stable-audio-tools).
 pub const NUMBER_INTERNAL_DIM: i64 = 256;

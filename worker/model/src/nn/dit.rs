@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
-use super::attention::Attention;
-use super::rope::Rotary;
+use crate::nn::attention::Attention;
+use crate::nn::rope::Rotary;
 
 /// `StableAudioDiTModel`'s constructor arguments (`[denoiser]` in `model.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -29,16 +29,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
 
-use super::dit::DitInput;
-use super::frame_cond::{FrameConditioner, FrameControls};
-use super::pack::{LoadedPack, PackConfig, RenderPack};
-use super::sampler::{self, SamplerState};
-use super::state::seeded_noise;
-pub use super::state::{DenoiseState, GenerationParams};
-use super::{ModelError, Result};
-
-/// Most variations one request may ask for.
-pub const MAX_VARIATIONS: usize = 16;
+use crate::families::mel::frame_cond::{FrameConditioner, FrameControls};
+use crate::families::mel::pack::{LoadedPack, PackConfig, RenderPack};
+use crate::nn::dit::DitInput;
+use crate::samplers::{self, SamplerState};
+use crate::state::seeded_noise;
+pub use crate::state::{BatchShape, DenoiseState, GenerationParams, MAX_VARIATIONS};
+use crate::{ModelError, Result};
 
 /// Text tokens are padded to a multiple of this in a forward (see "Batch invariance" above).
 /// 32 holds almost every prompt (MiniLM word pieces) at little cross-attention cost.
@@ -47,14 +44,6 @@ pub const TEXT_BUCKET: i64 = 32;
 /// The token count a state's text is padded to in a forward.
 pub fn text_bucket(tokens: i64) -> i64 {
     (tokens.max(1) as u64).div_ceil(TEXT_BUCKET as u64) as i64 * TEXT_BUCKET
-}
-
-/// What states must share to be stepped in one forward bit-identically to each alone: latent
-/// frames and text bucket (plus the model, which the engine keys on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BatchShape {
-    pub frames: i64,
-    pub text_tokens: i64,
 }
 
 /// A loaded pack on one device. `Send + Sync`: the modules sit behind a mutex (libtorch tensors are
@@ -80,7 +69,7 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// Loads a pack with its denoiser in the device's compute kind (`device::compute_kind`).
     pub fn load(pack_dir: &Path, device: Device) -> Result<Self> {
-        Self::load_with(pack_dir, device, super::device::compute_kind(device))
+        Self::load_with(pack_dir, device, crate::device::compute_kind(device))
     }
 
     /// [`Self::load`] with the denoiser in `kind`.
@@ -157,7 +146,7 @@ impl Pipeline {
     /// Encodes the guidance pair and draws the initial noise; step 0.
     pub fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
         self.validate(params)?;
-        let sampler = sampler::build(params.sampler, &self.config.schedule, params.steps)?;
+        let sampler = samplers::build(params.sampler, &self.config.schedule, params.steps)?;
         let pack = self.lock();
         let _guard = tch::no_grad_guard();
         let text = pack

@@ -4,7 +4,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::rope::Rotary;
+use crate::nn::rope::Rotary;
 
 #[derive(Debug)]
 pub struct Attention {

@@ -12,8 +12,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::tensors::{read_json, TensorSource};
-use super::{ModelError, Result};
+use crate::weights::source::{read_json, TensorSource};
+use crate::{ModelError, Result};
 
 /// Latent frames the VAE decodes at once (about 12 s of SAO audio; a 47 s clip of SAO 1.0
 /// decoded whole peaks at ~1 GB per activation), each window with the decoder's receptive

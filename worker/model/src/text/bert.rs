@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::{weights, ModelError, Result};
+use crate::{weights, ModelError, Result};
 
 /// The subset of a Hugging Face BERT `config.json` that the encoder uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

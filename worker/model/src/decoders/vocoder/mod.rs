@@ -8,14 +8,14 @@ pub use griffin_lim::{GriffinLim, GriffinLimConfig};
 pub use hifigan::{HifiGan, HifiGanConfig};
 pub use vocos::{Vocos, VocosConfig};
 
-use crate::mel::MelConfig;
+use crate::decoders::mel::MelConfig;
 use crate::{ModelError, Result};
 use tch::{nn, Tensor};
 
 /// Turns a log-mel spectrogram `[batch, n_mels, frames]` (natural-log magnitude, the front end of
-/// [`crate::mel`]) into a waveform `[batch, samples]`.
+/// [`crate::decoders::mel`]) into a waveform `[batch, samples]`.
 pub trait Vocoder: Send + Sync {
-    fn vocode(&self, log_mel: &Tensor) -> super::Result<Tensor>;
+    fn vocode(&self, log_mel: &Tensor) -> crate::Result<Tensor>;
 }
 
 /// The vocoder a pack declares (`[vocoder]` in `model.toml`, tagged by `kind`).

@@ -22,11 +22,11 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::dit::DitConfig;
-use super::oobleck::OobleckConfig;
-use super::projection::ProjectionConfig;
-use super::tensors::read_json;
-use super::{ModelError, Result};
+use crate::decoders::oobleck::OobleckConfig;
+use crate::families::stable_audio::projection::ProjectionConfig;
+use crate::nn::dit::DitConfig;
+use crate::weights::source::read_json;
+use crate::{ModelError, Result};
 
 #[derive(Debug, Deserialize)]
 struct RawConfig {

@@ -16,19 +16,19 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tch::{nn, Device, Kind};
 
-use super::device::Kinds;
-use super::dit::{DitConfig, StableAudioDit};
-use super::layout::{self, Shapes};
-use super::oobleck::{Oobleck, OobleckConfig};
-use super::projection::{ProjectionConfig, ProjectionModel};
-use super::sampler::{Prediction, ScheduleConfig, SigmaSchedule};
-use super::sat::{self, SatConfig};
-use super::t5::{FixedTokenizer, T5Config, T5Encoder};
-use super::tensors::{read_json, TensorSource};
-use super::{weights, ModelError, Result};
+use crate::decoders::oobleck::{Oobleck, OobleckConfig};
+use crate::device::Kinds;
+use crate::families::stable_audio::layout::{self, Shapes};
+use crate::families::stable_audio::projection::{ProjectionConfig, ProjectionModel};
+use crate::families::stable_audio::sat::{self, SatConfig};
+use crate::nn::dit::{DitConfig, StableAudioDit};
+use crate::samplers::{Prediction, ScheduleConfig, SigmaSchedule};
+use crate::text::t5::{FixedTokenizer, T5Config, T5Encoder};
+use crate::weights::source::{read_json, TensorSource};
+use crate::{weights, ModelError, Result};
 
-use super::stable_audio_pack::CONFIG_FILE;
-pub use super::stable_audio_pack::{
+use crate::families::stable_audio::pack::CONFIG_FILE;
+pub use crate::families::stable_audio::pack::{
     is_stable_audio_pack, Defaults, Layout, Limits, ModelInfo, StableAudioPack, FAMILY,
 };
 const SOURCE_LINK: &str = "source";

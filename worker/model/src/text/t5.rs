@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::tensors::{read_json, TensorSource};
-use super::{ModelError, Result};
+use crate::weights::source::{read_json, TensorSource};
+use crate::{ModelError, Result};
 
 /// The subset of a Hugging Face T5 `config.json` that the encoder uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

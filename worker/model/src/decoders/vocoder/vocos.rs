@@ -5,7 +5,7 @@
 //! The head's STFT uses the mel's `n_fft` and `hop_length` (window = `n_fft`).
 
 use super::{check_log_mel, lock, Vocoder};
-use crate::mel::MelConfig;
+use crate::decoders::mel::MelConfig;
 use crate::{ModelError, Result};
 use std::sync::Mutex;
 use tch::nn::{self, Module};

@@ -19,15 +19,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
-use super::conditioners::{ConditionerConfig, Conditioners};
-use super::decoder::{self, Decoder, DecoderConfig};
-use super::dit::{DitConfig, StableAudioDit};
-use super::frame_cond::{FrameCondConfig, FrameConditioner};
-use super::mel::MelConfig;
-use super::sampler::{SamplerKind, ScheduleConfig};
-use super::text_encoder::{TextEncoder, TextEncoderConfig};
-use super::vocoder::{self, Vocoder, VocoderConfig};
-use super::{weights, ModelError, Result};
+use crate::decoders::mel::MelConfig;
+use crate::decoders::mel_decoder::{self, Decoder, DecoderConfig};
+use crate::decoders::vocoder::{self, Vocoder, VocoderConfig};
+use crate::families::mel::conditioners::{ConditionerConfig, Conditioners};
+use crate::families::mel::frame_cond::{FrameCondConfig, FrameConditioner};
+use crate::nn::dit::{DitConfig, StableAudioDit};
+use crate::samplers::{SamplerKind, ScheduleConfig};
+use crate::text::bert::{TextEncoder, TextEncoderConfig};
+use crate::{weights, ModelError, Result};
 
 pub const CONFIG_FILE: &str = "model.toml";
 pub const DENOISER_FILE: &str = "denoiser.safetensors";
@@ -319,7 +319,7 @@ impl RenderPack {
 
     fn load_parts(dir: &Path, config: &PackConfig, device: Device) -> Result<Self> {
         let dec_vs = nn::VarStore::new(device);
-        let decoder = decoder::build(&config.decoder, dec_vs.root(), &config.mel)?;
+        let decoder = mel_decoder::build(&config.decoder, dec_vs.root(), &config.mel)?;
         load_component(&dec_vs, &dir.join(DECODER_FILE), true)?;
 
         let voc_vs = nn::VarStore::new(device);
@@ -354,11 +354,8 @@ fn describe_weights(out: &mut String, path: &Path) {
     }
 }
 
-/// A human-readable summary of a pack: its configuration and what each weight file holds.
+/// A human-readable summary of a mel pack: its configuration and what each weight file holds.
 pub fn inspect(path: &Path) -> Result<String> {
-    if super::stable_audio::is_stable_audio_pack(path) {
-        return super::stable_audio::inspect(path);
-    }
     let cfg = PackConfig::read(path)?;
     let m = &cfg.model;
     let d = &cfg.denoiser;

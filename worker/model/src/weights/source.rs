@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{weights, ModelError, Result};
+use crate::{weights, ModelError, Result};
 
 /// The tensors of one file, handed out once each, converted to a device and kind.
 #[derive(Debug)]

@@ -2,13 +2,15 @@
 //! and every tensor of the file must be a variable (tch's `VarStore::load` silently ignores extra
 //! keys, which hides a wrong layout or a typo in a converter).
 
+pub mod source;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use tch::{nn, Kind, Tensor};
 
-use super::{ModelError, Result};
+use crate::{ModelError, Result};
 
 /// Tensors of a safetensors file (on CPU, in the file's dtype) and its metadata.
 pub struct TensorFile {

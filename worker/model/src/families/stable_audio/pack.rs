@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::oobleck::OobleckConfig;
-use super::sampler::SamplerKind;
+use crate::decoders::oobleck::OobleckConfig;
+use crate::samplers::SamplerKind;
 
 /// `family` of a Stable Audio pack's `model.toml`.
 pub const FAMILY: &str = "stable_audio";

@@ -4,7 +4,7 @@
 //! kernel), `conv_post`, and the `mean` / `scale` buffers used when `normalize_before`.
 
 use super::{check_log_mel, lock, Vocoder};
-use crate::mel::MelConfig;
+use crate::decoders::mel::MelConfig;
 use crate::{ModelError, Result};
 use std::sync::Mutex;
 use tch::nn::{self, Module};

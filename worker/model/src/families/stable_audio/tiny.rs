@@ -10,11 +10,11 @@ use std::path::Path;
 use serde_json::{json, Value};
 use tch::Tensor;
 
-use super::layout;
-use super::oobleck::OobleckConfig;
-use super::sat;
-use super::state::seeded_noise;
-use super::{weights, ModelError, Result};
+use crate::decoders::oobleck::OobleckConfig;
+use crate::families::stable_audio::layout;
+use crate::families::stable_audio::sat;
+use crate::state::seeded_noise;
+use crate::{weights, ModelError, Result};
 
 /// The real models' strides (hop 2048) and rate, with a handful of channels.
 pub fn tiny_vae(latent_channels: i64) -> OobleckConfig {

@@ -3,7 +3,7 @@
 //! phase is zero, so the output is a pure function of the input.
 
 use super::{check_log_mel, lock, Vocoder};
-use crate::mel::{MelConfig, MelFrontEnd};
+use crate::decoders::mel::{MelConfig, MelFrontEnd};
 use crate::Result;
 use std::sync::Mutex;
 use tch::{Device, Tensor};
