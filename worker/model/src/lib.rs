@@ -19,6 +19,7 @@ pub mod nn;
 pub mod samplers;
 pub mod served;
 pub mod state;
+pub mod step;
 pub mod text;
 pub mod weights;
 

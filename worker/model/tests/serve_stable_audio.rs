@@ -314,7 +314,7 @@ fn half_precisions_stay_close_to_f32_and_f16_decodes_closer() {
             let mut got = m.prepare(&req).unwrap();
             m.step(&mut got).unwrap();
             assert_eq!(got.latent().kind(), Kind::Float);
-            let r = rel(got.latent(), &latent);
+            let r = rel(&got.latent(), &latent);
             assert!(
                 r > 0.0 && r < 0.02,
                 "{kind:?} step on {}: {r}",

@@ -35,6 +35,7 @@ use crate::nn::dit::DitInput;
 use crate::samplers::{self, SamplerState};
 use crate::state::seeded_noise;
 pub use crate::state::{BatchShape, DenoiseState, GenerationParams, MAX_VARIATIONS};
+use crate::step::{Denoiser, Rows};
 use crate::{ModelError, Result};
 
 /// Text tokens are padded to a multiple of this in a forward (see "Batch invariance" above).
@@ -201,165 +202,29 @@ impl Pipeline {
         (rows * (tokens * per_token + attention) * elem) as usize
     }
 
-    /// Advances every state by one step with one denoiser forward over all of them.
+    /// Advances every state by one step with one denoiser forward over all of them (the shared
+    /// step loop, [`crate::step::step_batch`]).
     pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
-        if states.is_empty() {
-            return Ok(());
-        }
-        for s in states.iter() {
-            if s.model != self.model_id {
-                return Err(ModelError::Input(format!(
-                    "state of model {} given to {}",
-                    s.model, self.model_id
-                )));
-            }
-            if s.is_done() {
-                return Err(ModelError::Input(format!(
-                    "state already finished its {} steps",
-                    s.params.steps
-                )));
-            }
-        }
-        let _guard = tch::no_grad_guard();
-        let dev = self.device;
-        let max_t = states.iter().map(|s| s.latent.size()[2]).max().unwrap_or(1);
-        let max_l = states
-            .iter()
-            .map(|s| text_bucket(s.text_states.size()[1]))
-            .max()
-            .unwrap_or(TEXT_BUCKET);
-        let ragged = states.iter().any(|s| s.latent.size()[2] != max_t);
-        let (mut xs, mut ts, mut texts, mut tmasks, mut globals, mut fmasks) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        for s in states.iter() {
-            let v = s.params.variations as i64;
-            let (c, t) = (s.latent.size()[1], s.latent.size()[2]);
-            let x = s
-                .sampler
-                .scale_model_input(&s.latent, s.step)
-                .to_device(dev)
-                .to_kind(Kind::Float);
-            let x = Tensor::cat(&[&x, &x], 0);
-            xs.push(if t < max_t {
-                Tensor::cat(
-                    &[x, Tensor::zeros([2 * v, c, max_t - t], (Kind::Float, dev))],
-                    2,
-                )
-            } else {
-                x
-            });
-            if ragged {
-                let m = Tensor::cat(
-                    &[
-                        Tensor::ones([2 * v, t], (Kind::Bool, dev)),
-                        Tensor::zeros([2 * v, max_t - t], (Kind::Bool, dev)),
-                    ],
-                    1,
-                );
-                fmasks.push(m);
-            }
-            ts.push(Tensor::full(
-                [2 * v],
-                s.sampler.model_timestep(s.step),
-                (Kind::Float, dev),
-            ));
-            // Row order: v copies of the negative prompt, then v of the prompt.
-            let rows: Vec<i64> = (0..2 * v).map(|r| r / v).collect();
-            let rows = Tensor::from_slice(&rows).to_device(dev);
-            let (l, d) = (s.text_states.size()[1], s.text_states.size()[2]);
-            let text = s.text_states.to_device(dev).index_select(0, &rows);
-            let mask = s.text_mask.to_device(dev).index_select(0, &rows);
-            texts.push(if l < max_l {
-                Tensor::cat(
-                    &[
-                        text,
-                        Tensor::zeros([2 * v, max_l - l, d], (Kind::Float, dev)),
-                    ],
-                    1,
-                )
-            } else {
-                text
-            });
-            tmasks.push(if l < max_l {
-                Tensor::cat(
-                    &[mask, Tensor::zeros([2 * v, max_l - l], (Kind::Float, dev))],
-                    1,
-                )
-            } else {
-                mask
-            });
-            globals.push(s.global_cond.to_device(dev).index_select(0, &rows));
-        }
-        let hidden = Tensor::cat(&xs, 0);
-        let timestep = Tensor::cat(&ts, 0);
-        let text = Tensor::cat(&texts, 0);
-        let text_mask = Tensor::cat(&tmasks, 0).to_kind(Kind::Bool);
-        let global = Tensor::cat(&globals, 0);
-        let frame_mask = ragged.then(|| Tensor::cat(&fmasks, 0));
-        let out = {
-            let pack = self.lock();
-            let frame_states = pack
-                .frames
-                .as_ref()
-                .map(|fc| self.frame_states(fc, states, max_t));
-            let rotary = pack.denoiser.rotary(max_t, dev);
-            pack.denoiser.forward(&DitInput {
-                hidden_states: &hidden,
-                timestep: &timestep,
-                encoder_hidden_states: &text,
-                global_hidden_states: &global.unsqueeze(1),
-                rotary: &rotary,
-                attention_mask: frame_mask.as_ref(),
-                encoder_attention_mask: Some(&text_mask),
-                frame_states: frame_states.as_ref(),
-            })
-        }
-        .to_kind(Kind::Float);
-        let mut row = 0;
-        for s in states.iter_mut() {
-            let v = s.params.variations as i64;
-            let t = s.latent.size()[2];
-            let uncond = out.narrow(0, row, v).narrow(2, 0, t);
-            let cond = out.narrow(0, row + v, v).narrow(2, 0, t);
-            row += 2 * v;
-            let guided = &uncond + (&cond - &uncond) * s.params.guidance_scale;
-            let guided = guided.to_device(s.latent.device());
-            let next = s
-                .sampler
-                .step(s.step, &s.latent, &guided, &mut s.sampler_state);
-            s.latent = next.to_kind(Kind::Float);
-            s.step += 1;
-        }
-        Ok(())
+        crate::step::step_batch(self, states)
     }
 
-    /// The per-frame controls of each state's `2 * variations` rows, padded with zeros to
-    /// `max_t` frames: `[rows, max_t, dim]`. Each state's are computed alone (batch-invariant).
-    fn frame_states(
-        &self,
-        fc: &FrameConditioner,
-        states: &[&mut DenoiseState],
-        max_t: i64,
-    ) -> Tensor {
+    /// The per-frame controls of each state's rows, padded with zeros to `max_t` frames:
+    /// `[rows, max_t, dim]`. Each state's are computed alone (batch-invariant).
+    fn frame_states(&self, fc: &FrameConditioner, rows: &[Rows<'_>], max_t: i64) -> Tensor {
         let fps = self.config.model.latent_frames_per_second;
         let dim = fc.config().dim;
-        let parts: Vec<Tensor> = states
+        let parts: Vec<Tensor> = rows
             .iter()
-            .map(|s| {
-                let (v, t) = (s.params.variations as i64, s.latent.size()[2]);
-                let rows = FrameControls::for_request(
+            .map(|r| {
+                let s = r.state;
+                let (n, t) = (r.x.size()[0], s.latent.size()[2]);
+                let controls = FrameControls::for_request(
                     &s.params.controls,
                     &s.params.prompt,
                     t as usize,
                     fps,
                 );
-                let f = fc.forward(&[rows], t).to_device(self.device);
+                let f = fc.forward(&[controls], t).to_device(self.device);
                 let f = if t < max_t {
                     Tensor::cat(
                         &[
@@ -371,7 +236,7 @@ impl Pipeline {
                 } else {
                     f
                 };
-                f.expand([2 * v, max_t, dim], false)
+                f.expand([n, max_t, dim], false)
             })
             .collect();
         Tensor::cat(&parts, 0)
@@ -385,20 +250,7 @@ impl Pipeline {
         to_step: usize,
         on_step: &mut dyn FnMut(usize) -> ControlFlow<()>,
     ) -> Result<usize> {
-        if to_step > state.total_steps() || to_step < state.step() {
-            return Err(ModelError::Input(format!(
-                "cannot denoise from step {} to step {to_step} of {}",
-                state.step(),
-                state.total_steps()
-            )));
-        }
-        while state.step() < to_step {
-            self.step_batch(&mut [&mut *state])?;
-            if on_step(state.step()).is_break() {
-                break;
-            }
-        }
-        Ok(state.step())
+        crate::step::denoise(self, state, to_step, on_step)
     }
 
     /// Decodes and vocodes: one mono waveform per variation, exactly `duration * sample_rate`
@@ -409,6 +261,107 @@ impl Pipeline {
             let log_mel = pack.decoder.decode(raw)?;
             pack.vocoder.vocode(&log_mel)
         })
+    }
+}
+
+/// The mel family's forward: every state guided (its negative prompt's rows, then its
+/// prompt's), latents padded to the longest and masked as keys, text padded to the largest
+/// bucket and masked, per-frame controls when the pack has them (see "Batch invariance").
+impl Denoiser for Pipeline {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn guided(&self, _: &GenerationParams) -> bool {
+        true
+    }
+
+    fn forward(&self, rows: &[Rows<'_>]) -> Result<Tensor> {
+        let dev = self.device;
+        let max_t = rows.iter().map(|r| r.x.size()[2]).max().unwrap_or(1);
+        let max_l = rows
+            .iter()
+            .map(|r| text_bucket(r.state.text_states.size()[1]))
+            .max()
+            .unwrap_or(TEXT_BUCKET);
+        let ragged = rows.iter().any(|r| r.x.size()[2] != max_t);
+        let (mut xs, mut ts, mut texts, mut tmasks, mut globals, mut fmasks) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for r in rows {
+            let s = r.state;
+            let (n, c, t) = (r.x.size()[0], r.x.size()[1], r.x.size()[2]);
+            xs.push(if t < max_t {
+                Tensor::cat(
+                    &[&r.x, &Tensor::zeros([n, c, max_t - t], (Kind::Float, dev))],
+                    2,
+                )
+            } else {
+                r.x.shallow_clone()
+            });
+            if ragged {
+                let m = Tensor::cat(
+                    &[
+                        Tensor::ones([n, t], (Kind::Bool, dev)),
+                        Tensor::zeros([n, max_t - t], (Kind::Bool, dev)),
+                    ],
+                    1,
+                );
+                fmasks.push(m);
+            }
+            ts.push(r.timestep.shallow_clone());
+            let (l, d) = (s.text_states.size()[1], s.text_states.size()[2]);
+            let text = s.text_states.to_device(dev).index_select(0, &r.cond_rows);
+            let mask = s.text_mask.to_device(dev).index_select(0, &r.cond_rows);
+            texts.push(if l < max_l {
+                Tensor::cat(
+                    &[text, Tensor::zeros([n, max_l - l, d], (Kind::Float, dev))],
+                    1,
+                )
+            } else {
+                text
+            });
+            tmasks.push(if l < max_l {
+                Tensor::cat(
+                    &[mask, Tensor::zeros([n, max_l - l], (Kind::Float, dev))],
+                    1,
+                )
+            } else {
+                mask
+            });
+            globals.push(s.global_cond.to_device(dev).index_select(0, &r.cond_rows));
+        }
+        let hidden = Tensor::cat(&xs, 0);
+        let timestep = Tensor::cat(&ts, 0);
+        let text = Tensor::cat(&texts, 0);
+        let text_mask = Tensor::cat(&tmasks, 0).to_kind(Kind::Bool);
+        let global = Tensor::cat(&globals, 0);
+        let frame_mask = ragged.then(|| Tensor::cat(&fmasks, 0));
+        let pack = self.lock();
+        let frame_states = pack
+            .frames
+            .as_ref()
+            .map(|fc| self.frame_states(fc, rows, max_t));
+        let rotary = pack.denoiser.rotary(max_t, dev);
+        Ok(pack.denoiser.forward(&DitInput {
+            hidden_states: &hidden,
+            timestep: &timestep,
+            encoder_hidden_states: &text,
+            global_hidden_states: &global.unsqueeze(1),
+            rotary: &rotary,
+            attention_mask: frame_mask.as_ref(),
+            encoder_attention_mask: Some(&text_mask),
+            frame_states: frame_states.as_ref(),
+        }))
     }
 }
 

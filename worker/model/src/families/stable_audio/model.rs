@@ -393,6 +393,8 @@ impl StableAudioPack {
 #[derive(Debug)]
 pub struct StableAudioModel {
     pub pack: StableAudioPack,
+    /// `name@version`.
+    pub model_id: String,
     pub config: StableAudioConfig,
     pub tokenizer: FixedTokenizer,
     /// Always f32 (T5 overflows in fp16).
@@ -464,6 +466,7 @@ impl StableAudioModel {
             vs.set_kind(kind);
         }
         Ok(Self {
+            model_id: pack.model_id(),
             pack,
             config,
             tokenizer,

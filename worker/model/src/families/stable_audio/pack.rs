@@ -70,6 +70,11 @@ pub struct StableAudioPack {
 const MAX_STEPS: usize = 500;
 
 impl StableAudioPack {
+    /// `name@version`.
+    pub fn model_id(&self) -> String {
+        format!("{}@{}", self.model.name, self.model.version)
+    }
+
     /// The pack `tutti model import` writes for a folder of `layout` whose VAE is `vae` and
     /// whose latent window holds `window_s` seconds: SAO 1.0
     /// runs diffusers' cosine DPM-Solver++ 2M SDE, 100 steps, guidance 7; Small the ping-pong

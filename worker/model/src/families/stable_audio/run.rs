@@ -4,18 +4,22 @@
 //! from each row's seed → the pack's sampler (per-step noise from the rows' seeds) → the VAE →
 //! audio cropped to `[seconds_start, seconds_total)`.
 //!
-//! A [`SaoState`] holds everything between steps, so a caller can run a chunk of steps, stop and
-//! go on: the result does not depend on where it stopped (the noise of step `i` is a function of
-//! the seeds and `i`, and the sampler's memory lives in the state).
+//! Each prompt is a [`DenoiseState`] stepped by the farm's own step loop
+//! ([`crate::step::step_batch`]), all of a request's in one forward; a [`SaoState`] holds them
+//! between steps, so a caller can run a chunk of steps, stop and go on: the result does not
+//! depend on where it stopped (the noise of step `i` is a function of the seeds and `i`, and the
+//! sampler's memory lives in the states).
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+use tutti_shared::prompt::Controls;
 
 use crate::decoders::oobleck::DECODE_CHUNK_FRAMES;
 use crate::families::stable_audio::model::StableAudioModel;
 use crate::families::stable_audio::projection::Conditioning;
 use crate::nn::dit::DitInput;
-use crate::samplers::{self, step_noise, Sampler, SamplerKind, SamplerState};
-use crate::state::seeded_noise;
+use crate::samplers::{self, SamplerKind, SamplerState};
+use crate::state::{seeded_noise, DenoiseState, GenerationParams};
+use crate::step::{Denoiser, Rows};
 use crate::{ModelError, Result};
 
 /// One batch of prompts to render (one row per prompt).
@@ -35,47 +39,46 @@ pub struct SaoRequest {
     pub sampler: SamplerKind,
 }
 
-/// A request in progress.
+/// A request in progress: one state per prompt.
 pub struct SaoState {
-    step: usize,
-    latent: Tensor,
-    cond: Conditioning,
-    guided: bool,
-    guidance: f64,
-    sampler: Box<dyn Sampler>,
-    sampler_state: SamplerState,
-    seeds: Vec<u64>,
+    states: Vec<DenoiseState>,
     crop: (i64, i64),
 }
 
 impl std::fmt::Debug for SaoState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SaoState")
-            .field("step", &self.step)
-            .field("total_steps", &self.sampler.num_steps())
-            .field("latent", &self.latent.size())
+            .field("step", &self.step())
+            .field("total_steps", &self.total_steps())
+            .field("prompts", &self.states.len())
             .finish()
     }
 }
 
 impl SaoState {
     pub fn step(&self) -> usize {
-        self.step
+        self.states[0].step()
     }
     pub fn total_steps(&self) -> usize {
-        self.sampler.num_steps()
+        self.states[0].total_steps()
     }
     pub fn is_done(&self) -> bool {
-        self.step == self.sampler.num_steps()
+        self.states[0].is_done()
     }
-    /// The current latent `[B, C, T]` (f32).
-    pub fn latent(&self) -> &Tensor {
-        &self.latent
+    /// The current latents `[B, C, T]` (f32), one row per prompt.
+    pub fn latent(&self) -> Tensor {
+        let rows: Vec<&Tensor> = self.states.iter().map(|s| s.latent()).collect();
+        Tensor::cat(&rows, 0)
     }
 }
 
 fn bad(m: String) -> ModelError {
     ModelError::Input(m)
+}
+
+/// Whether a request runs classifier-free guidance: above 1, diffusers' rule.
+pub(crate) fn guided(guidance_scale: f64) -> bool {
+    guidance_scale > 1.0
 }
 
 impl StableAudioModel {
@@ -143,98 +146,85 @@ impl StableAudioModel {
         let _g = tch::no_grad_guard();
         let dev = self.device;
         let b = r.prompts.len() as i64;
-        let sampler = samplers::build(r.sampler, &self.config.schedule, r.steps)?;
         let start = Tensor::full([b], r.seconds_start, (Kind::Float, dev));
         let total = Tensor::full([b], r.seconds_total, (Kind::Float, dev));
         let prompts: Vec<&str> = r.prompts.iter().map(String::as_str).collect();
         let cond = self.encode(&prompts, &start, &total)?;
-        let guided = r.guidance_scale > 1.0;
-        let cond = if !guided {
-            cond
-        } else {
-            let negative = r
-                .negative_prompts
-                .as_ref()
-                .filter(|n| n.iter().any(|p| !p.is_empty()));
-            let uncond = match negative {
-                Some(n) => {
-                    let n: Vec<&str> = n.iter().map(String::as_str).collect();
-                    self.encode(&n, &start, &total)?
-                }
-                None => cond.unconditional(),
-            };
-            uncond.cat(&cond)
+        let negative = r
+            .negative_prompts
+            .as_ref()
+            .filter(|n| guided(r.guidance_scale) && n.iter().any(|p| !p.is_empty()));
+        let uncond = match negative {
+            Some(n) => {
+                let n: Vec<&str> = n.iter().map(String::as_str).collect();
+                self.encode(&n, &start, &total)?
+            }
+            None => cond.unconditional(),
         };
         let (c, t) = (self.config.dit.in_channels, self.config.dit.sample_size);
-        let rows: Vec<Tensor> = r
-            .seeds
-            .iter()
-            .map(|&s| seeded_noise(s, &[1, c, t]))
-            .collect();
-        let latent = (Tensor::cat(&rows, 0) * sampler.init_noise_sigma()).to_device(dev);
+        let states = (0..b)
+            .map(|i| {
+                let row = |c: &Conditioning| Conditioning {
+                    cross: c.cross.narrow(0, i, 1),
+                    global: c.global.narrow(0, i, 1),
+                };
+                let pair = row(&uncond).cat(&row(&cond));
+                let p = GenerationParams {
+                    prompt: r.prompts[i as usize].clone(),
+                    negative_prompt: negative.map(|n| n[i as usize].clone()).unwrap_or_default(),
+                    controls: Controls {
+                        duration_s: r.seconds_total as f32,
+                        ..Default::default()
+                    },
+                    seed: r.seeds[i as usize],
+                    steps: r.steps,
+                    guidance_scale: r.guidance_scale,
+                    sampler: r.sampler,
+                    variations: 1,
+                };
+                self.state(p, &pair, seeded_noise(r.seeds[i as usize], &[1, c, t]))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let sr = self.config.vae.sampling_rate as f64;
         Ok(SaoState {
-            step: 0,
-            latent,
-            cond,
-            guided,
-            guidance: r.guidance_scale,
-            sampler,
-            sampler_state: SamplerState::default(),
-            seeds: r.seeds.clone(),
+            states,
             crop: ((r.seconds_start * sr) as i64, (r.seconds_total * sr) as i64),
         })
     }
 
-    /// One denoising step.
+    /// A state at step 0 from its conditioning pair (unconditional row first) and its noise.
+    pub(crate) fn state(
+        &self,
+        params: GenerationParams,
+        cond: &Conditioning,
+        noise: Tensor,
+    ) -> Result<DenoiseState> {
+        let sampler = samplers::build(params.sampler, &self.config.schedule, params.steps)?;
+        let text_states = cond.cross.to_kind(Kind::Float);
+        let global_cond = cond.global.squeeze_dim(1).to_kind(Kind::Float);
+        let text_mask = Tensor::ones(
+            [2, text_states.size()[1]],
+            (Kind::Float, text_states.device()),
+        );
+        let latent = (noise * sampler.init_noise_sigma()).to_device(self.device);
+        Ok(DenoiseState {
+            params,
+            step: 0,
+            model: self.model_id.clone(),
+            schedule: self.config.schedule.clone(),
+            sampler,
+            latent,
+            text_states,
+            text_mask,
+            global_cond,
+            sampler_state: SamplerState::default(),
+        })
+    }
+
+    /// One denoising step of every prompt, in one forward.
     pub fn step(&self, st: &mut SaoState) -> Result<()> {
-        if st.is_done() {
-            return Err(bad("the request has no steps left".into()));
-        }
-        let _g = tch::no_grad_guard();
-        let dev = st.latent.device();
-        let i = st.step;
-        let b = st.latent.size()[0];
-        let x = if st.guided {
-            Tensor::cat(&[&st.latent, &st.latent], 0)
-        } else {
-            st.latent.shallow_clone()
-        };
-        let rows = x.size()[0];
-        let xin = st.sampler.scale_model_input(&x, i).to_kind(self.kind);
-        let ts = Tensor::full([rows], st.sampler.model_timestep(i), (Kind::Float, dev));
-        let rotary = self.dit.rotary(x.size()[2], dev);
-        let out = self
-            .dit
-            .forward(&DitInput {
-                hidden_states: &xin,
-                timestep: &ts,
-                encoder_hidden_states: &st.cond.cross,
-                global_hidden_states: &st.cond.global,
-                rotary: &rotary,
-                attention_mask: None,
-                encoder_attention_mask: None,
-                frame_states: None,
-            })
-            .to_kind(Kind::Float);
-        let model_out = if st.guided {
-            let (u, c) = (out.narrow(0, 0, b), out.narrow(0, b, b));
-            &u + (&c - &u) * st.guidance
-        } else {
-            out
-        };
-        let next = if st.sampler.is_stochastic() {
-            let shape = &st.latent.size()[1..];
-            let noise = step_noise(&st.seeds, i, shape).to_device(dev);
-            st.sampler
-                .step_with_noise(i, &st.latent, &model_out, &mut st.sampler_state, &noise)
-        } else {
-            st.sampler
-                .step(i, &st.latent, &model_out, &mut st.sampler_state)
-        };
-        st.latent = next.to_kind(Kind::Float);
-        st.step += 1;
-        Ok(())
+        let mut states: Vec<&mut DenoiseState> = st.states.iter_mut().collect();
+        crate::step::step_batch(self, &mut states)
     }
 
     /// The finished latents decoded and cropped: `[B, audio channels, samples]` (f32, unscaled).
@@ -242,7 +232,7 @@ impl StableAudioModel {
         if !st.is_done() {
             return Err(bad(format!(
                 "the request is at step {} of {}",
-                st.step,
+                st.step(),
                 st.total_steps()
             )));
         }
@@ -250,7 +240,12 @@ impl StableAudioModel {
         let (a, e) = st.crop;
         Ok(self
             .vae
-            .decode_span(&st.latent.to_kind(self.vae_kind), a, e, DECODE_CHUNK_FRAMES)?
+            .decode_span(
+                &st.latent().to_kind(self.vae_kind),
+                a,
+                e,
+                DECODE_CHUNK_FRAMES,
+            )?
             .to_kind(Kind::Float))
     }
 
@@ -261,5 +256,46 @@ impl StableAudioModel {
             self.step(&mut st)?;
         }
         self.decode(&st)
+    }
+}
+
+/// The Stable Audio forward: the DiT over every state's rows at once, the conditioning rows
+/// each state's guidance picks, no masks (the model attends to its zeroed padding).
+impl Denoiser for StableAudioModel {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn guided(&self, p: &GenerationParams) -> bool {
+        guided(p.guidance_scale)
+    }
+
+    fn forward(&self, rows: &[Rows<'_>]) -> Result<Tensor> {
+        let dev = self.device;
+        let kind = self.kind;
+        let (mut xs, mut ts, mut cross, mut global) = (vec![], vec![], vec![], vec![]);
+        for r in rows {
+            xs.push(r.x.shallow_clone());
+            ts.push(r.timestep.shallow_clone());
+            let s = r.state;
+            cross.push(s.text_states.to_device(dev).index_select(0, &r.cond_rows));
+            global.push(s.global_cond.to_device(dev).index_select(0, &r.cond_rows));
+        }
+        let hidden = Tensor::cat(&xs, 0).to_kind(kind);
+        let rotary = self.dit.rotary(hidden.size()[2], dev);
+        Ok(self.dit.forward(&DitInput {
+            hidden_states: &hidden,
+            timestep: &Tensor::cat(&ts, 0),
+            encoder_hidden_states: &Tensor::cat(&cross, 0).to_kind(kind),
+            global_hidden_states: &Tensor::cat(&global, 0).unsqueeze(1).to_kind(kind),
+            rotary: &rotary,
+            attention_mask: None,
+            encoder_attention_mask: None,
+            frame_states: None,
+        }))
     }
 }

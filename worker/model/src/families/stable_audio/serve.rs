@@ -24,9 +24,10 @@ use crate::device::Kinds;
 use crate::families::stable_audio::model::{
     load_vae, StableAudioConfig, StableAudioModel, StableAudioPack,
 };
-use crate::nn::dit::DitInput;
-use crate::samplers::{self, step_noise, SamplerState};
+use crate::families::stable_audio::run::guided;
+use crate::samplers;
 use crate::state::{seeded_noise, BatchShape, DenoiseState, GenerationParams, MAX_VARIATIONS};
+use crate::step::{seeds, Denoiser, Rows};
 use crate::{ModelError, Result};
 
 use crate::decoders::oobleck::DECODE_CHUNK_FRAMES;
@@ -56,10 +57,6 @@ impl std::fmt::Debug for StableAudioPipeline {
     }
 }
 
-fn model_id(pack: &StableAudioPack) -> String {
-    format!("{}@{}", pack.model.name, pack.model.version)
-}
-
 impl StableAudioPipeline {
     /// Loads a pack: the DiT and projection in `kinds.dit`, the VAE (decoder and, for
     /// audio-to-audio, encoder) in `kinds.vae` (see [`Precision::kinds`]), the T5 in f32.
@@ -72,7 +69,7 @@ impl StableAudioPipeline {
             config: model.config.clone(),
             device,
             kinds,
-            model_id: model_id(&model.pack),
+            model_id: model.model_id.clone(),
             model: Mutex::new(model),
         })
     }
@@ -151,44 +148,23 @@ impl StableAudioPipeline {
     /// latent window of every variation; step 0.
     pub fn prepare(&self, p: &GenerationParams) -> Result<DenoiseState> {
         self.validate(p)?;
-        let sampler = samplers::build(p.sampler, &self.config.schedule, p.steps)?;
         let m = self.lock();
         let _g = tch::no_grad_guard();
         let dev = self.device;
         let start = Tensor::zeros([1], (Kind::Float, dev));
         let total = Tensor::full([1], f64::from(p.controls.duration_s), (Kind::Float, dev));
         let cond = m.encode(&[&p.prompt], &start, &total)?;
-        let uncond = if p.guidance_scale > 1.0 && !p.negative_prompt.is_empty() {
+        let uncond = if guided(p.guidance_scale) && !p.negative_prompt.is_empty() {
             m.encode(&[&p.negative_prompt], &start, &total)?
         } else {
             cond.unconditional()
         };
-        let text_states = Tensor::cat(&[&uncond.cross, &cond.cross], 0).to_kind(Kind::Float);
-        let global_cond = Tensor::cat(&[&uncond.global, &cond.global], 0)
-            .squeeze_dim(1)
-            .to_kind(Kind::Float);
-        let text_mask = Tensor::ones(
-            [2, text_states.size()[1]],
-            (Kind::Float, text_states.device()),
-        );
         let (c, t) = (self.config.dit.in_channels, self.config.dit.sample_size);
-        let rows: Vec<Tensor> = seeds(p)
+        let noise: Vec<Tensor> = seeds(p)
             .iter()
             .map(|&s| seeded_noise(s, &[1, c, t]))
             .collect();
-        let latent = (Tensor::cat(&rows, 0) * sampler.init_noise_sigma()).to_device(dev);
-        Ok(DenoiseState {
-            params: p.clone(),
-            step: 0,
-            model: self.model_id.clone(),
-            schedule: self.config.schedule.clone(),
-            sampler,
-            latent,
-            text_states,
-            text_mask,
-            global_cond,
-            sampler_state: SamplerState::default(),
-        })
+        m.state(p.clone(), &uncond.cat(&cond), Tensor::cat(&noise, 0))
     }
 
     /// Audio-to-audio: as [`Self::prepare`], but the latent starts from `audio` (`[channels,
@@ -304,109 +280,9 @@ impl StableAudioPipeline {
     }
 
     /// Advances every state by one step with one DiT forward over all of them, each at its own
-    /// timestep and guidance scale.
+    /// timestep and guidance scale (the shared step loop, [`crate::step::step_batch`]).
     pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
-        let Some(first) = states.first() else {
-            return Ok(());
-        };
-        let shape = self.batch_shape(first);
-        for s in states.iter() {
-            if s.model != self.model_id {
-                return Err(bad(format!(
-                    "state of model {} given to {}",
-                    s.model, self.model_id
-                )));
-            }
-            if s.is_done() {
-                return Err(bad(format!(
-                    "state already finished its {} steps",
-                    s.params.steps
-                )));
-            }
-            if self.batch_shape(s) != shape {
-                return Err(bad(format!(
-                    "states of shapes {shape:?} and {:?} cannot share a forward",
-                    self.batch_shape(s)
-                )));
-            }
-        }
-        let _g = tch::no_grad_guard();
-        let dev = self.device;
-        let (mut xs, mut ts, mut cross, mut global) = (vec![], vec![], vec![], vec![]);
-        for s in states.iter() {
-            let v = s.params.variations as i64;
-            let x = s
-                .sampler
-                .scale_model_input(&s.latent, s.step)
-                .to_device(dev)
-                .to_kind(Kind::Float);
-            // Guided: v rows of the unconditional input, then v of the prompt (uncond first,
-            // as StableAudioPipeline orders them); unguided: the prompt's alone.
-            let (x, rows): (Tensor, Vec<i64>) = if rows_per_variation(&s.params) == 2 {
-                (
-                    Tensor::cat(&[&x, &x], 0),
-                    (0..2 * v).map(|r| r / v).collect(),
-                )
-            } else {
-                (x, vec![1; v as usize])
-            };
-            let rows = Tensor::from_slice(&rows).to_device(dev);
-            ts.push(Tensor::full(
-                [x.size()[0]],
-                s.sampler.model_timestep(s.step),
-                (Kind::Float, dev),
-            ));
-            xs.push(x);
-            cross.push(s.text_states.to_device(dev).index_select(0, &rows));
-            global.push(s.global_cond.to_device(dev).index_select(0, &rows));
-        }
-        let out = {
-            let m = self.lock();
-            let kind = m.kind;
-            let hidden = Tensor::cat(&xs, 0).to_kind(kind);
-            let rotary = m.dit.rotary(shape.frames, dev);
-            m.dit.forward(&DitInput {
-                hidden_states: &hidden,
-                timestep: &Tensor::cat(&ts, 0),
-                encoder_hidden_states: &Tensor::cat(&cross, 0).to_kind(kind),
-                global_hidden_states: &Tensor::cat(&global, 0).unsqueeze(1).to_kind(kind),
-                rotary: &rotary,
-                attention_mask: None,
-                encoder_attention_mask: None,
-                frame_states: None,
-            })
-        }
-        .to_kind(Kind::Float);
-        let mut row = 0;
-        for s in states.iter_mut() {
-            let v = s.params.variations as i64;
-            let model_out = if rows_per_variation(&s.params) == 2 {
-                let (u, c) = (out.narrow(0, row, v), out.narrow(0, row + v, v));
-                row += 2 * v;
-                &u + (&c - &u) * s.params.guidance_scale
-            } else {
-                row += v;
-                out.narrow(0, row - v, v)
-            };
-            let model_out = model_out.to_device(s.latent.device());
-            let next = if s.sampler.is_stochastic() {
-                let noise = step_noise(&seeds(&s.params), s.step, &s.latent.size()[1..])
-                    .to_device(s.latent.device());
-                s.sampler.step_with_noise(
-                    s.step,
-                    &s.latent,
-                    &model_out,
-                    &mut s.sampler_state,
-                    &noise,
-                )
-            } else {
-                s.sampler
-                    .step(s.step, &s.latent, &model_out, &mut s.sampler_state)
-            };
-            s.latent = next.to_kind(Kind::Float);
-            s.step += 1;
-        }
-        Ok(())
+        crate::step::step_batch(self, states)
     }
 
     /// Decodes a finished state: one clip per variation, channels interleaved frame by frame,
@@ -417,20 +293,45 @@ impl StableAudioPipeline {
     }
 }
 
-/// Rows of the DiT batch per variation: guidance (above 1, diffusers' rule) doubles them.
+/// Rows of the DiT batch per variation: guidance doubles them.
 fn rows_per_variation(p: &GenerationParams) -> i64 {
-    if p.guidance_scale > 1.0 {
+    if guided(p.guidance_scale) {
         2
     } else {
         1
     }
 }
 
-/// The row seeds of a request's variations: variation `i` is seeded `seed + i`.
-fn seeds(p: &GenerationParams) -> Vec<u64> {
-    (0..p.variations as u64)
-        .map(|i| p.seed.wrapping_add(i))
-        .collect()
+/// The farm's path runs the loaded model's forward, one state of the pack's shape at a time or
+/// many in one forward.
+impl Denoiser for StableAudioPipeline {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn guided(&self, p: &GenerationParams) -> bool {
+        rows_per_variation(p) == 2
+    }
+
+    fn forward(&self, rows: &[Rows<'_>]) -> Result<Tensor> {
+        let Some(first) = rows.first() else {
+            return Err(bad("a forward needs at least one state".into()));
+        };
+        let shape = self.batch_shape(first.state);
+        for r in rows {
+            if self.batch_shape(r.state) != shape {
+                return Err(bad(format!(
+                    "states of shapes {shape:?} and {:?} cannot share a forward",
+                    self.batch_shape(r.state)
+                )));
+            }
+        }
+        self.lock().forward(rows)
+    }
 }
 
 /// A pack's VAE decoder alone, for a thread that only renders (the worker's background
@@ -448,7 +349,7 @@ impl StableAudioRenderer {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         let (pack, config, vae) = load_vae(dir, device, kind)?;
         Ok(Self {
-            model_id: model_id(&pack),
+            model_id: pack.model_id(),
             config,
             device,
             kind,
