@@ -36,6 +36,7 @@ pub use samplers as sampler;
 pub use text::{bert as text_encoder, t5};
 pub use weights::source as tensors;
 
+pub use families::Family;
 pub use pack::PackConfig;
 pub use pipeline::{DenoiseState, GenerationParams, Pipeline};
 

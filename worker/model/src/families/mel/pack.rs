@@ -123,6 +123,16 @@ impl PackConfig {
         Ok(cfg)
     }
 
+    /// From the parsed `model.toml` of the pack at `dir` (the farm's registry parsed it once).
+    pub fn from_table(table: &toml::Table, dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let cfg: PackConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e| pack_err(&path, format!("invalid: {e}")))?;
+        cfg.validate().map_err(|m| pack_err(&path, m))?;
+        Ok(cfg)
+    }
+
     /// Serialises to TOML.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self)
@@ -240,7 +250,11 @@ fn load_component(vs: &nn::VarStore, path: &Path, required: bool) -> Result<()> 
 impl LoadedPack {
     /// Loads a pack, its denoiser in `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let config = PackConfig::read(dir)?;
+        Self::load_config(dir, PackConfig::read(dir)?, device, kind)
+    }
+
+    /// Loads the pack at `dir` whose `model.toml` is `config`.
+    pub fn load_config(dir: &Path, config: PackConfig, device: Device, kind: Kind) -> Result<Self> {
         let te_dir = dir.join(&config.text_encoder);
         let text_encoder = TextEncoder::load(&te_dir, device)?;
         let text_dim = text_encoder.hidden_size();
@@ -317,7 +331,8 @@ impl RenderPack {
         Ok((config, parts))
     }
 
-    fn load_parts(dir: &Path, config: &PackConfig, device: Device) -> Result<Self> {
+    /// The decoder and vocoder of the pack at `dir` whose `model.toml` is `config`.
+    pub fn load_parts(dir: &Path, config: &PackConfig, device: Device) -> Result<Self> {
         let dec_vs = nn::VarStore::new(device);
         let decoder = mel_decoder::build(&config.decoder, dec_vs.root(), &config.mel)?;
         load_component(&dec_vs, &dir.join(DECODER_FILE), true)?;

@@ -28,9 +28,11 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
+use tutti_shared::models::ModelFamily;
 
 use crate::families::mel::frame_cond::{FrameConditioner, FrameControls};
 use crate::families::mel::pack::{LoadedPack, PackConfig, RenderPack};
+use crate::families::{Family, Render};
 use crate::nn::dit::DitInput;
 use crate::samplers::{self, SamplerState};
 use crate::state::seeded_noise;
@@ -75,7 +77,17 @@ impl Pipeline {
 
     /// [`Self::load`] with the denoiser in `kind`.
     pub fn load_with(pack_dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let pack = LoadedPack::load(pack_dir, device, kind)?;
+        Self::from_config(pack_dir, PackConfig::read(pack_dir)?, device, kind)
+    }
+
+    /// Loads the pack at `pack_dir` whose `model.toml` is `config`, its denoiser in `kind`.
+    pub fn from_config(
+        pack_dir: &Path,
+        config: PackConfig,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let pack = LoadedPack::load_config(pack_dir, config, device, kind)?;
         let config = pack.config.clone();
         let model_id = format!("{}@{}", config.model.name, config.model.version);
         Ok(Self {
@@ -101,105 +113,9 @@ impl Pipeline {
         &self.model_id
     }
 
-    /// Parameters with the pack's defaults for a prompt.
-    pub fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
-        let d = &self.config.defaults;
-        GenerationParams::with_defaults(prompt, duration_s, d.sampler, d.steps, d.guidance_scale)
-    }
-
     fn lock(&self) -> MutexGuard<'_, LoadedPack> {
         // A panic inside libtorch leaves no torn state in the modules (inference only).
         self.pack.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Checks a request against the pack's limits.
-    pub fn validate(&self, p: &GenerationParams) -> Result<()> {
-        let l = &self.config.limits;
-        let bad = |m: String| Err(ModelError::Input(m));
-        if p.steps == 0 || p.steps > l.max_steps {
-            return bad(format!(
-                "steps must be in 1..={}, got {}",
-                l.max_steps, p.steps
-            ));
-        }
-        if p.variations == 0 || p.variations > MAX_VARIATIONS {
-            return bad(format!(
-                "variations must be in 1..={MAX_VARIATIONS}, got {}",
-                p.variations
-            ));
-        }
-        let d = p.controls.duration_s;
-        if !d.is_finite() || d <= 0.0 || d > l.max_duration_s {
-            return bad(format!(
-                "duration must be in (0, {}] seconds, got {d}",
-                l.max_duration_s
-            ));
-        }
-        if !p.guidance_scale.is_finite() || p.guidance_scale < 0.0 {
-            return bad(format!(
-                "guidance_scale must be finite and non-negative, got {}",
-                p.guidance_scale
-            ));
-        }
-        Ok(())
-    }
-
-    /// Encodes the guidance pair and draws the initial noise; step 0.
-    pub fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
-        self.validate(params)?;
-        let sampler = samplers::build(params.sampler, &self.config.schedule, params.steps)?;
-        let pack = self.lock();
-        let _guard = tch::no_grad_guard();
-        let text = pack
-            .text_encoder
-            .encode(&[&params.negative_prompt, &params.prompt])?;
-        let numeric = pack
-            .conditioners
-            .embed(&[params.controls, params.controls], self.device);
-        let global_cond = Tensor::cat(&[&text.pooled, &numeric], 1);
-        let frames = self.config.latent_frames(params.controls.duration_s);
-        let channels = self.config.model.latent_channels;
-        let noise: Vec<Tensor> = (0..params.variations as u64)
-            .map(|i| seeded_noise(params.seed.wrapping_add(i), &[1, channels, frames]))
-            .collect();
-        let latent = (Tensor::cat(&noise, 0) * sampler.init_noise_sigma()).to_device(self.device);
-        Ok(DenoiseState {
-            params: params.clone(),
-            step: 0,
-            model: self.model_id.clone(),
-            schedule: self.config.schedule.clone(),
-            sampler,
-            latent,
-            text_states: text.token_states,
-            text_mask: text.mask,
-            global_cond,
-            sampler_state: SamplerState::default(),
-        })
-    }
-
-    /// The shape a state is batched by (see [`BatchShape`]).
-    pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
-        BatchShape {
-            frames: state.latent.size()[2],
-            text_tokens: text_bucket(state.text_states.size()[1]),
-        }
-    }
-
-    /// An upper estimate of the activation memory one state adds to a denoiser forward, in
-    /// bytes: its `2 * variations` rows through the widest point of a transformer block (the
-    /// residual stream and attention projections, the 4x feed-forward, the attention
-    /// probabilities as the unfused kernel holds them). The engine caps each forward's batch by
-    /// the sum of these (`EngineOptions::batch_bytes`).
-    pub fn forward_bytes(&self, state: &DenoiseState) -> usize {
-        let d = &self.config.denoiser;
-        let rows = 2 * state.params.variations as i64;
-        let tokens = state.latent.size()[2] + 1;
-        let text = text_bucket(state.text_states.size()[1]);
-        let inner = d.num_attention_heads * d.attention_head_dim;
-        let per_token = 8 * inner + 2 * 4 * inner;
-        let attention = d.num_attention_heads * tokens * (tokens + text);
-        let elem = self.kind.elt_size_in_bytes() as i64;
-        (rows * (tokens * per_token + attention) * elem) as usize
     }
 
     /// Advances every state by one step with one denoiser forward over all of them (the shared
@@ -252,10 +168,120 @@ impl Pipeline {
     ) -> Result<usize> {
         crate::step::denoise(self, state, to_step, on_step)
     }
+}
+
+impl Family for Pipeline {
+    fn family(&self) -> ModelFamily {
+        ModelFamily::Mel
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.config.model.sample_rate
+    }
+
+    fn channels(&self) -> u16 {
+        1
+    }
+
+    /// Parameters with the pack's defaults for a prompt.
+    fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
+        let d = &self.config.defaults;
+        GenerationParams::with_defaults(prompt, duration_s, d.sampler, d.steps, d.guidance_scale)
+    }
+
+    /// Checks a request against the pack's limits.
+    fn validate(&self, p: &GenerationParams) -> Result<()> {
+        let l = &self.config.limits;
+        let bad = |m: String| Err(ModelError::Input(m));
+        if p.steps == 0 || p.steps > l.max_steps {
+            return bad(format!(
+                "steps must be in 1..={}, got {}",
+                l.max_steps, p.steps
+            ));
+        }
+        if p.variations == 0 || p.variations > MAX_VARIATIONS {
+            return bad(format!(
+                "variations must be in 1..={MAX_VARIATIONS}, got {}",
+                p.variations
+            ));
+        }
+        let d = p.controls.duration_s;
+        if !d.is_finite() || d <= 0.0 || d > l.max_duration_s {
+            return bad(format!(
+                "duration must be in (0, {}] seconds, got {d}",
+                l.max_duration_s
+            ));
+        }
+        if !p.guidance_scale.is_finite() || p.guidance_scale < 0.0 {
+            return bad(format!(
+                "guidance_scale must be finite and non-negative, got {}",
+                p.guidance_scale
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encodes the guidance pair and draws the initial noise; step 0.
+    fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
+        self.validate(params)?;
+        let sampler = samplers::build(params.sampler, &self.config.schedule, params.steps)?;
+        let pack = self.lock();
+        let _guard = tch::no_grad_guard();
+        let text = pack
+            .text_encoder
+            .encode(&[&params.negative_prompt, &params.prompt])?;
+        let numeric = pack
+            .conditioners
+            .embed(&[params.controls, params.controls], self.device);
+        let global_cond = Tensor::cat(&[&text.pooled, &numeric], 1);
+        let frames = self.config.latent_frames(params.controls.duration_s);
+        let channels = self.config.model.latent_channels;
+        let noise: Vec<Tensor> = (0..params.variations as u64)
+            .map(|i| seeded_noise(params.seed.wrapping_add(i), &[1, channels, frames]))
+            .collect();
+        let latent = (Tensor::cat(&noise, 0) * sampler.init_noise_sigma()).to_device(self.device);
+        Ok(DenoiseState {
+            params: params.clone(),
+            step: 0,
+            model: self.model_id.clone(),
+            schedule: self.config.schedule.clone(),
+            sampler,
+            latent,
+            text_states: text.token_states,
+            text_mask: text.mask,
+            global_cond,
+            sampler_state: SamplerState::default(),
+        })
+    }
+
+    /// The shape a state is batched by (see [`BatchShape`]).
+    fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
+        BatchShape {
+            frames: state.latent.size()[2],
+            text_tokens: text_bucket(state.text_states.size()[1]),
+        }
+    }
+
+    /// An upper estimate of the activation memory one state adds to a denoiser forward, in
+    /// bytes: its `2 * variations` rows through the widest point of a transformer block (the
+    /// residual stream and attention projections, the 4x feed-forward, the attention
+    /// probabilities as the unfused kernel holds them). The engine caps each forward's batch by
+    /// the sum of these (`EngineOptions::batch_bytes`).
+    fn forward_bytes(&self, state: &DenoiseState) -> usize {
+        let d = &self.config.denoiser;
+        let rows = 2 * state.params.variations as i64;
+        let tokens = state.latent.size()[2] + 1;
+        let text = text_bucket(state.text_states.size()[1]);
+        let inner = d.num_attention_heads * d.attention_head_dim;
+        let per_token = 8 * inner + 2 * 4 * inner;
+        let attention = d.num_attention_heads * tokens * (tokens + text);
+        let elem = self.kind.elt_size_in_bytes() as i64;
+        (rows * (tokens * per_token + attention) * elem) as usize
+    }
 
     /// Decodes and vocodes: one mono waveform per variation, exactly `duration * sample_rate`
     /// samples, non-finite samples zeroed, scaled down if its peak exceeds 0.99.
-    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+    fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         render_with(&self.config, self.device, &self.model_id, state, |raw| {
             let pack = self.lock();
             let log_mel = pack.decoder.decode(raw)?;
@@ -376,7 +402,12 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn load(pack_dir: &Path, device: Device) -> Result<Self> {
-        let (config, pack) = RenderPack::load(pack_dir, device)?;
+        Self::from_config(pack_dir, PackConfig::read(pack_dir)?, device)
+    }
+
+    /// The decoder and vocoder of the pack at `pack_dir` whose `model.toml` is `config`.
+    pub fn from_config(pack_dir: &Path, config: PackConfig, device: Device) -> Result<Self> {
+        let pack = RenderPack::load_parts(pack_dir, &config, device)?;
         let model_id = format!("{}@{}", config.model.name, config.model.version);
         Ok(Self {
             config,
@@ -389,9 +420,19 @@ impl Renderer {
     pub fn config(&self) -> &PackConfig {
         &self.config
     }
+}
+
+impl Render for Renderer {
+    fn sample_rate(&self) -> u32 {
+        self.config.model.sample_rate
+    }
+
+    fn channels(&self) -> u16 {
+        1
+    }
 
     /// As [`Pipeline::render`], bit for bit.
-    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+    fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         render_with(&self.config, self.device, &self.model_id, state, |raw| {
             let log_mel = self.pack.decoder.decode(raw)?;
             self.pack.vocoder.vocode(&log_mel)

@@ -29,7 +29,7 @@ use crate::{weights, ModelError, Result};
 
 use crate::families::stable_audio::pack::CONFIG_FILE;
 pub use crate::families::stable_audio::pack::{
-    is_stable_audio_pack, Defaults, Layout, Limits, ModelInfo, StableAudioPack, FAMILY,
+    Defaults, Layout, Limits, ModelInfo, StableAudioPack, FAMILY,
 };
 const SOURCE_LINK: &str = "source";
 const T5_LINK: &str = "t5";
@@ -368,8 +368,18 @@ impl StableAudioPack {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| pack_err(&path, format!("cannot read: {e}")))?;
-        let pack: StableAudioPack =
+        let table: toml::Table =
             toml::from_str(&text).map_err(|e| pack_err(&path, format!("invalid: {e}")))?;
+        Self::from_table(&table, dir)
+    }
+
+    /// From the parsed `model.toml` of the pack at `dir` (the farm's registry parsed it once),
+    /// with the linked source's configs.
+    pub fn from_table(table: &toml::Table, dir: &Path) -> Result<(Self, StableAudioConfig)> {
+        let path = dir.join(CONFIG_FILE);
+        let pack: StableAudioPack = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e| pack_err(&path, format!("invalid: {e}")))?;
         if pack.family != FAMILY {
             return Err(pack_err(
                 &path,
@@ -420,11 +430,27 @@ impl StableAudioModel {
         kinds: impl Into<Kinds>,
         with_encoder: bool,
     ) -> Result<Self> {
+        Self::load_pack(
+            dir,
+            StableAudioPack::read(dir)?,
+            device,
+            kinds,
+            with_encoder,
+        )
+    }
+
+    /// [`Self::load`] of the pack at `dir` whose `model.toml` and source configs are `pack`.
+    pub fn load_pack(
+        dir: &Path,
+        (pack, config): (StableAudioPack, StableAudioConfig),
+        device: Device,
+        kinds: impl Into<Kinds>,
+        with_encoder: bool,
+    ) -> Result<Self> {
         let Kinds {
             dit: kind,
             vae: vae_kind,
         } = kinds.into();
-        let (pack, config) = StableAudioPack::read(dir)?;
         let paths = pack.paths(dir);
         let tokenizer = FixedTokenizer::load(&paths.tokenizer(), config.text_max_length)?;
         let t5 = T5Encoder::load(&paths.text_encoder(), device)?;
@@ -488,7 +514,16 @@ pub fn load_vae(
     device: Device,
     kind: Kind,
 ) -> Result<(StableAudioPack, StableAudioConfig, Oobleck)> {
-    let (pack, config) = StableAudioPack::read(dir)?;
+    load_vae_pack(dir, StableAudioPack::read(dir)?, device, kind)
+}
+
+/// [`load_vae`] of the pack at `dir` whose `model.toml` and source configs are `pack`.
+pub fn load_vae_pack(
+    dir: &Path,
+    (pack, config): (StableAudioPack, StableAudioConfig),
+    device: Device,
+    kind: Kind,
+) -> Result<(StableAudioPack, StableAudioConfig, Oobleck)> {
     let root = pack.paths(dir).root;
     let vae = match pack.model.layout {
         Layout::Diffusers => Oobleck::load(&root.join("vae"), device, kind, false)?,

@@ -3,8 +3,6 @@
 //! (`tutti_shared::models`) reads the same file, so the coordinator validates requests for the
 //! family (samplers, duration window) before a worker sees them.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::decoders::oobleck::OobleckConfig;
@@ -131,17 +129,4 @@ impl StableAudioPack {
             },
         }
     }
-}
-
-/// Whether `dir/model.toml` names the Stable Audio family.
-pub fn is_stable_audio_pack(dir: &Path) -> bool {
-    #[derive(Deserialize)]
-    struct Family {
-        family: Option<String>,
-    }
-    std::fs::read_to_string(dir.join(CONFIG_FILE))
-        .ok()
-        .and_then(|t| toml::from_str::<Family>(&t).ok())
-        .and_then(|f| f.family)
-        .is_some_and(|f| f == FAMILY)
 }

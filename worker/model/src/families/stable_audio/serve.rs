@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
+use tutti_shared::models::ModelFamily;
 
 use crate::decoders::oobleck::Oobleck;
 use crate::device::Kinds;
@@ -25,6 +26,7 @@ use crate::families::stable_audio::model::{
     load_vae, StableAudioConfig, StableAudioModel, StableAudioPack,
 };
 use crate::families::stable_audio::run::guided;
+use crate::families::{Family, Render};
 use crate::samplers;
 use crate::state::{seeded_noise, BatchShape, DenoiseState, GenerationParams, MAX_VARIATIONS};
 use crate::step::{seeds, Denoiser, Rows};
@@ -63,15 +65,23 @@ impl StableAudioPipeline {
     ///
     /// [`Precision::kinds`]: crate::device::Precision::kinds
     pub fn load(dir: &Path, device: Device, kinds: Kinds) -> Result<Self> {
-        let model = StableAudioModel::load(dir, device, kinds, true)?;
-        Ok(Self {
+        Ok(Self::from_model(
+            StableAudioModel::load(dir, device, kinds, true)?,
+            kinds,
+        ))
+    }
+
+    /// Serves a loaded model whose networks run in `kinds`.
+    pub fn from_model(model: StableAudioModel, kinds: Kinds) -> Self {
+        let device = model.device;
+        Self {
             pack: model.pack.clone(),
             config: model.config.clone(),
             device,
             kinds,
             model_id: model.model_id.clone(),
             model: Mutex::new(model),
-        })
+        }
     }
 
     pub fn pack(&self) -> &StableAudioPack {
@@ -95,14 +105,34 @@ impl StableAudioPipeline {
         self.model.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Advances every state by one step with one DiT forward over all of them, each at its own
+    /// timestep and guidance scale (the shared step loop, [`crate::step::step_batch`]).
+    pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
+        crate::step::step_batch(self, states)
+    }
+}
+
+impl Family for StableAudioPipeline {
+    fn family(&self) -> ModelFamily {
+        ModelFamily::StableAudio
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.config.vae.sampling_rate as u32
+    }
+
+    fn channels(&self) -> u16 {
+        self.config.vae.audio_channels as u16
+    }
+
     /// Parameters with the pack's defaults for a prompt.
-    pub fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
+    fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
         let d = &self.pack.defaults;
         GenerationParams::with_defaults(prompt, duration_s, d.sampler, d.steps, d.guidance_scale)
     }
 
     /// Checks a request against the pack's limits and the model's window.
-    pub fn validate(&self, p: &GenerationParams) -> Result<()> {
+    fn validate(&self, p: &GenerationParams) -> Result<()> {
         let l = &self.pack.limits;
         if p.steps == 0 || p.steps > l.max_steps {
             return Err(bad(format!(
@@ -146,7 +176,7 @@ impl StableAudioPipeline {
 
     /// Encodes the prompt (and the negative prompt, when guided and given), draws the full
     /// latent window of every variation; step 0.
-    pub fn prepare(&self, p: &GenerationParams) -> Result<DenoiseState> {
+    fn prepare(&self, p: &GenerationParams) -> Result<DenoiseState> {
         self.validate(p)?;
         let m = self.lock();
         let _g = tch::no_grad_guard();
@@ -175,7 +205,7 @@ impl StableAudioPipeline {
     /// samplers at `sigma = sigma_min (sigma_max / sigma_min)^strength`, `x = x0 + sigma n`
     /// (stable-audio-tools' init-audio rule, with its noise level spelled as a strength). The
     /// sampler then runs all the asked steps from there; `n` is the variation's seeded noise.
-    pub fn prepare_from_audio(
+    fn prepare_from_audio(
         &self,
         p: &GenerationParams,
         audio: &Tensor,
@@ -256,7 +286,7 @@ impl StableAudioPipeline {
     }
 
     /// Every state of one pack has the same shape (the full window, the fixed text length).
-    pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
+    fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
         BatchShape {
             frames: state.latent.size()[2],
             text_tokens: state.text_states.size()[1],
@@ -267,7 +297,7 @@ impl StableAudioPipeline {
     /// `Pipeline::forward_bytes`): its rows (two per variation with guidance, one without)
     /// through the widest point of a block, attention probabilities over the window and the
     /// cross tokens included.
-    pub fn forward_bytes(&self, state: &DenoiseState) -> usize {
+    fn forward_bytes(&self, state: &DenoiseState) -> usize {
         let d = &self.config.dit;
         let rows = rows_per_variation(&state.params) * state.params.variations as i64;
         let tokens = state.latent.size()[2] + 1;
@@ -279,15 +309,9 @@ impl StableAudioPipeline {
         (rows * (tokens * per_token + attention) * elem) as usize
     }
 
-    /// Advances every state by one step with one DiT forward over all of them, each at its own
-    /// timestep and guidance scale (the shared step loop, [`crate::step::step_batch`]).
-    pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
-        crate::step::step_batch(self, states)
-    }
-
     /// Decodes a finished state: one clip per variation, channels interleaved frame by frame,
     /// exactly `duration * sample_rate` frames (see [`render_state`]).
-    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+    fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         let m = self.lock();
         render_state(&m.vae, self.kinds.vae, self.device, &self.model_id, state)
     }
@@ -347,22 +371,40 @@ pub struct StableAudioRenderer {
 impl StableAudioRenderer {
     /// Loads a pack's VAE decoder in `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let (pack, config, vae) = load_vae(dir, device, kind)?;
-        Ok(Self {
+        Ok(Self::from_vae(load_vae(dir, device, kind)?, device, kind))
+    }
+
+    /// Renders with a loaded VAE decoder (in `kind`, on `device`).
+    pub fn from_vae(
+        (pack, config, vae): (StableAudioPack, StableAudioConfig, Oobleck),
+        device: Device,
+        kind: Kind,
+    ) -> Self {
+        Self {
             model_id: pack.model_id(),
             config,
             device,
             kind,
             vae,
-        })
+        }
     }
 
     pub fn config(&self) -> &StableAudioConfig {
         &self.config
     }
+}
+
+impl Render for StableAudioRenderer {
+    fn sample_rate(&self) -> u32 {
+        self.config.vae.sampling_rate as u32
+    }
+
+    fn channels(&self) -> u16 {
+        self.config.vae.audio_channels as u16
+    }
 
     /// As [`StableAudioPipeline::render`], bit for bit.
-    pub fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
+    fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         render_state(&self.vae, self.kind, self.device, &self.model_id, state)
     }
 }
