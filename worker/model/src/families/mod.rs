@@ -8,8 +8,10 @@
 //! Adding a family: a folder here with its parts, its `Family` and `Render` implementations and
 //! a [`Loader`], one line in [`loader`], and its variant of [`ModelFamily`].
 
+mod common;
 pub mod mel;
 pub mod stable_audio;
+mod text_cond;
 
 use std::path::Path;
 

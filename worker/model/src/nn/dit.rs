@@ -75,6 +75,25 @@ impl DitConfig {
         self.num_attention_heads * self.attention_head_dim
     }
 
+    /// An upper estimate of the activation memory of `rows` rows of `frames` latent frames
+    /// (plus the global token) and `text_tokens` cross tokens in one forward, in bytes of
+    /// `elem_bytes`: the widest point of a block (the residual stream and attention
+    /// projections, the 4x feed-forward, the attention probabilities as the unfused kernel
+    /// holds them). The engine caps each forward's batch by the sum of these.
+    pub fn activation_bytes(
+        &self,
+        rows: i64,
+        frames: i64,
+        text_tokens: i64,
+        elem_bytes: usize,
+    ) -> usize {
+        let tokens = frames + 1;
+        let inner = self.inner_dim();
+        let per_token = 8 * inner + 2 * 4 * inner;
+        let attention = self.num_attention_heads * tokens * (tokens + text_tokens);
+        (rows * (tokens * per_token + attention) * elem_bytes as i64) as usize
+    }
+
     /// Rotated channels per head (the pipeline's `rotary_embed_dim`).
     pub fn rotary_dim(&self) -> i64 {
         self.attention_head_dim / 2

@@ -32,7 +32,7 @@ use tutti_shared::models::ModelFamily;
 
 use crate::families::mel::frame_cond::{FrameConditioner, FrameControls};
 use crate::families::mel::pack::{LoadedPack, PackConfig, RenderPack};
-use crate::families::{Family, Render};
+use crate::families::{common, text_cond, Family, Render};
 use crate::nn::dit::DitInput;
 use crate::samplers::{self, SamplerState};
 use crate::state::seeded_noise;
@@ -192,33 +192,15 @@ impl Family for Pipeline {
     /// Checks a request against the pack's limits.
     fn validate(&self, p: &GenerationParams) -> Result<()> {
         let l = &self.config.limits;
-        let bad = |m: String| Err(ModelError::Input(m));
-        if p.steps == 0 || p.steps > l.max_steps {
-            return bad(format!(
-                "steps must be in 1..={}, got {}",
-                l.max_steps, p.steps
-            ));
-        }
-        if p.variations == 0 || p.variations > MAX_VARIATIONS {
-            return bad(format!(
-                "variations must be in 1..={MAX_VARIATIONS}, got {}",
-                p.variations
-            ));
-        }
+        common::check_counts(p, l.max_steps)?;
         let d = p.controls.duration_s;
         if !d.is_finite() || d <= 0.0 || d > l.max_duration_s {
-            return bad(format!(
+            return Err(ModelError::Input(format!(
                 "duration must be in (0, {}] seconds, got {d}",
                 l.max_duration_s
-            ));
+            )));
         }
-        if !p.guidance_scale.is_finite() || p.guidance_scale < 0.0 {
-            return bad(format!(
-                "guidance_scale must be finite and non-negative, got {}",
-                p.guidance_scale
-            ));
-        }
-        Ok(())
+        common::check_guidance(p)
     }
 
     /// Encodes the guidance pair and draws the initial noise; step 0.
@@ -247,9 +229,7 @@ impl Family for Pipeline {
             schedule: self.config.schedule.clone(),
             sampler,
             latent,
-            text_states: text.token_states,
-            text_mask: text.mask,
-            global_cond,
+            cond: text_cond::named(text.token_states, text.mask, global_cond),
             sampler_state: SamplerState::default(),
         })
     }
@@ -258,25 +238,21 @@ impl Family for Pipeline {
     fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
         BatchShape {
             frames: state.latent.size()[2],
-            text_tokens: text_bucket(state.text_states.size()[1]),
+            text_tokens: text_bucket(text_cond::tokens(state)),
         }
     }
 
-    /// An upper estimate of the activation memory one state adds to a denoiser forward, in
-    /// bytes: its `2 * variations` rows through the widest point of a transformer block (the
-    /// residual stream and attention projections, the 4x feed-forward, the attention
-    /// probabilities as the unfused kernel holds them). The engine caps each forward's batch by
-    /// the sum of these (`EngineOptions::batch_bytes`).
+    /// Its `2 * variations` rows through the DiT ([`DitConfig::activation_bytes`]), the text
+    /// padded to its bucket.
+    ///
+    /// [`DitConfig::activation_bytes`]: crate::nn::dit::DitConfig::activation_bytes
     fn forward_bytes(&self, state: &DenoiseState) -> usize {
-        let d = &self.config.denoiser;
-        let rows = 2 * state.params.variations as i64;
-        let tokens = state.latent.size()[2] + 1;
-        let text = text_bucket(state.text_states.size()[1]);
-        let inner = d.num_attention_heads * d.attention_head_dim;
-        let per_token = 8 * inner + 2 * 4 * inner;
-        let attention = d.num_attention_heads * tokens * (tokens + text);
-        let elem = self.kind.elt_size_in_bytes() as i64;
-        (rows * (tokens * per_token + attention) * elem) as usize
+        self.config.denoiser.activation_bytes(
+            2 * state.params.variations as i64,
+            state.latent.size()[2],
+            text_bucket(text_cond::tokens(state)),
+            self.kind.elt_size_in_bytes(),
+        )
     }
 
     /// Decodes and vocodes: one mono waveform per variation, exactly `duration * sample_rate`
@@ -311,7 +287,7 @@ impl Denoiser for Pipeline {
         let max_t = rows.iter().map(|r| r.x.size()[2]).max().unwrap_or(1);
         let max_l = rows
             .iter()
-            .map(|r| text_bucket(r.state.text_states.size()[1]))
+            .map(|r| text_bucket(text_cond::tokens(r.state)))
             .max()
             .unwrap_or(TEXT_BUCKET);
         let ragged = rows.iter().any(|r| r.x.size()[2] != max_t);
@@ -324,7 +300,7 @@ impl Denoiser for Pipeline {
             Vec::new(),
         );
         for r in rows {
-            let s = r.state;
+            let cond = text_cond::get(r.state)?;
             let (n, c, t) = (r.x.size()[0], r.x.size()[1], r.x.size()[2]);
             xs.push(if t < max_t {
                 Tensor::cat(
@@ -345,9 +321,9 @@ impl Denoiser for Pipeline {
                 fmasks.push(m);
             }
             ts.push(r.timestep.shallow_clone());
-            let (l, d) = (s.text_states.size()[1], s.text_states.size()[2]);
-            let text = s.text_states.to_device(dev).index_select(0, &r.cond_rows);
-            let mask = s.text_mask.to_device(dev).index_select(0, &r.cond_rows);
+            let (l, d) = (cond.states.size()[1], cond.states.size()[2]);
+            let text = cond.states.to_device(dev).index_select(0, &r.cond_rows);
+            let mask = cond.mask.to_device(dev).index_select(0, &r.cond_rows);
             texts.push(if l < max_l {
                 Tensor::cat(
                     &[text, Tensor::zeros([n, max_l - l, d], (Kind::Float, dev))],
@@ -364,7 +340,7 @@ impl Denoiser for Pipeline {
             } else {
                 mask
             });
-            globals.push(s.global_cond.to_device(dev).index_select(0, &r.cond_rows));
+            globals.push(cond.global.to_device(dev).index_select(0, &r.cond_rows));
         }
         let hidden = Tensor::cat(&xs, 0);
         let timestep = Tensor::cat(&ts, 0);
@@ -449,41 +425,11 @@ fn render_with(
     state: &DenoiseState,
     decode_vocode: impl FnOnce(&Tensor) -> Result<Tensor>,
 ) -> Result<Vec<Vec<f32>>> {
-    if state.model != model_id {
-        return Err(ModelError::Input(format!(
-            "state of model {} given to {}",
-            state.model, model_id
-        )));
-    }
+    common::check_model(state, model_id)?;
     let m = &config.model;
     let _guard = tch::no_grad_guard();
     let raw = state.latent.to_device(device) / m.latent_scale + m.latent_shift;
     let wave = decode_vocode(&raw)?;
-    let wave = wave
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .contiguous();
-    let (b, len) = wave
-        .size2()
-        .map_err(|e| ModelError::Input(format!("vocoder output: {e}")))?;
-    let n = config.samples(state.params.controls.duration_s);
-    let mut out = Vec::with_capacity(b as usize);
-    for i in 0..b {
-        let row = wave.get(i);
-        let mut samples = vec![0f32; len as usize];
-        row.f_copy_data(&mut samples, len as usize)?;
-        samples.resize(n, 0.0);
-        for x in samples.iter_mut() {
-            if !x.is_finite() {
-                *x = 0.0;
-            }
-        }
-        let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
-        if peak > 0.99 {
-            let g = 0.99 / peak;
-            samples.iter_mut().for_each(|x| *x *= g);
-        }
-        out.push(samples);
-    }
-    Ok(out)
+    let frames = config.samples(state.params.controls.duration_s) as i64;
+    common::finish_clips(&wave.unsqueeze(1), frames, "vocoder")
 }

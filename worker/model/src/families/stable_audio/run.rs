@@ -16,6 +16,7 @@ use tutti_shared::prompt::Controls;
 use crate::decoders::oobleck::DECODE_CHUNK_FRAMES;
 use crate::families::stable_audio::model::StableAudioModel;
 use crate::families::stable_audio::projection::Conditioning;
+use crate::families::text_cond;
 use crate::nn::dit::DitInput;
 use crate::samplers::{self, SamplerKind, SamplerState};
 use crate::state::{seeded_noise, DenoiseState, GenerationParams};
@@ -214,9 +215,7 @@ impl StableAudioModel {
             schedule: self.config.schedule.clone(),
             sampler,
             latent,
-            text_states,
-            text_mask,
-            global_cond,
+            cond: text_cond::named(text_states, text_mask, global_cond),
             sampler_state: SamplerState::default(),
         })
     }
@@ -281,9 +280,9 @@ impl Denoiser for StableAudioModel {
         for r in rows {
             xs.push(r.x.shallow_clone());
             ts.push(r.timestep.shallow_clone());
-            let s = r.state;
-            cross.push(s.text_states.to_device(dev).index_select(0, &r.cond_rows));
-            global.push(s.global_cond.to_device(dev).index_select(0, &r.cond_rows));
+            let cond = text_cond::get(r.state)?;
+            cross.push(cond.states.to_device(dev).index_select(0, &r.cond_rows));
+            global.push(cond.global.to_device(dev).index_select(0, &r.cond_rows));
         }
         let hidden = Tensor::cat(&xs, 0).to_kind(kind);
         let rotary = self.dit.rotary(hidden.size()[2], dev);

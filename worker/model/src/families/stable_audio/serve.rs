@@ -2,8 +2,8 @@
 //! [`DenoiseState`], step any set of them in one DiT forward with per-sample timesteps, render),
 //! so that chunked denoising, held latents, checkpoints and continuous batching work unchanged.
 //!
-//! A state holds the conditioning as `StableAudioPipeline` builds it, in the checkpoint's
-//! layout: `text_states` `[2, L + n, D]` is the DiT's whole cross input (row 0 the unconditional
+//! A state holds the conditioning as `StableAudioPipeline` builds it, under the names
+//! `text_cond` gives them: `text_states` `[2, L + n, D]` is the DiT's whole cross input (row 0 the unconditional
 //! one: zeros, or the negative prompt's; row 1 the prompt's, seconds tokens included),
 //! `text_mask` is all ones (SAO attends to its zeroed padding) and `global_cond` `[2, n * D]`
 //! the seconds embeddings. The latent is the model's full window, as the reference draws it;
@@ -26,9 +26,9 @@ use crate::families::stable_audio::model::{
     load_vae, StableAudioConfig, StableAudioModel, StableAudioPack,
 };
 use crate::families::stable_audio::run::guided;
-use crate::families::{Family, Render};
+use crate::families::{common, text_cond, Family, Render};
 use crate::samplers;
-use crate::state::{seeded_noise, BatchShape, DenoiseState, GenerationParams, MAX_VARIATIONS};
+use crate::state::{seeded_noise, BatchShape, DenoiseState, GenerationParams};
 use crate::step::{seeds, Denoiser, Rows};
 use crate::{ModelError, Result};
 
@@ -134,18 +134,7 @@ impl Family for StableAudioPipeline {
     /// Checks a request against the pack's limits and the model's window.
     fn validate(&self, p: &GenerationParams) -> Result<()> {
         let l = &self.pack.limits;
-        if p.steps == 0 || p.steps > l.max_steps {
-            return Err(bad(format!(
-                "steps must be in 1..={}, got {}",
-                l.max_steps, p.steps
-            )));
-        }
-        if p.variations == 0 || p.variations > MAX_VARIATIONS {
-            return Err(bad(format!(
-                "variations must be in 1..={MAX_VARIATIONS}, got {}",
-                p.variations
-            )));
-        }
+        common::check_counts(p, l.max_steps)?;
         let d = f64::from(p.controls.duration_s);
         let window = self
             .config
@@ -157,12 +146,7 @@ impl Family for StableAudioPipeline {
                 self.config.projection.min_value, self.model_id
             )));
         }
-        if !p.guidance_scale.is_finite() || p.guidance_scale < 0.0 {
-            return Err(bad(format!(
-                "guidance_scale must be finite and non-negative, got {}",
-                p.guidance_scale
-            )));
-        }
+        common::check_guidance(p)?;
         if !l.samplers.contains(&p.sampler) {
             return Err(bad(format!(
                 "sampler {} is not one model {} runs ({:?})",
@@ -289,24 +273,21 @@ impl Family for StableAudioPipeline {
     fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
         BatchShape {
             frames: state.latent.size()[2],
-            text_tokens: state.text_states.size()[1],
+            text_tokens: text_cond::tokens(state),
         }
     }
 
-    /// An upper estimate of the activation memory one state adds to a DiT forward (as
-    /// `Pipeline::forward_bytes`): its rows (two per variation with guidance, one without)
-    /// through the widest point of a block, attention probabilities over the window and the
-    /// cross tokens included.
+    /// Its rows (two per variation with guidance, one without) through the DiT over the window
+    /// and the cross tokens ([`DitConfig::activation_bytes`]).
+    ///
+    /// [`DitConfig::activation_bytes`]: crate::nn::dit::DitConfig::activation_bytes
     fn forward_bytes(&self, state: &DenoiseState) -> usize {
-        let d = &self.config.dit;
-        let rows = rows_per_variation(&state.params) * state.params.variations as i64;
-        let tokens = state.latent.size()[2] + 1;
-        let text = state.text_states.size()[1];
-        let inner = d.num_attention_heads * d.attention_head_dim;
-        let per_token = 8 * inner + 2 * 4 * inner;
-        let attention = d.num_attention_heads * tokens * (tokens + text);
-        let elem = self.kinds.dit.elt_size_in_bytes() as i64;
-        (rows * (tokens * per_token + attention) * elem) as usize
+        self.config.dit.activation_bytes(
+            rows_per_variation(&state.params) * state.params.variations as i64,
+            state.latent.size()[2],
+            text_cond::tokens(state),
+            self.kinds.dit.elt_size_in_bytes(),
+        )
     }
 
     /// Decodes a finished state: one clip per variation, channels interleaved frame by frame,
@@ -419,12 +400,7 @@ pub fn render_state(
     model_id: &str,
     state: &DenoiseState,
 ) -> Result<Vec<Vec<f32>>> {
-    if state.model != model_id {
-        return Err(bad(format!(
-            "state of model {} given to {model_id}",
-            state.model
-        )));
-    }
+    common::check_model(state, model_id)?;
     if !state.is_done() {
         return Err(bad(format!(
             "the state is at step {} of {}",
@@ -436,30 +412,6 @@ pub fn render_state(
     let latent = state.latent.to_device(device).to_kind(kind);
     let rate = vae.config().sampling_rate as f64;
     let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
-    let audio = vae
-        .decode_span(&latent, 0, frames, DECODE_CHUNK_FRAMES)?
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu);
-    let (b, channels, len) = audio.size3().map_err(|e| bad(format!("vae output: {e}")))?;
-    let kept = frames.min(len);
-    let mut out = Vec::with_capacity(b as usize);
-    for i in 0..b {
-        let clip = audio.get(i).narrow(1, 0, kept).transpose(0, 1).contiguous();
-        let n = (kept * channels) as usize;
-        let mut samples = vec![0f32; n];
-        clip.f_copy_data(&mut samples, n)?;
-        samples.resize((frames * channels) as usize, 0.0);
-        for x in samples.iter_mut() {
-            if !x.is_finite() {
-                *x = 0.0;
-            }
-        }
-        let peak = samples.iter().fold(0f32, |a, x| a.max(x.abs()));
-        if peak > 0.99 {
-            let g = 0.99 / peak;
-            samples.iter_mut().for_each(|x| *x *= g);
-        }
-        out.push(samples);
-    }
-    Ok(out)
+    let audio = vae.decode_span(&latent, 0, frames, DECODE_CHUNK_FRAMES)?;
+    common::finish_clips(&audio, frames, "vae")
 }
