@@ -1,5 +1,5 @@
-//! The API the farm uses: load a pack, prepare a generation, advance any set of generations by one
-//! step in one denoiser forward (continuous batching), render the audio.
+//! The mel family's [`Family`]: load a pack, prepare a generation, its denoiser forward over any
+//! set of generations (the step loop in `step.rs` drives it: continuous batching), render.
 //!
 //! Guidance: each state contributes `2 * variations` rows to the batch: its variations conditioned
 //! on the negative prompt (the unconditional half), then on the prompt; the guided output is

@@ -1,18 +1,17 @@
-//! Stable Audio packs on the farm's path: the same API as the mel [`Pipeline`] (prepare a
-//! [`DenoiseState`], step any set of them in one DiT forward with per-sample timesteps, render),
-//! so that chunked denoising, held latents, checkpoints and continuous batching work unchanged.
+//! Stable Audio packs on the farm's path: the family's [`Family`] (prepare a [`DenoiseState`],
+//! step any set of them in one DiT forward with per-sample timesteps through the shared step
+//! loop, render), so that chunked denoising, held latents, checkpoints and continuous batching
+//! work as for every family.
 //!
 //! A state holds the conditioning as `StableAudioPipeline` builds it, under the names
-//! `text_cond` gives them: `text_states` `[2, L + n, D]` is the DiT's whole cross input (row 0 the unconditional
-//! one: zeros, or the negative prompt's; row 1 the prompt's, seconds tokens included),
-//! `text_mask` is all ones (SAO attends to its zeroed padding) and `global_cond` `[2, n * D]`
-//! the seconds embeddings. The latent is the model's full window, as the reference draws it;
+//! `text_cond` gives them: `text_states` `[2, L + n, D]` is the DiT's whole cross input (row 0
+//! the unconditional one: zeros, or the negative prompt's; row 1 the prompt's, seconds tokens
+//! included), `text_mask` is all ones (SAO attends to its zeroed padding) and `global_cond`
+//! `[2, n * D]` the seconds embeddings. The latent is the model's full window, as the reference draws it;
 //! the render crops the audio to the asked duration. Variation `i` starts from the noise of seed
 //! `seed + i`, and the stochastic samplers' noise of step `k` is `step_noise(seed + i, k)`: a
 //! function of the job's seed and the step only, so a chunked or resumed job equals a one-shot
 //! one bit for bit, and this path computes what [`StableAudioModel::generate`] computes.
-//!
-//! [`Pipeline`]: crate::families::mel::pipeline::Pipeline
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
