@@ -1,7 +1,8 @@
 //! What the coordinator needs to know of a model pack: its family, name, version, audio layout,
 //! defaults and limits, read from the top level and the `[model]`, `[defaults]` and `[limits]`
-//! tables of its `model.toml`. The worker's model runtime reads the whole file; unknown tables
-//! are ignored here.
+//! tables of its `model.toml` (the header every family shares). The file is parsed once: the
+//! parsed document stays in [`ModelInfo::toml`], where the worker's model runtime reads the
+//! family's own tables; they are ignored here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,6 +121,8 @@ pub struct ModelInfo {
     pub defaults: Defaults,
     pub limits: Limits,
     pub dir: PathBuf,
+    /// The whole `model.toml`, parsed: the family's runtime reads its own tables from it.
+    pub toml: toml::Table,
 }
 
 impl ModelInfo {
@@ -129,10 +132,14 @@ impl ModelInfo {
             path: path.display().to_string(),
             source,
         })?;
-        let t: PackToml = toml::from_str(&text).map_err(|e| ModelsError::Parse {
+        let parse_err = |e: toml::de::Error| ModelsError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(parse_err)?;
+        let t: PackToml = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(parse_err)?;
         Ok(Self {
             family: t.family,
             name: t.model.name,
@@ -142,6 +149,7 @@ impl ModelInfo {
             defaults: t.defaults,
             limits: t.limits,
             dir: dir.to_path_buf(),
+            toml: table,
         })
     }
 

@@ -173,7 +173,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {
-            println!("{}", tutti_model::pack::inspect(&path)?);
+            println!("{}", tutti_model::families::inspect(&path)?);
             Ok(())
         }
         Command::Model(ModelCommand::Import {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tutti_model::tiny::write_tiny_pack;
 use tutti_model::DenoiseState;
+use tutti_model::Family;
 use tutti_shared::job::{AudioFormat, JobSpec, ModelRef, Priority, SamplerKind};
 use tutti_shared::prompt::Controls;
 use tutti_worker::engine::{

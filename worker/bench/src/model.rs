@@ -21,7 +21,7 @@ use tutti_shared::prompt::{Controls, Mode};
 use tutti_model::pack::{self, PackConfig};
 use tutti_model::text_encoder::TextEncoderConfig;
 use tutti_model::vocoder::VocoderConfig;
-use tutti_model::{device, tiny, DenoiseState, ModelError, Pipeline, Result};
+use tutti_model::{device, tiny, DenoiseState, Family, ModelError, Pipeline, Result};
 use tutti_train::denoiser::{DenoiserConfig, DenoiserState};
 use tutti_train::pack as train_pack;
 use tutti_train::vocoder::{VocoderConfig as TrainVocoderConfig, VocoderState};

@@ -23,8 +23,7 @@ use uuid::Uuid;
 
 use crate::host::read_loadavg;
 use crate::model::{write_random_pack, PackSource};
-use tutti_model::stable_audio::{is_stable_audio_pack, StableAudioPack};
-use tutti_model::{device, ModelError, PackConfig, Result};
+use tutti_model::{device, ModelError, Result};
 use tutti_worker::engine::{
     DenoiseOutcome, DenoiseRequest, Engine, EngineError, EngineOptions, Start,
 };
@@ -271,25 +270,14 @@ struct TraceModel {
 
 impl TraceModel {
     fn read(dir: &std::path::Path) -> Result<Self> {
-        if is_stable_audio_pack(dir) {
-            let (pack, _) = StableAudioPack::read(dir)?;
-            return Ok(Self {
-                model: ModelRef {
-                    name: pack.model.name,
-                    version: pack.model.version,
-                },
-                sampler: pack.defaults.sampler,
-                guidance_scale: pack.defaults.guidance_scale as f32,
-            });
-        }
-        let cfg = PackConfig::read(dir)?;
+        let info = tutti_model::families::read_info(dir)?;
         Ok(Self {
             model: ModelRef {
-                name: cfg.model.name,
-                version: cfg.model.version,
+                name: info.name,
+                version: info.version,
             },
-            sampler: SamplerKind::FlowEuler,
-            guidance_scale: 4.0,
+            sampler: info.defaults.sampler,
+            guidance_scale: info.defaults.guidance_scale,
         })
     }
 }

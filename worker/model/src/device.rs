@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind};
 
-use super::{ModelError, Result};
+use crate::{ModelError, Result};
 
 /// Parses a device preference: `auto` (CUDA 0 when available, else CPU), `cpu`, `cuda` or
 /// `cuda:N`.

@@ -1,37 +1,42 @@
-//! The model runtime: prompt -> tokens -> text embeddings -> guided diffusion -> mel -> vocoder -> audio.
+//! The model runtime: prompt -> conditioning -> guided diffusion -> latent -> audio.
 //!
 //! Everything here is written natively with `tch` (libtorch) and runs unchanged on CPU and CUDA.
-//! The farm only talks to [`Pipeline`] and [`DenoiseState`]; the rest is the pipeline's parts.
+//! The farm talks to [`served::ServedModel`] and [`DenoiseState`]; the rest is the model's parts:
+//!
+//! ```text
+//! nn/         building blocks: attention, rotary embeddings, the DiT
+//! text/       text encoders: BERT (MiniLM) and T5, with their tokenizers
+//! samplers/   diffusion samplers and the seeded noise
+//! decoders/   latent -> audio: the mel decoder and vocoders, the Oobleck VAE
+//! weights/    safetensors I/O and tensor sources
+//! families/   one folder per model family (mel, stable_audio), each composing the parts above
+//! ```
 
-pub mod attention;
-pub mod conditioners;
-pub mod decoder;
+pub mod decoders;
 pub mod device;
-pub mod dit;
-pub mod frame_cond;
-pub mod layout;
-pub mod mel;
-pub mod oobleck;
-pub mod pack;
-pub mod pipeline;
-pub mod projection;
-pub mod rope;
-pub mod sampler;
-pub mod sat;
+pub mod families;
+pub mod nn;
+pub mod samplers;
 pub mod served;
-pub mod stable_audio;
-pub mod stable_audio_pack;
-pub mod stable_audio_run;
-pub mod stable_audio_serve;
 pub mod state;
-pub mod t5;
-pub mod tensors;
-pub mod text_encoder;
-pub mod tiny;
-pub mod tiny_sao;
-pub mod vocoder;
+pub mod step;
+pub mod text;
 pub mod weights;
 
+// The flat module names the crate had before its folders, kept so that the other crates and
+// the tests read as they did.
+pub use decoders::{mel, mel_decoder as decoder, oobleck, vocoder};
+pub use families::mel::{conditioners, frame_cond, pack, pipeline, tiny};
+pub use families::stable_audio::{
+    layout, model as stable_audio, pack as stable_audio_pack, projection, run as stable_audio_run,
+    sat, serve as stable_audio_serve, tiny as tiny_sao,
+};
+pub use nn::{attention, dit, rope};
+pub use samplers as sampler;
+pub use text::{bert as text_encoder, t5};
+pub use weights::source as tensors;
+
+pub use families::Family;
 pub use pack::PackConfig;
 pub use pipeline::{DenoiseState, GenerationParams, Pipeline};
 

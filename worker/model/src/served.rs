@@ -1,19 +1,17 @@
-//! The packs the farm serves, whatever their family: the mel [`Pipeline`] (tutti-mini: latent
-//! -> log-mel -> vocoder, mono) or a [`StableAudioPipeline`] (T5, seconds conditioning, DiT,
-//! Oobleck VAE straight to stereo). Both make and step the same [`DenoiseState`], so the worker's
-//! engine, held latents and checkpoints do not know which one they drive; they differ in how a
-//! state is conditioned, how much a forward costs and how the final stage renders it.
+//! The packs the farm serves, whatever their family: a [`Family`] chosen once by the factory
+//! ([`crate::families::loader`]) from the `family` the registry read, never sniffed again. Every
+//! family makes and steps the same [`DenoiseState`] through the one step loop, so the worker's
+//! engine, held latents and checkpoints do not know which one they drive.
 
 use std::path::Path;
 
 use tch::Device;
+use tutti_shared::models::ModelInfo;
 
-use super::device::Precision;
-use super::pipeline::{BatchShape, Pipeline, Renderer};
-use super::stable_audio::is_stable_audio_pack;
-use super::stable_audio_serve::{StableAudioPipeline, StableAudioRenderer};
-use super::state::{DenoiseState, GenerationParams};
-use super::Result;
+use crate::device::Precision;
+use crate::families::{self, Family, Render};
+use crate::state::{BatchShape, DenoiseState, GenerationParams};
+use crate::Result;
 
 /// Rendered clips of one job: one per variation, `channels` interleaved frame by frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,96 +21,69 @@ pub struct Audio {
     pub sample_rate: u32,
 }
 
-/// A loaded pack of either family.
-// Both variants are a few KB of configs; there is one per loaded pack and it never moves in a
-// hot path, so boxing would only add an indirection.
-#[allow(clippy::large_enum_variant)]
+/// A loaded pack of any family.
 #[derive(Debug)]
-pub enum ServedModel {
-    Mel(Pipeline),
-    StableAudio(StableAudioPipeline),
+pub struct ServedModel {
+    family: Box<dyn Family>,
 }
 
 impl ServedModel {
-    /// Loads the pack at `dir` by the family its `model.toml` names (none: mel), its networks in
-    /// `precision` (see [`Precision::kinds`]).
-    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
-        Ok(if is_stable_audio_pack(dir) {
-            Self::StableAudio(StableAudioPipeline::load(
-                dir,
-                device,
-                precision.kinds(device),
-            )?)
-        } else {
-            Self::Mel(Pipeline::load_with(dir, device, precision.kind(device))?)
+    /// Loads the pack `info` describes (the registry's header: its family and folder), its
+    /// networks in `precision` (see [`Precision::kinds`]).
+    pub fn open(info: &ModelInfo, device: Device, precision: Precision) -> Result<Self> {
+        Ok(Self {
+            family: families::load(info, device, precision)?,
         })
+    }
+
+    /// [`Self::open`] for the pack at `dir`, reading its header.
+    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
+        Self::open(&families::read_info(dir)?, device, precision)
+    }
+
+    /// The family's runtime.
+    pub fn get(&self) -> &dyn Family {
+        self.family.as_ref()
     }
 
     /// `mel` or `stable_audio` (as `model.toml` spells it).
     pub fn family(&self) -> &'static str {
-        match self {
-            Self::Mel(_) => "mel",
-            Self::StableAudio(_) => super::stable_audio::FAMILY,
-        }
+        self.family.family().as_str()
     }
 
     pub fn model_id(&self) -> &str {
-        match self {
-            Self::Mel(p) => p.model_id(),
-            Self::StableAudio(p) => p.model_id(),
-        }
+        self.family.model_id()
     }
 
     pub fn sample_rate(&self) -> u32 {
-        match self {
-            Self::Mel(p) => p.config().model.sample_rate,
-            Self::StableAudio(p) => p.config().vae.sampling_rate as u32,
-        }
+        self.family.sample_rate()
     }
 
     pub fn channels(&self) -> u16 {
-        match self {
-            Self::Mel(_) => 1,
-            Self::StableAudio(p) => p.config().vae.audio_channels as u16,
-        }
+        self.family.channels()
     }
 
     pub fn default_params(&self, prompt: &str, duration_s: f32) -> GenerationParams {
-        match self {
-            Self::Mel(p) => p.default_params(prompt, duration_s),
-            Self::StableAudio(p) => p.default_params(prompt, duration_s),
-        }
+        self.family.default_params(prompt, duration_s)
     }
 
     pub fn validate(&self, params: &GenerationParams) -> Result<()> {
-        match self {
-            Self::Mel(p) => p.validate(params),
-            Self::StableAudio(p) => p.validate(params),
-        }
+        self.family.validate(params)
     }
 
     pub fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
-        match self {
-            Self::Mel(p) => p.prepare(params),
-            Self::StableAudio(p) => p.prepare(params),
-        }
+        self.family.prepare(params)
     }
 
-    /// Audio-to-audio (see `StableAudioPipeline::prepare_from_audio`): `audio` is `[channels,
-    /// samples]` at the pack's rate. A mel pack has no audio encoder: an input error.
+    /// Audio-to-audio (see [`Family::prepare_from_audio`]): `audio` is `[channels, samples]` at
+    /// the pack's rate.
     pub fn prepare_from_audio(
         &self,
         params: &GenerationParams,
         audio: &tch::Tensor,
         strength: f64,
     ) -> Result<DenoiseState> {
-        match self {
-            Self::Mel(p) => Err(super::ModelError::Input(format!(
-                "model {} (mel family) has no audio encoder; init audio needs a waveform-VAE model",
-                p.model_id()
-            ))),
-            Self::StableAudio(p) => p.prepare_from_audio(params, audio, strength),
-        }
+        self.family.prepare_from_audio(params, audio, strength)
     }
 
     /// [`Self::prepare_from_audio`] from a decoded WAV (channels interleaved).
@@ -132,35 +103,23 @@ impl ServedModel {
     }
 
     pub fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
-        match self {
-            Self::Mel(p) => p.batch_shape(state),
-            Self::StableAudio(p) => p.batch_shape(state),
-        }
+        self.family.batch_shape(state)
     }
 
     /// The family's estimate of one state's activation memory in a forward.
     pub fn forward_bytes(&self, state: &DenoiseState) -> usize {
-        match self {
-            Self::Mel(p) => p.forward_bytes(state),
-            Self::StableAudio(p) => p.forward_bytes(state),
-        }
+        self.family.forward_bytes(state)
     }
 
+    /// Advances every state by one step in one forward (the one step loop).
     pub fn step_batch(&self, states: &mut [&mut DenoiseState]) -> Result<()> {
-        match self {
-            Self::Mel(p) => p.step_batch(states),
-            Self::StableAudio(p) => p.step_batch(states),
-        }
+        crate::step::step_batch(self.family.as_ref(), states)
     }
 
     /// The final stage: decode (and vocode, for the mel family) a finished state.
     pub fn render(&self, state: &DenoiseState) -> Result<Audio> {
-        let waveforms = match self {
-            Self::Mel(p) => p.render(state)?,
-            Self::StableAudio(p) => p.render(state)?,
-        };
         Ok(Audio {
-            waveforms,
+            waveforms: self.family.render(state)?,
             channels: self.channels(),
             sample_rate: self.sample_rate(),
         })
@@ -168,39 +127,30 @@ impl ServedModel {
 }
 
 /// A pack's final stage alone, for a thread that only renders.
-pub enum ServedRenderer {
-    Mel(Renderer),
-    StableAudio(StableAudioRenderer),
+pub struct ServedRenderer {
+    render: Box<dyn Render>,
 }
 
 impl ServedRenderer {
-    /// The final stage of the pack at `dir`; the mel family's decoder and vocoder run in f32
-    /// whatever `precision` says (only its denoiser has a kind), Stable Audio's VAE in its kind.
-    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
-        Ok(if is_stable_audio_pack(dir) {
-            Self::StableAudio(StableAudioRenderer::load(
-                dir,
-                device,
-                precision.kinds(device).vae,
-            )?)
-        } else {
-            Self::Mel(Renderer::load(dir, device)?)
+    /// The final stage of the pack `info` describes, in the kinds its family takes from
+    /// `precision` (the mel family's decoder and vocoder always run in f32).
+    pub fn open(info: &ModelInfo, device: Device, precision: Precision) -> Result<Self> {
+        Ok(Self {
+            render: families::load_renderer(info, device, precision)?,
         })
+    }
+
+    /// [`Self::open`] for the pack at `dir`, reading its header.
+    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
+        Self::open(&families::read_info(dir)?, device, precision)
     }
 
     /// As [`ServedModel::render`], bit for bit.
     pub fn render(&self, state: &DenoiseState) -> Result<Audio> {
-        Ok(match self {
-            Self::Mel(r) => Audio {
-                waveforms: r.render(state)?,
-                channels: 1,
-                sample_rate: r.config().model.sample_rate,
-            },
-            Self::StableAudio(r) => Audio {
-                waveforms: r.render(state)?,
-                channels: r.config().vae.audio_channels as u16,
-                sample_rate: r.config().vae.sampling_rate as u32,
-            },
+        Ok(Audio {
+            waveforms: self.render.render(state)?,
+            channels: self.render.channels(),
+            sample_rate: self.render.sample_rate(),
         })
     }
 }

@@ -1,21 +1,41 @@
 //! The state of one generation between denoising steps, and its checkpoint format.
 //!
-//! Checkpoint: a safetensors file whose tensors are `latent` [V, C, T], `text_states` [2, L, D]
-//! (row 0: negative prompt, the unconditional half of guidance; row 1: prompt), `text_mask` [2, L],
-//! `global_cond` [2, G] and the sampler's tensors as `sampler.<name>`, all on CPU in f32 (f64 kept
-//! as is); the metadata holds `format`, `model` (name@version), `step`, `params` and `schedule`
-//! (JSON). A round trip is bit-exact.
+//! Checkpoint (`tutti-denoise-state/2`): a safetensors file whose tensors are `latent` [V, C, T],
+//! the family's conditioning as `cond.<name>` and the sampler's memory as `sampler.<name>`, all
+//! on CPU in f32 (f64 kept as is); the metadata holds `format`, `model` (name@version), `step`,
+//! `params` and `schedule` (JSON). The format names no family's tensors: each family keeps what
+//! it conditions on under its own names (see its module) and reads them back by name. A round
+//! trip is bit-exact.
+//!
+//! `tutti-denoise-state/1` (before the family seam) stored the mel and Stable Audio families'
+//! conditioning as bare `text_states`, `text_mask` and `global_cond`; such a checkpoint loads as
+//! those named tensors. Any other format is refused with its name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use tutti_shared::prompt::Controls;
 
-use super::sampler::{self, Sampler, SamplerKind, SamplerState, ScheduleConfig};
-use super::{weights, ModelError, Result};
+use crate::samplers::{self, Sampler, SamplerKind, SamplerState, ScheduleConfig};
+use crate::{weights, ModelError, Result};
 
-const FORMAT: &str = "tutti-denoise-state/1";
+const FORMAT: &str = "tutti-denoise-state/2";
+/// The format before conditioning was named tensors; still read.
+const FORMAT_V1: &str = "tutti-denoise-state/1";
+/// The conditioning tensors of a `/1` checkpoint.
+const V1_CONDITIONING: [&str; 3] = ["text_states", "text_mask", "global_cond"];
+
+/// Most variations one request may ask for.
+pub const MAX_VARIATIONS: usize = 16;
+
+/// What states must share to be stepped in one forward bit-identically to each alone: latent
+/// frames and text tokens as the family pads them (plus the model, which the engine keys on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchShape {
+    pub frames: i64,
+    pub text_tokens: i64,
+}
 
 /// What a request asks the model for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,12 +87,8 @@ pub struct DenoiseState {
     pub(crate) sampler: Box<dyn Sampler>,
     /// [V, C, T] f32.
     pub(crate) latent: Tensor,
-    /// [2, L, D] f32: negative prompt, prompt.
-    pub(crate) text_states: Tensor,
-    /// [2, L] f32 (1 = token, 0 = padding).
-    pub(crate) text_mask: Tensor,
-    /// [2, G] f32: pooled text embedding and numeric conditioner embeddings.
-    pub(crate) global_cond: Tensor,
+    /// The family's conditioning by name (f32 or f64; see the family's module).
+    pub(crate) cond: BTreeMap<String, Tensor>,
     pub(crate) sampler_state: SamplerState,
 }
 
@@ -120,29 +136,32 @@ impl DenoiseState {
         self.latent.device()
     }
 
+    /// A conditioning tensor by the name its family gave it.
+    pub fn cond(&self, name: &str) -> Result<&Tensor> {
+        self.cond.get(name).ok_or_else(|| {
+            ModelError::Input(format!(
+                "the state of model {} has no conditioning tensor {name:?}",
+                self.model
+            ))
+        })
+    }
+
     /// Bytes its tensors take (the held-latent cache's budget counts these).
     pub fn memory_bytes(&self) -> usize {
         let size = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
-        [
-            &self.latent,
-            &self.text_states,
-            &self.text_mask,
-            &self.global_cond,
-        ]
-        .into_iter()
-        .chain(self.sampler_state.tensors.values())
-        .map(size)
-        .sum()
+        std::iter::once(&self.latent)
+            .chain(self.cond.values())
+            .chain(self.sampler_state.tensors.values())
+            .map(size)
+            .sum()
     }
 
     /// Checkpoint bytes (see the module documentation).
     pub fn to_checkpoint(&self) -> Result<Vec<u8>> {
-        let mut tensors = vec![
-            ("latent".to_string(), self.latent.shallow_clone()),
-            ("text_states".to_string(), self.text_states.shallow_clone()),
-            ("text_mask".to_string(), self.text_mask.shallow_clone()),
-            ("global_cond".to_string(), self.global_cond.shallow_clone()),
-        ];
+        let mut tensors = vec![("latent".to_string(), self.latent.shallow_clone())];
+        for (k, v) in &self.cond {
+            tensors.push((format!("cond.{k}"), v.shallow_clone()));
+        }
         for (k, v) in &self.sampler_state.tensors {
             tensors.push((format!("sampler.{k}"), v.shallow_clone()));
         }
@@ -164,10 +183,10 @@ impl DenoiseState {
                 .get(k)
                 .ok_or_else(|| bad(format!("metadata {k:?} is missing")))
         };
-        if meta("format")? != FORMAT {
+        let format = meta("format")?;
+        if format != FORMAT && format != FORMAT_V1 {
             return Err(bad(format!(
-                "unsupported format {:?} (expected {FORMAT})",
-                meta("format")?
+                "unsupported format {format:?} (this worker reads {FORMAT} and {FORMAT_V1})"
             )));
         }
         let params: GenerationParams =
@@ -183,7 +202,7 @@ impl DenoiseState {
                 params.steps
             )));
         }
-        let sampler = sampler::build(params.sampler, &schedule, params.steps)?;
+        let sampler = samplers::build(params.sampler, &schedule, params.steps)?;
         let mut tensors = file.tensors;
         let mut take = |k: &str| -> Result<Tensor> {
             tensors
@@ -192,18 +211,17 @@ impl DenoiseState {
                 .ok_or_else(|| bad(format!("tensor {k:?} is missing")))
         };
         let latent = take("latent")?;
-        let text_states = take("text_states")?;
-        let text_mask = take("text_mask")?;
-        let global_cond = take("global_cond")?;
-        let mut sampler_state = SamplerState::default();
+        let (mut cond, mut sampler_state) = (BTreeMap::new(), SamplerState::default());
         for (k, v) in tensors {
-            match k.strip_prefix("sampler.") {
-                Some(name) => {
-                    sampler_state
-                        .tensors
-                        .insert(name.to_string(), v.to_device(device));
-                }
-                None => return Err(bad(format!("unknown tensor {k:?}"))),
+            let v = v.to_device(device);
+            if let Some(name) = k.strip_prefix("sampler.") {
+                sampler_state.tensors.insert(name.to_string(), v);
+            } else if let Some(name) = k.strip_prefix("cond.").filter(|_| format == FORMAT) {
+                cond.insert(name.to_string(), v);
+            } else if format == FORMAT_V1 && V1_CONDITIONING.contains(&k.as_str()) {
+                cond.insert(k, v);
+            } else {
+                return Err(bad(format!("unknown tensor {k:?}")));
             }
         }
         let v = params.variations as i64;
@@ -213,17 +231,6 @@ impl DenoiseState {
                 latent.size()
             )));
         }
-        if text_states.dim() != 3
-            || text_states.size()[0] != 2
-            || text_mask.size() != text_states.size()[..2]
-        {
-            return Err(bad(
-                "text states and mask must be [2, L, D] and [2, L]".into()
-            ));
-        }
-        if global_cond.dim() != 2 || global_cond.size()[0] != 2 {
-            return Err(bad("global conditioning must be [2, G]".into()));
-        }
         Ok(Self {
             params,
             step,
@@ -231,9 +238,7 @@ impl DenoiseState {
             schedule,
             sampler,
             latent,
-            text_states,
-            text_mask,
-            global_cond,
+            cond,
             sampler_state,
         })
     }
@@ -244,7 +249,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
 }
 
 /// The seeded noise lives with the samplers' per-step noise (one generator for both).
-pub use super::sampler::seeded_noise;
+pub use crate::samplers::seeded_noise;
 
 #[cfg(test)]
 mod tests {

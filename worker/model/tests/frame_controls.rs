@@ -13,6 +13,7 @@ use tutti_model::sampler::SamplerKind;
 use tutti_model::text_encoder::TextEncoderConfig;
 use tutti_model::tiny::{tiny_config, write_pack_with};
 use tutti_model::weights;
+use tutti_model::Family;
 use tutti_shared::prompt::{Controls, Mode};
 
 fn params(bpm: Option<f32>) -> GenerationParams {

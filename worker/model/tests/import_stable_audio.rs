@@ -10,7 +10,7 @@ use tutti_model::dit::DitInput;
 use tutti_model::sampler::SamplerKind;
 use tutti_model::stable_audio::{import, ImportOptions, Layout, StableAudioModel};
 use tutti_model::stable_audio_run::SaoRequest;
-use tutti_model::{pack, weights};
+use tutti_model::{families, weights};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +56,7 @@ fn the_diffusers_folder_imports_and_loads() {
     assert_eq!(p.model.name, "stable-audio-open-1.0");
     assert_eq!(p.defaults.sampler, SamplerKind::CosineDpmSolverPp2mSde);
     assert_eq!((p.defaults.steps, p.defaults.guidance_scale), (100, 7.0));
-    let text = pack::inspect(&out).unwrap();
+    let text = families::inspect(&out).unwrap();
     assert!(text.contains("family: stable_audio"), "{text}");
     assert!(text.contains("seconds_start, seconds_total"), "{text}");
     // A second import into the same pack is refused.
@@ -170,7 +170,7 @@ fn folders_of_the_real_sizes_pass_the_checks() {
     materialize(&shapes.join("open-1.0"), &big);
     let p = import(&big, &tmp.path().join("pack-1.0"), &opts(None)).unwrap();
     assert_eq!(p.model.layout, Layout::Diffusers);
-    let text = pack::inspect(&tmp.path().join("pack-1.0")).unwrap();
+    let text = families::inspect(&tmp.path().join("pack-1.0")).unwrap();
     assert!(
         text.contains("24 layers, 24 heads x 64 (kv heads 12)"),
         "{text}"
@@ -190,7 +190,7 @@ fn folders_of_the_real_sizes_pass_the_checks() {
     )
     .unwrap();
     assert_eq!(p.model.layout, Layout::StableAudioTools);
-    let text = pack::inspect(&tmp.path().join("pack-small")).unwrap();
+    let text = families::inspect(&tmp.path().join("pack-small")).unwrap();
     assert!(
         text.contains(
             "16 layers, 8 heads x 128 (kv heads 8), cross-attention 1024 <- 768, global 768"

@@ -11,6 +11,7 @@ use tutti_model::sampler::{Prediction, SamplerKind};
 use tutti_model::text_encoder::TextEncoderConfig;
 use tutti_model::tiny::{tiny_config, write_pack_with, write_tiny_pack};
 use tutti_model::weights;
+use tutti_model::Family;
 use tutti_model::ModelError;
 use tutti_shared::prompt::{Controls, Mode};
 

@@ -30,7 +30,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tutti_shared::job::{JobSpec, ModelRef, Priority};
 use tutti_shared::messages::ErrorCode;
-use tutti_shared::models::ModelRegistry;
+use tutti_shared::models::{ModelInfo, ModelRegistry};
 use uuid::Uuid;
 
 use self::thread::EngineThread;
@@ -384,13 +384,13 @@ pub(crate) fn load_once<'a, T>(
     loaded: &'a mut HashMap<ModelRef, T>,
     registry: &ModelRegistry,
     model: &ModelRef,
-    load: impl FnOnce(&std::path::Path) -> Result<T, ModelError>,
+    load: impl FnOnce(&ModelInfo) -> Result<T, ModelError>,
 ) -> Result<&'a T, EngineError> {
     if !loaded.contains_key(model) {
         let info = registry
             .resolve(&model.name, &model.version)
             .ok_or_else(|| EngineError::UnknownModel(model.clone()))?;
-        loaded.insert(model.clone(), load(&info.dir)?);
+        loaded.insert(model.clone(), load(info)?);
     }
     loaded
         .get(model)

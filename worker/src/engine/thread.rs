@@ -155,9 +155,9 @@ impl EngineThread {
 
     fn pipeline(&mut self, model: &ModelRef) -> Result<&ServedModel, EngineError> {
         let (device, precision) = (self.device, self.options.precision);
-        load_once(&mut self.loaded, &self.registry, model, |dir| {
-            let served = ServedModel::load(dir, device, precision)?;
-            tracing::info!(model = %model, dir = %dir.display(), device = ?device, family = served.family(), "loaded model pack");
+        load_once(&mut self.loaded, &self.registry, model, |info| {
+            let served = ServedModel::open(info, device, precision)?;
+            tracing::info!(model = %model, dir = %info.dir.display(), device = ?device, family = served.family(), "loaded model pack");
             Ok(served)
         })
     }

@@ -79,9 +79,9 @@ fn run(
     let mut loaded: HashMap<ModelRef, ServedRenderer> = HashMap::new();
     while let Ok(job) = rx.recv() {
         let model = &job.spec.model;
-        let rendered = load_once(&mut loaded, &registry, model, |dir| {
-            tracing::info!(model = %model, dir = %dir.display(), "loading a pack's decoder and vocoder for background vocodes");
-            ServedRenderer::load(dir, device, precision)
+        let rendered = load_once(&mut loaded, &registry, model, |info| {
+            tracing::info!(model = %model, dir = %info.dir.display(), "loading a pack's decoder and vocoder for background vocodes");
+            ServedRenderer::open(info, device, precision)
         })
         .and_then(|r| Ok(r.render(&job.state)?));
         stats.background_vocodes.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 use tutti_model::decoder::DecoderConfig;
-use tutti_model::{tiny, weights, PackConfig, Pipeline};
+use tutti_model::{tiny, weights, Family, PackConfig, Pipeline};
 use tutti_train::dataset::{self, DatasetConfig, DatasetPaths};
 use tutti_train::denoiser::{DenoiserConfig, RunPaths, Trainer};
 use tutti_train::vocoder::{VocoderConfig, VocoderTrainer};

@@ -15,6 +15,7 @@ use tch::Device;
 use tutti_shared::prompt::{self, Mode};
 
 use super::{data, file_err, plot, Result};
+use tutti_model::Family;
 use tutti_model::Pipeline;
 
 /// Settings of an evaluation.
