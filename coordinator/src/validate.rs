@@ -81,7 +81,30 @@ impl Validator {
         &self.registry
     }
 
-    fn model(&self, r: Option<&pb::ModelRef>) -> Result<&ModelInfo> {
+    /// The name a request without a model gets: the configured default, else the only pack's,
+    /// else `tutti-mini`.
+    pub fn default_model_name(&self) -> String {
+        match &self.default_model {
+            Some(n) => n.clone(),
+            None => {
+                let names: Vec<&str> = self.registry.names().collect();
+                match names.as_slice() {
+                    [only] => (*only).to_string(),
+                    _ => "tutti-mini".to_string(),
+                }
+            }
+        }
+    }
+
+    /// The prompt-length rule in the model's tokens, where the validator counts them.
+    pub fn max_prompt_tokens(&self, model: &ModelInfo) -> Option<usize> {
+        self.tokenizers
+            .contains_key(&(model.name.clone(), model.version.clone()))
+            .then_some(model.limits.max_prompt_tokens)
+    }
+
+    /// The model a request's `model` names (the default one when it names none).
+    pub(crate) fn model(&self, r: Option<&pb::ModelRef>) -> Result<&ModelInfo> {
         let (name, version) = match r {
             Some(m) if !m.name.is_empty() => (m.name.clone(), m.version.clone()),
             Some(m) if !m.version.is_empty() => {
@@ -90,19 +113,7 @@ impl Validator {
                     "required when model.version is set",
                 ))
             }
-            _ => {
-                let name = match &self.default_model {
-                    Some(n) => n.clone(),
-                    None => {
-                        let names: Vec<&str> = self.registry.names().collect();
-                        match names.as_slice() {
-                            [only] => (*only).to_string(),
-                            _ => "tutti-mini".to_string(),
-                        }
-                    }
-                };
-                (name, String::new())
-            }
+            _ => (self.default_model_name(), String::new()),
         };
         self.registry.resolve(&name, &version).ok_or_else(|| {
             if version.is_empty() {
@@ -345,7 +356,7 @@ fn controls(
     c
 }
 
-fn check_text(field: &str, text: &str) -> Result<()> {
+pub(crate) fn check_text(field: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -379,7 +390,7 @@ fn word(field: &str, s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
-fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
+pub(crate) fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
     if let Some(bpm) = s.tempo_bpm {
         if !bpm.is_finite() || !(TEMPO_RANGE.0..=TEMPO_RANGE.1).contains(&bpm) {
             return Err(Error::invalid(

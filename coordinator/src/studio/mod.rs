@@ -12,6 +12,7 @@ mod assets;
 mod batches;
 mod blobs;
 mod gateway;
+mod models;
 mod routes;
 
 use std::sync::Arc;

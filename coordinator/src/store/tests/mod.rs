@@ -132,6 +132,7 @@ fn heartbeat<'a>(
         draining,
         device: "cpu",
         chunks_per_forward: 1.5,
+        models: &[],
     }
 }
 
