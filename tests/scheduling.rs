@@ -290,6 +290,7 @@ async fn tenants_with_weights_one_and_three_get_a_quarter_and_three_quarters() {
                     draining: false,
                     device: "cpu",
                     chunks_per_forward: 0.0,
+                    models: &[],
                 })
                 .await
                 .expect("heartbeat");

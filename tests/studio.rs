@@ -15,7 +15,8 @@ use tutti_proto::v1 as pb;
 
 both_backends!(
     a_listener_builds_hears_cancels_and_pages,
-    a_batch_is_uploaded_followed_and_cancelled
+    a_batch_is_uploaded_followed_and_cancelled,
+    the_picker_follows_the_catalogue_and_a_plain_prompt_plays
 );
 
 /// The card of the newest job on the create view.
@@ -531,6 +532,269 @@ async fn a_batch_is_uploaded_followed_and_cancelled(backend: Backend) {
     if backend == Backend::Embedded {
         b.screenshot("batches-phone").await;
     }
+    b.close().await;
+}
+
+/// The model picker and the plain prompt box: the picker lists the packs the farm serves (the
+/// default marked and chosen, each with its limits and whether workers can run it); a model
+/// shows only the fields it takes and its own samplers, and what was typed stays across a
+/// switch; a prompt written as people write it shows its controls in the preview, the builder
+/// adds what it lacks and writes it into the box, and it submits and plays.
+async fn the_picker_follows_the_catalogue_and_a_plain_prompt_plays(backend: Backend) {
+    let farm = Farm::start(FarmOptions {
+        packs: Some(common::packs::stable_audio),
+        coordinator_env: vec![("TUTTI_DEFAULT_MODEL", "tiny".into())],
+        ..FarmOptions::on(backend)
+    })
+    .await;
+    let b = Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    let tag = match backend {
+        Backend::Distributed => "farm",
+        Backend::Embedded => "dev",
+    };
+
+    // The picker: every served pack, the default marked and chosen, limits beside each.
+    let cards =
+        "Array.from(document.querySelectorAll('#models .model-card')).map(c => c.dataset.model)";
+    b.wait_js(&format!("return {cards}.length === 3"), "the picker")
+        .await;
+    assert_eq!(
+        b.js(&format!("return {cards}")).await,
+        serde_json::json!(["stable-audio-open-1.0", "stable-audio-open-small", "tiny"])
+    );
+    assert_eq!(
+        b.js("return Array.from(document.querySelectorAll('#models .badge')).map(x => x.closest('.model-card').dataset.model)")
+            .await,
+        serde_json::json!(["tiny"])
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#models input:checked').value")
+            .await,
+        "tiny"
+    );
+    let card = |m: &str| format!(r#"#models .model-card[data-model="{m}"]"#);
+    let small = card("stable-audio-open-small");
+    let limits = b.text(&format!("{small} .model-limits")).await;
+    assert!(
+        limits.starts_with("stereo 44.1 kHz · up to 1.4") && limits.ends_with("1 sampler"),
+        "{limits}"
+    );
+    assert!(b
+        .text(&format!("{} .model-limits", card("tiny")))
+        .await
+        .starts_with("mono 16 kHz · up to 30 s"),);
+    b.wait_js(
+        "const s = Array.from(document.querySelectorAll('#models .model-state')); return s.length === 3 && s.every(x => x.dataset.ready === 'true')",
+        "every model ready (the worker's heartbeat)",
+    )
+    .await;
+
+    // The fields follow the model; what was typed stays.
+    let shown =
+        |input: &str| format!("return !document.querySelector('[data-input=\"{input}\"]').hidden");
+    let samplers =
+        "return Array.from(document.querySelectorAll('#f-sampler option')).map(o => o.value)";
+    assert_eq!(b.js(&shown("MODEL_INPUT_INIT_AUDIO")).await, false);
+    assert_eq!(b.js(&shown("MODEL_INPUT_LYRICS")).await, false);
+    assert_eq!(b.js(&shown("MODEL_INPUT_NEGATIVE_PROMPT")).await, true);
+    assert_eq!(
+        b.js(samplers).await,
+        serde_json::json!(["SAMPLER_UNSPECIFIED", "SAMPLER_FLOW_EULER"])
+    );
+    b.fill("#f-negative", "distortion").await;
+    b.select("#f-sampler", "SAMPLER_FLOW_EULER").await;
+    b.click(&format!("{small} input")).await;
+    b.wait_js(
+        &shown("MODEL_INPUT_INIT_AUDIO"),
+        "the init audio field of a waveform-VAE model",
+    )
+    .await;
+    assert_eq!(
+        b.js(samplers).await,
+        serde_json::json!(["SAMPLER_UNSPECIFIED", "SAMPLER_PING_PONG"])
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#f-sampler').value")
+            .await,
+        "SAMPLER_UNSPECIFIED"
+    );
+    let hint = b.text("#f-duration-limit").await;
+    assert!(
+        hint.ends_with("longer than stable-audio-open-small makes"),
+        "{hint}"
+    );
+    assert!(b
+        .text("#preview-model")
+        .await
+        .contains("reads the tempo and key in the text only"),);
+    assert_eq!(
+        b.js("return document.querySelector('#f-negative').value")
+            .await,
+        "distortion"
+    );
+    b.screenshot(&format!("models-{tag}")).await;
+    // Audio-to-audio from the page: the clip goes with the request, and the job runs from it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("clip.wav");
+    let samples: Vec<f32> = (0..44100)
+        .flat_map(|i| {
+            let x = (i as f32 * 440.0 * std::f32::consts::TAU / 44100.0).sin() * 0.5;
+            [x, x]
+        })
+        .collect();
+    std::fs::write(
+        &clip,
+        tutti_shared::audio::encode_wav(&samples, 2, 44100).expect("encode"),
+    )
+    .expect("write clip");
+    b.client
+        .find(fantoccini::Locator::Css("#f-init-audio"))
+        .await
+        .expect("file input")
+        .send_keys(&clip.display().to_string())
+        .await
+        .expect("choose the clip");
+    b.fill("#f-prompt", "a calm piano").await;
+    b.fill("#f-duration", "1").await;
+    b.click("#submit").await;
+    b.wait_js(
+        &format!("const c = document.querySelector('{CARD}'); return !!c && c.dataset.state === 'succeeded'"),
+        "the audio-to-audio job",
+    )
+    .await;
+    let id = b
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
+        .await;
+    let job = farm
+        .client()
+        .await
+        .get_job(pb::GetJobRequest {
+            id: id.as_str().unwrap_or_default().into(),
+        })
+        .await
+        .expect("the page's job")
+        .into_inner();
+    let sent = job.request.expect("request");
+    assert_eq!(
+        sent.init_strength,
+        Some(0.7),
+        "no clip went with the request"
+    );
+    assert_eq!(
+        sent.model.map(|m| m.name).as_deref(),
+        Some("stable-audio-open-small")
+    );
+    assert_eq!(job.outputs[0].channels, 2);
+    b.fill("#f-prompt", "").await;
+    b.fill("#f-duration", "4").await;
+    b.click(&format!("{} input", card("tiny"))).await;
+    b.wait_js(
+        "return document.querySelector('[data-input=\"MODEL_INPUT_INIT_AUDIO\"]').hidden",
+        "the init audio field to go",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('#f-sampler').value")
+            .await,
+        "SAMPLER_FLOW_EULER",
+        "the sampler chosen for tiny did not come back"
+    );
+
+    // A prompt as people write it: the preview reads its controls.
+    let plain = "melancholic lo-fi piano, 75 BPM, late night study session";
+    b.fill("#f-prompt", plain).await;
+    b.wait_js(
+        &format!(
+            "return document.querySelector('#preview').textContent === {plain:?} && \
+             document.querySelector('#preview-controls').textContent === 'tempo 75 BPM · key unknown'"
+        ),
+        "the preview of the plain prompt",
+    )
+    .await;
+    assert_eq!(
+        b.text("#preview-model").await,
+        "tiny takes the tempo and key as controls."
+    );
+    // The builder adds what the text lacks (piano is there already).
+    b.fill("#f-genre", "hip hop").await;
+    b.click(r#"#f-instruments input[value="piano"]"#).await;
+    b.select("#f-key", "A").await;
+    b.select("#f-mode", "minor").await;
+    let expected = format!("{plain}, hip hop, in A minor");
+    b.wait_js(
+        &format!(
+            "return document.querySelector('#preview').textContent === {expected:?} && \
+             document.querySelector('#preview-controls').textContent === 'tempo 75 BPM · key A minor'"
+        ),
+        "the completed prompt",
+    )
+    .await;
+    assert_eq!(
+        b.text("#preview-added").await,
+        "The builder adds: hip hop, in A minor"
+    );
+    if backend == Backend::Embedded {
+        b.screenshot("plain-prompt").await;
+    }
+    // ... and writes it into the box.
+    b.click("#builder-fill").await;
+    b.wait_js(
+        &format!(
+            "return document.querySelector('#f-prompt').value === {expected:?} && \
+             document.querySelector('#f-genre').value === '' && document.querySelector('#f-key').value === '' && \
+             document.querySelectorAll('#f-instruments input:checked').length === 0"
+        ),
+        "the prompt box to hold the builder's additions",
+    )
+    .await;
+
+    // It submits and plays.
+    b.fill("#f-duration", "2").await;
+    b.click("#submit").await;
+    b.wait_js(
+        &format!("const c = document.querySelector('{CARD}'); return document.querySelectorAll('{CARD}').length === 2 && c.dataset.state === 'succeeded'"),
+        "the plain prompt's job",
+    )
+    .await;
+    assert_eq!(b.text(&format!("{CARD} .prompt-text")).await, expected);
+    b.wait_js(
+        &format!(
+            "const a = document.querySelector('{CARD} audio'); return !!a && a.readyState >= 1 && Math.abs(a.duration - 2) < 0.02"
+        ),
+        "the audio of the plain prompt",
+    )
+    .await;
+    let id = b
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
+        .await;
+    let stored = farm
+        .client()
+        .await
+        .get_job(pb::GetJobRequest {
+            id: id.as_str().unwrap_or_default().into(),
+        })
+        .await
+        .expect("the page's job")
+        .into_inner();
+    let sent = stored.request.expect("request");
+    assert_eq!(
+        sent.prompt_kind,
+        Some(pb::submit_generation_request::PromptKind::Prompt(
+            expected.clone()
+        ))
+    );
+    assert_eq!(sent.sampler(), pb::Sampler::FlowEuler);
+    assert_eq!(sent.negative_prompt, "distortion");
+    assert_eq!(
+        sent.model.map(|m| m.name).as_deref(),
+        Some("tiny"),
+        "the picked model"
+    );
     b.close().await;
 }
 

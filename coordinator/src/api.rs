@@ -37,6 +37,8 @@ pub struct GenerationService {
     pub url_ttl: Duration,
     /// Per-tenant submit token buckets (this process only).
     pub submit_rate: SubmitRate,
+    /// A worker unheard of for this long is gone (the model catalogue's availability).
+    pub worker_timeout: Duration,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -373,23 +375,21 @@ impl pb::generation_server::Generation for GenerationApi {
     ) -> Result<Response<pb::RenderPromptResponse>, Status> {
         // Any caller the auth layer let through may preview; nothing is read or stored.
         Caller::of(&request)?;
-        let structured = request.into_inner().structured.unwrap_or_default();
-        let (prompt_text, controls) = crate::validate::render_structured(&structured)?;
-        use tutti_shared::prompt::{key_name, vocab, STRUCTURE_WORDS};
-        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Ok(Response::new(pb::RenderPromptResponse {
-            prompt_text,
-            tempo_bpm: controls.bpm,
-            key: controls
-                .key
-                .map(|k| key_name(k, controls.mode))
-                .unwrap_or_default(),
-            genres: words(&vocab::genres()),
-            subgenres: words(&vocab::subgenres()),
-            moods: words(&vocab::moods()),
-            instruments: words(vocab::INSTRUMENTS),
-            structure_words: words(STRUCTURE_WORDS),
-        }))
+        Ok(Response::new(crate::preview::render(request.get_ref())?))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        self.0.list_models(request).await
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        self.0.get_model(request).await
     }
 }
 

@@ -6,7 +6,7 @@
 use tutti_proto::v1 as pb;
 use tutti_shared::audio::{self, decode_wav};
 use tutti_shared::job::{init_audio_key, InitAudio};
-use tutti_shared::models::{ModelFamily, ModelInfo};
+use tutti_shared::models::{ModelInfo, ModelInput};
 
 use crate::error::{Error, Result};
 
@@ -28,7 +28,8 @@ pub fn check(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Opt
         }
         return Ok(None);
     }
-    if model.family != ModelFamily::StableAudio {
+    // The catalogue lists the same answer (`ModelInput::InitAudio` among the model's inputs).
+    if !model.takes(ModelInput::InitAudio) {
         return Err(Error::invalid(
             "init_audio",
             format!(

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod batches;
+pub mod catalogue;
 pub mod config;
 pub mod delivery;
 pub mod dispatcher;
@@ -17,6 +18,7 @@ pub mod notify;
 mod observe;
 pub mod operator;
 pub mod page_token;
+pub mod preview;
 pub mod results;
 pub mod sched;
 pub mod settings;
@@ -224,6 +226,7 @@ pub async fn serve_with_studio(
         queue: backend.queue,
         url_ttl: cfg.url_ttl,
         submit_rate: auth::SubmitRate::default(),
+        worker_timeout: cfg.sched.worker_timeout,
     });
     let batches_api = batches::BatchesApi(Arc::new(batches::BatchesService {
         generation: Arc::clone(&service),

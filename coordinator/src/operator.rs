@@ -78,6 +78,7 @@ impl OperatorService {
                     last_heartbeat: Some(ts(w.last_seen)),
                     device: w.device.clone(),
                     chunks_per_forward: f64::from(w.chunks_per_forward),
+                    models: w.models.clone(),
                     tasks: mine
                         .iter()
                         .map(|t| pb::WorkerTask {

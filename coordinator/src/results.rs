@@ -229,6 +229,7 @@ impl ResultsConsumer {
                 express_slots,
                 device,
                 chunks_per_forward,
+                models,
             } => {
                 let hb = Heartbeat {
                     worker,
@@ -239,6 +240,7 @@ impl ResultsConsumer {
                     draining: *draining,
                     device,
                     chunks_per_forward: *chunks_per_forward,
+                    models,
                 };
                 self.store.record_heartbeat(&hb).await
             }
@@ -293,6 +295,7 @@ mod tests {
             express_slots: 0,
             device: String::new(),
             chunks_per_forward: 0.0,
+            models: Vec::new(),
         };
         let mut used = [false; LANES + 1];
         for i in 0..200 {

@@ -88,7 +88,30 @@ impl Validator {
         &self.registry
     }
 
-    fn model(&self, r: Option<&pb::ModelRef>) -> Result<&ModelInfo> {
+    /// The name a request without a model gets: the configured default, else the only pack's,
+    /// else `tutti-mini`.
+    pub fn default_model_name(&self) -> String {
+        match &self.default_model {
+            Some(n) => n.clone(),
+            None => {
+                let names: Vec<&str> = self.registry.names().collect();
+                match names.as_slice() {
+                    [only] => (*only).to_string(),
+                    _ => "tutti-mini".to_string(),
+                }
+            }
+        }
+    }
+
+    /// The prompt-length rule in the model's tokens, where the validator counts them.
+    pub fn max_prompt_tokens(&self, model: &ModelInfo) -> Option<usize> {
+        self.tokenizers
+            .contains_key(&(model.name.clone(), model.version.clone()))
+            .then_some(model.limits.max_prompt_tokens)
+    }
+
+    /// The model a request's `model` names (the default one when it names none).
+    pub(crate) fn model(&self, r: Option<&pb::ModelRef>) -> Result<&ModelInfo> {
         if let Some(m) = r {
             text::check("model.name", &m.name, TextRule::line(MAX_MODEL_NAME))?;
             text::check("model.version", &m.version, TextRule::line(MAX_MODEL_NAME))?;
@@ -101,19 +124,7 @@ impl Validator {
                     "required when model.version is set",
                 ))
             }
-            _ => {
-                let name = match &self.default_model {
-                    Some(n) => n.clone(),
-                    None => {
-                        let names: Vec<&str> = self.registry.names().collect();
-                        match names.as_slice() {
-                            [only] => (*only).to_string(),
-                            _ => "tutti-mini".to_string(),
-                        }
-                    }
-                };
-                (name, String::new())
-            }
+            _ => (self.default_model_name(), String::new()),
         };
         self.registry.resolve(&name, &version).ok_or_else(|| {
             if version.is_empty() {
@@ -356,12 +367,17 @@ fn controls(
     c
 }
 
+/// The prompt rule (`text.rs`): required, multi-line, at most `MAX_PROMPT_CHARS`.
+pub(crate) fn check_text(field: &str, value: &str) -> Result<()> {
+    text::check(field, value, PROMPT.required())
+}
+
 fn word(field: &str, s: &str) -> Result<String> {
     text::check(field, s, WORD)?;
     Ok(s.trim().to_string())
 }
 
-fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
+pub(crate) fn structured(s: &pb::StructuredPrompt) -> Result<StructuredPrompt> {
     if let Some(bpm) = s.tempo_bpm {
         if !bpm.is_finite() || !(TEMPO_RANGE.0..=TEMPO_RANGE.1).contains(&bpm) {
             return Err(Error::invalid(

@@ -204,6 +204,10 @@ pub enum WorkerEvent {
         /// batching fills its forwards); 0 when it ran none.
         #[serde(default)]
         chunks_per_forward: f32,
+        /// The model packs it serves (`name@version`), for the model catalogue; empty from a
+        /// worker of an older release.
+        #[serde(default)]
+        models: Vec<String>,
     },
     /// A worker refused a message it could not parse and dead-lettered it: why, for operators
     /// (best effort, like a heartbeat; the message itself waits in the dead-letter queue).

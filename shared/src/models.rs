@@ -42,6 +42,56 @@ impl ModelFamily {
     }
 }
 
+/// A request field that only some models take. The catalogue lists a model's
+/// (`ModelInfo::inputs`), the request rules read the same answer (`ModelInfo::takes`), and the
+/// list grows with the families: song models add lyrics, a vocal language and repaint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModelInput {
+    /// `negative_prompt`: what guidance steers away from.
+    NegativePrompt,
+    /// `guidance_scale`: classifier-free guidance.
+    Guidance,
+    /// A tempo control: the structured prompt's tempo, or "75 BPM" in the text, conditions the
+    /// model as a number (elsewhere the model reads it in the text only).
+    Tempo,
+    /// A key and mode control ("in A minor"), as for the tempo.
+    Key,
+    /// `init_audio` and `init_strength`: audio-to-audio from a clip (waveform-VAE models).
+    InitAudio,
+    /// Lyrics sung by the model (song models; none served yet).
+    Lyrics,
+    /// The language of the vocals (song models; none served yet).
+    VocalLanguage,
+    /// Regenerating a time span of a given clip, the rest kept (song models; none served yet).
+    Repaint,
+}
+
+impl ModelInput {
+    pub const ALL: &'static [ModelInput] = &[
+        ModelInput::NegativePrompt,
+        ModelInput::Guidance,
+        ModelInput::Tempo,
+        ModelInput::Key,
+        ModelInput::InitAudio,
+        ModelInput::Lyrics,
+        ModelInput::VocalLanguage,
+        ModelInput::Repaint,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelInput::NegativePrompt => "negative_prompt",
+            ModelInput::Guidance => "guidance",
+            ModelInput::Tempo => "tempo",
+            ModelInput::Key => "key",
+            ModelInput::InitAudio => "init_audio",
+            ModelInput::Lyrics => "lyrics",
+            ModelInput::VocalLanguage => "vocal_language",
+            ModelInput::Repaint => "repaint",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct PackToml {
     #[serde(default)]
@@ -51,6 +101,19 @@ struct PackToml {
     defaults: Defaults,
     #[serde(default)]
     limits: Limits,
+    /// The mel family's numeric conditioners (absent: all of them, as the runtime reads it).
+    #[serde(default)]
+    conditioners: Option<ConditionersTable>,
+    #[serde(default)]
+    schedule: ScheduleTable,
+}
+
+/// What of `[schedule]` decides the samplers a pack without a list runs: its prediction
+/// (`flow`, the runtime's default, or a diffusion one such as `epsilon` or `v`).
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ScheduleTable {
+    #[serde(default)]
+    prediction: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +123,24 @@ struct ModelTable {
     sample_rate: u32,
     #[serde(default = "mono")]
     channels: u16,
+    #[serde(default)]
+    description: String,
+}
+
+/// What of `[conditioners]` says which controls a mel pack takes: a `tempo` range, and the
+/// `key` and `mode` flags (absent: on, as the runtime's defaults have them).
+#[derive(Debug, Clone, Deserialize)]
+struct ConditionersTable {
+    #[serde(default)]
+    tempo: Option<toml::Value>,
+    #[serde(default = "yes")]
+    key: bool,
+    #[serde(default = "yes")]
+    mode: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn mono() -> u16 {
@@ -123,6 +204,13 @@ pub struct ModelInfo {
     pub dir: PathBuf,
     /// The whole `model.toml`, parsed: the family's runtime reads its own tables from it.
     pub toml: toml::Table,
+    /// `[model] description`, when the pack has one.
+    pub description: String,
+    /// The request fields it takes beyond the ones every model takes (see `ModelInput`).
+    pub inputs: Vec<ModelInput>,
+    /// Its denoiser predicts a rectified-flow velocity (`[schedule] prediction = "flow"`, the
+    /// default): only the flow samplers run it; otherwise only the diffusion ones.
+    pub flow: bool,
 }
 
 impl ModelInfo {
@@ -140,6 +228,8 @@ impl ModelInfo {
         let t: PackToml = toml::Value::Table(table.clone())
             .try_into()
             .map_err(parse_err)?;
+        let inputs = family_inputs(t.family, t.conditioners.as_ref());
+        let flow = t.schedule.prediction.as_deref().is_none_or(|p| p == "flow");
         Ok(Self {
             family: t.family,
             name: t.model.name,
@@ -150,15 +240,25 @@ impl ModelInfo {
             limits: t.limits,
             dir: dir.to_path_buf(),
             toml: table,
+            description: t.model.description,
+            inputs,
+            flow,
         })
     }
 
+    /// Whether the model takes `input` (the request rules and the catalogue both ask here).
+    pub fn takes(&self, input: ModelInput) -> bool {
+        self.inputs.contains(&input)
+    }
+
     /// Whether the pack runs `sampler`: one it lists, or without a list any deterministic one
-    /// (the stochastic ones draw per-step noise that only the Stable Audio runtime draws).
+    /// made for its prediction (the stochastic ones draw per-step noise that only the Stable
+    /// Audio runtime draws; flow Euler needs a flow denoiser, DDIM and the DPM-Solvers a
+    /// diffusion one, as the runtime's sampler factory checks).
     pub fn supports(&self, sampler: SamplerKind) -> bool {
         match &self.limits.samplers {
             Some(list) => list.contains(&sampler),
-            None => !sampler.is_stochastic(),
+            None => !sampler.is_stochastic() && (sampler == SamplerKind::FlowEuler) == self.flow,
         }
     }
 
@@ -183,6 +283,25 @@ impl ModelInfo {
             .map(|p| self.dir.join(p))
             .find(|p| p.is_file())
     }
+}
+
+/// The request fields a family's packs take: both take a negative prompt and guidance; a mel
+/// pack takes the tempo and key controls it declares; a Stable Audio pack has the waveform VAE
+/// that audio-to-audio needs.
+fn family_inputs(family: ModelFamily, cond: Option<&ConditionersTable>) -> Vec<ModelInput> {
+    let mut inputs = vec![ModelInput::NegativePrompt, ModelInput::Guidance];
+    match family {
+        ModelFamily::Mel => {
+            if cond.is_none_or(|c| c.tempo.is_some()) {
+                inputs.push(ModelInput::Tempo);
+            }
+            if cond.is_none_or(|c| c.key || c.mode) {
+                inputs.push(ModelInput::Key);
+            }
+        }
+        ModelFamily::StableAudio => inputs.push(ModelInput::InitAudio),
+    }
+    inputs
 }
 
 /// Packs under a folder: the folder itself if it holds `model.toml`, else each subfolder (one
@@ -234,6 +353,17 @@ impl ModelRegistry {
         }
     }
 
+    /// Every version of a model, newest first (the order `resolve` picks by).
+    pub fn versions(&self, name: &str) -> Vec<&ModelInfo> {
+        let mut v: Vec<&ModelInfo> = self
+            .by_name
+            .get(name)
+            .map(|v| v.values().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| version_cmp(&b.version, &a.version));
+        v
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
@@ -252,5 +382,51 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     match (parse(a), parse(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
         _ => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(toml: &str) -> ModelInfo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("model.toml"), toml).expect("write model.toml");
+        ModelInfo::read(dir.path()).expect("read")
+    }
+
+    const HEAD: &str = "[model]\nname = \"m\"\nversion = \"1\"\nsample_rate = 16000\n";
+
+    #[test]
+    fn the_inputs_follow_the_family_and_its_conditioners() {
+        use ModelInput::*;
+        // A mel pack without [conditioners] has every control, as the runtime reads it.
+        assert_eq!(pack(HEAD).inputs, [NegativePrompt, Guidance, Tempo, Key]);
+        let bare = pack(&format!(
+            "{HEAD}[conditioners]\nembed_dim = 8\nkey = false\nmode = false\n[conditioners.duration]\nmin = 0.0\nmax = 30.0\n"
+        ));
+        assert_eq!(bare.inputs, [NegativePrompt, Guidance]);
+        assert!(!bare.takes(Tempo) && !bare.takes(InitAudio));
+        let tempo = pack(&format!(
+            "{HEAD}[conditioners]\n[conditioners.tempo]\nmin = 40.0\nmax = 240.0\n"
+        ));
+        assert_eq!(tempo.inputs, [NegativePrompt, Guidance, Tempo, Key]);
+        // The samplers of a pack without a list follow its prediction.
+        assert_eq!(tempo.samplers(), [SamplerKind::FlowEuler]);
+        let v = pack(&format!("{HEAD}[schedule]\nprediction = \"v\"\n"));
+        assert_eq!(
+            v.samplers(),
+            [
+                SamplerKind::Ddim,
+                SamplerKind::DpmSolverPp2m,
+                SamplerKind::CosineDpmSolverPp2m
+            ]
+        );
+        let sao = pack(&format!(
+            "family = \"stable_audio\"\n{HEAD}channels = 2\ndescription = \"d\"\n"
+        ));
+        assert_eq!(sao.inputs, [NegativePrompt, Guidance, InitAudio]);
+        assert_eq!((sao.channels, sao.description.as_str()), (2, "d"));
+        assert!(sao.takes(InitAudio) && !sao.takes(Lyrics));
     }
 }

@@ -229,6 +229,79 @@ pub fn build(p: &StructuredPrompt) -> String {
     parts.join(", ")
 }
 
+/// A prompt as written, completed by the structured fields it lacks: the mood, style words,
+/// instruments and structure words it does not mention, the extra text it does not contain, a
+/// tempo when it names none and a key when it names none, rendered by `build` after it. Returns
+/// the text and the parts added, in order. Without text, `build(p)` and nothing "added".
+/// Example: "melancholic lo-fi piano, 75 BPM" with genre "hip hop", mood "melancholic", drums
+/// and A minor gives "melancholic lo-fi piano, 75 BPM, hip hop with drums, in A minor".
+pub fn complete(text: &str, p: &StructuredPrompt) -> (String, Vec<String>) {
+    let text = text.trim();
+    if text.is_empty() {
+        return (build(p), Vec::new());
+    }
+    let lower = text.to_lowercase();
+    let lacks = |w: &str| !w.trim().is_empty() && !mentions(&lower, &w.trim().to_lowercase());
+    let pick = |w: &str, added: &mut Vec<String>| -> String {
+        if lacks(w) {
+            added.push(w.trim().to_string());
+            w.trim().to_string()
+        } else {
+            String::new()
+        }
+    };
+    let mut added = Vec::new();
+    let mut missing = StructuredPrompt {
+        mood: pick(&p.mood, &mut added),
+        subgenre: pick(&p.subgenre, &mut added),
+        genre: pick(&p.genre, &mut added),
+        ..StructuredPrompt::default()
+    };
+    for i in &p.instruments {
+        if lacks(i) && !missing.instruments.iter().any(|m| m == i.trim()) {
+            missing.instruments.push(i.trim().to_string());
+            added.push(i.trim().to_string());
+        }
+    }
+    let parsed = parse_controls(text, 0.0);
+    if let (None, Some(bpm)) = (parsed.bpm, p.tempo_bpm) {
+        missing.tempo_bpm = Some(bpm);
+        added.push(format!("{} BPM", bpm.round() as i64));
+    }
+    if let (None, Some((tonic, mode))) = (parsed.key, p.key) {
+        missing.key = Some((tonic, mode));
+        added.push(format!("in {}", key_name(tonic, mode)));
+    }
+    for s in &p.structure {
+        if lacks(s) && !missing.structure.iter().any(|m| m == s.trim()) {
+            missing.structure.push(s.trim().to_string());
+            added.push(s.trim().to_string());
+        }
+    }
+    missing.extra = pick(&p.extra, &mut added);
+    let tail = build(&missing);
+    if tail.is_empty() {
+        return (text.to_string(), added);
+    }
+    let head = text.trim_end_matches(|c: char| matches!(c, ',' | ';' | '.') || c.is_whitespace());
+    (format!("{head}, {tail}"), added)
+}
+
+/// Whether `needle` occurs in `hay` as whole words (both lowercase).
+fn mentions(hay: &str, needle: &str) -> bool {
+    let mut from = 0;
+    while let Some(i) = hay[from..].find(needle) {
+        let (start, end) = (from + i, from + i + needle.len());
+        let before = hay[..start].chars().next_back();
+        let after = hay[end..].chars().next();
+        if !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric) {
+            return true;
+        }
+        from = start + needle.chars().next().map_or(1, char::len_utf8);
+    }
+    false
+}
+
 fn join_and(items: &[&str]) -> String {
     match items {
         [] => String::new(),
@@ -395,6 +468,66 @@ mod tests {
         assert_eq!(
             (c.bpm, c.key, c.mode),
             (Some(75.0), Some(9), Some(Mode::Minor))
+        );
+    }
+
+    #[test]
+    fn completes_a_written_prompt_with_what_it_lacks() {
+        let p = StructuredPrompt {
+            genre: "hip hop".into(),
+            mood: "Melancholic".into(),
+            tempo_bpm: Some(90.0),
+            key: parse_key("A minor"),
+            instruments: vec!["piano".into(), "drums".into()],
+            structure: vec!["intro".into()],
+            ..StructuredPrompt::default()
+        };
+        let (text, added) = complete(
+            "melancholic lo-fi piano, 75 BPM, late night study session.",
+            &p,
+        );
+        assert_eq!(
+            text,
+            "melancholic lo-fi piano, 75 BPM, late night study session, hip hop with drums, in A minor, intro"
+        );
+        assert_eq!(added, ["hip hop", "drums", "in A minor", "intro"]);
+        let c = parse_controls(&text, 0.0);
+        assert_eq!(
+            (c.bpm, c.key, c.mode),
+            (Some(75.0), Some(9), Some(Mode::Minor))
+        );
+        // Only the mood lacking (the tempo and key are in the text, as it writes them).
+        let (text, added) = complete(
+            " calm hip hop with piano and drums in A minor at 90 bpm, intro ",
+            &p,
+        );
+        assert_eq!(
+            text,
+            "calm hip hop with piano and drums in A minor at 90 bpm, intro, Melancholic"
+        );
+        assert_eq!(added, ["Melancholic"]);
+        // Nothing lacking: the text as written.
+        let mood = StructuredPrompt {
+            mood: "calm".into(),
+            ..StructuredPrompt::default()
+        };
+        assert_eq!(
+            complete(" calm piano ", &mood),
+            ("calm piano".to_string(), Vec::new())
+        );
+        // Whole words only: "pianos" does not mention "piano"... but "piano," does.
+        assert!(!mentions("grand pianos", "piano") && mentions("piano, bass", "piano"));
+        assert!(mentions("lo-fi beat", "lo-fi") && !mentions("hip hopping", "hip hop"));
+        // Without text: the structured prompt alone.
+        assert_eq!(complete("  ", &p), (build(&p), Vec::new()));
+        // Only a tempo to add.
+        let tempo = StructuredPrompt {
+            tempo_bpm: Some(120.0),
+            ..StructuredPrompt::default()
+        };
+        assert_eq!(
+            complete("house", &tempo),
+            ("house, 120 BPM".to_string(), vec!["120 BPM".to_string()])
         );
     }
 

@@ -10,6 +10,7 @@ mod bench_timeline;
 mod client;
 mod embedded;
 mod generate;
+mod models;
 mod operator;
 mod signals;
 mod train;
@@ -61,6 +62,9 @@ pub(crate) enum Command {
     Cancel(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
+    /// The models: local packs, or a farm's with --server (limits, samplers, what each takes,
+    /// whether workers can run it now).
+    Models(models::ModelsArgs),
     /// The farm's workers: slots in use, held latents, last heartbeat (admin key with auth).
     Workers(operator::WorkersArgs),
     /// Backlog per stage and class, tenants' shares, recent failures (admin key with auth).
@@ -93,6 +97,7 @@ impl Command {
                 | Command::Watch(_)
                 | Command::Cancel(_)
                 | Command::List(_)
+                | Command::Models(_)
                 | Command::Workers(_)
                 | Command::Queues(_)
                 | Command::Tenant(_)
@@ -165,6 +170,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::List(args) => client::list(args).await,
+        Command::Models(args) => models::run(args).await,
         Command::Workers(args) => operator::workers(args).await,
         Command::Queues(args) => operator::queues(args).await,
         Command::Tenant(cmd) => admin::tenant(cmd).await,

@@ -12,6 +12,7 @@
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
 pub mod browser;
+pub mod packs;
 
 /// Runs `async fn $body(Backend)` as two tests, `$body::distributed` and `$body::embedded`.
 macro_rules! both_backends {
@@ -137,6 +138,13 @@ impl tonic::service::Interceptor for WithKey {
             req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
+    }
+}
+
+impl WithKey {
+    /// `authorization: Bearer <key>` for any service's client.
+    pub fn bearer(key: Option<&str>) -> Self {
+        WithKey(key.map(|k| format!("Bearer {k}").parse().expect("header value")))
     }
 }
 

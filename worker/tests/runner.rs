@@ -238,12 +238,15 @@ async fn held_latents_give_the_same_audio_as_checkpoints_and_heartbeats_report_t
             denoise_slots,
             vocode_slots,
             draining,
+            models,
             ..
         } => {
             assert_eq!(
                 (worker.as_str(), *denoise_slots, *vocode_slots, *draining),
                 ("w-test", 4, 2, false)
             );
+            // The packs it serves, for the model catalogue.
+            assert_eq!(models, &["tiny@1".to_string()]);
         }
         other => panic!("{other:?}"),
     }

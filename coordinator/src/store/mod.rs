@@ -114,6 +114,8 @@ pub struct Heartbeat<'a> {
     pub device: &'a str,
     /// Denoise chunks per forward over its last minute, for operators.
     pub chunks_per_forward: f32,
+    /// The model packs it serves (`name@version`); empty from an older worker.
+    pub models: &'a [String],
 }
 
 /// A message refused to the dead-letter queue, and why.

@@ -26,6 +26,8 @@ pub struct WorkerRow {
     pub last_seen: DateTime<Utc>,
     pub device: String,
     pub chunks_per_forward: f32,
+    /// The model packs it serves (`name@version`); empty when its release does not say.
+    pub models: Vec<String>,
 }
 
 /// A dispatched task and the worker that has it (or was routed it).

@@ -13,6 +13,7 @@ mod batches;
 mod blobs;
 mod gateway;
 mod guard;
+mod models;
 mod routes;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! | route                               | method                        |
 //! |-------------------------------------|-------------------------------|
 //! | `POST /api/prompt/render`           | Generation.RenderPrompt       |
+//! | `GET  /api/models`                  | Generation.ListModels         |
+//! | `GET  /api/models/{name}?version`   | Generation.GetModel           |
 //! | `POST /api/jobs`                    | Generation.SubmitGeneration   |
 //! | `GET  /api/jobs?state&label&text…`  | Generation.ListJobs           |
 //! | `GET  /api/jobs/{id}`               | Generation.GetJob             |
@@ -31,7 +33,7 @@ use tutti_proto::v1::generation_server::Generation;
 use tutti_proto::v1::operator_server::Operator;
 
 use super::gateway::{error_body, json, parse, ApiError};
-use super::{assets, batches, blobs, guard, Studio};
+use super::{assets, batches, blobs, guard, models, Studio};
 use crate::auth::AuthMode;
 
 pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
@@ -44,7 +46,14 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/blobs/{*key}", get(blobs::get))
         .route("/api/info", get(info))
         .route("/api/prompt/render", post(render_prompt))
-        .route("/api/jobs", post(submit).get(list))
+        .route("/api/models", get(models::list))
+        .route("/api/models/{name}", get(models::get))
+        .route(
+            "/api/jobs",
+            post(submit)
+                .get(list)
+                .layer(DefaultBodyLimit::max(models::MAX_JOB_BODY)),
+        )
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/events", get(watch))
         .route("/api/jobs/{id}/cancel", post(cancel))

@@ -242,6 +242,8 @@ pub struct Engine {
     options: EngineOptions,
     stats: Arc<EngineStats>,
     device: tch::Device,
+    /// The packs it serves, `name@version`.
+    models: Arc<[String]>,
 }
 
 pub fn generation_params(spec: &JobSpec) -> GenerationParams {
@@ -266,6 +268,10 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let registry =
             ModelRegistry::scan(&models_dir).map_err(|e| EngineError::Packs(e.to_string()))?;
+        let models = registry
+            .all()
+            .map(|m| format!("{}@{}", m.name, m.version))
+            .collect();
         let options = EngineOptions {
             max_batch: options.max_batch.max(1),
             ..options
@@ -307,6 +313,7 @@ impl Engine {
             options,
             stats,
             device,
+            models,
         })
     }
 
@@ -321,6 +328,11 @@ impl Engine {
     /// Where the model runs, as operators read it: `cpu`, `cuda:0`, `mps`, `vulkan`.
     pub fn device_name(&self) -> String {
         device_name(self.device)
+    }
+
+    /// The model packs it serves (`name@version`), as heartbeats tell the catalogue.
+    pub fn models(&self) -> &[String] {
+        &self.models
     }
 
     /// The jobs whose latest state this engine holds, with their steps.

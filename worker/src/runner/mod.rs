@@ -124,6 +124,7 @@ impl Worker {
             draining,
             device: self.engine.device_name(),
             chunks_per_forward,
+            models: self.engine.models().to_vec(),
         }
     }
 

@@ -254,13 +254,13 @@ pub(super) async fn heartbeat(pool: &PgPool, hb: &Heartbeat<'_>) -> Result<()> {
     .await?;
     sqlx::query(
         "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen, \
-                              express_slots, device, chunks_per_forward) \
-         VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8) \
+                              express_slots, device, chunks_per_forward, models) \
+         VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8, $9) \
          ON CONFLICT (worker) DO UPDATE SET denoise_slots = EXCLUDED.denoise_slots, \
            vocode_slots = EXCLUDED.vocode_slots, holds = EXCLUDED.holds, \
            draining = EXCLUDED.draining, last_seen = EXCLUDED.last_seen, \
            express_slots = EXCLUDED.express_slots, device = EXCLUDED.device, \
-           chunks_per_forward = EXCLUDED.chunks_per_forward",
+           chunks_per_forward = EXCLUDED.chunks_per_forward, models = EXCLUDED.models",
     )
     .bind(hb.worker)
     .bind(hb.denoise_slots as i32)
@@ -270,6 +270,7 @@ pub(super) async fn heartbeat(pool: &PgPool, hb: &Heartbeat<'_>) -> Result<()> {
     .bind(hb.express_slots as i32)
     .bind(hb.device)
     .bind(hb.chunks_per_forward)
+    .bind(Json(hb.models))
     .execute(&mut *tx)
     .await?;
     // Capacity changed: wake the dispatchers (a steady heartbeat changes nothing).

@@ -31,10 +31,11 @@ impl ViewStore for PgStore {
             DateTime<Utc>,
             String,
             f32,
+            Json<Vec<String>>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, last_seen, \
-                    device, chunks_per_forward \
+                    device, chunks_per_forward, models \
              FROM workers ORDER BY worker",
         )
         .fetch_all(self.pool())
@@ -42,7 +43,7 @@ impl ViewStore for PgStore {
         Ok(rows
             .into_iter()
             .map(
-                |(worker, d, v, e, holds, draining, last_seen, device, cpf)| WorkerRow {
+                |(worker, d, v, e, holds, draining, last_seen, device, cpf, models)| WorkerRow {
                     worker,
                     denoise_slots: d.max(0) as u32,
                     vocode_slots: v.max(0) as u32,
@@ -52,6 +53,7 @@ impl ViewStore for PgStore {
                     last_seen,
                     device,
                     chunks_per_forward: cpf,
+                    models: models.0,
                 },
             )
             .collect())

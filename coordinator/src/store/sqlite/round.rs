@@ -248,15 +248,17 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     .await?;
     let holds = serde_json::to_string(hb.holds)
         .map_err(|e| Error::Internal(format!("encoding holds: {e}")))?;
+    let models = serde_json::to_string(hb.models)
+        .map_err(|e| Error::Internal(format!("encoding models: {e}")))?;
     sqlx::query(
         "INSERT INTO workers (worker, denoise_slots, vocode_slots, holds, draining, last_seen, \
-                              express_slots, device, chunks_per_forward) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                              express_slots, device, chunks_per_forward, models) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (worker) DO UPDATE SET denoise_slots = excluded.denoise_slots, \
            vocode_slots = excluded.vocode_slots, holds = excluded.holds, \
            draining = excluded.draining, last_seen = excluded.last_seen, \
            express_slots = excluded.express_slots, device = excluded.device, \
-           chunks_per_forward = excluded.chunks_per_forward",
+           chunks_per_forward = excluded.chunks_per_forward, models = excluded.models",
     )
     .bind(hb.worker)
     .bind(i64::from(hb.denoise_slots))
@@ -267,6 +269,7 @@ pub(super) async fn heartbeat(store: &SqliteStore, hb: &Heartbeat<'_>) -> Result
     .bind(i64::from(hb.express_slots))
     .bind(hb.device)
     .bind(f64::from(hb.chunks_per_forward))
+    .bind(models)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -27,17 +27,28 @@ fn opt_time(us: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 #[async_trait]
 impl ViewStore for SqliteStore {
     async fn workers_view(&self) -> Result<Vec<WorkerRow>> {
-        type Row = (String, i64, i64, i64, String, bool, i64, String, f64);
+        type Row = (
+            String,
+            i64,
+            i64,
+            i64,
+            String,
+            bool,
+            i64,
+            String,
+            f64,
+            String,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT worker, denoise_slots, vocode_slots, express_slots, holds, draining, last_seen, \
-                    device, chunks_per_forward \
+                    device, chunks_per_forward, models \
              FROM workers ORDER BY worker",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
             .map(
-                |(worker, d, v, e, holds, draining, last_seen, device, cpf)| {
+                |(worker, d, v, e, holds, draining, last_seen, device, cpf, models)| {
                     Ok(WorkerRow {
                         worker,
                         denoise_slots: d.max(0) as u32,
@@ -49,6 +60,8 @@ impl ViewStore for SqliteStore {
                         last_seen: time(last_seen)?,
                         device,
                         chunks_per_forward: cpf as f32,
+                        models: serde_json::from_str(&models)
+                            .map_err(|e| Error::Internal(format!("stored models: {e}")))?,
                     })
                 },
             )

@@ -133,6 +133,7 @@ fn heartbeat<'a>(
         draining,
         device: "cpu",
         chunks_per_forward: 1.5,
+        models: &[],
     }
 }
 

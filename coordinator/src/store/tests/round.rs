@@ -255,10 +255,15 @@ pub(super) async fn a_next_chunk_is_routed_to_the_worker_holding_its_latent(s: &
 }
 
 pub(super) async fn the_fleet_view_shows_what_heartbeats_told(s: &dyn JobStore) {
+    let models = [
+        "tiny@1".to_string(),
+        "stable-audio-open-small@1".to_string(),
+    ];
     s.record_heartbeat(&Heartbeat {
         device: "cuda:0",
         chunks_per_forward: 3.5,
         express_slots: 4,
+        models: &models,
         ..heartbeat("gpu-1", 32, &[], false)
     })
     .await
@@ -271,8 +276,10 @@ pub(super) async fn the_fleet_view_shows_what_heartbeats_told(s: &dyn JobStore) 
     assert_eq!(gpu.device, "cuda:0");
     assert_eq!(gpu.chunks_per_forward, 3.5);
     assert_eq!((gpu.denoise_slots, gpu.express_slots), (32, 4));
+    assert_eq!(gpu.models, models);
     let cpu = fleet.iter().find(|w| w.worker == "cpu-1").expect("cpu-1");
     assert_eq!((cpu.device.as_str(), cpu.draining), ("cpu", true));
+    assert!(cpu.models.is_empty(), "{:?}", cpu.models);
     // The next heartbeat replaces what the last one said.
     s.record_heartbeat(&Heartbeat {
         device: "cuda:1",

@@ -1,6 +1,7 @@
 // tutti studio: the page's behaviour. Every call goes to the studio's JSON gateway, which calls
 // the farm's gRPC services in process; the prompt text preview comes from the server's prompt
-// builder (RenderPrompt), never from code here.
+// builder (RenderPrompt) and the models and their limits from its catalogue (ListModels), never
+// from code here.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -96,6 +97,232 @@ function show(view) {
   }
 }
 
+// ---- Models --------------------------------------------------------------------------------
+
+// The farm's catalogue (ListModels): the picker lists it, and the form shows what the chosen
+// model takes. What the user typed stays when the model changes (a hidden field keeps its value
+// and is not sent); the sampler chosen comes back with a model that runs it.
+let catalogue = { models: [], default_model: "" };
+let chosenSampler = "SAMPLER_UNSPECIFIED";
+let appliedModel = "";
+// The fields a model takes when the catalogue cannot be read: the ones every family takes.
+const FALLBACK_INPUTS = ["MODEL_INPUT_NEGATIVE_PROMPT", "MODEL_INPUT_GUIDANCE"];
+const SAMPLER_NAMES = {
+  SAMPLER_FLOW_EULER: "flow Euler",
+  SAMPLER_DDIM: "DDIM",
+  SAMPLER_DPM_SOLVER_PP_2M: "DPM-Solver++ 2M",
+  SAMPLER_COSINE_DPM_SOLVER_PP_2M: "cosine DPM-Solver++ 2M",
+  SAMPLER_COSINE_DPM_SOLVER_PP_2M_SDE: "cosine DPM-Solver++ 2M SDE",
+  SAMPLER_PING_PONG: "ping-pong",
+};
+const INPUT_NAMES = {
+  MODEL_INPUT_NEGATIVE_PROMPT: "negative prompt",
+  MODEL_INPUT_GUIDANCE: "guidance",
+  MODEL_INPUT_TEMPO: "tempo control",
+  MODEL_INPUT_KEY: "key control",
+  MODEL_INPUT_INIT_AUDIO: "a clip to start from",
+  MODEL_INPUT_LYRICS: "lyrics",
+  MODEL_INPUT_VOCAL_LANGUAGE: "vocal language",
+  MODEL_INPUT_REPAINT: "repaint",
+};
+const samplerName = (s) => SAMPLER_NAMES[s] || short(s).replace(/^sampler_/, "");
+// proto3 JSON leaves out zeros, false and empty lists.
+const inputsOf = (m) => (m ? m.inputs || [] : FALLBACK_INPUTS);
+const takes = (m, input) => inputsOf(m).includes(input);
+
+function chosenName() {
+  const r = $('#models input[type="radio"]:checked');
+  return r ? r.value : "";
+}
+
+// The catalogue entry the form follows: the chosen name at the chosen version (newest: none).
+function chosenModel() {
+  const name = chosenName();
+  const version = $("#f-version").value;
+  return catalogue.models.find((m) => m.name === name && (version ? m.version === version : m.newest)) || null;
+}
+
+function audioText(m) {
+  const ch = { 1: "mono", 2: "stereo" }[m.channels] || `${m.channels || 0} channels`;
+  return `${ch} ${(m.sample_rate || 0) / 1000} kHz`;
+}
+
+function limitsText(m) {
+  const samplers = (m.samplers || []).length;
+  return [
+    audioText(m),
+    `up to ${m.max_duration_seconds || 0} s`,
+    `${m.default_steps || 0} steps (max ${m.max_steps || 0})`,
+    `${samplers} sampler${samplers === 1 ? "" : "s"}`,
+  ].join(" · ");
+}
+
+function stateText(m) {
+  const a = m.availability;
+  if (!a) return "";
+  if (a.ready) return `ready · ${a.workers || 0} worker${a.workers === 1 ? "" : "s"}`;
+  return `not ready: ${a.reason || "no worker"}`;
+}
+
+// The picker: one card per model name (its newest version), the default marked.
+function renderPicker() {
+  const box = $("#models");
+  const models = catalogue.models.filter((m) => m.newest);
+  if (!models.length) {
+    box.dataset.keys = "";
+    box.innerHTML = '<p class="muted">This farm serves no model pack.</p>';
+    return;
+  }
+  const keys = models.map((m) => m.name).join("\n");
+  let chosen = chosenName();
+  if (box.dataset.keys !== keys) {
+    box.dataset.keys = keys;
+    box.textContent = "";
+    for (const m of models) {
+      const card = document.createElement("label");
+      card.className = "model-card";
+      card.dataset.model = m.name;
+      const radio = document.createElement("input");
+      radio.type = "radio";
+      radio.name = "model.name";
+      radio.value = m.name;
+      const head = document.createElement("span");
+      head.className = "model-head";
+      const name = document.createElement("strong");
+      name.className = "model-name";
+      name.textContent = m.name;
+      head.append(name);
+      if (m.is_default) {
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "default";
+        head.append(" ", badge);
+      }
+      const family = document.createElement("span");
+      family.className = "model-family muted";
+      head.append(" ", family);
+      const limits = document.createElement("span");
+      limits.className = "model-limits";
+      const inputs = document.createElement("span");
+      inputs.className = "model-takes muted";
+      const state = document.createElement("span");
+      state.className = "model-state";
+      card.append(radio, head, limits, inputs, state);
+      box.append(card);
+    }
+  }
+  if (!models.some((m) => m.name === chosen)) {
+    chosen = models.some((m) => m.name === catalogue.default_model) ? catalogue.default_model : models[0].name;
+  }
+  for (const card of $$(".model-card", box)) {
+    const m = models.find((x) => x.name === card.dataset.model);
+    $("input", card).checked = m.name === chosen;
+    $(".model-family", card).textContent = `${m.family || ""} ${m.version}`;
+    $(".model-limits", card).textContent = limitsText(m);
+    const extra = inputsOf(m).filter((i) => !FALLBACK_INPUTS.includes(i)).map((i) => INPUT_NAMES[i] || i);
+    $(".model-takes", card).textContent = extra.length ? "takes " + extra.join(", ") : "";
+    const state = $(".model-state", card);
+    state.textContent = stateText(m);
+    state.dataset.ready = String(!!(m.availability && m.availability.ready));
+  }
+}
+
+// The version select, shown when the chosen name has more than one.
+function renderVersions() {
+  const m = catalogue.models.find((x) => x.name === chosenName() && x.newest);
+  const versions = m ? m.versions || [] : [];
+  const sel = $("#f-version");
+  const keys = chosenName() + "\n" + versions.join("\n");
+  if (sel.dataset.keys !== keys) {
+    const keep = sel.value;
+    sel.dataset.keys = keys;
+    sel.replaceChildren(new Option(`newest (${versions[0] || ""})`, ""), ...versions.map((v) => new Option(v, v)));
+    sel.value = versions.includes(keep) ? keep : "";
+  }
+  $("#version-row").hidden = versions.length < 2;
+}
+
+// The form follows the chosen model: only the fields it takes, its samplers and its limits.
+function applyModel() {
+  const m = chosenModel();
+  const key = m ? JSON.stringify({ ...m, availability: null }) : "";
+  if (key === appliedModel) return;
+  appliedModel = key;
+  for (const el of $$("[data-input]")) el.hidden = !takes(m, el.dataset.input);
+  const sel = $("#f-sampler");
+  const samplers = m ? m.samplers || [] : [];
+  sel.replaceChildren(
+    new Option(m ? `model default (${samplerName(m.default_sampler || "")})` : "model default", "SAMPLER_UNSPECIFIED"),
+    ...samplers.map((s) => new Option(samplerName(s), s)),
+  );
+  sel.value = samplers.includes(chosenSampler) ? chosenSampler : "SAMPLER_UNSPECIFIED";
+  const steps = $("#f-steps"), guidance = $("#f-guidance"), duration = $("#f-duration");
+  if (m) {
+    duration.min = String(m.min_duration_seconds || 0);
+    duration.max = String(m.max_duration_seconds || 0);
+    steps.max = String(m.max_steps || 0);
+    steps.placeholder = `default ${m.default_steps || 0}`;
+    guidance.max = String(m.max_guidance_scale || 0);
+    guidance.placeholder = `default ${m.default_guidance_scale || 0}`;
+    $("#f-steps-limit").textContent = `1–${m.max_steps || 0}`;
+    $("#f-guidance-limit").textContent = `0–${m.max_guidance_scale || 0}`;
+  } else {
+    for (const el of [duration, steps, guidance]) el.removeAttribute("max");
+    steps.placeholder = guidance.placeholder = "model default";
+    $("#f-steps-limit").textContent = $("#f-guidance-limit").textContent = "";
+  }
+  durationHint();
+  modelNote();
+}
+
+function durationHint() {
+  const m = chosenModel();
+  const el = $("#f-duration-limit");
+  if (!m) {
+    el.textContent = "";
+    return;
+  }
+  const range = `${m.min_duration_seconds || 0}–${m.max_duration_seconds || 0} s`;
+  const v = num($("#f-duration"));
+  el.textContent = v !== undefined && v > (m.max_duration_seconds || 0) ? `${range}: longer than ${m.name} makes` : range;
+}
+
+// Which of the preview's controls the model takes as numbers, and which it reads as text.
+function modelNote() {
+  const m = chosenModel();
+  const note = $("#preview-model");
+  if (!m) {
+    note.textContent = "";
+    return;
+  }
+  const controls = [], text = [];
+  (takes(m, "MODEL_INPUT_TEMPO") ? controls : text).push("tempo");
+  (takes(m, "MODEL_INPUT_KEY") ? controls : text).push("key");
+  const parts = [];
+  if (controls.length) parts.push(`${m.name} takes the ${controls.join(" and ")} as controls`);
+  if (text.length) parts.push(`${controls.length ? "it" : m.name} reads the ${text.join(" and ")} in the text only`);
+  note.textContent = parts.join("; ") + ".";
+}
+
+async function loadModels() {
+  try {
+    const c = await api("/api/models");
+    catalogue = { models: c.models || [], default_model: c.default_model || "" };
+    renderPicker();
+    renderVersions();
+    applyModel();
+  } catch (e) {
+    if (!catalogue.models.length) {
+      const p = document.createElement("p");
+      p.className = "error";
+      p.textContent = "The models cannot be read: " + e.message;
+      $("#models").dataset.keys = "";
+      $("#models").replaceChildren(p);
+      applyModel();
+    }
+  }
+}
+
 // ---- Prompt form ---------------------------------------------------------------------------
 
 const num = (el) => (el.value.trim() === "" ? undefined : Number(el.value));
@@ -125,6 +352,7 @@ function fillSuggestions(r) {
   chips($("#f-structure"), r.structure_words || [], "structure");
 }
 
+// The builder's fields as a structured prompt.
 function structured() {
   const s = {
     genre: $("#f-genre").value,
@@ -136,7 +364,6 @@ function structured() {
       ...$("#f-instrument-extra").value.split(",").map((s) => s.trim()).filter(Boolean),
     ],
     structure: $$("#f-structure input:checked").map((b) => b.value),
-    extra: $("#f-extra").value,
   };
   if (!$("#f-tempo-unknown").checked) s.tempo_bpm = num($("#f-tempo"));
   return s;
@@ -154,25 +381,60 @@ function lossy(format) {
   return format === "AUDIO_FORMAT_MP3" || format === "AUDIO_FORMAT_OPUS";
 }
 
-function request() {
+function clearBuilder() {
+  for (const id of ["#f-genre", "#f-subgenre", "#f-mood", "#f-instrument-extra"]) $(id).value = "";
+  $("#f-tempo-unknown").checked = true;
+  $("#f-key").value = "";
+  $("#f-mode").value = "";
+  for (const b of $$("#f-instruments input, #f-structure input")) b.checked = false;
+}
+
+// What RenderPrompt previews: the prompt as written, with the builder's fields.
+const renderBody = () => ({ prompt: $("#f-prompt").value, structured: structured() });
+const render = () => api("/api/prompt/render", { method: "POST", body: renderBody() });
+
+function fileBase64(file) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(String(r.result).split(",")[1] || "");
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(file);
+  });
+}
+
+// The request the form makes. A written prompt goes as `prompt`, completed by the builder as
+// the preview shows it; without one, the builder's fields go as the structured prompt. Only
+// the fields the chosen model takes are sent.
+async function request() {
+  const m = chosenModel();
   const r = {
-    structured: structured(),
-    negative_prompt: $("#f-negative").value,
     duration_seconds: num($("#f-duration")),
     steps: num($("#f-steps")),
-    guidance_scale: num($("#f-guidance")),
     sampler: $("#f-sampler").value,
     format: $("#f-format").value,
     variations: num($("#f-variations")),
     loudness_lufs: num($("#f-loudness")),
     priority: "PRIORITY_INTERACTIVE",
   };
+  if ($("#f-prompt").value.trim()) {
+    r.prompt = (await render()).prompt_text;
+  } else {
+    r.structured = structured();
+  }
+  if (takes(m, "MODEL_INPUT_NEGATIVE_PROMPT")) r.negative_prompt = $("#f-negative").value;
+  if (takes(m, "MODEL_INPUT_GUIDANCE")) r.guidance_scale = num($("#f-guidance"));
+  // Song models' field (it arrives with them in the API).
+  if (takes(m, "MODEL_INPUT_LYRICS") && $("#f-lyrics").value.trim()) r.lyrics = $("#f-lyrics").value;
+  const clip = $("#f-init-audio").files[0];
+  if (takes(m, "MODEL_INPUT_INIT_AUDIO") && clip) {
+    r.init_audio = await fileBase64(clip);
+    const strength = num($("#f-init-strength"));
+    if (strength !== undefined) r.init_strength = strength;
+  }
   if (lossy($("#f-format").value)) r.bitrate_kbps = num($("#f-bitrate"));
   const seed = $("#f-seed").value.trim();
   if (seed !== "") r.seed = seed;
-  const name = $("#f-model").value.trim();
-  const version = $("#f-version").value.trim();
-  if (name || version) r.model = { name, version };
+  if (m) r.model = { name: m.name, version: $("#f-version").value };
   return r;
 }
 
@@ -200,14 +462,17 @@ let previewSeq = 0;
 async function renderPreview() {
   const seq = ++previewSeq;
   try {
-    const r = await api("/api/prompt/render", { method: "POST", body: { structured: structured() } });
+    const r = await render();
     if (seq !== previewSeq) return;
     fillSuggestions(r);
-    clearErrors($("#prompt-form fieldset"));
-    $("#preview").textContent = r.prompt_text || "(empty: pick a genre, a mood or an instrument)";
+    clearErrors($("#prompt-fields"));
+    $("#preview").textContent = r.prompt_text || "(empty: write a prompt, or pick a genre, a mood or an instrument)";
+    const added = r.added || [];
+    $("#preview-added").hidden = !added.length;
+    $("#preview-added").textContent = added.length ? "The builder adds: " + added.join(", ") : "";
     const c = [];
     c.push(r.tempo_bpm ? `tempo ${Math.round(r.tempo_bpm)} BPM` : "tempo unknown");
-    c.push(r.key ? `key ${r.key}` : "key unknown");
+    c.push(r.key ? `key ${r.key}` : r.mode ? `mode ${r.mode}` : "key unknown");
     $("#preview-controls").textContent = c.join(" · ");
   } catch (e) {
     if (seq !== previewSeq) return;
@@ -222,13 +487,26 @@ function schedulePreview() {
   previewTimer = setTimeout(renderPreview, 150);
 }
 
+// "Write into the prompt": the builder's additions become part of the written prompt, and
+// the builder starts over.
+async function fillPrompt() {
+  try {
+    const r = await render();
+    if (r.prompt_text) $("#f-prompt").value = r.prompt_text;
+    clearBuilder();
+    renderPreview();
+  } catch (e) {
+    if (!(e.field && showFieldError(e.field, e.message))) $("#preview-controls").textContent = e.message;
+  }
+}
+
 async function submit(ev) {
   ev.preventDefault();
   clearErrors();
   const status = $("#form-status");
   status.textContent = "Submitting…";
   try {
-    const job = await api("/api/jobs", { method: "POST", body: request() });
+    const job = await api("/api/jobs", { method: "POST", body: await request() });
     status.textContent = "Submitted.";
     if (!$("#f-seed-lock").checked) $("#f-seed").value = "";
     addJob(job, $("#jobs"));
@@ -539,12 +817,20 @@ async function start() {
   form.addEventListener("input", schedulePreview);
   form.addEventListener("change", schedulePreview);
   form.addEventListener("submit", submit);
-  const tempo = $("#f-tempo"), slider = $("#f-tempo-slider");
-  tempo.addEventListener("input", () => { slider.value = tempo.value; });
-  slider.addEventListener("input", () => { tempo.value = slider.value; });
-  $("#f-tempo-unknown").addEventListener("change", (e) => {
-    tempo.disabled = slider.disabled = e.target.checked;
-  });
+  // Moving the tempo gives one; "unknown" takes it back.
+  const tempo = $("#f-tempo"), slider = $("#f-tempo-slider"), unknown = $("#f-tempo-unknown");
+  tempo.addEventListener("input", () => { slider.value = tempo.value; unknown.checked = false; });
+  slider.addEventListener("input", () => { tempo.value = slider.value; unknown.checked = false; });
+  $("#models").addEventListener("change", () => { renderVersions(); applyModel(); });
+  $("#f-version").addEventListener("change", applyModel);
+  $("#f-sampler").addEventListener("change", (e) => { chosenSampler = e.target.value; });
+  $("#f-duration").addEventListener("input", durationHint);
+  $("#builder-fill").addEventListener("click", fillPrompt);
+  $("#builder-clear").addEventListener("click", () => { clearBuilder(); schedulePreview(); });
+  // Whether workers can run each model changes with the fleet: re-read while the form shows.
+  setInterval(() => {
+    if (!$("#view-create").hidden && document.visibilityState === "visible") loadModels();
+  }, 5000);
   const format = $("#f-format");
   format.addEventListener("change", () => { $("#f-bitrate-row").hidden = !lossy(format.value); });
   $("#f-seed-random").addEventListener("click", () => {
@@ -560,6 +846,7 @@ async function start() {
     localStorage.setItem(KEY_STORAGE, apiKey);
     $("#key-status").textContent = apiKey ? "key saved" : "key cleared";
     cards.clear();
+    loadModels();
     $("#jobs").textContent = "";
     $("#history-detail").textContent = "";
     banner("");
@@ -576,6 +863,7 @@ async function start() {
   } catch (e) {
     banner("The studio cannot reach its server: " + e.message);
   }
+  await loadModels();
   renderPreview();
   document.body.dataset.ready = "true";
 }
