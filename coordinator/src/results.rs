@@ -21,7 +21,7 @@ use tutti_shared::taskqueue::{Delivery, QueueName, TaskQueue};
 
 use crate::error::{Error, Result};
 use crate::hearing::Hearing;
-use crate::store::{DeadLetter, Heartbeat, JobStore, Recorded, RetryPolicy, TaskRef};
+use crate::store::{DeadLetter, Heartbeat, JobStore, Recorded, RetryPolicy, Scope, TaskRef};
 use uuid::Uuid;
 
 /// Lanes for the events of other classes than interactive (each applies one event at a time,
@@ -174,6 +174,12 @@ impl ResultsConsumer {
     /// its checkpoint is deleted, and a cancel tells every worker to drop what it holds of
     /// that job and to refuse its further chunks.
     async fn forget(&self, job: Uuid, chunk: u32) -> Result<()> {
+        // A missing task row alone does not make the job unknown: only a job the store has
+        // never heard of is forgotten.
+        if self.store.get_job(Scope::All, job).await?.is_some() {
+            tracing::warn!(job_id = %job, chunk, "a result for a task its job does not have, dropped");
+            return Ok(());
+        }
         tracing::warn!(job_id = %job, chunk, "a worker ran a task of an unknown job; its checkpoint is deleted and the job cancelled on the workers");
         self.blobs.delete(&[checkpoint_key(job, chunk)]).await?;
         self.queue
@@ -320,5 +326,62 @@ mod tests {
         }
         used[INTERACTIVE_LANE] = true;
         assert!(used.iter().all(|u| *u), "lanes left idle: {used:?}");
+    }
+
+    #[tokio::test]
+    async fn a_result_of_an_unknown_job_deletes_its_checkpoint_and_cancels_it_on_the_workers() {
+        use futures::StreamExt;
+        use tutti_shared::blob::LocalStore;
+        use tutti_shared::taskqueue::MemoryQueue;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::SqliteStore::open(&dir.path().join("jobs.db"))
+            .await
+            .expect("sqlite");
+        let blobs = Arc::new(LocalStore::new(dir.path().join("blobs")));
+        let queue = Arc::new(MemoryQueue::new());
+        let mut control = queue.control().await.expect("control stream");
+        let consumer = ResultsConsumer {
+            store: Arc::new(store),
+            queue: queue.clone(),
+            retry: RetryPolicy {
+                max_attempts: 2,
+                backoff: Duration::ZERO,
+            },
+            blobs: blobs.clone(),
+            hearing: Hearing::default(),
+        };
+        let forged = Uuid::new_v4();
+        let key = checkpoint_key(forged, 0);
+        blobs
+            .put(
+                &key,
+                bytes::Bytes::from_static(b"state"),
+                "application/octet-stream",
+            )
+            .await
+            .expect("put");
+        let event = WorkerEvent::Result {
+            job_id: forged,
+            chunk: 0,
+            attempt: 1,
+            worker: "w1".into(),
+            outcome: Outcome::Done {
+                millis: 5,
+                outputs: Vec::new(),
+                held: true,
+            },
+            priority: Priority::Standard,
+        };
+        consumer.apply(&event).await.expect("apply");
+        assert!(
+            blobs.get(&key).await.expect("get").is_none(),
+            "the checkpoint is left"
+        );
+        let msg = tokio::time::timeout(Duration::from_secs(5), control.next())
+            .await
+            .expect("a control message")
+            .expect("the stream is open");
+        assert_eq!(msg, ControlMessage::Cancel { job_id: forged });
     }
 }
