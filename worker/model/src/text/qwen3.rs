@@ -358,11 +358,12 @@ impl Qwen3Encoder {
                 false,
             );
             let ctx = ctx.transpose(1, 2).reshape([b, l, h * hd]);
-            x = x + ctx.linear::<Tensor>(&layer.o, None);
+            // In place: `x` is this forward's own tensor (index_select copies the rows).
+            x += ctx.linear::<Tensor>(&layer.o, None);
             let n = rms_norm(&x, &layer.post_norm, eps);
             let gated =
                 n.linear::<Tensor>(&layer.gate, None).silu() * n.linear::<Tensor>(&layer.up, None);
-            x = x + gated.linear::<Tensor>(&layer.down, None);
+            x += gated.linear::<Tensor>(&layer.down, None);
         }
         Ok(rms_norm(&x, &self.norm, eps))
     }
