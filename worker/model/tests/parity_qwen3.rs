@@ -113,6 +113,15 @@ fn qwen3_matches_transformers() -> anyhow::Result<()> {
     println!("short sequence alone vs in the batch: max abs diff {d_alone:.3e}");
     assert!(d_alone < 1e-5);
 
+    // bf16 weights (how the published encoder ships and runs on CUDA) run the same path; the
+    // norms and the rotation compute in f32, so only bf16's rounding separates the two.
+    let bf = Qwen3Encoder::load(dir.path(), Device::Cpu, Kind::BFloat16)?;
+    let out = bf.forward(t("single_ids"), None)?;
+    assert_eq!(out.kind(), Kind::BFloat16);
+    let d_bf16 = max_abs(&out, t("single"));
+    println!("bf16 weights, no mask: max abs diff {d_bf16:.3e} (max |h| {scale:.3})");
+    assert!(d_bf16 < 0.1 * scale, "bf16: {d_bf16}");
+
     // The lyric path: the embedding table only.
     let emb = enc.embed(t("single_ids"))?;
     assert_eq!(emb.size(), [1, 11, 64]);
