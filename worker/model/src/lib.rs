@@ -4,8 +4,8 @@
 //! The farm talks to [`served::ServedModel`] and [`DenoiseState`]; the rest is the model's parts:
 //!
 //! ```text
-//! nn/         building blocks: attention, rotary embeddings, the DiT
-//! text/       text encoders: BERT (MiniLM) and T5, with their tokenizers
+//! nn/         building blocks: attention, RMS norm, rotary embeddings, the DiT
+//! text/       text encoders: BERT (MiniLM), T5 and Qwen3, with their tokenizers
 //! samplers/   diffusion samplers and the seeded noise
 //! decoders/   latent -> audio: the mel decoder and vocoders, the Oobleck VAE
 //! weights/    safetensors I/O and tensor sources

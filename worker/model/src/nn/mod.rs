@@ -1,5 +1,6 @@
-//! Building blocks shared by the families' networks: attention, rotary embeddings, the DiT.
+//! Building blocks shared by the families' networks: attention, norms, rotary embeddings, the DiT.
 
 pub mod attention;
 pub mod dit;
+pub mod norm;
 pub mod rope;
