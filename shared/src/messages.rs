@@ -226,6 +226,8 @@ pub enum WorkerEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     Cancel { job_id: Uuid },
+    /// A cancelled job was retried: workers forget its cancel.
+    Retry { job_id: Uuid },
 }
 
 #[cfg(test)]
