@@ -225,9 +225,13 @@ pub enum WorkerEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
-    Cancel { job_id: Uuid },
+    Cancel {
+        job_id: Uuid,
+    },
     /// A cancelled job was retried: workers forget its cancel.
-    Retry { job_id: Uuid },
+    Retry {
+        job_id: Uuid,
+    },
 }
 
 #[cfg(test)]

@@ -1,0 +1,108 @@
+//! Retries after the fact (RetryJob), on both farms: a cancelled job runs again from its last
+//! checkpoint with the same seed and gives the audio an uninterrupted render gives.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::{request, state, Backend, Farm, FarmOptions};
+use tutti_proto::v1 as pb;
+
+both_backends!(a_cancelled_job_retried_resumes_and_renders_the_same_audio);
+
+async fn retry(farm: &Farm, id: &str) -> Result<pb::Job, tonic::Status> {
+    farm.client()
+        .await
+        .retry_job(pb::RetryJobRequest { id: id.into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn a_cancelled_job_retried_resumes_and_renders_the_same_audio(backend: Backend) {
+    let farm = Farm::start(FarmOptions {
+        chunk_steps: 4,
+        ..FarmOptions::on(backend)
+    })
+    .await;
+    let mut req = request("slow strings that stop and start again");
+    req.steps = Some(40);
+    req.duration_seconds = Some(20.0);
+    let mut client = farm.client().await;
+    let job = client
+        .submit_generation(req.clone())
+        .await
+        .expect("submit")
+        .into_inner();
+
+    // A job still running is not retried.
+    farm.wait_steps(&job.id, 1, Duration::from_secs(60)).await;
+    let refused = retry(&farm, &job.id).await.expect_err("running");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("running"), "{refused:?}");
+    let missing = retry(&farm, &uuid::Uuid::new_v4().to_string())
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let bad = retry(&farm, "not-a-job").await.expect_err("bad id");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("id"), "{bad:?}");
+
+    // Cancelled after two chunks: the workers saw its cancel, and the retry lifts it.
+    farm.wait_steps(&job.id, 8, Duration::from_secs(60)).await;
+    let cancelled = client
+        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(state(&cancelled), pb::JobState::Cancelled);
+    let retried = retry(&farm, &job.id).await.expect("retry");
+    assert!(
+        matches!(
+            state(&retried),
+            pb::JobState::Queued | pb::JobState::Running
+        ),
+        "{retried:?}"
+    );
+    // Asking again is the same retry.
+    let again = retry(&farm, &job.id).await.expect("retry again");
+    assert_ne!(state(&again), pb::JobState::Cancelled);
+
+    let done = farm.wait_job(&job.id, Duration::from_secs(240)).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+    assert_eq!(done.outputs.len(), 1);
+    assert!(
+        done.outputs[0].uri.contains(&format!("/{}/0.", job.id)),
+        "{}",
+        done.outputs[0].uri
+    );
+    let events = farm.events(&job.id).await;
+    let retried: Vec<_> = events.iter().filter(|e| e.0 == "retried").collect();
+    assert_eq!(retried.len(), 1, "{events:?}");
+    let (_, chunk, _, detail) = retried[0];
+    assert!(
+        chunk.unwrap_or(0) >= 2,
+        "resumed, not restarted: {events:?}"
+    );
+    assert_eq!(detail["rewound"], false);
+    assert_eq!(detail["from"], "cancelled");
+
+    // An ended job that succeeded is not retried.
+    let refused = retry(&farm, &job.id).await.expect_err("succeeded");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("succeeded"), "{refused:?}");
+
+    // Same request, same seed: the same audio as a render that never stopped.
+    let fresh = client
+        .submit_generation(req)
+        .await
+        .expect("submit")
+        .into_inner();
+    let fresh = farm.wait_job(&fresh.id, Duration::from_secs(240)).await;
+    assert_eq!(state(&fresh), pb::JobState::Succeeded);
+    assert_eq!(fresh.outputs[0].sha256, done.outputs[0].sha256);
+}
