@@ -95,6 +95,18 @@ async fn a_cancelled_job_retried_resumes_and_renders_the_same_audio(backend: Bac
     let refused = retry(&farm, &job.id).await.expect_err("succeeded");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(refused.message().contains("succeeded"), "{refused:?}");
+    // The studio's route answers the same.
+    let r = reqwest::Client::new()
+        .post(format!("{}api/jobs/{}/retry", farm.studio_url(), job.id))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("POST /api/jobs/{id}/retry");
+    let status = r.status();
+    let body = r.text().await.expect("body");
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(body.contains("succeeded"), "{body}");
 
     // Same request, same seed: the same audio as a render that never stopped.
     let fresh = client
