@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use common::{request, state, Backend, Farm, FarmOptions};
 use tutti_proto::v1 as pb;
+use tutti_proto::v1::batches_client::BatchesClient;
 
-both_backends!(a_cancelled_job_retried_resumes_and_renders_the_same_audio);
+both_backends!(
+    a_cancelled_job_retried_resumes_and_renders_the_same_audio,
+    a_cancelled_batch_retries_its_items_and_rewrites_its_results,
+);
 
 async fn retry(farm: &Farm, id: &str) -> Result<pb::Job, tonic::Status> {
     farm.client()
@@ -117,4 +121,129 @@ async fn a_cancelled_job_retried_resumes_and_renders_the_same_audio(backend: Bac
     let fresh = farm.wait_job(&fresh.id, Duration::from_secs(240)).await;
     assert_eq!(state(&fresh), pb::JobState::Succeeded);
     assert_eq!(fresh.outputs[0].sha256, done.outputs[0].sha256);
+}
+
+fn batch_msg(kind: pb::submit_batch_request::Kind) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest { kind: Some(kind) }
+}
+
+/// Polls GetBatch until its results manifest is written.
+async fn wait_results(c: &mut BatchesClient<tonic::transport::Channel>, id: &str) -> pb::Batch {
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let b = c
+            .get_batch(pb::GetBatchRequest { id: id.into() })
+            .await
+            .expect("get batch")
+            .into_inner();
+        if !b.results_uri.is_empty() {
+            return b;
+        }
+        assert!(std::time::Instant::now() < deadline, "not finished: {b:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn a_cancelled_batch_retries_its_items_and_rewrites_its_results(backend: Backend) {
+    use pb::submit_batch_request::Kind;
+    let farm = Farm::start(FarmOptions {
+        chunk_steps: 4,
+        ..FarmOptions::on(backend)
+    })
+    .await;
+    let mut c = BatchesClient::connect(format!("http://{}", farm.addr))
+        .await
+        .expect("connect");
+    let mut quick = request("short piano phrase");
+    quick.steps = Some(4);
+    let mut long = request("a long slow drone");
+    long.steps = Some(40);
+    long.duration_seconds = Some(20.0);
+    let msgs = vec![
+        batch_msg(Kind::Header(pb::BatchHeader {
+            name: "retry-me".into(),
+            ..Default::default()
+        })),
+        batch_msg(Kind::Item(pb::BatchItem {
+            item_id: "quick".into(),
+            line: 1,
+            request: Some(quick),
+        })),
+        batch_msg(Kind::Item(pb::BatchItem {
+            item_id: "long".into(),
+            line: 2,
+            request: Some(long),
+        })),
+    ];
+    let batch = c
+        .submit_batch(tokio_stream::iter(msgs))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch
+        .expect("batch");
+    let long_job =
+        tutti_coordinator::batches::item_job_id(batch.id.parse().expect("batch id"), "long")
+            .to_string();
+    farm.wait_steps(&long_job, 8, Duration::from_secs(120))
+        .await;
+    c.cancel_batch(pb::CancelBatchRequest {
+        id: batch.id.clone(),
+    })
+    .await
+    .expect("cancel");
+    let first = wait_results(&mut c, &batch.id).await;
+    // The long item at least (the quick one may have waited behind it, batch items share idle
+    // capacity).
+    assert!(first.cancelled >= 1, "{first:?}");
+
+    // Without the flag a cancelled item stays as it is.
+    let none = c
+        .retry_batch_items(pb::RetryBatchItemsRequest {
+            id: batch.id.clone(),
+            include_cancelled: false,
+        })
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(none.retried, 0);
+    let missing = c
+        .retry_batch_items(pb::RetryBatchItemsRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            include_cancelled: true,
+        })
+        .await
+        .expect_err("unknown batch");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let r = c
+        .retry_batch_items(pb::RetryBatchItemsRequest {
+            id: batch.id.clone(),
+            include_cancelled: true,
+        })
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(r.retried, first.cancelled);
+    let reopened = r.batch.expect("batch");
+    assert!(reopened.results_uri.is_empty(), "{reopened:?}");
+    let done = wait_results(&mut c, &batch.id).await;
+    assert_eq!((done.succeeded, done.cancelled), (2, 0), "{done:?}");
+    assert_eq!(
+        pb::BatchState::try_from(done.state),
+        Ok(pb::BatchState::Completed)
+    );
+    let body = String::from_utf8(farm.fetch(&done.results_uri).await).expect("utf-8");
+    let states: Vec<String> = body
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            format!(
+                "{}={}",
+                v["item_id"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(states, ["quick=succeeded", "long=succeeded"]);
 }
