@@ -239,6 +239,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_messages_keep_their_wire_shape() {
+        let job_id = Uuid::nil();
+        for (msg, kind) in [
+            (ControlMessage::Cancel { job_id }, "cancel"),
+            (ControlMessage::Retry { job_id }, "retry"),
+        ] {
+            let json = serde_json::to_value(&msg).expect("encode");
+            assert_eq!(json, serde_json::json!({ "type": kind, "job_id": job_id }));
+            assert_eq!(
+                serde_json::from_value::<ControlMessage>(json).expect("decode"),
+                msg
+            );
+        }
+    }
+
+    #[test]
     fn error_codes_keep_their_wire_names() {
         for code in ErrorCode::ALL {
             let json = serde_json::to_string(code).expect("encode");
