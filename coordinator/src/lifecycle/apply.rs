@@ -314,7 +314,12 @@ async fn retry_or_fail(
     let Failure { code, message, .. } = failure;
     let error = format!("{code}: {message}");
     let code = code.as_str();
-    match after_failure(attempt, failure.retryable, policy) {
+    // A retry after the fact gives the task a fresh set of attempts.
+    let base = tx
+        .retried_at(job, chunk)
+        .await?
+        .map_or(0, |a| a.saturating_sub(1));
+    match after_failure(attempt.saturating_sub(base), failure.retryable, policy) {
         AfterFailure::Retry { delay } => {
             tx.requeue(job, chunk, &error, delay).await?;
             let detail = serde_json::json!({

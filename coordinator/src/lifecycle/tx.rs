@@ -85,6 +85,8 @@ pub trait LifecycleTx: Send {
         -> Result<Option<(JobHead, bool)>>;
     /// The job's last task (its highest chunk).
     async fn last_task(&mut self, job: Uuid) -> Result<Option<(u32, TaskRow)>>;
+    /// The attempt a retry after the fact started the task at (its `retried` event), if any.
+    async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>>;
     /// Whether the job's history holds an event of `kind`.
     async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool>;
     /// An ended task back to the backlog as its next attempt, due now.

@@ -373,6 +373,17 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         .transpose()
     }
 
+    async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>> {
+        let (at,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = 'retried'",
+        )
+        .bind(job.to_string())
+        .bind(i64::from(chunk))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(at.map(|a| a.max(0) as u32))
+    }
+
     async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool> {
         let (found,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",

@@ -68,6 +68,19 @@ pub(super) async fn a_failed_job_resumes_from_its_last_checkpoint(s: &dyn JobSto
         (1, 4, t1.attempt + 1)
     );
     assert_eq!(state(s, id).await.2, 4, "chunk 0's steps are kept");
+    // The retry has a fresh set of attempts: a lost worker sends it back once more.
+    let lost = Outcome::Failed {
+        code: ErrorCode::ModelError,
+        message: "flaky".into(),
+        retryable: true,
+    };
+    s.record_result(at(t1b), &lost, POLICY)
+        .await
+        .expect("retry");
+    assert_eq!(state(s, id).await.0, "running");
+    dispatch_once(s, &q, &bound(8)).await.expect("dispatch");
+    let t1b = &drain(&q).await.pop().expect("chunk 1 once more");
+    assert_eq!(t1b.attempt, t1.attempt + 2);
     // The failed attempt's late result is stale.
     s.record_result(at(&t1), &done(1), POLICY)
         .await
