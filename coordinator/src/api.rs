@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
-use crate::store::{JobRecord, JobStore, OutputRow};
+use crate::store::{JobRecord, JobStore, OutputRow, Retried};
 use crate::tenancy::blobs::BlobAccess;
 use crate::validate::Validator;
 
@@ -152,6 +152,46 @@ impl GenerationService {
             .increment(1);
         }
         self.to_pb(&record).await
+    }
+
+    /// Retries a job in the caller's scope; workers forget the cancel of a cancelled one.
+    pub(crate) async fn retry(&self, caller: &Caller, id: Uuid) -> Result<pb::Job> {
+        let (record, retried) = self
+            .store
+            .retry_job(caller.scope(), id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        match retried {
+            Retried::Refused(state) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is {state}; only a failed or cancelled job can be retried"
+                )))
+            }
+            Retried::Requeued {
+                chunk,
+                rewound,
+                was_cancelled,
+            } => {
+                tracing::info!(job_id = %id, chunk, rewound, "job retried");
+                if was_cancelled {
+                    self.broadcast_retry(id).await;
+                }
+            }
+            Retried::AlreadyRequeued => {}
+        }
+        self.to_pb(&record).await
+    }
+
+    /// Workers that saw the job's cancel forget it. Best effort: a worker that misses it stops
+    /// the retried chunk, which then runs again as its next attempt.
+    pub(crate) async fn broadcast_retry(&self, job: Uuid) {
+        if let Err(e) = self
+            .queue
+            .broadcast(&ControlMessage::Retry { job_id: job })
+            .await
+        {
+            tracing::warn!(job_id = %job, error = %e, "retry broadcast failed");
+        }
     }
 
     async fn broadcast_cancel(&self, job: Uuid) -> Result<()> {
@@ -315,6 +355,15 @@ impl pb::generation_server::Generation for GenerationApi {
             }
         }
         Ok(Response::new(self.to_pb(&record).await?))
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        Ok(Response::new(self.retry(&caller, id).await?))
     }
 
     async fn list_jobs(

@@ -225,12 +225,34 @@ pub enum WorkerEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
-    Cancel { job_id: Uuid },
+    Cancel {
+        job_id: Uuid,
+    },
+    /// A cancelled job was retried: workers forget its cancel.
+    Retry {
+        job_id: Uuid,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_messages_keep_their_wire_shape() {
+        let job_id = Uuid::nil();
+        for (msg, kind) in [
+            (ControlMessage::Cancel { job_id }, "cancel"),
+            (ControlMessage::Retry { job_id }, "retry"),
+        ] {
+            let json = serde_json::to_value(&msg).expect("encode");
+            assert_eq!(json, serde_json::json!({ "type": kind, "job_id": job_id }));
+            assert_eq!(
+                serde_json::from_value::<ControlMessage>(json).expect("decode"),
+                msg
+            );
+        }
+    }
 
     #[test]
     fn error_codes_keep_their_wire_names() {

@@ -24,8 +24,20 @@ pub(crate) enum BatchCommand {
     Get(BatchIdArgs),
     /// Cancel every item of a batch that has not ended.
     Cancel(BatchIdArgs),
+    /// Run the failed items of a batch again (and its cancelled ones with
+    /// --include-cancelled); the batch finishes again with new results.
+    Retry(RetryArgs),
     /// The tenant's batches, newest first.
     List(ListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RetryArgs {
+    /// Retry cancelled items too (this lifts the batch's cancel).
+    #[arg(long)]
+    pub include_cancelled: bool,
+    #[command(flatten)]
+    pub batch: BatchIdArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,6 +126,22 @@ pub(crate) async fn run(cmd: BatchCommand) -> anyhow::Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             print_batch(&b);
+            Ok(())
+        }
+        BatchCommand::Retry(a) => {
+            let res = connect(&a.batch.server)
+                .await?
+                .retry_batch_items(pb::RetryBatchItemsRequest {
+                    id: a.batch.id,
+                    include_cancelled: a.include_cancelled,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            println!("retried    {} items", res.retried);
+            if let Some(b) = &res.batch {
+                print_batch(b);
+            }
             Ok(())
         }
     }

@@ -572,6 +572,17 @@ pub(crate) async fn cancel(args: JobArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) async fn retry(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    let job = client
+        .retry_job(pb::RetryJobRequest { id: args.id })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    print_job(&job);
+    Ok(())
+}
+
 pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.server).await?;
     let resp = client

@@ -60,6 +60,8 @@ pub(crate) enum Command {
     Watch(client::JobArgs),
     /// Cancel a job.
     Cancel(client::JobArgs),
+    /// Run a failed or cancelled job again (same request and seed), from its last checkpoint.
+    Retry(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
     /// The models: local packs, or a farm's with --server (limits, samplers, what each takes,
@@ -75,7 +77,7 @@ pub(crate) enum Command {
     /// API keys (operators: talks to the job store directly).
     #[command(subcommand)]
     Key(admin::KeyCommand),
-    /// Backfill batches: submit a manifest, watch, get, cancel.
+    /// Backfill batches: submit a manifest, watch, get, cancel, retry.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
     /// Model packs.
@@ -96,6 +98,7 @@ impl Command {
                 | Command::Job(_)
                 | Command::Watch(_)
                 | Command::Cancel(_)
+                | Command::Retry(_)
                 | Command::List(_)
                 | Command::Models(_)
                 | Command::Workers(_)
@@ -169,6 +172,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Job(args) => client::show_job(args).await,
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
+        Command::Retry(args) => client::retry(args).await,
         Command::List(args) => client::list(args).await,
         Command::Models(args) => models::run(args).await,
         Command::Workers(args) => operator::workers(args).await,

@@ -408,4 +408,30 @@ impl pb::batches_server::Batches for BatchesApi {
         }
         Ok(Response::new(self.0.batch_pb(tenant, id).await?))
     }
+
+    async fn retry_batch_items(
+        &self,
+        request: Request<pb::RetryBatchItemsRequest>,
+    ) -> Result<Response<pb::RetryBatchItemsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let tenant = tenant.as_str();
+        let req = request.get_ref();
+        let id = parse_batch_id(&req.id)?;
+        let generation = &self.0.generation;
+        let retried = generation
+            .store
+            .retry_batch_items(tenant, id, req.include_cancelled)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("batch {id} not found")))?;
+        for &(job, was_cancelled) in &retried {
+            if was_cancelled {
+                generation.broadcast_retry(job).await;
+            }
+        }
+        tracing::info!(batch_id = %id, retried = retried.len(), "batch items retried");
+        Ok(Response::new(pb::RetryBatchItemsResponse {
+            batch: Some(self.0.batch_pb(tenant, id).await?),
+            retried: retried.len() as u64,
+        }))
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tutti_shared::job::{Stage, TaskKind};
+use tutti_shared::job::{JobState, Stage, TaskKind, TaskState};
 use tutti_shared::messages::{ErrorCode, Outcome};
 use uuid::Uuid;
 
@@ -206,6 +206,101 @@ pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Re
     Ok(true)
 }
 
+/// What a retry after the fact did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// Back to queued from `chunk` (0 with `rewound`: from the start, no checkpoint to resume).
+    Requeued {
+        chunk: u32,
+        rewound: bool,
+        /// It was cancelled: workers must forget its cancel.
+        was_cancelled: bool,
+    },
+    /// Already re-queued by an earlier retry and not ended since: nothing changed.
+    AlreadyRequeued,
+    /// Not failed or cancelled, and never retried: refused.
+    Refused(JobState),
+}
+
+/// A failed or cancelled job goes back to queued with the same request and seed: its last
+/// task runs again as the next attempt, from the checkpoint it started from, or, once the
+/// janitor has cleared the checkpoints, the job starts over. `None` for a job not in scope.
+pub async fn retry(
+    tx: &mut dyn LifecycleTx,
+    scope: Scope<'_>,
+    job: Uuid,
+) -> Result<Option<Retried>> {
+    let Some((head, cleared)) = tx.lock_scoped(scope, job).await? else {
+        return Ok(None);
+    };
+    match head.state {
+        JobState::Failed | JobState::Cancelled => {}
+        // Only a retry re-queues an ended job, so an active job with a retry in its history
+        // is this retry's own (a client repeating the call).
+        s if s.is_active() && tx.has_event(job, "retried").await? => {
+            return Ok(Some(Retried::AlreadyRequeued))
+        }
+        s => return Ok(Some(Retried::Refused(s))),
+    }
+    let last = tx.last_task(job).await?;
+    let resumable =
+        matches!(last, Some((_, t)) if matches!(t.state, TaskState::Failed | TaskState::Cancelled));
+    let (chunk, rewound) = match last {
+        Some((chunk, _)) if resumable && !cleared => (chunk, false),
+        _ => {
+            tx.rewind(job).await?;
+            (0, true)
+        }
+    };
+    tx.reopen_task(job, chunk).await?;
+    tx.reopen_job(job).await?;
+    let detail = serde_json::json!({
+        "from": head.state.as_str(),
+        "from_chunk": chunk,
+        "rewound": rewound,
+    });
+    let attempt = last.map(|(_, t)| t.attempt + 1);
+    tx.event(job, "retried", Some(chunk), attempt, detail)
+        .await?;
+    tx.notes().job(job, "queued");
+    tx.notes().tasks();
+    Ok(Some(Retried::Requeued {
+        chunk,
+        rewound,
+        was_cancelled: head.state == JobState::Cancelled,
+    }))
+}
+
+/// Retries a tenant's batch items whose jobs failed (and cancelled ones with
+/// `include_cancelled`), and reopens the batch so that its results are written again. `None`
+/// for an unknown batch; otherwise the jobs retried, with whether each was cancelled.
+pub async fn retry_batch(
+    tx: &mut dyn LifecycleTx,
+    tenant: &str,
+    batch: Uuid,
+    include_cancelled: bool,
+) -> Result<Option<Vec<(Uuid, bool)>>> {
+    let mut states = vec![JobState::Failed];
+    if include_cancelled {
+        states.push(JobState::Cancelled);
+    }
+    let Some(jobs) = tx.batch_jobs(tenant, batch, &states).await? else {
+        return Ok(None);
+    };
+    let mut retried = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(Retried::Requeued { was_cancelled, .. }) =
+            retry(tx, Scope::Tenant(tenant), job).await?
+        {
+            retried.push((job, was_cancelled));
+        }
+    }
+    if !retried.is_empty() {
+        tx.reopen_batch(batch, include_cancelled).await?;
+    }
+    Ok(Some(retried))
+}
+
 /// A failed attempt: back to the backlog as attempt + 1 after the policy's backoff, or, past
 /// the bound or for an error a retry cannot fix, the job fails with the cause.
 async fn retry_or_fail(
@@ -219,7 +314,12 @@ async fn retry_or_fail(
     let Failure { code, message, .. } = failure;
     let error = format!("{code}: {message}");
     let code = code.as_str();
-    match after_failure(attempt, failure.retryable, policy) {
+    // A retry after the fact gives the task a fresh set of attempts.
+    let base = tx
+        .retried_at(job, chunk)
+        .await?
+        .map_or(0, |a| a.saturating_sub(1));
+    match after_failure(attempt.saturating_sub(base), failure.retryable, policy) {
         AfterFailure::Retry { delay } => {
             tx.requeue(job, chunk, &error, delay).await?;
             let detail = serde_json::json!({

@@ -15,7 +15,10 @@ use std::time::Duration;
 use tutti_shared::messages::ErrorCode;
 use uuid::Uuid;
 
-pub use apply::{cancel, expire_leases, reclaim_lost, record_progress, record_result, Recorded};
+pub use apply::{
+    cancel, expire_leases, reclaim_lost, record_progress, record_result, retry, retry_batch,
+    Recorded, Retried,
+};
 pub use tx::{JobHead, LifecycleTx, LostTask, TaskRow};
 
 use crate::error::{Error, Result};

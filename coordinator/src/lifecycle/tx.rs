@@ -79,6 +79,31 @@ pub trait LifecycleTx: Send {
     /// Cancels a job in scope that is still active, with its unfinished tasks; false when there
     /// was nothing to cancel.
     async fn cancel(&mut self, scope: Scope<'_>, job: Uuid) -> Result<bool>;
+    /// A job in scope, locked, with whether its checkpoints were cleared; `None` for an unknown
+    /// id or another tenant's job.
+    async fn lock_scoped(&mut self, scope: Scope<'_>, job: Uuid)
+        -> Result<Option<(JobHead, bool)>>;
+    /// The job's last task (its highest chunk).
+    async fn last_task(&mut self, job: Uuid) -> Result<Option<(u32, TaskRow)>>;
+    /// The attempt a retry after the fact started the task at (its `retried` event), if any.
+    async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>>;
+    /// Whether the job's history holds an event of `kind`.
+    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool>;
+    /// An ended task back to the backlog as its next attempt, due now.
+    async fn reopen_task(&mut self, job: Uuid, chunk: u32) -> Result<()>;
+    /// Drops every task after the first (their checkpoints are gone) and zeroes the progress.
+    async fn rewind(&mut self, job: Uuid) -> Result<()>;
+    /// An ended job back to queued, its error cleared.
+    async fn reopen_job(&mut self, job: Uuid) -> Result<()>;
+    /// The jobs of a tenant's batch items in `states`; `None` when there is no such batch.
+    async fn batch_jobs(
+        &mut self,
+        tenant: &str,
+        batch: Uuid,
+        states: &[JobState],
+    ) -> Result<Option<Vec<Uuid>>>;
+    /// The batch finishes again (its results are rewritten); `uncancel` lifts its cancel.
+    async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()>;
     /// A line of the job's history (and the metrics that follow it, `events`).
     async fn event(
         &mut self,

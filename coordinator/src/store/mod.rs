@@ -35,7 +35,7 @@ use crate::error::Result;
 use crate::sched::{PendingTask, RoundTx};
 use crate::validate::NewJob;
 
-pub use crate::lifecycle::{Recorded, RetryPolicy, TaskRef};
+pub use crate::lifecycle::{Recorded, Retried, RetryPolicy, TaskRef};
 pub use crate::notify::{JobChange, Notifier};
 pub use crate::tenancy::Scope;
 pub use batches::BatchStore;
@@ -161,6 +161,18 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
     /// job; otherwise the job and whether this call cancelled it.
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
+    /// Retries a failed or cancelled job with the same request and seed, from its last
+    /// checkpoint when one is left (`lifecycle::retry`). `None` for a job not in scope.
+    async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>>;
+    /// Retries the failed items of a tenant's batch (and its cancelled ones with
+    /// `include_cancelled`) in one transaction; the batch finishes again. `None` for an unknown
+    /// batch; otherwise the jobs retried, each with whether it was cancelled.
+    async fn retry_batch_items(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+        include_cancelled: bool,
+    ) -> Result<Option<Vec<(Uuid, bool)>>>;
     /// Opens a dispatch round: a transaction that no other round runs beside (see
     /// `sched::plan_round` and `dispatcher::dispatch_once`).
     async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>>;

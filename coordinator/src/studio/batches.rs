@@ -66,6 +66,30 @@ pub(super) async fn cancel(
 }
 
 #[derive(serde::Deserialize, Default)]
+pub(super) struct RetryQuery {
+    #[serde(default)]
+    include_cancelled: bool,
+}
+
+pub(super) async fn retry(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<RetryQuery>,
+) -> Reply {
+    let req = pb::RetryBatchItemsRequest {
+        id,
+        include_cancelled: q.include_cancelled,
+    };
+    let req = s.request(&headers, req).await?;
+    let mut res = s.batches.retry_batch_items(req).await?.into_inner();
+    if let Some(batch) = res.batch.as_mut() {
+        s.blobs.rewrite_batch(batch);
+    }
+    json(&res)
+}
+
+#[derive(serde::Deserialize, Default)]
 pub(super) struct UploadQuery {
     /// The batch's name (default: the file's name).
     name: Option<String>,

@@ -10,10 +10,12 @@
 //! | `GET  /api/jobs/{id}`               | Generation.GetJob             |
 //! | `GET  /api/jobs/{id}/events`        | Generation.WatchJob (SSE)     |
 //! | `POST /api/jobs/{id}/cancel`        | Generation.CancelJob          |
+//! | `POST /api/jobs/{id}/retry`         | Generation.RetryJob           |
 //! | `GET  /api/batches?page_size…`      | Batches.ListBatches           |
 //! | `POST /api/batches?name&file`       | Batches.SubmitBatch (checked with validate_only, then stored) |
 //! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
 //! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
+//! | `POST /api/batches/{id}/retry?include_cancelled` | Batches.RetryBatchItems |
 //! | `GET  /api/operator/workers`        | Operator.ListWorkers          |
 //! | `GET  /api/operator/queues`         | Operator.GetQueues            |
 
@@ -57,6 +59,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/events", get(watch))
         .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/retry", post(retry))
         .route(
             "/api/batches",
             get(batches::list)
@@ -65,6 +68,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         )
         .route("/api/batches/{id}", get(batches::get))
         .route("/api/batches/{id}/cancel", post(batches::cancel))
+        .route("/api/batches/{id}/retry", post(batches::retry))
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
@@ -147,6 +151,13 @@ async fn get_job(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Str
 async fn cancel(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
     let req = s.request(&headers, pb::CancelJobRequest { id }).await?;
     let mut job = s.generation.cancel_job(req).await?.into_inner();
+    s.blobs.rewrite(&mut job);
+    json(&job)
+}
+
+async fn retry(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::RetryJobRequest { id }).await?;
+    let mut job = s.generation.retry_job(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
     json(&job)
 }

@@ -137,12 +137,20 @@ impl Worker {
         let mut control = self.queue.control().await?;
         let cancels_ctl = Arc::clone(cancels);
         let mut control_task = tokio::spawn(async move {
-            while let Some(ControlMessage::Cancel { job_id }) = control.next().await {
-                if let Ok(mut c) = cancels_ctl.lock() {
-                    c.cancelled.insert(job_id);
-                    for flag in c.running.get(&job_id).into_iter().flatten() {
-                        flag.store(true, Ordering::Relaxed);
-                        tracing::info!(job_id = %job_id, "cancel received for a running task");
+            while let Some(msg) = control.next().await {
+                let Ok(mut c) = cancels_ctl.lock() else {
+                    continue;
+                };
+                match msg {
+                    ControlMessage::Cancel { job_id } => {
+                        c.cancelled.insert(job_id);
+                        for flag in c.running.get(&job_id).into_iter().flatten() {
+                            flag.store(true, Ordering::Relaxed);
+                            tracing::info!(job_id = %job_id, "cancel received for a running task");
+                        }
+                    }
+                    ControlMessage::Retry { job_id } => {
+                        c.cancelled.remove(&job_id);
                     }
                 }
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
-use tutti_shared::job::{Stage, TaskKind};
+use tutti_shared::job::{JobState, Stage, TaskKind};
 use tutti_shared::messages::OutputInfo;
 use uuid::Uuid;
 
@@ -306,6 +306,153 @@ impl LifecycleTx for PgLifecycle {
             .await?;
         }
         Ok(changed)
+    }
+
+    async fn lock_scoped(
+        &mut self,
+        scope: Scope<'_>,
+        job: Uuid,
+    ) -> Result<Option<(JobHead, bool)>> {
+        let row: Option<(String, i16, i32, i32, String, bool)> = sqlx::query_as(
+            "SELECT state, priority, steps_total, chunk_steps, tenant, checkpoints_cleared FROM jobs \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE",
+        )
+        .bind(job)
+        .bind(scope.tenant())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(
+            |(state, priority, steps_total, chunk_steps, tenant, cleared)| {
+                let head = JobHead {
+                    state: state.parse().map_err(|e| internal("job state", e))?,
+                    priority,
+                    steps_total: steps_total as u32,
+                    chunk_steps: chunk_steps as u32,
+                    tenant,
+                };
+                Ok((head, cleared))
+            },
+        )
+        .transpose()
+    }
+
+    async fn last_task(&mut self, job: Uuid) -> Result<Option<(u32, TaskRow)>> {
+        let row: Option<(i32, String, String, i32, i32)> = sqlx::query_as(
+            "SELECT chunk, kind, state, attempt, to_step FROM tasks \
+             WHERE job_id = $1 ORDER BY chunk DESC LIMIT 1 FOR UPDATE",
+        )
+        .bind(job)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|(chunk, kind, state, attempt, to_step)| {
+            Ok((
+                chunk as u32,
+                TaskRow {
+                    kind: kind.parse().map_err(|e| internal("task kind", e))?,
+                    state: state.parse().map_err(|e| internal("task state", e))?,
+                    attempt: attempt as u32,
+                    to_step: to_step as u32,
+                },
+            ))
+        })
+        .transpose()
+    }
+
+    async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>> {
+        let (at,): (Option<i32>,) = sqlx::query_as(
+            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = 'retried'",
+        )
+        .bind(job)
+        .bind(chunk as i32)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(at.map(|a| a.max(0) as u32))
+    }
+
+    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool> {
+        let (found,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",
+        )
+        .bind(job)
+        .bind(kind)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(found)
+    }
+
+    async fn reopen_task(&mut self, job: Uuid, chunk: u32) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'pending', attempt = attempt + 1, not_before = now(), \
+               finished_at = NULL, routed_to = NULL \
+             WHERE job_id = $1 AND chunk = $2",
+        )
+        .bind(job)
+        .bind(chunk as i32)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn rewind(&mut self, job: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM tasks WHERE job_id = $1 AND chunk > 0")
+            .bind(job)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET steps_done = 0, stage = 'denoise', checkpoints_cleared = FALSE WHERE id = $1")
+            .bind(job)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn reopen_job(&mut self, job: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', error_code = NULL, error_message = NULL, \
+               finished_at = NULL WHERE id = $1",
+        )
+        .bind(job)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn batch_jobs(
+        &mut self,
+        tenant: &str,
+        batch: Uuid,
+        states: &[JobState],
+    ) -> Result<Option<Vec<Uuid>>> {
+        let found: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM batches WHERE id = $1 AND tenant = $2 FOR UPDATE")
+                .bind(batch)
+                .bind(tenant)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let jobs: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT j.id FROM batch_items i JOIN jobs j ON j.id = i.job_id \
+             WHERE i.batch_id = $1 AND j.state = ANY($2) ORDER BY i.line, i.item_id",
+        )
+        .bind(batch)
+        .bind(&states)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(Some(jobs.into_iter().map(|(j,)| j).collect()))
+    }
+
+    async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET results_key = NULL, finished_at = NULL, finishing_until = NULL, \
+               cancelled = cancelled AND NOT $2 WHERE id = $1",
+        )
+        .bind(batch)
+        .bind(uncancel)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn event(

@@ -27,7 +27,7 @@ use self::lifecycle::PgLifecycle;
 use self::listen::{ensure_database, listen};
 use self::rows::{event, insert_task, JOBS_CHANNEL, TASKS_CHANNEL};
 use super::{
-    DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow,
+    DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, Retried,
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
@@ -223,6 +223,27 @@ impl JobStore for PgStore {
     }
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>> {
         self.cancel_job_impl(scope, id).await
+    }
+    async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let retried = crate::lifecycle::retry(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        let Some(retried) = retried else {
+            return Ok(None);
+        };
+        Ok(self.get_job(scope, id).await?.map(|j| (j, retried)))
+    }
+    async fn retry_batch_items(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+        include_cancelled: bool,
+    ) -> Result<Option<Vec<(Uuid, bool)>>> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let retried =
+            crate::lifecycle::retry_batch(tx.as_mut(), tenant, batch, include_cancelled).await?;
+        tx.commit().await?;
+        Ok(retried)
     }
     async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>> {
         round::begin_round(&self.pool).await

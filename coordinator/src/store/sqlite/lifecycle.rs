@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::MutexGuard;
-use tutti_shared::job::{Stage, TaskKind};
+use tutti_shared::job::{JobState, Stage, TaskKind};
 use tutti_shared::messages::OutputInfo;
 use uuid::Uuid;
 
@@ -320,6 +320,162 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             .await?;
         }
         Ok(changed)
+    }
+
+    async fn lock_scoped(
+        &mut self,
+        scope: Scope<'_>,
+        job: Uuid,
+    ) -> Result<Option<(JobHead, bool)>> {
+        // The single writer's transaction is the lock.
+        let row: Option<(String, i64, i64, i64, String, bool)> = sqlx::query_as(
+            "SELECT state, priority, steps_total, chunk_steps, tenant, checkpoints_cleared FROM jobs \
+             WHERE id = $1 AND ($2 IS NULL OR tenant = $2)",
+        )
+        .bind(job.to_string())
+        .bind(scope.tenant())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(
+            |(state, priority, steps_total, chunk_steps, tenant, cleared)| {
+                let head = JobHead {
+                    state: state.parse().map_err(|e| internal("job state", e))?,
+                    priority: priority as i16,
+                    steps_total: steps_total as u32,
+                    chunk_steps: chunk_steps as u32,
+                    tenant,
+                };
+                Ok((head, cleared))
+            },
+        )
+        .transpose()
+    }
+
+    async fn last_task(&mut self, job: Uuid) -> Result<Option<(u32, TaskRow)>> {
+        let row: Option<(i64, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT chunk, kind, state, attempt, to_step FROM tasks \
+             WHERE job_id = $1 ORDER BY chunk DESC LIMIT 1",
+        )
+        .bind(job.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|(chunk, kind, state, attempt, to_step)| {
+            Ok((
+                chunk as u32,
+                TaskRow {
+                    kind: kind.parse().map_err(|e| internal("task kind", e))?,
+                    state: state.parse().map_err(|e| internal("task state", e))?,
+                    attempt: attempt as u32,
+                    to_step: to_step as u32,
+                },
+            ))
+        })
+        .transpose()
+    }
+
+    async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>> {
+        let (at,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = 'retried'",
+        )
+        .bind(job.to_string())
+        .bind(i64::from(chunk))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(at.map(|a| a.max(0) as u32))
+    }
+
+    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool> {
+        let (found,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",
+        )
+        .bind(job.to_string())
+        .bind(kind)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(found)
+    }
+
+    async fn reopen_task(&mut self, job: Uuid, chunk: u32) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'pending', attempt = attempt + 1, not_before = $3, \
+               finished_at = NULL, routed_to = NULL \
+             WHERE job_id = $1 AND chunk = $2",
+        )
+        .bind(job.to_string())
+        .bind(i64::from(chunk))
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn rewind(&mut self, job: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM tasks WHERE job_id = $1 AND chunk > 0")
+            .bind(job.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET steps_done = 0, stage = 'denoise', checkpoints_cleared = 0 WHERE id = $1")
+            .bind(job.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn reopen_job(&mut self, job: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', error_code = NULL, error_message = NULL, \
+               finished_at = NULL WHERE id = $1",
+        )
+        .bind(job.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn batch_jobs(
+        &mut self,
+        tenant: &str,
+        batch: Uuid,
+        states: &[JobState],
+    ) -> Result<Option<Vec<Uuid>>> {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM batches WHERE id = $1 AND tenant = $2")
+                .bind(batch.to_string())
+                .bind(tenant)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for state in states {
+            let jobs: Vec<(String, i64, String)> = sqlx::query_as(
+                "SELECT j.id, i.line, i.item_id FROM batch_items i JOIN jobs j ON j.id = i.job_id \
+                 WHERE i.batch_id = $1 AND j.state = $2",
+            )
+            .bind(batch.to_string())
+            .bind(state.as_str())
+            .fetch_all(&mut *self.tx)
+            .await?;
+            out.extend(jobs);
+        }
+        out.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+        out.into_iter()
+            .map(|(j, _, _)| uuid(&j))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET results_key = NULL, finished_at = NULL, finishing_until = NULL, \
+               cancelled = cancelled AND NOT $2 WHERE id = $1",
+        )
+        .bind(batch.to_string())
+        .bind(uncancel)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn event(

@@ -29,7 +29,7 @@ mod views;
 use self::lifecycle::SqliteLifecycle;
 use self::rows::{event, insert_task, now_us, uuid, Tx};
 use super::{
-    DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow,
+    DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, Retried,
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
@@ -323,6 +323,27 @@ impl JobStore for SqliteStore {
         Ok(self.get_job(scope, id).await?.map(|j| (j, changed)))
     }
 
+    async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let retried = crate::lifecycle::retry(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        let Some(retried) = retried else {
+            return Ok(None);
+        };
+        Ok(self.get_job(scope, id).await?.map(|j| (j, retried)))
+    }
+    async fn retry_batch_items(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+        include_cancelled: bool,
+    ) -> Result<Option<Vec<(Uuid, bool)>>> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let retried =
+            crate::lifecycle::retry_batch(tx.as_mut(), tenant, batch, include_cancelled).await?;
+        tx.commit().await?;
+        Ok(retried)
+    }
     async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>> {
         round::begin_round(self).await
     }

@@ -184,6 +184,7 @@ mod batches;
 mod hostile;
 mod jobs;
 mod lifecycle;
+mod retries;
 mod round;
 mod tenants;
 mod unknown;

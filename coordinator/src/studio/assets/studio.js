@@ -533,6 +533,7 @@ function addJob(job, container, watch = true) {
     card = { el, job, controller: null, drawn: new Set() };
     cards.set(job.id, card);
     $(".cancel", el).addEventListener("click", () => cancelJob(job.id));
+    $(".retry", el).addEventListener("click", () => retryJob(job.id));
     $(".same", el).addEventListener("click", () => again(card.job, false));
     $(".variation", el).addEventListener("click", () => again(card.job, true));
     container.prepend(el);
@@ -565,6 +566,8 @@ function update(card, job) {
   bar.setAttribute("aria-label", `progress ${pct}%, ${done} of ${total} steps`);
   $(".percent", el).textContent = pct + "%";
   $(".cancel", el).hidden = ended(job);
+  // A failed or cancelled job runs again from where it stopped, same seed (RetryJob).
+  $(".retry", el).hidden = !["JOB_STATE_FAILED", "JOB_STATE_CANCELLED"].includes(job.state);
   $(".again", el).hidden = !ended(job);
   const r = job.request || {};
   $(".params pre", el).textContent = [
@@ -647,6 +650,19 @@ async function cancelJob(id) {
     if (card) update(card, job);
   } catch (e) {
     banner("Cancel failed: " + e.message);
+  }
+}
+
+async function retryJob(id) {
+  try {
+    const job = await api(`/api/jobs/${id}/retry`, { method: "POST" });
+    const card = cards.get(id);
+    if (card) {
+      update(card, job);
+      if (!ended(job)) follow(card);
+    }
+  } catch (e) {
+    banner("Retry failed: " + e.message);
   }
 }
 
