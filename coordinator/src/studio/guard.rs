@@ -32,6 +32,9 @@ pub(crate) struct Guard {
     loopback: bool,
 }
 
+/// The most of a refused request's body that is read before answering.
+const DRAIN_LIMIT: usize = 1 << 20;
+
 /// A manifest upload's body types (none is CORS-safelisted, so none comes without a preflight).
 const MANIFEST_TYPES: [&str; 4] = [
     "application/octet-stream",
@@ -156,6 +159,10 @@ pub(crate) async fn check(State(guard): State<Guard>, request: Request, next: Ne
             why,
             "studio refused a request"
         );
+        // Read (a bounded part of) what the client is still sending: closing a connection with
+        // unread data makes the kernel reset it, and the client would see a reset instead of
+        // the refusal.
+        let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
         let body =
             serde_json::json!({ "code": "PERMISSION_DENIED", "message": why, "field": null });
         return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
