@@ -22,6 +22,23 @@ both_backends!(
 /// The card of the newest job on the create view.
 const CARD: &str = "#jobs .job";
 
+/// The newest card's job, as the server stored it.
+async fn newest_job(farm: &Farm, b: &Browser) -> pb::Job {
+    let id = b
+        .js(&format!(
+            "return document.querySelector('{CARD}').dataset.jobId"
+        ))
+        .await;
+    farm.client()
+        .await
+        .get_job(pb::GetJobRequest {
+            id: id.as_str().unwrap_or_default().into(),
+        })
+        .await
+        .expect("the page's job exists")
+        .into_inner()
+}
+
 async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
     let farm = Farm::start(FarmOptions::on(backend)).await;
     let b = Browser::start().await;
@@ -140,20 +157,7 @@ async fn a_listener_builds_hears_cancels_and_pages(backend: Backend) {
         true,
         "the audio is not seekable"
     );
-    let job_id = b
-        .js(&format!(
-            "return document.querySelector('{CARD}').dataset.jobId"
-        ))
-        .await;
-    let stored = farm
-        .client()
-        .await
-        .get_job(pb::GetJobRequest {
-            id: job_id.as_str().unwrap_or_default().into(),
-        })
-        .await
-        .expect("the page's job exists")
-        .into_inner();
+    let stored = newest_job(&farm, &b).await;
     assert_eq!(stored.prompt_text, expected);
     let sent = stored.request.expect("request");
     assert_eq!(sent.duration_seconds, Some(3.0));
@@ -663,20 +667,7 @@ async fn the_picker_follows_the_catalogue_and_a_plain_prompt_plays(backend: Back
         "the audio-to-audio job",
     )
     .await;
-    let id = b
-        .js(&format!(
-            "return document.querySelector('{CARD}').dataset.jobId"
-        ))
-        .await;
-    let job = farm
-        .client()
-        .await
-        .get_job(pb::GetJobRequest {
-            id: id.as_str().unwrap_or_default().into(),
-        })
-        .await
-        .expect("the page's job")
-        .into_inner();
+    let job = newest_job(&farm, &b).await;
     let sent = job.request.expect("request");
     assert_eq!(
         sent.init_strength,
@@ -767,20 +758,7 @@ async fn the_picker_follows_the_catalogue_and_a_plain_prompt_plays(backend: Back
         "the audio of the plain prompt",
     )
     .await;
-    let id = b
-        .js(&format!(
-            "return document.querySelector('{CARD}').dataset.jobId"
-        ))
-        .await;
-    let stored = farm
-        .client()
-        .await
-        .get_job(pb::GetJobRequest {
-            id: id.as_str().unwrap_or_default().into(),
-        })
-        .await
-        .expect("the page's job")
-        .into_inner();
+    let stored = newest_job(&farm, &b).await;
     let sent = stored.request.expect("request");
     assert_eq!(
         sent.prompt_kind,
