@@ -222,6 +222,7 @@ fn new_job(priority: Priority) -> NewJob {
             delivery: Default::default(),
             trace_context: Default::default(),
             init_audio: None,
+            song: None,
         },
         priority,
         labels: BTreeMap::new(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use tutti_proto::v1 as pb;
+use tutti_shared::job::SONG_LANGUAGES;
 use tutti_shared::models::{ModelInfo, ModelInput};
 
 use crate::api::GenerationService;
@@ -128,8 +129,11 @@ pub fn model_pb(v: &Validator, m: &ModelInfo, fleet: Option<&Fleet>) -> pb::Mode
         max_prompt_tokens: v.max_prompt_tokens(m).unwrap_or(0) as u32,
         max_prompt_chars: validate::MAX_PROMPT_CHARS as u32,
         max_variations: validate::MAX_VARIATIONS,
-        // No family served yet sings.
-        lyrics_languages: Vec::new(),
+        lyrics_languages: if m.takes(ModelInput::Lyrics) {
+            SONG_LANGUAGES.iter().map(|l| l.to_string()).collect()
+        } else {
+            Vec::new()
+        },
         availability: fleet.map(|f| f.availability(m)),
     }
 }

@@ -22,6 +22,7 @@ pub mod preview;
 pub mod results;
 pub mod sched;
 pub mod settings;
+pub mod song;
 pub mod store;
 pub mod studio;
 pub mod tenancy;

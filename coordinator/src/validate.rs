@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 use tutti_proto::v1 as pb;
 use tutti_shared::job::{JobSpec, ModelRef, Priority, SamplerKind};
-use tutti_shared::models::{ModelInfo, ModelRegistry};
+use tutti_shared::models::{ModelInfo, ModelInput, ModelRegistry};
 use tutti_shared::prompt::{self, StructuredPrompt, STRUCTURE_WORDS};
 
 use crate::error::{Error, Result};
@@ -185,7 +185,27 @@ impl Validator {
         };
         self.check_tokens(model, "prompt", &prompt_text)?;
         text::check("negative_prompt", &req.negative_prompt, PROMPT)?;
+        if !req.negative_prompt.trim().is_empty() && !model.takes(ModelInput::NegativePrompt) {
+            return Err(Error::invalid(
+                "negative_prompt",
+                format!(
+                    "model {} ({} family) does not take a negative prompt",
+                    model.name,
+                    model.family.as_str()
+                ),
+            ));
+        }
         self.check_tokens(model, "negative_prompt", &req.negative_prompt)?;
+        if req.guidance_scale.is_some_and(|g| g > 1.0) && !model.takes(ModelInput::Guidance) {
+            return Err(Error::invalid(
+                "guidance_scale",
+                format!(
+                    "model {} runs without guidance (distilled); at most 1",
+                    model.name
+                ),
+            ));
+        }
+        let song = crate::song::check(model, req)?;
 
         let duration_s = req.duration_seconds.unwrap_or(model.defaults.duration_s);
         let max_d = model.limits.max_duration_s;
@@ -327,6 +347,7 @@ impl Validator {
                 delivery,
                 trace_context: Default::default(),
                 init_audio: init_clip.as_ref().map(|c| c.init.clone()),
+                song,
             },
             priority,
             labels,

@@ -271,7 +271,35 @@ pub struct JobSpec {
     /// Audio-to-audio: the clip the job starts from (stored once at submit) and its strength.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_audio: Option<InitAudio>,
+    /// What a song model sings (song models only; none for every other request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub song: Option<Song>,
 }
+
+/// What a song model sings: lyrics in a language, and the beats of a bar (ACE-Step reads both in
+/// its lyric text and metadata block).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Song {
+    /// Lyrics, with section tags such as `[verse]` and `[chorus]`; empty: an instrumental.
+    pub lyrics: String,
+    /// The vocals' language, an ISO 639-1 code such as `en` (ACE-Step's list also has `yue`
+    /// and `unknown`).
+    pub language: String,
+    /// Beats per bar (2, 3, 4 or 6); none: the model decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_signature: Option<u8>,
+}
+
+/// The vocal languages ACE-Step 1.5 was trained on (its `VALID_LANGUAGES`).
+pub const SONG_LANGUAGES: &[&str] = &[
+    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi",
+    "hr", "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl",
+    "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi",
+    "yue", "zh", "unknown",
+];
+
+/// Beats per bar a song model's metadata takes.
+pub const SONG_TIME_SIGNATURES: &[u8] = &[2, 3, 4, 6];
 
 /// The init clip of an audio-to-audio job: a WAV in the blob store at `key`
 /// ([`init_audio_key`]) and how much of it is redrawn, in (0, 1].

@@ -31,6 +31,9 @@ pub enum ModelFamily {
     Mel,
     /// Stable Audio Open 1.0 and Small: T5, seconds conditioning, DiT, Oobleck VAE to stereo.
     StableAudio,
+    /// ACE-Step 1.5: songs with lyrics; Qwen3 text, lyric and timbre encoders, DiT, Oobleck VAE
+    /// to stereo 48 kHz.
+    AceStep,
 }
 
 impl ModelFamily {
@@ -38,6 +41,7 @@ impl ModelFamily {
         match self {
             ModelFamily::Mel => "mel",
             ModelFamily::StableAudio => "stable_audio",
+            ModelFamily::AceStep => "ace_step",
         }
     }
 }
@@ -58,9 +62,9 @@ pub enum ModelInput {
     Key,
     /// `init_audio` and `init_strength`: audio-to-audio from a clip (waveform-VAE models).
     InitAudio,
-    /// Lyrics sung by the model (song models; none served yet).
+    /// Lyrics sung by the model, and a time signature (song models).
     Lyrics,
-    /// The language of the vocals (song models; none served yet).
+    /// The language of the vocals (song models).
     VocalLanguage,
     /// Regenerating a time span of a given clip, the rest kept (song models; none served yet).
     Repaint,
@@ -106,6 +110,16 @@ struct PackToml {
     conditioners: Option<ConditionersTable>,
     #[serde(default)]
     schedule: ScheduleTable,
+    /// ACE-Step's own table: whether guidance is distilled into the weights.
+    #[serde(default)]
+    ace_step: Option<AceStepTable>,
+}
+
+/// What of `[ace_step]` decides the request fields: a turbo model runs without guidance.
+#[derive(Debug, Clone, Deserialize)]
+struct AceStepTable {
+    #[serde(default)]
+    turbo: bool,
 }
 
 /// What of `[schedule]` decides the samplers a pack without a list runs: its prediction
@@ -228,7 +242,8 @@ impl ModelInfo {
         let t: PackToml = toml::Value::Table(table.clone())
             .try_into()
             .map_err(parse_err)?;
-        let inputs = family_inputs(t.family, t.conditioners.as_ref());
+        let turbo = t.ace_step.as_ref().is_some_and(|a| a.turbo);
+        let inputs = family_inputs(t.family, t.conditioners.as_ref(), turbo);
         let flow = t.schedule.prediction.as_deref().is_none_or(|p| p == "flow");
         Ok(Self {
             family: t.family,
@@ -285,13 +300,20 @@ impl ModelInfo {
     }
 }
 
-/// The request fields a family's packs take: both take a negative prompt and guidance; a mel
-/// pack takes the tempo and key controls it declares; a Stable Audio pack has the waveform VAE
-/// that audio-to-audio needs.
-fn family_inputs(family: ModelFamily, cond: Option<&ConditionersTable>) -> Vec<ModelInput> {
-    let mut inputs = vec![ModelInput::NegativePrompt, ModelInput::Guidance];
+/// The request fields a family's packs take: mel and Stable Audio packs take a negative prompt
+/// and guidance; a mel pack takes the tempo and key controls it declares; a Stable Audio pack
+/// has the waveform VAE that audio-to-audio needs; an ACE-Step pack reads tempo and key in its
+/// metadata block, sings lyrics in a language, and guides with its learned null condition
+/// (never a negative prompt) unless it is a turbo model.
+fn family_inputs(
+    family: ModelFamily,
+    cond: Option<&ConditionersTable>,
+    turbo: bool,
+) -> Vec<ModelInput> {
+    let mut inputs = Vec::new();
     match family {
         ModelFamily::Mel => {
+            inputs.extend([ModelInput::NegativePrompt, ModelInput::Guidance]);
             if cond.is_none_or(|c| c.tempo.is_some()) {
                 inputs.push(ModelInput::Tempo);
             }
@@ -299,7 +321,22 @@ fn family_inputs(family: ModelFamily, cond: Option<&ConditionersTable>) -> Vec<M
                 inputs.push(ModelInput::Key);
             }
         }
-        ModelFamily::StableAudio => inputs.push(ModelInput::InitAudio),
+        ModelFamily::StableAudio => inputs.extend([
+            ModelInput::NegativePrompt,
+            ModelInput::Guidance,
+            ModelInput::InitAudio,
+        ]),
+        ModelFamily::AceStep => {
+            if !turbo {
+                inputs.push(ModelInput::Guidance);
+            }
+            inputs.extend([
+                ModelInput::Tempo,
+                ModelInput::Key,
+                ModelInput::Lyrics,
+                ModelInput::VocalLanguage,
+            ]);
+        }
     }
     inputs
 }

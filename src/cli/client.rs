@@ -144,6 +144,19 @@ pub(crate) struct GenerateArgs {
     /// Integrated loudness target in LUFS (EBU R128), -40 to -8; true peaks stay under -1 dBTP.
     #[arg(long = "loudness", value_name = "LUFS", allow_negative_numbers = true)]
     pub loudness_lufs: Option<f32>,
+    /// Lyrics to sing (song models such as ACE-Step), with section tags such as [verse] and
+    /// [chorus]; newlines as typed.
+    #[arg(long, conflicts_with = "lyrics_file")]
+    pub lyrics: Option<String>,
+    /// Read the lyrics from a UTF-8 text file.
+    #[arg(long, value_name = "PATH")]
+    pub lyrics_file: Option<PathBuf>,
+    /// The vocals' language, an ISO 639-1 code such as en, es, ja (song models; default en).
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Beats per bar: 2, 3, 4 or 6 (song models).
+    #[arg(long)]
+    pub time_signature: Option<u32>,
     /// Takes rendered from one prompt (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     pub variations: u32,
@@ -338,6 +351,14 @@ impl GenerateArgs {
                 None => Vec::new(),
             },
             init_strength: self.init_strength,
+            lyrics: match (&self.lyrics, &self.lyrics_file) {
+                (Some(l), _) => l.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --lyrics-file {}", path.display()))?,
+                (None, None) => String::new(),
+            },
+            vocal_language: self.language.clone().unwrap_or_default(),
+            time_signature: self.time_signature,
         })
     }
 }

@@ -114,8 +114,9 @@ impl Command {
 pub(crate) enum ModelCommand {
     /// Print what a model pack holds.
     Inspect { path: PathBuf },
-    /// Make a pack of a published Stable Audio folder (diffusers layout of SAO 1.0, or the
-    /// stable-audio-tools layout of SAO Small with --t5); the pack links to the folder.
+    /// Make a pack of a published folder: ACE-Step 1.5 (its diffusers folder), or Stable Audio
+    /// (diffusers layout of SAO 1.0, or the stable-audio-tools layout of SAO Small with --t5);
+    /// the pack links to the folder.
     Import {
         dir: PathBuf,
         /// The pack folder to write.
@@ -184,6 +185,26 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {
             println!("{}", tutti_model::families::inspect(&path)?);
+            Ok(())
+        }
+        Command::Model(ModelCommand::Import {
+            dir,
+            output,
+            name,
+            version,
+            t5,
+        }) if tutti_model::families::ace_step::pack::is_ace_step_folder(&dir) => {
+            if t5.is_some() {
+                anyhow::bail!("--t5 is for Stable Audio Open Small; an ACE-Step folder has its own text encoder");
+            }
+            let opts = tutti_model::families::ace_step::pack::ImportOptions { name, version };
+            let pack = tutti_model::families::ace_step::pack::import(&dir, &output, &opts)?;
+            println!(
+                "imported {} (ACE-Step 1.5{}) into {}",
+                pack.model.name,
+                if pack.ace_step.turbo { ", turbo" } else { "" },
+                output.display()
+            );
             Ok(())
         }
         Command::Model(ModelCommand::Import {

@@ -90,6 +90,7 @@ fn spec(prompt: &str, seed: u64, steps: u32, duration_s: f32, guidance: f32) -> 
         delivery: Default::default(),
         trace_context: Default::default(),
         init_audio: None,
+        song: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn spec(seed: u64, steps: u32, guidance: f32) -> JobSpec {
         delivery: Default::default(),
         trace_context: Default::default(),
         init_audio: None,
+        song: None,
     }
 }
 

@@ -6,7 +6,7 @@
 //! `negative_prompt`, `duration_seconds`, `steps`, `guidance_scale`, `seed`, `sampler`
 //! (`flow_euler`, `ddim`, `dpm_solver_pp2m`, `cosine_dpm_solver_pp2m`), `format` (`wav`,
 //! `flac`, `mp3`, `opus`), `bitrate_kbps` (mp3 and opus), `loudness_lufs`, `variations`, `model` (`name` or `name@version`), `labels` (JSON object; CSV
-//! `k=v;k=v`), and the structured prompt's `genre`, `subgenre`, `mood`, `tempo_bpm`, `key`,
+//! `k=v;k=v`), song models' `lyrics`, `vocal_language` and `time_signature`, and the structured prompt's `genre`, `subgenre`, `mood`, `tempo_bpm`, `key`,
 //! `instruments`, `structure`, `extra` (JSON arrays; CSV `a;b`).
 
 use std::collections::HashMap;
@@ -67,7 +67,7 @@ pub enum ManifestError {
 /// The longest line a manifest may have: a row of every field at its limit fits easily, and a
 /// reader holds at most this much of a file that has no line breaks.
 pub const MAX_LINE: usize = 64 << 10;
-/// The most columns a CSV row may have (a header names each column once; there are 22).
+/// The most columns a CSV row may have (a header names each column once; there are 25).
 pub const MAX_COLUMNS: usize = 64;
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +85,9 @@ struct Row {
     format: Option<String>,
     bitrate_kbps: Option<u32>,
     loudness_lufs: Option<f32>,
+    lyrics: Option<String>,
+    vocal_language: Option<String>,
+    time_signature: Option<u32>,
     variations: Option<u32>,
     model: Option<String>,
     #[serde(default)]
@@ -114,6 +117,9 @@ const COLUMNS: &[&str] = &[
     "format",
     "bitrate_kbps",
     "loudness_lufs",
+    "lyrics",
+    "vocal_language",
+    "time_signature",
     "variations",
     "model",
     "labels",
@@ -192,6 +198,9 @@ impl Row {
             format: format as i32,
             bitrate_kbps: self.bitrate_kbps,
             loudness_lufs: self.loudness_lufs,
+            lyrics: self.lyrics.unwrap_or_default(),
+            vocal_language: self.vocal_language.unwrap_or_default(),
+            time_signature: self.time_signature,
             variations: self.variations.unwrap_or(0),
             labels: self.labels,
             ..Default::default()
@@ -341,6 +350,15 @@ fn csv_row(header: &[String], fields: Vec<String>) -> Result<Row, (Option<String
             "item_id" | "id" => row.item_id = Some(v),
             "prompt" => row.prompt = Some(v),
             "negative_prompt" => row.negative_prompt = Some(v),
+            "lyrics" => row.lyrics = Some(v),
+            "vocal_language" => row.vocal_language = Some(v),
+            "time_signature" => {
+                row.time_signature = Some(
+                    num(&v)
+                        .parse()
+                        .map_err(|e| err(&item_id, col, format!("{e}")))?,
+                )
+            }
             "duration_seconds" => {
                 row.duration_seconds = Some(
                     num(&v)

@@ -308,6 +308,7 @@ fn job_spec(model: &TraceModel, i: usize, duration_s: f32, steps: u32) -> JobSpe
         delivery: Default::default(),
         trace_context: Default::default(),
         init_audio: None,
+        song: None,
     }
 }
 

@@ -9,7 +9,7 @@
 //! samplers/   diffusion samplers and the seeded noise
 //! decoders/   latent -> audio: the mel decoder and vocoders, the Oobleck VAE
 //! weights/    safetensors I/O and tensor sources
-//! families/   one folder per model family (mel, stable_audio), each composing the parts above
+//! families/   one folder per model family (mel, stable_audio, ace_step), each composing the parts above
 //! ```
 
 pub mod decoders;

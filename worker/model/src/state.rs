@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+use tutti_shared::job::Song;
 use tutti_shared::prompt::Controls;
 
 use crate::samplers::{self, Sampler, SamplerKind, SamplerState, ScheduleConfig};
@@ -49,6 +50,9 @@ pub struct GenerationParams {
     pub sampler: SamplerKind,
     /// Independent samples of the same request; variation `i` starts from the noise of seed `seed + i`.
     pub variations: usize,
+    /// What a song model sings (song families only; older checkpoints have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub song: Option<Song>,
 }
 
 impl GenerationParams {
@@ -74,6 +78,7 @@ impl GenerationParams {
             guidance_scale,
             sampler,
             variations: 1,
+            song: None,
         }
     }
 }

@@ -31,6 +31,7 @@ fn params(bpm: Option<f32>) -> GenerationParams {
         guidance_scale: 3.0,
         sampler: SamplerKind::FlowEuler,
         variations: 2,
+        song: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn params(prompt: &str, seed: u64) -> GenerationParams {
         guidance_scale: 3.0,
         sampler: SamplerKind::FlowEuler,
         variations: 1,
+        song: None,
     }
 }
 

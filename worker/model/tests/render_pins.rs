@@ -81,6 +81,7 @@ fn mel_params(seed: u64, duration_s: f32, sampler: SamplerKind) -> GenerationPar
         guidance_scale: 3.5,
         sampler,
         variations: 2,
+        song: None,
     }
 }
 

@@ -256,6 +256,7 @@ pub fn generation_params(spec: &JobSpec) -> GenerationParams {
         guidance_scale: f64::from(spec.guidance_scale),
         sampler: spec.sampler,
         variations: spec.variations as usize,
+        song: spec.song.clone(),
     }
 }
 

@@ -58,6 +58,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
             delivery: Default::default(),
             trace_context: Default::default(),
             init_audio: None,
+            song: None,
         },
         priority: Priority::Interactive,
         labels: BTreeMap::from([("team".to_string(), "a".to_string())]),

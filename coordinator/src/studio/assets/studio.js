@@ -249,6 +249,12 @@ function applyModel() {
   if (key === appliedModel) return;
   appliedModel = key;
   for (const el of $$("[data-input]")) el.hidden = !takes(m, el.dataset.input);
+  // A song model's languages (what the user picked stays when the new model sings it too).
+  const lang = $("#f-language");
+  const langs = (m && m.lyrics_languages) || [];
+  const keepLang = lang.value || "en";
+  lang.replaceChildren(...langs.map((l) => new Option(l, l)));
+  lang.value = langs.includes(keepLang) ? keepLang : langs[0] || "";
   const sel = $("#f-sampler");
   const samplers = m ? m.samplers || [] : [];
   sel.replaceChildren(
@@ -423,8 +429,10 @@ async function request() {
   }
   if (takes(m, "MODEL_INPUT_NEGATIVE_PROMPT")) r.negative_prompt = $("#f-negative").value;
   if (takes(m, "MODEL_INPUT_GUIDANCE")) r.guidance_scale = num($("#f-guidance"));
-  // Song models' field (it arrives with them in the API).
+  // Song models' fields.
   if (takes(m, "MODEL_INPUT_LYRICS") && $("#f-lyrics").value.trim()) r.lyrics = $("#f-lyrics").value;
+  if (takes(m, "MODEL_INPUT_VOCAL_LANGUAGE") && $("#f-language").value) r.vocal_language = $("#f-language").value;
+  if (takes(m, "MODEL_INPUT_LYRICS") && $("#f-time-signature").value) r.time_signature = Number($("#f-time-signature").value);
   const clip = $("#f-init-audio").files[0];
   if (takes(m, "MODEL_INPUT_INIT_AUDIO") && clip) {
     r.init_audio = await fileBase64(clip);

@@ -8,6 +8,7 @@
 //! Adding a family: a folder here with its parts, its `Family` and `Render` implementations and
 //! a [`Loader`], one line in [`loader`], and its variant of [`ModelFamily`].
 
+pub mod ace_step;
 mod common;
 pub mod mel;
 pub mod stable_audio;
@@ -92,6 +93,7 @@ pub fn loader(family: ModelFamily) -> &'static dyn Loader {
     match family {
         ModelFamily::Mel => &mel::MelLoader,
         ModelFamily::StableAudio => &stable_audio::StableAudioLoader,
+        ModelFamily::AceStep => &ace_step::AceStepLoader,
     }
 }
 

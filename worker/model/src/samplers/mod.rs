@@ -105,6 +105,19 @@ pub enum BetaSchedule {
     SquaredcosCapV2,
 }
 
+/// How a rectified-flow schedule lays out its sigmas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowSpacing {
+    /// diffusers' `FlowMatchEulerDiscreteScheduler` alone: spaced between the shifted training
+    /// ends, the model fed `sigma * num_train_timesteps`.
+    #[default]
+    Train,
+    /// ACE-Step's: `linspace(1, 0, N + 1)` shifted (`s t / (1 + (s - 1) t)`), the model fed the
+    /// sigma itself.
+    Unit,
+}
+
 /// How inference timesteps are picked from the training ones (diffusers' `timestep_spacing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +157,9 @@ pub struct ScheduleConfig {
     // Flow matching.
     /// Timestep shift of rectified-flow schedules (diffusers' `shift`).
     pub shift: f64,
+    /// How a flow schedule lays out its sigmas (older checkpoints: the training-timestep way).
+    #[serde(default)]
+    pub flow_spacing: FlowSpacing,
     // Cosine DPM-Solver (k-diffusion style sigmas with EDM preconditioning; Stable Audio Open).
     pub sigma_min: f64,
     pub sigma_max: f64,
@@ -169,6 +185,7 @@ impl Default for ScheduleConfig {
             set_alpha_to_one: true,
             clip_sample: None,
             shift: 1.0,
+            flow_spacing: FlowSpacing::Train,
             sigma_min: 0.3,
             sigma_max: 500.0,
             sigma_data: 1.0,
@@ -188,7 +205,7 @@ pub fn build(
     if num_steps == 0 {
         return Err(ModelError::Input("num_steps must be at least 1".into()));
     }
-    if schedule.num_train_timesteps < 2 {
+    if schedule.num_train_timesteps < 2 && schedule.flow_spacing == FlowSpacing::Train {
         return Err(ModelError::Input(
             "schedule.num_train_timesteps must be at least 2".into(),
         ));

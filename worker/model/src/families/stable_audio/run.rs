@@ -182,6 +182,7 @@ impl StableAudioModel {
                     guidance_scale: r.guidance_scale,
                     sampler: r.sampler,
                     variations: 1,
+                    song: None,
                 };
                 self.state(p, &pair, seeded_noise(r.seeds[i as usize], &[1, c, t]))
             })
