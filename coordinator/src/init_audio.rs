@@ -18,6 +18,8 @@ pub const DEFAULT_STRENGTH: f32 = 0.7;
 pub struct InitClip {
     pub init: InitAudio,
     pub wav: Vec<u8>,
+    /// Its length in seconds (a repaint's default duration).
+    pub seconds: f32,
 }
 
 /// Checks `init_audio` and `init_strength` for `model`; `None` when the request has no clip.
@@ -28,8 +30,30 @@ pub fn check(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Opt
         }
         return Ok(None);
     }
+    // A song model takes a clip to repaint a span of it, with no strength.
+    let repaints = model.takes(ModelInput::Repaint) && !model.takes(ModelInput::InitAudio);
+    if repaints {
+        if req.repaint_start_seconds.is_none() {
+            return Err(Error::invalid(
+                "init_audio",
+                format!(
+                    "model {} takes a clip only to repaint a span of it: set repaint_start_seconds",
+                    model.name
+                ),
+            ));
+        }
+        if req.init_strength.is_some() {
+            return Err(Error::invalid(
+                "init_strength",
+                format!(
+                    "model {} repaints a span (repaint_start_seconds, repaint_end_seconds); it takes no strength",
+                    model.name
+                ),
+            ));
+        }
+    }
     // The catalogue lists the same answer (`ModelInput::InitAudio` among the model's inputs).
-    if !model.takes(ModelInput::InitAudio) {
+    if !model.takes(ModelInput::InitAudio) && !repaints {
         return Err(Error::invalid(
             "init_audio",
             format!(
@@ -39,7 +63,12 @@ pub fn check(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Opt
             ),
         ));
     }
-    let strength = req.init_strength.unwrap_or(DEFAULT_STRENGTH);
+    // A repaint regenerates its span from pure noise: no strength (1 in the spec).
+    let strength = if repaints {
+        1.0
+    } else {
+        req.init_strength.unwrap_or(DEFAULT_STRENGTH)
+    };
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(Error::invalid("init_strength", "must be in (0, 1]"));
     }
@@ -80,5 +109,6 @@ pub fn check(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Opt
             strength,
         },
         wav: req.init_audio.clone(),
+        seconds,
     }))
 }

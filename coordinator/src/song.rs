@@ -4,7 +4,7 @@
 //! instrumental has empty lyrics).
 
 use tutti_proto::v1 as pb;
-use tutti_shared::job::{Song, SONG_LANGUAGES, SONG_TIME_SIGNATURES};
+use tutti_shared::job::{RepaintSpan, Song, SONG_LANGUAGES, SONG_TIME_SIGNATURES};
 use tutti_shared::models::{ModelInfo, ModelInput};
 
 use crate::error::{Error, Result};
@@ -39,6 +39,12 @@ pub fn check(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Opt
         }
         if req.time_signature.is_some() {
             return Err(not_taken("time_signature"));
+        }
+        if req.repaint_start_seconds.is_some() {
+            return Err(not_taken("repaint_start_seconds"));
+        }
+        if req.repaint_end_seconds.is_some() {
+            return Err(not_taken("repaint_end_seconds"));
         }
         return Ok(None);
     }
@@ -77,5 +83,50 @@ pub fn check(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Opt
         lyrics: req.lyrics.trim_end().to_string(),
         language,
         time_signature,
+        repaint: repaint(model, req)?,
+    }))
+}
+
+/// The span to repaint: a start of at least 0, an end past it (or none: to the end), and the
+/// song in `init_audio`.
+fn repaint(model: &ModelInfo, req: &pb::SubmitGenerationRequest) -> Result<Option<RepaintSpan>> {
+    let Some(start_s) = req.repaint_start_seconds else {
+        if req.repaint_end_seconds.is_some() {
+            return Err(Error::invalid(
+                "repaint_end_seconds",
+                "only with repaint_start_seconds",
+            ));
+        }
+        return Ok(None);
+    };
+    if !model.takes(ModelInput::Repaint) {
+        return Err(Error::invalid(
+            "repaint_start_seconds",
+            format!("model {} does not repaint", model.name),
+        ));
+    }
+    if req.init_audio.is_empty() {
+        return Err(Error::invalid(
+            "repaint_start_seconds",
+            "needs init_audio: the song to repaint",
+        ));
+    }
+    if !(start_s.is_finite() && start_s >= 0.0) {
+        return Err(Error::invalid(
+            "repaint_start_seconds",
+            format!("must be 0 or more seconds, got {start_s}"),
+        ));
+    }
+    if let Some(end) = req.repaint_end_seconds {
+        if !(end.is_finite() && end > start_s) {
+            return Err(Error::invalid(
+                "repaint_end_seconds",
+                format!("must be after repaint_start_seconds ({start_s}), got {end}"),
+            ));
+        }
+    }
+    Ok(Some(RepaintSpan {
+        start_s,
+        end_s: req.repaint_end_seconds,
     }))
 }

@@ -207,7 +207,16 @@ impl Validator {
         }
         let song = crate::song::check(model, req)?;
 
-        let duration_s = req.duration_seconds.unwrap_or(model.defaults.duration_s);
+        let init_clip = crate::init_audio::check(model, req)?;
+        // A repaint is as long as its song unless asked otherwise.
+        let clip_length = init_clip
+            .as_ref()
+            .filter(|_| req.repaint_start_seconds.is_some())
+            .map(|c| c.seconds);
+        let duration_s = req
+            .duration_seconds
+            .or(clip_length)
+            .unwrap_or(model.defaults.duration_s);
         let max_d = model.limits.max_duration_s;
         if !duration_s.is_finite() || !(MIN_DURATION_S..=max_d).contains(&duration_s) {
             return Err(Error::invalid(
@@ -322,10 +331,12 @@ impl Validator {
             version: model_ref.version.clone(),
         });
 
-        let init_clip = crate::init_audio::check(model, req)?;
         // The clip lives in the blob store; the accepted request keeps its strength only.
         accepted.init_audio = Vec::new();
-        accepted.init_strength = init_clip.as_ref().map(|c| c.init.strength);
+        accepted.init_strength = init_clip
+            .as_ref()
+            .filter(|_| req.repaint_start_seconds.is_none())
+            .map(|c| c.init.strength);
 
         let chunk_steps = match self.chunk_steps_override {
             0 => model.defaults.chunk_steps.max(1),

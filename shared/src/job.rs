@@ -278,7 +278,7 @@ pub struct JobSpec {
 
 /// What a song model sings: lyrics in a language, and the beats of a bar (ACE-Step reads both in
 /// its lyric text and metadata block).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Song {
     /// Lyrics, with section tags such as `[verse]` and `[chorus]`; empty: an instrumental.
     pub lyrics: String,
@@ -288,6 +288,18 @@ pub struct Song {
     /// Beats per bar (2, 3, 4 or 6); none: the model decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_signature: Option<u8>,
+    /// Repaint: the span of the job's init audio (the song) to regenerate; the rest is kept
+    /// as the model's context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaint: Option<RepaintSpan>,
+}
+
+/// A span of a song in seconds: `[start, end)`, `end` none for "to the end".
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RepaintSpan {
+    pub start_s: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_s: Option<f32>,
 }
 
 /// The vocal languages ACE-Step 1.5 was trained on (its `VALID_LANGUAGES`).

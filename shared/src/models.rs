@@ -66,7 +66,8 @@ pub enum ModelInput {
     Lyrics,
     /// The language of the vocals (song models).
     VocalLanguage,
-    /// Regenerating a time span of a given clip, the rest kept (song models; none served yet).
+    /// Regenerating a time span of a given clip (`init_audio` with `repaint_start_seconds`),
+    /// the rest kept (song models).
     Repaint,
 }
 
@@ -335,6 +336,7 @@ fn family_inputs(
                 ModelInput::Key,
                 ModelInput::Lyrics,
                 ModelInput::VocalLanguage,
+                ModelInput::Repaint,
             ]);
         }
     }

@@ -157,6 +157,13 @@ pub(crate) struct GenerateArgs {
     /// Beats per bar: 2, 3, 4 or 6 (song models).
     #[arg(long)]
     pub time_signature: Option<u32>,
+    /// Repaint (song models): regenerate from this second of the --init-audio song, the rest
+    /// kept as context.
+    #[arg(long, value_name = "SECONDS", requires = "init_audio")]
+    pub repaint_start: Option<f32>,
+    /// Repaint up to this second (default: the end of the song).
+    #[arg(long, value_name = "SECONDS", requires = "repaint_start")]
+    pub repaint_end: Option<f32>,
     /// Takes rendered from one prompt (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     pub variations: u32,
@@ -359,6 +366,8 @@ impl GenerateArgs {
             },
             vocal_language: self.language.clone().unwrap_or_default(),
             time_signature: self.time_signature,
+            repaint_start_seconds: self.repaint_start,
+            repaint_end_seconds: self.repaint_end,
         })
     }
 }

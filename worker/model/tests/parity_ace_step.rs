@@ -4,19 +4,25 @@
 //! `$TUTTI_HOME/pyref`): the texts the pipeline formats, their token ids, the text encoder's
 //! states and the lyric embeddings, the condition encoder's packed sequence, every DiT forward,
 //! every sampler step (plain Euler as turbo runs it, and APG-guided as base/SFT run it) and the
-//! decoded audio. Skipped with a message when the reference is not installed.
+//! decoded audio; and a repaint, whose context (the song encoded, silence in the span, the
+//! span's mask) the family builds from the song as diffusers does. Skipped with a message when
+//! the reference is not installed.
 
 mod common;
 
 use tch::{Device, Kind, Tensor};
 use tutti_model::decoders::oobleck::Oobleck;
+use tutti_model::device::Precision;
+use tutti_model::families;
 use tutti_model::families::ace_step::guidance::apg;
+use tutti_model::families::ace_step::pack::{import, ImportOptions};
 use tutti_model::families::ace_step::prompt::{SongText, Task};
 use tutti_model::families::ace_step::{ConditionEncoder, ConditionInputs, Dit};
 use tutti_model::samplers::{FlowEuler, FlowSpacing, Sampler, SamplerState, ScheduleConfig};
 use tutti_model::text::qwen3::Qwen3Encoder;
 use tutti_model::text::qwen3_tokenizer::Qwen3Tokenizer;
 use tutti_model::weights::{self, TensorFile};
+use tutti_shared::job::{RepaintSpan, Song};
 use tutti_shared::prompt::{Controls, Mode};
 
 fn reference() -> anyhow::Result<Option<tempfile::TempDir>> {
@@ -51,6 +57,9 @@ struct Call {
     guidance_scale: f64,
     shift: f64,
     audio_duration: f32,
+    task_type: Option<String>,
+    repainting_start: Option<f32>,
+    repainting_end: Option<f32>,
 }
 
 fn controls(call: &Call) -> Controls {
@@ -85,8 +94,12 @@ fn ace_step_matches_diffusers() -> anyhow::Result<()> {
     let dit = Dit::load(&pipe.join("transformer"), cpu, Kind::Float)?;
     let vae = Oobleck::load(&pipe.join("vae"), cpu, Kind::Float, false)?;
     assert!(!dit.config().is_turbo);
+    // The family itself, for the repaint's context.
+    let pack_dir = dir.path().join("pack");
+    import(&pipe, &pack_dir, &ImportOptions::default())?;
+    let family = families::load(&families::read_info(&pack_dir)?, cpu, Precision::F32)?;
 
-    for run in ["guided", "plain"] {
+    for run in ["guided", "plain", "repaint"] {
         println!("-- {run}");
         let io: TensorFile =
             weights::read_safetensors(&dir.path().join(format!("io_{run}.safetensors")))?;
@@ -95,8 +108,12 @@ fn ace_step_matches_diffusers() -> anyhow::Result<()> {
 
         // The texts and their tokens.
         let controls = controls(&call);
+        let task = match call.task_type.as_deref() {
+            Some("repaint") => Task::Repaint,
+            _ => Task::Text2Music,
+        };
         let song = SongText {
-            task: Task::Text2Music,
+            task,
             caption: &call.prompt,
             lyrics: &call.lyrics,
             language: &call.vocal_language,
@@ -141,13 +158,31 @@ fn ace_step_matches_diffusers() -> anyhow::Result<()> {
         };
         let enc = dit.embed_condition(&enc);
         let latent_channels = dit.config().latent_channels;
-        let context = Tensor::cat(
-            &[
-                condition.silence(frames),
-                Tensor::ones([1, frames, latent_channels], (Kind::Float, cpu)),
-            ],
-            -1,
-        )
+        let context = match task {
+            Task::Text2Music => Tensor::cat(
+                &[
+                    condition.silence(frames),
+                    Tensor::ones([1, frames, latent_channels], (Kind::Float, cpu)),
+                ],
+                -1,
+            ),
+            Task::Repaint => {
+                let mut p = family.default_params(&call.prompt, call.audio_duration);
+                p.song = Some(Song {
+                    lyrics: call.lyrics.clone(),
+                    language: call.vocal_language.clone(),
+                    time_signature: None,
+                    repaint: Some(RepaintSpan {
+                        start_s: call.repainting_start.unwrap_or(0.0),
+                        end_s: call.repainting_end,
+                    }),
+                });
+                let state = family.prepare_from_audio(&p, t("src_audio"), 1.0)?;
+                let ours = state.cond("context")?.shallow_clone();
+                close("repaint context", &ours, t("context"));
+                ours
+            }
+        }
         .repeat([rows, 1, 1]);
         for i in 0..call.num_inference_steps {
             let v = dit.forward(

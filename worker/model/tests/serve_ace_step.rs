@@ -14,7 +14,7 @@ use tutti_model::families::ace_step::pack::{self, AceStepConfig, AceStepPack, Im
 use tutti_model::families::{self, Family};
 use tutti_model::state::DenoiseState;
 use tutti_model::step;
-use tutti_shared::job::Song;
+use tutti_shared::job::{RepaintSpan, Song};
 use tutti_shared::models::{ModelFamily, ModelInput};
 
 /// The transformer config the diffusers converter writes for the 2B turbo.
@@ -177,6 +177,7 @@ fn a_chunked_guided_song_equals_the_one_shot_one() -> anyhow::Result<()> {
         lyrics: "[verse]\nla la la\n[chorus]\noh oh".into(),
         language: "en".into(),
         time_signature: Some(4),
+        repaint: None,
     });
     assert!(model.guided(&p));
 
@@ -214,5 +215,43 @@ fn a_chunked_guided_song_equals_the_one_shot_one() -> anyhow::Result<()> {
     let mut sampler = p.clone();
     sampler.sampler = tutti_model::samplers::SamplerKind::Ddim;
     assert!(model.prepare(&sampler).is_err());
+
+    // Repaint the middle of the first take: the song goes in as context, chunked like any job.
+    let song = tch::Tensor::from_slice(&clips[0])
+        .view([-1, 2])
+        .transpose(0, 1)
+        .contiguous();
+    let mut r = p.clone();
+    r.variations = 1;
+    r.song = Some(Song {
+        repaint: Some(RepaintSpan {
+            start_s: 0.4,
+            end_s: Some(1.0),
+        }),
+        ..p.song.clone().unwrap_or_default()
+    });
+    assert!(model.prepare(&r).is_err(), "a repaint needs its song");
+    assert!(
+        model.prepare_from_audio(&p, &song, 1.0).is_err(),
+        "init audio needs a span"
+    );
+    let mut one_shot = model.prepare_from_audio(&r, &song, 1.0)?;
+    let context = one_shot.cond("context")?.shallow_clone();
+    assert_eq!(context.size(), [1, 38, 16]);
+    // The span's mask: frames 10..25 regenerated, the rest kept.
+    let mask: Vec<f32> = Vec::try_from(context.get(0).select(1, 8))?;
+    let want: Vec<f32> = (0..38)
+        .map(|f| if (10..25).contains(&f) { 1.0 } else { 0.0 })
+        .collect();
+    assert_eq!(mask, want);
+    run(&*model, &mut one_shot, 4)?;
+    let mut first = model.prepare_from_audio(&r, &song, 1.0)?;
+    run(&*model, &mut first, 2)?;
+    let mut resumed = DenoiseState::from_checkpoint(&first.to_checkpoint()?, Device::Cpu)?;
+    run(&*model, &mut resumed, 4)?;
+    assert!(resumed.latent().equal(one_shot.latent()));
+    let repainted = model.render(&resumed)?;
+    assert_eq!(repainted[0].len(), clips[0].len());
+    assert_ne!(repainted[0], clips[0]);
     Ok(())
 }

@@ -32,6 +32,9 @@ use crate::{ModelError, Result};
 
 /// The state's conditioning tensor.
 const CONDITION: &str = "condition";
+/// A repaint's DiT context `[1, T, 2C]` (the song's latents with silence in the span, and the
+/// span's mask); text-to-music states have none (the silence and a mask of ones).
+const CONTEXT: &str = "context";
 /// Most characters of lyrics (the coordinator's rule; the model truncates at its token limit).
 const MAX_LYRICS_CHARS: usize = 4096;
 /// The language of a song that names none.
@@ -99,7 +102,8 @@ impl AceStep {
             text: Qwen3Encoder::load(&root.join("text_encoder"), device, enc)?,
             condition: ConditionEncoder::load(&root.join("condition_encoder"), device, enc)?,
             dit: Dit::load(&root.join("transformer"), device, kinds.dit)?,
-            vae: Oobleck::load(&root.join("vae"), device, kinds.vae, false)?,
+            // With its encoder: a repaint encodes the song.
+            vae: Oobleck::load(&root.join("vae"), device, kinds.vae, true)?,
         };
         Ok(Self {
             model_id: pack.model_id(),
@@ -128,7 +132,7 @@ impl AceStep {
         }
     }
 
-    fn song<'a>(&self, p: &'a GenerationParams) -> SongText<'a> {
+    fn song<'a>(&self, p: &'a GenerationParams, task: Task) -> SongText<'a> {
         let (lyrics, language, time_signature) = match &p.song {
             Some(s) => (
                 s.lyrics.as_str(),
@@ -142,7 +146,7 @@ impl AceStep {
             None => ("", DEFAULT_LANGUAGE, None),
         };
         SongText {
-            task: Task::Text2Music,
+            task,
             caption: &p.prompt,
             lyrics,
             language,
@@ -152,8 +156,8 @@ impl AceStep {
     }
 
     /// The packed condition `[1, L, E]` (f32) of a request.
-    fn condition(&self, nets: &Nets, p: &GenerationParams) -> Result<Tensor> {
-        let song = self.song(p);
+    fn condition(&self, nets: &Nets, p: &GenerationParams, task: Task) -> Result<Tensor> {
+        let song = self.song(p, task);
         let ids = |t: &Qwen3Tokenizer, text: &str| -> Result<Tensor> {
             Ok(Tensor::from_slice(&t.encode(text)?)
                 .view([1, -1])
@@ -271,27 +275,86 @@ impl Family for AceStep {
 
     fn prepare(&self, p: &GenerationParams) -> Result<DenoiseState> {
         self.validate(p)?;
+        if p.song.as_ref().is_some_and(|s| s.repaint.is_some()) {
+            return Err(bad(format!(
+                "model {}: a repaint needs the song (init audio)",
+                self.model_id
+            )));
+        }
+        let nets = self.lock();
+        self.state(&nets, p, Task::Text2Music, None)
+    }
+
+    /// Repaint: `audio` (`[channels, samples]` at 48 kHz; mono is spread to both channels) is the
+    /// song, cropped or zero-padded to the asked duration and encoded by the VAE (its posterior
+    /// mean, so a job is a function of its request: diffusers samples the posterior). Inside the
+    /// span its latents are replaced by the encoded silence and the chunk mask is 1, outside the
+    /// song is kept and the mask is 0, as diffusers builds the context; the DiT then regenerates
+    /// the whole latent from noise with the repaint instruction. `strength` is not used.
+    fn prepare_from_audio(
+        &self,
+        p: &GenerationParams,
+        audio: &Tensor,
+        _strength: f64,
+    ) -> Result<DenoiseState> {
+        self.validate(p)?;
+        let Some(span) = p.song.as_ref().and_then(|s| s.repaint) else {
+            return Err(bad(format!(
+                "model {} takes a clip only to repaint a span of it (repaint_start_seconds)",
+                self.model_id
+            )));
+        };
+        let channels = self.config.vae.audio_channels;
+        let (ch, len) = audio.size2().map_err(|_| {
+            bad(format!(
+                "repaint audio must be [channels, samples], got {:?}",
+                audio.size()
+            ))
+        })?;
+        if ch != 1 && ch != channels {
+            return Err(bad(format!(
+                "repaint audio has {ch} channels; model {} takes 1 or {channels}",
+                self.model_id
+            )));
+        }
         let nets = self.lock();
         let _g = tch::no_grad_guard();
-        let cond = self.condition(&nets, p)?;
         let frames = self.config.frames(f64::from(p.controls.duration_s));
+        let samples = frames * self.config.vae.hop_length();
+        let clip = audio.to_kind(Kind::Float).narrow(1, 0, len.min(samples));
+        let clip = clip.constant_pad_nd([0, samples - clip.size()[1]]);
+        let clip = clip
+            .expand([channels, samples], false)
+            .unsqueeze(0)
+            .to_device(self.device)
+            .to_kind(self.kinds.vae);
+        let (mean, _) = nets.vae.encode(&clip)?;
+        let src = mean.to_kind(Kind::Float).transpose(1, 2);
         let c = self.config.dit.latent_channels;
-        let noise: Vec<Tensor> = seeds(p)
-            .iter()
-            .map(|&s| seeded_noise(s, &[1, c, frames]))
-            .collect();
-        let schedule = self.schedule();
-        let sampler = samplers::build(p.sampler, &schedule, p.steps)?;
-        Ok(DenoiseState {
-            params: p.clone(),
-            step: 0,
-            model: self.model_id.clone(),
-            schedule,
-            sampler,
-            latent: Tensor::cat(&noise, 0).to_device(self.device),
-            cond: [(CONDITION.to_string(), cond)].into_iter().collect(),
-            sampler_state: SamplerState::default(),
-        })
+        if src.size() != [1, frames, c] {
+            return Err(bad(format!(
+                "the vae encodes the song to {:?}, the DiT takes [1, {frames}, {c}]",
+                src.size()
+            )));
+        }
+        // diffusers' rounding and clamping of the span to latent frames.
+        let lps = self.config.latents_per_second();
+        let start = ((f64::from(span.start_s) * lps) as i64).clamp(0, frames - 1);
+        let end = match span.end_s {
+            Some(e) if e > 0.0 => (f64::from(e) * lps) as i64,
+            _ => frames,
+        }
+        .clamp(start + 1, frames);
+        let frame = Tensor::arange(frames, (Kind::Int64, self.device));
+        let inside = frame
+            .ge(start)
+            .logical_and(&frame.lt(end))
+            .view([1, frames, 1]);
+        let silence = nets.condition.silence(frames).to_kind(Kind::Float);
+        let src = silence.where_self(&inside, &src);
+        let mask = inside.to_kind(Kind::Float).expand([1, frames, c], false);
+        let context = Tensor::cat(&[src, mask], -1);
+        self.state(&nets, p, Task::Repaint, Some(context))
     }
 
     fn batch_shape(&self, state: &DenoiseState) -> BatchShape {
@@ -327,6 +390,44 @@ impl Family for AceStep {
             &self.model_id,
             state,
         )
+    }
+}
+
+impl AceStep {
+    /// Step 0 of a request: its condition, the seeded noise of each variation, the schedule;
+    /// `context` for a repaint.
+    fn state(
+        &self,
+        nets: &Nets,
+        p: &GenerationParams,
+        task: Task,
+        context: Option<Tensor>,
+    ) -> Result<DenoiseState> {
+        let _g = tch::no_grad_guard();
+        let cond = self.condition(nets, p, task)?;
+        let frames = self.config.frames(f64::from(p.controls.duration_s));
+        let c = self.config.dit.latent_channels;
+        let noise: Vec<Tensor> = seeds(p)
+            .iter()
+            .map(|&s| seeded_noise(s, &[1, c, frames]))
+            .collect();
+        let schedule = self.schedule();
+        let sampler = samplers::build(p.sampler, &schedule, p.steps)?;
+        let mut named = std::collections::BTreeMap::new();
+        named.insert(CONDITION.to_string(), cond);
+        if let Some(ctx) = context {
+            named.insert(CONTEXT.to_string(), ctx);
+        }
+        Ok(DenoiseState {
+            params: p.clone(),
+            step: 0,
+            model: self.model_id.clone(),
+            schedule,
+            sampler,
+            latent: Tensor::cat(&noise, 0).to_device(self.device),
+            cond: named,
+            sampler_state: SamplerState::default(),
+        })
     }
 }
 
@@ -375,7 +476,11 @@ impl Denoiser for AceStep {
             encs.push(Tensor::cat(&[null, cond], 0).index_select(0, &r.cond_rows));
             xs.push(r.x.transpose(1, 2));
             ts.push(r.timestep.shallow_clone());
-            ctxs.push(self.context(&nets, shape.frames).expand([n, -1, -1], false));
+            let context = match r.state.cond.get(CONTEXT) {
+                Some(c) => c.to_device(self.device),
+                None => self.context(&nets, shape.frames),
+            };
+            ctxs.push(context.to_kind(kind).expand([n, -1, -1], false));
         }
         let enc = nets.dit.embed_condition(&Tensor::cat(&encs, 0));
         let v = nets.dit.forward(
