@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::browser::Browser;
 use common::{request, state, Farm, FarmOptions};
 use tutti_model::families::ace_step::pack::{import, ImportOptions};
 use tutti_proto::v1 as pb;
@@ -285,4 +286,85 @@ fn generate_embedded_sings_a_lyrics_file() {
     );
     let wav = std::fs::read(dir.path().join("song.wav")).expect("the WAV");
     assert_eq!(wav_shape(&wav), (2, 48_000, 57_600));
+}
+
+/// The studio with a song model: its card, the lyrics box and the languages it sings, the
+/// preview of the two texts it reads, and a song submitted from the page.
+#[tokio::test]
+async fn the_studio_writes_and_plays_a_song() {
+    if !reference_installed() {
+        return;
+    }
+    let farm = Farm::start(FarmOptions {
+        packs: Some(write_pack),
+        ..Default::default()
+    })
+    .await;
+    let b = Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    let card = r#"#models .model-card[data-model="ace-tiny"]"#;
+    b.wait_js(
+        &format!("return !!document.querySelector('{card}')"),
+        "the song model's card",
+    )
+    .await;
+    b.click(&format!("{card} input")).await;
+    let shown =
+        |input: &str| format!("return !document.querySelector('[data-input=\"{input}\"]').hidden");
+    b.wait_js(&shown("MODEL_INPUT_LYRICS"), "the lyrics box")
+        .await;
+    assert_eq!(b.js(&shown("MODEL_INPUT_VOCAL_LANGUAGE")).await, true);
+    assert_eq!(b.js(&shown("MODEL_INPUT_REPAINT")).await, true);
+    assert_eq!(b.js(&shown("MODEL_INPUT_NEGATIVE_PROMPT")).await, false);
+    assert_eq!(
+        b.js("return Array.from(document.querySelectorAll('#f-language option')).some(o => o.value === 'ja')")
+            .await,
+        true
+    );
+    b.fill("#f-prompt", "dreamy city pop, 96 BPM").await;
+    b.fill("#f-lyrics", "[verse]\nneon lights\n[chorus]\nstay tonight")
+        .await;
+    b.select("#f-language", "ja").await;
+    b.select("#f-time-signature", "3").await;
+    b.fill("#f-duration", "1.5").await;
+    b.fill("#f-steps", "2").await;
+    // The preview shows the caption with its metadata block and the lyrics with their language.
+    b.wait_js(
+        "const t = document.querySelector('#preview').textContent; \
+         return t.includes('# Caption\\ndreamy city pop, 96 BPM') && t.includes('- bpm: 96') && \
+         t.includes('- timesignature: 3') && t.includes('# Languages\\nja') && t.includes('[chorus]\\nstay tonight')",
+        "the song texts in the preview",
+    )
+    .await;
+    b.screenshot("song").await;
+    b.click("#submit").await;
+    b.wait_js_for(
+        "const c = document.querySelector('#jobs .job'); return !!c && c.dataset.state === 'succeeded'",
+        "the song from the page",
+        Duration::from_secs(180),
+    )
+    .await;
+    let id = b
+        .js("return document.querySelector('#jobs .job').dataset.jobId")
+        .await;
+    let job = farm
+        .client()
+        .await
+        .get_job(pb::GetJobRequest {
+            id: id.as_str().unwrap_or_default().into(),
+        })
+        .await
+        .expect("the page's job")
+        .into_inner();
+    let sent = job.request.expect("request");
+    assert_eq!(sent.lyrics, "[verse]\nneon lights\n[chorus]\nstay tonight");
+    assert_eq!(
+        (sent.vocal_language.as_str(), sent.time_signature),
+        ("ja", Some(3))
+    );
+    assert_eq!(
+        (job.outputs[0].sample_rate, job.outputs[0].channels),
+        (48_000, 2)
+    );
+    b.close().await;
 }

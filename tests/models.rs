@@ -279,6 +279,7 @@ async fn the_catalogue_is_what_the_rules_apply(backend: Backend) {
                 tempo_bpm: Some(90.0),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .expect("render")

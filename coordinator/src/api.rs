@@ -424,7 +424,11 @@ impl pb::generation_server::Generation for GenerationApi {
     ) -> Result<Response<pb::RenderPromptResponse>, Status> {
         // Any caller the auth layer let through may preview; nothing is read or stored.
         Caller::of(&request)?;
-        Ok(Response::new(crate::preview::render(request.get_ref())?))
+        let req = request.get_ref();
+        // A song model's texts need the model; another model (or none found) previews the
+        // prompt alone, as before.
+        let model = self.0.validator.model(req.model.as_ref()).ok();
+        Ok(Response::new(crate::preview::render_for(req, model)?))
     }
 
     async fn list_models(

@@ -4,7 +4,9 @@
 //! words the form suggests. Stores nothing.
 
 use tutti_proto::v1 as pb;
-use tutti_shared::prompt::{self, key_name, vocab, Mode, STRUCTURE_WORDS};
+use tutti_shared::models::{ModelInfo, ModelInput};
+use tutti_shared::prompt::{self, key_name, vocab, Controls, Mode, STRUCTURE_WORDS};
+use tutti_shared::song::{SongText, Task};
 
 use crate::error::Result;
 use crate::validate;
@@ -13,6 +15,14 @@ use crate::validate;
 /// and the completed text are `prompt`'s (the page submits the text as the prompt), the
 /// structured fields `structured.*`'s.
 pub fn render(req: &pb::RenderPromptRequest) -> Result<pb::RenderPromptResponse> {
+    render_for(req, None)
+}
+
+/// As [`render`], and for a song `model` the texts it reads.
+pub fn render_for(
+    req: &pb::RenderPromptRequest,
+    model: Option<&ModelInfo>,
+) -> Result<pb::RenderPromptResponse> {
     let structured = req.structured.clone().unwrap_or_default();
     let (prompt_text, controls, added) = if req.prompt.trim().is_empty() {
         let (text, controls) = validate::render_structured(&structured)?;
@@ -26,7 +36,13 @@ pub fn render(req: &pb::RenderPromptRequest) -> Result<pb::RenderPromptResponse>
         (text.clone(), prompt::parse_controls(&text, 0.0), added)
     };
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (model_text, lyric_text) = match model.filter(|m| m.takes(ModelInput::Lyrics)) {
+        Some(m) => song_texts(req, m, &prompt_text, controls)?,
+        None => Default::default(),
+    };
     Ok(pb::RenderPromptResponse {
+        model_text,
+        lyric_text,
         prompt_text,
         tempo_bpm: controls.bpm,
         key: controls
@@ -48,6 +64,36 @@ pub fn render(req: &pb::RenderPromptRequest) -> Result<pb::RenderPromptResponse>
     })
 }
 
+/// A song model's caption and lyric texts for the preview, its song fields checked as a
+/// submission checks them.
+fn song_texts(
+    req: &pb::RenderPromptRequest,
+    model: &ModelInfo,
+    prompt_text: &str,
+    controls: Controls,
+) -> Result<(String, String)> {
+    let as_submit = pb::SubmitGenerationRequest {
+        lyrics: req.lyrics.clone(),
+        vocal_language: req.vocal_language.clone(),
+        time_signature: req.time_signature,
+        ..Default::default()
+    };
+    let song = crate::song::check(model, &as_submit)?.unwrap_or_default();
+    let controls = Controls {
+        duration_s: req.duration_seconds.unwrap_or(model.defaults.duration_s),
+        ..controls
+    };
+    let text = SongText {
+        task: Task::Text2Music,
+        caption: prompt_text,
+        lyrics: &song.lyrics,
+        language: &song.language,
+        controls: &controls,
+        time_signature: song.time_signature,
+    };
+    Ok((text.caption_text(), text.lyric_text()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +102,7 @@ mod tests {
         pb::RenderPromptRequest {
             structured: Some(s),
             prompt: prompt.into(),
+            ..Default::default()
         }
     }
 

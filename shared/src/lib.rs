@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod models;
 pub mod prompt;
 pub mod queue;
+pub mod song;
 pub mod taskqueue;
 pub mod telemetry;

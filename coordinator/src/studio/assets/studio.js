@@ -396,7 +396,20 @@ function clearBuilder() {
 }
 
 // What RenderPrompt previews: the prompt as written, with the builder's fields.
-const renderBody = () => ({ prompt: $("#f-prompt").value, structured: structured() });
+// A song model's preview also shows the two texts it reads (its fields go with the request).
+function renderBody() {
+  const body = { prompt: $("#f-prompt").value, structured: structured() };
+  const m = chosenModel();
+  if (m && takes(m, "MODEL_INPUT_LYRICS")) {
+    body.model = { name: m.name, version: m.version };
+    body.lyrics = $("#f-lyrics").value;
+    if ($("#f-language").value) body.vocal_language = $("#f-language").value;
+    if ($("#f-time-signature").value) body.time_signature = Number($("#f-time-signature").value);
+    const d = num($("#f-duration"));
+    if (d !== undefined) body.duration_seconds = d;
+  }
+  return body;
+}
 const render = () => api("/api/prompt/render", { method: "POST", body: renderBody() });
 
 function fileBase64(file) {
@@ -433,6 +446,15 @@ async function request() {
   if (takes(m, "MODEL_INPUT_LYRICS") && $("#f-lyrics").value.trim()) r.lyrics = $("#f-lyrics").value;
   if (takes(m, "MODEL_INPUT_VOCAL_LANGUAGE") && $("#f-language").value) r.vocal_language = $("#f-language").value;
   if (takes(m, "MODEL_INPUT_LYRICS") && $("#f-time-signature").value) r.time_signature = Number($("#f-time-signature").value);
+  const song = $("#f-repaint-audio").files[0];
+  if (takes(m, "MODEL_INPUT_REPAINT") && song) {
+    r.init_audio = await fileBase64(song);
+    r.repaint_start_seconds = num($("#f-repaint-start")) ?? 0;
+    const end = num($("#f-repaint-end"));
+    if (end !== undefined) r.repaint_end_seconds = end;
+    // A repaint is as long as its song.
+    delete r.duration_seconds;
+  }
   const clip = $("#f-init-audio").files[0];
   if (takes(m, "MODEL_INPUT_INIT_AUDIO") && clip) {
     r.init_audio = await fileBase64(clip);
@@ -474,7 +496,9 @@ async function renderPreview() {
     if (seq !== previewSeq) return;
     fillSuggestions(r);
     clearErrors($("#prompt-fields"));
-    $("#preview").textContent = r.prompt_text || "(empty: write a prompt, or pick a genre, a mood or an instrument)";
+    $("#preview").textContent = r.model_text
+      ? r.model_text + "\n" + (r.lyric_text || "")
+      : r.prompt_text || "(empty: write a prompt, or pick a genre, a mood or an instrument)";
     const added = r.added || [];
     $("#preview-added").hidden = !added.length;
     $("#preview-added").textContent = added.length ? "The builder adds: " + added.join(", ") : "";

@@ -11,7 +11,7 @@ mod folder;
 pub mod guidance;
 mod layers;
 pub mod pack;
-pub mod prompt;
+pub use tutti_shared::song as prompt;
 pub mod serve;
 
 pub use condition::{ConditionEncoder, ConditionInputs};

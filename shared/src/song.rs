@@ -1,9 +1,11 @@
-//! The two texts ACE-Step reads (diffusers `AceStepPipeline._format_prompt`): the caption with
-//! its instruction and metadata block, run through the text encoder; and the lyrics with their
-//! language, of which only the token embeddings are taken. tutti's structured controls fill the
-//! metadata (tempo, key and mode, duration), so they are ACE-Step's own controls.
+//! The two texts a song model (ACE-Step 1.5) reads (diffusers `AceStepPipeline._format_prompt`):
+//! the caption with its instruction and metadata block, run through the text encoder; and the
+//! lyrics with their language, of which only the token embeddings are taken. tutti's structured
+//! controls fill the metadata (tempo, key and mode, duration), so they are ACE-Step's own
+//! controls. Here rather than in the model crate so that the coordinator's prompt preview shows
+//! what the model reads.
 
-use tutti_shared::prompt::{Controls, Mode};
+use crate::prompt::{Controls, Mode};
 
 /// What the pipeline is asked to do; each task has its instruction line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
