@@ -29,6 +29,9 @@ enum BenchWhat {
     /// One side of the Stable Audio benchmark: seconds per clip, stage by stage, on an imported
     /// Stable Audio pack (scripts/bench/stable_audio.py runs it beside the Python references).
     StableAudio(super::bench_sao::SaoBenchArgs),
+    /// One side of the ACE-Step benchmark: seconds per song, stage by stage, on an imported
+    /// ACE-Step pack (scripts/bench/ace_step.py runs it beside diffusers' AceStepPipeline).
+    AceStep(super::bench_ace::AceBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +116,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchWhat::Farm(a) => return super::bench_farm::run(a).await,
         BenchWhat::BatchAccept(a) => return super::bench_batch::run(a).await,
         BenchWhat::StableAudio(a) => return super::bench_sao::run(a).await,
+        BenchWhat::AceStep(a) => return super::bench_ace::run(a).await,
         BenchWhat::Serve(a) => {
             let opts = ServeOptions {
                 pack: pack_source(a.pack, a.tiny),

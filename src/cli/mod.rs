@@ -3,6 +3,7 @@
 mod admin;
 mod batch;
 mod bench;
+mod bench_ace;
 mod bench_batch;
 mod bench_farm;
 mod bench_sao;
