@@ -190,7 +190,8 @@ impl Dit {
         let kind = self.kind();
         let t = t.to_kind(kind);
         let (temb_t, proj_t) = self.time.forward(&t);
-        let (temb_r, proj_r) = self.time_r.forward(&(&t - &t));
+        // `t - r` with `r = t`: zeros (the reference computes the subtraction; the same values).
+        let (temb_r, proj_r) = self.time_r.forward(&t.zeros_like());
         let temb = temb_t + temb_r;
         let proj = proj_t + proj_r;
 
