@@ -129,6 +129,7 @@ impl GenerationService {
         // flight are counted by the store inside the insert.
         self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let mut new = self.validator.validate(&req)?;
+        new.api_key = caller.key.clone();
         caller.limits.check_job(&new)?;
         if let Some(clip) = new.init_clip.take() {
             // Before the job, so that no task can start without its clip; the key is the
@@ -439,6 +440,13 @@ impl pb::generation_server::Generation for GenerationApi {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
         self.0.get_model(request).await
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.0.get_usage(request).await
     }
 }
 

@@ -19,6 +19,7 @@ mod observe;
 pub mod operator;
 pub mod page_token;
 pub mod preview;
+pub mod replay;
 pub mod results;
 pub mod sched;
 pub mod settings;
@@ -26,6 +27,7 @@ pub mod store;
 pub mod studio;
 pub mod tenancy;
 pub mod text;
+pub mod usage;
 pub mod validate;
 
 use std::sync::Arc;
@@ -213,6 +215,7 @@ pub async fn serve_with_studio(
     let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
         store: Arc::clone(&backend.store),
         policy: cfg.sched.clone(),
+        queue: Arc::clone(&backend.queue),
     }));
     let blobs = Arc::clone(&backend.blobs);
     let service = Arc::new(api::GenerationService {

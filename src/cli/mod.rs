@@ -14,6 +14,7 @@ mod models;
 mod operator;
 mod signals;
 mod train;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -71,6 +72,12 @@ pub(crate) enum Command {
     Workers(operator::WorkersArgs),
     /// Backlog per stage and class, tenants' shares, recent failures (admin key with auth).
     Queues(operator::QueuesArgs),
+    /// Dead-lettered messages: put them back on their queues (admin key with auth).
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(operator::DeadLetterCommand),
+    /// Usage totals for a period (jobs, audio and device seconds), per model, key, day or batch;
+    /// --csv exports them.
+    Usage(usage::UsageArgs),
     /// Tenants and their limits (operators: talks to the job store directly).
     #[command(subcommand)]
     Tenant(admin::TenantCommand),
@@ -103,6 +110,8 @@ impl Command {
                 | Command::Models(_)
                 | Command::Workers(_)
                 | Command::Queues(_)
+                | Command::Usage(_)
+                | Command::DeadLetters(_)
                 | Command::Tenant(_)
                 | Command::Key(_)
                 | Command::Batch(_)
@@ -177,6 +186,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Models(args) => models::run(args).await,
         Command::Workers(args) => operator::workers(args).await,
         Command::Queues(args) => operator::queues(args).await,
+        Command::Usage(args) => usage::run(args).await,
+        Command::DeadLetters(cmd) => operator::dead_letters(cmd).await,
         Command::Tenant(cmd) => admin::tenant(cmd).await,
         Command::Key(cmd) => admin::key(cmd).await,
         Command::Batch(cmd) => batch::run(cmd).await,

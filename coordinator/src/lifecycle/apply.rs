@@ -97,6 +97,7 @@ pub async fn record_result(
                     }
                     tx.put_outputs(job, outputs).await?;
                     tx.succeed(job).await?;
+                    tx.record_usage(job).await?;
                     tx.event(job, "succeeded", None, None, serde_json::json!({}))
                         .await?;
                     tx.notes().job(job, "succeeded");
@@ -198,6 +199,7 @@ pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Re
     if !tx.cancel(scope, job).await? {
         return Ok(false);
     }
+    tx.record_usage(job).await?;
     tx.event(job, "cancelled", None, None, serde_json::json!({}))
         .await?;
     tx.notes().job(job, "cancelled");
@@ -334,6 +336,7 @@ async fn retry_or_fail(
         AfterFailure::Fail => {
             tx.fail_task(job, chunk, &error).await?;
             tx.fail_job(job, code, message).await?;
+            tx.record_usage(job).await?;
             let detail = serde_json::json!({ "code": code, "message": message });
             tx.event(job, "failed", Some(chunk), Some(attempt), detail)
                 .await?;

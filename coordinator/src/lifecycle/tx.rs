@@ -104,6 +104,8 @@ pub trait LifecycleTx: Send {
     ) -> Result<Option<Vec<Uuid>>>;
     /// The batch finishes again (its results are rewritten); `uncancel` lifts its cancel.
     async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()>;
+    /// Writes (or rewrites) the usage record of a job that has ended; nothing for a live job.
+    async fn record_usage(&mut self, job: Uuid) -> Result<()>;
     /// A line of the job's history (and the metrics that follow it, `events`).
     async fn event(
         &mut self,

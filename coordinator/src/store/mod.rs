@@ -19,6 +19,7 @@ mod sqlite;
 mod tenants;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ pub use batches::BatchStore;
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
+pub use usage::UsageStore;
 pub use views::ViewStore;
 
 /// A job as stored.
@@ -142,7 +144,7 @@ pub struct Stats {
 }
 
 #[async_trait]
-pub trait JobStore: TenantStore + ViewStore + Send + Sync {
+pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
     /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
     /// stored) when the tenant's `max_jobs_in_flight` is reached.
@@ -180,6 +182,8 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()>;
     /// Records why a message was dead-lettered (the newest `DEAD_LETTERS_KEPT` are kept).
     async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()>;
+    /// Records a replay of dead letters by `by`: (queue, messages, bytes) per queue.
+    async fn record_replays(&self, by: &str, replays: &[(&str, u64, u64)]) -> Result<()>;
     /// Tasks of workers unheard of for `timeout` go back to the backlog as a new attempt at
     /// once, without waiting for their lease.
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()>;

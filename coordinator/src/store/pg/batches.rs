@@ -478,6 +478,9 @@ impl BatchStore for PgStore {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
+        for id in &ids {
+            super::usage::record_usage(&mut tx, *id).await?;
+        }
         sqlx::query(
             "INSERT INTO job_events (job_id, kind, detail) \
              SELECT id, 'cancelled', jsonb_build_object('batch', $2::text) FROM unnest($1::uuid[]) id",

@@ -455,6 +455,10 @@ impl LifecycleTx for PgLifecycle {
         Ok(())
     }
 
+    async fn record_usage(&mut self, job: Uuid) -> Result<()> {
+        super::usage::record_usage(&mut self.tx, job).await
+    }
+
     async fn event(
         &mut self,
         job: Uuid,

@@ -8,6 +8,7 @@ mod listen;
 mod round;
 mod rows;
 mod tenants;
+mod usage;
 mod views;
 
 use std::collections::BTreeMap;
@@ -68,14 +69,14 @@ impl PgStore {
 
     async fn insert_job_impl(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let mut tx = self.pool.begin().await?;
-        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
+        let (in_flight, budgets) = tenants::admission(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         // The new row comes back from the insert: a submit reads nothing after its commit.
         let inserted: Option<JobRow> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10) \
+                               idempotency_key, labels, steps_total, chunk_steps, api_key_id) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
@@ -88,6 +89,7 @@ impl PgStore {
         .bind(Json(&new.labels))
         .bind(new.spec.steps as i32)
         .bind(new.chunk_steps as i32)
+        .bind(&new.api_key)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -113,6 +115,9 @@ impl PgStore {
         };
         if let Some(max) = in_flight {
             tenants::check_in_flight(&mut tx, tenant, max).await?;
+        }
+        if !budgets.is_empty() {
+            usage::check_budgets(&mut tx, tenant, &budgets).await?;
         }
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
@@ -253,6 +258,9 @@ impl JobStore for PgStore {
     }
     async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()> {
         views::record_dead_letter(&self.pool, letter).await
+    }
+    async fn record_replays(&self, by: &str, replays: &[(&str, u64, u64)]) -> Result<()> {
+        views::record_replays(&self.pool, by, replays).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;

@@ -363,6 +363,7 @@ impl BatchStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let id = uuid(id)?;
+            super::usage::record_usage(&mut tx, id).await?;
             event(
                 &mut tx,
                 id,

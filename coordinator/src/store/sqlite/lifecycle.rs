@@ -478,6 +478,10 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         Ok(())
     }
 
+    async fn record_usage(&mut self, job: Uuid) -> Result<()> {
+        super::usage::record_usage(&mut self.tx, job).await
+    }
+
     async fn event(
         &mut self,
         job: Uuid,

@@ -24,6 +24,7 @@ mod lifecycle;
 mod round;
 mod rows;
 mod tenants;
+mod usage;
 mod views;
 
 use self::lifecycle::SqliteLifecycle;
@@ -198,7 +199,7 @@ impl SqliteStore {
 impl JobStore for SqliteStore {
     async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let (w, mut tx) = self.begin_write().await?;
-        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
+        let (in_flight, budgets) = tenants::admission(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         let spec = serde_json::to_string(&new.spec)
@@ -207,8 +208,8 @@ impl JobStore for SqliteStore {
             .map_err(|e| Error::Internal(format!("encoding labels: {e}")))?;
         let inserted: Option<(String,)> = sqlx::query_as(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps, created_at) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                               idempotency_key, labels, steps_total, chunk_steps, created_at, api_key_id) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(id.to_string())
@@ -222,6 +223,7 @@ impl JobStore for SqliteStore {
         .bind(i64::from(new.spec.steps))
         .bind(i64::from(new.chunk_steps))
         .bind(now_us())
+        .bind(&new.api_key)
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -249,6 +251,9 @@ impl JobStore for SqliteStore {
         }
         if let Some(max) = in_flight {
             tenants::check_in_flight(&mut tx, tenant, max).await?;
+        }
+        if !budgets.is_empty() {
+            usage::check_budgets(&mut tx, tenant, &budgets).await?;
         }
         let mut notes = Pending::default();
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
@@ -352,6 +357,9 @@ impl JobStore for SqliteStore {
     }
     async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()> {
         views::record_dead_letter(self, letter).await
+    }
+    async fn record_replays(&self, by: &str, replays: &[(&str, u64, u64)]) -> Result<()> {
+        views::record_replays(self, by, replays).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
         let mut tx = SqliteLifecycle::begin(self).await?;

@@ -66,6 +66,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
         accepted: pb::SubmitGenerationRequest::default(),
         chunk_steps,
         init_clip: None,
+        api_key: None,
     }
 }
 
@@ -188,3 +189,4 @@ mod retries;
 mod round;
 mod tenants;
 mod unknown;
+mod usage;
