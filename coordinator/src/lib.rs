@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batches;
 pub mod catalogue;
 pub mod config;
+pub mod deletion;
 pub mod delivery;
 pub mod dispatcher;
 pub mod error;

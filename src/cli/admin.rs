@@ -80,6 +80,9 @@ pub(crate) struct LimitArgs {
     /// Budget: device seconds per calendar month (UTC).
     #[arg(long, value_parser = parse_budget)]
     pub device_seconds_per_month: Option<f64>,
+    /// Retention: days an output is kept before it is deleted (default: until its job is).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_outputs_days: Option<u32>,
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
@@ -128,6 +131,7 @@ impl LimitArgs {
                 device_seconds_per_day: self.device_seconds_per_day,
                 device_seconds_per_month: self.device_seconds_per_month,
             },
+            retain_outputs_days: self.retain_outputs_days,
         })
     }
 }
@@ -216,6 +220,10 @@ fn show_limits(l: &Limits) -> String {
     ] {
         put(name, v.map(|v| v.to_string()));
     }
+    put(
+        "retain_outputs_days",
+        l.retain_outputs_days.map(|v| v.to_string()),
+    );
     if parts.is_empty() {
         "no limits".into()
     } else {

@@ -208,6 +208,29 @@ pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Re
     Ok(true)
 }
 
+/// Deletes a job in scope: cancels it first when it has not ended, then marks it deleted
+/// (`LifecycleTx::mark_deleted`). `None` for a job not in scope.
+pub async fn delete(
+    tx: &mut dyn LifecycleTx,
+    scope: Scope<'_>,
+    job: Uuid,
+) -> Result<Option<crate::deletion::Deleted>> {
+    let Some((head, _)) = tx.lock_scoped(scope, job).await? else {
+        return Ok(None);
+    };
+    let cancelled = head.state.is_active() && cancel(tx, scope, job).await?;
+    let (newly, keys) = tx.mark_deleted(job).await?;
+    if newly {
+        let detail = serde_json::json!({ "objects": keys.len(), "cancelled": cancelled });
+        tx.event(job, "deleted", None, None, detail).await?;
+    }
+    Ok(Some(crate::deletion::Deleted {
+        keys,
+        cancelled,
+        newly,
+    }))
+}
+
 /// What a retry after the fact did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retried {

@@ -68,6 +68,8 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When DeleteJob removed its outputs and inputs and blanked its prompt.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -84,6 +86,17 @@ pub struct OutputRow {
     /// and for outputs from before the columns.
     pub loudness_lufs: Option<f32>,
     pub true_peak_dbtp: Option<f32>,
+    /// When the tenant's retention deletes it (`None`: kept until the job is deleted).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its object is gone (expired or deleted): no URL is handed out for it.
+    pub deleted: bool,
+}
+
+impl OutputRow {
+    /// Whether its object may be fetched at `now`.
+    pub fn available(&self, now: DateTime<Utc>) -> bool {
+        !self.deleted && self.expires_at.is_none_or(|t| t > now)
+    }
 }
 
 /// A job with its outputs.
@@ -163,6 +176,13 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
     /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
     /// job; otherwise the job and whether this call cancelled it.
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
+    /// Deletes a job in scope (`lifecycle::delete`): `None` for an unknown job or another
+    /// tenant's; otherwise the job as it is now and what the delete did.
+    async fn delete_job(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>>;
     /// Retries a failed or cancelled job with the same request and seed, from its last
     /// checkpoint when one is left (`lifecycle::retry`). `None` for a job not in scope.
     async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>>;
@@ -205,6 +225,15 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>>;
     /// Marks the jobs' checkpoints deleted.
     async fn checkpoints_cleared(&self, jobs: &[Uuid]) -> Result<()>;
+    /// Outputs whose retention ran out by `now` and whose objects are still there: at most
+    /// `limit`, soonest expired first, as (job, index, key).
+    async fn outputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>>;
+    /// Marks outputs' objects deleted.
+    async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()>;
     /// A job's history, oldest first.
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
     /// Counts for the metrics gauges.

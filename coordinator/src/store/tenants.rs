@@ -61,7 +61,7 @@ pub trait TenantStore: Send + Sync {
 /// The limit columns, in the order `LimitCols` binds and reads them.
 pub(super) const LIMIT_COLUMNS: &str = "max_jobs_in_flight, submits_per_second, submit_burst, \
      max_batch_items, priorities, max_duration_s, max_steps, audio_seconds_per_day, \
-     audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month";
+     audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month, retain_outputs_days";
 
 /// Limits as the two dialects store them (integers widened, classes as text).
 pub(super) struct LimitCols {
@@ -73,6 +73,7 @@ pub(super) struct LimitCols {
     pub max_duration_s: Option<f64>,
     pub max_steps: Option<i64>,
     pub budgets: Budgets,
+    pub retain_outputs_days: Option<i64>,
 }
 
 impl From<&Limits> for LimitCols {
@@ -86,6 +87,7 @@ impl From<&Limits> for LimitCols {
             max_duration_s: l.max_duration_s.map(f64::from),
             max_steps: l.max_steps.map(i64::from),
             budgets: l.budgets,
+            retain_outputs_days: l.retain_outputs_days.map(i64::from),
         }
     }
 }
@@ -107,6 +109,7 @@ impl LimitCols {
             max_duration_s: self.max_duration_s.map(|d| d as f32),
             max_steps: count(self.max_steps),
             budgets: self.budgets,
+            retain_outputs_days: count(self.retain_outputs_days),
         })
     }
 }

@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_steps: Option<u32>,
     /// Audio and device seconds per day and per month (checked by the store at insert).
     pub budgets: crate::tenancy::Budgets,
+    /// Days an output is kept before the janitor deletes it (`None`: until the job is deleted).
+    pub retain_outputs_days: Option<u32>,
 }
 
 impl Limits {

@@ -38,7 +38,8 @@ use crate::validate::NewJob;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
-     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
+     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at, \
+     deleted_at";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -155,7 +156,7 @@ impl PgStore {
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         Ok(sqlx::query_as(
             "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                    loudness_lufs, true_peak_dbtp \
+                    loudness_lufs, true_peak_dbtp, expires_at, (deleted_at IS NOT NULL) AS deleted \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id)
@@ -238,6 +239,19 @@ impl JobStore for PgStore {
         };
         Ok(self.get_job(scope, id).await?.map(|j| (j, retried)))
     }
+    async fn delete_job(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        let Some(deleted) = deleted else {
+            return Ok(None);
+        };
+        Ok(self.get_job(scope, id).await?.map(|j| (j, deleted)))
+    }
     async fn retry_batch_items(
         &self,
         tenant: &str,
@@ -310,6 +324,35 @@ impl JobStore for PgStore {
             .bind(jobs)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn outputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT job_id, idx, key FROM outputs \
+             WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()> {
+        let (jobs, idx): (Vec<Uuid>, Vec<i32>) = outputs.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE outputs o SET deleted_at = now() FROM UNNEST($1::uuid[], $2::int[]) AS d(job, idx) \
+             WHERE o.job_id = d.job AND o.idx = d.idx AND o.deleted_at IS NULL",
+        )
+        .bind(&jobs)
+        .bind(&idx)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

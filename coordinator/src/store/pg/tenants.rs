@@ -39,6 +39,9 @@ fn limits(r: &PgRow) -> Result<Limits> {
             .try_get::<Option<f32>, _>("max_duration_s")?
             .map(f64::from),
         budgets: budgets(r)?,
+        retain_outputs_days: r
+            .try_get::<Option<i32>, _>("retain_outputs_days")?
+            .map(i64::from),
         max_steps: r.try_get::<Option<i32>, _>("max_steps")?.map(i64::from),
     }
     .into_limits()
@@ -119,7 +122,7 @@ impl TenantStore for PgStore {
     async fn create_tenant(&self, name: &str, limits: &Limits) -> Result<()> {
         let c = LimitCols::from(limits);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
@@ -134,6 +137,7 @@ impl TenantStore for PgStore {
         .bind(c.budgets.audio_seconds_per_month)
         .bind(c.budgets.device_seconds_per_day)
         .bind(c.budgets.device_seconds_per_month)
+        .bind(to_i32(c.retain_outputs_days))
         .execute(self.pool())
         .await?
         .rows_affected();
@@ -151,7 +155,8 @@ impl TenantStore for PgStore {
             "UPDATE tenants SET max_jobs_in_flight = $2, submits_per_second = $3, \
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
              max_steps = $8, audio_seconds_per_day = $9, audio_seconds_per_month = $10, \
-             device_seconds_per_day = $11, device_seconds_per_month = $12 WHERE name = $1",
+             device_seconds_per_day = $11, device_seconds_per_month = $12, \
+             retain_outputs_days = $13 WHERE name = $1",
         )
         .bind(name)
         .bind(to_i32(c.max_jobs_in_flight))
@@ -165,6 +170,7 @@ impl TenantStore for PgStore {
         .bind(c.budgets.audio_seconds_per_month)
         .bind(c.budgets.device_seconds_per_day)
         .bind(c.budgets.device_seconds_per_month)
+        .bind(to_i32(c.retain_outputs_days))
         .execute(self.pool())
         .await?
         .rows_affected();

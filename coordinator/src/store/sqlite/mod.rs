@@ -41,7 +41,8 @@ use crate::validate::NewJob;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
-     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
+     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at, \
+     deleted_at";
 
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
@@ -88,6 +89,7 @@ fn job_row(r: &SqliteRow) -> Result<JobRow> {
         created_at: time(r.try_get("created_at")?)?,
         started_at: opt_time("started_at")?,
         finished_at: opt_time("finished_at")?,
+        deleted_at: opt_time("deleted_at")?,
     })
 }
 
@@ -161,7 +163,7 @@ impl SqliteStore {
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         let rows = sqlx::query(
             "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                    loudness_lufs, true_peak_dbtp \
+                    loudness_lufs, true_peak_dbtp, expires_at, deleted_at \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id.to_string())
@@ -184,6 +186,11 @@ impl SqliteStore {
                     true_peak_dbtp: r
                         .try_get::<Option<f64>, _>("true_peak_dbtp")?
                         .map(|v| v as f32),
+                    expires_at: r
+                        .try_get::<Option<i64>, _>("expires_at")?
+                        .map(time)
+                        .transpose()?,
+                    deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
                 })
             })
             .collect()
@@ -337,6 +344,19 @@ impl JobStore for SqliteStore {
         };
         Ok(self.get_job(scope, id).await?.map(|j| (j, retried)))
     }
+    async fn delete_job(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        let Some(deleted) = deleted else {
+            return Ok(None);
+        };
+        Ok(self.get_job(scope, id).await?.map(|j| (j, deleted)))
+    }
     async fn retry_batch_items(
         &self,
         tenant: &str,
@@ -418,6 +438,43 @@ impl JobStore for SqliteStore {
         }
         tx.commit().await?;
         drop(w);
+        Ok(())
+    }
+
+    async fn outputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT job_id, idx, key FROM outputs \
+             WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now.timestamp_micros())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(job, idx, key)| Ok((uuid(&job)?, idx as i32, key)))
+            .collect()
+    }
+
+    async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()> {
+        let (_w, mut tx) = self.begin_write().await?;
+        let now = now_us();
+        for (job, idx) in outputs {
+            sqlx::query(
+                "UPDATE outputs SET deleted_at = $3 \
+                 WHERE job_id = $1 AND idx = $2 AND deleted_at IS NULL",
+            )
+            .bind(job.to_string())
+            .bind(i64::from(*idx))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

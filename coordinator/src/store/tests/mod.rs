@@ -182,6 +182,7 @@ macro_rules! job_store_suite {
 }
 
 mod batches;
+mod deletion;
 mod hostile;
 mod jobs;
 mod lifecycle;

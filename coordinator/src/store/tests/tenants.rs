@@ -17,6 +17,7 @@ pub(super) async fn tenants_keys_and_revocation(s: &dyn JobStore) {
             device_seconds_per_day: None,
             device_seconds_per_month: Some(36_000.5),
         },
+        retain_outputs_days: Some(30),
     };
     s.create_tenant("acme", &limits).await.expect("create");
     s.create_tenant("zeta", &Limits::default())
