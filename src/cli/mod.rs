@@ -63,6 +63,9 @@ pub(crate) enum Command {
     Cancel(client::JobArgs),
     /// Run a failed or cancelled job again (same request and seed), from its last checkpoint.
     Retry(client::JobArgs),
+    /// Delete a job: its outputs and inputs leave the blob store and its prompt is blanked (a
+    /// job that has not ended is cancelled first); its usage record stays.
+    Delete(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
     /// The models: local packs, or a farm's with --server (limits, samplers, what each takes,
@@ -106,6 +109,7 @@ impl Command {
                 | Command::Watch(_)
                 | Command::Cancel(_)
                 | Command::Retry(_)
+                | Command::Delete(_)
                 | Command::List(_)
                 | Command::Models(_)
                 | Command::Workers(_)
@@ -182,6 +186,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::Retry(args) => client::retry(args).await,
+        Command::Delete(args) => client::delete(args).await,
         Command::List(args) => client::list(args).await,
         Command::Models(args) => models::run(args).await,
         Command::Workers(args) => operator::workers(args).await,

@@ -11,6 +11,7 @@
 //! | `GET  /api/jobs/{id}/events`        | Generation.WatchJob (SSE)     |
 //! | `POST /api/jobs/{id}/cancel`        | Generation.CancelJob          |
 //! | `POST /api/jobs/{id}/retry`         | Generation.RetryJob           |
+//! | `POST /api/jobs/{id}/delete`        | Generation.DeleteJob          |
 //! | `GET  /api/batches?page_size…`      | Batches.ListBatches           |
 //! | `POST /api/batches?name&file`       | Batches.SubmitBatch (checked with validate_only, then stored) |
 //! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
@@ -63,6 +64,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/jobs/{id}/events", get(watch))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/retry", post(retry))
+        .route("/api/jobs/{id}/delete", post(delete))
         .route(
             "/api/batches",
             get(batches::list)
@@ -166,6 +168,13 @@ async fn cancel(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Stri
 async fn retry(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
     let req = s.request(&headers, pb::RetryJobRequest { id }).await?;
     let mut job = s.generation.retry_job(req).await?.into_inner();
+    s.blobs.rewrite(&mut job);
+    json(&job)
+}
+
+async fn delete(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::DeleteJobRequest { id }).await?;
+    let mut job = s.generation.delete_job(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
     json(&job)
 }
