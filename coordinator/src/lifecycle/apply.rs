@@ -231,6 +231,31 @@ pub async fn delete(
     }))
 }
 
+/// Deletes every job of a tenant's batch (`delete`); `None` for an unknown batch.
+pub async fn delete_batch(
+    tx: &mut dyn LifecycleTx,
+    tenant: &str,
+    batch: Uuid,
+) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+    let every = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+    let Some(jobs) = tx.batch_jobs(tenant, batch, &every).await? else {
+        return Ok(None);
+    };
+    let mut deleted = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(d) = delete(tx, Scope::Tenant(tenant), job).await? {
+            deleted.push((job, d));
+        }
+    }
+    Ok(Some(deleted))
+}
+
 /// What a retry after the fact did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retried {

@@ -357,6 +357,16 @@ impl JobStore for SqliteStore {
         };
         Ok(self.get_job(scope, id).await?.map(|j| (j, deleted)))
     }
+    async fn delete_batch(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
     async fn retry_batch_items(
         &self,
         tenant: &str,

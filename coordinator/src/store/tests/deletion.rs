@@ -160,7 +160,55 @@ pub(super) async fn expired_outputs_are_marked_gone(s: &dyn JobStore) {
     assert_eq!(rec.job.spec.0.prompt, "a prompt");
 }
 
+pub(super) async fn a_batch_deletes_every_item_once(s: &dyn JobStore) {
+    use crate::store::batches::NewItem;
+    let batch = crate::batches::batch_id(T, "m.jsonl");
+    s.batches()
+        .open_batch(T, batch, "m.jsonl", None)
+        .await
+        .expect("open");
+    let items: Vec<NewItem> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(line, id)| NewItem {
+            item_id: id.to_string(),
+            line: line as i64,
+            job_id: crate::batches::item_job_id(batch, id),
+            job: Ok(new_job(4, 4, None)),
+        })
+        .collect();
+    s.batches()
+        .add_items(T, batch, &items)
+        .await
+        .expect("items");
+    // Another tenant's delete finds no batch.
+    assert!(s
+        .delete_batch("tenant-b", batch)
+        .await
+        .expect("delete")
+        .is_none());
+    let deleted = s
+        .delete_batch(T, batch)
+        .await
+        .expect("delete")
+        .expect("batch");
+    assert_eq!(deleted.len(), 2);
+    assert!(deleted.iter().all(|(_, d)| d.newly && d.cancelled));
+    for (job, _) in &deleted {
+        let rec = s.get_job(T.into(), *job).await.expect("get").expect("job");
+        assert!(rec.job.deleted_at.is_some());
+        assert_eq!(rec.job.spec.0.prompt, "");
+    }
+    let again = s
+        .delete_batch(T, batch)
+        .await
+        .expect("delete")
+        .expect("batch");
+    assert!(again.iter().all(|(_, d)| !d.newly));
+}
+
 job_store_suite!(
     a_deleted_job_loses_its_words_and_objects_and_keeps_its_usage,
     expired_outputs_are_marked_gone,
+    a_batch_deletes_every_item_once,
 );
