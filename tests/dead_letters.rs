@@ -1,6 +1,7 @@
 //! Dead-letter replay on a real broker: a job's task is dead-lettered by RabbitMQ (refused
-//! while no worker could take it), an operator replays it with `tutti dead-letters replay` once
-//! a worker is there, the job finishes, and `tutti queues` shows what was replayed. (The
+//! while no worker could take it), an operator replays it from the studio's operator view once
+//! a worker is there, the job finishes, and `tutti queues` shows what was replayed
+//! (`tutti dead-letters replay` then finds nothing left). (The
 //! in-process queue of embedded mode runs the same replay in the task-queue conformance suite,
 //! `shared/src/taskqueue/tests.rs`.)
 
@@ -9,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::{request, state, Backend, Farm, FarmOptions};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use tutti_proto::v1 as pb;
@@ -91,11 +93,30 @@ async fn a_dead_lettered_task_is_replayed_and_its_job_finishes() {
         "the operator view counts it"
     );
 
-    // The cause is fixed (a worker is there); the operator replays the dead letters.
+    // The cause is fixed (a worker is there); the operator replays the dead letters from the
+    // studio's operator view.
     farm.add_worker(&[]);
-    let out = tutti(&farm, &["dead-letters", "replay"]);
-    assert!(out.contains("replayed 1 to denoise"), "{out}");
-    assert!(out.contains("1 replayed, 0 dead letters left"), "{out}");
+    let b = Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    b.click(r#".tab[data-view="operator"]"#).await;
+    b.wait_js(
+        "return document.querySelector('#dead-waiting').textContent === '1'",
+        "the dead letter counted",
+    )
+    .await;
+    b.click("#replay-dead").await;
+    b.wait_js(
+        "return document.querySelector('#replay-status').textContent === '1 replayed, 0 left'",
+        "the replay",
+    )
+    .await;
+    b.wait_js(
+        "return document.querySelector('#replays').textContent.includes('1 to denoise by operator')",
+        "the replay listed",
+    )
+    .await;
+    b.screenshot("dead-letter-replay").await;
+    b.close().await;
     let done = farm.wait_job(&job.id, Duration::from_secs(180)).await;
     assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
     wait_messages(&farm, &dead, 0).await;
@@ -105,7 +126,7 @@ async fn a_dead_lettered_task_is_replayed_and_its_job_finishes() {
     assert!(queues.contains("dead letters replayed:"), "{queues}");
     assert!(queues.contains("1 to denoise by operator"), "{queues}");
     let again = tutti(&farm, &["dead-letters", "replay", "--queue", "denoise"]);
-    assert!(again.contains("0 replayed"), "{again}");
+    assert!(again.contains("0 replayed, 0 dead letters left"), "{again}");
     let server = format!("http://{}", farm.addr);
     let bad = std::process::Command::new(common::bin())
         .args([
