@@ -231,6 +231,7 @@ fn new_job(priority: Priority) -> NewJob {
         accepted: pb::SubmitGenerationRequest::default(),
         chunk_steps: 4,
         init_clip: None,
+        api_key: None,
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) fn output_pb(o: &OutputRow, uri: String) -> pb::Output {
         ) as i32,
         loudness_lufs: o.loudness_lufs,
         true_peak_dbtp: o.true_peak_dbtp,
+        expires_at: o.expires_at.map(ts),
+        deleted: o.deleted || !o.available(Utc::now()),
         ..Default::default()
     }
 }
@@ -79,8 +81,18 @@ impl GenerationService {
     pub async fn to_pb(&self, r: &JobRecord) -> Result<pb::Job> {
         let j = &r.job;
         let mut outputs = Vec::with_capacity(r.outputs.len());
+        let now = Utc::now();
         for o in &r.outputs {
-            let signed = self.blobs.presign_get(&o.key, self.url_ttl).await?;
+            // No URL to an object that is gone, or that retention deletes before it is used.
+            if !o.available(now) {
+                outputs.push(output_pb(o, self.blobs.uri(&o.key)));
+                continue;
+            }
+            let ttl = o
+                .expires_at
+                .and_then(|t| (t - now).to_std().ok())
+                .map_or(self.url_ttl, |left| left.min(self.url_ttl));
+            let signed = self.blobs.presign_get(&o.key, ttl).await?;
             let expires: DateTime<Utc> = signed.expires_at.into();
             outputs.push(pb::Output {
                 url: signed.url,
@@ -121,6 +133,7 @@ impl GenerationService {
             created_at: Some(ts(j.created_at)),
             started_at: j.started_at.map(ts),
             finished_at: j.finished_at.map(ts),
+            deleted_at: j.deleted_at.map(ts),
         })
     }
 
@@ -129,19 +142,34 @@ impl GenerationService {
         // flight are counted by the store inside the insert.
         self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let mut new = self.validator.validate(&req)?;
+        new.api_key = caller.key.clone();
         caller.limits.check_job(&new)?;
+        let mut own_clip = None;
         if let Some(clip) = new.init_clip.take() {
-            // Before the job, so that no task can start without its clip; the key is the
-            // clip's hash, so a retried submit rewrites the same object.
+            // Before the job, so that no task can start without its clip; the job's own object
+            // (a fresh key per submit), so that deleting the job never removes another's input.
+            let key = tutti_shared::job::init_audio_job_key(&caller.tenant, Uuid::new_v4());
+            if let Some(init) = new.spec.init_audio.as_mut() {
+                init.key = key.clone();
+            }
             self.blobs
-                .put(&clip.init.key, bytes::Bytes::from(clip.wav), "audio/wav")
+                .put(&key, bytes::Bytes::from(clip.wav), "audio/wav")
                 .await?;
+            own_clip = Some(key);
         }
         // Every task of the job joins this trace, however late it is dispatched.
         new.spec.trace_context = tutti_shared::telemetry::current_context_headers()
             .into_iter()
             .collect();
-        let (record, created) = self.store.insert_job(&caller.tenant, &new).await?;
+        let inserted = self.store.insert_job(&caller.tenant, &new).await;
+        if let Some(key) = own_clip.filter(|_| !matches!(inserted, Ok((_, true)))) {
+            // Refused, or a repeat of an earlier submit (whose job has its own clip): this
+            // clip belongs to no job.
+            if let Err(e) = self.blobs.delete(&[key]).await {
+                tracing::warn!(error = %e, "deleting an unused init clip");
+            }
+        }
+        let (record, created) = inserted?;
         tracing::Span::current().record("job_id", tracing::field::display(record.job.id));
         tracing::info!(created, model = %new.spec.model, steps = new.spec.steps, "job accepted");
         if created {
@@ -366,6 +394,15 @@ impl pb::generation_server::Generation for GenerationApi {
         Ok(Response::new(self.retry(&caller, id).await?))
     }
 
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        Ok(Response::new(self.delete(&caller, id).await?))
+    }
+
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,
@@ -443,6 +480,13 @@ impl pb::generation_server::Generation for GenerationApi {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
         self.0.get_model(request).await
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.0.get_usage(request).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! The rules for an audio-to-audio request's init clip (`init_audio`, `init_strength`): only for
 //! models of a family with an audio encoder, a WAV the worker can read, at the model's rate,
-//! mono or with the model's channels, no longer than the model's window. The clip is stored
-//! once in the blob store at a key derived from its bytes, and the job names that key.
+//! mono or with the model's channels, no longer than the model's window. The submit stores the
+//! clip as the job's own object (`inputs/<tenant>/<clip>.wav`, see `api.rs`), and the job
+//! names that key; the content-hash key `check` returns is replaced there.
 
 use tutti_proto::v1 as pb;
 use tutti_shared::audio::{self, decode_wav};

@@ -1,4 +1,4 @@
-//! Deletes the checkpoints of ended jobs. A checkpoint (`checkpoints/<job>/<chunk>`) exists
+//! Deletes the checkpoints of ended jobs, and outputs past their tenant's retention. A checkpoint (`checkpoints/<job>/<chunk>`) exists
 //! only so that a running job survives a worker's loss or a preemption; once the job has
 //! succeeded, failed or been cancelled, nothing reads it again. Without this, every job would
 //! leave one object per denoise chunk in the bucket for good.
@@ -42,6 +42,13 @@ pub async fn clear_checkpoints(
                 tracing::warn!(error = %e, "deleting checkpoints of ended jobs failed; retried on the next sweep")
             }
         }
+        match expire_outputs(store.as_ref(), blobs.as_ref(), chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(outputs = n, "outputs past their retention deleted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting expired outputs failed; retried on the next sweep")
+            }
+        }
     }
 }
 
@@ -61,6 +68,28 @@ pub async fn sweep(store: &dyn JobStore, blobs: &dyn BlobStore, grace: Duration)
         let jobs: Vec<uuid::Uuid> = due.iter().map(|(job, _)| *job).collect();
         store.checkpoints_cleared(&jobs).await?;
         cleared += jobs.len();
+    }
+}
+
+/// Deletes the objects of outputs whose tenant's retention ran out by `now`, then marks them
+/// deleted (GetJob hands out no URL for an expired output even before this runs); returns how
+/// many it deleted.
+pub async fn expire_outputs(
+    store: &dyn JobStore,
+    blobs: &dyn BlobStore,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize> {
+    let mut expired = 0;
+    loop {
+        let due = store.outputs_to_expire(now, SWEEP).await?;
+        if due.is_empty() {
+            return Ok(expired);
+        }
+        let keys: Vec<String> = due.iter().map(|(_, _, key)| key.clone()).collect();
+        blobs.delete(&keys).await?;
+        let done: Vec<(uuid::Uuid, i32)> = due.iter().map(|(job, idx, _)| (*job, *idx)).collect();
+        store.outputs_expired(&done).await?;
+        expired += done.len();
     }
 }
 

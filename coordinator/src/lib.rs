@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batches;
 pub mod catalogue;
 pub mod config;
+pub mod deletion;
 pub mod delivery;
 pub mod dispatcher;
 pub mod error;
@@ -19,6 +20,7 @@ mod observe;
 pub mod operator;
 pub mod page_token;
 pub mod preview;
+pub mod replay;
 pub mod results;
 pub mod sched;
 pub mod settings;
@@ -27,6 +29,7 @@ pub mod store;
 pub mod studio;
 pub mod tenancy;
 pub mod text;
+pub mod usage;
 pub mod validate;
 
 use std::sync::Arc;
@@ -214,6 +217,7 @@ pub async fn serve_with_studio(
     let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
         store: Arc::clone(&backend.store),
         policy: cfg.sched.clone(),
+        queue: Arc::clone(&backend.queue),
     }));
     let blobs = Arc::clone(&backend.blobs);
     let service = Arc::new(api::GenerationService {

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::sched::Policy;
 use crate::store::views::FAILURES_LISTED;
 use crate::store::JobStore;
+use tutti_shared::taskqueue::TaskQueue;
 
 pub const DEFAULT_SHARE_WINDOW: Duration = Duration::from_secs(300);
 pub const MAX_SHARE_WINDOW: Duration = Duration::from_secs(86_400);
@@ -24,6 +25,8 @@ pub struct OperatorService {
     pub store: Arc<dyn JobStore>,
     /// Worker timeout (who is gone) and tenant weights (fair shares).
     pub policy: Policy,
+    /// The dead letters' queue (their count, and replays).
+    pub queue: Arc<dyn TaskQueue>,
 }
 
 /// The API class of a stored priority rank.
@@ -196,8 +199,22 @@ impl OperatorService {
                 at: Some(ts(d.at)),
             })
             .collect();
+        let replays = self
+            .store
+            .replays(FAILURES_LISTED)
+            .await?
+            .into_iter()
+            .map(crate::replay::replay_pb)
+            .collect();
+        // The view still answers when the broker does not; the count is then 0 (logged).
+        let dead_letters_waiting = self.queue.dead_letters().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "counting dead letters");
+            0
+        });
         Ok(pb::GetQueuesResponse {
             dead_letters,
+            replays,
+            dead_letters_waiting,
             queues,
             shares,
             share_window_seconds: window.as_secs() as u32,
@@ -229,5 +246,16 @@ impl pb::operator_server::Operator for OperatorApi {
     ) -> Result<Response<pb::GetQueuesResponse>, Status> {
         check_operator(&Caller::of(&request)?)?;
         Ok(Response::new(self.0.queues(request.into_inner()).await?))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        check_operator(&caller)?;
+        Ok(Response::new(
+            self.0.replay(&caller, request.get_ref()).await?,
+        ))
     }
 }

@@ -46,6 +46,8 @@ pub struct NewJob {
     pub chunk_steps: u32,
     /// The init clip of an audio-to-audio request, to store before the job.
     pub init_clip: Option<crate::init_audio::InitClip>,
+    /// `tt_<id>` of the API key that submitted it, for usage records (`None` with auth off).
+    pub api_key: Option<String>,
 }
 
 /// Models and their tokenizers, for the rules that depend on the model.
@@ -367,6 +369,7 @@ impl Validator {
             accepted,
             chunk_steps,
             init_clip,
+            api_key: None,
         })
     }
 }

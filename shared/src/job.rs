@@ -327,6 +327,12 @@ pub fn init_audio_key(sha256_hex: &str) -> String {
     format!("inputs/{sha256_hex}.wav")
 }
 
+/// Where a job's own init clip is stored: `inputs/<tenant>/<clip>.wav`, a fresh id per submit,
+/// so that deleting the job removes it without touching another job's input.
+pub fn init_audio_job_key(tenant: &str, clip: uuid::Uuid) -> String {
+    format!("inputs/{tenant}/{clip}.wav")
+}
+
 /// Output key layout: `outputs/<tenant>/<job>/<n>.<ext>`, deterministic so that a redone upload
 /// overwrites the same object.
 pub fn output_key(tenant: &str, job: uuid::Uuid, index: u32, format: AudioFormat) -> String {

@@ -68,6 +68,28 @@ pub(crate) struct LimitArgs {
     /// Denoising steps per job.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_steps: Option<u32>,
+    /// Budget: seconds of audio delivered per UTC day (jobs in flight count as asked).
+    #[arg(long, value_parser = parse_budget)]
+    pub audio_seconds_per_day: Option<f64>,
+    /// Budget: seconds of audio delivered per calendar month (UTC).
+    #[arg(long, value_parser = parse_budget)]
+    pub audio_seconds_per_month: Option<f64>,
+    /// Budget: device seconds (the workers' own stage timings) per UTC day.
+    #[arg(long, value_parser = parse_budget)]
+    pub device_seconds_per_day: Option<f64>,
+    /// Budget: device seconds per calendar month (UTC).
+    #[arg(long, value_parser = parse_budget)]
+    pub device_seconds_per_month: Option<f64>,
+    /// Retention: days an output is kept before it is deleted (default: until its job is).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_outputs_days: Option<u32>,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err("must be a number of seconds, 0 or more".into()),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +125,13 @@ impl LimitArgs {
             priorities: self.priorities.clone().map(|p| p.0),
             max_duration_s: self.max_duration,
             max_steps: self.max_steps,
+            budgets: auth::Budgets {
+                audio_seconds_per_day: self.audio_seconds_per_day,
+                audio_seconds_per_month: self.audio_seconds_per_month,
+                device_seconds_per_day: self.device_seconds_per_day,
+                device_seconds_per_month: self.device_seconds_per_month,
+            },
+            retain_outputs_days: self.retain_outputs_days,
         })
     }
 }
@@ -182,6 +211,19 @@ fn show_limits(l: &Limits) -> String {
     );
     put("max_duration_s", l.max_duration_s.map(|v| v.to_string()));
     put("max_steps", l.max_steps.map(|v| v.to_string()));
+    let b = &l.budgets;
+    for (name, v) in [
+        ("audio_seconds_per_day", b.audio_seconds_per_day),
+        ("audio_seconds_per_month", b.audio_seconds_per_month),
+        ("device_seconds_per_day", b.device_seconds_per_day),
+        ("device_seconds_per_month", b.device_seconds_per_month),
+    ] {
+        put(name, v.map(|v| v.to_string()));
+    }
+    put(
+        "retain_outputs_days",
+        l.retain_outputs_days.map(|v| v.to_string()),
+    );
     if parts.is_empty() {
         "no limits".into()
     } else {

@@ -24,6 +24,9 @@ pub(crate) enum BatchCommand {
     Get(BatchIdArgs),
     /// Cancel every item of a batch that has not ended.
     Cancel(BatchIdArgs),
+    /// Delete every item's job (outputs and inputs removed, prompts blanked; those not ended
+    /// are cancelled first); the batch and its usage records stay.
+    Delete(BatchIdArgs),
     /// Run the failed items of a batch again (and its cancelled ones with
     /// --include-cancelled); the batch finishes again with new results.
     Retry(RetryArgs),
@@ -126,6 +129,19 @@ pub(crate) async fn run(cmd: BatchCommand) -> anyhow::Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             print_batch(&b);
+            Ok(())
+        }
+        BatchCommand::Delete(a) => {
+            let res = connect(&a.server)
+                .await?
+                .delete_batch(pb::DeleteBatchRequest { id: a.id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            println!("deleted    {} items' jobs", res.deleted);
+            if let Some(b) = &res.batch {
+                print_batch(b);
+            }
             Ok(())
         }
         BatchCommand::Retry(a) => {

@@ -569,8 +569,25 @@ fn print_job(job: &pb::Job) {
             loudness_words(o),
             o.sha256
         );
-        println!("url      {}", o.url);
+        if o.deleted {
+            println!("url      (deleted)");
+        } else {
+            println!("url      {}", o.url);
+        }
     }
+    if let Some(t) = &job.deleted_at {
+        println!(
+            "deleted  {} (outputs and inputs removed, prompt blanked)",
+            show_time(t)
+        );
+    }
+}
+
+fn show_time(t: &tutti_proto::wkt::Timestamp) -> String {
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map_or_else(
+        || "-".into(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 pub(crate) async fn show_job(args: JobArgs) -> anyhow::Result<()> {
@@ -595,6 +612,17 @@ pub(crate) async fn cancel(args: JobArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.server).await?;
     let job = client
         .cancel_job(pb::CancelJobRequest { id: args.id })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    print_job(&job);
+    Ok(())
+}
+
+pub(crate) async fn delete(args: JobArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    let job = client
+        .delete_job(pb::DeleteJobRequest { id: args.id })
         .await
         .map_err(status_err)?
         .into_inner();

@@ -15,6 +15,7 @@ mod models;
 mod operator;
 mod signals;
 mod train;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ pub(crate) enum Command {
     Cancel(client::JobArgs),
     /// Run a failed or cancelled job again (same request and seed), from its last checkpoint.
     Retry(client::JobArgs),
+    /// Delete a job: its outputs and inputs leave the blob store and its prompt is blanked (a
+    /// job that has not ended is cancelled first); its usage record stays.
+    Delete(client::JobArgs),
     /// List jobs.
     List(client::ListArgs),
     /// The models: local packs, or a farm's with --server (limits, samplers, what each takes,
@@ -72,6 +76,12 @@ pub(crate) enum Command {
     Workers(operator::WorkersArgs),
     /// Backlog per stage and class, tenants' shares, recent failures (admin key with auth).
     Queues(operator::QueuesArgs),
+    /// Dead-lettered messages: put them back on their queues (admin key with auth).
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(operator::DeadLetterCommand),
+    /// Usage totals for a period (jobs, audio and device seconds), per model, key, day or batch;
+    /// --csv exports them.
+    Usage(usage::UsageArgs),
     /// Tenants and their limits (operators: talks to the job store directly).
     #[command(subcommand)]
     Tenant(admin::TenantCommand),
@@ -100,10 +110,13 @@ impl Command {
                 | Command::Watch(_)
                 | Command::Cancel(_)
                 | Command::Retry(_)
+                | Command::Delete(_)
                 | Command::List(_)
                 | Command::Models(_)
                 | Command::Workers(_)
                 | Command::Queues(_)
+                | Command::Usage(_)
+                | Command::DeadLetters(_)
                 | Command::Tenant(_)
                 | Command::Key(_)
                 | Command::Batch(_)
@@ -175,10 +188,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => client::watch(args).await,
         Command::Cancel(args) => client::cancel(args).await,
         Command::Retry(args) => client::retry(args).await,
+        Command::Delete(args) => client::delete(args).await,
         Command::List(args) => client::list(args).await,
         Command::Models(args) => models::run(args).await,
         Command::Workers(args) => operator::workers(args).await,
         Command::Queues(args) => operator::queues(args).await,
+        Command::Usage(args) => usage::run(args).await,
+        Command::DeadLetters(cmd) => operator::dead_letters(cmd).await,
         Command::Tenant(cmd) => admin::tenant(cmd).await,
         Command::Key(cmd) => admin::key(cmd).await,
         Command::Batch(cmd) => batch::run(cmd).await,

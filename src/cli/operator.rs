@@ -30,6 +30,22 @@ pub(crate) struct QueuesArgs {
     pub json: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeadLetterCommand {
+    /// Put dead-lettered messages back on the queues they were refused from (once the cause is
+    /// fixed), oldest first; `tutti queues` lists what was replayed.
+    Replay {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// At most this many messages (server default 100, at most 10000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// Only this queue's: denoise, vocode or results.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+}
+
 type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
 
 async fn client(server: &ServerArgs) -> anyhow::Result<Client> {
@@ -181,6 +197,25 @@ pub(crate) async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if resp.dead_letters_waiting > 0 {
+        println!(
+            "\n{} dead letters waiting (tutti dead-letters replay puts them back)",
+            resp.dead_letters_waiting
+        );
+    }
+    if !resp.replays.is_empty() {
+        println!("\ndead letters replayed:");
+        for r in &resp.replays {
+            println!(
+                "  {} to {} by {} ({} bytes, {})",
+                r.messages,
+                r.queue,
+                r.replayed_by,
+                r.size_bytes,
+                ago(r.at.as_ref())
+            );
+        }
+    }
     if !resp.dead_letters.is_empty() {
         println!("\ndead letters (messages that could not be parsed):");
         for d in &resp.dead_letters {
@@ -194,5 +229,33 @@ pub(crate) async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+pub(crate) async fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<()> {
+    let DeadLetterCommand::Replay {
+        server,
+        limit,
+        queue,
+    } = cmd;
+    let resp = client(&server)
+        .await?
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            limit,
+            queue: queue.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    for r in &resp.replays {
+        println!(
+            "replayed {} to {} ({} bytes)",
+            r.messages, r.queue, r.size_bytes
+        );
+    }
+    println!(
+        "{} replayed, {} dead letters left",
+        resp.replayed, resp.left
+    );
     Ok(())
 }

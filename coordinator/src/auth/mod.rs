@@ -8,7 +8,7 @@ pub mod layer;
 use crate::error::{Error, Result};
 use crate::store::{JobStore, Scope};
 
-pub use crate::tenancy::{key, limits, ApiKey, Limits, SubmitRate};
+pub use crate::tenancy::{budgets, key, limits, ApiKey, Budgets, Limits, SubmitRate};
 pub use layer::{Authenticated, Authenticator};
 
 /// The tenant of every caller while auth is off.

@@ -409,6 +409,43 @@ impl pb::batches_server::Batches for BatchesApi {
         Ok(Response::new(self.0.batch_pb(tenant, id).await?))
     }
 
+    async fn delete_batch(
+        &self,
+        request: Request<pb::DeleteBatchRequest>,
+    ) -> Result<Response<pb::DeleteBatchResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let tenant = tenant.as_str();
+        let id = parse_batch_id(&request.get_ref().id)?;
+        let generation = &self.0.generation;
+        let deleted = generation
+            .store
+            .delete_batch(tenant, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("batch {id} not found")))?;
+        let mut keys = Vec::new();
+        let mut newly = 0;
+        for (job, d) in deleted {
+            if d.cancelled {
+                if let Err(e) = generation
+                    .queue
+                    .broadcast(&tutti_shared::messages::ControlMessage::Cancel { job_id: job })
+                    .await
+                {
+                    tracing::warn!(job_id = %job, error = %e, "cancel broadcast failed; the job stops at its chunk boundary");
+                }
+            }
+            newly += u64::from(d.newly);
+            keys.extend(d.keys);
+        }
+        // After the commit, as DeleteJob does: a failure leaves the keys for the next call.
+        generation.blobs.delete(&keys).await.map_err(Error::from)?;
+        tracing::info!(batch_id = %id, deleted = newly, objects = keys.len(), "batch deleted");
+        Ok(Response::new(pb::DeleteBatchResponse {
+            batch: Some(self.0.batch_pb(tenant, id).await?),
+            deleted: newly,
+        }))
+    }
+
     async fn retry_batch_items(
         &self,
         request: Request<pb::RetryBatchItemsRequest>,

@@ -97,6 +97,7 @@ pub async fn record_result(
                     }
                     tx.put_outputs(job, outputs).await?;
                     tx.succeed(job).await?;
+                    tx.record_usage(job).await?;
                     tx.event(job, "succeeded", None, None, serde_json::json!({}))
                         .await?;
                     tx.notes().job(job, "succeeded");
@@ -198,12 +199,61 @@ pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Re
     if !tx.cancel(scope, job).await? {
         return Ok(false);
     }
+    tx.record_usage(job).await?;
     tx.event(job, "cancelled", None, None, serde_json::json!({}))
         .await?;
     tx.notes().job(job, "cancelled");
     // Its dispatched tasks' slots are free.
     tx.notes().tasks();
     Ok(true)
+}
+
+/// Deletes a job in scope: cancels it first when it has not ended, then marks it deleted
+/// (`LifecycleTx::mark_deleted`). `None` for a job not in scope.
+pub async fn delete(
+    tx: &mut dyn LifecycleTx,
+    scope: Scope<'_>,
+    job: Uuid,
+) -> Result<Option<crate::deletion::Deleted>> {
+    let Some((head, _)) = tx.lock_scoped(scope, job).await? else {
+        return Ok(None);
+    };
+    let cancelled = head.state.is_active() && cancel(tx, scope, job).await?;
+    let (newly, keys) = tx.mark_deleted(job).await?;
+    if newly {
+        let detail = serde_json::json!({ "objects": keys.len(), "cancelled": cancelled });
+        tx.event(job, "deleted", None, None, detail).await?;
+    }
+    Ok(Some(crate::deletion::Deleted {
+        keys,
+        cancelled,
+        newly,
+    }))
+}
+
+/// Deletes every job of a tenant's batch (`delete`); `None` for an unknown batch.
+pub async fn delete_batch(
+    tx: &mut dyn LifecycleTx,
+    tenant: &str,
+    batch: Uuid,
+) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+    let every = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+    let Some(jobs) = tx.batch_jobs(tenant, batch, &every).await? else {
+        return Ok(None);
+    };
+    let mut deleted = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(d) = delete(tx, Scope::Tenant(tenant), job).await? {
+            deleted.push((job, d));
+        }
+    }
+    Ok(Some(deleted))
 }
 
 /// What a retry after the fact did.
@@ -334,6 +384,7 @@ async fn retry_or_fail(
         AfterFailure::Fail => {
             tx.fail_task(job, chunk, &error).await?;
             tx.fail_job(job, code, message).await?;
+            tx.record_usage(job).await?;
             let detail = serde_json::json!({ "code": code, "message": message });
             tx.event(job, "failed", Some(chunk), Some(attempt), detail)
                 .await?;

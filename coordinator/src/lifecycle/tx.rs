@@ -104,6 +104,11 @@ pub trait LifecycleTx: Send {
     ) -> Result<Option<Vec<Uuid>>>;
     /// The batch finishes again (its results are rewritten); `uncancel` lifts its cancel.
     async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()>;
+    /// Marks an ended job deleted (its prompt blanked, its outputs gone) unless it already is;
+    /// returns whether this call did, and the blob keys of its outputs and own inputs.
+    async fn mark_deleted(&mut self, job: Uuid) -> Result<(bool, Vec<String>)>;
+    /// Writes (or rewrites) the usage record of a job that has ended; nothing for a live job.
+    async fn record_usage(&mut self, job: Uuid) -> Result<()>;
     /// A line of the job's history (and the metrics that follow it, `events`).
     async fn event(
         &mut self,

@@ -19,6 +19,7 @@ mod sqlite;
 mod tenants;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ pub use batches::BatchStore;
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
+pub use usage::UsageStore;
 pub use views::ViewStore;
 
 /// A job as stored.
@@ -66,6 +68,8 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When DeleteJob removed its outputs and inputs and blanked its prompt.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -82,6 +86,17 @@ pub struct OutputRow {
     /// and for outputs from before the columns.
     pub loudness_lufs: Option<f32>,
     pub true_peak_dbtp: Option<f32>,
+    /// When the tenant's retention deletes it (`None`: kept until the job is deleted).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its object is gone (expired or deleted): no URL is handed out for it.
+    pub deleted: bool,
+}
+
+impl OutputRow {
+    /// Whether its object may be fetched at `now`.
+    pub fn available(&self, now: DateTime<Utc>) -> bool {
+        !self.deleted && self.expires_at.is_none_or(|t| t > now)
+    }
 }
 
 /// A job with its outputs.
@@ -142,7 +157,7 @@ pub struct Stats {
 }
 
 #[async_trait]
-pub trait JobStore: TenantStore + ViewStore + Send + Sync {
+pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
     /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
     /// stored) when the tenant's `max_jobs_in_flight` is reached.
@@ -161,6 +176,20 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     /// Cancels a job that has not ended, with its unfinished tasks. `None` for an unknown
     /// job; otherwise the job and whether this call cancelled it.
     async fn cancel_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, bool)>>;
+    /// Deletes a job in scope (`lifecycle::delete`): `None` for an unknown job or another
+    /// tenant's; otherwise the job as it is now and what the delete did.
+    async fn delete_job(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>>;
+    /// Deletes every job of a tenant's batch in one transaction (`lifecycle::delete_batch`):
+    /// `None` for an unknown batch; otherwise each job and what its delete did.
+    async fn delete_batch(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>>;
     /// Retries a failed or cancelled job with the same request and seed, from its last
     /// checkpoint when one is left (`lifecycle::retry`). `None` for a job not in scope.
     async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>>;
@@ -180,6 +209,8 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     async fn record_heartbeat(&self, hb: &Heartbeat<'_>) -> Result<()>;
     /// Records why a message was dead-lettered (the newest `DEAD_LETTERS_KEPT` are kept).
     async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()>;
+    /// Records a replay of dead letters by `by`: (queue, messages, bytes) per queue.
+    async fn record_replays(&self, by: &str, replays: &[(&str, u64, u64)]) -> Result<()>;
     /// Tasks of workers unheard of for `timeout` go back to the backlog as a new attempt at
     /// once, without waiting for their lease.
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()>;
@@ -201,6 +232,15 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
     async fn checkpoints_to_clear(&self, grace: Duration, limit: i64) -> Result<Vec<(Uuid, u32)>>;
     /// Marks the jobs' checkpoints deleted.
     async fn checkpoints_cleared(&self, jobs: &[Uuid]) -> Result<()>;
+    /// Outputs whose retention ran out by `now` and whose objects are still there: at most
+    /// `limit`, soonest expired first, as (job, index, key).
+    async fn outputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>>;
+    /// Marks outputs' objects deleted.
+    async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()>;
     /// A job's history, oldest first.
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
     /// Counts for the metrics gauges.

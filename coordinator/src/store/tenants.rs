@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::tenancy::key::ApiKey;
 use crate::tenancy::limits::{priorities_from_text, priorities_to_text, Limits};
+use crate::tenancy::Budgets;
 
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +60,8 @@ pub trait TenantStore: Send + Sync {
 
 /// The limit columns, in the order `LimitCols` binds and reads them.
 pub(super) const LIMIT_COLUMNS: &str = "max_jobs_in_flight, submits_per_second, submit_burst, \
-     max_batch_items, priorities, max_duration_s, max_steps";
+     max_batch_items, priorities, max_duration_s, max_steps, audio_seconds_per_day, \
+     audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month, retain_outputs_days";
 
 /// Limits as the two dialects store them (integers widened, classes as text).
 pub(super) struct LimitCols {
@@ -70,6 +72,8 @@ pub(super) struct LimitCols {
     pub priorities: Option<String>,
     pub max_duration_s: Option<f64>,
     pub max_steps: Option<i64>,
+    pub budgets: Budgets,
+    pub retain_outputs_days: Option<i64>,
 }
 
 impl From<&Limits> for LimitCols {
@@ -82,6 +86,8 @@ impl From<&Limits> for LimitCols {
             priorities: l.priorities.as_deref().map(priorities_to_text),
             max_duration_s: l.max_duration_s.map(f64::from),
             max_steps: l.max_steps.map(i64::from),
+            budgets: l.budgets,
+            retain_outputs_days: l.retain_outputs_days.map(i64::from),
         }
     }
 }
@@ -102,6 +108,8 @@ impl LimitCols {
                 .map_err(|e| Error::Internal(format!("stored priorities: {e}")))?,
             max_duration_s: self.max_duration_s.map(|d| d as f32),
             max_steps: count(self.max_steps),
+            budgets: self.budgets,
+            retain_outputs_days: count(self.retain_outputs_days),
         })
     }
 }

@@ -95,6 +95,16 @@ pub struct DeadLetterRow {
     pub at: DateTime<Utc>,
 }
 
+/// Dead letters of one queue an operator put back on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayRow {
+    pub by: String,
+    pub queue: String,
+    pub messages: u64,
+    pub size_bytes: u64,
+    pub at: DateTime<Utc>,
+}
+
 /// Backlog, in flight and jobs not ended.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueOverview {
@@ -121,6 +131,8 @@ pub trait ViewStore: Send + Sync {
     async fn failed_tasks(&self, limit: i64) -> Result<Vec<FailedTask>>;
     /// Dead letters' causes, newest first.
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>>;
+    /// Dead-letter replays, newest first.
+    async fn replays(&self, limit: i64) -> Result<Vec<ReplayRow>>;
     /// `list_jobs` narrowed to jobs whose prompt text contains `text` (case-insensitive).
     async fn search_jobs(
         &self,

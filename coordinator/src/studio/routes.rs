@@ -11,12 +11,15 @@
 //! | `GET  /api/jobs/{id}/events`        | Generation.WatchJob (SSE)     |
 //! | `POST /api/jobs/{id}/cancel`        | Generation.CancelJob          |
 //! | `POST /api/jobs/{id}/retry`         | Generation.RetryJob           |
+//! | `POST /api/jobs/{id}/delete`        | Generation.DeleteJob          |
 //! | `GET  /api/batches?page_size…`      | Batches.ListBatches           |
 //! | `POST /api/batches?name&file`       | Batches.SubmitBatch (checked with validate_only, then stored) |
 //! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
 //! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
 //! | `POST /api/batches/{id}/retry?include_cancelled` | Batches.RetryBatchItems |
+//! | `GET  /api/usage?from&to&by&tenant` | Generation.GetUsage           |
 //! | `GET  /api/operator/workers`        | Operator.ListWorkers          |
+//! | `POST /api/operator/dead-letters/replay` | Operator.ReplayDeadLetters (body: `{limit, queue}`) |
 //! | `GET  /api/operator/queues`         | Operator.GetQueues            |
 
 use std::convert::Infallible;
@@ -45,6 +48,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/studio.css", get(assets::style))
         .route("/batches.js", get(assets::batches_script))
         .route("/operator.js", get(assets::operator_script))
+        .route("/usage.js", get(assets::usage_script))
         .route("/blobs/{*key}", get(blobs::get))
         .route("/api/info", get(info))
         .route("/api/prompt/render", post(render_prompt))
@@ -60,6 +64,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/jobs/{id}/events", get(watch))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/retry", post(retry))
+        .route("/api/jobs/{id}/delete", post(delete))
         .route(
             "/api/batches",
             get(batches::list)
@@ -69,6 +74,11 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/batches/{id}", get(batches::get))
         .route("/api/batches/{id}/cancel", post(batches::cancel))
         .route("/api/batches/{id}/retry", post(batches::retry))
+        .route("/api/usage", get(usage))
+        .route(
+            "/api/operator/dead-letters/replay",
+            post(replay_dead_letters),
+        )
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
@@ -162,6 +172,13 @@ async fn retry(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Strin
     json(&job)
 }
 
+async fn delete(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+    let req = s.request(&headers, pb::DeleteJobRequest { id }).await?;
+    let mut job = s.generation.delete_job(req).await?.into_inner();
+    s.blobs.rewrite(&mut job);
+    json(&job)
+}
+
 /// WatchJob as server-sent events: one `message` event per JobEvent (its JSON), then an
 /// `error` event with the error body if the stream ends in one.
 async fn watch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
@@ -211,4 +228,62 @@ async fn queues(
     };
     let req = s.request(&headers, message).await?;
     json(s.operator.get_queues(req).await?.get_ref())
+}
+
+#[derive(serde::Deserialize, Default)]
+struct UsageQuery {
+    /// A UTC date (`2026-12-01`) or an RFC 3339 time.
+    from: Option<String>,
+    to: Option<String>,
+    /// `model`, `key`, `day` or `batch`.
+    by: Option<String>,
+    tenant: Option<String>,
+}
+
+fn usage_time(
+    field: &str,
+    v: Option<&str>,
+) -> Result<Option<tutti_proto::wkt::Timestamp>, ApiError> {
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let t = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(v).map(|t| t.to_utc()))
+        .map_err(|_| {
+            crate::error::Error::invalid(field, "must be a date (2026-12-01) or an RFC 3339 time")
+        })?;
+    Ok(Some(crate::api::ts(t)))
+}
+
+async fn usage(State(s): State<Studio>, headers: HeaderMap, Query(q): Query<UsageQuery>) -> Reply {
+    let group_by = match q.by.as_deref().map(str::trim).unwrap_or("") {
+        "" => pb::UsageGrouping::Unspecified,
+        "model" => pb::UsageGrouping::Model,
+        "key" => pb::UsageGrouping::Key,
+        "day" => pb::UsageGrouping::Day,
+        "batch" => pb::UsageGrouping::Batch,
+        _ => {
+            return Err(crate::error::Error::invalid(
+                "group_by",
+                "must be one of model, key, day, batch (or unset)",
+            )
+            .into())
+        }
+    };
+    let message = pb::GetUsageRequest {
+        from: usage_time("from", q.from.as_deref())?,
+        to: usage_time("to", q.to.as_deref())?,
+        group_by: group_by as i32,
+        tenant: q.tenant.unwrap_or_default(),
+    };
+    let req = s.request(&headers, message).await?;
+    json(s.generation.get_usage(req).await?.get_ref())
+}
+
+async fn replay_dead_letters(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Reply {
+    let req = s
+        .request(&headers, parse::<pb::ReplayDeadLettersRequest>(&body)?)
+        .await?;
+    json(s.operator.replay_dead_letters(req).await?.get_ref())
 }

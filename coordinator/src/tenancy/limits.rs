@@ -42,6 +42,10 @@ pub struct Limits {
     pub max_duration_s: Option<f32>,
     /// Denoising steps per job.
     pub max_steps: Option<u32>,
+    /// Audio and device seconds per day and per month (checked by the store at insert).
+    pub budgets: crate::tenancy::Budgets,
+    /// Days an output is kept before the janitor deletes it (`None`: until the job is deleted).
+    pub retain_outputs_days: Option<u32>,
 }
 
 impl Limits {

@@ -3,9 +3,11 @@
 //! (which applies them), so neither of those needs the other.
 
 pub mod blobs;
+pub mod budgets;
 pub mod key;
 pub mod limits;
 
+pub use budgets::Budgets;
 pub use key::ApiKey;
 pub use limits::{Limits, SubmitRate};
 

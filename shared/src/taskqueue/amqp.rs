@@ -8,16 +8,16 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
-use lapin::types::FieldTable;
 use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
-use super::{Acker, Consumer, Delivery, QueueError, QueueName, TaskQueue};
+use super::{Acker, Consumer, Delivery, QueueError, QueueName, Replayed, TaskQueue};
 use crate::job::TaskKind;
 use crate::messages::ControlMessage;
 use crate::queue::{self, Topology};
@@ -385,9 +385,97 @@ impl TaskQueue for AmqpQueue {
     async fn consumers(&self, queue: QueueName) -> Result<u32, QueueError> {
         Ok(self.counts(&self.name(queue)).await?.1)
     }
+
+    async fn replay_dead_letters(
+        &self,
+        limit: u32,
+        only: Option<QueueName>,
+    ) -> Result<Vec<Replayed>, QueueError> {
+        let dead = self.topology.dead_letter_queue();
+        // At most what waits now: a message put back below is not fetched again.
+        let waiting = self.counts(&dead).await?.0.min(limit);
+        let ch = self.new_channel().await?;
+        let publish = self.publish_channel().await?;
+        let mut replayed = Vec::new();
+        // Held unsettled until the end, so that `basic_get` moves past them.
+        let mut kept = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..waiting {
+            let got = match ch.basic_get(&dead, BasicGetOptions { no_ack: false }).await {
+                Ok(Some(got)) => got,
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            let d = got.delivery;
+            let headers = d.properties.headers().clone().unwrap_or_default();
+            let origin = death_queue(&headers).and_then(|n| self.queue_named(&n));
+            let Some(queue) = origin.filter(|q| only.is_none_or(|o| o == *q)) else {
+                kept.push(d.acker);
+                continue;
+            };
+            // Published (and confirmed) before it leaves the dead letters.
+            if let Err(e) =
+                queue::publish_bytes(&publish, "", &self.name(queue), &d.data, headers).await
+            {
+                kept.push(d.acker);
+                result = Err(e);
+                break;
+            }
+            d.acker.ack(BasicAckOptions::default()).await?;
+            replayed.push(Replayed {
+                queue,
+                size_bytes: d.data.len() as u64,
+            });
+        }
+        for acker in kept {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await?;
+        }
+        let _ = ch.close(200, "replayed").await;
+        result.map(|()| replayed)
+    }
+}
+
+/// The queue a dead letter was refused from: RabbitMQ's `x-first-death-queue` header, or the
+/// first `x-death` entry's `queue`.
+fn death_queue(headers: &FieldTable) -> Option<String> {
+    let text = |v: &AMQPValue| match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    let inner = headers.inner();
+    if let Some(q) = inner.get("x-first-death-queue").and_then(text) {
+        return Some(q);
+    }
+    match inner.get("x-death")? {
+        AMQPValue::FieldArray(deaths) => deaths.as_slice().iter().find_map(|d| match d {
+            AMQPValue::FieldTable(t) => t.inner().get("queue").and_then(text),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 impl AmqpQueue {
+    /// The queue of one of this topology's shared queue names.
+    fn queue_named(&self, name: &str) -> Option<QueueName> {
+        [
+            QueueName::Task(TaskKind::Denoise),
+            QueueName::Task(TaskKind::Vocode),
+            QueueName::Results,
+        ]
+        .into_iter()
+        .find(|q| self.name(*q) == name)
+    }
+
     /// (messages, consumers) of a queue, by a passive declare on a throwaway channel.
     async fn counts(&self, name: &str) -> Result<(u32, u32), QueueError> {
         let ch = self.new_channel().await?;

@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{Acker, Consumer, Delivery, QueueError, QueueName, TaskQueue};
+use super::{Acker, Consumer, Delivery, QueueError, QueueName, Replayed, TaskQueue};
 use crate::messages::ControlMessage;
 
 /// A message as published: body and headers.
@@ -26,7 +26,8 @@ struct Message {
 #[derive(Default)]
 struct State {
     queues: HashMap<QueueName, VecDeque<Message>>,
-    dead: Vec<Message>,
+    /// Dead letters with the queue each was refused from, oldest first.
+    dead: Vec<(QueueName, Message)>,
     consumers: HashMap<QueueName, u32>,
 }
 
@@ -114,7 +115,8 @@ impl Acker for MemoryAcker {
             if requeue {
                 self.inner.push(self.queue, msg, true);
             } else {
-                self.inner.with(|s| s.dead.push(msg));
+                let queue = self.queue;
+                self.inner.with(|s| s.dead.push((queue, msg)));
             }
         }
         Ok(())
@@ -227,6 +229,35 @@ impl TaskQueue for MemoryQueue {
 
     async fn dead_letters(&self) -> Result<u64, QueueError> {
         Ok(self.inner.with(|s| s.dead.len() as u64))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        limit: u32,
+        only: Option<QueueName>,
+    ) -> Result<Vec<Replayed>, QueueError> {
+        let taken: Vec<(QueueName, Message)> = self.inner.with(|s| {
+            let mut taken = Vec::new();
+            let mut kept = Vec::new();
+            for (queue, msg) in s.dead.drain(..) {
+                if taken.len() < limit as usize && only.is_none_or(|q| q == queue) {
+                    taken.push((queue, msg));
+                } else {
+                    kept.push((queue, msg));
+                }
+            }
+            s.dead = kept;
+            taken
+        });
+        let mut replayed = Vec::with_capacity(taken.len());
+        for (queue, msg) in taken {
+            replayed.push(Replayed {
+                queue,
+                size_bytes: msg.body.len() as u64,
+            });
+            self.inner.push(queue, msg, false);
+        }
+        Ok(replayed)
     }
 
     async fn consumers(&self, queue: QueueName) -> Result<u32, QueueError> {

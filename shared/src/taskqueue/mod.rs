@@ -27,6 +27,23 @@ pub enum QueueName {
     Results,
 }
 
+/// A dead letter put back on the queue it was refused from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub queue: QueueName,
+    pub size_bytes: u64,
+}
+
+impl QueueName {
+    /// `denoise`, `vocode` or `results`, as operators and the dead-letter records name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Task(kind) => kind.as_str(),
+            QueueName::Results => "results",
+        }
+    }
+}
+
 /// Settles one delivery; implemented by each backend.
 #[async_trait]
 pub trait Acker: Send {
@@ -140,6 +157,15 @@ pub trait TaskQueue: Send + Sync {
     async fn control(&self) -> Result<BoxStream<'static, ControlMessage>, QueueError>;
     /// Messages waiting in the dead-letter queue.
     async fn dead_letters(&self) -> Result<u64, QueueError>;
+    /// Puts up to `limit` dead letters (oldest first) back on the queues they were refused
+    /// from, each published (confirmed) before it leaves the dead letters, so a failure midway
+    /// loses nothing (at worst a message is there twice, which the results' fencing absorbs).
+    /// With `only`, just that queue's. A dead letter whose origin is unknown stays.
+    async fn replay_dead_letters(
+        &self,
+        limit: u32,
+        only: Option<QueueName>,
+    ) -> Result<Vec<Replayed>, QueueError>;
     /// Consumers attached to a queue (readiness checks and tests).
     async fn consumers(&self, queue: QueueName) -> Result<u32, QueueError>;
 }

@@ -71,6 +71,70 @@ pub(super) async fn nack_requeues_or_dead_letters(q: &dyn TaskQueue) {
     c.close().await;
 }
 
+/// Waits until the dead-letter queue holds `n` messages (the broker settles asynchronously).
+async fn wait_dead(q: &dyn TaskQueue, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = q.dead_letters().await.expect("dead letters");
+        if now == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} dead letters, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(super) async fn dead_letters_replay_to_the_queue_they_came_from(q: &dyn TaskQueue) {
+    let vocode = QueueName::Task(TaskKind::Vocode);
+    for (queue, body) in [
+        (DENOISE, &b"refused once"[..]),
+        (vocode, &b"vocode too"[..]),
+    ] {
+        q.publish(queue, body).await.expect("publish");
+        let mut c = q.consume(&[queue], 1, "t").await.expect("consume");
+        next_data(&mut c)
+            .await
+            .nack(false)
+            .await
+            .expect("nack dead");
+        c.close().await;
+    }
+    wait_dead(q, 2).await;
+    // Only the denoise queue's, then the rest.
+    let replayed = q
+        .replay_dead_letters(10, Some(DENOISE))
+        .await
+        .expect("replay denoise");
+    assert_eq!(
+        replayed,
+        vec![super::Replayed {
+            queue: DENOISE,
+            size_bytes: 12
+        }]
+    );
+    wait_dead(q, 1).await;
+    let mut c = q.consume(&[DENOISE], 1, "t").await.expect("consume");
+    let d = next_data(&mut c).await;
+    assert_eq!(d.data, b"refused once");
+    d.ack().await.expect("ack");
+    c.close().await;
+    let rest = q.replay_dead_letters(10, None).await.expect("replay");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].queue, vocode);
+    wait_dead(q, 0).await;
+    assert!(q
+        .replay_dead_letters(10, None)
+        .await
+        .expect("replay")
+        .is_empty());
+    let mut c = q.consume(&[vocode], 1, "t").await.expect("consume");
+    assert_eq!(next_data(&mut c).await.data, b"vocode too");
+    c.close().await;
+}
+
 pub(super) async fn prefetch_bounds_unsettled_deliveries(q: &dyn TaskQueue) {
     for b in [b"p1", b"p2"] {
         q.publish(DENOISE, b).await.expect("publish");
@@ -257,6 +321,7 @@ task_queue_suite!(
     delivers_once_when_acked,
     redelivers_what_a_departed_consumer_held,
     nack_requeues_or_dead_letters,
+    dead_letters_replay_to_the_queue_they_came_from,
     prefetch_bounds_unsettled_deliveries,
     consumes_several_queues_and_counts_consumers,
     headers_travel_with_the_message,

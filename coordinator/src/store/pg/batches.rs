@@ -400,18 +400,33 @@ impl BatchStore for PgStore {
             i32,
             Option<f32>,
             Option<f32>,
+            Option<DateTime<Utc>>,
+            bool,
         );
         let outputs: Vec<OutputCols> = sqlx::query_as(
             "SELECT job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                    loudness_lufs, true_peak_dbtp \
+                    loudness_lufs, true_peak_dbtp, expires_at, (deleted_at IS NOT NULL) \
              FROM outputs WHERE job_id = ANY($1) ORDER BY job_id, idx",
         )
         .bind(&jobs)
         .fetch_all(self.pool())
         .await?;
         let mut by_job: HashMap<Uuid, Vec<OutputRow>> = HashMap::new();
-        for (job, idx, key, sha256, size_bytes, duration_s, sample_rate, format, ch, lufs, tp) in
-            outputs
+        for (
+            job,
+            idx,
+            key,
+            sha256,
+            size_bytes,
+            duration_s,
+            sample_rate,
+            format,
+            ch,
+            lufs,
+            tp,
+            expires_at,
+            deleted,
+        ) in outputs
         {
             by_job.entry(job).or_default().push(OutputRow {
                 idx,
@@ -424,6 +439,8 @@ impl BatchStore for PgStore {
                 channels: ch,
                 loudness_lufs: lufs,
                 true_peak_dbtp: tp,
+                expires_at,
+                deleted,
             });
         }
         Ok(rows
@@ -478,6 +495,9 @@ impl BatchStore for PgStore {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
+        for id in &ids {
+            super::usage::record_usage(&mut tx, *id).await?;
+        }
         sqlx::query(
             "INSERT INTO job_events (job_id, kind, detail) \
              SELECT id, 'cancelled', jsonb_build_object('batch', $2::text) FROM unnest($1::uuid[]) id",

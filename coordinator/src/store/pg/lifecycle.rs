@@ -209,12 +209,15 @@ impl LifecycleTx for PgLifecycle {
             let format = o.key.rsplit('.').next().unwrap_or("wav");
             sqlx::query(
                 "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                   loudness_lufs, true_peak_dbtp) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                   loudness_lufs, true_peak_dbtp, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                   (SELECT now() + make_interval(days => t.retain_outputs_days) FROM tenants t \
+                    JOIN jobs j ON j.tenant = t.name WHERE j.id = $1)) \
                  ON CONFLICT (job_id, idx) DO UPDATE SET key = EXCLUDED.key, sha256 = EXCLUDED.sha256, \
                    size_bytes = EXCLUDED.size_bytes, duration_s = EXCLUDED.duration_s, \
                    sample_rate = EXCLUDED.sample_rate, format = EXCLUDED.format, channels = EXCLUDED.channels, \
-                   loudness_lufs = EXCLUDED.loudness_lufs, true_peak_dbtp = EXCLUDED.true_peak_dbtp",
+                   loudness_lufs = EXCLUDED.loudness_lufs, true_peak_dbtp = EXCLUDED.true_peak_dbtp, \
+                   expires_at = EXCLUDED.expires_at, deleted_at = NULL",
             )
             .bind(job)
             .bind(o.index as i32)
@@ -453,6 +456,48 @@ impl LifecycleTx for PgLifecycle {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn mark_deleted(&mut self, job: Uuid) -> Result<(bool, Vec<String>)> {
+        let (tenant, spec, request, deleted): (
+            String,
+            sqlx::types::Json<tutti_shared::job::JobSpec>,
+            Vec<u8>,
+            bool,
+        ) = sqlx::query_as(
+            "SELECT tenant, spec, request, deleted_at IS NOT NULL FROM jobs WHERE id = $1",
+        )
+        .bind(job)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let mut keys: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM outputs WHERE job_id = $1 ORDER BY idx")
+                .bind(job)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        keys.extend(crate::deletion::own_input(&spec.0, &tenant));
+        if deleted {
+            return Ok((false, keys));
+        }
+        let mut spec = spec.0;
+        crate::deletion::blank_spec(&mut spec);
+        sqlx::query("UPDATE jobs SET spec = $2, request = $3, deleted_at = now() WHERE id = $1")
+            .bind(job)
+            .bind(sqlx::types::Json(&spec))
+            .bind(crate::deletion::blank_request(&request)?)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "UPDATE outputs SET deleted_at = now() WHERE job_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(job)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok((true, keys))
+    }
+
+    async fn record_usage(&mut self, job: Uuid) -> Result<()> {
+        super::usage::record_usage(&mut self.tx, job).await
     }
 
     async fn event(

@@ -8,6 +8,7 @@ mod listen;
 mod round;
 mod rows;
 mod tenants;
+mod usage;
 mod views;
 
 use std::collections::BTreeMap;
@@ -37,7 +38,8 @@ use crate::validate::NewJob;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
-     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
+     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at, \
+     deleted_at";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -68,14 +70,14 @@ impl PgStore {
 
     async fn insert_job_impl(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let mut tx = self.pool.begin().await?;
-        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
+        let (in_flight, budgets) = tenants::admission(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         // The new row comes back from the insert: a submit reads nothing after its commit.
         let inserted: Option<JobRow> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10) \
+                               idempotency_key, labels, steps_total, chunk_steps, api_key_id) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
@@ -88,6 +90,7 @@ impl PgStore {
         .bind(Json(&new.labels))
         .bind(new.spec.steps as i32)
         .bind(new.chunk_steps as i32)
+        .bind(&new.api_key)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -113,6 +116,9 @@ impl PgStore {
         };
         if let Some(max) = in_flight {
             tenants::check_in_flight(&mut tx, tenant, max).await?;
+        }
+        if !budgets.is_empty() {
+            usage::check_budgets(&mut tx, tenant, &budgets).await?;
         }
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
@@ -150,7 +156,7 @@ impl PgStore {
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         Ok(sqlx::query_as(
             "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                    loudness_lufs, true_peak_dbtp \
+                    loudness_lufs, true_peak_dbtp, expires_at, (deleted_at IS NOT NULL) AS deleted \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id)
@@ -233,6 +239,29 @@ impl JobStore for PgStore {
         };
         Ok(self.get_job(scope, id).await?.map(|j| (j, retried)))
     }
+    async fn delete_job(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        let Some(deleted) = deleted else {
+            return Ok(None);
+        };
+        Ok(self.get_job(scope, id).await?.map(|j| (j, deleted)))
+    }
+    async fn delete_batch(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
     async fn retry_batch_items(
         &self,
         tenant: &str,
@@ -253,6 +282,9 @@ impl JobStore for PgStore {
     }
     async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()> {
         views::record_dead_letter(&self.pool, letter).await
+    }
+    async fn record_replays(&self, by: &str, replays: &[(&str, u64, u64)]) -> Result<()> {
+        views::record_replays(&self.pool, by, replays).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;
@@ -302,6 +334,35 @@ impl JobStore for PgStore {
             .bind(jobs)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn outputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT job_id, idx, key FROM outputs \
+             WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()> {
+        let (jobs, idx): (Vec<Uuid>, Vec<i32>) = outputs.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE outputs o SET deleted_at = now() FROM UNNEST($1::uuid[], $2::int[]) AS d(job, idx) \
+             WHERE o.job_id = d.job AND o.idx = d.idx AND o.deleted_at IS NULL",
+        )
+        .bind(&jobs)
+        .bind(&idx)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -12,6 +12,17 @@ use crate::store::tenants::{
 };
 use crate::tenancy::key::{hashes_match, ApiKey};
 use crate::tenancy::limits::Limits;
+use crate::tenancy::Budgets;
+
+/// The budget columns of a tenant row.
+fn budgets(r: &PgRow) -> Result<Budgets> {
+    Ok(Budgets {
+        audio_seconds_per_day: r.try_get("audio_seconds_per_day")?,
+        audio_seconds_per_month: r.try_get("audio_seconds_per_month")?,
+        device_seconds_per_day: r.try_get("device_seconds_per_day")?,
+        device_seconds_per_month: r.try_get("device_seconds_per_month")?,
+    })
+}
 
 fn limits(r: &PgRow) -> Result<Limits> {
     LimitCols {
@@ -27,6 +38,10 @@ fn limits(r: &PgRow) -> Result<Limits> {
         max_duration_s: r
             .try_get::<Option<f32>, _>("max_duration_s")?
             .map(f64::from),
+        budgets: budgets(r)?,
+        retain_outputs_days: r
+            .try_get::<Option<i32>, _>("retain_outputs_days")?
+            .map(i64::from),
         max_steps: r.try_get::<Option<i32>, _>("max_steps")?.map(i64::from),
     }
     .into_limits()
@@ -44,27 +59,43 @@ fn to_i32(v: Option<i64>) -> Option<i32> {
     v.map(|n| n.clamp(0, i64::from(i32::MAX)) as i32)
 }
 
-/// The tenant's `max_jobs_in_flight`, with its row locked when there is one, so concurrent
-/// submits of the tenant (on any replica) count one after the other.
-pub(super) async fn in_flight_limit(
+const ADMISSION_SQL: &str = "SELECT max_jobs_in_flight, audio_seconds_per_day, \
+     audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month \
+     FROM tenants WHERE name = $1";
+
+fn admission_row(r: &PgRow) -> Result<(Option<u32>, Budgets)> {
+    let max = r
+        .try_get::<Option<i32>, _>("max_jobs_in_flight")?
+        .map(|m| m.max(0) as u32);
+    Ok((max, budgets(r)?))
+}
+
+/// The tenant's `max_jobs_in_flight` and budgets, with its row locked when it has any, so
+/// concurrent submits of the tenant (on any replica) count one after the other.
+pub(super) async fn admission(
     tx: &mut Transaction<'_, Postgres>,
     tenant: &str,
-) -> Result<Option<u32>> {
-    let peek: Option<Option<i32>> =
-        sqlx::query_scalar("SELECT max_jobs_in_flight FROM tenants WHERE name = $1")
-            .bind(tenant)
-            .fetch_optional(&mut **tx)
-            .await?;
-    if peek.flatten().is_none() {
+) -> Result<(Option<u32>, Budgets)> {
+    let peek = sqlx::query(ADMISSION_SQL)
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((max, budgets)) = peek.as_ref().map(admission_row).transpose()? else {
+        return Ok((None, Budgets::default()));
+    };
+    if max.is_none() && budgets.is_empty() {
         // No limit: no lock, so unlimited tenants' submits never wait on each other.
-        return Ok(None);
+        return Ok((None, budgets));
     }
-    let max: Option<Option<i32>> =
-        sqlx::query_scalar("SELECT max_jobs_in_flight FROM tenants WHERE name = $1 FOR UPDATE")
-            .bind(tenant)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(max.flatten().map(|m| m.max(0) as u32))
+    let locked = sqlx::query(&format!("{ADMISSION_SQL} FOR UPDATE"))
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(locked
+        .as_ref()
+        .map(admission_row)
+        .transpose()?
+        .unwrap_or_default())
 }
 
 /// Fails (and so rolls back the insert) when the tenant now has more than `max` jobs queued
@@ -91,7 +122,7 @@ impl TenantStore for PgStore {
     async fn create_tenant(&self, name: &str, limits: &Limits) -> Result<()> {
         let c = LimitCols::from(limits);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
@@ -102,6 +133,11 @@ impl TenantStore for PgStore {
         .bind(c.priorities)
         .bind(c.max_duration_s.map(|d| d as f32))
         .bind(to_i32(c.max_steps))
+        .bind(c.budgets.audio_seconds_per_day)
+        .bind(c.budgets.audio_seconds_per_month)
+        .bind(c.budgets.device_seconds_per_day)
+        .bind(c.budgets.device_seconds_per_month)
+        .bind(to_i32(c.retain_outputs_days))
         .execute(self.pool())
         .await?
         .rows_affected();
@@ -118,7 +154,9 @@ impl TenantStore for PgStore {
         let updated = sqlx::query(
             "UPDATE tenants SET max_jobs_in_flight = $2, submits_per_second = $3, \
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
-             max_steps = $8 WHERE name = $1",
+             max_steps = $8, audio_seconds_per_day = $9, audio_seconds_per_month = $10, \
+             device_seconds_per_day = $11, device_seconds_per_month = $12, \
+             retain_outputs_days = $13 WHERE name = $1",
         )
         .bind(name)
         .bind(to_i32(c.max_jobs_in_flight))
@@ -128,6 +166,11 @@ impl TenantStore for PgStore {
         .bind(c.priorities)
         .bind(c.max_duration_s.map(|d| d as f32))
         .bind(to_i32(c.max_steps))
+        .bind(c.budgets.audio_seconds_per_day)
+        .bind(c.budgets.audio_seconds_per_month)
+        .bind(c.budgets.device_seconds_per_day)
+        .bind(c.budgets.device_seconds_per_month)
+        .bind(to_i32(c.retain_outputs_days))
         .execute(self.pool())
         .await?
         .rows_affected();

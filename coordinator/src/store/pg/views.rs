@@ -13,7 +13,7 @@ use super::PgStore;
 use crate::error::Result;
 use crate::store::views::{
     overview, records, tenant_work, DeadLetterRow, DispatchedTask, FailedJob, FailedTask,
-    QueueCounts, QueueOverview, TenantWork, ViewStore, WorkerRow,
+    QueueCounts, QueueOverview, ReplayRow, TenantWork, ViewStore, WorkerRow,
 };
 use crate::store::{DeadLetter, DEAD_LETTERS_KEPT};
 use crate::store::{JobRecord, Scope};
@@ -194,6 +194,26 @@ impl ViewStore for PgStore {
             .collect())
     }
 
+    async fn replays(&self, limit: i64) -> Result<Vec<ReplayRow>> {
+        let rows: Vec<(String, String, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT replayed_by, queue, messages, size_bytes, at FROM dead_letter_replays \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(by, queue, messages, size, at)| ReplayRow {
+                by,
+                queue,
+                messages: messages.max(0) as u64,
+                size_bytes: size.max(0) as u64,
+                at,
+            })
+            .collect())
+    }
+
     async fn search_jobs(
         &self,
         scope: Scope<'_>,
@@ -242,6 +262,29 @@ pub(super) async fn record_dead_letter(pool: &sqlx::PgPool, d: &DeadLetter<'_>) 
         .bind(id - DEAD_LETTERS_KEPT)
         .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records one replay, a row per queue, in one transaction.
+pub(super) async fn record_replays(
+    pool: &sqlx::PgPool,
+    by: &str,
+    replays: &[(&str, u64, u64)],
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for (queue, messages, bytes) in replays {
+        sqlx::query(
+            "INSERT INTO dead_letter_replays (replayed_by, queue, messages, size_bytes) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(by)
+        .bind(queue)
+        .bind(*messages as i64)
+        .bind(*bytes as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

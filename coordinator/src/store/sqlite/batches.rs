@@ -363,6 +363,7 @@ impl BatchStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let id = uuid(id)?;
+            super::usage::record_usage(&mut tx, id).await?;
             event(
                 &mut tx,
                 id,
@@ -444,31 +445,36 @@ impl SqliteStore {
             i64,
             Option<f64>,
             Option<f64>,
+            Option<i64>,
+            Option<i64>,
         );
         let rows: Vec<OutputCols> = sqlx::query_as(
             "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                    loudness_lufs, true_peak_dbtp \
+                    loudness_lufs, true_peak_dbtp, expires_at, deleted_at \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(job.to_string())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(
-                |(idx, key, sha256, size_bytes, d, sr, format, ch, lufs, tp)| OutputRow {
-                    idx: idx as i32,
-                    key,
-                    sha256,
-                    size_bytes,
-                    duration_s: d as f32,
-                    sample_rate: sr as i32,
-                    format,
-                    channels: ch as i32,
-                    loudness_lufs: lufs.map(|v| v as f32),
-                    true_peak_dbtp: tp.map(|v| v as f32),
+                |(idx, key, sha256, size_bytes, d, sr, format, ch, lufs, tp, expires, deleted)| {
+                    Ok(OutputRow {
+                        idx: idx as i32,
+                        key,
+                        sha256,
+                        size_bytes,
+                        duration_s: d as f32,
+                        sample_rate: sr as i32,
+                        format,
+                        channels: ch as i32,
+                        loudness_lufs: lufs.map(|v| v as f32),
+                        true_peak_dbtp: tp.map(|v| v as f32),
+                        expires_at: expires.map(time).transpose()?,
+                        deleted: deleted.is_some(),
+                    })
                 },
             )
-            .collect())
+            .collect()
     }
 }

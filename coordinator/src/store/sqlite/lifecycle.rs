@@ -220,12 +220,15 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             let format = o.key.rsplit('.').next().unwrap_or("wav");
             sqlx::query(
                 "INSERT INTO outputs (job_id, idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                   loudness_lufs, true_peak_dbtp) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                   loudness_lufs, true_peak_dbtp, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                   (SELECT $12 + t.retain_outputs_days * 86400000000 FROM tenants t \
+                    JOIN jobs j ON j.tenant = t.name WHERE j.id = $1)) \
                  ON CONFLICT (job_id, idx) DO UPDATE SET key = excluded.key, sha256 = excluded.sha256, \
                    size_bytes = excluded.size_bytes, duration_s = excluded.duration_s, \
                    sample_rate = excluded.sample_rate, format = excluded.format, channels = excluded.channels, \
-                   loudness_lufs = excluded.loudness_lufs, true_peak_dbtp = excluded.true_peak_dbtp",
+                   loudness_lufs = excluded.loudness_lufs, true_peak_dbtp = excluded.true_peak_dbtp, \
+                   expires_at = excluded.expires_at, deleted_at = NULL",
             )
             .bind(job.to_string())
             .bind(i64::from(o.index))
@@ -238,6 +241,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             .bind(i64::from(o.channels))
             .bind(o.loudness_lufs.map(f64::from))
             .bind(o.true_peak_dbtp.map(f64::from))
+            .bind(self.now)
             .execute(&mut *self.tx)
             .await?;
         }
@@ -476,6 +480,44 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn mark_deleted(&mut self, job: Uuid) -> Result<(bool, Vec<String>)> {
+        let (tenant, spec, request, deleted): (String, String, Vec<u8>, Option<i64>) =
+            sqlx::query_as("SELECT tenant, spec, request, deleted_at FROM jobs WHERE id = $1")
+                .bind(job.to_string())
+                .fetch_one(&mut *self.tx)
+                .await?;
+        let mut spec: tutti_shared::job::JobSpec =
+            serde_json::from_str(&spec).map_err(|e| internal("stored spec", e))?;
+        let mut keys: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM outputs WHERE job_id = $1 ORDER BY idx")
+                .bind(job.to_string())
+                .fetch_all(&mut *self.tx)
+                .await?;
+        keys.extend(crate::deletion::own_input(&spec, &tenant));
+        if deleted.is_some() {
+            return Ok((false, keys));
+        }
+        crate::deletion::blank_spec(&mut spec);
+        let spec = serde_json::to_string(&spec).map_err(|e| internal("encoding spec", e))?;
+        sqlx::query("UPDATE jobs SET spec = $2, request = $3, deleted_at = $4 WHERE id = $1")
+            .bind(job.to_string())
+            .bind(spec)
+            .bind(crate::deletion::blank_request(&request)?)
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("UPDATE outputs SET deleted_at = $2 WHERE job_id = $1 AND deleted_at IS NULL")
+            .bind(job.to_string())
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok((true, keys))
+    }
+
+    async fn record_usage(&mut self, job: Uuid) -> Result<()> {
+        super::usage::record_usage(&mut self.tx, job).await
     }
 
     async fn event(

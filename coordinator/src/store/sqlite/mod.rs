@@ -24,6 +24,7 @@ mod lifecycle;
 mod round;
 mod rows;
 mod tenants;
+mod usage;
 mod views;
 
 use self::lifecycle::SqliteLifecycle;
@@ -40,7 +41,8 @@ use crate::validate::NewJob;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
-     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at";
+     attempts, error_code, error_message, timings, labels, created_at, started_at, finished_at, \
+     deleted_at";
 
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
@@ -87,6 +89,7 @@ fn job_row(r: &SqliteRow) -> Result<JobRow> {
         created_at: time(r.try_get("created_at")?)?,
         started_at: opt_time("started_at")?,
         finished_at: opt_time("finished_at")?,
+        deleted_at: opt_time("deleted_at")?,
     })
 }
 
@@ -160,7 +163,7 @@ impl SqliteStore {
     async fn outputs(&self, id: Uuid) -> Result<Vec<OutputRow>> {
         let rows = sqlx::query(
             "SELECT idx, key, sha256, size_bytes, duration_s, sample_rate, format, channels, \
-                    loudness_lufs, true_peak_dbtp \
+                    loudness_lufs, true_peak_dbtp, expires_at, deleted_at \
              FROM outputs WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id.to_string())
@@ -183,6 +186,11 @@ impl SqliteStore {
                     true_peak_dbtp: r
                         .try_get::<Option<f64>, _>("true_peak_dbtp")?
                         .map(|v| v as f32),
+                    expires_at: r
+                        .try_get::<Option<i64>, _>("expires_at")?
+                        .map(time)
+                        .transpose()?,
+                    deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
                 })
             })
             .collect()
@@ -198,7 +206,7 @@ impl SqliteStore {
 impl JobStore for SqliteStore {
     async fn insert_job(&self, tenant: &str, new: &NewJob) -> Result<(JobRecord, bool)> {
         let (w, mut tx) = self.begin_write().await?;
-        let in_flight = tenants::in_flight_limit(&mut tx, tenant).await?;
+        let (in_flight, budgets) = tenants::admission(&mut tx, tenant).await?;
         let id = Uuid::now_v7();
         let request = prost::Message::encode_to_vec(&new.accepted);
         let spec = serde_json::to_string(&new.spec)
@@ -207,8 +215,8 @@ impl JobStore for SqliteStore {
             .map_err(|e| Error::Internal(format!("encoding labels: {e}")))?;
         let inserted: Option<(String,)> = sqlx::query_as(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps, created_at) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                               idempotency_key, labels, steps_total, chunk_steps, created_at, api_key_id) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(id.to_string())
@@ -222,6 +230,7 @@ impl JobStore for SqliteStore {
         .bind(i64::from(new.spec.steps))
         .bind(i64::from(new.chunk_steps))
         .bind(now_us())
+        .bind(&new.api_key)
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -249,6 +258,9 @@ impl JobStore for SqliteStore {
         }
         if let Some(max) = in_flight {
             tenants::check_in_flight(&mut tx, tenant, max).await?;
+        }
+        if !budgets.is_empty() {
+            usage::check_budgets(&mut tx, tenant, &budgets).await?;
         }
         let mut notes = Pending::default();
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
@@ -332,6 +344,29 @@ impl JobStore for SqliteStore {
         };
         Ok(self.get_job(scope, id).await?.map(|j| (j, retried)))
     }
+    async fn delete_job(
+        &self,
+        scope: Scope<'_>,
+        id: Uuid,
+    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
+        tx.commit().await?;
+        let Some(deleted) = deleted else {
+            return Ok(None);
+        };
+        Ok(self.get_job(scope, id).await?.map(|j| (j, deleted)))
+    }
+    async fn delete_batch(
+        &self,
+        tenant: &str,
+        batch: Uuid,
+    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
     async fn retry_batch_items(
         &self,
         tenant: &str,
@@ -352,6 +387,9 @@ impl JobStore for SqliteStore {
     }
     async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<()> {
         views::record_dead_letter(self, letter).await
+    }
+    async fn record_replays(&self, by: &str, replays: &[(&str, u64, u64)]) -> Result<()> {
+        views::record_replays(self, by, replays).await
     }
     async fn reclaim_lost(&self, timeout: Duration, policy: RetryPolicy) -> Result<()> {
         let mut tx = SqliteLifecycle::begin(self).await?;
@@ -410,6 +448,43 @@ impl JobStore for SqliteStore {
         }
         tx.commit().await?;
         drop(w);
+        Ok(())
+    }
+
+    async fn outputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT job_id, idx, key FROM outputs \
+             WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now.timestamp_micros())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(job, idx, key)| Ok((uuid(&job)?, idx as i32, key)))
+            .collect()
+    }
+
+    async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()> {
+        let (_w, mut tx) = self.begin_write().await?;
+        let now = now_us();
+        for (job, idx) in outputs {
+            sqlx::query(
+                "UPDATE outputs SET deleted_at = $3 \
+                 WHERE job_id = $1 AND idx = $2 AND deleted_at IS NULL",
+            )
+            .bind(job.to_string())
+            .bind(i64::from(*idx))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

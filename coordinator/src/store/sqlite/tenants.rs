@@ -14,9 +14,20 @@ use crate::store::tenants::{
 };
 use crate::tenancy::key::{hashes_match, ApiKey};
 use crate::tenancy::limits::Limits;
+use crate::tenancy::Budgets;
 
 fn time(us: i64) -> Result<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
+}
+
+/// The budget columns of a tenant row.
+fn budgets(r: &SqliteRow) -> Result<Budgets> {
+    Ok(Budgets {
+        audio_seconds_per_day: r.try_get("audio_seconds_per_day")?,
+        audio_seconds_per_month: r.try_get("audio_seconds_per_month")?,
+        device_seconds_per_day: r.try_get("device_seconds_per_day")?,
+        device_seconds_per_month: r.try_get("device_seconds_per_month")?,
+    })
 }
 
 fn limits(r: &SqliteRow) -> Result<Limits> {
@@ -27,6 +38,8 @@ fn limits(r: &SqliteRow) -> Result<Limits> {
         max_batch_items: r.try_get("max_batch_items")?,
         priorities: r.try_get("priorities")?,
         max_duration_s: r.try_get("max_duration_s")?,
+        budgets: budgets(r)?,
+        retain_outputs_days: r.try_get("retain_outputs_days")?,
         max_steps: r.try_get("max_steps")?,
     }
     .into_limits()
@@ -40,16 +53,22 @@ fn tenant(r: &SqliteRow) -> Result<Tenant> {
     })
 }
 
-/// The tenant's `max_jobs_in_flight`.
-pub(super) async fn in_flight_limit(tx: &mut Tx<'_>, tenant: &str) -> Result<Option<u32>> {
-    let max: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT max_jobs_in_flight FROM tenants WHERE name = $1")
-            .bind(tenant)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(max
-        .flatten()
-        .map(|m| m.clamp(0, i64::from(u32::MAX)) as u32))
+/// The tenant's `max_jobs_in_flight` and budgets (the single writer needs no row lock).
+pub(super) async fn admission(tx: &mut Tx<'_>, tenant: &str) -> Result<(Option<u32>, Budgets)> {
+    let row = sqlx::query(
+        "SELECT max_jobs_in_flight, audio_seconds_per_day, audio_seconds_per_month, \
+                device_seconds_per_day, device_seconds_per_month FROM tenants WHERE name = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(r) = row else {
+        return Ok((None, Budgets::default()));
+    };
+    let max = r
+        .try_get::<Option<i64>, _>("max_jobs_in_flight")?
+        .map(|m| m.clamp(0, i64::from(u32::MAX)) as u32);
+    Ok((max, budgets(&r)?))
 }
 
 /// Fails (and so rolls back the insert) when the tenant now has more than `max` jobs queued
@@ -74,7 +93,7 @@ impl TenantStore for SqliteStore {
         let (_w, mut tx) = self.begin_write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO tenants (name, {LIMIT_COLUMNS}, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
         .bind(c.max_jobs_in_flight)
@@ -84,6 +103,11 @@ impl TenantStore for SqliteStore {
         .bind(c.priorities)
         .bind(c.max_duration_s)
         .bind(c.max_steps)
+        .bind(c.budgets.audio_seconds_per_day)
+        .bind(c.budgets.audio_seconds_per_month)
+        .bind(c.budgets.device_seconds_per_day)
+        .bind(c.budgets.device_seconds_per_month)
+        .bind(c.retain_outputs_days)
         .bind(now_us())
         .execute(&mut *tx)
         .await?
@@ -103,7 +127,9 @@ impl TenantStore for SqliteStore {
         let updated = sqlx::query(
             "UPDATE tenants SET max_jobs_in_flight = $2, submits_per_second = $3, \
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
-             max_steps = $8 WHERE name = $1",
+             max_steps = $8, audio_seconds_per_day = $9, audio_seconds_per_month = $10, \
+             device_seconds_per_day = $11, device_seconds_per_month = $12, \
+             retain_outputs_days = $13 WHERE name = $1",
         )
         .bind(name)
         .bind(c.max_jobs_in_flight)
@@ -113,6 +139,11 @@ impl TenantStore for SqliteStore {
         .bind(c.priorities)
         .bind(c.max_duration_s)
         .bind(c.max_steps)
+        .bind(c.budgets.audio_seconds_per_day)
+        .bind(c.budgets.audio_seconds_per_month)
+        .bind(c.budgets.device_seconds_per_day)
+        .bind(c.budgets.device_seconds_per_month)
+        .bind(c.retain_outputs_days)
         .execute(&mut *tx)
         .await?
         .rows_affected();

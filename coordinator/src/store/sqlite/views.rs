@@ -12,7 +12,7 @@ use super::SqliteStore;
 use crate::error::{Error, Result};
 use crate::store::views::{
     overview, parse_uuid, records, tenant_work, DeadLetterRow, DispatchedTask, FailedJob,
-    FailedTask, QueueOverview, TenantWork, ViewStore, WorkerRow,
+    FailedTask, QueueOverview, ReplayRow, TenantWork, ViewStore, WorkerRow,
 };
 use crate::store::{DeadLetter, JobRecord, Scope, DEAD_LETTERS_KEPT};
 
@@ -210,6 +210,27 @@ impl ViewStore for SqliteStore {
             .collect()
     }
 
+    async fn replays(&self, limit: i64) -> Result<Vec<ReplayRow>> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT replayed_by, queue, messages, size_bytes, at FROM dead_letter_replays \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(by, queue, messages, size, at)| {
+                Ok(ReplayRow {
+                    by,
+                    queue,
+                    messages: messages.max(0) as u64,
+                    size_bytes: size.max(0) as u64,
+                    at: time(at)?,
+                })
+            })
+            .collect()
+    }
+
     async fn search_jobs(
         &self,
         scope: Scope<'_>,
@@ -268,6 +289,31 @@ pub(super) async fn record_dead_letter(store: &SqliteStore, d: &DeadLetter<'_>) 
         .bind(id - DEAD_LETTERS_KEPT)
         .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records one replay, a row per queue, in one transaction.
+pub(super) async fn record_replays(
+    store: &SqliteStore,
+    by: &str,
+    replays: &[(&str, u64, u64)],
+) -> Result<()> {
+    let (_w, mut tx) = store.begin_write().await?;
+    let now = super::rows::now_us();
+    for (queue, messages, bytes) in replays {
+        sqlx::query(
+            "INSERT INTO dead_letter_replays (replayed_by, queue, messages, size_bytes, at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(by)
+        .bind(queue)
+        .bind(*messages as i64)
+        .bind(*bytes as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

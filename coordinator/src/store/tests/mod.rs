@@ -67,6 +67,7 @@ pub(super) fn new_job(steps: u32, chunk_steps: u32, key: Option<&str>) -> NewJob
         accepted: pb::SubmitGenerationRequest::default(),
         chunk_steps,
         init_clip: None,
+        api_key: None,
     }
 }
 
@@ -182,6 +183,7 @@ macro_rules! job_store_suite {
 }
 
 mod batches;
+mod deletion;
 mod hostile;
 mod jobs;
 mod lifecycle;
@@ -189,3 +191,4 @@ mod retries;
 mod round;
 mod tenants;
 mod unknown;
+mod usage;

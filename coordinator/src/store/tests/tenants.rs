@@ -11,6 +11,13 @@ pub(super) async fn tenants_keys_and_revocation(s: &dyn JobStore) {
         priorities: Some(vec![Priority::Standard, Priority::Batch]),
         max_duration_s: Some(12.5),
         max_steps: Some(40),
+        budgets: crate::tenancy::Budgets {
+            audio_seconds_per_day: Some(600.0),
+            audio_seconds_per_month: None,
+            device_seconds_per_day: None,
+            device_seconds_per_month: Some(36_000.5),
+        },
+        retain_outputs_days: Some(30),
     };
     s.create_tenant("acme", &limits).await.expect("create");
     s.create_tenant("zeta", &Limits::default())

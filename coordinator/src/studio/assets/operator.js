@@ -87,9 +87,29 @@ async function refreshOperator() {
       listItem(letters, `from ${d.queue}, refused by ${d.refused_by} (${count(d.size_bytes)} bytes, ${ago(d.at)}): ${d.error}`);
     }
     if (!letters.children.length) listItem(letters, "None.");
+    $("#dead-waiting").textContent = String(count(q.dead_letters_waiting));
+    const replays = $("#replays");
+    replays.textContent = "";
+    for (const r of q.replays || []) {
+      listItem(replays, `${count(r.messages)} to ${r.queue} by ${r.replayed_by} (${count(r.size_bytes)} bytes, ${ago(r.at)})`);
+    }
+    if (!replays.children.length) listItem(replays, "None.");
   } catch (e) {
     $("#operator-error").textContent = e.message;
   }
 }
+
+// Once their cause is fixed, dead letters go back on the queues they came from.
+$("#replay-dead").addEventListener("click", async () => {
+  const status = $("#replay-status");
+  status.textContent = "replaying…";
+  try {
+    const r = await api("/api/operator/dead-letters/replay", { method: "POST", body: {} });
+    status.textContent = `${count(r.replayed)} replayed, ${count(r.left)} left`;
+    refreshOperator();
+  } catch (e) {
+    status.textContent = e.message;
+  }
+});
 
 refreshers.operator = refreshOperator;

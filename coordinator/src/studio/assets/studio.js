@@ -566,6 +566,7 @@ function addJob(job, container, watch = true) {
     cards.set(job.id, card);
     $(".cancel", el).addEventListener("click", () => cancelJob(job.id));
     $(".retry", el).addEventListener("click", () => retryJob(job.id));
+    $(".delete", el).addEventListener("click", (e) => deleteJob(job.id, e.currentTarget));
     $(".same", el).addEventListener("click", () => again(card.job, false));
     $(".variation", el).addEventListener("click", () => again(card.job, true));
     container.prepend(el);
@@ -579,6 +580,7 @@ function statusLine(job) {
   const state = short(job.state);
   if (job.state === "JOB_STATE_QUEUED") return "queued: waiting for a worker";
   if (job.state === "JOB_STATE_RUNNING") return `running: ${short(job.stage)}`;
+  if (job.deleted_at) return "deleted: its audio and prompt are gone";
   if (job.state === "JOB_STATE_FAILED") return `failed: ${(job.error && job.error.message) || ""}`;
   return state;
 }
@@ -600,7 +602,14 @@ function update(card, job) {
   $(".cancel", el).hidden = ended(job);
   // A failed or cancelled job runs again from where it stopped, same seed (RetryJob).
   $(".retry", el).hidden = !["JOB_STATE_FAILED", "JOB_STATE_CANCELLED"].includes(job.state);
-  $(".again", el).hidden = !ended(job);
+  $(".again", el).hidden = !ended(job) || !!job.deleted_at;
+  el.dataset.deleted = job.deleted_at ? "true" : "false";
+  $(".delete", el).hidden = !!job.deleted_at;
+  if (job.deleted_at) {
+    $(".retry", el).hidden = true;
+    $(".outputs", el).textContent = "";
+    card.drawn.clear();
+  }
   const r = job.request || {};
   $(".params pre", el).textContent = [
     `seed ${r.seed ?? "?"}`,
@@ -608,7 +617,8 @@ function update(card, job) {
     `sampler ${short(r.sampler || "").replace(/^sampler_/, "")} · model ${job.model_version || ""}`,
     `job ${job.id}`,
   ].join("\n");
-  for (const o of job.outputs || []) addOutput(card, o);
+  // A deleted or expired output has no URL any more.
+  for (const o of job.outputs || []) if (!o.deleted && o.url) addOutput(card, o);
 }
 
 function addOutput(card, o) {
@@ -682,6 +692,24 @@ async function cancelJob(id) {
     if (card) update(card, job);
   } catch (e) {
     banner("Cancel failed: " + e.message);
+  }
+}
+
+// Two clicks: the first arms the button, the second deletes.
+async function deleteJob(id, button) {
+  if (button.dataset.armed !== "true") {
+    button.dataset.armed = "true";
+    button.textContent = "Really delete?";
+    return;
+  }
+  try {
+    const job = await api(`/api/jobs/${id}/delete`, { method: "POST" });
+    const card = cards.get(id);
+    if (card) update(card, job);
+  } catch (e) {
+    button.dataset.armed = "false";
+    button.textContent = "Delete";
+    banner("Delete failed: " + e.message);
   }
 }
 

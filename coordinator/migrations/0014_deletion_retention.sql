@@ -1,0 +1,13 @@
+-- DeleteJob: the job's outputs and inputs are removed from the blob store and its prompt
+-- blanked; the row (and its usage record) stays, marked.
+ALTER TABLE jobs ADD COLUMN deleted_at TIMESTAMPTZ;
+
+-- Retention: an output's object is deleted by the janitor once `expires_at` has passed (NULL:
+-- kept until the job is deleted); `deleted_at` says it is gone, so GetJob hands out no URL.
+ALTER TABLE outputs ADD COLUMN expires_at TIMESTAMPTZ;
+ALTER TABLE outputs ADD COLUMN deleted_at TIMESTAMPTZ;
+CREATE INDEX outputs_to_expire ON outputs (expires_at)
+    WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+
+-- Per-tenant retention of outputs, in days (NULL: kept until deleted).
+ALTER TABLE tenants ADD COLUMN retain_outputs_days INT CHECK (retain_outputs_days >= 1);

@@ -1,0 +1,245 @@
+//! Deletion and retention on real farms: DeleteJob removes a job's outputs from the blob store
+//! (S3, or the embedded farm's folder), blanks its prompt, keeps its usage record, is
+//! idempotent and NOT_FOUND for another tenant (`tutti delete` too); a tenant's retention sets
+//! each output's `expires_at`, and the janitor's sweep deletes expired objects so that GetJob
+//! hands out no URL for them; the studio's delete button does what DeleteJob does.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::{request, state, Backend, Farm, FarmOptions, KeyedClient};
+use tonic::Code;
+use tutti_coordinator::store::{JobStore, PgStore, SqliteStore};
+use tutti_proto::v1 as pb;
+use tutti_shared::blob::{BlobStore, LocalStore};
+
+both_backends!(deleted_and_expired_outputs_leave_the_blob_store,);
+
+async fn wait_done(c: &mut KeyedClient, id: &str) -> pb::Job {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let job = c
+            .get_job(pb::GetJobRequest { id: id.into() })
+            .await
+            .expect("get job")
+            .into_inner();
+        if matches!(
+            state(&job),
+            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+        ) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {id} did not end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The farm's own store and blob store, opened beside it (as an operator tool would).
+async fn stores(farm: &Farm, backend: Backend) -> (Arc<dyn JobStore>, Arc<dyn BlobStore>) {
+    match backend {
+        Backend::Distributed => (
+            Arc::new(
+                PgStore::connect(&common::pg_url(farm.db()))
+                    .await
+                    .expect("postgres"),
+            ),
+            Arc::new(farm.s3()),
+        ),
+        Backend::Embedded => {
+            let data = farm.procs.data_dir();
+            (
+                Arc::new(
+                    SqliteStore::open(&data.join("jobs.db"))
+                        .await
+                        .expect("sqlite"),
+                ),
+                Arc::new(LocalStore::new(data.join("blobs"))),
+            )
+        }
+    }
+}
+
+async fn exists(blobs: &dyn BlobStore, farm: &Farm, uri: &str) -> bool {
+    let key = uri
+        .strip_prefix(&farm.uri(""))
+        .expect("an output of this farm");
+    blobs.get(key).await.expect("blob store").is_some()
+}
+
+async fn deleted_and_expired_outputs_leave_the_blob_store(backend: Backend) {
+    let farm = Farm::start(FarmOptions {
+        auth: true,
+        ..FarmOptions::on(backend)
+    })
+    .await;
+    farm.operator(&["tenant", "create", "acme", "--retain-outputs-days", "2"]);
+    farm.operator(&["tenant", "create", "beta"]);
+    let (acme, beta) = (
+        farm.create_key("acme", false),
+        farm.create_key("beta", false),
+    );
+    let (store, blobs) = stores(&farm, backend).await;
+    let mut a = farm.client_as(Some(&acme)).await;
+    let mut first = Vec::new();
+    for prompt in ["a secret tune to delete", "a tune that expires"] {
+        let job = a
+            .submit_generation(request(prompt))
+            .await
+            .expect("submit")
+            .into_inner();
+        let done = wait_done(&mut a, &job.id).await;
+        assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+        first.push(done);
+    }
+    let (doomed, expiring) = (&first[0], &first[1]);
+    let out = &doomed.outputs[0];
+    assert!(exists(blobs.as_ref(), &farm, &out.uri).await);
+    // Retention: expires two days after it was stored; the URL does not outlive it.
+    let expires = out.expires_at.as_ref().expect("expires_at").seconds;
+    let now = chrono::Utc::now().timestamp();
+    assert!((expires - (now + 2 * 86_400)).abs() < 300, "{out:?}");
+    assert!(!out.deleted && !out.url.is_empty());
+
+    // Another tenant cannot delete it.
+    let mut b = farm.client_as(Some(&beta)).await;
+    let refused = b
+        .delete_job(pb::DeleteJobRequest {
+            id: doomed.id.clone(),
+        })
+        .await
+        .expect_err("another tenant's job");
+    assert_eq!(refused.code(), Code::NotFound);
+    let bad = a
+        .delete_job(pb::DeleteJobRequest { id: "nope".into() })
+        .await
+        .expect_err("bad id");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(exists(blobs.as_ref(), &farm, &out.uri).await);
+
+    // The CLI deletes it: the object is gone, the prompt blanked, the usage kept.
+    let server = format!("http://{}", farm.addr);
+    let cli = std::process::Command::new(common::bin())
+        .args([
+            "delete",
+            &doomed.id,
+            "--server",
+            &server,
+            "--api-key",
+            &acme,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tutti delete");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(printed.contains("url      (deleted)"), "{printed}");
+    assert!(printed.contains("deleted  "), "{printed}");
+    assert!(!exists(blobs.as_ref(), &farm, &out.uri).await);
+    let gone = a
+        .get_job(pb::GetJobRequest {
+            id: doomed.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(gone.deleted_at.is_some());
+    assert_eq!(gone.prompt_text, "");
+    let req = gone.request.as_ref().expect("request");
+    assert_eq!(req.prompt_kind, None);
+    assert_eq!(req.seed, doomed.request.as_ref().and_then(|r| r.seed));
+    assert!(gone.outputs[0].deleted && gone.outputs[0].url.is_empty());
+    // Idempotent.
+    let again = a
+        .delete_job(pb::DeleteJobRequest {
+            id: doomed.id.clone(),
+        })
+        .await
+        .expect("delete again")
+        .into_inner();
+    assert_eq!(again.deleted_at, gone.deleted_at);
+    let usage = a
+        .get_usage(pb::GetUsageRequest::default())
+        .await
+        .expect("usage")
+        .into_inner();
+    assert_eq!(usage.totals[0].jobs, 2, "the deleted job's usage stays");
+
+    // The janitor's sweep, two days on: the expiring output's object goes, and GetJob gives
+    // no URL for it.
+    let later = chrono::Utc::now() + chrono::Duration::days(3);
+    let swept = tutti_coordinator::janitor::expire_outputs(store.as_ref(), blobs.as_ref(), later)
+        .await
+        .expect("sweep");
+    assert_eq!(swept, 1);
+    let expired_uri = &expiring.outputs[0].uri;
+    assert!(!exists(blobs.as_ref(), &farm, expired_uri).await);
+    let now_job = a
+        .get_job(pb::GetJobRequest {
+            id: expiring.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(now_job.outputs[0].deleted && now_job.outputs[0].url.is_empty());
+    assert_eq!(
+        now_job.prompt_text, "a tune that expires",
+        "only the object expires"
+    );
+}
+
+/// The studio's delete button: two clicks, and the card shows the job deleted, without audio.
+#[tokio::test]
+async fn the_studio_deletes_a_job_from_its_card() {
+    let farm = Farm::start(FarmOptions::on(Backend::Distributed)).await;
+    let b = Browser::start().await;
+    b.open(&farm.studio_url()).await;
+    b.fill("#f-genre", "folk").await;
+    b.fill("#f-duration", "2").await;
+    b.click("#submit").await;
+    let card = "#jobs article.job";
+    b.wait_js(
+        &format!("const c = document.querySelector('{card}'); return !!c && c.dataset.state === 'succeeded' && !!c.querySelector('audio')"),
+        "the job to play",
+    )
+    .await;
+    let id = b
+        .js(&format!(
+            "return document.querySelector('{card}').dataset.jobId"
+        ))
+        .await;
+    let id = id.as_str().expect("job id").to_string();
+    b.click(&format!("{card} .delete")).await;
+    assert_eq!(
+        b.text(&format!("{card} .delete")).await,
+        "Really delete?",
+        "the first click only arms it"
+    );
+    b.click(&format!("{card} .delete")).await;
+    b.wait_js(
+        &format!("const c = document.querySelector('{card}'); return c.dataset.deleted === 'true' && !c.querySelector('audio')"),
+        "the card to show the job deleted",
+    )
+    .await;
+    assert!(b
+        .text(&format!("{card} .status"))
+        .await
+        .starts_with("deleted"));
+    b.screenshot("deleted").await;
+    let job = farm
+        .client()
+        .await
+        .get_job(pb::GetJobRequest { id })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(job.deleted_at.is_some() && job.outputs[0].deleted);
+    b.close().await;
+}
