@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
+use crate::notify::Change;
 use crate::store::{JobRecord, JobStore, OutputRow, Retried};
 use crate::tenancy::blobs::BlobAccess;
 use crate::validate::Validator;
@@ -39,6 +40,8 @@ pub struct GenerationService {
     pub submit_rate: SubmitRate,
     /// A worker unheard of for this long is gone (the model catalogue's availability).
     pub worker_timeout: Duration,
+    /// Whether a request's webhook may name a private address (the operator's flag).
+    pub webhook_allow_private: bool,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -129,6 +132,11 @@ impl GenerationService {
         // flight are counted by the store inside the insert.
         self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let mut new = self.validator.validate(&req)?;
+        crate::webhooks::Subscription::from_pb(
+            "webhook",
+            req.webhook.as_ref(),
+            self.webhook_allow_private,
+        )?;
         caller.limits.check_job(&new)?;
         if let Some(clip) = new.init_clip.take() {
             // Before the job, so that no task can start without its clip; the key is the
@@ -226,18 +234,19 @@ fn rpc_span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
-fn event_kind(what: &str) -> pb::job_event::Kind {
-    use pb::job_event::Kind;
-    match what {
-        "queued" => Kind::Queued,
-        "started" => Kind::Started,
-        "step" => Kind::Step,
-        "stage" => Kind::Stage,
-        "retry" => Kind::Retry,
-        "succeeded" => Kind::Succeeded,
-        "failed" => Kind::Failed,
-        "cancelled" => Kind::Cancelled,
-        _ => Kind::Unspecified,
+impl From<Change> for pb::job_event::Kind {
+    fn from(c: Change) -> Self {
+        use pb::job_event::Kind;
+        match c {
+            Change::Queued => Kind::Queued,
+            Change::Started => Kind::Started,
+            Change::Step => Kind::Step,
+            Change::Stage => Kind::Stage,
+            Change::Retry => Kind::Retry,
+            Change::Succeeded => Kind::Succeeded,
+            Change::Failed => Kind::Failed,
+            Change::Cancelled => Kind::Cancelled,
+        }
     }
 }
 
@@ -304,12 +313,12 @@ impl pb::generation_server::Generation for GenerationApi {
             send(&tx, pb::job_event::Kind::Snapshot, snapshot).await?;
             let mut last_step = first.job.steps_done;
             while !done {
+                // `None`: lagged, or quiet for a while; re-read the job in case a notice was lost.
                 let what = match tokio::time::timeout(Duration::from_secs(5), changes.recv()).await
                 {
-                    Ok(Ok(c)) if c.job == id => c.what,
+                    Ok(Ok(c)) if c.job == id => Some(c.what),
                     Ok(Ok(_)) => continue,
-                    // Lagged, or quiet for a while: re-read the job in case a notice was lost.
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => "poll".to_string(),
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => None,
                     Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 };
                 let Some(rec) = svc.store.get_job(caller.scope(), id).await? else {
@@ -317,13 +326,13 @@ impl pb::generation_server::Generation for GenerationApi {
                 };
                 let state = rec.job.state;
                 done = state.is_terminal();
-                let kind = match (what.as_str(), state) {
+                let kind = match (what, state) {
                     (_, JobState::Succeeded) => pb::job_event::Kind::Succeeded,
                     (_, JobState::Failed) => pb::job_event::Kind::Failed,
                     (_, JobState::Cancelled) => pb::job_event::Kind::Cancelled,
-                    ("poll", _) if rec.job.steps_done == last_step => continue,
-                    ("poll", _) => pb::job_event::Kind::Step,
-                    (w, _) => event_kind(w),
+                    (None, _) if rec.job.steps_done == last_step => continue,
+                    (None, _) => pb::job_event::Kind::Step,
+                    (Some(c), _) => c.into(),
                 };
                 last_step = rec.job.steps_done;
                 if done && !rec.outputs.is_empty() {

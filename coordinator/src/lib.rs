@@ -27,6 +27,7 @@ pub mod studio;
 pub mod tenancy;
 pub mod text;
 pub mod validate;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tutti_proto::v1::batches_server::BatchesServer;
 use tutti_proto::v1::generation_server::GenerationServer;
 use tutti_proto::v1::operator_server::OperatorServer;
+use tutti_proto::v1::webhooks_server::WebhooksServer;
 use tutti_shared::blob::{BlobStore, S3Store};
 use tutti_shared::models::ModelRegistry;
 use tutti_shared::queue::Topology;
@@ -210,6 +212,17 @@ pub async fn serve_with_studio(
         shutdown.clone(),
     ));
 
+    if cfg.webhooks.send {
+        let sender =
+            webhooks::sender::Sender::new(Arc::clone(&backend.store), cfg.webhooks.clone())
+                .context("building the webhook client")?;
+        tokio::spawn(sender.run(shutdown.clone()));
+    }
+    let webhooks_api = webhooks::api::WebhooksApi(Arc::new(webhooks::api::WebhooksService {
+        store: Arc::clone(&backend.store),
+        allow_private: cfg.webhooks.allow_private,
+    }));
+
     let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
         store: Arc::clone(&backend.store),
         policy: cfg.sched.clone(),
@@ -227,6 +240,7 @@ pub async fn serve_with_studio(
         url_ttl: cfg.url_ttl,
         submit_rate: auth::SubmitRate::default(),
         worker_timeout: cfg.sched.worker_timeout,
+        webhook_allow_private: cfg.webhooks.allow_private,
     });
     let batches_api = batches::BatchesApi(Arc::new(batches::BatchesService {
         generation: Arc::clone(&service),
@@ -238,6 +252,7 @@ pub async fn serve_with_studio(
             generation.clone(),
             operator.clone(),
             batches_api.clone(),
+            webhooks_api.clone(),
             blobs,
             cfg.studio_options.clone(),
         );
@@ -272,6 +287,7 @@ pub async fn serve_with_studio(
         .add_service(auth.layer(BatchesServer::new(batches_api)))
         .add_service(auth.layer(GenerationServer::new(generation)))
         .add_service(auth.layer(OperatorServer::new(operator)))
+        .add_service(auth.layer(WebhooksServer::new(webhooks_api)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })

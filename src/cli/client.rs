@@ -189,6 +189,12 @@ pub(crate) struct GenerateArgs {
     /// A section, repeatable, in order: --structure intro --structure verse.
     #[arg(long = "structure")]
     pub structure: Vec<String>,
+    /// Call this URL back as the job moves (signed; see `tutti webhook show`).
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// An event --webhook receives, repeatable (default: succeeded, failed, cancelled).
+    #[arg(long = "webhook-event", requires = "webhook", value_parser = super::webhook::parse_event)]
+    pub webhook_events: Vec<pb::WebhookEvent>,
     /// Wait for the job to finish (default), or print its id and return.
     #[arg(long, overrides_with = "no_wait")]
     pub wait: bool,
@@ -338,6 +344,10 @@ impl GenerateArgs {
                 None => Vec::new(),
             },
             init_strength: self.init_strength,
+            webhook: self.webhook.as_ref().map(|url| pb::Webhook {
+                url: url.clone(),
+                events: self.webhook_events.iter().map(|e| *e as i32).collect(),
+            }),
         })
     }
 }

@@ -8,6 +8,7 @@ use tutti_shared::job::{JobState, Stage, TaskKind, TaskState};
 use tutti_shared::messages::OutputInfo;
 use uuid::Uuid;
 
+use super::events::{EventKind, JobEvent};
 use super::rules::NextTask;
 use super::TaskRef;
 use crate::error::Result;
@@ -37,6 +38,7 @@ pub struct JobHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostTask {
     pub job: Uuid,
+    pub kind: TaskKind,
     pub chunk: u32,
     pub attempt: u32,
     /// The worker it was with, when known.
@@ -88,7 +90,7 @@ pub trait LifecycleTx: Send {
     /// The attempt a retry after the fact started the task at (its `retried` event), if any.
     async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>>;
     /// Whether the job's history holds an event of `kind`.
-    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool>;
+    async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool>;
     /// An ended task back to the backlog as its next attempt, due now.
     async fn reopen_task(&mut self, job: Uuid, chunk: u32) -> Result<()>;
     /// Drops every task after the first (their checkpoints are gone) and zeroes the progress.
@@ -104,14 +106,14 @@ pub trait LifecycleTx: Send {
     ) -> Result<Option<Vec<Uuid>>>;
     /// The batch finishes again (its results are rewritten); `uncancel` lifts its cancel.
     async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()>;
-    /// A line of the job's history (and the metrics that follow it, `events`).
+    /// A line of the job's history, the metric that follows it, and its notice (sent with
+    /// `notes` at commit).
     async fn event(
         &mut self,
         job: Uuid,
-        kind: &str,
         chunk: Option<u32>,
         attempt: Option<u32>,
-        detail: serde_json::Value,
+        ev: &JobEvent<'_>,
     ) -> Result<()>;
     /// Change notices, sent once the transaction commits.
     fn notes(&mut self) -> &mut Pending;

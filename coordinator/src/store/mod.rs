@@ -20,6 +20,7 @@ mod tenants;
 #[cfg(test)]
 mod tests;
 pub mod views;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use tutti_shared::messages::Outcome;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::sched::{PendingTask, RoundTx};
+use crate::sched::RoundTx;
 use crate::validate::NewJob;
 
 pub use crate::lifecycle::{Recorded, Retried, RetryPolicy, TaskRef};
@@ -43,6 +44,7 @@ pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
 pub use views::ViewStore;
+pub use webhooks::WebhookStore;
 
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -142,7 +144,7 @@ pub struct Stats {
 }
 
 #[async_trait]
-pub trait JobStore: TenantStore + ViewStore + Send + Sync {
+pub trait JobStore: TenantStore + ViewStore + WebhookStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
     /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
     /// stored) when the tenant's `max_jobs_in_flight` is reached.
@@ -216,18 +218,4 @@ pub trait JobStore: TenantStore + ViewStore + Send + Sync {
 /// Denoise chunks of a job of `steps` in chunks of `chunk_steps` (its checkpoints' count).
 pub(crate) fn denoise_chunks(steps: i32, chunk_steps: i32) -> u32 {
     tutti_shared::job::chunk_ranges(steps.max(0) as u32, chunk_steps.max(1) as u32).len() as u32
-}
-
-/// The history detail of a dispatch.
-pub(crate) fn dispatched_detail(task: &PendingTask, routed_to: Option<&str>) -> serde_json::Value {
-    let mut detail = serde_json::json!({
-        "kind": task.kind.as_str(),
-        "from_step": task.from_step,
-        "to_step": task.to_step,
-        "class": task.class.as_str(),
-    });
-    if let Some(w) = routed_to {
-        detail["routed_to"] = serde_json::Value::from(w);
-    }
-    detail
 }

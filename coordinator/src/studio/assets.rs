@@ -10,6 +10,7 @@ pub(super) const STYLE: &str = include_str!("assets/studio.css");
 /// The batches and operator views (the first script holds what they share).
 pub(super) const BATCHES_SCRIPT: &str = include_str!("assets/batches.js");
 pub(super) const OPERATOR_SCRIPT: &str = include_str!("assets/operator.js");
+pub(super) const WEBHOOKS_SCRIPT: &str = include_str!("assets/webhooks.js");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -40,4 +41,8 @@ pub(super) async fn batches_script() -> Response {
 
 pub(super) async fn operator_script() -> Response {
     asset("text/javascript; charset=utf-8", OPERATOR_SCRIPT)
+}
+
+pub(super) async fn webhooks_script() -> Response {
+    asset("text/javascript; charset=utf-8", WEBHOOKS_SCRIPT)
 }

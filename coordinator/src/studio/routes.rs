@@ -16,6 +16,11 @@
 //! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
 //! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
 //! | `POST /api/batches/{id}/retry?include_cancelled` | Batches.RetryBatchItems |
+//! | `GET  /api/webhooks`                 | Webhooks.GetWebhookEndpoint   |
+//! | `PUT  /api/webhooks`                 | Webhooks.SetWebhookEndpoint   |
+//! | `POST /api/webhooks/rotate`          | Webhooks.RotateWebhookSecret  |
+//! | `GET  /api/webhooks/deliveries?state…` | Webhooks.ListWebhookDeliveries |
+//! | `POST /api/webhooks/deliveries/{id}/redeliver` | Webhooks.RedeliverWebhook |
 //! | `GET  /api/operator/workers`        | Operator.ListWorkers          |
 //! | `GET  /api/operator/queues`         | Operator.GetQueues            |
 
@@ -35,7 +40,7 @@ use tutti_proto::v1::generation_server::Generation;
 use tutti_proto::v1::operator_server::Operator;
 
 use super::gateway::{error_body, json, parse, ApiError};
-use super::{assets, batches, blobs, guard, models, Studio};
+use super::{assets, batches, blobs, guard, models, webhooks, Studio};
 use crate::auth::AuthMode;
 
 pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
@@ -45,6 +50,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/studio.css", get(assets::style))
         .route("/batches.js", get(assets::batches_script))
         .route("/operator.js", get(assets::operator_script))
+        .route("/webhooks.js", get(assets::webhooks_script))
         .route("/blobs/{*key}", get(blobs::get))
         .route("/api/info", get(info))
         .route("/api/prompt/render", post(render_prompt))
@@ -69,6 +75,16 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/batches/{id}", get(batches::get))
         .route("/api/batches/{id}/cancel", post(batches::cancel))
         .route("/api/batches/{id}/retry", post(batches::retry))
+        .route(
+            "/api/webhooks",
+            get(webhooks::get_endpoint).put(webhooks::set_endpoint),
+        )
+        .route("/api/webhooks/rotate", post(webhooks::rotate))
+        .route("/api/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/api/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))

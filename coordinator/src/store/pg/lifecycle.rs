@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::rows::{event, insert_task, send_notes};
 use crate::error::{Error, Result};
+use crate::lifecycle::events::{EventKind, JobEvent};
 use crate::lifecycle::rules::NextTask;
 use crate::lifecycle::{JobHead, LifecycleTx, LostTask, TaskRef, TaskRow};
 use crate::notify::Pending;
@@ -35,14 +36,17 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
 
-fn lost((job, chunk, attempt, worker): (Uuid, i32, i32, Option<String>)) -> LostTask {
-    LostTask {
+fn lost((job, kind, chunk, attempt, worker): LostRow) -> Result<LostTask> {
+    Ok(LostTask {
         job,
+        kind: super::super::rows::kind(&kind)?,
         chunk: chunk as u32,
         attempt: attempt as u32,
         worker,
-    }
+    })
 }
+
+type LostRow = (Uuid, String, i32, i32, Option<String>);
 
 #[async_trait]
 impl LifecycleTx for PgLifecycle {
@@ -85,20 +89,20 @@ impl LifecycleTx for PgLifecycle {
     }
 
     async fn expired(&mut self, lease: Duration) -> Result<Vec<LostTask>> {
-        let rows: Vec<(Uuid, i32, i32, Option<String>)> = sqlx::query_as(
-            "SELECT job_id, chunk, attempt, NULL::text FROM tasks \
+        let rows: Vec<LostRow> = sqlx::query_as(
+            "SELECT job_id, kind, chunk, attempt, NULL::text FROM tasks \
              WHERE state = 'dispatched' AND heartbeat_at < now() - make_interval(secs => $1) \
              FOR UPDATE SKIP LOCKED",
         )
         .bind(lease.as_secs_f64())
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows.into_iter().map(lost).collect())
+        rows.into_iter().map(lost).collect()
     }
 
     async fn of_lost_workers(&mut self, timeout: Duration) -> Result<Vec<LostTask>> {
-        let rows: Vec<(Uuid, i32, i32, Option<String>)> = sqlx::query_as(
-            "SELECT t.job_id, t.chunk, t.attempt, w.worker \
+        let rows: Vec<LostRow> = sqlx::query_as(
+            "SELECT t.job_id, t.kind, t.chunk, t.attempt, w.worker \
              FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
              WHERE t.state = 'dispatched' AND w.last_seen < now() - make_interval(secs => $1) \
              FOR UPDATE OF t SKIP LOCKED",
@@ -106,7 +110,7 @@ impl LifecycleTx for PgLifecycle {
         .bind(timeout.as_secs_f64())
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows.into_iter().map(lost).collect())
+        rows.into_iter().map(lost).collect()
     }
 
     async fn touch(&mut self, task: TaskRef<'_>) -> Result<bool> {
@@ -360,21 +364,22 @@ impl LifecycleTx for PgLifecycle {
 
     async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>> {
         let (at,): (Option<i32>,) = sqlx::query_as(
-            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = 'retried'",
+            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = $3",
         )
         .bind(job)
         .bind(chunk as i32)
+        .bind(EventKind::Retried.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(at.map(|a| a.max(0) as u32))
     }
 
-    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool> {
+    async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool> {
         let (found,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",
         )
         .bind(job)
-        .bind(kind)
+        .bind(kind.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(found)
@@ -458,12 +463,15 @@ impl LifecycleTx for PgLifecycle {
     async fn event(
         &mut self,
         job: Uuid,
-        kind: &str,
         chunk: Option<u32>,
         attempt: Option<u32>,
-        detail: serde_json::Value,
+        ev: &JobEvent<'_>,
     ) -> Result<()> {
-        event(&mut self.tx, job, kind, chunk, attempt, detail).await
+        event(&mut self.tx, job, chunk, attempt, ev).await?;
+        if let Some(change) = ev.notice() {
+            self.notes.job(job, change);
+        }
+        Ok(())
     }
 
     fn notes(&mut self) -> &mut Pending {

@@ -9,6 +9,7 @@ mod round;
 mod rows;
 mod tenants;
 mod views;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,15 +26,18 @@ use uuid::Uuid;
 
 use self::lifecycle::PgLifecycle;
 use self::listen::{ensure_database, listen};
-use self::rows::{event, insert_task, JOBS_CHANNEL, TASKS_CHANNEL};
+use self::rows::{event, insert_task, job_payload, JOBS_CHANNEL, TASKS_CHANNEL};
 use super::{
     DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, Retried,
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::lifecycle::{LifecycleTx, Recorded};
+use crate::notify::Change;
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
+use crate::webhooks::Subscription;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
@@ -116,12 +120,21 @@ impl PgStore {
         }
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
-        event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
+        if let Some(hook) = Subscription::of_accepted(&new.accepted) {
+            sqlx::query("INSERT INTO job_webhooks (job_id, url, events) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(&hook.url)
+                .bind(&hook.events)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let queued = JobEvent::Queued { batch: None };
+        event(&mut tx, id, None, None, &queued).await?;
         // Both wake-ups in one round trip: the dispatchers' and the job's watchers'.
         sqlx::query("SELECT pg_notify($1, ''), pg_notify($2, $3)")
             .bind(TASKS_CHANNEL)
             .bind(JOBS_CHANNEL)
-            .bind(format!("{id} queued"))
+            .bind(job_payload(id, Change::Queued))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

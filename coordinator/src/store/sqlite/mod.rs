@@ -25,6 +25,7 @@ mod round;
 mod rows;
 mod tenants;
 mod views;
+mod webhooks;
 
 use self::lifecycle::SqliteLifecycle;
 use self::rows::{event, insert_task, now_us, uuid, Tx};
@@ -33,10 +34,12 @@ use super::{
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::lifecycle::{LifecycleTx, Recorded};
-use crate::notify::Pending;
+use crate::notify::{Change, Pending};
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
+use crate::webhooks::Subscription;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
@@ -142,13 +145,13 @@ impl SqliteStore {
             .bind(now_us())
             .execute(&mut *tx)
             .await?;
+            let (chunk, attempt) = (Some(*chunk as u32), Some(*attempt as u32));
             event(
                 &mut tx,
                 uuid(job)?,
-                "requeued",
-                Some(*chunk as u32),
-                Some(*attempt as u32),
-                serde_json::json!({ "reason": "restart" }),
+                chunk,
+                attempt,
+                &JobEvent::RequeuedOnRestart,
             )
             .await?;
         }
@@ -253,9 +256,18 @@ impl JobStore for SqliteStore {
         let mut notes = Pending::default();
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
-        event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
+        if let Some(hook) = Subscription::of_accepted(&new.accepted) {
+            sqlx::query("INSERT INTO job_webhooks (job_id, url, events) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(&hook.url)
+                .bind(&hook.events)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let queued = JobEvent::Queued { batch: None };
+        event(&mut tx, id, None, None, &queued).await?;
         notes.tasks();
-        notes.job(id, "queued");
+        notes.job(id, Change::Queued);
         tx.commit().await?;
         drop(w);
         notes.send(&self.notifier);

@@ -188,3 +188,4 @@ mod retries;
 mod round;
 mod tenants;
 mod unknown;
+mod webhooks;
