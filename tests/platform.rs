@@ -3,6 +3,7 @@
 //! `id.timestamp.body` with the tenant's secret); retries until a failing receiver answers;
 //! deliveries committed by a coordinator that was killed before it sent them.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
