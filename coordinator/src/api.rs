@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
 use crate::notify::Change;
-use crate::store::{JobRecord, JobStore, OutputRow, Retried};
+use crate::store::{JobRecord, JobStore, OutputRow, Retried, Scope};
 use crate::tenancy::blobs::BlobAccess;
 use crate::validate::Validator;
 
@@ -42,6 +42,8 @@ pub struct GenerationService {
     pub worker_timeout: Duration,
     /// Whether a request's webhook may name a private address (the operator's flag).
     pub webhook_allow_private: bool,
+    /// Tenants' weights, for a queued job's place.
+    pub weights: crate::sched::TenantWeights,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -124,6 +126,10 @@ impl GenerationService {
             created_at: Some(ts(j.created_at)),
             started_at: j.started_at.map(ts),
             finished_at: j.finished_at.map(ts),
+            // GetJob and WatchJob fill these in for a queued job (`place`).
+            queue_position: None,
+            estimated_start: None,
+            estimated_end: None,
         })
     }
 
@@ -137,6 +143,8 @@ impl GenerationService {
             req.webhook.as_ref(),
             self.webhook_allow_private,
         )?;
+        // The accepted request carries the deadline as a time, whichever field gave it.
+        new.accepted.deadline = crate::deadline::of_request(&req, Utc::now())?.map(ts);
         caller.limits.check_job(&new)?;
         if let Some(clip) = new.init_clip.take() {
             // Before the job, so that no task can start without its clip; the key is the
@@ -160,6 +168,31 @@ impl GenerationService {
             .increment(1);
         }
         self.to_pb(&record).await
+    }
+
+    /// A queued job's place: its position, and its estimated start and end.
+    async fn place(&self, scope: Scope<'_>, job: &mut pb::Job, id: Uuid) -> Result<()> {
+        let Some(read) = self
+            .store
+            .queue_read(scope, id, self.worker_timeout)
+            .await?
+        else {
+            return Ok(());
+        };
+        let (position, times) = read.place(&self.weights);
+        job.queue_position = Some(u32::try_from(position).unwrap_or(u32::MAX));
+        if let Some((start, end)) = times {
+            let now = Utc::now();
+            let at = |d: Duration| {
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .map(ts)
+            };
+            job.estimated_start = at(start);
+            job.estimated_end = at(end);
+        }
+        Ok(())
     }
 
     /// Retries a job in the caller's scope; workers forget the cancel of a cancelled one.
@@ -288,7 +321,9 @@ impl pb::generation_server::Generation for GenerationApi {
             .get_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        Ok(Response::new(self.to_pb(&record).await?))
+        let mut job = self.to_pb(&record).await?;
+        self.place(caller.scope(), &mut job, id).await?;
+        Ok(Response::new(job))
     }
 
     type WatchJobStream = EventStream;
@@ -308,8 +343,10 @@ impl pb::generation_server::Generation for GenerationApi {
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let svc = Arc::clone(&self.0);
         let stream = async_stream(move |tx| async move {
-            let snapshot = svc.to_pb(&first).await?;
+            let mut snapshot = svc.to_pb(&first).await?;
+            svc.place(caller.scope(), &mut snapshot, id).await?;
             let mut done = first.job.state.is_terminal();
+            let mut last_place = snapshot.queue_position;
             send(&tx, pb::job_event::Kind::Snapshot, snapshot).await?;
             let mut last_step = first.job.steps_done;
             while !done {
@@ -326,10 +363,16 @@ impl pb::generation_server::Generation for GenerationApi {
                 };
                 let state = rec.job.state;
                 done = state.is_terminal();
+                // A queued job's place moves with the queue: a quiet spell re-reads it.
+                let mut job = svc.to_pb(&rec).await?;
+                svc.place(caller.scope(), &mut job, id).await?;
+                let moved = job.queue_position != last_place;
+                last_place = job.queue_position;
                 let kind = match (what, state) {
                     (_, JobState::Succeeded) => pb::job_event::Kind::Succeeded,
                     (_, JobState::Failed) => pb::job_event::Kind::Failed,
                     (_, JobState::Cancelled) => pb::job_event::Kind::Cancelled,
+                    (None, JobState::Queued) if moved => pb::job_event::Kind::Queued,
                     (None, _) if rec.job.steps_done == last_step => continue,
                     (None, _) => pb::job_event::Kind::Step,
                     (Some(c), _) => c.into(),
@@ -339,7 +382,7 @@ impl pb::generation_server::Generation for GenerationApi {
                     let job = svc.to_pb(&rec).await?;
                     send(&tx, pb::job_event::Kind::OutputReady, job).await?;
                 }
-                send(&tx, kind, svc.to_pb(&rec).await?).await?;
+                send(&tx, kind, job).await?;
             }
             Ok(())
         });

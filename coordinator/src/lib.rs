@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batches;
 pub mod catalogue;
 pub mod config;
+pub mod deadline;
 pub mod delivery;
 pub mod dispatcher;
 pub mod error;
@@ -241,6 +242,7 @@ pub async fn serve_with_studio(
         submit_rate: auth::SubmitRate::default(),
         worker_timeout: cfg.sched.worker_timeout,
         webhook_allow_private: cfg.webhooks.allow_private,
+        weights: cfg.sched.weights.clone(),
     });
     let batches_api = batches::BatchesApi(Arc::new(batches::BatchesService {
         generation: Arc::clone(&service),

@@ -67,9 +67,13 @@ pub async fn record_result(
         } => {
             tx.finish(task, *millis).await?;
             tx.add_stage_time(job, row.kind, *millis).await?;
+            // Past its deadline, a job stops at this chunk boundary.
+            let stop = row.kind == TaskKind::Denoise && head.deadline_passed;
             let next = match row.kind {
-                TaskKind::Denoise => Some(after_denoise(chunk, head.steps_total, head.chunk_steps)),
-                TaskKind::Vocode => None,
+                TaskKind::Denoise if !stop => {
+                    Some(after_denoise(chunk, head.steps_total, head.chunk_steps))
+                }
+                _ => None,
             };
             let done = JobEvent::ChunkDone {
                 stage: row.kind,
@@ -90,6 +94,10 @@ pub async fn record_result(
                         // Chunk affinity for the next chunk, dispatched right away.
                         tx.add_hold(worker, job).await?;
                     }
+                }
+                None if stop => {
+                    tx.raise_steps(job, row.to_step).await?;
+                    cancel_for_deadline(tx, job).await?;
                 }
                 None => {
                     for o in outputs {
@@ -199,9 +207,43 @@ pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Re
     if !tx.cancel(scope, job).await? {
         return Ok(false);
     }
-    tx.event(job, None, None, &JobEvent::Cancelled { batch: None })
-        .await?;
+    let ev = JobEvent::Cancelled {
+        batch: None,
+        deadline: false,
+    };
+    tx.event(job, None, None, &ev).await?;
     // Its dispatched tasks' slots are free.
+    tx.notes().tasks();
+    Ok(true)
+}
+
+/// Jobs past their deadline with nothing dispatched are cancelled now (a running chunk's job
+/// is cancelled when the chunk ends, by `record_result`). Returns how many.
+pub async fn expire_deadlines(tx: &mut dyn LifecycleTx) -> Result<u64> {
+    let mut n = 0;
+    for job in tx.past_deadline().await? {
+        n += u64::from(cancel_for_deadline(tx, job).await?);
+    }
+    Ok(n)
+}
+
+/// Cancels a job for its deadline, saying so in its error, its history and its webhook.
+async fn cancel_for_deadline(tx: &mut dyn LifecycleTx, job: Uuid) -> Result<bool> {
+    if !tx.cancel(Scope::All, job).await? {
+        return Ok(false);
+    }
+    let code = ErrorCode::DeadlineExceeded;
+    tx.set_error(
+        job,
+        code.as_str(),
+        "the job's deadline passed before it finished",
+    )
+    .await?;
+    let ev = JobEvent::Cancelled {
+        batch: None,
+        deadline: true,
+    };
+    tx.event(job, None, None, &ev).await?;
     tx.notes().tasks();
     Ok(true)
 }

@@ -99,9 +99,11 @@ pub enum JobEvent<'a> {
         message: &'a str,
     },
     Succeeded,
-    /// Cancelled (with its batch, when the batch was cancelled).
+    /// Cancelled (with its batch, when the batch was cancelled; `deadline` when its deadline
+    /// passed).
     Cancelled {
         batch: Option<Uuid>,
+        deadline: bool,
     },
     /// A retry after the fact: back to queued from `from_chunk`.
     Retried {
@@ -134,11 +136,21 @@ impl JobEvent<'_> {
     pub fn detail(&self) -> serde_json::Value {
         use serde_json::json;
         match self {
-            JobEvent::Queued { batch: Some(b) } | JobEvent::Cancelled { batch: Some(b) } => {
+            JobEvent::Queued { batch: Some(b) }
+            | JobEvent::Cancelled {
+                batch: Some(b),
+                deadline: false,
+            } => {
                 json!({ "batch": b.to_string() })
             }
+            JobEvent::Cancelled { deadline: true, .. } => {
+                json!({ "reason": ErrorCode::DeadlineExceeded.as_str() })
+            }
             JobEvent::Queued { batch: None }
-            | JobEvent::Cancelled { batch: None }
+            | JobEvent::Cancelled {
+                batch: None,
+                deadline: false,
+            }
             | JobEvent::Succeeded => json!({}),
             JobEvent::Dispatched {
                 task, routed_to, ..
@@ -227,14 +239,18 @@ impl JobEvent<'_> {
         }
     }
 
-    /// The webhooks this event sends (through its notice), with the error a failure reports.
-    pub fn webhooks(&self) -> (&'static [WebhookEvent], Option<(&str, &str)>) {
+    /// The webhooks this event sends (through its notice), with what their `data` adds to
+    /// the job's id: a failure's error, a deadline's cancel reason.
+    pub fn webhooks(&self) -> (&'static [WebhookEvent], Option<serde_json::Value>) {
         let hooks = self.notice().map_or(&[][..], WebhookEvent::of_change);
-        let error = match self {
-            JobEvent::Failed { code, message, .. } => Some((code.as_str(), *message)),
+        let data = match self {
+            JobEvent::Failed { code, message, .. } => Some(serde_json::json!({
+                "error": { "code": code.as_str(), "message": message }
+            })),
+            JobEvent::Cancelled { deadline: true, .. } => Some(self.detail()),
             _ => None,
         };
-        (hooks, error)
+        (hooks, data)
     }
 
     /// Records the metric that follows this event: dispatches (with their wait in the backlog,

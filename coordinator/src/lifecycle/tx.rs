@@ -32,6 +32,8 @@ pub struct JobHead {
     pub steps_total: u32,
     pub chunk_steps: u32,
     pub tenant: String,
+    /// Its deadline has passed (read by `lock_job`; false elsewhere).
+    pub deadline_passed: bool,
 }
 
 /// A dispatched task whose worker went quiet.
@@ -95,8 +97,13 @@ pub trait LifecycleTx: Send {
     async fn reopen_task(&mut self, job: Uuid, chunk: u32) -> Result<()>;
     /// Drops every task after the first (their checkpoints are gone) and zeroes the progress.
     async fn rewind(&mut self, job: Uuid) -> Result<()>;
-    /// An ended job back to queued, its error cleared.
+    /// An ended job back to queued, its error and its deadline cleared.
     async fn reopen_job(&mut self, job: Uuid) -> Result<()>;
+    /// Active jobs past their deadline with nothing dispatched (at a chunk boundary), locked
+    /// (others skip them).
+    async fn past_deadline(&mut self) -> Result<Vec<Uuid>>;
+    /// Records why an ended job ended (a cancel for its deadline).
+    async fn set_error(&mut self, job: Uuid, code: &str, message: &str) -> Result<()>;
     /// The jobs of a tenant's batch items in `states`; `None` when there is no such batch.
     async fn batch_jobs(
         &mut self,

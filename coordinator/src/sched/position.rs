@@ -26,6 +26,34 @@ pub struct Waiting {
     pub others: BTreeMap<String, u64>,
 }
 
+/// What the store reads for a queued job's place.
+#[derive(Debug, Clone)]
+pub struct QueueRead {
+    pub kind: TaskKind,
+    pub class: Priority,
+    pub tenant: String,
+    pub waiting: Waiting,
+    pub clocks: Vec<ShareRow>,
+    pub pace: Pace,
+    /// Denoising steps the job has left.
+    pub steps_left: u32,
+}
+
+impl QueueRead {
+    /// The job's position, and its estimated start and end from now.
+    pub fn place(self, weights: &TenantWeights) -> (u64, Option<(Duration, Duration)>) {
+        let p = position(
+            self.kind,
+            self.class,
+            &self.tenant,
+            &self.waiting,
+            self.clocks,
+            weights,
+        );
+        (p, estimate(p, self.steps_left, &self.pace))
+    }
+}
+
 /// Tasks dispatched before the task of `tenant` in (`kind`, `class`).
 pub fn position(
     kind: TaskKind,

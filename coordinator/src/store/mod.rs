@@ -188,6 +188,17 @@ pub trait JobStore: TenantStore + ViewStore + WebhookStore + Send + Sync {
     /// Dispatched tasks with no sign of life for `lease` go back to the backlog as a new
     /// attempt (or fail their job past the bound).
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()>;
+    /// What a queued job's place depends on (`sched::position`); `None` when the job is not
+    /// queued or not in scope.
+    async fn queue_read(
+        &self,
+        scope: Scope<'_>,
+        job: Uuid,
+        worker_timeout: Duration,
+    ) -> Result<Option<crate::sched::position::QueueRead>>;
+    /// Jobs past their deadline with nothing dispatched are cancelled (running ones when
+    /// their chunk ends); returns how many.
+    async fn expire_deadlines(&self) -> Result<u64>;
     /// Step progress of a live attempt (dropped for any other attempt).
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()>;
     /// The end of an attempt: advance the job, retry, or fail it. Stale and duplicate

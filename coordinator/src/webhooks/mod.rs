@@ -179,16 +179,17 @@ impl Subscription {
 }
 
 /// The body of a job's webhook: its type, when it happened, and what a receiver needs to act
-/// (the job, and for a failure its error); the rest is one `GetJob` away.
+/// (the job, and `extra` fields: a failure's error, a deadline's reason); the rest is one
+/// `GetJob` away.
 pub fn job_payload(
     event: WebhookEvent,
     job: Uuid,
-    error: Option<(&str, &str)>,
+    extra: Option<&serde_json::Value>,
     at: DateTime<Utc>,
 ) -> serde_json::Value {
     let mut data = serde_json::json!({ "job_id": job.to_string() });
-    if let Some((code, message)) = error {
-        data["error"] = serde_json::json!({ "code": code, "message": message });
+    if let (Some(serde_json::Value::Object(extra)), Some(map)) = (extra, data.as_object_mut()) {
+        map.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     serde_json::json!({
         "type": event.type_name(),

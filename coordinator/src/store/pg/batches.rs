@@ -482,7 +482,10 @@ impl BatchStore for PgStore {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-        let ev = JobEvent::Cancelled { batch: Some(batch) };
+        let ev = JobEvent::Cancelled {
+            batch: Some(batch),
+            deadline: false,
+        };
         sqlx::query(
             "INSERT INTO job_events (job_id, kind, detail) \
              SELECT id, $2, $3 FROM unnest($1::uuid[]) id",

@@ -71,10 +71,11 @@ impl LifecycleTx for PgLifecycle {
     }
 
     async fn lock_job(&mut self, job: Uuid) -> Result<JobHead> {
-        let (state, priority, steps_total, chunk_steps, tenant): (String, i16, i32, i32, String) =
+        type Head = (String, i16, i32, i32, String, bool);
+        let (state, priority, steps_total, chunk_steps, tenant, deadline_passed): Head =
             sqlx::query_as(
-                "SELECT state, priority, steps_total, chunk_steps, tenant FROM jobs \
-                 WHERE id = $1 FOR UPDATE",
+                "SELECT state, priority, steps_total, chunk_steps, tenant, \
+                   COALESCE(deadline <= now(), FALSE) FROM jobs WHERE id = $1 FOR UPDATE",
             )
             .bind(job)
             .fetch_one(&mut *self.tx)
@@ -85,6 +86,7 @@ impl LifecycleTx for PgLifecycle {
             steps_total: steps_total as u32,
             chunk_steps: chunk_steps as u32,
             tenant,
+            deadline_passed,
         })
     }
 
@@ -333,6 +335,7 @@ impl LifecycleTx for PgLifecycle {
                     steps_total: steps_total as u32,
                     chunk_steps: chunk_steps as u32,
                     tenant,
+                    deadline_passed: false,
                 };
                 Ok((head, cleared))
             },
@@ -413,11 +416,32 @@ impl LifecycleTx for PgLifecycle {
     async fn reopen_job(&mut self, job: Uuid) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', error_code = NULL, error_message = NULL, \
-               finished_at = NULL WHERE id = $1",
+               finished_at = NULL, deadline = NULL WHERE id = $1",
         )
         .bind(job)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn past_deadline(&mut self) -> Result<Vec<Uuid>> {
+        let jobs: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM jobs j WHERE deadline <= now() AND state IN ('queued', 'running') \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = 'dispatched') \
+             LIMIT 100 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(jobs.into_iter().map(|(j,)| j).collect())
+    }
+
+    async fn set_error(&mut self, job: Uuid, code: &str, message: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET error_code = $2, error_message = $3 WHERE id = $1")
+            .bind(job)
+            .bind(code)
+            .bind(message)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 mod batches;
 mod lifecycle;
 mod listen;
+mod queue;
 mod round;
 mod rows;
 mod tenants;
@@ -78,8 +79,8 @@ impl PgStore {
         // The new row comes back from the insert: a submit reads nothing after its commit.
         let inserted: Option<JobRow> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10) \
+                               idempotency_key, labels, steps_total, chunk_steps, deadline) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
@@ -92,6 +93,7 @@ impl PgStore {
         .bind(Json(&new.labels))
         .bind(new.spec.steps as i32)
         .bind(new.chunk_steps as i32)
+        .bind(crate::deadline::of_accepted(&new.accepted))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -276,6 +278,20 @@ impl JobStore for PgStore {
         let mut tx = PgLifecycle::begin(&self.pool).await?;
         crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
         tx.commit().await
+    }
+    async fn queue_read(
+        &self,
+        scope: Scope<'_>,
+        job: Uuid,
+        worker_timeout: Duration,
+    ) -> Result<Option<crate::sched::position::QueueRead>> {
+        queue::read(&self.pool, scope, job, worker_timeout).await
+    }
+    async fn expire_deadlines(&self) -> Result<u64> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let n = crate::lifecycle::expire_deadlines(tx.as_mut()).await?;
+        tx.commit().await?;
+        Ok(n)
     }
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;

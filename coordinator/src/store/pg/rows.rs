@@ -57,10 +57,10 @@ pub(super) async fn event(
     .execute(&mut **tx)
     .await?;
     ev.observe();
-    let (hooks, error) = ev.webhooks();
+    let (hooks, extra) = ev.webhooks();
     for &hook in hooks {
         let now = chrono::Utc::now();
-        let payload = crate::webhooks::job_payload(hook, job, error, now);
+        let payload = crate::webhooks::job_payload(hook, job, extra.as_ref(), now);
         sqlx::query(ENQUEUE_JOB)
             .bind(Uuid::now_v7())
             .bind(hook.as_str())

@@ -359,7 +359,10 @@ impl BatchStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let id = uuid(id)?;
-            let ev = JobEvent::Cancelled { batch: Some(batch) };
+            let ev = JobEvent::Cancelled {
+                batch: Some(batch),
+                deadline: false,
+            };
             event(&mut tx, id, None, None, &ev).await?;
             if let Some(change) = ev.notice() {
                 notes.job(id, change);

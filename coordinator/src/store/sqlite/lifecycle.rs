@@ -80,11 +80,14 @@ impl LifecycleTx for SqliteLifecycle<'_> {
     }
 
     async fn lock_job(&mut self, job: Uuid) -> Result<JobHead> {
-        let (state, priority, steps_total, chunk_steps, tenant): (String, i64, i64, i64, String) =
+        type Head = (String, i64, i64, i64, String, bool);
+        let (state, priority, steps_total, chunk_steps, tenant, deadline_passed): Head =
             sqlx::query_as(
-                "SELECT state, priority, steps_total, chunk_steps, tenant FROM jobs WHERE id = $1",
+                "SELECT state, priority, steps_total, chunk_steps, tenant, \
+                   COALESCE(deadline <= $2, 0) FROM jobs WHERE id = $1",
             )
             .bind(job.to_string())
+            .bind(self.now)
             .fetch_one(&mut *self.tx)
             .await?;
         Ok(JobHead {
@@ -93,6 +96,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             steps_total: steps_total as u32,
             chunk_steps: chunk_steps as u32,
             tenant,
+            deadline_passed,
         })
     }
 
@@ -346,6 +350,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
                     steps_total: steps_total as u32,
                     chunk_steps: chunk_steps as u32,
                     tenant,
+                    deadline_passed: false,
                 };
                 Ok((head, cleared))
             },
@@ -427,11 +432,33 @@ impl LifecycleTx for SqliteLifecycle<'_> {
     async fn reopen_job(&mut self, job: Uuid) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', error_code = NULL, error_message = NULL, \
-               finished_at = NULL WHERE id = $1",
+               finished_at = NULL, deadline = NULL WHERE id = $1",
         )
         .bind(job.to_string())
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn past_deadline(&mut self) -> Result<Vec<Uuid>> {
+        let jobs: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM jobs j WHERE deadline <= $1 AND state IN ('queued', 'running') \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = 'dispatched') \
+             LIMIT 100",
+        )
+        .bind(self.now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        jobs.iter().map(|(j,)| uuid(j)).collect()
+    }
+
+    async fn set_error(&mut self, job: Uuid, code: &str, message: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET error_code = $2, error_message = $3 WHERE id = $1")
+            .bind(job.to_string())
+            .bind(code)
+            .bind(message)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

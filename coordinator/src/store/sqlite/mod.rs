@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 mod batches;
 mod lifecycle;
+mod queue;
 mod round;
 mod rows;
 mod tenants;
@@ -210,8 +211,9 @@ impl JobStore for SqliteStore {
             .map_err(|e| Error::Internal(format!("encoding labels: {e}")))?;
         let inserted: Option<(String,)> = sqlx::query_as(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps, created_at) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                               idempotency_key, labels, steps_total, chunk_steps, created_at, \
+                               deadline) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(id.to_string())
@@ -225,6 +227,7 @@ impl JobStore for SqliteStore {
         .bind(i64::from(new.spec.steps))
         .bind(i64::from(new.chunk_steps))
         .bind(now_us())
+        .bind(crate::deadline::of_accepted(&new.accepted).map(|d| d.timestamp_micros()))
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -374,6 +377,20 @@ impl JobStore for SqliteStore {
         let mut tx = SqliteLifecycle::begin(self).await?;
         crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
         tx.commit().await
+    }
+    async fn queue_read(
+        &self,
+        scope: Scope<'_>,
+        job: Uuid,
+        worker_timeout: Duration,
+    ) -> Result<Option<crate::sched::position::QueueRead>> {
+        queue::read(&self.pool, scope, job, worker_timeout).await
+    }
+    async fn expire_deadlines(&self) -> Result<u64> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let n = crate::lifecycle::expire_deadlines(tx.as_mut()).await?;
+        tx.commit().await?;
+        Ok(n)
     }
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
         let mut tx = SqliteLifecycle::begin(self).await?;

@@ -181,6 +181,7 @@ macro_rules! job_store_suite {
 }
 
 mod batches;
+mod deadlines;
 mod hostile;
 mod jobs;
 mod lifecycle;
