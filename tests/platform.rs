@@ -1,7 +1,8 @@
 //! What a platform builds on (issue 26), on both farms: signed webhooks sent to a real HTTP
 //! receiver in this test process, verified the way a receiver would (HMAC-SHA256 over
 //! `id.timestamp.body` with the tenant's secret); retries until a failing receiver answers;
-//! deliveries committed by a coordinator that was killed before it sent them.
+//! deliveries committed by a coordinator that was killed before it sent them; a queued job's
+//! place (gRPC, WatchJob, HTTP) as the queue moves; deadlines.
 
 #[macro_use]
 mod common;
@@ -329,7 +330,159 @@ async fn a_killed_coordinator_s_commits_are_still_delivered(backend: Backend) {
     assert_eq!(rx.got("later").len(), 2, "each delivered once");
 }
 
+async fn get(farm: &Farm, id: &str) -> pb::Job {
+    farm.client()
+        .await
+        .get_job(pb::GetJobRequest { id: id.into() })
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+/// Polls GetJob until `check` holds.
+async fn wait_until(
+    farm: &Farm,
+    id: &str,
+    what: &str,
+    check: impl Fn(&pb::Job) -> bool,
+) -> pb::Job {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = get(farm, id).await;
+        if check(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "{what}: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn queued_jobs_see_their_place_and_deadlines_cancel(backend: Backend) {
+    let (rx, addr) = Receiver::start().await;
+    // No worker, one task in flight: the first job holds the slot, the others queue.
+    let mut opts = options(backend, true);
+    opts.workers = 0;
+    opts.coordinator_env
+        .push(("TUTTI_MAX_IN_FLIGHT", "1".into()));
+    let farm = Farm::start(opts).await;
+    let mut client = farm.client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let job = client
+            .submit_generation(request(&format!("queued {i}")))
+            .await
+            .expect("submit")
+            .into_inner();
+        ids.push(job.id);
+    }
+    wait_until(&farm, &ids[0], "first job dispatched", |j| {
+        j.state() == pb::JobState::Running
+    })
+    .await;
+    assert_eq!(get(&farm, &ids[1]).await.queue_position, Some(0));
+    let third = get(&farm, &ids[2]).await;
+    assert_eq!(third.queue_position, Some(1));
+    // Nothing has finished on this farm: no pace, no estimate.
+    assert!(third.estimated_start.is_none() && third.estimated_end.is_none());
+    assert_eq!(get(&farm, &ids[0]).await.queue_position, None);
+    // The same over WatchJob and the HTTP API.
+    let mut events = client
+        .watch_job(pb::WatchJobRequest { id: ids[2].clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = events.message().await.expect("event").expect("snapshot");
+    assert_eq!(first.job.and_then(|j| j.queue_position), Some(1));
+    let url = format!("http://{}/api/jobs/{}", farm.studio_addr, ids[2]);
+    let text = reqwest::get(&url)
+        .await
+        .expect("http")
+        .text()
+        .await
+        .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["queue_position"], 1);
+    // The queue moves: the first job's slot frees, the third is next.
+    client
+        .cancel_job(pb::CancelJobRequest { id: ids[0].clone() })
+        .await
+        .expect("cancel");
+    wait_until(&farm, &ids[2], "third job next", |j| {
+        j.queue_position == Some(0)
+    })
+    .await;
+    let moved = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let e = events.message().await.expect("event").expect("open");
+            if e.job.as_ref().and_then(|j| j.queue_position) == Some(0) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("WatchJob reports the move");
+    assert_eq!(moved.kind(), pb::job_event::Kind::Queued);
+
+    // A deadline: bad ones are refused naming the field; a job past it is cancelled with that
+    // reason, and its webhook says so.
+    let bad = client
+        .submit_generation(pb::SubmitGenerationRequest {
+            cancel_after: Some(tutti_proto::wkt::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..request("too soon")
+        })
+        .await
+        .expect_err("zero");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        bad.message(),
+        "cancel_after: must be between 1 second and 7 days"
+    );
+    let late = client
+        .submit_generation(pb::SubmitGenerationRequest {
+            cancel_after: Some(tutti_proto::wkt::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..with_hook(
+                format!("http://{addr}/hook/deadline"),
+                &[pb::WebhookEvent::Cancelled],
+            )
+        })
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(late
+        .request
+        .as_ref()
+        .and_then(|r| r.deadline.as_ref())
+        .is_some());
+    let ended = farm.wait_job(&late.id, Duration::from_secs(30)).await;
+    assert_eq!(ended.state(), pb::JobState::Cancelled);
+    assert_eq!(
+        ended.error.map(|e| e.code),
+        Some("DEADLINE_EXCEEDED".into())
+    );
+    let got = rx.wait_for("deadline", 1, Duration::from_secs(30)).await;
+    let b = body(&got[0]);
+    assert_eq!(b["type"], "job.cancelled");
+    assert_eq!(b["data"]["reason"], "DEADLINE_EXCEEDED");
+    let secret = webhooks(&farm)
+        .await
+        .get_webhook_endpoint(pb::GetWebhookEndpointRequest {})
+        .await
+        .expect("endpoint")
+        .into_inner()
+        .secrets[0]
+        .secret
+        .clone();
+    assert!(verifies(&secret, &got[0]));
+}
+
 both_backends!(
     signed_webhooks_reach_a_real_receiver,
     a_killed_coordinator_s_commits_are_still_delivered,
+    queued_jobs_see_their_place_and_deadlines_cancel,
 );
