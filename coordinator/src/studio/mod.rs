@@ -14,6 +14,8 @@ mod blobs;
 mod gateway;
 mod guard;
 mod models;
+mod openapi;
+mod rest;
 mod routes;
 mod webhooks;
 
