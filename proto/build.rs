@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tutti/v1/batches.proto",
         "tutti/v1/operator.proto",
         "tutti/v1/usage.proto",
+        "tutti/v1/webhooks.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

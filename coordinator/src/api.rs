@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, SubmitRate};
 use crate::error::{Error, Result};
-use crate::store::{JobRecord, JobStore, OutputRow, Retried};
+use crate::notify::Change;
+use crate::store::{JobRecord, JobStore, OutputRow, Retried, Scope};
 use crate::tenancy::blobs::BlobAccess;
 use crate::validate::Validator;
 
@@ -39,6 +40,10 @@ pub struct GenerationService {
     pub submit_rate: SubmitRate,
     /// A worker unheard of for this long is gone (the model catalogue's availability).
     pub worker_timeout: Duration,
+    /// Whether a request's webhook may name a private address (the operator's flag).
+    pub webhook_allow_private: bool,
+    /// Tenants' weights, for a queued job's place.
+    pub weights: crate::sched::TenantWeights,
 }
 
 fn parse_id(field: &str, id: &str) -> Result<Uuid> {
@@ -134,6 +139,10 @@ impl GenerationService {
             started_at: j.started_at.map(ts),
             finished_at: j.finished_at.map(ts),
             deleted_at: j.deleted_at.map(ts),
+            // GetJob and WatchJob fill these in for a queued job (`place`).
+            queue_position: None,
+            estimated_start: None,
+            estimated_end: None,
         })
     }
 
@@ -143,6 +152,13 @@ impl GenerationService {
         self.submit_rate.admit(&caller.tenant, &caller.limits)?;
         let mut new = self.validator.validate(&req)?;
         new.api_key = caller.key.clone();
+        crate::webhooks::Subscription::from_pb(
+            "webhook",
+            req.webhook.as_ref(),
+            self.webhook_allow_private,
+        )?;
+        // The accepted request carries the deadline as a time, whichever field gave it.
+        new.accepted.deadline = crate::deadline::of_request(&req, Utc::now())?.map(ts);
         caller.limits.check_job(&new)?;
         let mut own_clip = None;
         if let Some(clip) = new.init_clip.take() {
@@ -180,6 +196,31 @@ impl GenerationService {
             .increment(1);
         }
         self.to_pb(&record).await
+    }
+
+    /// A queued job's place: its position, and its estimated start and end.
+    async fn place(&self, scope: Scope<'_>, job: &mut pb::Job, id: Uuid) -> Result<()> {
+        let Some(read) = self
+            .store
+            .queue_read(scope, id, self.worker_timeout)
+            .await?
+        else {
+            return Ok(());
+        };
+        let (position, times) = read.place(&self.weights);
+        job.queue_position = Some(u32::try_from(position).unwrap_or(u32::MAX));
+        if let Some((start, end)) = times {
+            let now = Utc::now();
+            let at = |d: Duration| {
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .map(ts)
+            };
+            job.estimated_start = at(start);
+            job.estimated_end = at(end);
+        }
+        Ok(())
     }
 
     /// Retries a job in the caller's scope; workers forget the cancel of a cancelled one.
@@ -254,18 +295,19 @@ fn rpc_span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
-fn event_kind(what: &str) -> pb::job_event::Kind {
-    use pb::job_event::Kind;
-    match what {
-        "queued" => Kind::Queued,
-        "started" => Kind::Started,
-        "step" => Kind::Step,
-        "stage" => Kind::Stage,
-        "retry" => Kind::Retry,
-        "succeeded" => Kind::Succeeded,
-        "failed" => Kind::Failed,
-        "cancelled" => Kind::Cancelled,
-        _ => Kind::Unspecified,
+impl From<Change> for pb::job_event::Kind {
+    fn from(c: Change) -> Self {
+        use pb::job_event::Kind;
+        match c {
+            Change::Queued => Kind::Queued,
+            Change::Started => Kind::Started,
+            Change::Step => Kind::Step,
+            Change::Stage => Kind::Stage,
+            Change::Retry => Kind::Retry,
+            Change::Succeeded => Kind::Succeeded,
+            Change::Failed => Kind::Failed,
+            Change::Cancelled => Kind::Cancelled,
+        }
     }
 }
 
@@ -307,7 +349,9 @@ impl pb::generation_server::Generation for GenerationApi {
             .get_job(caller.scope(), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        Ok(Response::new(self.to_pb(&record).await?))
+        let mut job = self.to_pb(&record).await?;
+        self.place(caller.scope(), &mut job, id).await?;
+        Ok(Response::new(job))
     }
 
     type WatchJobStream = EventStream;
@@ -327,17 +371,19 @@ impl pb::generation_server::Generation for GenerationApi {
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let svc = Arc::clone(&self.0);
         let stream = async_stream(move |tx| async move {
-            let snapshot = svc.to_pb(&first).await?;
+            let mut snapshot = svc.to_pb(&first).await?;
+            svc.place(caller.scope(), &mut snapshot, id).await?;
             let mut done = first.job.state.is_terminal();
+            let mut last_place = snapshot.queue_position;
             send(&tx, pb::job_event::Kind::Snapshot, snapshot).await?;
             let mut last_step = first.job.steps_done;
             while !done {
+                // `None`: lagged, or quiet for a while; re-read the job in case a notice was lost.
                 let what = match tokio::time::timeout(Duration::from_secs(5), changes.recv()).await
                 {
-                    Ok(Ok(c)) if c.job == id => c.what,
+                    Ok(Ok(c)) if c.job == id => Some(c.what),
                     Ok(Ok(_)) => continue,
-                    // Lagged, or quiet for a while: re-read the job in case a notice was lost.
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => "poll".to_string(),
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => None,
                     Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 };
                 let Some(rec) = svc.store.get_job(caller.scope(), id).await? else {
@@ -345,20 +391,26 @@ impl pb::generation_server::Generation for GenerationApi {
                 };
                 let state = rec.job.state;
                 done = state.is_terminal();
-                let kind = match (what.as_str(), state) {
+                // A queued job's place moves with the queue: a quiet spell re-reads it.
+                let mut job = svc.to_pb(&rec).await?;
+                svc.place(caller.scope(), &mut job, id).await?;
+                let moved = job.queue_position != last_place;
+                last_place = job.queue_position;
+                let kind = match (what, state) {
                     (_, JobState::Succeeded) => pb::job_event::Kind::Succeeded,
                     (_, JobState::Failed) => pb::job_event::Kind::Failed,
                     (_, JobState::Cancelled) => pb::job_event::Kind::Cancelled,
-                    ("poll", _) if rec.job.steps_done == last_step => continue,
-                    ("poll", _) => pb::job_event::Kind::Step,
-                    (w, _) => event_kind(w),
+                    (None, JobState::Queued) if moved => pb::job_event::Kind::Queued,
+                    (None, _) if rec.job.steps_done == last_step => continue,
+                    (None, _) => pb::job_event::Kind::Step,
+                    (Some(c), _) => c.into(),
                 };
                 last_step = rec.job.steps_done;
                 if done && !rec.outputs.is_empty() {
                     let job = svc.to_pb(&rec).await?;
                     send(&tx, pb::job_event::Kind::OutputReady, job).await?;
                 }
-                send(&tx, kind, svc.to_pb(&rec).await?).await?;
+                send(&tx, kind, job).await?;
             }
             Ok(())
         });

@@ -124,6 +124,10 @@ impl Dispatcher {
                         tracing::warn!(error = %e, "dispatcher: worker liveness check failed");
                     }
                 }
+                if let Err(e) = self.store.expire_deadlines().await {
+                    crate::observe::count_error(&e);
+                    tracing::warn!(error = %e, "dispatcher: deadline check failed");
+                }
                 if self.hearing.can_judge(self.task_lease) {
                     if let Err(e) = self.store.expire_leases(self.task_lease, self.retry).await {
                         self.hearing.deaf();

@@ -7,6 +7,7 @@ pub mod batches;
 pub mod catalogue;
 pub mod config;
 pub mod deletion;
+pub mod deadline;
 pub mod delivery;
 pub mod dispatcher;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod tenancy;
 pub mod text;
 pub mod usage;
 pub mod validate;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -41,6 +43,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tutti_proto::v1::batches_server::BatchesServer;
 use tutti_proto::v1::generation_server::GenerationServer;
 use tutti_proto::v1::operator_server::OperatorServer;
+use tutti_proto::v1::webhooks_server::WebhooksServer;
 use tutti_shared::blob::{BlobStore, S3Store};
 use tutti_shared::models::ModelRegistry;
 use tutti_shared::queue::Topology;
@@ -214,6 +217,17 @@ pub async fn serve_with_studio(
         shutdown.clone(),
     ));
 
+    if cfg.webhooks.send {
+        let sender =
+            webhooks::sender::Sender::new(Arc::clone(&backend.store), cfg.webhooks.clone())
+                .context("building the webhook client")?;
+        tokio::spawn(sender.run(shutdown.clone()));
+    }
+    let webhooks_api = webhooks::api::WebhooksApi(Arc::new(webhooks::api::WebhooksService {
+        store: Arc::clone(&backend.store),
+        allow_private: cfg.webhooks.allow_private,
+    }));
+
     let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
         store: Arc::clone(&backend.store),
         policy: cfg.sched.clone(),
@@ -232,6 +246,8 @@ pub async fn serve_with_studio(
         url_ttl: cfg.url_ttl,
         submit_rate: auth::SubmitRate::default(),
         worker_timeout: cfg.sched.worker_timeout,
+        webhook_allow_private: cfg.webhooks.allow_private,
+        weights: cfg.sched.weights.clone(),
     });
     let batches_api = batches::BatchesApi(Arc::new(batches::BatchesService {
         generation: Arc::clone(&service),
@@ -243,6 +259,7 @@ pub async fn serve_with_studio(
             generation.clone(),
             operator.clone(),
             batches_api.clone(),
+            webhooks_api.clone(),
             blobs,
             cfg.studio_options.clone(),
         );
@@ -277,6 +294,7 @@ pub async fn serve_with_studio(
         .add_service(auth.layer(BatchesServer::new(batches_api)))
         .add_service(auth.layer(GenerationServer::new(generation)))
         .add_service(auth.layer(OperatorServer::new(operator)))
+        .add_service(auth.layer(WebhooksServer::new(webhooks_api)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })

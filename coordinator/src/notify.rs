@@ -7,12 +7,56 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use uuid::Uuid;
 
-/// One change: the job and what happened (`queued`, `started`, `step`, `stage`, `retry`,
-/// `succeeded`, `failed`, `cancelled`).
-#[derive(Debug, Clone, PartialEq)]
+/// What changed about a job, as watchers hear it (derived from its `JobEvent`, or a step of
+/// progress). The text is the Postgres `NOTIFY` payload's second word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Queued,
+    Started,
+    Step,
+    Stage,
+    Retry,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Change {
+    const ALL: [Change; 8] = [
+        Change::Queued,
+        Change::Started,
+        Change::Step,
+        Change::Stage,
+        Change::Retry,
+        Change::Succeeded,
+        Change::Failed,
+        Change::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Queued => "queued",
+            Change::Started => "started",
+            Change::Step => "step",
+            Change::Stage => "stage",
+            Change::Retry => "retry",
+            Change::Succeeded => "succeeded",
+            Change::Failed => "failed",
+            Change::Cancelled => "cancelled",
+        }
+    }
+
+    /// The change a `NOTIFY` payload names (the inverse of `as_str`, for the wire only).
+    pub fn from_wire(s: &str) -> Option<Change> {
+        Change::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// One change: the job and what happened.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JobChange {
     pub job: Uuid,
-    pub what: String,
+    pub what: Change,
 }
 
 pub struct Notifier {
@@ -34,11 +78,8 @@ impl Notifier {
         self.jobs.subscribe()
     }
 
-    pub fn job_changed(&self, job: Uuid, what: &str) {
-        let _ = self.jobs.send(JobChange {
-            job,
-            what: what.to_string(),
-        });
+    pub fn job_changed(&self, job: Uuid, what: Change) {
+        let _ = self.jobs.send(JobChange { job, what });
     }
 
     pub fn tasks_changed(&self) {
@@ -55,19 +96,19 @@ impl Notifier {
 /// Notices gathered inside a transaction and sent once it commits.
 #[derive(Default)]
 pub struct Pending {
-    jobs: Vec<(Uuid, &'static str)>,
+    jobs: Vec<(Uuid, Change)>,
     tasks: bool,
 }
 
 impl Pending {
-    pub fn job(&mut self, job: Uuid, what: &'static str) {
+    pub fn job(&mut self, job: Uuid, what: Change) {
         self.jobs.push((job, what));
     }
     pub fn tasks(&mut self) {
         self.tasks = true;
     }
     /// The job changes and whether tasks changed, for a store that sends them itself.
-    pub fn into_parts(self) -> (Vec<(Uuid, &'static str)>, bool) {
+    pub fn into_parts(self) -> (Vec<(Uuid, Change)>, bool) {
         (self.jobs, self.tasks)
     }
     pub fn send(self, n: &Notifier) {
@@ -77,5 +118,18 @@ impl Pending {
         if self.tasks {
             n.tasks_changed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_cross_the_wire_and_back() {
+        for c in Change::ALL {
+            assert_eq!(Change::from_wire(c.as_str()), Some(c));
+        }
+        assert_eq!(Change::from_wire("poll"), None);
     }
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tutti_shared::job::Priority;
 use tutti_shared::metrics::names;
 
 use crate::error::Error;
-use crate::lifecycle::events::class;
 use crate::store::JobStore;
 
 /// Puts the error and anomaly counters on `/metrics` at 0 from the start: `increase()` and
@@ -51,14 +51,15 @@ pub(crate) async fn refresh_gauges(store: Arc<dyn JobStore>, mut shutdown: watch
             }
         };
         for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
-            for rank in 0..3 {
+            for class in Priority::ALL {
+                let rank = class.rank();
                 let n = stats
                     .jobs
                     .iter()
                     .filter(|(s, r, _)| s == state && *r == rank)
                     .map(|(_, _, n)| *n)
                     .sum::<i64>();
-                let labels = [("state", state), ("class", class(rank))];
+                let labels = [("state", state), ("class", class.as_str())];
                 metrics::gauge!(names::JOBS, &labels).set(n as f64);
                 if matches!(state, "succeeded" | "failed" | "cancelled") {
                     metrics::counter!(names::JOBS_FINISHED, &labels).absolute(n.max(0) as u64);
@@ -66,14 +67,15 @@ pub(crate) async fn refresh_gauges(store: Arc<dyn JobStore>, mut shutdown: watch
             }
         }
         for kind in ["denoise", "vocode"] {
-            for rank in 0..3 {
+            for class in Priority::ALL {
+                let rank = class.rank();
                 let n = stats
                     .backlog
                     .iter()
                     .filter(|(r, k, _)| k == kind && *r == rank)
                     .map(|(_, _, n)| *n)
                     .sum::<i64>();
-                metrics::gauge!(names::BACKLOG, "class" => class(rank), "queue" => kind)
+                metrics::gauge!(names::BACKLOG, "class" => class.as_str(), "queue" => kind)
                     .set(n as f64);
             }
             let n = stats

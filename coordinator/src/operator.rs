@@ -31,7 +31,8 @@ pub struct OperatorService {
 
 /// The API class of a stored priority rank.
 fn class_pb(rank: i16) -> pb::Priority {
-    crate::sched::class_of(i64::from(rank)).map_or(pb::Priority::Standard, pb::Priority::from)
+    tutti_shared::job::Priority::from_rank(i64::from(rank))
+        .map_or(pb::Priority::Standard, pb::Priority::from)
 }
 
 /// Operators only: an admin key, or any caller while auth is off (no key at all).

@@ -10,6 +10,7 @@ use crate::auth::AuthMode;
 use crate::lifecycle::RetryPolicy;
 use crate::sched::{Policy, TenantWeights};
 use crate::studio::StudioOptions;
+use crate::webhooks::WebhookSettings;
 
 /// The default of every setting, as its flag spells it.
 pub mod defaults {
@@ -27,6 +28,11 @@ pub mod defaults {
     pub const BATCH_SHARE: f64 = 0.1;
     pub const AFFINITY_WAIT: &str = "1500ms";
     pub const URL_TTL: &str = "1h";
+    pub const WEBHOOK_BACKOFF: &str = "5s";
+    pub const WEBHOOK_MAX_BACKOFF: &str = "1h";
+    pub const WEBHOOK_RETRY_FOR: &str = "24h";
+    pub const WEBHOOK_TIMEOUT: &str = "10s";
+    pub const WEBHOOK_LEASE: &str = "60s";
 }
 
 /// A default duration; the texts above are constants (a unit test parses each).
@@ -55,6 +61,8 @@ pub struct Settings {
     pub admin_blob_prefixes: Vec<String>,
     /// Which browsers' requests the studio's gateway serves (hosts, origins).
     pub studio_options: StudioOptions,
+    /// How webhooks are sent (and whether this replica sends them).
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Settings {
@@ -75,6 +83,15 @@ impl Default for Settings {
             tls: None,
             admin_blob_prefixes: Vec::new(),
             studio_options: StudioOptions::default(),
+            webhooks: WebhookSettings {
+                send: true,
+                allow_private: false,
+                backoff: duration(defaults::WEBHOOK_BACKOFF),
+                max_backoff: duration(defaults::WEBHOOK_MAX_BACKOFF),
+                retry_for: duration(defaults::WEBHOOK_RETRY_FOR),
+                timeout: duration(defaults::WEBHOOK_TIMEOUT),
+                lease: duration(defaults::WEBHOOK_LEASE),
+            },
         }
     }
 }
@@ -173,6 +190,27 @@ pub struct FarmArgs {
     /// Uploaded manifests a tenant keeps at once (each is a submitted batch's).
     #[arg(long, env = "TUTTI_MAX_UPLOADS", default_value_t = 10_000)]
     pub max_uploads: usize,
+    /// Whether this replica sends webhook deliveries (any number of replicas may; each
+    /// delivery goes out once per attempt).
+    #[arg(long, env = "TUTTI_WEBHOOK_SEND", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_send: bool,
+    /// Let webhooks target loopback, private and link-local addresses (private networks,
+    /// tests). Off: such URLs are INVALID_ARGUMENT and such resolved addresses are refused.
+    #[arg(long, env = "TUTTI_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// First delay before a failed webhook delivery is retried; doubles per attempt, with
+    /// jitter.
+    #[arg(long, env = "TUTTI_WEBHOOK_BACKOFF", default_value = defaults::WEBHOOK_BACKOFF, value_parser = humantime::parse_duration)]
+    pub webhook_backoff: Duration,
+    /// The longest delay between attempts of a webhook delivery.
+    #[arg(long, env = "TUTTI_WEBHOOK_MAX_BACKOFF", default_value = defaults::WEBHOOK_MAX_BACKOFF, value_parser = humantime::parse_duration)]
+    pub webhook_max_backoff: Duration,
+    /// How long a webhook delivery is retried before it is marked failed.
+    #[arg(long, env = "TUTTI_WEBHOOK_RETRY_FOR", default_value = defaults::WEBHOOK_RETRY_FOR, value_parser = humantime::parse_duration)]
+    pub webhook_retry_for: Duration,
+    /// Time limit of one webhook attempt (connect, send, read the answer).
+    #[arg(long, env = "TUTTI_WEBHOOK_TIMEOUT", default_value = defaults::WEBHOOK_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
 }
 
 impl FarmArgs {
@@ -223,6 +261,15 @@ impl FarmArgs {
                 allowed_hosts: self.studio_allowed_hosts.clone(),
                 max_upload_bytes: self.max_upload_mb << 20,
                 max_uploads: self.max_uploads,
+            },
+            webhooks: WebhookSettings {
+                send: self.webhook_send,
+                allow_private: self.webhook_allow_private,
+                backoff: self.webhook_backoff,
+                max_backoff: self.webhook_max_backoff,
+                retry_for: self.webhook_retry_for,
+                timeout: self.webhook_timeout,
+                ..base.webhooks
             },
             ..base
         }
@@ -282,6 +329,9 @@ mod tests {
         assert_eq!(from_flags.checkpoint_grace, Duration::from_secs(60));
         assert_eq!(from_flags.url_ttl, Duration::from_secs(3600));
         assert_eq!(from_flags.sched.affinity_wait, Duration::from_millis(1500));
+        assert_eq!(from_flags.webhooks.backoff, default.webhooks.backoff);
+        assert_eq!(from_flags.webhooks.retry_for, default.webhooks.retry_for);
+        assert!(from_flags.webhooks.send && !from_flags.webhooks.allow_private);
         let embedded = args.apply(Settings::embedded("packs".into()));
         assert_eq!(
             embedded.sched.max_in_flight,

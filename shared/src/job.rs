@@ -82,6 +82,14 @@ impl Priority {
             Priority::Batch => 2,
         }
     }
+
+    /// The class of a stored rank: the one inverse of `rank`.
+    pub fn from_rank(rank: i64) -> Option<Priority> {
+        Priority::ALL
+            .iter()
+            .copied()
+            .find(|p| i64::from(p.rank()) == rank)
+    }
 }
 
 string_enum!(

@@ -77,6 +77,8 @@ pub enum ErrorCode {
     WorkerLost,
     /// A worker stopped a task of a job that is not cancelled.
     CancelledByWorker,
+    /// The job's deadline passed before it finished: cancelled at a chunk boundary.
+    DeadlineExceeded,
     /// A code this build does not know (from a newer worker).
     #[serde(other)]
     Unknown,
@@ -98,6 +100,7 @@ impl ErrorCode {
         ErrorCode::LeaseExpired,
         ErrorCode::WorkerLost,
         ErrorCode::CancelledByWorker,
+        ErrorCode::DeadlineExceeded,
         ErrorCode::Unknown,
     ];
 
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::LeaseExpired => "LEASE_EXPIRED",
             ErrorCode::WorkerLost => "WORKER_LOST",
             ErrorCode::CancelledByWorker => "CANCELLED_BY_WORKER",
+            ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }

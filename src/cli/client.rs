@@ -209,6 +209,16 @@ pub(crate) struct GenerateArgs {
     /// A section, repeatable, in order: --structure intro --structure verse.
     #[arg(long = "structure")]
     pub structure: Vec<String>,
+    /// Cancel the job if it has not finished this long after it is accepted (e.g. 10m); it
+    /// stops at its next chunk boundary.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cancel_after: Option<std::time::Duration>,
+    /// Call this URL back as the job moves (signed; see `tutti webhook show`).
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// An event --webhook receives, repeatable (default: succeeded, failed, cancelled).
+    #[arg(long = "webhook-event", requires = "webhook", value_parser = super::webhook::parse_event)]
+    pub webhook_events: Vec<pb::WebhookEvent>,
     /// Wait for the job to finish (default), or print its id and return.
     #[arg(long, overrides_with = "no_wait")]
     pub wait: bool,
@@ -368,6 +378,15 @@ impl GenerateArgs {
             time_signature: self.time_signature,
             repaint_start_seconds: self.repaint_start,
             repaint_end_seconds: self.repaint_end,
+            cancel_after: self.cancel_after.map(|d| tutti_proto::wkt::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
+            deadline: None,
+            webhook: self.webhook.as_ref().map(|url| pb::Webhook {
+                url: url.clone(),
+                events: self.webhook_events.iter().map(|e| *e as i32).collect(),
+            }),
         })
     }
 }
@@ -528,6 +547,12 @@ async fn follow(client: &mut Client, id: &str) -> anyhow::Result<pb::Job> {
     last.context("the server closed the stream without a job")
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn print_job(job: &pb::Job) {
     let state = pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified);
     println!("job      {}", job.id);
@@ -544,6 +569,23 @@ fn print_job(job: &pb::Job) {
         println!("seed     {seed}");
     }
     println!("steps    {}/{}", job.steps_done, job.steps_total);
+    if let Some(p) = job.queue_position {
+        let eta = |t: &Option<tutti_proto::wkt::Timestamp>| {
+            t.as_ref().map(|t| {
+                let secs = t.seconds - now_secs();
+                format!("in ~{}s", secs.max(0))
+            })
+        };
+        match (eta(&job.estimated_start), eta(&job.estimated_end)) {
+            (Some(start), Some(end)) => {
+                println!("queue    {p} ahead · starts {start} · ends {end}")
+            }
+            _ => println!("queue    {p} ahead"),
+        }
+    }
+    if let Some(d) = job.request.as_ref().and_then(|r| r.deadline.as_ref()) {
+        println!("deadline in {}s", (d.seconds - now_secs()).max(0));
+    }
     for t in &job.timings {
         let stage = pb::Stage::try_from(t.stage).unwrap_or(pb::Stage::Unspecified);
         println!(

@@ -16,6 +16,7 @@ mod operator;
 mod signals;
 mod train;
 mod usage;
+mod webhook;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,9 @@ pub(crate) enum Command {
     /// Backfill batches: submit a manifest, watch, get, cancel, retry.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
+    /// Webhooks: the tenant-wide endpoint, signing secrets, deliveries (list, redeliver).
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Model packs.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -120,6 +124,7 @@ impl Command {
                 | Command::Tenant(_)
                 | Command::Key(_)
                 | Command::Batch(_)
+                | Command::Webhook(_)
         )
     }
 }
@@ -198,6 +203,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(cmd) => admin::tenant(cmd).await,
         Command::Key(cmd) => admin::key(cmd).await,
         Command::Batch(cmd) => batch::run(cmd).await,
+        Command::Webhook(cmd) => webhook::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Train(cmd) => train::run(cmd),
         Command::Model(ModelCommand::Inspect { path }) => {

@@ -7,10 +7,11 @@ use tutti_shared::job::{JobState, Stage, TaskKind, TaskState};
 use tutti_shared::messages::{ErrorCode, Outcome};
 use uuid::Uuid;
 
-use super::events::outcome_name;
+use super::events::{EventKind, JobEvent};
 use super::rules::{after_denoise, after_failure, fence, AfterFailure, Fence};
 use super::{check_output_key, Failure, LifecycleTx, LostTask, RetryPolicy, TaskRef};
 use crate::error::Result;
+use crate::notify::Change;
 use crate::tenancy::Scope;
 
 /// The end of an attempt: advance the job, retry, or fail it. A stale or duplicate result is
@@ -44,14 +45,14 @@ pub async fn record_result(
     };
     if fence(&row, attempt) == Fence::Stale {
         tracing::info!(job_id = %job, chunk, attempt, current_attempt = row.attempt, task_state = %row.state, "stale or duplicate result, dropped");
-        let detail = serde_json::json!({
-            "outcome": outcome_name(outcome),
-            "worker": worker,
-            "task_state": row.state.as_str(),
-            "current_attempt": row.attempt,
-        });
-        tx.event(job, "stale_result", Some(chunk), Some(attempt), detail)
-            .await?;
+        let stale = JobEvent::StaleResult {
+            stage: row.kind,
+            outcome,
+            worker,
+            task_state: row.state,
+            current_attempt: row.attempt,
+        };
+        tx.event(job, Some(chunk), Some(attempt), &stale).await?;
         return Ok(Recorded::Dropped);
     }
     let head = tx.lock_job(job).await?;
@@ -66,41 +67,46 @@ pub async fn record_result(
         } => {
             tx.finish(task, *millis).await?;
             tx.add_stage_time(job, row.kind, *millis).await?;
-            let detail = serde_json::json!({
-                "kind": row.kind.as_str(),
-                "worker": worker,
-                "millis": millis,
-                "to_step": row.to_step,
-            });
-            tx.event(job, "chunk_done", Some(chunk), Some(attempt), detail)
-                .await?;
-            match row.kind {
-                TaskKind::Denoise => {
+            // Past its deadline, a job stops at this chunk boundary.
+            let stop = row.kind == TaskKind::Denoise && head.deadline_passed;
+            let next = match row.kind {
+                TaskKind::Denoise if !stop => {
+                    Some(after_denoise(chunk, head.steps_total, head.chunk_steps))
+                }
+                _ => None,
+            };
+            let done = JobEvent::ChunkDone {
+                stage: row.kind,
+                worker,
+                millis: *millis,
+                to_step: row.to_step,
+                next: next.as_ref().map(|n| n.kind),
+            };
+            tx.event(job, Some(chunk), Some(attempt), &done).await?;
+            match next {
+                Some(next) => {
                     tx.raise_steps(job, row.to_step).await?;
-                    let next = after_denoise(chunk, head.steps_total, head.chunk_steps);
                     tx.insert_task(job, &next, head.priority).await?;
-                    match next.kind {
-                        TaskKind::Denoise => tx.notes().job(job, "step"),
-                        TaskKind::Vocode => {
-                            tx.set_stage(job, Stage::Vocode).await?;
-                            tx.notes().job(job, "stage");
-                        }
+                    if next.kind == TaskKind::Vocode {
+                        tx.set_stage(job, Stage::Vocode).await?;
                     }
                     if *held {
                         // Chunk affinity for the next chunk, dispatched right away.
                         tx.add_hold(worker, job).await?;
                     }
                 }
-                TaskKind::Vocode => {
+                None if stop => {
+                    tx.raise_steps(job, row.to_step).await?;
+                    cancel_for_deadline(tx, job).await?;
+                }
+                None => {
                     for o in outputs {
                         check_output_key(&o.key, &head.tenant, job)?;
                     }
                     tx.put_outputs(job, outputs).await?;
                     tx.succeed(job).await?;
                     tx.record_usage(job).await?;
-                    tx.event(job, "succeeded", None, None, serde_json::json!({}))
-                        .await?;
-                    tx.notes().job(job, "succeeded");
+                    tx.event(job, None, None, &JobEvent::Succeeded).await?;
                 }
             }
             // A slot is free (and a denoise chunk queued the job's next task): waiting work goes
@@ -118,7 +124,7 @@ pub async fn record_result(
                 message,
                 retryable: *retryable,
             };
-            retry_or_fail(tx, job, chunk, attempt, policy, failure).await
+            retry_or_fail(tx, job, (chunk, row.kind), attempt, policy, failure).await
         }
         // The worker saw a cancel for a job that is not cancelled here (e.g. a stale
         // broadcast): run the chunk again.
@@ -128,7 +134,8 @@ pub async fn record_result(
                 message: "worker stopped the task",
                 retryable: true,
             };
-            retry_or_fail(tx, job, chunk, attempt, policy.at_once(), failure).await
+            let at = (chunk, row.kind);
+            retry_or_fail(tx, job, at, attempt, policy.at_once(), failure).await
         }
     };
     applied.map(|()| Recorded::Applied)
@@ -141,7 +148,7 @@ pub async fn record_progress(
     steps_done: u32,
 ) -> Result<()> {
     if tx.touch(task).await? && tx.progress(task.job, steps_done).await? {
-        tx.notes().job(task.job, "step");
+        tx.notes().job(task.job, Change::Step);
     }
     Ok(())
 }
@@ -160,7 +167,8 @@ pub async fn expire_leases(
             message: &message,
             retryable: true,
         };
-        retry_or_fail(tx, t.job, t.chunk, t.attempt, policy.at_once(), failure).await?;
+        let at = (t.chunk, t.kind);
+        retry_or_fail(tx, t.job, at, t.attempt, policy.at_once(), failure).await?;
     }
     Ok(())
 }
@@ -174,6 +182,7 @@ pub async fn reclaim_lost(
 ) -> Result<()> {
     for LostTask {
         job,
+        kind,
         chunk,
         attempt,
         worker,
@@ -188,7 +197,7 @@ pub async fn reclaim_lost(
             message: &message,
             retryable: true,
         };
-        retry_or_fail(tx, job, chunk, attempt, policy.at_once(), failure).await?;
+        retry_or_fail(tx, job, (chunk, kind), attempt, policy.at_once(), failure).await?;
     }
     Ok(())
 }
@@ -200,9 +209,11 @@ pub async fn cancel(tx: &mut dyn LifecycleTx, scope: Scope<'_>, job: Uuid) -> Re
         return Ok(false);
     }
     tx.record_usage(job).await?;
-    tx.event(job, "cancelled", None, None, serde_json::json!({}))
-        .await?;
-    tx.notes().job(job, "cancelled");
+    let ev = JobEvent::Cancelled {
+        batch: None,
+        deadline: false,
+    };
+    tx.event(job, None, None, &ev).await?;
     // Its dispatched tasks' slots are free.
     tx.notes().tasks();
     Ok(true)
@@ -221,8 +232,11 @@ pub async fn delete(
     let cancelled = head.state.is_active() && cancel(tx, scope, job).await?;
     let (newly, keys) = tx.mark_deleted(job).await?;
     if newly {
-        let detail = serde_json::json!({ "objects": keys.len(), "cancelled": cancelled });
-        tx.event(job, "deleted", None, None, detail).await?;
+        let ev = JobEvent::Deleted {
+            objects: keys.len(),
+            cancelled,
+        };
+        tx.event(job, None, None, &ev).await?;
     }
     Ok(Some(crate::deletion::Deleted {
         keys,
@@ -256,6 +270,38 @@ pub async fn delete_batch(
     Ok(Some(deleted))
 }
 
+/// Jobs past their deadline with nothing dispatched are cancelled now (a running chunk's job
+/// is cancelled when the chunk ends, by `record_result`). Returns how many.
+pub async fn expire_deadlines(tx: &mut dyn LifecycleTx) -> Result<u64> {
+    let mut n = 0;
+    for job in tx.past_deadline().await? {
+        n += u64::from(cancel_for_deadline(tx, job).await?);
+    }
+    Ok(n)
+}
+
+/// Cancels a job for its deadline, saying so in its error, its history and its webhook.
+async fn cancel_for_deadline(tx: &mut dyn LifecycleTx, job: Uuid) -> Result<bool> {
+    if !tx.cancel(Scope::All, job).await? {
+        return Ok(false);
+    }
+    let code = ErrorCode::DeadlineExceeded;
+    tx.set_error(
+        job,
+        code.as_str(),
+        "the job's deadline passed before it finished",
+    )
+    .await?;
+    tx.record_usage(job).await?;
+    let ev = JobEvent::Cancelled {
+        batch: None,
+        deadline: true,
+    };
+    tx.event(job, None, None, &ev).await?;
+    tx.notes().tasks();
+    Ok(true)
+}
+
 /// What a retry after the fact did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retried {
@@ -287,7 +333,7 @@ pub async fn retry(
         JobState::Failed | JobState::Cancelled => {}
         // Only a retry re-queues an ended job, so an active job with a retry in its history
         // is this retry's own (a client repeating the call).
-        s if s.is_active() && tx.has_event(job, "retried").await? => {
+        s if s.is_active() && tx.has_event(job, EventKind::Retried).await? => {
             return Ok(Some(Retried::AlreadyRequeued))
         }
         s => return Ok(Some(Retried::Refused(s))),
@@ -304,15 +350,13 @@ pub async fn retry(
     };
     tx.reopen_task(job, chunk).await?;
     tx.reopen_job(job).await?;
-    let detail = serde_json::json!({
-        "from": head.state.as_str(),
-        "from_chunk": chunk,
-        "rewound": rewound,
-    });
+    let retried = JobEvent::Retried {
+        from: head.state,
+        from_chunk: chunk,
+        rewound,
+    };
     let attempt = last.map(|(_, t)| t.attempt + 1);
-    tx.event(job, "retried", Some(chunk), attempt, detail)
-        .await?;
-    tx.notes().job(job, "queued");
+    tx.event(job, Some(chunk), attempt, &retried).await?;
     tx.notes().tasks();
     Ok(Some(Retried::Requeued {
         chunk,
@@ -356,14 +400,13 @@ pub async fn retry_batch(
 async fn retry_or_fail(
     tx: &mut dyn LifecycleTx,
     job: Uuid,
-    chunk: u32,
+    (chunk, stage): (u32, TaskKind),
     attempt: u32,
     policy: RetryPolicy,
     failure: Failure<'_>,
 ) -> Result<()> {
     let Failure { code, message, .. } = failure;
     let error = format!("{code}: {message}");
-    let code = code.as_str();
     // A retry after the fact gives the task a fresh set of attempts.
     let base = tx
         .retried_at(job, chunk)
@@ -372,23 +415,24 @@ async fn retry_or_fail(
     match after_failure(attempt.saturating_sub(base), failure.retryable, policy) {
         AfterFailure::Retry { delay } => {
             tx.requeue(job, chunk, &error, delay).await?;
-            let detail = serde_json::json!({
-                "code": code,
-                "message": message,
-                "delay_ms": delay.as_millis() as u64,
-            });
-            tx.event(job, "retry", Some(chunk), Some(attempt), detail)
-                .await?;
-            tx.notes().job(job, "retry");
+            let retry = JobEvent::Retry {
+                stage,
+                code,
+                message,
+                delay,
+            };
+            tx.event(job, Some(chunk), Some(attempt), &retry).await?;
         }
         AfterFailure::Fail => {
             tx.fail_task(job, chunk, &error).await?;
-            tx.fail_job(job, code, message).await?;
+            tx.fail_job(job, code.as_str(), message).await?;
             tx.record_usage(job).await?;
-            let detail = serde_json::json!({ "code": code, "message": message });
-            tx.event(job, "failed", Some(chunk), Some(attempt), detail)
-                .await?;
-            tx.notes().job(job, "failed");
+            let failed = JobEvent::Failed {
+                stage,
+                code,
+                message,
+            };
+            tx.event(job, Some(chunk), Some(attempt), &failed).await?;
         }
     }
     // Its slot is free (and a retry is waiting work).

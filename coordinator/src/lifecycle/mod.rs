@@ -16,8 +16,8 @@ use tutti_shared::messages::ErrorCode;
 use uuid::Uuid;
 
 pub use apply::{
-    cancel, delete, delete_batch, expire_leases, reclaim_lost, record_progress, record_result,
-    retry, retry_batch, Recorded, Retried,
+    cancel, delete, delete_batch, expire_deadlines, expire_leases, reclaim_lost, record_progress,
+    record_result, retry, retry_batch, Recorded, Retried,
 };
 pub use tx::{JobHead, LifecycleTx, LostTask, TaskRow};
 

@@ -8,6 +8,7 @@ use tutti_shared::job::{JobState, Stage, TaskKind, TaskState};
 use tutti_shared::messages::OutputInfo;
 use uuid::Uuid;
 
+use super::events::{EventKind, JobEvent};
 use super::rules::NextTask;
 use super::TaskRef;
 use crate::error::Result;
@@ -31,12 +32,15 @@ pub struct JobHead {
     pub steps_total: u32,
     pub chunk_steps: u32,
     pub tenant: String,
+    /// Its deadline has passed (read by `lock_job`; false elsewhere).
+    pub deadline_passed: bool,
 }
 
 /// A dispatched task whose worker went quiet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostTask {
     pub job: Uuid,
+    pub kind: TaskKind,
     pub chunk: u32,
     pub attempt: u32,
     /// The worker it was with, when known.
@@ -88,13 +92,18 @@ pub trait LifecycleTx: Send {
     /// The attempt a retry after the fact started the task at (its `retried` event), if any.
     async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>>;
     /// Whether the job's history holds an event of `kind`.
-    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool>;
+    async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool>;
     /// An ended task back to the backlog as its next attempt, due now.
     async fn reopen_task(&mut self, job: Uuid, chunk: u32) -> Result<()>;
     /// Drops every task after the first (their checkpoints are gone) and zeroes the progress.
     async fn rewind(&mut self, job: Uuid) -> Result<()>;
-    /// An ended job back to queued, its error cleared.
+    /// An ended job back to queued, its error and its deadline cleared.
     async fn reopen_job(&mut self, job: Uuid) -> Result<()>;
+    /// Active jobs past their deadline with nothing dispatched (at a chunk boundary), locked
+    /// (others skip them).
+    async fn past_deadline(&mut self) -> Result<Vec<Uuid>>;
+    /// Records why an ended job ended (a cancel for its deadline).
+    async fn set_error(&mut self, job: Uuid, code: &str, message: &str) -> Result<()>;
     /// The jobs of a tenant's batch items in `states`; `None` when there is no such batch.
     async fn batch_jobs(
         &mut self,
@@ -109,14 +118,14 @@ pub trait LifecycleTx: Send {
     async fn mark_deleted(&mut self, job: Uuid) -> Result<(bool, Vec<String>)>;
     /// Writes (or rewrites) the usage record of a job that has ended; nothing for a live job.
     async fn record_usage(&mut self, job: Uuid) -> Result<()>;
-    /// A line of the job's history (and the metrics that follow it, `events`).
+    /// A line of the job's history, the metric that follows it, and its notice (sent with
+    /// `notes` at commit).
     async fn event(
         &mut self,
         job: Uuid,
-        kind: &str,
         chunk: Option<u32>,
         attempt: Option<u32>,
-        detail: serde_json::Value,
+        ev: &JobEvent<'_>,
     ) -> Result<()>;
     /// Change notices, sent once the transaction commits.
     fn notes(&mut self) -> &mut Pending;

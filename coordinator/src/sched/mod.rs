@@ -7,13 +7,12 @@
 pub mod fair;
 pub mod fleet;
 pub mod plan;
+pub mod position;
 pub mod round;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
-
-use tutti_shared::job::Priority;
 
 pub use round::{plan_round, Outgoing, PendingTask, RoundTx};
 
@@ -68,14 +67,6 @@ impl FromStr for TenantWeights {
     }
 }
 
-/// The class of a stored priority rank.
-pub(crate) fn class_of(rank: i64) -> Option<Priority> {
-    Priority::ALL
-        .iter()
-        .copied()
-        .find(|p| i64::from(p.rank()) == rank)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,12 +81,5 @@ mod tests {
         assert!("acme".parse::<TenantWeights>().is_err());
         assert!("acme=0".parse::<TenantWeights>().is_err());
         assert!("acme=x".parse::<TenantWeights>().is_err());
-    }
-
-    #[test]
-    fn ranks_map_to_classes() {
-        assert_eq!(class_of(0), Some(Priority::Interactive));
-        assert_eq!(class_of(2), Some(Priority::Batch));
-        assert_eq!(class_of(7), None);
     }
 }

@@ -21,6 +21,7 @@ mod tenants;
 mod tests;
 pub mod usage;
 pub mod views;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,7 +34,7 @@ use tutti_shared::messages::Outcome;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::sched::{PendingTask, RoundTx};
+use crate::sched::RoundTx;
 use crate::validate::NewJob;
 
 pub use crate::lifecycle::{Recorded, Retried, RetryPolicy, TaskRef};
@@ -45,6 +46,7 @@ pub use sqlite::SqliteStore;
 pub use tenants::{KeyInfo, KeyOwner, Tenant, TenantStore};
 pub use usage::UsageStore;
 pub use views::ViewStore;
+pub use webhooks::WebhookStore;
 
 /// A job as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -157,7 +159,7 @@ pub struct Stats {
 }
 
 #[async_trait]
-pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
+pub trait JobStore: TenantStore + ViewStore + UsageStore + WebhookStore + Send + Sync {
     /// Stores a new job and its first task, or returns the job an idempotency key already
     /// names. Returns the job and whether it was created now. RESOURCE_EXHAUSTED (and nothing
     /// stored) when the tenant's `max_jobs_in_flight` is reached.
@@ -217,6 +219,17 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
     /// Dispatched tasks with no sign of life for `lease` go back to the backlog as a new
     /// attempt (or fail their job past the bound).
     async fn expire_leases(&self, lease: Duration, policy: RetryPolicy) -> Result<()>;
+    /// What a queued job's place depends on (`sched::position`); `None` when the job is not
+    /// queued or not in scope.
+    async fn queue_read(
+        &self,
+        scope: Scope<'_>,
+        job: Uuid,
+        worker_timeout: Duration,
+    ) -> Result<Option<crate::sched::position::QueueRead>>;
+    /// Jobs past their deadline with nothing dispatched are cancelled (running ones when
+    /// their chunk ends); returns how many.
+    async fn expire_deadlines(&self) -> Result<u64>;
     /// Step progress of a live attempt (dropped for any other attempt).
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()>;
     /// The end of an attempt: advance the job, retry, or fail it. Stale and duplicate
@@ -256,18 +269,4 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + Send + Sync {
 /// Denoise chunks of a job of `steps` in chunks of `chunk_steps` (its checkpoints' count).
 pub(crate) fn denoise_chunks(steps: i32, chunk_steps: i32) -> u32 {
     tutti_shared::job::chunk_ranges(steps.max(0) as u32, chunk_steps.max(1) as u32).len() as u32
-}
-
-/// The history detail of a dispatch.
-pub(crate) fn dispatched_detail(task: &PendingTask, routed_to: Option<&str>) -> serde_json::Value {
-    let mut detail = serde_json::json!({
-        "kind": task.kind.as_str(),
-        "from_step": task.from_step,
-        "to_step": task.to_step,
-        "class": task.class.as_str(),
-    });
-    if let Some(w) = routed_to {
-        detail["routed_to"] = serde_json::Value::from(w);
-    }
-    detail
 }

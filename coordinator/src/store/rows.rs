@@ -4,7 +4,6 @@
 use tutti_shared::job::{Priority, TaskKind};
 
 use crate::error::{Error, Result};
-use crate::sched::class_of;
 use crate::sched::fair::ShareRow;
 
 pub(super) fn kind(s: &str) -> Result<TaskKind> {
@@ -14,7 +13,7 @@ pub(super) fn kind(s: &str) -> Result<TaskKind> {
 
 pub(super) fn class(rank: impl Into<i64>) -> Result<Priority> {
     let rank = rank.into();
-    class_of(rank).ok_or_else(|| Error::Internal(format!("priority rank {rank}")))
+    Priority::from_rank(rank).ok_or_else(|| Error::Internal(format!("priority rank {rank}")))
 }
 
 /// The fair-share clocks as read: per class `(kind, rank, vtime)`, per tenant

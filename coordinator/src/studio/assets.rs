@@ -11,6 +11,7 @@ pub(super) const STYLE: &str = include_str!("assets/studio.css");
 pub(super) const BATCHES_SCRIPT: &str = include_str!("assets/batches.js");
 pub(super) const OPERATOR_SCRIPT: &str = include_str!("assets/operator.js");
 pub(super) const USAGE_SCRIPT: &str = include_str!("assets/usage.js");
+pub(super) const WEBHOOKS_SCRIPT: &str = include_str!("assets/webhooks.js");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -45,4 +46,8 @@ pub(super) async fn operator_script() -> Response {
 
 pub(super) async fn usage_script() -> Response {
     asset("text/javascript; charset=utf-8", USAGE_SCRIPT)
+}
+
+pub(super) async fn webhooks_script() -> Response {
+    asset("text/javascript; charset=utf-8", WEBHOOKS_SCRIPT)
 }

@@ -14,7 +14,10 @@ mod blobs;
 mod gateway;
 mod guard;
 mod models;
+mod openapi;
+mod rest;
 mod routes;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -27,6 +30,7 @@ use crate::api::GenerationApi;
 use crate::auth::Authenticator;
 use crate::batches::BatchesApi;
 use crate::operator::OperatorApi;
+use crate::webhooks::api::WebhooksApi;
 
 /// How the gateway serves browsers and uploads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +65,7 @@ pub struct Studio {
     pub(crate) generation: GenerationApi,
     pub(crate) operator: OperatorApi,
     pub(crate) batches: BatchesApi,
+    pub(crate) webhooks: WebhooksApi,
     pub(crate) blobs: blobs::LocalUrls,
     options: StudioOptions,
 }
@@ -71,6 +76,7 @@ impl Studio {
         generation: GenerationApi,
         operator: OperatorApi,
         batches: BatchesApi,
+        webhooks: WebhooksApi,
         blobs: Arc<dyn BlobStore>,
         options: StudioOptions,
     ) -> Self {
@@ -79,6 +85,7 @@ impl Studio {
             generation,
             operator,
             batches,
+            webhooks,
             blobs: blobs::LocalUrls::new(blobs),
             options,
         }

@@ -18,6 +18,11 @@
 //! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
 //! | `POST /api/batches/{id}/retry?include_cancelled` | Batches.RetryBatchItems |
 //! | `GET  /api/usage?from&to&by&tenant` | Generation.GetUsage           |
+//! | `GET  /api/webhooks`                 | Webhooks.GetWebhookEndpoint   |
+//! | `PUT  /api/webhooks`                 | Webhooks.SetWebhookEndpoint   |
+//! | `POST /api/webhooks/rotate`          | Webhooks.RotateWebhookSecret  |
+//! | `GET  /api/webhooks/deliveries?state…` | Webhooks.ListWebhookDeliveries |
+//! | `POST /api/webhooks/deliveries/{id}/redeliver` | Webhooks.RedeliverWebhook |
 //! | `GET  /api/operator/workers`        | Operator.ListWorkers          |
 //! | `POST /api/operator/dead-letters/replay` | Operator.ReplayDeadLetters (body: `{limit, queue}`) |
 //! | `GET  /api/operator/queues`         | Operator.GetQueues            |
@@ -38,7 +43,7 @@ use tutti_proto::v1::generation_server::Generation;
 use tutti_proto::v1::operator_server::Operator;
 
 use super::gateway::{error_body, json, parse, ApiError};
-use super::{assets, batches, blobs, guard, models, Studio};
+use super::{assets, batches, blobs, guard, models, webhooks, Studio};
 use crate::auth::AuthMode;
 
 pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
@@ -49,6 +54,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/batches.js", get(assets::batches_script))
         .route("/operator.js", get(assets::operator_script))
         .route("/usage.js", get(assets::usage_script))
+        .route("/webhooks.js", get(assets::webhooks_script))
         .route("/blobs/{*key}", get(blobs::get))
         .route("/api/info", get(info))
         .route("/api/prompt/render", post(render_prompt))
@@ -79,8 +85,19 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
             "/api/operator/dead-letters/replay",
             post(replay_dead_letters),
         )
+        .route(
+            "/api/webhooks",
+            get(webhooks::get_endpoint).put(webhooks::set_endpoint),
+        )
+        .route("/api/webhooks/rotate", post(webhooks::rotate))
+        .route("/api/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/api/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
+        .merge(super::rest::router())
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(studio)
 }
@@ -95,12 +112,16 @@ async fn info(State(s): State<Studio>) -> Reply {
     }))
 }
 
-async fn render_prompt(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Reply {
+pub(super) async fn render_prompt(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
     let req = s.request(&headers, parse(&body)?).await?;
     json(s.generation.render_prompt(req).await?.get_ref())
 }
 
-async fn submit(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Reply {
+pub(super) async fn submit(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Reply {
     let req = s.request(&headers, parse(&body)?).await?;
     let mut job = s.generation.submit_generation(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
@@ -108,7 +129,7 @@ async fn submit(State(s): State<Studio>, headers: HeaderMap, body: Bytes) -> Rep
 }
 
 #[derive(serde::Deserialize, Default)]
-struct ListQuery {
+pub(super) struct ListQuery {
     page_size: Option<u32>,
     page_token: Option<String>,
     /// A `JobState` name (`JOB_STATE_SUCCEEDED`) or its short form (`succeeded`).
@@ -128,7 +149,11 @@ fn job_state(name: &str) -> Result<pb::JobState, ApiError> {
         .ok_or_else(|| crate::error::Error::invalid("state", "unknown job state").into())
 }
 
-async fn list(State(s): State<Studio>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Reply {
+pub(super) async fn list(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Reply {
     let mut labels = std::collections::HashMap::new();
     if let Some(l) = q.label.as_deref().filter(|l| !l.trim().is_empty()) {
         let (k, v) = l.split_once('=').ok_or_else(|| {
@@ -151,21 +176,33 @@ async fn list(State(s): State<Studio>, headers: HeaderMap, Query(q): Query<ListQ
     json(&page)
 }
 
-async fn get_job(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+pub(super) async fn get_job(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
     let req = s.request(&headers, pb::GetJobRequest { id }).await?;
     let mut job = s.generation.get_job(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
     json(&job)
 }
 
-async fn cancel(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+pub(super) async fn cancel(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
     let req = s.request(&headers, pb::CancelJobRequest { id }).await?;
     let mut job = s.generation.cancel_job(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
     json(&job)
 }
 
-async fn retry(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+pub(super) async fn retry(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
     let req = s.request(&headers, pb::RetryJobRequest { id }).await?;
     let mut job = s.generation.retry_job(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
@@ -181,7 +218,11 @@ async fn delete(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Stri
 
 /// WatchJob as server-sent events: one `message` event per JobEvent (its JSON), then an
 /// `error` event with the error body if the stream ends in one.
-async fn watch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+pub(super) async fn watch(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
     let req = s.request(&headers, pb::WatchJobRequest { id }).await?;
     let events = s.generation.watch_job(req).await?.into_inner();
     let urls = s.blobs.clone();
@@ -208,17 +249,17 @@ async fn watch(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<Strin
         .into_response())
 }
 
-async fn workers(State(s): State<Studio>, headers: HeaderMap) -> Reply {
+pub(super) async fn workers(State(s): State<Studio>, headers: HeaderMap) -> Reply {
     let req = s.request(&headers, pb::ListWorkersRequest {}).await?;
     json(s.operator.list_workers(req).await?.get_ref())
 }
 
 #[derive(serde::Deserialize, Default)]
-struct QueuesQuery {
+pub(super) struct QueuesQuery {
     share_window_seconds: Option<u32>,
 }
 
-async fn queues(
+pub(super) async fn queues(
     State(s): State<Studio>,
     headers: HeaderMap,
     Query(q): Query<QueuesQuery>,

@@ -12,11 +12,14 @@ use uuid::Uuid;
 use super::rows::{notify, notify_job, TASKS_CHANNEL};
 use super::PgStore;
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::store::batches::{
     min_opt, AddOutcome, BatchCounts, BatchCursor, BatchRow, BatchStore, ItemCursor, ItemFilter,
     ItemRow, NewItem,
 };
+use crate::store::webhooks::ENQUEUE_BATCH;
 use crate::store::OutputRow;
+use crate::webhooks::WebhookEvent;
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";
@@ -146,13 +149,14 @@ impl JobColumns {
         .bind(tenant)
         .execute(&mut **tx)
         .await?;
+        let queued = JobEvent::Queued { batch: Some(batch) };
         sqlx::query(
             "INSERT INTO job_events (job_id, kind, detail) \
-             SELECT job, 'queued', jsonb_build_object('batch', $2::text) \
-             FROM UNNEST($1::uuid[]) AS job",
+             SELECT job, $2, $3 FROM UNNEST($1::uuid[]) AS job",
         )
         .bind(&self.ids)
-        .bind(batch.to_string())
+        .bind(queued.kind().as_str())
+        .bind(queued.detail())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -498,16 +502,23 @@ impl BatchStore for PgStore {
         for id in &ids {
             super::usage::record_usage(&mut tx, *id).await?;
         }
+        let ev = JobEvent::Cancelled {
+            batch: Some(batch),
+            deadline: false,
+        };
         sqlx::query(
             "INSERT INTO job_events (job_id, kind, detail) \
-             SELECT id, 'cancelled', jsonb_build_object('batch', $2::text) FROM unnest($1::uuid[]) id",
+             SELECT id, $2, $3 FROM unnest($1::uuid[]) id",
         )
         .bind(&ids)
-        .bind(batch.to_string())
+        .bind(ev.kind().as_str())
+        .bind(ev.detail())
         .execute(&mut *tx)
         .await?;
-        for id in &ids {
-            notify_job(&mut tx, *id, "cancelled").await?;
+        if let Some(change) = ev.notice() {
+            for id in &ids {
+                notify_job(&mut tx, *id, change).await?;
+            }
         }
         notify(&mut tx, TASKS_CHANNEL, "").await?;
         tx.commit().await?;
@@ -544,14 +555,30 @@ impl BatchStore for PgStore {
     }
 
     async fn set_results(&self, batch: Uuid, key: &str) -> Result<()> {
-        sqlx::query(
+        let mut tx = self.pool().begin().await?;
+        let tenant: Option<(String,)> = sqlx::query_as(
             "UPDATE batches SET results_key = $2, finished_at = now(), finishing_until = NULL \
-             WHERE id = $1 AND results_key IS NULL",
+             WHERE id = $1 AND results_key IS NULL RETURNING tenant",
         )
         .bind(batch)
         .bind(key)
-        .execute(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
+        // The batch's webhook, in the transaction that finishes it.
+        if let Some((tenant,)) = tenant {
+            let now = Utc::now();
+            let event = WebhookEvent::BatchCompleted;
+            sqlx::query(ENQUEUE_BATCH)
+                .bind(Uuid::now_v7())
+                .bind(event.as_str())
+                .bind(crate::webhooks::batch_payload(batch, key, now).to_string())
+                .bind(batch)
+                .bind(&tenant)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::rows::{event, insert_task, send_notes};
 use crate::error::{Error, Result};
+use crate::lifecycle::events::{EventKind, JobEvent};
 use crate::lifecycle::rules::NextTask;
 use crate::lifecycle::{JobHead, LifecycleTx, LostTask, TaskRef, TaskRow};
 use crate::notify::Pending;
@@ -35,14 +36,17 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
 
-fn lost((job, chunk, attempt, worker): (Uuid, i32, i32, Option<String>)) -> LostTask {
-    LostTask {
+fn lost((job, kind, chunk, attempt, worker): LostRow) -> Result<LostTask> {
+    Ok(LostTask {
         job,
+        kind: super::super::rows::kind(&kind)?,
         chunk: chunk as u32,
         attempt: attempt as u32,
         worker,
-    }
+    })
 }
+
+type LostRow = (Uuid, String, i32, i32, Option<String>);
 
 #[async_trait]
 impl LifecycleTx for PgLifecycle {
@@ -67,10 +71,11 @@ impl LifecycleTx for PgLifecycle {
     }
 
     async fn lock_job(&mut self, job: Uuid) -> Result<JobHead> {
-        let (state, priority, steps_total, chunk_steps, tenant): (String, i16, i32, i32, String) =
+        type Head = (String, i16, i32, i32, String, bool);
+        let (state, priority, steps_total, chunk_steps, tenant, deadline_passed): Head =
             sqlx::query_as(
-                "SELECT state, priority, steps_total, chunk_steps, tenant FROM jobs \
-                 WHERE id = $1 FOR UPDATE",
+                "SELECT state, priority, steps_total, chunk_steps, tenant, \
+                   COALESCE(deadline <= now(), FALSE) FROM jobs WHERE id = $1 FOR UPDATE",
             )
             .bind(job)
             .fetch_one(&mut *self.tx)
@@ -81,24 +86,25 @@ impl LifecycleTx for PgLifecycle {
             steps_total: steps_total as u32,
             chunk_steps: chunk_steps as u32,
             tenant,
+            deadline_passed,
         })
     }
 
     async fn expired(&mut self, lease: Duration) -> Result<Vec<LostTask>> {
-        let rows: Vec<(Uuid, i32, i32, Option<String>)> = sqlx::query_as(
-            "SELECT job_id, chunk, attempt, NULL::text FROM tasks \
+        let rows: Vec<LostRow> = sqlx::query_as(
+            "SELECT job_id, kind, chunk, attempt, NULL::text FROM tasks \
              WHERE state = 'dispatched' AND heartbeat_at < now() - make_interval(secs => $1) \
              FOR UPDATE SKIP LOCKED",
         )
         .bind(lease.as_secs_f64())
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows.into_iter().map(lost).collect())
+        rows.into_iter().map(lost).collect()
     }
 
     async fn of_lost_workers(&mut self, timeout: Duration) -> Result<Vec<LostTask>> {
-        let rows: Vec<(Uuid, i32, i32, Option<String>)> = sqlx::query_as(
-            "SELECT t.job_id, t.chunk, t.attempt, w.worker \
+        let rows: Vec<LostRow> = sqlx::query_as(
+            "SELECT t.job_id, t.kind, t.chunk, t.attempt, w.worker \
              FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
              WHERE t.state = 'dispatched' AND w.last_seen < now() - make_interval(secs => $1) \
              FOR UPDATE OF t SKIP LOCKED",
@@ -106,7 +112,7 @@ impl LifecycleTx for PgLifecycle {
         .bind(timeout.as_secs_f64())
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows.into_iter().map(lost).collect())
+        rows.into_iter().map(lost).collect()
     }
 
     async fn touch(&mut self, task: TaskRef<'_>) -> Result<bool> {
@@ -332,6 +338,7 @@ impl LifecycleTx for PgLifecycle {
                     steps_total: steps_total as u32,
                     chunk_steps: chunk_steps as u32,
                     tenant,
+                    deadline_passed: false,
                 };
                 Ok((head, cleared))
             },
@@ -363,21 +370,22 @@ impl LifecycleTx for PgLifecycle {
 
     async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>> {
         let (at,): (Option<i32>,) = sqlx::query_as(
-            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = 'retried'",
+            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = $3",
         )
         .bind(job)
         .bind(chunk as i32)
+        .bind(EventKind::Retried.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(at.map(|a| a.max(0) as u32))
     }
 
-    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool> {
+    async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool> {
         let (found,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",
         )
         .bind(job)
-        .bind(kind)
+        .bind(kind.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(found)
@@ -411,11 +419,32 @@ impl LifecycleTx for PgLifecycle {
     async fn reopen_job(&mut self, job: Uuid) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', error_code = NULL, error_message = NULL, \
-               finished_at = NULL WHERE id = $1",
+               finished_at = NULL, deadline = NULL WHERE id = $1",
         )
         .bind(job)
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn past_deadline(&mut self) -> Result<Vec<Uuid>> {
+        let jobs: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM jobs j WHERE deadline <= now() AND state IN ('queued', 'running') \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = 'dispatched') \
+             LIMIT 100 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(jobs.into_iter().map(|(j,)| j).collect())
+    }
+
+    async fn set_error(&mut self, job: Uuid, code: &str, message: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET error_code = $2, error_message = $3 WHERE id = $1")
+            .bind(job)
+            .bind(code)
+            .bind(message)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
@@ -503,12 +532,15 @@ impl LifecycleTx for PgLifecycle {
     async fn event(
         &mut self,
         job: Uuid,
-        kind: &str,
         chunk: Option<u32>,
         attempt: Option<u32>,
-        detail: serde_json::Value,
+        ev: &JobEvent<'_>,
     ) -> Result<()> {
-        event(&mut self.tx, job, kind, chunk, attempt, detail).await
+        event(&mut self.tx, job, chunk, attempt, ev).await?;
+        if let Some(change) = ev.notice() {
+            self.notes.job(job, change);
+        }
+        Ok(())
     }
 
     fn notes(&mut self) -> &mut Pending {

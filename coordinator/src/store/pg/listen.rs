@@ -7,7 +7,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 use super::rows::{JOBS_CHANNEL, TASKS_CHANNEL};
 use crate::error::Result;
-use crate::notify::Notifier;
+use crate::notify::{Change, Notifier};
 
 /// Feeds the notifier from `LISTEN` until the store is dropped; reconnects when the
 /// connection drops, and then wakes everyone in case a notice was lost meanwhile.
@@ -41,9 +41,14 @@ pub(super) async fn listen(pool: PgPool, notifier: std::sync::Weak<Notifier>) {
                 Err(_) => continue,
                 Ok(Ok(n)) if n.channel() == TASKS_CHANNEL => notifier.tasks_changed(),
                 Ok(Ok(n)) => {
-                    let mut parts = n.payload().splitn(2, ' ');
-                    if let Some(job) = parts.next().and_then(|s| s.parse().ok()) {
-                        notifier.job_changed(job, parts.next().unwrap_or(""));
+                    let change = n.payload().split_once(' ').and_then(|(job, what)| {
+                        Some((job.parse().ok()?, Change::from_wire(what)?))
+                    });
+                    match change {
+                        Some((job, what)) => notifier.job_changed(job, what),
+                        None => {
+                            tracing::warn!(payload = n.payload(), "job store: unknown job notice")
+                        }
                     }
                 }
                 Ok(Err(e)) => {

@@ -5,11 +5,13 @@
 mod batches;
 mod lifecycle;
 mod listen;
+mod queue;
 mod round;
 mod rows;
 mod tenants;
 mod usage;
 mod views;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,15 +28,18 @@ use uuid::Uuid;
 
 use self::lifecycle::PgLifecycle;
 use self::listen::{ensure_database, listen};
-use self::rows::{event, insert_task, JOBS_CHANNEL, TASKS_CHANNEL};
+use self::rows::{event, insert_task, job_payload, JOBS_CHANNEL, TASKS_CHANNEL};
 use super::{
     DeadLetter, Heartbeat, HistoryEvent, JobRecord, JobRow, JobStore, Notifier, OutputRow, Retried,
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::lifecycle::{LifecycleTx, Recorded};
+use crate::notify::Change;
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
+use crate::webhooks::Subscription;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
@@ -76,8 +81,9 @@ impl PgStore {
         // The new row comes back from the insert: a submit reads nothing after its commit.
         let inserted: Option<JobRow> = sqlx::query_as(&format!(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps, api_key_id) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                               idempotency_key, labels, steps_total, chunk_steps, api_key_id, \
+                               deadline) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
@@ -91,6 +97,7 @@ impl PgStore {
         .bind(new.spec.steps as i32)
         .bind(new.chunk_steps as i32)
         .bind(&new.api_key)
+        .bind(crate::deadline::of_accepted(&new.accepted))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -122,12 +129,21 @@ impl PgStore {
         }
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
-        event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
+        if let Some(hook) = Subscription::of_accepted(&new.accepted) {
+            sqlx::query("INSERT INTO job_webhooks (job_id, url, events) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(&hook.url)
+                .bind(&hook.events)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let queued = JobEvent::Queued { batch: None };
+        event(&mut tx, id, None, None, &queued).await?;
         // Both wake-ups in one round trip: the dispatchers' and the job's watchers'.
         sqlx::query("SELECT pg_notify($1, ''), pg_notify($2, $3)")
             .bind(TASKS_CHANNEL)
             .bind(JOBS_CHANNEL)
-            .bind(format!("{id} queued"))
+            .bind(job_payload(id, Change::Queued))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -295,6 +311,20 @@ impl JobStore for PgStore {
         let mut tx = PgLifecycle::begin(&self.pool).await?;
         crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
         tx.commit().await
+    }
+    async fn queue_read(
+        &self,
+        scope: Scope<'_>,
+        job: Uuid,
+        worker_timeout: Duration,
+    ) -> Result<Option<crate::sched::position::QueueRead>> {
+        queue::read(&self.pool, scope, job, worker_timeout).await
+    }
+    async fn expire_deadlines(&self) -> Result<u64> {
+        let mut tx = PgLifecycle::begin(&self.pool).await?;
+        let n = crate::lifecycle::expire_deadlines(tx.as_mut()).await?;
+        tx.commit().await?;
+        Ok(n)
     }
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::rows::{event, notify, notify_job, TASKS_CHANNEL};
 use crate::error::Result;
+use crate::lifecycle::events::JobEvent;
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
 use crate::sched::{PendingTask, RoundTx};
@@ -171,22 +172,22 @@ impl RoundTx for PgRound<'_> {
         task: &PendingTask,
         routed_to: Option<&str>,
     ) -> Result<bool> {
-        let marked = sqlx::query(
+        // The wait since the task came due comes back with the update, for the metric.
+        let waited: Option<(f64,)> = sqlx::query_as(
             "UPDATE tasks SET state = 'dispatched', dispatched_at = now(), heartbeat_at = now(), \
                worker = NULL, routed_to = $4 \
-             WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'pending'",
+             WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'pending' \
+             RETURNING EXTRACT(EPOCH FROM now() - GREATEST(not_before, created_at))::float8",
         )
         .bind(task.job_id)
         .bind(task.chunk as i32)
         .bind(task.attempt as i32)
         .bind(routed_to)
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !marked {
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some((waited,)) = waited else {
             return Ok(false);
-        }
+        };
         sqlx::query(
             "UPDATE jobs SET attempts = attempts + 1, stage = $2, \
                state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
@@ -197,21 +198,16 @@ impl RoundTx for PgRound<'_> {
         .bind(task.kind.as_str())
         .execute(&mut *self.tx)
         .await?;
-        event(
-            &mut self.tx,
-            task.job_id,
-            "dispatched",
-            Some(task.chunk),
-            Some(task.attempt),
-            crate::store::dispatched_detail(task, routed_to),
-        )
-        .await?;
-        let what = if task.chunk == 0 && task.attempt == 1 {
-            "started"
-        } else {
-            "stage"
+        let ev = JobEvent::Dispatched {
+            task,
+            routed_to,
+            waited,
         };
-        notify_job(&mut self.tx, task.job_id, what).await?;
+        let (chunk, attempt) = (Some(task.chunk), Some(task.attempt));
+        event(&mut self.tx, task.job_id, chunk, attempt, &ev).await?;
+        if let Some(change) = ev.notice() {
+            notify_job(&mut self.tx, task.job_id, change).await?;
+        }
         Ok(true)
     }
 
@@ -224,15 +220,9 @@ impl RoundTx for PgRound<'_> {
             .rows_affected()
             == 1;
         if marked {
-            event(
-                &mut self.tx,
-                task.job_id,
-                "preempted",
-                Some(task.chunk),
-                Some(task.attempt),
-                serde_json::json!({ "kind": task.kind.as_str() }),
-            )
-            .await?;
+            let ev = JobEvent::Preempted { stage: task.kind };
+            let (chunk, attempt) = (Some(task.chunk), Some(task.attempt));
+            event(&mut self.tx, task.job_id, chunk, attempt, &ev).await?;
         }
         Ok(())
     }

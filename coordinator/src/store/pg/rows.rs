@@ -1,11 +1,13 @@
 //! Statements that every part of the Postgres store writes: a task row, a history line (and
-//! the metrics that follow it) and change notices.
+//! the metric that follows it) and change notices.
 
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::notify::Pending;
+use crate::lifecycle::events::JobEvent;
+use crate::notify::{Change, Pending};
+use crate::store::webhooks::ENQUEUE_JOB;
 
 pub(super) const TASKS_CHANNEL: &str = "tutti_tasks";
 pub(super) const JOBS_CHANNEL: &str = "tutti_jobs";
@@ -35,54 +37,38 @@ pub(super) async fn insert_task(
     Ok(())
 }
 
+/// A line of the job's history, the metric that follows it (`JobEvent::observe`) and its
+/// webhooks' outbox rows, in the caller's transaction; its notice is the caller's to send.
 pub(super) async fn event(
     tx: &mut Transaction<'_, Postgres>,
     job: Uuid,
-    kind: &str,
     chunk: Option<u32>,
     attempt: Option<u32>,
-    detail: serde_json::Value,
+    ev: &JobEvent<'_>,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO job_events (job_id, kind, chunk, attempt, detail) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(job)
-    .bind(kind)
+    .bind(ev.kind().as_str())
     .bind(chunk.map(|c| c as i32))
     .bind(attempt.map(|a| a as i32))
-    .bind(&detail)
+    .bind(ev.detail())
     .execute(&mut **tx)
     .await?;
-    observe_event(tx, job, kind, chunk, &detail).await
-}
-
-/// The metrics that follow the job history: every dispatch (with its wait in the backlog, from
-/// the task coming due), every failed attempt and every stale result is written as an event.
-/// Counted when written: a transaction that rolls back afterwards (a database error) over-counts.
-async fn observe_event(
-    tx: &mut Transaction<'_, Postgres>,
-    job: Uuid,
-    kind: &str,
-    chunk: Option<u32>,
-    detail: &serde_json::Value,
-) -> Result<()> {
-    let Some(chunk) = chunk else {
-        return Ok(());
-    };
-    let event = crate::lifecycle::events::TaskEvent::of(kind, detail);
-    if event.is_none() {
-        return Ok(());
-    }
-    let row: Option<(String, i16, f64)> = sqlx::query_as(
-        "SELECT kind, priority, EXTRACT(EPOCH FROM now() - GREATEST(not_before, created_at))::float8 \
-         FROM tasks WHERE job_id = $1 AND chunk = $2",
-    )
-    .bind(job)
-    .bind(chunk as i32)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some((stage, rank, waited)) = row {
-        crate::lifecycle::events::task_event(event, &stage, rank, waited);
+    ev.observe();
+    let (hooks, extra) = ev.webhooks();
+    for &hook in hooks {
+        let now = chrono::Utc::now();
+        let payload = crate::webhooks::job_payload(hook, job, extra.as_ref(), now);
+        sqlx::query(ENQUEUE_JOB)
+            .bind(Uuid::now_v7())
+            .bind(hook.as_str())
+            .bind(payload.to_string())
+            .bind(job)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -103,9 +89,14 @@ pub(super) async fn notify(
 pub(super) async fn notify_job(
     tx: &mut Transaction<'_, Postgres>,
     job: Uuid,
-    what: &str,
+    what: Change,
 ) -> Result<()> {
-    notify(tx, JOBS_CHANNEL, &format!("{job} {what}")).await
+    notify(tx, JOBS_CHANNEL, &job_payload(job, what)).await
+}
+
+/// The `NOTIFY` payload of a job change (`listen` reads it back).
+pub(super) fn job_payload(job: Uuid, what: Change) -> String {
+    format!("{job} {}", what.as_str())
 }
 
 /// Sends notices gathered in a transaction (`NOTIFY` is delivered when it commits).

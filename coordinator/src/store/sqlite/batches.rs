@@ -11,12 +11,15 @@ use uuid::Uuid;
 use super::rows::{event, insert_task, now_us, uuid, Tx};
 use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::notify::Pending;
 use crate::store::batches::{
     min_opt, AddOutcome, BatchCounts, BatchCursor, BatchRow, BatchStore, ItemCursor, ItemFilter,
     ItemRow, NewItem, UPSERT_ITEM_SQL,
 };
+use crate::store::webhooks::ENQUEUE_BATCH;
 use crate::store::OutputRow;
+use crate::webhooks::WebhookEvent;
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";
@@ -89,15 +92,8 @@ async fn add_job(tx: &mut Tx<'_>, tenant: &str, batch: Uuid, item: &NewItem) -> 
         .await?;
     let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
     insert_task(tx, item.job_id, 0, "denoise", from, to, new.priority.rank()).await?;
-    event(
-        tx,
-        item.job_id,
-        "queued",
-        None,
-        None,
-        serde_json::json!({ "batch": batch }),
-    )
-    .await?;
+    let queued = JobEvent::Queued { batch: Some(batch) };
+    event(tx, item.job_id, None, None, &queued).await?;
     Ok(true)
 }
 
@@ -364,16 +360,14 @@ impl BatchStore for SqliteStore {
             .await?;
             let id = uuid(id)?;
             super::usage::record_usage(&mut tx, id).await?;
-            event(
-                &mut tx,
-                id,
-                "cancelled",
-                None,
-                None,
-                serde_json::json!({ "batch": batch }),
-            )
-            .await?;
-            notes.job(id, "cancelled");
+            let ev = JobEvent::Cancelled {
+                batch: Some(batch),
+                deadline: false,
+            };
+            event(&mut tx, id, None, None, &ev).await?;
+            if let Some(change) = ev.notice() {
+                notes.job(id, change);
+            }
             notes.tasks();
             if state == "running" {
                 running.push(id);
@@ -417,15 +411,29 @@ impl BatchStore for SqliteStore {
 
     async fn set_results(&self, batch: Uuid, key: &str) -> Result<()> {
         let (_w, mut tx) = self.begin_write().await?;
-        sqlx::query(
+        let now = Utc::now();
+        let tenant: Option<(String,)> = sqlx::query_as(
             "UPDATE batches SET results_key = $2, finished_at = $3, finishing_until = NULL \
-             WHERE id = $1 AND results_key IS NULL",
+             WHERE id = $1 AND results_key IS NULL RETURNING tenant",
         )
         .bind(batch.to_string())
         .bind(key)
-        .bind(now_us())
-        .execute(&mut *tx)
+        .bind(now.timestamp_micros())
+        .fetch_optional(&mut *tx)
         .await?;
+        // The batch's webhook, in the transaction that finishes it.
+        if let Some((tenant,)) = tenant {
+            let event = WebhookEvent::BatchCompleted;
+            sqlx::query(ENQUEUE_BATCH)
+                .bind(Uuid::now_v7().to_string())
+                .bind(event.as_str())
+                .bind(crate::webhooks::batch_payload(batch, key, now).to_string())
+                .bind(batch.to_string())
+                .bind(&tenant)
+                .bind(now.timestamp_micros())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

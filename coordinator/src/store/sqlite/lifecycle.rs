@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::rows::{event, insert_task, now_us, uuid, Tx};
 use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::lifecycle::events::{EventKind, JobEvent};
 use crate::lifecycle::rules::NextTask;
 use crate::lifecycle::{JobHead, LifecycleTx, LostTask, TaskRef, TaskRow};
 use crate::notify::{Notifier, Pending};
@@ -43,11 +44,12 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
 
-fn lost(rows: Vec<(String, i64, i64, Option<String>)>) -> Result<Vec<LostTask>> {
+fn lost(rows: Vec<(String, String, i64, i64, Option<String>)>) -> Result<Vec<LostTask>> {
     rows.into_iter()
-        .map(|(job, chunk, attempt, worker)| {
+        .map(|(job, kind, chunk, attempt, worker)| {
             Ok(LostTask {
                 job: uuid(&job)?,
+                kind: super::super::rows::kind(&kind)?,
                 chunk: chunk as u32,
                 attempt: attempt as u32,
                 worker,
@@ -78,11 +80,14 @@ impl LifecycleTx for SqliteLifecycle<'_> {
     }
 
     async fn lock_job(&mut self, job: Uuid) -> Result<JobHead> {
-        let (state, priority, steps_total, chunk_steps, tenant): (String, i64, i64, i64, String) =
+        type Head = (String, i64, i64, i64, String, bool);
+        let (state, priority, steps_total, chunk_steps, tenant, deadline_passed): Head =
             sqlx::query_as(
-                "SELECT state, priority, steps_total, chunk_steps, tenant FROM jobs WHERE id = $1",
+                "SELECT state, priority, steps_total, chunk_steps, tenant, \
+                   COALESCE(deadline <= $2, 0) FROM jobs WHERE id = $1",
             )
             .bind(job.to_string())
+            .bind(self.now)
             .fetch_one(&mut *self.tx)
             .await?;
         Ok(JobHead {
@@ -91,12 +96,13 @@ impl LifecycleTx for SqliteLifecycle<'_> {
             steps_total: steps_total as u32,
             chunk_steps: chunk_steps as u32,
             tenant,
+            deadline_passed,
         })
     }
 
     async fn expired(&mut self, lease: Duration) -> Result<Vec<LostTask>> {
         let rows = sqlx::query_as(
-            "SELECT job_id, chunk, attempt, NULL FROM tasks \
+            "SELECT job_id, kind, chunk, attempt, NULL FROM tasks \
              WHERE state = 'dispatched' AND heartbeat_at < $1",
         )
         .bind(self.now - lease.as_micros() as i64)
@@ -107,7 +113,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
 
     async fn of_lost_workers(&mut self, timeout: Duration) -> Result<Vec<LostTask>> {
         let rows = sqlx::query_as(
-            "SELECT t.job_id, t.chunk, t.attempt, w.worker \
+            "SELECT t.job_id, t.kind, t.chunk, t.attempt, w.worker \
              FROM tasks t JOIN workers w ON w.worker = COALESCE(t.worker, t.routed_to) \
              WHERE t.state = 'dispatched' AND w.last_seen < $1",
         )
@@ -348,6 +354,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
                     steps_total: steps_total as u32,
                     chunk_steps: chunk_steps as u32,
                     tenant,
+                    deadline_passed: false,
                 };
                 Ok((head, cleared))
             },
@@ -379,21 +386,22 @@ impl LifecycleTx for SqliteLifecycle<'_> {
 
     async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>> {
         let (at,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = 'retried'",
+            "SELECT MAX(attempt) FROM job_events WHERE job_id = $1 AND chunk = $2 AND kind = $3",
         )
         .bind(job.to_string())
         .bind(i64::from(chunk))
+        .bind(EventKind::Retried.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(at.map(|a| a.max(0) as u32))
     }
 
-    async fn has_event(&mut self, job: Uuid, kind: &str) -> Result<bool> {
+    async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool> {
         let (found,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",
         )
         .bind(job.to_string())
-        .bind(kind)
+        .bind(kind.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(found)
@@ -428,11 +436,33 @@ impl LifecycleTx for SqliteLifecycle<'_> {
     async fn reopen_job(&mut self, job: Uuid) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', error_code = NULL, error_message = NULL, \
-               finished_at = NULL WHERE id = $1",
+               finished_at = NULL, deadline = NULL WHERE id = $1",
         )
         .bind(job.to_string())
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn past_deadline(&mut self) -> Result<Vec<Uuid>> {
+        let jobs: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM jobs j WHERE deadline <= $1 AND state IN ('queued', 'running') \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = 'dispatched') \
+             LIMIT 100",
+        )
+        .bind(self.now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        jobs.iter().map(|(j,)| uuid(j)).collect()
+    }
+
+    async fn set_error(&mut self, job: Uuid, code: &str, message: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET error_code = $2, error_message = $3 WHERE id = $1")
+            .bind(job.to_string())
+            .bind(code)
+            .bind(message)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
@@ -523,12 +553,15 @@ impl LifecycleTx for SqliteLifecycle<'_> {
     async fn event(
         &mut self,
         job: Uuid,
-        kind: &str,
         chunk: Option<u32>,
         attempt: Option<u32>,
-        detail: serde_json::Value,
+        ev: &JobEvent<'_>,
     ) -> Result<()> {
-        event(&mut self.tx, job, kind, chunk, attempt, detail).await
+        event(&mut self.tx, job, chunk, attempt, ev).await?;
+        if let Some(change) = ev.notice() {
+            self.notes.job(job, change);
+        }
+        Ok(())
     }
 
     fn notes(&mut self) -> &mut Pending {

@@ -21,11 +21,13 @@ use uuid::Uuid;
 
 mod batches;
 mod lifecycle;
+mod queue;
 mod round;
 mod rows;
 mod tenants;
 mod usage;
 mod views;
+mod webhooks;
 
 use self::lifecycle::SqliteLifecycle;
 use self::rows::{event, insert_task, now_us, uuid, Tx};
@@ -34,10 +36,12 @@ use super::{
     RetryPolicy, Scope, TaskRef,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::lifecycle::{LifecycleTx, Recorded};
-use crate::notify::Pending;
+use crate::notify::{Change, Pending};
 use crate::sched::RoundTx;
 use crate::validate::NewJob;
+use crate::webhooks::Subscription;
 
 const JOB_COLUMNS: &str =
     "id, tenant, state, stage, priority, spec, request, steps_total, steps_done, \
@@ -145,13 +149,13 @@ impl SqliteStore {
             .bind(now_us())
             .execute(&mut *tx)
             .await?;
+            let (chunk, attempt) = (Some(*chunk as u32), Some(*attempt as u32));
             event(
                 &mut tx,
                 uuid(job)?,
-                "requeued",
-                Some(*chunk as u32),
-                Some(*attempt as u32),
-                serde_json::json!({ "reason": "restart" }),
+                chunk,
+                attempt,
+                &JobEvent::RequeuedOnRestart,
             )
             .await?;
         }
@@ -215,8 +219,9 @@ impl JobStore for SqliteStore {
             .map_err(|e| Error::Internal(format!("encoding labels: {e}")))?;
         let inserted: Option<(String,)> = sqlx::query_as(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               idempotency_key, labels, steps_total, chunk_steps, created_at, api_key_id) \
-             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                               idempotency_key, labels, steps_total, chunk_steps, created_at, \
+                               api_key_id, deadline) \
+             VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(id.to_string())
@@ -231,6 +236,7 @@ impl JobStore for SqliteStore {
         .bind(i64::from(new.chunk_steps))
         .bind(now_us())
         .bind(&new.api_key)
+        .bind(crate::deadline::of_accepted(&new.accepted).map(|d| d.timestamp_micros()))
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -265,9 +271,18 @@ impl JobStore for SqliteStore {
         let mut notes = Pending::default();
         let (from, to) = chunk_ranges(new.spec.steps, new.chunk_steps)[0];
         insert_task(&mut tx, id, 0, "denoise", from, to, new.priority.rank()).await?;
-        event(&mut tx, id, "queued", None, None, serde_json::json!({})).await?;
+        if let Some(hook) = Subscription::of_accepted(&new.accepted) {
+            sqlx::query("INSERT INTO job_webhooks (job_id, url, events) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(&hook.url)
+                .bind(&hook.events)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let queued = JobEvent::Queued { batch: None };
+        event(&mut tx, id, None, None, &queued).await?;
         notes.tasks();
-        notes.job(id, "queued");
+        notes.job(id, Change::Queued);
         tx.commit().await?;
         drop(w);
         notes.send(&self.notifier);
@@ -400,6 +415,20 @@ impl JobStore for SqliteStore {
         let mut tx = SqliteLifecycle::begin(self).await?;
         crate::lifecycle::expire_leases(tx.as_mut(), lease, policy).await?;
         tx.commit().await
+    }
+    async fn queue_read(
+        &self,
+        scope: Scope<'_>,
+        job: Uuid,
+        worker_timeout: Duration,
+    ) -> Result<Option<crate::sched::position::QueueRead>> {
+        queue::read(&self.pool, scope, job, worker_timeout).await
+    }
+    async fn expire_deadlines(&self) -> Result<u64> {
+        let mut tx = SqliteLifecycle::begin(self).await?;
+        let n = crate::lifecycle::expire_deadlines(tx.as_mut()).await?;
+        tx.commit().await?;
+        Ok(n)
     }
     async fn record_progress(&self, task: TaskRef<'_>, steps_done: u32) -> Result<()> {
         let mut tx = SqliteLifecycle::begin(self).await?;

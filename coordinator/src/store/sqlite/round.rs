@@ -9,6 +9,7 @@ use tokio::sync::MutexGuard;
 use super::rows::{event, now_us, uuid, Tx};
 use super::SqliteStore;
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
 use crate::notify::{Notifier, Pending};
 use crate::sched::fair::ShareRow;
 use crate::sched::fleet::{Busy, WorkerState};
@@ -152,23 +153,23 @@ impl RoundTx for SqliteRound<'_> {
         routed_to: Option<&str>,
     ) -> Result<bool> {
         let job = task.job_id.to_string();
-        let marked = sqlx::query(
+        // When the task came due comes back with the update, for the metric.
+        let due: Option<(i64,)> = sqlx::query_as(
             "UPDATE tasks SET state = 'dispatched', dispatched_at = $5, heartbeat_at = $5, \
                worker = NULL, routed_to = $4 \
-             WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'pending'",
+             WHERE job_id = $1 AND chunk = $2 AND attempt = $3 AND state = 'pending' \
+             RETURNING MAX(not_before, created_at)",
         )
         .bind(&job)
         .bind(i64::from(task.chunk))
         .bind(i64::from(task.attempt))
         .bind(routed_to)
         .bind(self.now)
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !marked {
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some((due,)) = due else {
             return Ok(false);
-        }
+        };
         sqlx::query(
             "UPDATE jobs SET attempts = attempts + 1, stage = $2, \
                state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
@@ -180,23 +181,16 @@ impl RoundTx for SqliteRound<'_> {
         .bind(self.now)
         .execute(&mut *self.tx)
         .await?;
-        event(
-            &mut self.tx,
-            task.job_id,
-            "dispatched",
-            Some(task.chunk),
-            Some(task.attempt),
-            crate::store::dispatched_detail(task, routed_to),
-        )
-        .await?;
-        self.notes.job(
-            task.job_id,
-            if task.chunk == 0 && task.attempt == 1 {
-                "started"
-            } else {
-                "stage"
-            },
-        );
+        let ev = JobEvent::Dispatched {
+            task,
+            routed_to,
+            waited: (now_us() - due) as f64 / 1e6,
+        };
+        let (chunk, attempt) = (Some(task.chunk), Some(task.attempt));
+        event(&mut self.tx, task.job_id, chunk, attempt, &ev).await?;
+        if let Some(change) = ev.notice() {
+            self.notes.job(task.job_id, change);
+        }
         Ok(true)
     }
 
@@ -209,15 +203,9 @@ impl RoundTx for SqliteRound<'_> {
             .rows_affected()
             == 1;
         if marked {
-            event(
-                &mut self.tx,
-                task.job_id,
-                "preempted",
-                Some(task.chunk),
-                Some(task.attempt),
-                serde_json::json!({ "kind": task.kind.as_str() }),
-            )
-            .await?;
+            let ev = JobEvent::Preempted { stage: task.kind };
+            let (chunk, attempt) = (Some(task.chunk), Some(task.attempt));
+            event(&mut self.tx, task.job_id, chunk, attempt, &ev).await?;
         }
         Ok(())
     }

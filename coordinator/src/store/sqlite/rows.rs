@@ -6,6 +6,8 @@ use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::lifecycle::events::JobEvent;
+use crate::store::webhooks::ENQUEUE_JOB;
 
 pub(super) type Tx<'a> = Transaction<'a, Sqlite>;
 
@@ -44,53 +46,39 @@ pub(super) async fn insert_task(
     Ok(())
 }
 
+/// A line of the job's history, the metric that follows it (`JobEvent::observe`) and its
+/// webhooks' outbox rows, in the caller's transaction; its notice is the caller's to send.
 pub(super) async fn event(
     tx: &mut Tx<'_>,
     job: Uuid,
-    kind: &str,
     chunk: Option<u32>,
     attempt: Option<u32>,
-    detail: serde_json::Value,
+    ev: &JobEvent<'_>,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO job_events (job_id, kind, chunk, attempt, detail, at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(job.to_string())
-    .bind(kind)
+    .bind(ev.kind().as_str())
     .bind(chunk.map(i64::from))
     .bind(attempt.map(i64::from))
-    .bind(detail.to_string())
+    .bind(ev.detail().to_string())
     .bind(now_us())
     .execute(&mut **tx)
     .await?;
-    observe_event(tx, job, kind, chunk, &detail).await
-}
-
-/// The metrics that follow the job history (see `pg::observe_event`).
-async fn observe_event(
-    tx: &mut Tx<'_>,
-    job: Uuid,
-    kind: &str,
-    chunk: Option<u32>,
-    detail: &serde_json::Value,
-) -> Result<()> {
-    let Some(chunk) = chunk else {
-        return Ok(());
-    };
-    let event = crate::lifecycle::events::TaskEvent::of(kind, detail);
-    if event.is_none() {
-        return Ok(());
-    }
-    let row: Option<(String, i64, i64)> = sqlx::query_as(
-        "SELECT kind, priority, MAX(not_before, created_at) FROM tasks WHERE job_id = $1 AND chunk = $2",
-    )
-    .bind(job.to_string())
-    .bind(i64::from(chunk))
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some((stage, rank, due)) = row {
-        let waited = (now_us() - due) as f64 / 1e6;
-        crate::lifecycle::events::task_event(event, &stage, rank as i16, waited);
+    ev.observe();
+    let (hooks, extra) = ev.webhooks();
+    for &hook in hooks {
+        let now = Utc::now();
+        let payload = crate::webhooks::job_payload(hook, job, extra.as_ref(), now);
+        sqlx::query(ENQUEUE_JOB)
+            .bind(Uuid::now_v7().to_string())
+            .bind(hook.as_str())
+            .bind(payload.to_string())
+            .bind(job.to_string())
+            .bind(now.timestamp_micros())
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

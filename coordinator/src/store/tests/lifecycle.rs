@@ -1,6 +1,7 @@
 //! The job store suite: A job after dispatch: chunks to outputs, retries, leases, cancels, lost workers, checkpoints.
 
 use super::*;
+use crate::notify::Change;
 
 pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     let q = MemoryQueue::new();
@@ -106,13 +107,19 @@ pub(super) async fn runs_a_job_chunk_by_chunk_to_its_outputs(s: &dyn JobStore) {
     }
     // Postgres notices arrive through LISTEN, a moment after the commit.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !heard.iter().any(|w| w == "succeeded") && std::time::Instant::now() < deadline {
+    while !heard.contains(&Change::Succeeded) && std::time::Instant::now() < deadline {
         if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), changes.recv()).await {
             heard.push(c.what);
         }
     }
-    for w in ["queued", "started", "step", "stage", "succeeded"] {
-        assert!(heard.iter().any(|h| h == w), "no {w} notice in {heard:?}");
+    for w in [
+        Change::Queued,
+        Change::Started,
+        Change::Step,
+        Change::Stage,
+        Change::Succeeded,
+    ] {
+        assert!(heard.contains(&w), "no {w:?} notice in {heard:?}");
     }
 }
 

@@ -184,6 +184,7 @@ macro_rules! job_store_suite {
 
 mod batches;
 mod deletion;
+mod deadlines;
 mod hostile;
 mod jobs;
 mod lifecycle;
@@ -192,3 +193,4 @@ mod round;
 mod tenants;
 mod unknown;
 mod usage;
+mod webhooks;

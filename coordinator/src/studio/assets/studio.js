@@ -578,7 +578,16 @@ function addJob(job, container, watch = true) {
 
 function statusLine(job) {
   const state = short(job.state);
-  if (job.state === "JOB_STATE_QUEUED") return "queued: waiting for a worker";
+  if (job.state === "JOB_STATE_QUEUED") {
+    // GetJob and WatchJob tell a queued job its place (queue_position) and estimates.
+    if (job.queue_position === undefined || job.queue_position === null) return "queued: waiting for a worker";
+    const ahead = job.queue_position === 0 ? "next in the queue" : `${job.queue_position} ahead in the queue`;
+    const secs = (t) => Math.max(0, Math.round((new Date(t) - Date.now()) / 1000));
+    return job.estimated_start ? `queued: ${ahead} · starts in ~${secs(job.estimated_start)} s` : `queued: ${ahead}`;
+  }
+  if (job.state === "JOB_STATE_CANCELLED" && job.error && job.error.code === "DEADLINE_EXCEEDED") {
+    return "cancelled: its deadline passed";
+  }
   if (job.state === "JOB_STATE_RUNNING") return `running: ${short(job.stage)}`;
   if (job.deleted_at) return "deleted: its audio and prompt are gone";
   if (job.state === "JOB_STATE_FAILED") return `failed: ${(job.error && job.error.message) || ""}`;
