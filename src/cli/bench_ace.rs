@@ -26,7 +26,10 @@ pub(crate) struct AceBenchArgs {
     precision: Precision,
     #[arg(long, default_value = "upbeat pop, female vocals, 120 BPM, C major")]
     prompt: String,
-    #[arg(long, default_value = "[verse]\nCity lights are calling me tonight\n[chorus]\nWe run, we run")]
+    #[arg(
+        long,
+        default_value = "[verse]\nCity lights are calling me tonight\n[chorus]\nWe run, we run"
+    )]
     lyrics: String,
     #[arg(long, default_value_t = 30.0)]
     seconds: f32,

@@ -183,8 +183,8 @@ macro_rules! job_store_suite {
 }
 
 mod batches;
-mod deletion;
 mod deadlines;
+mod deletion;
 mod hostile;
 mod jobs;
 mod lifecycle;

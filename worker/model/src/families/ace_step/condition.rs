@@ -208,9 +208,11 @@ impl ConditionEncoder {
             .to_device(dev)
             .to_kind(kind)
             .linear::<Tensor>(&self.text_projector, None);
+        // A mask that keeps every key masks nothing: without it, long lyrics run by blocks.
+        let padded = lyric_mask.logical_not().any().int64_value(&[]) != 0;
         let lyrics = self.lyric.forward(
             &x.lyrics.to_device(dev).to_kind(kind),
-            Some(&lyric_mask),
+            padded.then_some(&lyric_mask),
             &self.cfg,
         );
         // The timbre embedding is the encoded reference's first frame.

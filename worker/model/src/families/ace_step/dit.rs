@@ -10,7 +10,7 @@
 use tch::{Kind, Tensor};
 
 use super::config::{DitConfig, LayerKind};
-use super::layers::{band_mask, Attention, Mlp};
+use super::layers::{band_mask, banded, Attention, Mlp};
 use crate::nn::norm::rms_norm;
 use crate::nn::rope::Rotary;
 use crate::weights::source::TensorSource;
@@ -210,18 +210,22 @@ impl Dit {
         let s = &self.cfg.stack;
         let rotary = Rotary::with_theta(s.head_dim, len, s.rope_theta, h.device());
         // Sliding layers see a band; full layers see everything.
-        let band =
-            (len > s.sliding_window + 1).then(|| band_mask(len, s.sliding_window, h.device()));
+        let window = s.sliding_window;
+        let by_blocks = banded(len, window);
+        let band = (len > window + 1 && !by_blocks).then(|| band_mask(len, window, h.device()));
         for blk in &self.blocks {
             let ada = (&blk.scale_shift + &proj).chunk(6, 1);
             let (shift, scale, gate) = (&ada[0], &ada[1], &ada[2]);
             let (c_shift, c_scale, c_gate) = (&ada[3], &ada[4], &ada[5]);
-            let mask = match blk.kind {
-                LayerKind::Sliding => band.as_ref(),
-                LayerKind::Full => None,
-            };
             let n = rms_norm(&h, &blk.self_norm, s.eps) * (scale + 1.0) + shift;
-            h = &h + blk.self_attn.forward(&n, None, mask, Some(&rotary)) * gate;
+            let attended = match blk.kind {
+                LayerKind::Sliding if by_blocks => blk.self_attn.forward_band(&n, window, &rotary),
+                LayerKind::Sliding => blk
+                    .self_attn
+                    .forward(&n, None, band.as_ref(), Some(&rotary)),
+                LayerKind::Full => blk.self_attn.forward(&n, None, None, Some(&rotary)),
+            };
+            h = &h + attended * gate;
             let n = rms_norm(&h, &blk.cross_norm, s.eps);
             h = &h + blk.cross_attn.forward(&n, Some(cond), None, None);
             let n = rms_norm(&h, &blk.mlp_norm, s.eps) * (c_scale + 1.0) + c_shift;
