@@ -238,6 +238,33 @@ async fn usage_is_recorded_summed_and_budgeted(backend: Backend) {
     a.submit_generation(request("budget lifted"))
         .await
         .expect("acme submits");
+
+    // A rate-limit refusal carries its retry delay too (when the bucket holds a token again).
+    farm.operator(&[
+        "tenant",
+        "limits",
+        "beta",
+        "--submits-per-second",
+        "0.01",
+        "--submit-burst",
+        "1",
+    ]);
+    b.submit_generation(request("one"))
+        .await
+        .expect("the burst");
+    let rate = b
+        .submit_generation(request("two"))
+        .await
+        .expect_err("over the rate");
+    assert!(
+        rate.message().starts_with("submits_per_second: "),
+        "{rate:?}"
+    );
+    let wait = tutti_coordinator::error::retry_delay(&rate).expect("RetryInfo");
+    assert!(
+        wait > Duration::from_secs(90) && wait <= Duration::from_secs(100),
+        "{wait:?}"
+    );
 }
 
 /// The studio's usage view: a tenant sees its own usage and downloads it as CSV.

@@ -11,3 +11,8 @@ CREATE INDEX outputs_to_expire ON outputs (expires_at)
 
 -- Per-tenant retention of outputs, in days (NULL: kept until deleted).
 ALTER TABLE tenants ADD COLUMN retain_outputs_days INT CHECK (retain_outputs_days >= 1);
+
+-- Per-tenant retention of inputs (a job's own init clip), in days after the job ended; when the
+-- janitor deleted a job's inputs (a retry is then refused: it would start without them).
+ALTER TABLE tenants ADD COLUMN retain_inputs_days INT CHECK (retain_inputs_days >= 1);
+ALTER TABLE jobs ADD COLUMN inputs_cleared_at TIMESTAMPTZ;

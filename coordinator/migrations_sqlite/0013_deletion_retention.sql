@@ -5,3 +5,5 @@ ALTER TABLE outputs ADD COLUMN deleted_at INTEGER;
 CREATE INDEX outputs_to_expire ON outputs (expires_at)
     WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
 ALTER TABLE tenants ADD COLUMN retain_outputs_days INTEGER CHECK (retain_outputs_days >= 1);
+ALTER TABLE tenants ADD COLUMN retain_inputs_days INTEGER CHECK (retain_inputs_days >= 1);
+ALTER TABLE jobs ADD COLUMN inputs_cleared_at INTEGER;

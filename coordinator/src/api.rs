@@ -247,6 +247,11 @@ impl GenerationService {
                 }
             }
             Retried::AlreadyRequeued => {}
+            Retried::InputsGone => {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} cannot run again: its init clip was deleted by the tenant's input retention"
+                )))
+            }
         }
         self.to_pb(&record).await
     }

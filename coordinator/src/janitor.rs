@@ -1,4 +1,5 @@
-//! Deletes the checkpoints of ended jobs, and outputs past their tenant's retention. A checkpoint (`checkpoints/<job>/<chunk>`) exists
+//! Deletes the checkpoints of ended jobs, and outputs and init clips past their tenant's
+//! retention. A checkpoint (`checkpoints/<job>/<chunk>`) exists
 //! only so that a running job survives a worker's loss or a preemption; once the job has
 //! succeeded, failed or been cancelled, nothing reads it again. Without this, every job would
 //! leave one object per denoise chunk in the bucket for good.
@@ -40,6 +41,13 @@ pub async fn clear_checkpoints(
             Ok(n) => tracing::debug!(jobs = n, "checkpoints of ended jobs deleted"),
             Err(e) => {
                 tracing::warn!(error = %e, "deleting checkpoints of ended jobs failed; retried on the next sweep")
+            }
+        }
+        match expire_inputs(store.as_ref(), blobs.as_ref(), chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "init clips past their retention deleted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting expired init clips failed; retried on the next sweep")
             }
         }
         match expire_outputs(store.as_ref(), blobs.as_ref(), chrono::Utc::now()).await {
@@ -90,6 +98,27 @@ pub async fn expire_outputs(
         let done: Vec<(uuid::Uuid, i32)> = due.iter().map(|(job, idx, _)| (*job, *idx)).collect();
         store.outputs_expired(&done).await?;
         expired += done.len();
+    }
+}
+
+/// Deletes the own init clips of ended jobs past their tenant's input retention by `now`, then
+/// marks them (a retry of such a job is refused); returns how many jobs it cleared.
+pub async fn expire_inputs(
+    store: &dyn JobStore,
+    blobs: &dyn BlobStore,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize> {
+    let mut cleared = 0;
+    loop {
+        let due = store.inputs_to_expire(now, SWEEP).await?;
+        if due.is_empty() {
+            return Ok(cleared);
+        }
+        let keys: Vec<String> = due.iter().map(|(_, key)| key.clone()).collect();
+        blobs.delete(&keys).await?;
+        let jobs: Vec<uuid::Uuid> = due.iter().map(|(job, _)| *job).collect();
+        store.inputs_expired(&jobs).await?;
+        cleared += jobs.len();
     }
 }
 

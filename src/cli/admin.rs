@@ -83,6 +83,9 @@ pub(crate) struct LimitArgs {
     /// Retention: days an output is kept before it is deleted (default: until its job is).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub retain_outputs_days: Option<u32>,
+    /// Retention: days a job's own init clip is kept after the job ends.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_inputs_days: Option<u32>,
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
@@ -132,6 +135,7 @@ impl LimitArgs {
                 device_seconds_per_month: self.device_seconds_per_month,
             },
             retain_outputs_days: self.retain_outputs_days,
+            retain_inputs_days: self.retain_inputs_days,
         })
     }
 }
@@ -223,6 +227,10 @@ fn show_limits(l: &Limits) -> String {
     put(
         "retain_outputs_days",
         l.retain_outputs_days.map(|v| v.to_string()),
+    );
+    put(
+        "retain_inputs_days",
+        l.retain_inputs_days.map(|v| v.to_string()),
     );
     if parts.is_empty() {
         "no limits".into()

@@ -51,6 +51,8 @@ struct Submission {
     tenant: String,
     /// The caller's limits: batch size and the per-job rules apply to every item.
     limits: Limits,
+    /// `tt_<id>` of the caller's key, for the items' usage records.
+    api_key: Option<String>,
     batch: Uuid,
     /// Check the rows and report; store nothing.
     validate_only: bool,
@@ -121,6 +123,7 @@ impl BatchesService {
                         None => Ok(new),
                     })
                     .map(|mut new| {
+                        new.api_key = sub.api_key.clone();
                         new.labels
                             .insert(BATCH_LABEL.to_string(), sub.batch.to_string());
                         new
@@ -267,6 +270,7 @@ impl BatchesApi {
         let mut sub = Submission {
             tenant: tenant.to_string(),
             limits: caller.limits.clone(),
+            api_key: caller.key.clone(),
             batch: id,
             validate_only: header.validate_only,
             chunk: Vec::with_capacity(CHUNK),

@@ -316,6 +316,8 @@ pub enum Retried {
     AlreadyRequeued,
     /// Not failed or cancelled, and never retried: refused.
     Refused(JobState),
+    /// Retention deleted its init clip: it cannot run again.
+    InputsGone,
 }
 
 /// A failed or cancelled job goes back to queued with the same request and seed: its last
@@ -337,6 +339,9 @@ pub async fn retry(
             return Ok(Some(Retried::AlreadyRequeued))
         }
         s => return Ok(Some(Retried::Refused(s))),
+    }
+    if tx.inputs_cleared(job).await? {
+        return Ok(Some(Retried::InputsGone));
     }
     let last = tx.last_task(job).await?;
     let resumable =

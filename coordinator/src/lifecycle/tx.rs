@@ -91,6 +91,8 @@ pub trait LifecycleTx: Send {
     async fn last_task(&mut self, job: Uuid) -> Result<Option<(u32, TaskRow)>>;
     /// The attempt a retry after the fact started the task at (its `retried` event), if any.
     async fn retried_at(&mut self, job: Uuid, chunk: u32) -> Result<Option<u32>>;
+    /// Whether retention deleted the job's inputs (its init clip).
+    async fn inputs_cleared(&mut self, job: Uuid) -> Result<bool>;
     /// Whether the job's history holds an event of `kind`.
     async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool>;
     /// An ended task back to the backlog as its next attempt, due now.

@@ -254,6 +254,12 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + WebhookStore + Send +
     ) -> Result<Vec<(Uuid, i32, String)>>;
     /// Marks outputs' objects deleted.
     async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()>;
+    /// Ended jobs whose own init clip is past its tenant's input retention by `now`: at most
+    /// `limit`, as (job, key).
+    async fn inputs_to_expire(&self, now: DateTime<Utc>, limit: i64)
+        -> Result<Vec<(Uuid, String)>>;
+    /// Marks the jobs' inputs deleted.
+    async fn inputs_expired(&self, jobs: &[Uuid]) -> Result<()>;
     /// A job's history, oldest first.
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
     /// Counts for the metrics gauges.

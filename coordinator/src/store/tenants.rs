@@ -61,7 +61,8 @@ pub trait TenantStore: Send + Sync {
 /// The limit columns, in the order `LimitCols` binds and reads them.
 pub(super) const LIMIT_COLUMNS: &str = "max_jobs_in_flight, submits_per_second, submit_burst, \
      max_batch_items, priorities, max_duration_s, max_steps, audio_seconds_per_day, \
-     audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month, retain_outputs_days";
+     audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month, retain_outputs_days, \
+     retain_inputs_days";
 
 /// Limits as the two dialects store them (integers widened, classes as text).
 pub(super) struct LimitCols {
@@ -74,6 +75,7 @@ pub(super) struct LimitCols {
     pub max_steps: Option<i64>,
     pub budgets: Budgets,
     pub retain_outputs_days: Option<i64>,
+    pub retain_inputs_days: Option<i64>,
 }
 
 impl From<&Limits> for LimitCols {
@@ -88,6 +90,7 @@ impl From<&Limits> for LimitCols {
             max_steps: l.max_steps.map(i64::from),
             budgets: l.budgets,
             retain_outputs_days: l.retain_outputs_days.map(i64::from),
+            retain_inputs_days: l.retain_inputs_days.map(i64::from),
         }
     }
 }
@@ -110,6 +113,7 @@ impl LimitCols {
             max_steps: count(self.max_steps),
             budgets: self.budgets,
             retain_outputs_days: count(self.retain_outputs_days),
+            retain_inputs_days: count(self.retain_inputs_days),
         })
     }
 }

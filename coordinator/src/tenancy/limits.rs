@@ -46,6 +46,8 @@ pub struct Limits {
     pub budgets: crate::tenancy::Budgets,
     /// Days an output is kept before the janitor deletes it (`None`: until the job is deleted).
     pub retain_outputs_days: Option<u32>,
+    /// Days a job's own inputs (its init clip) are kept after it ends (`None`: until deleted).
+    pub retain_inputs_days: Option<u32>,
 }
 
 impl Limits {

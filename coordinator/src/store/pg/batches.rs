@@ -73,6 +73,7 @@ struct JobColumns {
     labels: Vec<String>,
     steps: Vec<i32>,
     chunk_steps: Vec<i32>,
+    api_keys: Vec<Option<String>>,
     from_steps: Vec<i32>,
     to_steps: Vec<i32>,
 }
@@ -93,6 +94,7 @@ impl JobColumns {
         self.labels.push(json(serde_json::to_string(&new.labels))?);
         self.steps.push(new.spec.steps as i32);
         self.chunk_steps.push(new.chunk_steps as i32);
+        self.api_keys.push(new.api_key.clone());
         self.from_steps.push(from as i32);
         self.to_steps.push(to as i32);
         Ok(())
@@ -107,12 +109,12 @@ impl JobColumns {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                               labels, steps_total, chunk_steps) \
+                               labels, steps_total, chunk_steps, api_key_id) \
              SELECT id, $2, 'queued', 'queued', priority, spec::jsonb, request, hash, \
-                    labels::jsonb, steps, chunk_steps \
+                    labels::jsonb, steps, chunk_steps, api_key \
              FROM UNNEST($1::uuid[], $3::smallint[], $4::text[], $5::bytea[], $6::text[], \
-                         $7::text[], $8::int[], $9::int[]) \
-                  AS j(id, priority, spec, request, hash, labels, steps, chunk_steps)",
+                         $7::text[], $8::int[], $9::int[], $10::text[]) \
+                  AS j(id, priority, spec, request, hash, labels, steps, chunk_steps, api_key)",
         )
         .bind(&self.ids)
         .bind(tenant)
@@ -123,6 +125,7 @@ impl JobColumns {
         .bind(&self.labels)
         .bind(&self.steps)
         .bind(&self.chunk_steps)
+        .bind(&self.api_keys)
         .execute(&mut **tx)
         .await?;
         sqlx::query(

@@ -380,6 +380,15 @@ impl LifecycleTx for PgLifecycle {
         Ok(at.map(|a| a.max(0) as u32))
     }
 
+    async fn inputs_cleared(&mut self, job: Uuid) -> Result<bool> {
+        let (cleared,): (bool,) =
+            sqlx::query_as("SELECT inputs_cleared_at IS NOT NULL FROM jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(&mut *self.tx)
+                .await?;
+        Ok(cleared)
+    }
+
     async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool> {
         let (found,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",

@@ -396,6 +396,33 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn inputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT j.id, j.spec->'init_audio'->>'key' FROM jobs j JOIN tenants t ON t.name = j.tenant \
+             WHERE t.retain_inputs_days IS NOT NULL AND j.inputs_cleared_at IS NULL \
+               AND j.finished_at IS NOT NULL \
+               AND j.spec->'init_audio'->>'key' LIKE 'inputs/' || j.tenant || '/%' \
+               AND j.finished_at <= $1::timestamptz - make_interval(days => t.retain_inputs_days) \
+             ORDER BY j.finished_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn inputs_expired(&self, jobs: &[Uuid]) -> Result<()> {
+        sqlx::query("UPDATE jobs SET inputs_cleared_at = now() WHERE id = ANY($1)")
+            .bind(jobs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

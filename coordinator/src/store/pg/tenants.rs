@@ -42,6 +42,9 @@ fn limits(r: &PgRow) -> Result<Limits> {
         retain_outputs_days: r
             .try_get::<Option<i32>, _>("retain_outputs_days")?
             .map(i64::from),
+        retain_inputs_days: r
+            .try_get::<Option<i32>, _>("retain_inputs_days")?
+            .map(i64::from),
         max_steps: r.try_get::<Option<i32>, _>("max_steps")?.map(i64::from),
     }
     .into_limits()
@@ -122,7 +125,7 @@ impl TenantStore for PgStore {
     async fn create_tenant(&self, name: &str, limits: &Limits) -> Result<()> {
         let c = LimitCols::from(limits);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
@@ -138,6 +141,7 @@ impl TenantStore for PgStore {
         .bind(c.budgets.device_seconds_per_day)
         .bind(c.budgets.device_seconds_per_month)
         .bind(to_i32(c.retain_outputs_days))
+        .bind(to_i32(c.retain_inputs_days))
         .execute(self.pool())
         .await?
         .rows_affected();
@@ -156,7 +160,7 @@ impl TenantStore for PgStore {
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
              max_steps = $8, audio_seconds_per_day = $9, audio_seconds_per_month = $10, \
              device_seconds_per_day = $11, device_seconds_per_month = $12, \
-             retain_outputs_days = $13 WHERE name = $1",
+             retain_outputs_days = $13, retain_inputs_days = $14 WHERE name = $1",
         )
         .bind(name)
         .bind(to_i32(c.max_jobs_in_flight))
@@ -171,6 +175,7 @@ impl TenantStore for PgStore {
         .bind(c.budgets.device_seconds_per_day)
         .bind(c.budgets.device_seconds_per_month)
         .bind(to_i32(c.retain_outputs_days))
+        .bind(to_i32(c.retain_inputs_days))
         .execute(self.pool())
         .await?
         .rows_affected();

@@ -69,8 +69,8 @@ async fn add_job(tx: &mut Tx<'_>, tenant: &str, batch: Uuid, item: &NewItem) -> 
         .map_err(|e| Error::Internal(format!("encoding labels: {e}")))?;
     sqlx::query(
         "INSERT INTO jobs (id, tenant, state, stage, priority, spec, request, request_hash, \
-                           labels, steps_total, chunk_steps, created_at) \
-         VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10)",
+                           labels, steps_total, chunk_steps, created_at, api_key_id) \
+         VALUES ($1, $2, 'queued', 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(item.job_id.to_string())
     .bind(tenant)
@@ -82,6 +82,7 @@ async fn add_job(tx: &mut Tx<'_>, tenant: &str, batch: Uuid, item: &NewItem) -> 
     .bind(i64::from(new.spec.steps))
     .bind(i64::from(new.chunk_steps))
     .bind(now_us())
+    .bind(&new.api_key)
     .execute(&mut **tx)
     .await?;
     sqlx::query("UPDATE batch_items SET job_id = $3 WHERE batch_id = $1 AND item_id = $2")

@@ -396,6 +396,15 @@ impl LifecycleTx for SqliteLifecycle<'_> {
         Ok(at.map(|a| a.max(0) as u32))
     }
 
+    async fn inputs_cleared(&mut self, job: Uuid) -> Result<bool> {
+        let (cleared,): (Option<i64>,) =
+            sqlx::query_as("SELECT inputs_cleared_at FROM jobs WHERE id = $1")
+                .bind(job.to_string())
+                .fetch_one(&mut *self.tx)
+                .await?;
+        Ok(cleared.is_some())
+    }
+
     async fn has_event(&mut self, job: Uuid, kind: EventKind) -> Result<bool> {
         let (found,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND kind = $2)",

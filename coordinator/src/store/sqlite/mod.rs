@@ -517,6 +517,43 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn inputs_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT j.id, json_extract(j.spec, '$.init_audio.key') \
+             FROM jobs j JOIN tenants t ON t.name = j.tenant \
+             WHERE t.retain_inputs_days IS NOT NULL AND j.inputs_cleared_at IS NULL \
+               AND j.finished_at IS NOT NULL \
+               AND json_extract(j.spec, '$.init_audio.key') LIKE 'inputs/' || j.tenant || '/%' \
+               AND j.finished_at <= $1 - t.retain_inputs_days * 86400000000 \
+             ORDER BY j.finished_at LIMIT $2",
+        )
+        .bind(now.timestamp_micros())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(job, key)| Ok((uuid(&job)?, key)))
+            .collect()
+    }
+
+    async fn inputs_expired(&self, jobs: &[Uuid]) -> Result<()> {
+        let (_w, mut tx) = self.begin_write().await?;
+        let now = now_us();
+        for job in jobs {
+            sqlx::query("UPDATE jobs SET inputs_cleared_at = $2 WHERE id = $1")
+                .bind(job.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

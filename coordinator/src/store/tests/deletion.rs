@@ -207,7 +207,74 @@ pub(super) async fn a_batch_deletes_every_item_once(s: &dyn JobStore) {
     assert!(again.iter().all(|(_, d)| !d.newly));
 }
 
+pub(super) async fn own_init_clips_expire_and_their_jobs_stay_ended(s: &dyn JobStore) {
+    use tutti_shared::job::InitAudio;
+    s.create_tenant(
+        T,
+        &Limits {
+            retain_inputs_days: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("tenant");
+    let with_clip = |key: String| {
+        let mut new = new_job(4, 4, None);
+        new.spec.init_audio = Some(InitAudio { key, strength: 0.5 });
+        new
+    };
+    let own = tutti_shared::job::init_audio_job_key(T, Uuid::new_v4());
+    let (job, _) = s
+        .insert_job(T, &with_clip(own.clone()))
+        .await
+        .expect("insert");
+    // A clip stored by content hash (older releases) may be shared: never expired.
+    let (shared, _) = s
+        .insert_job(T, &with_clip("inputs/00ff.wav".into()))
+        .await
+        .expect("insert");
+    let now = Utc::now();
+    // Not ended: kept.
+    assert!(s
+        .inputs_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    for id in [job.job.id, shared.job.id] {
+        s.cancel_job(T.into(), id)
+            .await
+            .expect("cancel")
+            .expect("job");
+    }
+    assert!(s.inputs_to_expire(now, 10).await.expect("due").is_empty());
+    let due = s
+        .inputs_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due");
+    assert_eq!(due, vec![(job.job.id, own)]);
+    s.inputs_expired(&[job.job.id]).await.expect("marked");
+    assert!(s
+        .inputs_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    // Without its clip the job cannot run again; the other one can.
+    let (_, retried) = s
+        .retry_job(T.into(), job.job.id)
+        .await
+        .expect("retry")
+        .expect("job");
+    assert_eq!(retried, crate::store::Retried::InputsGone);
+    let (_, retried) = s
+        .retry_job(T.into(), shared.job.id)
+        .await
+        .expect("retry")
+        .expect("job");
+    assert!(matches!(retried, crate::store::Retried::Requeued { .. }));
+}
+
 job_store_suite!(
+    own_init_clips_expire_and_their_jobs_stay_ended,
     a_deleted_job_loses_its_words_and_objects_and_keeps_its_usage,
     expired_outputs_are_marked_gone,
     a_batch_deletes_every_item_once,

@@ -18,6 +18,7 @@ pub(super) async fn tenants_keys_and_revocation(s: &dyn JobStore) {
             device_seconds_per_month: Some(36_000.5),
         },
         retain_outputs_days: Some(30),
+        retain_inputs_days: Some(7),
     };
     s.create_tenant("acme", &limits).await.expect("create");
     s.create_tenant("zeta", &Limits::default())

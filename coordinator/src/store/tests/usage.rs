@@ -232,7 +232,10 @@ pub(super) async fn batch_cancels_write_usage_with_the_batch(s: &dyn JobStore) {
             item_id: id.to_string(),
             line: line as i64,
             job_id: crate::batches::item_job_id(batch, id),
-            job: Ok(new_job(4, 4, None)),
+            job: Ok(NewJob {
+                api_key: Some("tt_00000000batch".into()),
+                ..new_job(4, 4, None)
+            }),
         })
         .collect();
     s.batches()
@@ -248,6 +251,10 @@ pub(super) async fn batch_cancels_write_usage_with_the_batch(s: &dyn JobStore) {
     assert_eq!(by_batch.len(), 1, "{by_batch:?}");
     assert_eq!(by_batch[0].group, batch.to_string());
     assert_eq!((by_batch[0].jobs, by_batch[0].cancelled), (2, 2));
+    // The key that submitted the batch is its items' key.
+    let by_key = totals(s, T.into(), UsageGroup::Key).await;
+    assert_eq!(by_key.len(), 1, "{by_key:?}");
+    assert_eq!(by_key[0].group, "tt_00000000batch");
 }
 
 pub(super) async fn budgets_refuse_submits_until_their_period_resets(s: &dyn JobStore) {
