@@ -400,8 +400,8 @@ async fn queued_jobs_see_their_place_and_deadlines_cancel(backend: Backend) {
         .text()
         .await
         .expect("body");
-    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(body["queue_position"], 1);
+    let over_http: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(over_http["queue_position"], 1);
     // The queue moves: the first job's slot frees, the third is next.
     client
         .cancel_job(pb::CancelJobRequest { id: ids[0].clone() })
