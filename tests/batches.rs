@@ -30,6 +30,7 @@ fn header(name: &str, manifest_uri: &str) -> pb::SubmitBatchRequest {
             name: name.into(),
             manifest_uri: manifest_uri.into(),
             validate_only: false,
+            ..Default::default()
         })),
     }
 }

@@ -398,6 +398,7 @@ fn header(uri: &str, validate_only: bool) -> pb::SubmitBatchRequest {
             name: String::new(),
             manifest_uri: uri.into(),
             validate_only,
+            ..Default::default()
         })),
     }
 }

@@ -400,8 +400,8 @@ async fn queued_jobs_see_their_place_and_deadlines_cancel(backend: Backend) {
         .text()
         .await
         .expect("body");
-    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(body["queue_position"], 1);
+    let over_http: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(over_http["queue_position"], 1);
     // The queue moves: the first job's slot frees, the third is next.
     client
         .cancel_job(pb::CancelJobRequest { id: ids[0].clone() })
@@ -481,7 +481,74 @@ async fn queued_jobs_see_their_place_and_deadlines_cancel(backend: Backend) {
     assert!(verifies(&secret, &got[0]));
 }
 
+async fn a_batch_calls_back_with_its_results(backend: Backend) {
+    let (rx, addr) = Receiver::start().await;
+    let farm = Farm::start(options(backend, true)).await;
+    let mut batches =
+        tutti_proto::v1::batches_client::BatchesClient::new(farm.channel().await.expect("channel"));
+    use pb::WebhookEvent as E;
+    let header = pb::SubmitBatchRequest {
+        kind: Some(pb::submit_batch_request::Kind::Header(pb::BatchHeader {
+            name: "hooked".into(),
+            webhook: Some(pb::Webhook {
+                url: format!("http://{addr}/hook/batch"),
+                events: vec![E::BatchCompleted as i32, E::Succeeded as i32],
+            }),
+            ..Default::default()
+        })),
+    };
+    let item = |id: &str| pb::SubmitBatchRequest {
+        kind: Some(pb::submit_batch_request::Kind::Item(pb::BatchItem {
+            item_id: id.into(),
+            line: 0,
+            request: Some(pb::SubmitGenerationRequest {
+                steps: Some(4),
+                ..request(id)
+            }),
+        })),
+    };
+    let batch = batches
+        .submit_batch(futures::stream::iter(vec![
+            header,
+            item("one"),
+            item("two"),
+        ]))
+        .await
+        .expect("submit")
+        .into_inner()
+        .batch
+        .expect("a batch");
+    // Each item's success, then the batch's end with its results key, all signed.
+    let got = rx.wait_for("batch", 3, Duration::from_secs(120)).await;
+    let secret = webhooks(&farm)
+        .await
+        .get_webhook_endpoint(pb::GetWebhookEndpointRequest {})
+        .await
+        .expect("endpoint")
+        .into_inner()
+        .secrets[0]
+        .secret
+        .clone();
+    assert!(got.iter().all(|r| verifies(&secret, r)));
+    let mut types: Vec<String> = got
+        .iter()
+        .map(|r| body(r)["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["batch.completed", "job.succeeded", "job.succeeded"]);
+    let done = got
+        .iter()
+        .map(body)
+        .find(|b| b["type"] == "batch.completed")
+        .expect("batch.completed");
+    assert_eq!(done["data"]["batch_id"], batch.id.as_str());
+    assert!(done["data"]["results_key"]
+        .as_str()
+        .is_some_and(|k| k.ends_with(".jsonl")));
+}
+
 both_backends!(
+    a_batch_calls_back_with_its_results,
     signed_webhooks_reach_a_real_receiver,
     a_killed_coordinator_s_commits_are_still_delivered,
     queued_jobs_see_their_place_and_deadlines_cancel,

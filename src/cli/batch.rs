@@ -70,8 +70,25 @@ pub(crate) struct SubmitArgs {
     /// Check every row against the server's rules and report; submit nothing.
     #[arg(long, conflicts_with = "watch")]
     pub validate_only: bool,
+    /// Call this URL back once the batch's results are written (instead of the tenant's
+    /// endpoint).
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// An event --webhook receives, repeatable (default: batch_completed and the items'
+    /// succeeded, failed, cancelled); job events make each item call back.
+    #[arg(long = "webhook-event", requires = "webhook", value_parser = super::webhook::parse_event)]
+    pub webhook_events: Vec<pb::WebhookEvent>,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+impl SubmitArgs {
+    fn webhook(&self) -> Option<pb::Webhook> {
+        self.webhook.as_ref().map(|url| pb::Webhook {
+            url: url.clone(),
+            events: self.webhook_events.iter().map(|e| *e as i32).collect(),
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,6 +187,7 @@ pub(crate) fn stream_file(
     format: ManifestFormat,
     name: String,
     validate_only: bool,
+    webhook: Option<pb::Webhook>,
     sent: ProgressBar,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<pb::SubmitBatchRequest>,
@@ -186,6 +204,7 @@ pub(crate) fn stream_file(
                 name,
                 manifest_uri: String::new(),
                 validate_only,
+                webhook,
             })),
         };
         if tx.send(header).await.is_err() {
@@ -231,6 +250,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
                 name: a.name.clone().unwrap_or_default(),
                 manifest_uri: a.manifest.clone(),
                 validate_only: a.validate_only,
+                webhook: a.webhook(),
             })),
         };
         let r = client
@@ -253,7 +273,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("progress style: {e}"))?,
         );
         bar.enable_steady_tick(Duration::from_millis(120));
-        let (stream, reader) = stream_file(abs, format, name, a.validate_only, bar.clone());
+        let (stream, reader) =
+            stream_file(abs, format, name, a.validate_only, a.webhook(), bar.clone());
         let result = client.submit_batch(stream).await;
         bar.finish_and_clear();
         let local = reader.await.context("manifest reader")??;

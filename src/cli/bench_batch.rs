@@ -139,6 +139,7 @@ async fn measure(a: &BatchAcceptArgs, pid: u32, port: u16) -> anyhow::Result<Str
             name: "bench".into(),
             manifest_uri: String::new(),
             validate_only: false,
+            ..Default::default()
         })),
     };
     let items = tokio_stream::iter(std::iter::once(header).chain((0..n).map(move |i| {

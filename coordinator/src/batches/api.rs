@@ -260,11 +260,16 @@ impl BatchesApi {
         let id = batch_id(tenant, &name);
         tracing::Span::current().record("batch_id", tracing::field::display(id));
         let manifest = Some(header.manifest_uri.as_str()).filter(|u| !u.is_empty());
+        let webhook = crate::webhooks::Subscription::from_pb(
+            "header.webhook",
+            header.webhook.as_ref(),
+            self.0.generation.webhook_allow_private,
+        )?;
         let store = &self.0.generation.store;
         if !header.validate_only {
             store
                 .batches()
-                .open_batch(tenant, id, &name, manifest)
+                .open_batch(tenant, id, &name, manifest, webhook.as_ref())
                 .await?;
         }
         let mut sub = Submission {

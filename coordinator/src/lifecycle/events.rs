@@ -254,7 +254,14 @@ impl JobEvent<'_> {
     /// The webhooks this event sends (through its notice), with what their `data` adds to
     /// the job's id: a failure's error, a deadline's cancel reason.
     pub fn webhooks(&self) -> (&'static [WebhookEvent], Option<serde_json::Value>) {
-        let hooks = self.notice().map_or(&[][..], WebhookEvent::of_change);
+        let hooks = match self {
+            // A batch's items report neither their queueing nor the batch's cancel one by one
+            // (the batch reports its end).
+            JobEvent::Queued { batch: Some(_) } | JobEvent::Cancelled { batch: Some(_), .. } => {
+                &[][..]
+            }
+            _ => self.notice().map_or(&[][..], WebhookEvent::of_change),
+        };
         let data = match self {
             JobEvent::Failed { code, message, .. } => Some(serde_json::json!({
                 "error": { "code": code.as_str(), "message": message }

@@ -125,6 +125,7 @@ pub trait BatchStore: Send + Sync {
         id: Uuid,
         name: &str,
         manifest_uri: Option<&str>,
+        webhook: Option<&crate::webhooks::Subscription>,
     ) -> Result<BatchRow>;
     /// Adds the items the batch does not hold yet, in one transaction: jobs (with their first
     /// task) for valid rows, a rejected item for the others. Items it holds already count as

@@ -76,25 +76,29 @@ pub const DELIVERY_COLUMNS: &str = "id, event, job_id, batch_id, url, state, att
      last_status, last_error, created_at, next_at, finished_at, payload";
 
 /// The outbox insert of one job webhook, the same text in both dialects: `$1` the delivery
-/// id, `$2` the event name, `$3` the body, `$4` the job, `$5` now (SQLite; Postgres ignores
-/// it through `COALESCE`). The job's own callback wins over its tenant's endpoint; a batch
-/// item calls back only through its batch.
+/// id, `$2` the event name, `$3` the body, `$4` the job, `$5` now. The job's own callback wins,
+/// then its batch's (a batch item's), then its tenant's endpoint (not for batch items).
 pub(crate) const ENQUEUE_JOB: &str = "INSERT INTO webhook_deliveries \
        (id, tenant, job_id, event, url, payload, next_at, window_start, created_at) \
-     SELECT $1, j.tenant, j.id, $2, COALESCE(w.url, t.url), $3, $5, $5, $5 \
+     SELECT $1, j.tenant, j.id, $2, COALESCE(w.url, bw.url, t.url), $3, $5, $5, $5 \
      FROM jobs j \
      LEFT JOIN job_webhooks w ON w.job_id = j.id \
+     LEFT JOIN batch_items bi ON bi.job_id = j.id \
+     LEFT JOIN batch_webhooks bw ON bw.batch_id = bi.batch_id \
      LEFT JOIN tenant_webhooks t ON t.tenant = j.tenant AND w.job_id IS NULL \
-       AND NOT EXISTS (SELECT 1 FROM batch_items bi WHERE bi.job_id = j.id) \
+       AND bi.job_id IS NULL \
      WHERE j.id = $4 \
-       AND (' ' || COALESCE(w.events, t.events) || ' ') LIKE ('% ' || $2 || ' %')";
+       AND (' ' || COALESCE(w.events, bw.events, t.events) || ' ') LIKE ('% ' || $2 || ' %')";
 
-/// The outbox insert of a batch's webhook (its tenant's endpoint): `$1` id, `$2` event, `$3`
-/// body, `$4` batch, `$5` tenant, `$6` now.
+/// The outbox insert of a batch's webhook (its own, else its tenant's endpoint): `$1` id,
+/// `$2` event, `$3` body, `$4` batch, `$5` now.
 pub(crate) const ENQUEUE_BATCH: &str = "INSERT INTO webhook_deliveries \
        (id, tenant, batch_id, event, url, payload, next_at, window_start, created_at) \
-     SELECT $1, t.tenant, $4, $2, t.url, $3, $6, $6, $6 FROM tenant_webhooks t \
-     WHERE t.tenant = $5 AND (' ' || t.events || ' ') LIKE ('% ' || $2 || ' %')";
+     SELECT $1, b.tenant, b.id, $2, COALESCE(bw.url, t.url), $3, $5, $5, $5 FROM batches b \
+     LEFT JOIN batch_webhooks bw ON bw.batch_id = b.id \
+     LEFT JOIN tenant_webhooks t ON t.tenant = b.tenant AND bw.batch_id IS NULL \
+     WHERE b.id = $4 \
+       AND (' ' || COALESCE(bw.events, t.events) || ' ') LIKE ('% ' || $2 || ' %')";
 
 #[async_trait]
 pub trait WebhookStore: Send + Sync {

@@ -174,6 +174,8 @@ async fn submit_upload(
                 name: name.to_string(),
                 manifest_uri: uri.clone(),
                 validate_only,
+                // The studio's uploads call back through the tenant's endpoint.
+                webhook: None,
             })),
         })
     };

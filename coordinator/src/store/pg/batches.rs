@@ -19,7 +19,7 @@ use crate::store::batches::{
 };
 use crate::store::webhooks::ENQUEUE_BATCH;
 use crate::store::OutputRow;
-use crate::webhooks::WebhookEvent;
+use crate::webhooks::{Subscription, WebhookEvent};
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";
@@ -174,7 +174,9 @@ impl BatchStore for PgStore {
         id: Uuid,
         name: &str,
         manifest_uri: Option<&str>,
+        webhook: Option<&Subscription>,
     ) -> Result<BatchRow> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO batches (id, tenant, name, manifest_uri) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO NOTHING",
@@ -183,7 +185,7 @@ impl BatchStore for PgStore {
         .bind(tenant)
         .bind(name)
         .bind(manifest_uri)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         // A new submission: the batch is open until it ends.
         sqlx::query(
@@ -192,8 +194,22 @@ impl BatchStore for PgStore {
         )
         .bind(id)
         .bind(tenant)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        if let Some(hook) = webhook {
+            sqlx::query(
+                "INSERT INTO batch_webhooks (batch_id, url, events) \
+                 SELECT id, $2, $3 FROM batches WHERE id = $1 AND tenant = $4 \
+                 ON CONFLICT (batch_id) DO UPDATE SET url = EXCLUDED.url, events = EXCLUDED.events",
+            )
+            .bind(id)
+            .bind(&hook.url)
+            .bind(&hook.events)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         let batch = fetch_batch(self.pool(), tenant, id)
             .await?
             .ok_or_else(|| Error::Internal(format!("batch {id} vanished")))?;
@@ -559,7 +575,7 @@ impl BatchStore for PgStore {
 
     async fn set_results(&self, batch: Uuid, key: &str) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        let tenant: Option<(String,)> = sqlx::query_as(
+        let finished: Option<(String,)> = sqlx::query_as(
             "UPDATE batches SET results_key = $2, finished_at = now(), finishing_until = NULL \
              WHERE id = $1 AND results_key IS NULL RETURNING tenant",
         )
@@ -568,7 +584,7 @@ impl BatchStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         // The batch's webhook, in the transaction that finishes it.
-        if let Some((tenant,)) = tenant {
+        if finished.is_some() {
             let now = Utc::now();
             let event = WebhookEvent::BatchCompleted;
             sqlx::query(ENQUEUE_BATCH)
@@ -576,7 +592,6 @@ impl BatchStore for PgStore {
                 .bind(event.as_str())
                 .bind(crate::webhooks::batch_payload(batch, key, now).to_string())
                 .bind(batch)
-                .bind(&tenant)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;

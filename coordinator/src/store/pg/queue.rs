@@ -13,6 +13,9 @@ use crate::sched::position::{Pace, QueueRead, Waiting};
 use crate::store::rows::{class, kind, share_rows};
 use crate::store::{sql, Scope};
 
+/// The job's next task: kind, rank, tenant, job creation, steps total and done, chunk steps.
+type HeadRow = (String, i16, String, DateTime<Utc>, i32, i32, i32);
+
 /// How far back the pace looks.
 const PACE_WINDOW_S: f64 = 900.0;
 
@@ -22,7 +25,7 @@ pub(super) async fn read(
     job: Uuid,
     worker_timeout: Duration,
 ) -> Result<Option<QueueRead>> {
-    let head: Option<(String, i16, String, DateTime<Utc>, i32, i32, i32)> = sqlx::query_as(
+    let head: Option<HeadRow> = sqlx::query_as(
         "SELECT t.kind, t.priority, t.tenant, t.job_created_at, j.steps_total, j.steps_done, \
                 j.chunk_steps \
          FROM tasks t JOIN jobs j ON j.id = t.job_id \

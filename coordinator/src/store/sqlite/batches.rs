@@ -19,7 +19,7 @@ use crate::store::batches::{
 };
 use crate::store::webhooks::ENQUEUE_BATCH;
 use crate::store::OutputRow;
-use crate::webhooks::WebhookEvent;
+use crate::webhooks::{Subscription, WebhookEvent};
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
                              created_at, finished_at";
@@ -106,6 +106,7 @@ impl BatchStore for SqliteStore {
         id: Uuid,
         name: &str,
         manifest_uri: Option<&str>,
+        webhook: Option<&Subscription>,
     ) -> Result<BatchRow> {
         {
             let (_w, mut tx) = self.begin_write().await?;
@@ -129,6 +130,19 @@ impl BatchStore for SqliteStore {
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
+            if let Some(hook) = webhook {
+                sqlx::query(
+                    "INSERT INTO batch_webhooks (batch_id, url, events) \
+                     SELECT id, $2, $3 FROM batches WHERE id = $1 AND tenant = $4 \
+                     ON CONFLICT (batch_id) DO UPDATE SET url = excluded.url, events = excluded.events",
+                )
+                .bind(id.to_string())
+                .bind(&hook.url)
+                .bind(&hook.events)
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
         }
         let batch = self
@@ -413,7 +427,7 @@ impl BatchStore for SqliteStore {
     async fn set_results(&self, batch: Uuid, key: &str) -> Result<()> {
         let (_w, mut tx) = self.begin_write().await?;
         let now = Utc::now();
-        let tenant: Option<(String,)> = sqlx::query_as(
+        let finished: Option<(String,)> = sqlx::query_as(
             "UPDATE batches SET results_key = $2, finished_at = $3, finishing_until = NULL \
              WHERE id = $1 AND results_key IS NULL RETURNING tenant",
         )
@@ -423,14 +437,13 @@ impl BatchStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         // The batch's webhook, in the transaction that finishes it.
-        if let Some((tenant,)) = tenant {
+        if finished.is_some() {
             let event = WebhookEvent::BatchCompleted;
             sqlx::query(ENQUEUE_BATCH)
                 .bind(Uuid::now_v7().to_string())
                 .bind(event.as_str())
                 .bind(crate::webhooks::batch_payload(batch, key, now).to_string())
                 .bind(batch.to_string())
-                .bind(&tenant)
                 .bind(now.timestamp_micros())
                 .execute(&mut *tx)
                 .await?;

@@ -12,6 +12,9 @@ use crate::sched::position::{Pace, QueueRead, Waiting};
 use crate::store::rows::{class, kind, share_rows};
 use crate::store::{sql, Scope};
 
+/// The job's next task: kind, rank, tenant, job creation, steps total and done, chunk steps.
+type HeadRow = (String, i64, String, i64, i64, i64, i64);
+
 /// How far back the pace looks.
 const PACE_WINDOW_US: i64 = 900_000_000;
 
@@ -21,7 +24,7 @@ pub(super) async fn read(
     job: Uuid,
     worker_timeout: Duration,
 ) -> Result<Option<QueueRead>> {
-    let head: Option<(String, i64, String, i64, i64, i64, i64)> = sqlx::query_as(
+    let head: Option<HeadRow> = sqlx::query_as(
         "SELECT t.kind, t.priority, j.tenant, j.created_at, j.steps_total, j.steps_done, \
                 j.chunk_steps \
          FROM tasks t JOIN jobs j ON j.id = t.job_id \

@@ -34,7 +34,10 @@ fn bad(batch: Uuid, id: &str, line: i64) -> NewItem {
 pub(super) async fn items_are_added_once_and_resubmissions_resume(s: &dyn JobStore) {
     let b = s.batches();
     let id = crate::batches::batch_id(T, "m.jsonl");
-    let batch = b.open_batch(T, id, "m.jsonl", None).await.expect("open");
+    let batch = b
+        .open_batch(T, id, "m.jsonl", None, None)
+        .await
+        .expect("open");
     assert!(!batch.sealed && batch.results_key.is_none());
     let first = [item(id, "a", 1, 4), bad(id, "b", 2), item(id, "c", 3, 4)];
     let out = b.add_items(T, id, &first).await.expect("add");
@@ -50,7 +53,9 @@ pub(super) async fn items_are_added_once_and_resubmissions_resume(s: &dyn JobSto
 
     // The same rows again (a resumed submission) add nothing and report the bad row again;
     // the same item id with another request is a conflict; a fixed row replaces its rejection.
-    b.open_batch(T, id, "m.jsonl", None).await.expect("reopen");
+    b.open_batch(T, id, "m.jsonl", None, None)
+        .await
+        .expect("reopen");
     let again = [
         item(id, "a", 1, 4),
         bad(id, "b", 2),
@@ -109,7 +114,7 @@ pub(super) async fn a_batch_finishes_once_every_item_has_ended(s: &dyn JobStore)
     let b = s.batches();
     let q = MemoryQueue::new();
     let id = crate::batches::batch_id(T, "two");
-    b.open_batch(T, id, "two", None).await.expect("open");
+    b.open_batch(T, id, "two", None, None).await.expect("open");
     b.add_items(
         T,
         id,
@@ -211,7 +216,7 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
     let b = s.batches();
     let q = MemoryQueue::new();
     let id = crate::batches::batch_id(T, "stop");
-    b.open_batch(T, id, "stop", None).await.expect("open");
+    b.open_batch(T, id, "stop", None, None).await.expect("open");
     b.add_items(T, id, &[item(id, "x", 1, 8), item(id, "y", 2, 8)])
         .await
         .expect("add");
@@ -229,7 +234,7 @@ pub(super) async fn a_cancelled_batch_cancels_its_items_and_takes_no_more(s: &dy
     assert!(row.cancelled && row.sealed);
     assert_eq!(c.cancelled, 2);
     assert!(matches!(
-        b.open_batch(T, id, "stop", None).await,
+        b.open_batch(T, id, "stop", None, None).await,
         Err(Error::FailedPrecondition(_))
     ));
     assert!(matches!(
@@ -260,13 +265,13 @@ pub(super) async fn batches_are_listed_newest_first_per_tenant(s: &dyn JobStore)
     let mut ids = Vec::new();
     for name in ["first", "second", "third"] {
         let id = crate::batches::batch_id(T, name);
-        b.open_batch(T, id, name, None).await.expect("open");
+        b.open_batch(T, id, name, None, None).await.expect("open");
         ids.push(id);
         // Distinct creation times (SQLite keeps microseconds).
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let other = crate::batches::batch_id("tenant-b", "first");
-    b.open_batch("tenant-b", other, "first", None)
+    b.open_batch("tenant-b", other, "first", None, None)
         .await
         .expect("open");
     let page = b.list_batches(T, None, 2).await.expect("list");

@@ -176,7 +176,7 @@ pub(super) async fn a_batch_retries_its_failed_items_and_finishes_again(s: &dyn 
     let q = MemoryQueue::new();
     let b = s.batches();
     let id = crate::batches::batch_id(T, "retry.jsonl");
-    b.open_batch(T, id, "retry.jsonl", None)
+    b.open_batch(T, id, "retry.jsonl", None, None)
         .await
         .expect("open");
     let items = [item(id, "a", 1), item(id, "b", 2), item(id, "c", 3)];

@@ -101,7 +101,9 @@ pub(super) async fn batches_call_back_once_their_results_are_written(s: &dyn Job
     s.set_endpoint(T, Some(&endpoint)).await.expect("set");
     let b = s.batches();
     let id = crate::batches::batch_id(T, "w.jsonl");
-    b.open_batch(T, id, "w.jsonl", None).await.expect("open");
+    b.open_batch(T, id, "w.jsonl", None, None)
+        .await
+        .expect("open");
     let mut job = new_job(4, 4, None);
     job.priority = Priority::Batch;
     let item = NewItem {
@@ -127,6 +129,60 @@ pub(super) async fn batches_call_back_once_their_results_are_written(s: &dyn Job
     );
     let body: serde_json::Value = serde_json::from_str(&rows[0].payload).expect("json");
     assert_eq!(body["data"]["results_key"], "batches/w/results.jsonl");
+}
+
+pub(super) async fn a_batch_s_own_webhook_reports_its_end_and_the_item_events_it_names(
+    s: &dyn JobStore,
+) {
+    let tenant_hook = Subscription {
+        url: "http://127.0.0.1:9/tenant".into(),
+        events: "cancelled batch_completed".into(),
+    };
+    s.set_endpoint(T, Some(&tenant_hook)).await.expect("set");
+    let own = Subscription {
+        url: "http://127.0.0.1:9/batch".into(),
+        events: "batch_completed cancelled".into(),
+    };
+    let b = s.batches();
+    let id = crate::batches::batch_id(T, "own.jsonl");
+    b.open_batch(T, id, "own.jsonl", None, Some(&own))
+        .await
+        .expect("open");
+    let items: Vec<NewItem> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mut job = new_job(4, 4, None);
+            job.priority = Priority::Batch;
+            NewItem {
+                item_id: (*name).into(),
+                line: 1,
+                job_id: crate::batches::item_job_id(id, name),
+                job: Ok(job),
+            }
+        })
+        .collect();
+    b.add_items(T, id, &items).await.expect("add");
+    // An item cancelled on its own calls back through its batch's webhook, for an event the
+    // batch names; the batch's cancel of the others does not call back item by item.
+    let a = crate::batches::item_job_id(id, "a");
+    s.cancel_job(T.into(), a).await.expect("cancel");
+    b.cancel_batch(T, id).await.expect("cancel batch");
+    b.set_results(id, "batches/own/results.jsonl")
+        .await
+        .expect("results");
+    let rows = deliveries(s, T).await;
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|d| (d.event.as_str(), d.url.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("batch_completed", "http://127.0.0.1:9/batch"),
+            ("cancelled", "http://127.0.0.1:9/batch"),
+        ]
+    );
+    assert_eq!(rows[1].job_id, Some(a));
 }
 
 pub(super) async fn deliveries_are_leased_and_fenced_by_attempt(s: &dyn JobStore) {
@@ -243,6 +299,7 @@ pub(super) async fn secrets_rotate_with_an_overlap(s: &dyn JobStore) {
 job_store_suite!(
     webhooks_enter_the_outbox_with_their_change,
     batches_call_back_once_their_results_are_written,
+    a_batch_s_own_webhook_reports_its_end_and_the_item_events_it_names,
     deliveries_are_leased_and_fenced_by_attempt,
     secrets_rotate_with_an_overlap,
 );
