@@ -164,7 +164,7 @@ pub(super) async fn a_batch_deletes_every_item_once(s: &dyn JobStore) {
     use crate::store::batches::NewItem;
     let batch = crate::batches::batch_id(T, "m.jsonl");
     s.batches()
-        .open_batch(T, batch, "m.jsonl", None)
+        .open_batch(T, batch, "m.jsonl", None, None)
         .await
         .expect("open");
     let items: Vec<NewItem> = ["a", "b"]

@@ -222,7 +222,7 @@ pub(super) async fn batch_cancels_write_usage_with_the_batch(s: &dyn JobStore) {
     use crate::store::batches::NewItem;
     let batch = crate::batches::batch_id(T, "m.jsonl");
     s.batches()
-        .open_batch(T, batch, "m.jsonl", None)
+        .open_batch(T, batch, "m.jsonl", None, None)
         .await
         .expect("open");
     let items: Vec<NewItem> = ["a", "b"]
