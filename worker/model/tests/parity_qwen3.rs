@@ -4,8 +4,7 @@
 //! the reference scripts/setup installs into `$TUTTI_HOME/pyref`. Skipped with a message when that
 //! reference is not installed (as the MiniLM parity test skips without its weights).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
 use tch::{Device, Kind, Tensor};
 use tutti_model::text::qwen3::Qwen3Encoder;
@@ -13,44 +12,12 @@ use tutti_model::text::qwen3_tokenizer::Qwen3Tokenizer;
 use tutti_model::weights::source::TensorSource;
 use tutti_model::weights::{self, TensorFile};
 
-fn tutti_home() -> PathBuf {
-    std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tutti")
-        })
-}
-
 /// Runs the reference script into a fresh temporary folder; `None` (with the reason printed)
 /// when the reference is not installed.
 fn reference() -> anyhow::Result<Option<(tempfile::TempDir, TensorFile)>> {
-    let home = tutti_home();
-    let pyref = home.join("pyref");
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join("venv"))
-        .join("bin/python");
-    if !pyref.join("transformers").is_dir() || !python.exists() {
-        println!(
-            "SKIPPED: the Python reference (transformers in {}, {}) is not installed (run scripts/setup)",
-            pyref.display(),
-            python.display()
-        );
+    let Some(out) = common::run_fixture("qwen3_tiny.py", "transformers")? else {
         return Ok(None);
-    }
-    let out = tempfile::tempdir()?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/qwen3_tiny.py");
-    let run = Command::new(&python)
-        .arg(&script)
-        .arg(out.path())
-        .env("PYTHONPATH", &pyref)
-        .output()?;
-    anyhow::ensure!(
-        run.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    };
     let io = weights::read_safetensors(&out.path().join("io.safetensors"))?;
     Ok(Some((out, io)))
 }

@@ -1,7 +1,11 @@
 //! What every family does alike around its own parts: the request checks that do not depend on
 //! the model, and the finishing of decoded clips.
 
+use std::path::Path;
+
 use tch::{Device, Kind, Tensor};
+
+use crate::decoders::oobleck::{Oobleck, DECODE_CHUNK_FRAMES};
 
 use crate::state::{DenoiseState, GenerationParams, MAX_VARIATIONS};
 use crate::{ModelError, Result};
@@ -73,4 +77,48 @@ pub(crate) fn finish_clips(audio: &Tensor, frames: i64, what: &str) -> Result<Ve
         out.push(samples);
     }
     Ok(out)
+}
+
+/// A finished state's latent decoded by an Oobleck VAE (in `kind` on `device`) in windows of
+/// [`DECODE_CHUNK_FRAMES`] (so a long clip decodes within a worker's memory), cropped to the
+/// asked duration (`floor(duration * rate)` frames, as diffusers crops), interleaved
+/// ([`finish_clips`]): the final stage of the waveform-VAE families.
+pub(crate) fn render_oobleck(
+    vae: &Oobleck,
+    kind: Kind,
+    device: Device,
+    model_id: &str,
+    state: &DenoiseState,
+) -> Result<Vec<Vec<f32>>> {
+    check_model(state, model_id)?;
+    if !state.is_done() {
+        return Err(bad(format!(
+            "the state is at step {} of {}",
+            state.step,
+            state.total_steps()
+        )));
+    }
+    let _g = tch::no_grad_guard();
+    let latent = state.latent.to_device(device).to_kind(kind);
+    let rate = vae.config().sampling_rate as f64;
+    let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
+    let audio = vae.decode_span(&latent, 0, frames, DECODE_CHUNK_FRAMES)?;
+    finish_clips(&audio, frames, "vae")
+}
+
+/// Links a pack to the published folder it was imported from (nothing is copied).
+#[cfg(unix)]
+pub(crate) fn link_source(target: &Path, at: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, at).map_err(|e| ModelError::Pack {
+        path: at.display().to_string(),
+        message: format!("cannot link to {}: {e}", target.display()),
+    })
+}
+
+#[cfg(not(unix))]
+pub(crate) fn link_source(_target: &Path, at: &Path) -> Result<()> {
+    Err(ModelError::Pack {
+        path: at.display().to_string(),
+        message: "packs link to their source; this platform has no symlinks".into(),
+    })
 }

@@ -96,22 +96,51 @@ impl StackShape {
     }
 }
 
+/// The attention stack's fields, as both configs spell them.
 #[derive(Debug, Deserialize)]
-struct RawTransformer {
+struct RawStack {
     hidden_size: i64,
     intermediate_size: i64,
-    num_hidden_layers: i64,
     num_attention_heads: i64,
     num_key_value_heads: i64,
     head_dim: i64,
-    in_channels: i64,
-    audio_acoustic_hidden_dim: i64,
-    patch_size: i64,
     rope_theta: f64,
     #[serde(default)]
     attention_bias: bool,
     rms_norm_eps: f64,
     sliding_window: i64,
+}
+
+impl RawStack {
+    fn shape(&self, what: &str) -> Result<StackShape> {
+        if self.attention_bias {
+            return Err(ModelError::Input(format!(
+                "ace-step {what}: attention_bias = true is not supported"
+            )));
+        }
+        let stack = StackShape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            rope_theta: self.rope_theta,
+            eps: self.rms_norm_eps,
+            sliding_window: self.sliding_window,
+        };
+        stack.validate(what)?;
+        Ok(stack)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTransformer {
+    #[serde(flatten)]
+    stack: RawStack,
+    num_hidden_layers: i64,
+    in_channels: i64,
+    audio_acoustic_hidden_dim: i64,
+    patch_size: i64,
     layer_types: Option<Vec<String>>,
     encoder_hidden_size: Option<i64>,
     #[serde(default)]
@@ -139,22 +168,7 @@ impl DitConfig {
     pub fn parse(json: &str) -> Result<Self> {
         let r: RawTransformer = serde_json::from_str(json)
             .map_err(|e| ModelError::Input(format!("ace-step transformer config: {e}")))?;
-        if r.attention_bias {
-            return Err(ModelError::Input(
-                "ace-step transformer config: attention_bias = true is not supported".into(),
-            ));
-        }
-        let stack = StackShape {
-            hidden: r.hidden_size,
-            intermediate: r.intermediate_size,
-            heads: r.num_attention_heads,
-            kv_heads: r.num_key_value_heads,
-            head_dim: r.head_dim,
-            rope_theta: r.rope_theta,
-            eps: r.rms_norm_eps,
-            sliding_window: r.sliding_window,
-        };
-        stack.validate("transformer config")?;
+        let stack = r.stack.shape("transformer config")?;
         let cfg = Self {
             layers: layer_kinds(
                 r.layer_types.as_deref(),
@@ -164,7 +178,7 @@ impl DitConfig {
             in_channels: r.in_channels,
             latent_channels: r.audio_acoustic_hidden_dim,
             patch: r.patch_size,
-            encoder_hidden: r.encoder_hidden_size.unwrap_or(r.hidden_size),
+            encoder_hidden: r.encoder_hidden_size.unwrap_or(stack.hidden),
             is_turbo: r.is_turbo || r.model_version.as_deref() == Some("turbo"),
             stack,
         };
@@ -182,20 +196,12 @@ impl DitConfig {
 
 #[derive(Debug, Deserialize)]
 struct RawCondition {
-    hidden_size: i64,
-    intermediate_size: i64,
+    #[serde(flatten)]
+    stack: RawStack,
     text_hidden_dim: i64,
     timbre_hidden_dim: i64,
     num_lyric_encoder_hidden_layers: i64,
     num_timbre_encoder_hidden_layers: i64,
-    num_attention_heads: i64,
-    num_key_value_heads: i64,
-    head_dim: i64,
-    rope_theta: f64,
-    #[serde(default)]
-    attention_bias: bool,
-    rms_norm_eps: f64,
-    sliding_window: i64,
     layer_types: Option<Vec<String>>,
 }
 
@@ -215,22 +221,7 @@ impl ConditionConfig {
     pub fn parse(json: &str) -> Result<Self> {
         let r: RawCondition = serde_json::from_str(json)
             .map_err(|e| ModelError::Input(format!("ace-step condition encoder config: {e}")))?;
-        if r.attention_bias {
-            return Err(ModelError::Input(
-                "ace-step condition encoder config: attention_bias = true is not supported".into(),
-            ));
-        }
-        let stack = StackShape {
-            hidden: r.hidden_size,
-            intermediate: r.intermediate_size,
-            heads: r.num_attention_heads,
-            kv_heads: r.num_key_value_heads,
-            head_dim: r.head_dim,
-            rope_theta: r.rope_theta,
-            eps: r.rms_norm_eps,
-            sliding_window: r.sliding_window,
-        };
-        stack.validate("condition encoder config")?;
+        let stack = r.stack.shape("condition encoder config")?;
         if r.text_hidden_dim <= 0 || r.timbre_hidden_dim <= 0 {
             return Err(ModelError::Input(
                 "ace-step condition encoder config: text_hidden_dim and timbre_hidden_dim must be \

@@ -20,7 +20,7 @@ use super::dit::Dit;
 use super::guidance::{apg, MOMENTUM_KEY};
 use super::pack::{AceStepConfig, AceStepPack, MAX_LYRIC_TOKENS, MAX_TEXT_TOKENS};
 use super::prompt::{SongText, Task};
-use crate::decoders::oobleck::{Oobleck, DECODE_CHUNK_FRAMES};
+use crate::decoders::oobleck::Oobleck;
 use crate::device::Kinds;
 use crate::families::{common, Family, Render};
 use crate::samplers::{self, FlowSpacing, SamplerKind, SamplerState, ScheduleConfig};
@@ -383,7 +383,7 @@ impl Family for AceStep {
 
     fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
         let nets = self.lock();
-        render_state(
+        common::render_oobleck(
             &nets.vae,
             self.kinds.vae,
             self.device,
@@ -550,32 +550,6 @@ impl Render for AceStepRenderer {
 
     /// As [`AceStep::render`], bit for bit.
     fn render(&self, state: &DenoiseState) -> Result<Vec<Vec<f32>>> {
-        render_state(&self.vae, self.kind, self.device, &self.model_id, state)
+        common::render_oobleck(&self.vae, self.kind, self.device, &self.model_id, state)
     }
-}
-
-/// The finished latent decoded in windows of [`DECODE_CHUNK_FRAMES`] (so a 10-minute song
-/// decodes within a worker's memory), cropped to the asked duration, interleaved; levels are
-/// the worker's gain stage's (not the reference's peak normalisation).
-fn render_state(
-    vae: &Oobleck,
-    kind: Kind,
-    device: Device,
-    model_id: &str,
-    state: &DenoiseState,
-) -> Result<Vec<Vec<f32>>> {
-    common::check_model(state, model_id)?;
-    if !state.is_done() {
-        return Err(bad(format!(
-            "the state is at step {} of {}",
-            state.step,
-            state.total_steps()
-        )));
-    }
-    let _g = tch::no_grad_guard();
-    let latent = state.latent.to_device(device).to_kind(kind);
-    let rate = vae.config().sampling_rate as f64;
-    let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
-    let audio = vae.decode_span(&latent, 0, frames, DECODE_CHUNK_FRAMES)?;
-    common::finish_clips(&audio, frames, "vae")
 }

@@ -340,26 +340,12 @@ pub fn import(dir: &Path, out: &Path, opts: &ImportOptions) -> Result<StableAudi
         links.push((T5_LINK, t5));
     }
     for (name, target) in links {
-        link(&target, &out.join(name))?;
+        crate::families::common::link_source(&target, &out.join(name))?;
     }
     let text = toml::to_string(&pack).map_err(|e| pack_err(out, format!("cannot write: {e}")))?;
     std::fs::write(out.join(CONFIG_FILE), text)
         .map_err(|e| pack_err(out, format!("cannot write model.toml: {e}")))?;
     Ok(pack)
-}
-
-#[cfg(unix)]
-fn link(target: &Path, at: &Path) -> Result<()> {
-    std::os::unix::fs::symlink(target, at)
-        .map_err(|e| pack_err(at, format!("cannot link to {}: {e}", target.display())))
-}
-
-#[cfg(not(unix))]
-fn link(_target: &Path, at: &Path) -> Result<()> {
-    Err(pack_err(
-        at,
-        "packs link to their source; this platform has no symlinks",
-    ))
 }
 
 impl StableAudioPack {

@@ -31,8 +31,6 @@ use crate::state::{seeded_noise, BatchShape, DenoiseState, GenerationParams};
 use crate::step::{seeds, Denoiser, Rows};
 use crate::{ModelError, Result};
 
-use crate::decoders::oobleck::DECODE_CHUNK_FRAMES;
-
 fn bad(m: String) -> ModelError {
     ModelError::Input(m)
 }
@@ -389,9 +387,9 @@ impl Render for StableAudioRenderer {
     }
 }
 
-/// The finished latent decoded by windows of [`DECODE_CHUNK_FRAMES`], cropped to the asked
-/// duration (`floor(duration * rate)` frames, as diffusers crops), interleaved; non-finite
-/// samples zeroed, otherwise unscaled, as the mel family does (the worker's gain stage sets levels).
+/// The finished latent decoded by windows of [`crate::decoders::oobleck::DECODE_CHUNK_FRAMES`], cropped to the asked
+/// duration, interleaved; non-finite samples zeroed, otherwise unscaled, as the mel family does
+/// (the worker's gain stage sets levels).
 pub fn render_state(
     vae: &Oobleck,
     kind: Kind,
@@ -399,18 +397,5 @@ pub fn render_state(
     model_id: &str,
     state: &DenoiseState,
 ) -> Result<Vec<Vec<f32>>> {
-    common::check_model(state, model_id)?;
-    if !state.is_done() {
-        return Err(bad(format!(
-            "the state is at step {} of {}",
-            state.step,
-            state.total_steps()
-        )));
-    }
-    let _g = tch::no_grad_guard();
-    let latent = state.latent.to_device(device).to_kind(kind);
-    let rate = vae.config().sampling_rate as f64;
-    let frames = (f64::from(state.params.controls.duration_s) * rate).floor() as i64;
-    let audio = vae.decode_span(&latent, 0, frames, DECODE_CHUNK_FRAMES)?;
-    common::finish_clips(&audio, frames, "vae")
+    common::render_oobleck(vae, kind, device, model_id, state)
 }
