@@ -17,7 +17,8 @@ another binary).
 3. Runs `tutti bench ace-step` (one song: prepare = tokenizers, text encoder, lyric embeddings,
    condition encoder, noise; each DiT step; the decode), then the reference in a process of its
    own with tutti's initial noise passed as `latents=`, the same prompt, lyrics, steps and shift;
-   both in f32 with the same thread count. Checks that the final latents agree.
+   both in f32 with the same thread count (`--device cuda`: both in bf16 on the GPU). Checks that
+   the final latents agree.
 4. Prints a markdown table (also ~/.cache/tutti/bench/ace_step.md).
 """
 
@@ -81,17 +82,22 @@ def reference(args, noise_path):
     from diffusers import AceStepPipeline
 
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
     t = time.perf_counter()
-    pipe = AceStepPipeline.from_pretrained(FOLDER, torch_dtype=torch.float32)
+    pipe = AceStepPipeline.from_pretrained(FOLDER, torch_dtype=dtype).to(args.device)
     load_s = time.perf_counter() - t
-    noise = load_file(noise_path)["noise"].transpose(1, 2).contiguous()  # [1, T, C]
+    noise = load_file(noise_path)["noise"].transpose(1, 2).contiguous().to(args.device, dtype)  # [1, T, C]
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     marks = {}
 
     def timed(module, name):
         def pre(*_a, **_k):
+            sync()
             marks.setdefault(name + "_start", []).append(time.perf_counter())
 
         def post(*_a, **_k):
+            sync()
             marks.setdefault(name + "_end", []).append(time.perf_counter())
 
         module.register_forward_pre_hook(pre, with_kwargs=True)
@@ -108,12 +114,14 @@ def reference(args, noise_path):
             num_inference_steps=args.steps, guidance_scale=1.0, shift=3.0, latents=noise,
             output_type="latent",
         ).audios
+        sync()
         denoised = time.perf_counter()
         pipe.vae.decode(out.transpose(1, 2))
+        sync()
         end = time.perf_counter()
     steps = [e - s for s, e in zip(marks["dit_start"], marks["dit_end"])]
     prepare = marks["dit_start"][0] - t
-    save_file({"latent": out.transpose(1, 2).contiguous()}, noise_path + ".ref")
+    save_file({"latent": out.transpose(1, 2).float().cpu().contiguous()}, noise_path + ".ref")
     return {
         "side": "diffusers", "threads": torch.get_num_threads(), "load_s": load_s,
         "prepare_s": prepare, "text_s": marks["text_end"][0] - marks["text_start"][0],
@@ -128,6 +136,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    # On CUDA both sides run bf16 (tutti: --precision auto, its DiT bf16 and VAE f16); the
+    # latents then agree to the precision, not bit for bit.
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--tutti", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "tutti"))
     ap.add_argument("--reference-only", metavar="NOISE", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -144,12 +155,13 @@ def main():
     tutti = json.loads(subprocess.run(
         [args.tutti, "bench", "ace-step", "--pack", PACK, "--seconds", str(args.seconds),
          "--steps", str(args.steps), "--threads", str(args.threads), "--prompt", PROMPT,
+         "--device", args.device, "--precision", "auto" if args.device != "cpu" else "f32",
          "--lyrics", LYRICS, "--out", out],
         check=True, capture_output=True, text=True,
     ).stdout)
     ref = json.loads(subprocess.run(
         [sys.executable, __file__, "--seconds", str(args.seconds), "--steps", str(args.steps),
-         "--threads", str(args.threads), "--reference-only", out],
+         "--threads", str(args.threads), "--device", args.device, "--reference-only", out],
         check=True, capture_output=True, text=True,
     ).stdout)
     import torch
@@ -165,8 +177,8 @@ def main():
         ("total", "total_s"),
     ]
     lines = [
-        "ACE-Step 1.5 turbo, real sizes, random weights, f32 on CPU, %d threads: a %.0f s song (%d latent frames)"
-        % (args.threads, args.seconds, tutti["frames"]),
+        "ACE-Step 1.5 turbo, real sizes, random weights, %s on %s, %d threads: a %.0f s song (%d latent frames)"
+        % ("f32" if args.device == "cpu" else "bf16", args.device, args.threads, args.seconds, tutti["frames"]),
         "",
         "| stage | tutti (s) | diffusers 0.42.1 (s) | diffusers / tutti |",
         "| --- | ---: | ---: | ---: |",
