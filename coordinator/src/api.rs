@@ -200,6 +200,10 @@ impl GenerationService {
 
     /// A queued job's place: its position, and its estimated start and end.
     async fn place(&self, scope: Scope<'_>, job: &mut pb::Job, id: Uuid) -> Result<()> {
+        // Only a queued job has a place (a running one costs no query).
+        if job.state != pb::JobState::Queued as i32 {
+            return Ok(());
+        }
         let Some(read) = self
             .store
             .queue_read(scope, id, self.worker_timeout)

@@ -32,6 +32,7 @@ pub mod tenancy;
 pub mod text;
 pub mod usage;
 pub mod validate;
+pub mod webhook_service;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -219,14 +220,15 @@ pub async fn serve_with_studio(
 
     if cfg.webhooks.send {
         let sender =
-            webhooks::sender::Sender::new(Arc::clone(&backend.store), cfg.webhooks.clone())
+            webhook_service::sender::Sender::new(Arc::clone(&backend.store), cfg.webhooks.clone())
                 .context("building the webhook client")?;
         tokio::spawn(sender.run(shutdown.clone()));
     }
-    let webhooks_api = webhooks::api::WebhooksApi(Arc::new(webhooks::api::WebhooksService {
-        store: Arc::clone(&backend.store),
-        allow_private: cfg.webhooks.allow_private,
-    }));
+    let webhooks_api =
+        webhook_service::api::WebhooksApi(Arc::new(webhook_service::api::WebhooksService {
+            store: Arc::clone(&backend.store),
+            allow_private: cfg.webhooks.allow_private,
+        }));
 
     let operator = operator::OperatorApi(Arc::new(operator::OperatorService {
         store: Arc::clone(&backend.store),

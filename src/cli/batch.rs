@@ -76,7 +76,7 @@ pub(crate) struct SubmitArgs {
     pub webhook: Option<String>,
     /// An event --webhook receives, repeatable (default: batch_completed and the items'
     /// succeeded, failed, cancelled); job events make each item call back.
-    #[arg(long = "webhook-event", requires = "webhook", value_parser = super::webhook::parse_event)]
+    #[arg(long = "webhook-event", requires = "webhook", value_parser = super::client::parse_webhook_event)]
     pub webhook_events: Vec<pb::WebhookEvent>,
     #[command(flatten)]
     pub server: ServerArgs,

@@ -217,7 +217,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     pub webhook: Option<String>,
     /// An event --webhook receives, repeatable (default: succeeded, failed, cancelled).
-    #[arg(long = "webhook-event", requires = "webhook", value_parser = super::webhook::parse_event)]
+    #[arg(long = "webhook-event", requires = "webhook", value_parser = parse_webhook_event)]
     pub webhook_events: Vec<pb::WebhookEvent>,
     /// Wait for the job to finish (default), or print its id and return.
     #[arg(long, overrides_with = "no_wait")]
@@ -225,6 +225,13 @@ pub(crate) struct GenerateArgs {
     /// Print the job id and return (needs --server).
     #[arg(long)]
     pub no_wait: bool,
+}
+
+/// An event by its wire name without the prefix (`succeeded`, `output_ready`).
+pub(crate) fn parse_webhook_event(s: &str) -> Result<pb::WebhookEvent, String> {
+    pb::WebhookEvent::from_str_name(&format!("WEBHOOK_EVENT_{}", s.to_uppercase()))
+        .filter(|e| *e != pb::WebhookEvent::Unspecified)
+        .ok_or_else(|| format!("{s:?} is not a webhook event"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::webhooks_client::WebhooksClient;
 
-use super::client::{channel_to, status_err, ServerArgs};
+use super::client::{channel_to, parse_webhook_event, status_err, ServerArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum WebhookCommand {
@@ -16,7 +16,7 @@ pub(crate) enum WebhookCommand {
         url: String,
         /// An event to send, repeatable (default: succeeded, failed, cancelled,
         /// batch_completed).
-        #[arg(long = "event", value_parser = parse_event)]
+        #[arg(long = "event", value_parser = parse_webhook_event)]
         events: Vec<pb::WebhookEvent>,
         #[command(flatten)]
         server: ServerArgs,
@@ -54,13 +54,6 @@ pub(crate) enum WebhookCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-}
-
-/// An event by its wire name without the prefix (`succeeded`, `output_ready`).
-pub(crate) fn parse_event(s: &str) -> Result<pb::WebhookEvent, String> {
-    pb::WebhookEvent::from_str_name(&format!("WEBHOOK_EVENT_{}", s.to_uppercase()))
-        .filter(|e| *e != pb::WebhookEvent::Unspecified)
-        .ok_or_else(|| format!("{s:?} is not a webhook event"))
 }
 
 fn parse_state(s: &str) -> Result<pb::WebhookDeliveryState, String> {

@@ -30,7 +30,7 @@ use crate::api::GenerationApi;
 use crate::auth::Authenticator;
 use crate::batches::BatchesApi;
 use crate::operator::OperatorApi;
-use crate::webhooks::api::WebhooksApi;
+use crate::webhook_service::api::WebhooksApi;
 
 /// How the gateway serves browsers and uploads.
 #[derive(Debug, Clone, PartialEq, Eq)]

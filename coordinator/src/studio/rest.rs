@@ -3,14 +3,7 @@
 //! validation, errors as `{code, message, field}`, WatchJob as server-sent events). This
 //! table is the one definition of the routes: the router is built from it, and so is the
 //! OpenAPI document (`openapi`), with the message schemas taken from the proto descriptors.
-
-use std::collections::BTreeMap;
-
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put, MethodRouter};
-use axum::Router;
-
-use super::{batches, models, routes, webhooks, Studio};
+//! The router (`routes::v1`) maps each route's `Op` to its handler.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verb {
@@ -52,11 +45,12 @@ pub(crate) struct Route {
     /// Query parameters: name, JSON type, meaning.
     pub query: &'static [(&'static str, &'static str, &'static str)],
     pub answer: Answer,
-    op: Op,
+    pub op: Op,
 }
 
+/// Which handler serves a route (`routes::v1`).
 #[derive(Debug, Clone, Copy)]
-enum Op {
+pub(crate) enum Op {
     Submit,
     ListJobs,
     GetJob,
@@ -129,47 +123,3 @@ pub(crate) const ROUTES: &[Route] = &[
     route!(Get "/v1/operator/workers", "tutti.v1.Operator/ListWorkers", "The fleet (admin keys)", None, [], Message("tutti.v1.ListWorkersResponse"), Workers),
     route!(Get "/v1/operator/queues", "tutti.v1.Operator/GetQueues", "Backlog, tenants' shares, failures (admin keys)", None, [("share_window_seconds", "integer", "the shares' window (default 300)")], Message("tutti.v1.GetQueuesResponse"), Queues),
 ];
-
-/// The handler of an operation: the same functions the studio's own `/api` routes use.
-fn handler(op: Op) -> MethodRouter<Studio> {
-    match op {
-        Op::Submit => post(routes::submit).layer(DefaultBodyLimit::max(models::MAX_JOB_BODY)),
-        Op::ListJobs => get(routes::list),
-        Op::GetJob => get(routes::get_job),
-        Op::WatchJob => get(routes::watch),
-        Op::CancelJob => post(routes::cancel),
-        Op::RetryJob => post(routes::retry),
-        Op::RenderPrompt => post(routes::render_prompt),
-        Op::ListModels => get(models::list),
-        Op::GetModel => get(models::get),
-        Op::ListBatches => get(batches::list),
-        Op::GetBatch => get(batches::get),
-        Op::CancelBatch => post(batches::cancel),
-        Op::RetryBatch => post(batches::retry),
-        Op::GetEndpoint => get(webhooks::get_endpoint),
-        Op::SetEndpoint => put(webhooks::set_endpoint),
-        Op::RotateSecret => post(webhooks::rotate),
-        Op::Deliveries => get(webhooks::deliveries),
-        Op::Redeliver => post(webhooks::redeliver),
-        Op::Workers => get(routes::workers),
-        Op::Queues => get(routes::queues),
-    }
-}
-
-/// The `/v1` routes, from the table, and the document that describes them.
-pub(super) fn router() -> Router<Studio> {
-    let mut paths: BTreeMap<&str, MethodRouter<Studio>> = BTreeMap::new();
-    for r in ROUTES {
-        let m = handler(r.op);
-        let merged = match paths.remove(r.path) {
-            Some(prev) => prev.merge(m),
-            None => m,
-        };
-        paths.insert(r.path, merged);
-    }
-    let mut router = Router::new().route("/v1/openapi.json", get(super::openapi::serve));
-    for (path, m) in paths {
-        router = router.route(path, m);
-    }
-    router
-}

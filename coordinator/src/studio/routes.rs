@@ -27,6 +27,7 @@
 //! | `POST /api/operator/dead-letters/replay` | Operator.ReplayDeadLetters (body: `{limit, queue}`) |
 //! | `GET  /api/operator/queues`         | Operator.GetQueues            |
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::body::Bytes;
@@ -35,7 +36,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use futures::StreamExt;
 use tutti_proto::v1 as pb;
@@ -43,7 +44,7 @@ use tutti_proto::v1::generation_server::Generation;
 use tutti_proto::v1::operator_server::Operator;
 
 use super::gateway::{error_body, json, parse, ApiError};
-use super::{assets, batches, blobs, guard, models, webhooks, Studio};
+use super::{assets, batches, blobs, guard, models, openapi, rest, webhooks, Studio};
 use crate::auth::AuthMode;
 
 pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
@@ -97,7 +98,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         )
         .route("/api/operator/workers", get(workers))
         .route("/api/operator/queues", get(queues))
-        .merge(super::rest::router())
+        .merge(v1())
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(studio)
 }
@@ -327,4 +328,48 @@ async fn replay_dead_letters(State(s): State<Studio>, headers: HeaderMap, body: 
         .request(&headers, parse::<pb::ReplayDeadLettersRequest>(&body)?)
         .await?;
     json(s.operator.replay_dead_letters(req).await?.get_ref())
+}
+
+/// The handler of an operation: the same functions the studio's own `/api` routes use.
+fn handler(op: rest::Op) -> MethodRouter<Studio> {
+    match op {
+        rest::Op::Submit => post(submit).layer(DefaultBodyLimit::max(models::MAX_JOB_BODY)),
+        rest::Op::ListJobs => get(list),
+        rest::Op::GetJob => get(get_job),
+        rest::Op::WatchJob => get(watch),
+        rest::Op::CancelJob => post(cancel),
+        rest::Op::RetryJob => post(retry),
+        rest::Op::RenderPrompt => post(render_prompt),
+        rest::Op::ListModels => get(models::list),
+        rest::Op::GetModel => get(models::get),
+        rest::Op::ListBatches => get(batches::list),
+        rest::Op::GetBatch => get(batches::get),
+        rest::Op::CancelBatch => post(batches::cancel),
+        rest::Op::RetryBatch => post(batches::retry),
+        rest::Op::GetEndpoint => get(webhooks::get_endpoint),
+        rest::Op::SetEndpoint => put(webhooks::set_endpoint),
+        rest::Op::RotateSecret => post(webhooks::rotate),
+        rest::Op::Deliveries => get(webhooks::deliveries),
+        rest::Op::Redeliver => post(webhooks::redeliver),
+        rest::Op::Workers => get(workers),
+        rest::Op::Queues => get(queues),
+    }
+}
+
+/// The `/v1` routes, from the table, and the document that describes them.
+fn v1() -> Router<Studio> {
+    let mut paths: BTreeMap<&str, MethodRouter<Studio>> = BTreeMap::new();
+    for r in rest::ROUTES {
+        let m = handler(r.op);
+        let merged = match paths.remove(r.path) {
+            Some(prev) => prev.merge(m),
+            None => m,
+        };
+        paths.insert(r.path, merged);
+    }
+    let mut router = Router::new().route("/v1/openapi.json", get(openapi::serve));
+    for (path, m) in paths {
+        router = router.route(path, m);
+    }
+    router
 }

@@ -1,10 +1,9 @@
 //! Signed webhooks: a job's events (and a batch's end) written to an outbox in the transaction
-//! that makes them, then sent by a loop that any replica may run (`sender`), signed the
-//! Standard Webhooks way (`sign`), only to public addresses unless the operator allows others
-//! (`target`). The tenant's endpoint, secrets and deliveries are served by `api`.
+//! that makes them, then sent by a loop that any replica may run (`webhook_service::sender`),
+//! signed the Standard Webhooks way (`sign`), only to public addresses unless the operator
+//! allows others (`target`). The tenant's endpoint, secrets and deliveries are served by
+//! `webhook_service::api`. This module holds the vocabulary and depends on no store.
 
-pub mod api;
-pub mod sender;
 pub mod sign;
 pub mod target;
 

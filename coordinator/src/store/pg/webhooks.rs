@@ -173,7 +173,9 @@ impl WebhookStore for PgStore {
     }
 
     async fn finish_delivery(&self, id: Uuid, attempt: u32, outcome: &Attempted) -> Result<bool> {
-        let fenced = "WHERE id = $1 AND attempts = $2 AND state = 'pending'";
+        // The claim's attempt, still leased: a lost lease or a redelivery by hand voids it.
+        let fenced =
+            "WHERE id = $1 AND attempts = $2 AND state = 'pending' AND lease_until IS NOT NULL";
         let done = match outcome {
             Attempted::Delivered { status } => {
                 sqlx::query(&format!(

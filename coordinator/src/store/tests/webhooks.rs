@@ -259,7 +259,20 @@ pub(super) async fn deliveries_are_leased_and_fenced_by_attempt(s: &dyn JobStore
         .await
         .expect("claim")
         .remove(0);
-    assert_eq!((c2.id, c2.attempt, c2.payload), (c.id, 2, c.payload));
+    assert_eq!((c2.id, c2.attempt, &c2.payload), (c.id, 2, &c.payload));
+    // Sent again by hand while a sender holds it: that sender's outcome no longer counts.
+    s.redeliver(T, c.id)
+        .await
+        .expect("redeliver")
+        .expect("found");
+    assert!(!s.finish_delivery(c.id, 2, &ok).await.expect("voided claim"));
+    let c3 = s
+        .claim_deliveries(10, lease)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!((c3.id, c3.attempt), (c.id, 3));
+    assert!(s.finish_delivery(c.id, 3, &ok).await.expect("finish"));
 
     // Pages, newest first.
     let page = s.list_deliveries(T, None, None, 1).await.expect("page");

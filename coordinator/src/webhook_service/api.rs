@@ -9,12 +9,12 @@ use tonic::{Request, Response, Status};
 use tutti_proto::v1 as pb;
 use uuid::Uuid;
 
-use super::{Subscription, WebhookEvent};
 use crate::api::ts;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::store::webhooks::{DeliveryRow, SecretRow};
 use crate::store::JobStore;
+use crate::webhooks::{Subscription, WebhookEvent};
 
 /// The default overlap of a rotation: a day for receivers to take the new secret.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(86_400);

@@ -13,9 +13,9 @@ use rand::Rng;
 use reqwest::Url;
 use tokio::sync::watch;
 
-use super::{sign, target, WebhookSettings};
 use crate::store::webhooks::{Attempted, Claimed};
 use crate::store::JobStore;
+use crate::webhooks::{sign, target, WebhookSettings};
 
 /// Deliveries claimed per round.
 const CLAIM: i64 = 32;
