@@ -525,6 +525,42 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn manifests_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String, Option<String>, Option<String>)>> {
+        let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT b.id, b.tenant, b.results_key, b.manifest_uri \
+             FROM batches b JOIN tenants t ON t.name = b.tenant \
+             WHERE t.retain_manifests_days IS NOT NULL AND b.manifests_cleared_at IS NULL \
+               AND b.finished_at IS NOT NULL \
+               AND b.finished_at <= $1 - t.retain_manifests_days * 86400000000 \
+             ORDER BY b.finished_at LIMIT $2",
+        )
+        .bind(now.timestamp_micros())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(b, t, r, m)| Ok((uuid(&b)?, t, r, m)))
+            .collect()
+    }
+
+    async fn manifests_expired(&self, batches: &[Uuid]) -> Result<()> {
+        let (_w, mut tx) = self.begin_write().await?;
+        let now = now_us();
+        for b in batches {
+            sqlx::query("UPDATE batches SET manifests_cleared_at = $2 WHERE id = $1")
+                .bind(b.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
