@@ -193,6 +193,72 @@ async fn deleted_and_expired_outputs_leave_the_blob_store(backend: Backend) {
         now_job.prompt_text, "a tune that expires",
         "only the object expires"
     );
+
+    // A batch: `tutti batch delete` deletes its items' jobs and their objects; before that,
+    // manifest retention deletes its results manifest and GetBatch gives no URL for it.
+    let csv = farm.dir().join("few.csv");
+    std::fs::write(
+        &csv,
+        "item_id,prompt,duration_seconds,steps\nonly,a batch tune,2,4\n",
+    )
+    .expect("manifest");
+    let tutti = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .args(args)
+            .args(["--server", &server, "--api-key", &acme])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tutti");
+        assert!(
+            out.status.success(),
+            "tutti {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let csv_arg = csv.display().to_string();
+    let submitted = tutti(&["batch", "submit", "--watch", &csv_arg]);
+    assert!(submitted.contains("1 succeeded"), "{submitted}");
+    let name = format!("file://{}", csv.canonicalize().expect("path").display());
+    let batch = tutti_coordinator::batches::batch_id("acme", &name).to_string();
+    let item_job = a
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .find(|j| j.prompt_text.contains("a batch tune"))
+        .expect("the item's job");
+    assert!(exists(blobs.as_ref(), &farm, &item_job.outputs[0].uri).await);
+
+    farm.operator(&["tenant", "limits", "acme", "--retain-manifests-days", "1"]);
+    let results = format!("batches/acme/{batch}/results.jsonl");
+    assert!(blobs.get(&results).await.expect("blob store").is_some());
+    let mut batches = tutti_proto::v1::batches_client::BatchesClient::with_interceptor(
+        farm.channel().await.expect("channel"),
+        common::WithKey::bearer(Some(&acme)),
+    );
+    let get = pb::GetBatchRequest { id: batch.clone() };
+    let before = batches
+        .get_batch(get.clone())
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(!before.results_url.is_empty());
+    let swept = tutti_coordinator::janitor::expire_manifests(store.as_ref(), blobs.as_ref(), later)
+        .await
+        .expect("sweep");
+    assert_eq!(swept, 1);
+    assert!(blobs.get(&results).await.expect("blob store").is_none());
+    let after = batches.get_batch(get).await.expect("get").into_inner();
+    assert!(after.results_url.is_empty(), "{after:?}");
+
+    let out = tutti(&["batch", "delete", &batch]);
+    assert!(out.contains("deleted    1 items' jobs"), "{out}");
+    assert!(!exists(blobs.as_ref(), &farm, &item_job.outputs[0].uri).await);
+    let again = tutti(&["batch", "delete", &batch]);
+    assert!(again.contains("deleted    0 items' jobs"), "{again}");
 }
 
 /// The studio's delete button: two clicks, and the card shows the job deleted, without audio.

@@ -16,3 +16,8 @@ ALTER TABLE tenants ADD COLUMN retain_outputs_days INT CHECK (retain_outputs_day
 -- janitor deleted a job's inputs (a retry is then refused: it would start without them).
 ALTER TABLE tenants ADD COLUMN retain_inputs_days INT CHECK (retain_inputs_days >= 1);
 ALTER TABLE jobs ADD COLUMN inputs_cleared_at TIMESTAMPTZ;
+
+-- Per-tenant retention of a batch's manifests (its results manifest, and the manifest uploaded
+-- through the studio), in days after the batch finished; when the janitor deleted them.
+ALTER TABLE tenants ADD COLUMN retain_manifests_days INT CHECK (retain_manifests_days >= 1);
+ALTER TABLE batches ADD COLUMN manifests_cleared_at TIMESTAMPTZ;

@@ -7,3 +7,5 @@ CREATE INDEX outputs_to_expire ON outputs (expires_at)
 ALTER TABLE tenants ADD COLUMN retain_outputs_days INTEGER CHECK (retain_outputs_days >= 1);
 ALTER TABLE tenants ADD COLUMN retain_inputs_days INTEGER CHECK (retain_inputs_days >= 1);
 ALTER TABLE jobs ADD COLUMN inputs_cleared_at INTEGER;
+ALTER TABLE tenants ADD COLUMN retain_manifests_days INTEGER CHECK (retain_manifests_days >= 1);
+ALTER TABLE batches ADD COLUMN manifests_cleared_at INTEGER;

@@ -50,6 +50,13 @@ pub async fn clear_checkpoints(
                 tracing::warn!(error = %e, "deleting expired init clips failed; retried on the next sweep")
             }
         }
+        match expire_manifests(store.as_ref(), blobs.as_ref(), chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(batches = n, "batch manifests past their retention deleted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting expired batch manifests failed; retried on the next sweep")
+            }
+        }
         match expire_outputs(store.as_ref(), blobs.as_ref(), chrono::Utc::now()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(outputs = n, "outputs past their retention deleted"),
@@ -119,6 +126,38 @@ pub async fn expire_inputs(
         let jobs: Vec<uuid::Uuid> = due.iter().map(|(job, _)| *job).collect();
         store.inputs_expired(&jobs).await?;
         cleared += jobs.len();
+    }
+}
+
+/// Deletes the manifests of batches past their tenant's manifest retention by `now`: the
+/// results manifest, and the manifest the batch was submitted from when the studio uploaded it
+/// (`uploads/<tenant>/`; a manifest the tenant or an admin put elsewhere is theirs). Marks the
+/// batches (GetBatch then hands out no results URL); returns how many it cleared.
+pub async fn expire_manifests(
+    store: &dyn JobStore,
+    blobs: &dyn BlobStore,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize> {
+    let farm = blobs.uri("");
+    let mut cleared = 0;
+    loop {
+        let due = store.manifests_to_expire(now, SWEEP).await?;
+        if due.is_empty() {
+            return Ok(cleared);
+        }
+        let mut keys = Vec::new();
+        for (_, tenant, results, manifest) in &due {
+            keys.extend(results.clone());
+            let uploaded = manifest
+                .as_deref()
+                .and_then(|uri| uri.strip_prefix(farm.as_str()))
+                .filter(|key| key.starts_with(&format!("uploads/{tenant}/")));
+            keys.extend(uploaded.map(str::to_string));
+        }
+        blobs.delete(&keys).await?;
+        let batches: Vec<uuid::Uuid> = due.iter().map(|(b, ..)| *b).collect();
+        store.manifests_expired(&batches).await?;
+        cleared += batches.len();
     }
 }
 

@@ -86,6 +86,10 @@ pub(crate) struct LimitArgs {
     /// Retention: days a job's own init clip is kept after the job ends.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub retain_inputs_days: Option<u32>,
+    /// Retention: days a batch's results manifest (and a manifest uploaded through the studio)
+    /// is kept after the batch finished.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_manifests_days: Option<u32>,
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
@@ -136,6 +140,7 @@ impl LimitArgs {
             },
             retain_outputs_days: self.retain_outputs_days,
             retain_inputs_days: self.retain_inputs_days,
+            retain_manifests_days: self.retain_manifests_days,
         })
     }
 }
@@ -231,6 +236,10 @@ fn show_limits(l: &Limits) -> String {
     put(
         "retain_inputs_days",
         l.retain_inputs_days.map(|v| v.to_string()),
+    );
+    put(
+        "retain_manifests_days",
+        l.retain_manifests_days.map(|v| v.to_string()),
     );
     if parts.is_empty() {
         "no limits".into()

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::BufReader;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tutti_coordinator::batches::manifest::{ManifestFormat, ManifestReader, RowError};
 use tutti_proto::v1 as pb;
@@ -98,20 +99,14 @@ pub(crate) struct BatchIdArgs {
     pub server: ServerArgs,
 }
 
-async fn connect(server: &ServerArgs) -> anyhow::Result<BatchesClient<Channel>> {
-    let url = if server.server.contains("://") {
-        server.server.clone()
-    } else {
-        format!("http://{}", server.server)
-    };
-    let channel = Channel::from_shared(url.clone())
-        .with_context(|| format!("{url:?} is not a server address"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the tutti server at {url}"))?;
+type Client = BatchesClient<InterceptedService<Channel, super::client::Bearer>>;
+
+/// The farm's Batches service with the command's key and TLS settings (as every client
+/// command: `--api-key`, `--tls-ca`, ...).
+async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
+    let (channel, bearer) = super::client::channel_to(&server.server, &server.credentials).await?;
     // Manifests can be large: allow big responses (rejection reports).
-    Ok(BatchesClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(BatchesClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -357,7 +352,7 @@ fn state_name(b: &pb::Batch) -> String {
 }
 
 /// Polls the batch with a progress bar until its results are written.
-async fn watch(client: &mut BatchesClient<Channel>, id: &str) -> anyhow::Result<pb::Batch> {
+async fn watch(client: &mut Client, id: &str) -> anyhow::Result<pb::Batch> {
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} items  {msg}")

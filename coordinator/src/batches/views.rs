@@ -126,7 +126,12 @@ impl BatchesService {
     async fn view(&self, batch: &BatchRow, counts: &BatchCounts) -> Result<pb::Batch> {
         let generation = &self.generation;
         let mut out = batch_to_pb(batch, counts, &*generation.blobs, Utc::now());
-        if let Some(key) = batch.results_key.as_deref() {
+        // No URL to a manifest retention deleted.
+        if let Some(key) = batch
+            .results_key
+            .as_deref()
+            .filter(|_| !batch.manifests_cleared)
+        {
             let signed = generation
                 .blobs
                 .presign_get(key, generation.url_ttl)
@@ -251,6 +256,7 @@ mod tests {
             results_key: None,
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default(),
             finished_at: None,
+            manifests_cleared: false,
         };
         assert_eq!(
             decode_batch_token(&batch_token(&row)).ok(),

@@ -26,6 +26,8 @@ pub struct BatchRow {
     pub results_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Retention deleted its manifests (results, uploaded): no URL is handed out.
+    pub manifests_cleared: bool,
 }
 
 /// Items of a batch by state, and when the first one started (for throughput).

@@ -260,6 +260,15 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + WebhookStore + Send +
         -> Result<Vec<(Uuid, String)>>;
     /// Marks the jobs' inputs deleted.
     async fn inputs_expired(&self, jobs: &[Uuid]) -> Result<()>;
+    /// Finished batches past their tenant's manifest retention by `now`, not yet cleared: at
+    /// most `limit`, as (batch, tenant, results key, manifest URI).
+    async fn manifests_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String, Option<String>, Option<String>)>>;
+    /// Marks the batches' manifests deleted.
+    async fn manifests_expired(&self, batches: &[Uuid]) -> Result<()>;
     /// A job's history, oldest first.
     async fn history(&self, job: Uuid) -> Result<Vec<HistoryEvent>>;
     /// Counts for the metrics gauges.

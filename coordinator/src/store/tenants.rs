@@ -62,7 +62,7 @@ pub trait TenantStore: Send + Sync {
 pub(super) const LIMIT_COLUMNS: &str = "max_jobs_in_flight, submits_per_second, submit_burst, \
      max_batch_items, priorities, max_duration_s, max_steps, audio_seconds_per_day, \
      audio_seconds_per_month, device_seconds_per_day, device_seconds_per_month, retain_outputs_days, \
-     retain_inputs_days";
+     retain_inputs_days, retain_manifests_days";
 
 /// Limits as the two dialects store them (integers widened, classes as text).
 pub(super) struct LimitCols {
@@ -76,6 +76,7 @@ pub(super) struct LimitCols {
     pub budgets: Budgets,
     pub retain_outputs_days: Option<i64>,
     pub retain_inputs_days: Option<i64>,
+    pub retain_manifests_days: Option<i64>,
 }
 
 impl From<&Limits> for LimitCols {
@@ -91,6 +92,7 @@ impl From<&Limits> for LimitCols {
             budgets: l.budgets,
             retain_outputs_days: l.retain_outputs_days.map(i64::from),
             retain_inputs_days: l.retain_inputs_days.map(i64::from),
+            retain_manifests_days: l.retain_manifests_days.map(i64::from),
         }
     }
 }
@@ -114,6 +116,7 @@ impl LimitCols {
             budgets: self.budgets,
             retain_outputs_days: count(self.retain_outputs_days),
             retain_inputs_days: count(self.retain_inputs_days),
+            retain_manifests_days: count(self.retain_manifests_days),
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct Limits {
     pub retain_outputs_days: Option<u32>,
     /// Days a job's own inputs (its init clip) are kept after it ends (`None`: until deleted).
     pub retain_inputs_days: Option<u32>,
+    /// Days a batch's manifests (results, and an uploaded one) are kept after it finished.
+    pub retain_manifests_days: Option<u32>,
 }
 
 impl Limits {

@@ -22,7 +22,7 @@ use crate::store::OutputRow;
 use crate::webhooks::{Subscription, WebhookEvent};
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
-                             created_at, finished_at";
+                             created_at, finished_at, manifests_cleared_at IS NOT NULL";
 
 type BatchTuple = (
     Uuid,
@@ -34,6 +34,7 @@ type BatchTuple = (
     Option<String>,
     DateTime<Utc>,
     Option<DateTime<Utc>>,
+    bool,
 );
 
 fn batch_row(t: BatchTuple) -> BatchRow {
@@ -47,6 +48,7 @@ fn batch_row(t: BatchTuple) -> BatchRow {
         results_key: t.6,
         created_at: t.7,
         finished_at: t.8,
+        manifests_cleared: t.9,
     }
 }
 

@@ -423,6 +423,33 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn manifests_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String, Option<String>, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT b.id, b.tenant, b.results_key, b.manifest_uri \
+             FROM batches b JOIN tenants t ON t.name = b.tenant \
+             WHERE t.retain_manifests_days IS NOT NULL AND b.manifests_cleared_at IS NULL \
+               AND b.finished_at IS NOT NULL \
+               AND b.finished_at <= $1::timestamptz - make_interval(days => t.retain_manifests_days) \
+             ORDER BY b.finished_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn manifests_expired(&self, batches: &[Uuid]) -> Result<()> {
+        sqlx::query("UPDATE batches SET manifests_cleared_at = now() WHERE id = ANY($1)")
+            .bind(batches)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

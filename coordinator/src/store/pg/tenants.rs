@@ -45,6 +45,9 @@ fn limits(r: &PgRow) -> Result<Limits> {
         retain_inputs_days: r
             .try_get::<Option<i32>, _>("retain_inputs_days")?
             .map(i64::from),
+        retain_manifests_days: r
+            .try_get::<Option<i32>, _>("retain_manifests_days")?
+            .map(i64::from),
         max_steps: r.try_get::<Option<i32>, _>("max_steps")?.map(i64::from),
     }
     .into_limits()
@@ -125,7 +128,7 @@ impl TenantStore for PgStore {
     async fn create_tenant(&self, name: &str, limits: &Limits) -> Result<()> {
         let c = LimitCols::from(limits);
         let inserted = sqlx::query(&format!(
-            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+            "INSERT INTO tenants (name, {LIMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
@@ -142,6 +145,7 @@ impl TenantStore for PgStore {
         .bind(c.budgets.device_seconds_per_month)
         .bind(to_i32(c.retain_outputs_days))
         .bind(to_i32(c.retain_inputs_days))
+        .bind(to_i32(c.retain_manifests_days))
         .execute(self.pool())
         .await?
         .rows_affected();
@@ -160,7 +164,8 @@ impl TenantStore for PgStore {
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
              max_steps = $8, audio_seconds_per_day = $9, audio_seconds_per_month = $10, \
              device_seconds_per_day = $11, device_seconds_per_month = $12, \
-             retain_outputs_days = $13, retain_inputs_days = $14 WHERE name = $1",
+             retain_outputs_days = $13, retain_inputs_days = $14, \
+             retain_manifests_days = $15 WHERE name = $1",
         )
         .bind(name)
         .bind(to_i32(c.max_jobs_in_flight))
@@ -176,6 +181,7 @@ impl TenantStore for PgStore {
         .bind(c.budgets.device_seconds_per_month)
         .bind(to_i32(c.retain_outputs_days))
         .bind(to_i32(c.retain_inputs_days))
+        .bind(to_i32(c.retain_manifests_days))
         .execute(self.pool())
         .await?
         .rows_affected();

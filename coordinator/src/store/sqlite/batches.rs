@@ -22,7 +22,7 @@ use crate::store::OutputRow;
 use crate::webhooks::{Subscription, WebhookEvent};
 
 const BATCH_COLUMNS: &str = "id, tenant, name, manifest_uri, sealed, cancelled, results_key, \
-                             created_at, finished_at";
+                             created_at, finished_at, manifests_cleared_at";
 
 fn time(us: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Internal(format!("time {us}")))
@@ -42,6 +42,9 @@ fn batch_row(r: &SqliteRow) -> Result<BatchRow> {
             .try_get::<Option<i64>, _>("finished_at")?
             .map(time)
             .transpose()?,
+        manifests_cleared: r
+            .try_get::<Option<i64>, _>("manifests_cleared_at")?
+            .is_some(),
     })
 }
 

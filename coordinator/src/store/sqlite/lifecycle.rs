@@ -512,7 +512,7 @@ impl LifecycleTx for SqliteLifecycle<'_> {
     async fn reopen_batch(&mut self, batch: Uuid, uncancel: bool) -> Result<()> {
         sqlx::query(
             "UPDATE batches SET results_key = NULL, finished_at = NULL, finishing_until = NULL, \
-               cancelled = cancelled AND NOT $2 WHERE id = $1",
+               manifests_cleared_at = NULL, cancelled = cancelled AND NOT $2 WHERE id = $1",
         )
         .bind(batch.to_string())
         .bind(uncancel)

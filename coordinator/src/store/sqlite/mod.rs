@@ -22,6 +22,7 @@ use uuid::Uuid;
 mod batches;
 mod lifecycle;
 mod queue;
+mod retention;
 mod round;
 mod rows;
 mod tenants;
@@ -485,73 +486,30 @@ impl JobStore for SqliteStore {
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<(Uuid, i32, String)>> {
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT job_id, idx, key FROM outputs \
-             WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1 \
-             ORDER BY expires_at LIMIT $2",
-        )
-        .bind(now.timestamp_micros())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(job, idx, key)| Ok((uuid(&job)?, idx as i32, key)))
-            .collect()
+        retention::outputs_to_expire(self, now, limit).await
     }
-
     async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let now = now_us();
-        for (job, idx) in outputs {
-            sqlx::query(
-                "UPDATE outputs SET deleted_at = $3 \
-                 WHERE job_id = $1 AND idx = $2 AND deleted_at IS NULL",
-            )
-            .bind(job.to_string())
-            .bind(i64::from(*idx))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        retention::outputs_expired(self, outputs).await
     }
-
     async fn inputs_to_expire(
         &self,
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<(Uuid, String)>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT j.id, json_extract(j.spec, '$.init_audio.key') \
-             FROM jobs j JOIN tenants t ON t.name = j.tenant \
-             WHERE t.retain_inputs_days IS NOT NULL AND j.inputs_cleared_at IS NULL \
-               AND j.finished_at IS NOT NULL \
-               AND json_extract(j.spec, '$.init_audio.key') LIKE 'inputs/' || j.tenant || '/%' \
-               AND j.finished_at <= $1 - t.retain_inputs_days * 86400000000 \
-             ORDER BY j.finished_at LIMIT $2",
-        )
-        .bind(now.timestamp_micros())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(job, key)| Ok((uuid(&job)?, key)))
-            .collect()
+        retention::inputs_to_expire(self, now, limit).await
     }
-
     async fn inputs_expired(&self, jobs: &[Uuid]) -> Result<()> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let now = now_us();
-        for job in jobs {
-            sqlx::query("UPDATE jobs SET inputs_cleared_at = $2 WHERE id = $1")
-                .bind(job.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        retention::inputs_expired(self, jobs).await
+    }
+    async fn manifests_to_expire(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String, Option<String>, Option<String>)>> {
+        retention::manifests_to_expire(self, now, limit).await
+    }
+    async fn manifests_expired(&self, batches: &[Uuid]) -> Result<()> {
+        retention::manifests_expired(self, batches).await
     }
 
     async fn ping(&self) -> Result<()> {

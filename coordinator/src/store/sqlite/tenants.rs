@@ -41,6 +41,7 @@ fn limits(r: &SqliteRow) -> Result<Limits> {
         budgets: budgets(r)?,
         retain_outputs_days: r.try_get("retain_outputs_days")?,
         retain_inputs_days: r.try_get("retain_inputs_days")?,
+        retain_manifests_days: r.try_get("retain_manifests_days")?,
         max_steps: r.try_get("max_steps")?,
     }
     .into_limits()
@@ -94,7 +95,7 @@ impl TenantStore for SqliteStore {
         let (_w, mut tx) = self.begin_write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO tenants (name, {LIMIT_COLUMNS}, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (name) DO NOTHING"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (name) DO NOTHING"
         ))
         .bind(name)
         .bind(c.max_jobs_in_flight)
@@ -110,6 +111,7 @@ impl TenantStore for SqliteStore {
         .bind(c.budgets.device_seconds_per_month)
         .bind(c.retain_outputs_days)
         .bind(c.retain_inputs_days)
+        .bind(c.retain_manifests_days)
         .bind(now_us())
         .execute(&mut *tx)
         .await?
@@ -131,7 +133,8 @@ impl TenantStore for SqliteStore {
              submit_burst = $4, max_batch_items = $5, priorities = $6, max_duration_s = $7, \
              max_steps = $8, audio_seconds_per_day = $9, audio_seconds_per_month = $10, \
              device_seconds_per_day = $11, device_seconds_per_month = $12, \
-             retain_outputs_days = $13, retain_inputs_days = $14 WHERE name = $1",
+             retain_outputs_days = $13, retain_inputs_days = $14, \
+             retain_manifests_days = $15 WHERE name = $1",
         )
         .bind(name)
         .bind(c.max_jobs_in_flight)
@@ -147,6 +150,7 @@ impl TenantStore for SqliteStore {
         .bind(c.budgets.device_seconds_per_month)
         .bind(c.retain_outputs_days)
         .bind(c.retain_inputs_days)
+        .bind(c.retain_manifests_days)
         .execute(&mut *tx)
         .await?
         .rows_affected();

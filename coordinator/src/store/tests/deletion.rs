@@ -273,7 +273,86 @@ pub(super) async fn own_init_clips_expire_and_their_jobs_stay_ended(s: &dyn JobS
     assert!(matches!(retried, crate::store::Retried::Requeued { .. }));
 }
 
+pub(super) async fn batch_manifests_expire_until_the_batch_finishes_again(s: &dyn JobStore) {
+    use crate::store::batches::NewItem;
+    s.create_tenant(
+        T,
+        &Limits {
+            retain_manifests_days: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("tenant");
+    let batch = crate::batches::batch_id(T, "m.jsonl");
+    let uri = "s3://farm/uploads/tenant-a/m.jsonl".to_string();
+    s.batches()
+        .open_batch(T, batch, "m.jsonl", Some(&uri), None)
+        .await
+        .expect("open");
+    let item = NewItem {
+        item_id: "a".into(),
+        line: 1,
+        job_id: crate::batches::item_job_id(batch, "a"),
+        job: Ok(new_job(4, 4, None)),
+    };
+    s.batches()
+        .add_items(T, batch, &[item])
+        .await
+        .expect("items");
+    s.batches()
+        .cancel_batch(T, batch)
+        .await
+        .expect("cancel")
+        .expect("batch");
+    let now = Utc::now();
+    // Not finished (no results yet): kept.
+    assert!(s
+        .manifests_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    let key = format!("batches/{T}/{batch}/results.jsonl");
+    s.batches().set_results(batch, &key).await.expect("results");
+    assert!(s
+        .manifests_to_expire(now, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    let due = s
+        .manifests_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due");
+    assert_eq!(due, vec![(batch, T.to_string(), Some(key), Some(uri))]);
+    s.manifests_expired(&[batch]).await.expect("marked");
+    let (row, _) = s
+        .batches()
+        .get_batch(T, batch)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert!(row.manifests_cleared);
+    assert!(s
+        .manifests_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    // Retried items finish the batch again with a new results manifest: kept anew.
+    s.retry_batch_items(T, batch, true)
+        .await
+        .expect("retry")
+        .expect("batch");
+    let (row, _) = s
+        .batches()
+        .get_batch(T, batch)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert!(!row.manifests_cleared && row.results_key.is_none());
+}
+
 job_store_suite!(
+    batch_manifests_expire_until_the_batch_finishes_again,
     own_init_clips_expire_and_their_jobs_stay_ended,
     a_deleted_job_loses_its_words_and_objects_and_keeps_its_usage,
     expired_outputs_are_marked_gone,

@@ -19,6 +19,7 @@ pub(super) async fn tenants_keys_and_revocation(s: &dyn JobStore) {
         },
         retain_outputs_days: Some(30),
         retain_inputs_days: Some(7),
+        retain_manifests_days: Some(90),
     };
     s.create_tenant("acme", &limits).await.expect("create");
     s.create_tenant("zeta", &Limits::default())
