@@ -21,7 +21,6 @@ mod observe;
 pub mod operator;
 pub mod page_token;
 pub mod preview;
-pub mod replay;
 pub mod results;
 pub mod sched;
 pub mod settings;

@@ -225,7 +225,7 @@ pub async fn delete(
     tx: &mut dyn LifecycleTx,
     scope: Scope<'_>,
     job: Uuid,
-) -> Result<Option<crate::deletion::Deleted>> {
+) -> Result<Option<crate::lifecycle::deleted::Deleted>> {
     let Some((head, _)) = tx.lock_scoped(scope, job).await? else {
         return Ok(None);
     };
@@ -238,7 +238,7 @@ pub async fn delete(
         };
         tx.event(job, None, None, &ev).await?;
     }
-    Ok(Some(crate::deletion::Deleted {
+    Ok(Some(crate::lifecycle::deleted::Deleted {
         keys,
         cancelled,
         newly,
@@ -250,7 +250,7 @@ pub async fn delete_batch(
     tx: &mut dyn LifecycleTx,
     tenant: &str,
     batch: Uuid,
-) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+) -> Result<Option<Vec<(Uuid, crate::lifecycle::deleted::Deleted)>>> {
     let every = [
         JobState::Queued,
         JobState::Running,

@@ -6,6 +6,7 @@
 //! over a `RoundTx`.
 
 mod apply;
+pub mod deleted;
 pub mod events;
 pub mod rules;
 mod tx;

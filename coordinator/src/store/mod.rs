@@ -184,14 +184,14 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + WebhookStore + Send +
         &self,
         scope: Scope<'_>,
         id: Uuid,
-    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>>;
+    ) -> Result<Option<(JobRecord, crate::lifecycle::deleted::Deleted)>>;
     /// Deletes every job of a tenant's batch in one transaction (`lifecycle::delete_batch`):
     /// `None` for an unknown batch; otherwise each job and what its delete did.
     async fn delete_batch(
         &self,
         tenant: &str,
         batch: Uuid,
-    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>>;
+    ) -> Result<Option<Vec<(Uuid, crate::lifecycle::deleted::Deleted)>>>;
     /// Retries a failed or cancelled job with the same request and seed, from its last
     /// checkpoint when one is left (`lifecycle::retry`). `None` for a job not in scope.
     async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>>;

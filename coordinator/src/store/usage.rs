@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use tutti_shared::job::{JobSpec, JobState};
 use uuid::Uuid;
 
@@ -144,12 +144,7 @@ pub struct UsageTotal {
     pub devices: Vec<DeviceTime>,
 }
 
-/// Audio and device seconds of a tenant's records since a time.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Spent {
-    pub audio_seconds: f64,
-    pub device_seconds: f64,
-}
+pub use crate::tenancy::budgets::{day_of, month_of, Spent};
 
 #[async_trait]
 pub trait UsageStore: Send + Sync {
@@ -208,31 +203,10 @@ pub(super) fn total(
     }
 }
 
-/// The start of the UTC day of `t`, and of the next day.
-pub fn day_of(t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = midnight(t.date_naive());
-    (start, start + Days::days(1))
-}
-
-/// The start of the UTC calendar month of `t`, and of the next month.
-pub fn month_of(t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let first = NaiveDate::from_ymd_opt(t.year(), t.month(), 1).unwrap_or(t.date_naive());
-    let next = if t.month() == 12 {
-        NaiveDate::from_ymd_opt(t.year() + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(t.year(), t.month() + 1, 1)
-    }
-    .unwrap_or(first + Days::days(31));
-    (midnight(first), midnight(next))
-}
-
-fn midnight(d: NaiveDate) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&d.and_time(chrono::NaiveTime::MIN))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn device_kinds_drop_the_index() {

@@ -11,10 +11,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, TimeZone, Utc};
 
 use crate::error::{Error, Result};
-use crate::store::usage::{day_of, month_of, Spent};
 
 pub mod names {
     pub const AUDIO_SECONDS_PER_DAY: &str = "audio_seconds_per_day";
@@ -119,6 +118,35 @@ impl Budgets {
         }
         Ok(())
     }
+}
+
+/// Audio and device seconds of a tenant's records since a time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Spent {
+    pub audio_seconds: f64,
+    pub device_seconds: f64,
+}
+
+/// The start of the UTC day of `t`, and of the next day.
+pub fn day_of(t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = midnight(t.date_naive());
+    (start, start + Days::days(1))
+}
+
+/// The start of the UTC calendar month of `t`, and of the next month.
+pub fn month_of(t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let first = NaiveDate::from_ymd_opt(t.year(), t.month(), 1).unwrap_or(t.date_naive());
+    let next = if t.month() == 12 {
+        NaiveDate::from_ymd_opt(t.year() + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(t.year(), t.month() + 1, 1)
+    }
+    .unwrap_or(first + Days::days(31));
+    (midnight(first), midnight(next))
+}
+
+fn midnight(d: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&d.and_time(chrono::NaiveTime::MIN))
 }
 
 #[cfg(test)]

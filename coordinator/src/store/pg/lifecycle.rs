@@ -513,16 +513,16 @@ impl LifecycleTx for PgLifecycle {
                 .bind(job)
                 .fetch_all(&mut *self.tx)
                 .await?;
-        keys.extend(crate::deletion::own_input(&spec.0, &tenant));
+        keys.extend(crate::lifecycle::deleted::own_input(&spec.0, &tenant));
         if deleted {
             return Ok((false, keys));
         }
         let mut spec = spec.0;
-        crate::deletion::blank_spec(&mut spec);
+        crate::lifecycle::deleted::blank_spec(&mut spec);
         sqlx::query("UPDATE jobs SET spec = $2, request = $3, deleted_at = now() WHERE id = $1")
             .bind(job)
             .bind(sqlx::types::Json(&spec))
-            .bind(crate::deletion::blank_request(&request)?)
+            .bind(crate::lifecycle::deleted::blank_request(&request)?)
             .execute(&mut *self.tx)
             .await?;
         sqlx::query(

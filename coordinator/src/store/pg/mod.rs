@@ -259,7 +259,7 @@ impl JobStore for PgStore {
         &self,
         scope: Scope<'_>,
         id: Uuid,
-    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>> {
+    ) -> Result<Option<(JobRecord, crate::lifecycle::deleted::Deleted)>> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;
         let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
         tx.commit().await?;
@@ -272,7 +272,7 @@ impl JobStore for PgStore {
         &self,
         tenant: &str,
         batch: Uuid,
-    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+    ) -> Result<Option<Vec<(Uuid, crate::lifecycle::deleted::Deleted)>>> {
         let mut tx = PgLifecycle::begin(&self.pool).await?;
         let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
         tx.commit().await?;

@@ -534,16 +534,16 @@ impl LifecycleTx for SqliteLifecycle<'_> {
                 .bind(job.to_string())
                 .fetch_all(&mut *self.tx)
                 .await?;
-        keys.extend(crate::deletion::own_input(&spec, &tenant));
+        keys.extend(crate::lifecycle::deleted::own_input(&spec, &tenant));
         if deleted.is_some() {
             return Ok((false, keys));
         }
-        crate::deletion::blank_spec(&mut spec);
+        crate::lifecycle::deleted::blank_spec(&mut spec);
         let spec = serde_json::to_string(&spec).map_err(|e| internal("encoding spec", e))?;
         sqlx::query("UPDATE jobs SET spec = $2, request = $3, deleted_at = $4 WHERE id = $1")
             .bind(job.to_string())
             .bind(spec)
-            .bind(crate::deletion::blank_request(&request)?)
+            .bind(crate::lifecycle::deleted::blank_request(&request)?)
             .bind(self.now)
             .execute(&mut *self.tx)
             .await?;

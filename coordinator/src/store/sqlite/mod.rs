@@ -364,7 +364,7 @@ impl JobStore for SqliteStore {
         &self,
         scope: Scope<'_>,
         id: Uuid,
-    ) -> Result<Option<(JobRecord, crate::deletion::Deleted)>> {
+    ) -> Result<Option<(JobRecord, crate::lifecycle::deleted::Deleted)>> {
         let mut tx = SqliteLifecycle::begin(self).await?;
         let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
         tx.commit().await?;
@@ -377,7 +377,7 @@ impl JobStore for SqliteStore {
         &self,
         tenant: &str,
         batch: Uuid,
-    ) -> Result<Option<Vec<(Uuid, crate::deletion::Deleted)>>> {
+    ) -> Result<Option<Vec<(Uuid, crate::lifecycle::deleted::Deleted)>>> {
         let mut tx = SqliteLifecycle::begin(self).await?;
         let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
         tx.commit().await?;

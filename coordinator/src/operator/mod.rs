@@ -2,6 +2,8 @@
 //! operators (`tutti workers`, `tutti queues`, the studio's operator page). Admin keys only
 //! when auth is on; with auth off every caller is the local operator.
 
+pub mod replay;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,7 +207,7 @@ impl OperatorService {
             .replays(FAILURES_LISTED)
             .await?
             .into_iter()
-            .map(crate::replay::replay_pb)
+            .map(replay::replay_pb)
             .collect();
         // The view still answers when the broker does not; the count is then 0 (logged).
         let dead_letters_waiting = self.queue.dead_letters().await.unwrap_or_else(|e| {

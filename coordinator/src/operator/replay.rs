@@ -8,10 +8,10 @@ use tutti_proto::v1 as pb;
 use tutti_shared::job::TaskKind;
 use tutti_shared::taskqueue::QueueName;
 
+use super::OperatorService;
 use crate::api::ts;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::operator::OperatorService;
 use crate::store::views::ReplayRow;
 
 /// Messages one call replays when it names no limit, and the most it may name.
