@@ -31,12 +31,13 @@ impl Api {
             "get" => self.http.get(&url),
             "post" => self.http.post(&url),
             "put" => self.http.put(&url),
+            "delete" => self.http.delete(&url),
             other => panic!("verb {other}"),
         };
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
-        if verb != "get" {
+        if verb != "get" && verb != "delete" {
             req = req
                 .header("content-type", "application/json")
                 .body(body.map_or_else(String::new, Value::to_string));
@@ -230,15 +231,25 @@ async fn every_listed_route_answers_as_documented(backend: Backend) {
             "/v1/webhooks" => Some(json!({ "webhook": {
                 "url": "http://127.0.0.1:9/tenant", "events": ["WEBHOOK_EVENT_SUCCEEDED"] } })),
             "/v1/webhooks/rotate" => Some(json!({ "overlap_seconds": 60 })),
+            "/v1/operator/dead-letters/replay" => Some(json!({ "limit": 10 })),
             _ => None,
         }
     };
     let unknown = uuid::Uuid::new_v4().to_string();
+    // DELETE /v1/jobs/{id} deletes a job of its own, so the other routes keep theirs.
+    let (status, doomed) = api.call(Some(&ka), "post", "/v1/jobs", Some(&submit)).await;
+    assert_eq!(status, 200, "{doomed}");
+    let doomed_id = doomed["id"].as_str().expect("id").to_string();
     let mut called = 0;
     for (path, ops) in doc["paths"].as_object().expect("paths") {
         for verb in ops.as_object().expect("ops").keys() {
+            let target = if verb == "delete" && path == "/v1/jobs/{id}" {
+                &doomed_id
+            } else {
+                &job_id
+            };
             let concrete = path
-                .replace("/v1/jobs/{id}", &format!("/v1/jobs/{job_id}"))
+                .replace("/v1/jobs/{id}", &format!("/v1/jobs/{target}"))
                 .replace("{name}", &model)
                 .replace("/v1/batches/{id}", &format!("/v1/batches/{unknown}"))
                 .replace("/deliveries/{id}", &format!("/deliveries/{delivery}"));
@@ -281,7 +292,21 @@ async fn every_listed_route_answers_as_documented(backend: Backend) {
             }
         }
     }
-    assert!(called >= 20, "only {called} routes listed");
+    assert!(called >= 24, "only {called} routes listed");
+    // The deleted job stays, marked deleted, with its prompt gone; a second delete is a no-op.
+    let (status, gone) = api
+        .call(Some(&ka), "get", &format!("/v1/jobs/{doomed_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{gone}");
+    assert!(gone["deleted_at"].is_string(), "{gone}");
+    let (status, _) = api
+        .call(Some(&ka), "delete", &format!("/v1/jobs/{doomed_id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, e) = api
+        .call(Some(&kb), "delete", &format!("/v1/jobs/{doomed_id}"), None)
+        .await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("NOT_FOUND")));
 }
 
 both_backends!(every_listed_route_answers_as_documented);

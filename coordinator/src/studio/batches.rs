@@ -65,6 +65,19 @@ pub(super) async fn cancel(
     json(&batch)
 }
 
+pub(super) async fn delete(
+    State(s): State<Studio>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
+    let req = s.request(&headers, pb::DeleteBatchRequest { id }).await?;
+    let mut answer = s.batches.delete_batch(req).await?.into_inner();
+    if let Some(batch) = answer.batch.as_mut() {
+        s.blobs.rewrite_batch(batch);
+    }
+    json(&answer)
+}
+
 #[derive(serde::Deserialize, Default)]
 pub(super) struct RetryQuery {
     #[serde(default)]

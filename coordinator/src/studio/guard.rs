@@ -7,9 +7,9 @@
 //!   a loopback name (`localhost`, `127.x.x.x`, `[::1]`) or one the operator allows
 //!   (`--studio-allowed-hosts`): a rebound foreign name is refused (DNS rebinding). On other
 //!   addresses any host is served unless an allow-list is given.
-//! - **Writes** (every method but GET/HEAD/OPTIONS) must carry a JSON (or, for a manifest
-//!   upload, a manifest) `Content-Type`: none of them is a type a cross-site form or a simple
-//!   request can send. An `Origin` header, when present, must be the studio's own or an
+//! - **Writes** (every method but GET/HEAD/OPTIONS, and DELETE, which browsers always preflight)
+//!   must carry a JSON (or, for a manifest upload, a manifest) `Content-Type`: none of them is a
+//!   type a cross-site form or a simple request can send. An `Origin` header, when present, must be the studio's own or an
 //!   allowed one (`--studio-allowed-origins`); `Sec-Fetch-Site: cross-site` without an
 //!   allowed origin is refused as well.
 //! - **CORS**: no `Access-Control-*` header unless origins are allowed; then those origins
@@ -100,6 +100,11 @@ impl Guard {
         }
         if text("sec-fetch-site") == Some("cross-site") && !allowed_origin {
             return Some("requests from other web sites are refused (Sec-Fetch-Site)");
+        }
+        // A browser preflights every DELETE from another origin (it is not a "simple" method),
+        // and a DELETE has no body: REST clients send it without a Content-Type.
+        if *method == Method::DELETE {
+            return None;
         }
         let media = text(header::CONTENT_TYPE.as_str()).map(|c| {
             c.split(';')
@@ -289,6 +294,11 @@ mod tests {
         assert!(post(&[host, json, ("sec-fetch-site", "cross-site")], "/api/jobs").is_some());
         assert!(post(&[host, ("content-type", "text/csv")], "/api/batches").is_none());
         assert!(post(&[host, ("content-type", "text/csv")], "/api/jobs").is_some());
+        // DELETE needs no Content-Type, but another site's Origin is still refused.
+        let delete =
+            |h: &[(&'static str, &str)]| g.refusal(&Method::DELETE, "/v1/jobs/x", &headers(h));
+        assert!(delete(&[host]).is_none());
+        assert!(delete(&[host, ("origin", "https://evil.example")]).is_some());
         let cors = Guard::new(
             StudioOptions {
                 allowed_origins: vec!["https://app.example".into()],

@@ -10,6 +10,7 @@ pub(crate) enum Verb {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl Verb {
@@ -18,6 +19,7 @@ impl Verb {
             Verb::Get => "get",
             Verb::Post => "post",
             Verb::Put => "put",
+            Verb::Delete => "delete",
         }
     }
 }
@@ -71,6 +73,10 @@ pub(crate) enum Op {
     Redeliver,
     Workers,
     Queues,
+    DeleteJob,
+    DeleteBatch,
+    Usage,
+    ReplayDeadLetters,
 }
 
 const PAGE: (&str, &str, &str) = (
@@ -107,19 +113,23 @@ pub(crate) const ROUTES: &[Route] = &[
     route!(Get "/v1/jobs/{id}", "tutti.v1.Generation/GetJob", "A job (a queued one with its queue position and estimates)", None, [], Message("tutti.v1.Job"), GetJob),
     route!(Get "/v1/jobs/{id}/events", "tutti.v1.Generation/WatchJob", "A job's progress as server-sent events: a snapshot, then one event per change", None, [], Events("tutti.v1.JobEvent"), WatchJob),
     route!(Post "/v1/jobs/{id}/cancel", "tutti.v1.Generation/CancelJob", "Cancel a job", None, [], Message("tutti.v1.Job"), CancelJob),
+    route!(Delete "/v1/jobs/{id}", "tutti.v1.Generation/DeleteJob", "Delete a job: its outputs and inputs leave the blob store, its prompt and lyrics the database (cancelled first if it has not ended); its usage record stays", None, [], Message("tutti.v1.Job"), DeleteJob),
     route!(Post "/v1/jobs/{id}/retry", "tutti.v1.Generation/RetryJob", "Run a failed or cancelled job again from its last checkpoint", None, [], Message("tutti.v1.Job"), RetryJob),
     route!(Post "/v1/prompt/render", "tutti.v1.Generation/RenderPrompt", "The text and controls the model would see for a prompt", Some("tutti.v1.RenderPromptRequest"), [], Message("tutti.v1.RenderPromptResponse"), RenderPrompt),
     route!(Get "/v1/models", "tutti.v1.Generation/ListModels", "The models the farm serves", None, [], Message("tutti.v1.ListModelsResponse"), ListModels),
     route!(Get "/v1/models/{name}", "tutti.v1.Generation/GetModel", "One model", None, [("version", "string", "a version (default: the newest)")], Message("tutti.v1.Model"), GetModel),
     route!(Get "/v1/batches", "tutti.v1.Batches/ListBatches", "The caller's batches", None, [PAGE, TOKEN], Message("tutti.v1.ListBatchesResponse"), ListBatches),
     route!(Get "/v1/batches/{id}", "tutti.v1.Batches/GetBatch", "A batch and its counts", None, [], Message("tutti.v1.Batch"), GetBatch),
+    route!(Delete "/v1/batches/{id}", "tutti.v1.Batches/DeleteBatch", "Delete every item's job of a batch", None, [], Message("tutti.v1.DeleteBatchResponse"), DeleteBatch),
     route!(Post "/v1/batches/{id}/cancel", "tutti.v1.Batches/CancelBatch", "Cancel a batch's unfinished items", None, [], Message("tutti.v1.Batch"), CancelBatch),
     route!(Post "/v1/batches/{id}/retry", "tutti.v1.Batches/RetryBatchItems", "Retry a batch's failed items", None, [("include_cancelled", "boolean", "retry cancelled items too")], Message("tutti.v1.RetryBatchItemsResponse"), RetryBatch),
+    route!(Get "/v1/usage", "tutti.v1.Generation/GetUsage", "Usage totals for a period (jobs, audio and device seconds), by model, key, day or batch", None, [("from", "string", "a UTC date (2026-12-01) or an RFC 3339 time (default: 30 days ago)"), ("to", "string", "the period's end, excluded (default: now)"), ("by", "string", "model, key, day or batch (default: the total)"), ("tenant", "string", "a tenant (admin keys)")], Message("tutti.v1.GetUsageResponse"), Usage),
     route!(Get "/v1/webhooks", "tutti.v1.Webhooks/GetWebhookEndpoint", "The tenant's webhook endpoint and signing secrets", None, [], Message("tutti.v1.WebhookEndpoint"), GetEndpoint),
     route!(Put "/v1/webhooks", "tutti.v1.Webhooks/SetWebhookEndpoint", "Set (or with no url remove) the tenant's webhook endpoint", Some("tutti.v1.SetWebhookEndpointRequest"), [], Message("tutti.v1.WebhookEndpoint"), SetEndpoint),
     route!(Post "/v1/webhooks/rotate", "tutti.v1.Webhooks/RotateWebhookSecret", "A new signing secret; the old ones stay valid for the overlap", Some("tutti.v1.RotateWebhookSecretRequest"), [], Message("tutti.v1.WebhookEndpoint"), RotateSecret),
     route!(Get "/v1/webhooks/deliveries", "tutti.v1.Webhooks/ListWebhookDeliveries", "Webhook deliveries, newest first", None, [PAGE, TOKEN, ("state", "string", "pending, delivered or failed")], Message("tutti.v1.ListWebhookDeliveriesResponse"), Deliveries),
     route!(Post "/v1/webhooks/deliveries/{id}/redeliver", "tutti.v1.Webhooks/RedeliverWebhook", "Send a delivery again (same id and body)", None, [], Message("tutti.v1.WebhookDelivery"), Redeliver),
     route!(Get "/v1/operator/workers", "tutti.v1.Operator/ListWorkers", "The fleet (admin keys)", None, [], Message("tutti.v1.ListWorkersResponse"), Workers),
+    route!(Post "/v1/operator/dead-letters/replay", "tutti.v1.Operator/ReplayDeadLetters", "Put dead-lettered task messages back on their queues (admin keys)", Some("tutti.v1.ReplayDeadLettersRequest"), [], Message("tutti.v1.ReplayDeadLettersResponse"), ReplayDeadLetters),
     route!(Get "/v1/operator/queues", "tutti.v1.Operator/GetQueues", "Backlog, tenants' shares, failures (admin keys)", None, [("share_window_seconds", "integer", "the shares' window (default 300)")], Message("tutti.v1.GetQueuesResponse"), Queues),
 ];

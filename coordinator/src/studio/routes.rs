@@ -36,7 +36,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use futures::StreamExt;
 use tutti_proto::v1 as pb;
@@ -71,7 +71,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/jobs/{id}/events", get(watch))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/retry", post(retry))
-        .route("/api/jobs/{id}/delete", post(delete))
+        .route("/api/jobs/{id}/delete", post(delete_job))
         .route(
             "/api/batches",
             get(batches::list)
@@ -210,7 +210,7 @@ pub(super) async fn retry(
     json(&job)
 }
 
-async fn delete(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+async fn delete_job(State(s): State<Studio>, headers: HeaderMap, Path(id): Path<String>) -> Reply {
     let req = s.request(&headers, pb::DeleteJobRequest { id }).await?;
     let mut job = s.generation.delete_job(req).await?.into_inner();
     s.blobs.rewrite(&mut job);
@@ -353,6 +353,10 @@ fn handler(op: rest::Op) -> MethodRouter<Studio> {
         rest::Op::Redeliver => post(webhooks::redeliver),
         rest::Op::Workers => get(workers),
         rest::Op::Queues => get(queues),
+        rest::Op::DeleteJob => delete(delete_job),
+        rest::Op::DeleteBatch => delete(batches::delete),
+        rest::Op::Usage => get(usage),
+        rest::Op::ReplayDeadLetters => post(replay_dead_letters),
     }
 }
 
