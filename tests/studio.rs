@@ -526,6 +526,38 @@ async fn a_batch_is_uploaded_followed_and_cancelled(backend: Backend) {
         "{results}"
     );
 
+    // Delete the batch: the first click arms the button, the second deletes its items' jobs.
+    b.click(&format!("{card} button.delete")).await;
+    assert_eq!(
+        b.text(&format!("{card} button.delete")).await,
+        "Really delete?"
+    );
+    b.click(&format!("{card} button.delete")).await;
+    b.wait_js(
+        &format!("const c = document.querySelector('{card}'); return !!c && c.dataset.deleted === 'true'"),
+        "the deleted batch",
+    )
+    .await;
+    let note = b.text(&format!("{card} .deleted-note")).await;
+    assert!(note.starts_with("Deleted: "), "{note}");
+    let jobs = farm
+        .client()
+        .await
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 500,
+            labels: [("tutti.batch".to_string(), id.clone())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert!(!jobs.is_empty());
+    assert!(
+        jobs.iter().all(|j| j.deleted_at.is_some()),
+        "every item's job is deleted"
+    );
+
     // Phone width: the batches view fits.
     b.set_width(390, 844).await;
     b.wait_js(

@@ -17,6 +17,7 @@
 //! | `GET  /api/batches/{id}`            | Batches.GetBatch              |
 //! | `POST /api/batches/{id}/cancel`     | Batches.CancelBatch           |
 //! | `POST /api/batches/{id}/retry?include_cancelled` | Batches.RetryBatchItems |
+//! | `POST /api/batches/{id}/delete`     | Batches.DeleteBatch           |
 //! | `GET  /api/usage?from&to&by&tenant` | Generation.GetUsage           |
 //! | `GET  /api/webhooks`                 | Webhooks.GetWebhookEndpoint   |
 //! | `PUT  /api/webhooks`                 | Webhooks.SetWebhookEndpoint   |
@@ -81,6 +82,7 @@ pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
         .route("/api/batches/{id}", get(batches::get))
         .route("/api/batches/{id}/cancel", post(batches::cancel))
         .route("/api/batches/{id}/retry", post(batches::retry))
+        .route("/api/batches/{id}/delete", post(batches::delete))
         .route("/api/usage", get(usage))
         .route(
             "/api/operator/dead-letters/replay",

@@ -89,6 +89,34 @@ function batchCard(b) {
     });
     actions.append(cancel);
   }
+  // Two clicks, as for a job: the first arms the button, the second deletes every item's job.
+  const del = document.createElement("button");
+  del.type = "button";
+  del.className = "delete";
+  del.textContent = "Delete batch";
+  del.setAttribute("aria-label", `Delete the jobs of ${b.name || b.id}`);
+  del.addEventListener("click", async () => {
+    if (del.dataset.armed !== "true") {
+      del.dataset.armed = "true";
+      del.textContent = "Really delete?";
+      return;
+    }
+    try {
+      const r = await api(`/api/batches/${b.id}/delete`, { method: "POST" });
+      const card = batchCard(r.batch || b);
+      card.dataset.deleted = "true";
+      const note = document.createElement("p");
+      note.className = "muted deleted-note";
+      note.textContent = `Deleted: ${count(r.deleted)} jobs' audio and prompts are gone.`;
+      card.append(note);
+      el.replaceWith(card);
+    } catch (e) {
+      del.dataset.armed = "false";
+      del.textContent = "Delete batch";
+      $("#batches-error").textContent = "Delete failed: " + e.message;
+    }
+  });
+  actions.append(del);
   el.append(title, state, bar, dl, rate, actions);
   return el;
 }
