@@ -8,35 +8,15 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::browser::Browser;
-use common::{request, state, Backend, Farm, FarmOptions, KeyedClient};
+use common::{request, state, Backend, Farm, FarmOptions};
 use tonic::Code;
 use tutti_coordinator::store::{JobStore, PgStore, SqliteStore};
 use tutti_proto::v1 as pb;
 use tutti_shared::blob::{BlobStore, LocalStore};
 
 both_backends!(deleted_and_expired_outputs_leave_the_blob_store,);
-
-async fn wait_done(c: &mut KeyedClient, id: &str) -> pb::Job {
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let job = c
-            .get_job(pb::GetJobRequest { id: id.into() })
-            .await
-            .expect("get job")
-            .into_inner();
-        if matches!(
-            state(&job),
-            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
-        ) {
-            return job;
-        }
-        assert!(std::time::Instant::now() < deadline, "job {id} did not end");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The farm's own store and blob store, opened beside it (as an operator tool would).
 async fn stores(farm: &Farm, backend: Backend) -> (Arc<dyn JobStore>, Arc<dyn BlobStore>) {
@@ -91,7 +71,7 @@ async fn deleted_and_expired_outputs_leave_the_blob_store(backend: Backend) {
             .await
             .expect("submit")
             .into_inner();
-        let done = wait_done(&mut a, &job.id).await;
+        let done = common::wait_ended(&mut a, &job.id).await;
         assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
         first.push(done);
     }

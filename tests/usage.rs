@@ -30,26 +30,6 @@ async fn usage(
     .map(|r| r.into_inner())
 }
 
-/// Polls a job with the tenant's own key until it ends (`Farm::wait_job` sends no key).
-async fn wait_done(c: &mut KeyedClient, id: &str) -> pb::Job {
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let job = c
-            .get_job(pb::GetJobRequest { id: id.into() })
-            .await
-            .expect("get job")
-            .into_inner();
-        if matches!(
-            state(&job),
-            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
-        ) {
-            return job;
-        }
-        assert!(std::time::Instant::now() < deadline, "job {id} did not end");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn cli(farm: &Farm, key: &str, args: &[&str]) -> String {
     let server = format!("http://{}", farm.addr);
     let out = std::process::Command::new(common::bin())
@@ -88,7 +68,7 @@ async fn usage_is_recorded_summed_and_budgeted(backend: Backend) {
     req.variations = 2;
     req.steps = Some(4);
     let job = a.submit_generation(req).await.expect("submit").into_inner();
-    let done = wait_done(&mut a, &job.id).await;
+    let done = common::wait_ended(&mut a, &job.id).await;
     assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
     let delivered: f64 = done
         .outputs
@@ -288,7 +268,7 @@ async fn the_studio_shows_a_tenant_its_usage() {
         .await
         .expect("submit")
         .into_inner();
-    let done = wait_done(&mut c, &job.id).await;
+    let done = common::wait_ended(&mut c, &job.id).await;
     assert_eq!(state(&done), pb::JobState::Succeeded);
 
     let b = Browser::start().await;

@@ -641,3 +641,24 @@ pub fn request(prompt: &str) -> pb::SubmitGenerationRequest {
 pub fn state(job: &pb::Job) -> pb::JobState {
     pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified)
 }
+
+/// Polls a job through `c` (a tenant's own key, where `Farm::wait_job` sends none) until it
+/// ends, for at most three minutes.
+pub async fn wait_ended(c: &mut KeyedClient, id: &str) -> pb::Job {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let job = c
+            .get_job(pb::GetJobRequest { id: id.into() })
+            .await
+            .expect("get job")
+            .into_inner();
+        if matches!(
+            state(&job),
+            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+        ) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {id} did not end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
