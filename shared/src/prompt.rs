@@ -353,7 +353,7 @@ fn bpm_regex() -> &'static regex::Regex {
 fn key_regex() -> &'static regex::Regex {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     RE.get_or_init(|| {
-        regex::Regex::new(r"(?i)\b(?:in|key of|in the key of)\s+([a-g](?:#|♯|b|♭)?)(?:\s+(major|minor|maj|min))?\b|\b([a-g](?:#|♯|b|♭)?)\s+(major|minor)\b")
+        regex::Regex::new(r"(?i)\b(?:in|key of|in the key of)\s+([a-g](?:#|♯|b|♭)?)(?:[\s-]*(major|minor|maj|min|m))?\b(\s+(?:key|tonality|scale|mode)\b)?|\b([a-g](?:#|♯|b|♭)?)[\s-]+(major|minor)\b(\s+(?:key|tonality|scale|mode)\b)?")
             .expect("valid regex")
     })
 }
@@ -361,6 +361,28 @@ fn key_regex() -> &'static regex::Regex {
 fn mode_regex() -> &'static regex::Regex {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     RE.get_or_init(|| regex::Regex::new(r"(?i)\b(major|minor)\b").expect("valid regex"))
+}
+
+/// The key a match of [`key_regex`] names, or `None` where the letter is a word of the sentence:
+/// the article in "in a minor key" or "in a dreamy mood" (a lowercase "a" with no mode, or with a
+/// mode and then "key"), or any other lowercase letter standing alone ("in c" is rarely a key).
+fn key_of_match(m: &regex::Captures) -> Option<(u8, Option<Mode>)> {
+    let (tonic, mode, key_word) = match (m.get(1), m.get(4)) {
+        (Some(t), _) => (t.as_str(), m.get(2), m.get(3)),
+        (None, Some(t)) => (t.as_str(), m.get(5), m.get(6)),
+        _ => return None,
+    };
+    let lowercase = tonic.starts_with(|c: char| c.is_ascii_lowercase());
+    if lowercase && mode.is_none() {
+        return None;
+    }
+    if tonic == "a" && key_word.is_some() {
+        return None;
+    }
+    parse_key(&format!(
+        "{tonic} {}",
+        mode.map(|m| m.as_str()).unwrap_or("")
+    ))
 }
 
 /// Numeric controls parsed from free text: "75 BPM" sets the tempo, "in A minor" or "F# major"
@@ -377,17 +399,12 @@ pub fn parse_controls(text: &str, duration_s: f32) -> Controls {
             }
         }
     }
-    if let Some(m) = key_regex().captures(text) {
-        let (tonic, mode) = match (m.get(1), m.get(3)) {
-            (Some(t), _) => (t.as_str(), m.get(2)),
-            (None, Some(t)) => (t.as_str(), m.get(4)),
-            _ => ("", None),
-        };
-        let spec = format!("{tonic} {}", mode.map(|m| m.as_str()).unwrap_or(""));
-        if let Some((k, mode)) = parse_key(&spec) {
-            c.key = Some(k);
-            c.mode = mode;
-        }
+    if let Some((k, mode)) = key_regex()
+        .captures_iter(text)
+        .find_map(|m| key_of_match(&m))
+    {
+        c.key = Some(k);
+        c.mode = mode;
     }
     if c.mode.is_none() {
         if let Some(m) = mode_regex().captures(text) {
@@ -442,6 +459,35 @@ mod tests {
         );
         let c = parse_controls("dark ambient, minor, no drums", 5.0);
         assert_eq!((c.bpm, c.key, c.mode), (None, None, Some(Mode::Minor)));
+        // People's wordings: the article "a" is not the key of A.
+        let c = parse_controls("sad solo piano nocturne in a minor key, 72 BPM", 10.0);
+        assert_eq!(
+            (c.bpm, c.key, c.mode),
+            (Some(72.0), None, Some(Mode::Minor))
+        );
+        let c = parse_controls("cheerful folk tune in a major key", 10.0);
+        assert_eq!((c.key, c.mode), (None, Some(Mode::Major)));
+        let c = parse_controls("jazz in a smoky late night bar", 10.0);
+        assert_eq!((c.key, c.mode), (None, None));
+        let c = parse_controls(
+            "melancholic fingerpicked acoustic guitar, 80 BPM, in D minor",
+            10.0,
+        );
+        assert_eq!((c.key, c.mode), (Some(2), Some(Mode::Minor)));
+        let c = parse_controls("dark synthwave in A minor key", 10.0);
+        assert_eq!((c.key, c.mode), (Some(9), Some(Mode::Minor)));
+        let c = parse_controls("moody trap beat in a minor", 10.0);
+        assert_eq!((c.key, c.mode), (Some(9), Some(Mode::Minor)));
+        for (text, key, mode) in [
+            ("ballad in F#m", 6, Mode::Minor),
+            ("ballad in Bb-minor", 10, Mode::Minor),
+            ("rock in E", 4, Mode::Major),
+            ("waltz, G-major", 7, Mode::Major),
+        ] {
+            let c = parse_controls(text, 10.0);
+            let want_mode = (text != "rock in E").then_some(mode);
+            assert_eq!((c.key, c.mode), (Some(key), want_mode), "{text}");
+        }
         let c = parse_controls("Eb major waltz", 5.0);
         assert_eq!((c.key, c.mode), (Some(3), Some(Mode::Major)));
         assert_eq!(parse_controls("1000 bpm chaos", 1.0).bpm, None);

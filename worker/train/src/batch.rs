@@ -195,8 +195,14 @@ pub fn draw(
                     }
                     .features(off, frames, spec.frames_per_second)
                 });
+            // A request sends a key and mode ("in D minor"), a mode alone ("in a minor key")
+            // or a tonic alone ("in D"): each is trained, so no request's key input is new.
             let key = (spec.key_profile && !rng.random_bool(spec.frame_dropout))
-                .then(|| key_features(Some(row.tonic), Some(row.mode)))
+                .then(|| match rng.random_range(0..10) {
+                    0..=5 => key_features(Some(row.tonic), Some(row.mode)),
+                    6..=8 => key_features(None, Some(row.mode)),
+                    _ => key_features(Some(row.tonic), None),
+                })
                 .flatten();
             frame_rows.push(FrameControls { grid, key });
         }

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use tutti_shared::prompt::Mode;
 
 use super::grooves::{self, Intensity};
-use super::theory::{chord, degree_pitch, fold, midi, progressions};
+use super::theory::{chord, fold, midi, pitch_over, progressions};
 use super::{Dynamics, Family, Note, Piece, Style, Track};
 
 /// What a section plays.
@@ -258,16 +258,9 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
             );
         }
         if let (Some(t), true) = (bass_track, sec.bass || sec.name.is_empty()) {
-            bass(
-                &mut notes,
-                rng,
-                style,
-                t,
-                b0,
-                bpb,
-                degree_pitch(fold(36 + tonic as i32, 33, 44), mode, root),
-                vel,
-            );
+            let bass_base = fold(36 + tonic as i32, 33, 44);
+            let chord_tones = [0, 2, 4].map(|d| pitch_over(bass_base, mode, root + d, root));
+            bass(&mut notes, rng, style, t, b0, bpb, chord_tones, vel);
         }
         if let Some(t) = drum_track {
             let crash = sections.iter().any(|(s, _)| *s == bar);
@@ -393,7 +386,7 @@ fn melody(
             t += d;
             continue; // a rest
         }
-        let p = degree_pitch(base, mode, deg) + if lift > 0 { 12 } else { 0 };
+        let p = pitch_over(base, mode, deg, root) + if lift > 0 { 12 } else { 0 };
         let v = vel + rng.random_range(-6..=8) + if t == 0.0 { 6 } else { 0 };
         push(out, track, grooves::swing(style, b0 + t), d * 0.95, p, v);
         t += d;
@@ -409,18 +402,24 @@ fn bass(
     track: usize,
     b0: f64,
     bpb: u32,
-    root: i32,
+    [root, third, fifth]: [i32; 3],
     vel: i32,
 ) {
-    let fifth = root + 7;
     let hits: Vec<(f64, f64, i32)> = match style {
         Style::Rock => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45, root)).collect(),
         Style::LofiHipHop => vec![(0.0, 1.5, root), (1.75, 0.5, root), (2.5, 1.2, fifth - 12)],
         Style::House | Style::Techno => (0..4).map(|q| (q as f64 + 0.5, 0.4, root)).collect(),
         Style::Pop => (0..bpb * 2).map(|e| (e as f64 * 0.5, 0.45, root)).collect(),
-        // Walking quarters: root, third, fifth, octave (a chord tone on every beat).
+        // Walking quarters: root, third, fifth, octave (a chord tone on every beat; the
+        // chord's own third, so a minor chord's bass line stays minor).
         Style::Jazz => (0..bpb)
-            .map(|q| (q as f64, 0.9, root + [0, 4, 7, 12][q as usize % 4]))
+            .map(|q| {
+                (
+                    q as f64,
+                    0.9,
+                    [root, third, fifth, root + 12][q as usize % 4],
+                )
+            })
             .collect(),
         Style::Trap => vec![
             (0.0, 1.4, root),

@@ -1,0 +1,273 @@
+"""The independent ear: scores music with pretrained analyzers nobody on the project wrote.
+
+- key and mode: madmom's CNN key recognition (Korzeniowski & Widmer 2018), 24 keys;
+- tempo: madmom's RNN beat activations and its comb-filter tempo estimation;
+- instruments: musicnn's MagnaTagATune tagger (MTT_musicnn), the asked instrument among the five
+  tags of highest mean probability over 3 s windows;
+- music gate: audible (RMS above -45 dBFS), onsets (librosa, 0.3-16 a second), and tonal clarity
+  (mean CQT chroma correlates >= 0.5 with a Krumhansl-Kessler key profile) or rhythmic clarity
+  (the beat activation's autocorrelation peaks >= 0.3 between 0.25 and 2 s).
+
+Run it in the environment `scripts/eval/setup` makes ($TUTTI_HOME/evalenv):
+
+    E=~/.cache/tutti/evalenv/bin/python
+    # generate the held-out prompts through `tutti generate` (embedded: the serving path) and score:
+    $E scripts/eval/independent.py generate --tutti target/release/tutti --models-dir models \\
+        --model tutti-mini --out eval-ind/shipped --seeds 2
+    # the analyzers' own accuracy on the rendered training clips (their labels are exact):
+    $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 96 --out eval-ind/ceiling
+    # side by side:
+    $E scripts/eval/independent.py compare eval-ind/ceiling eval-ind/shipped eval-ind/candidate
+
+Each run writes results.json (one record a clip) and report.md into --out.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # musicnn is written for Keras 2
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PITCHES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6,
+           "G": 7, "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}
+# The tagger's words for each instrument a prompt may ask for.
+TAGS = {
+    "piano": {"piano"},
+    "guitar": {"guitar"},
+    "strings": {"strings", "violin", "cello"},
+    "flute": {"flute"},
+    "drums": {"drums", "beat", "beats"},
+    "synth": {"synth", "electronic"},
+}
+# The dataset's instrument families, as the tagger's instruments (None: the tagger has no tag).
+FAMILY_TAG = {"piano": "piano", "electric piano": "piano", "acoustic guitar": "guitar",
+              "electric guitar": "guitar", "strings": "strings", "flute": "flute",
+              "synth pad": "synth", "drums": "drums", "organ": None, "bass": None}
+KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+
+class Ear:
+    """The analyzers, loaded once."""
+
+    def __init__(self):
+        from madmom.features.beats import RNNBeatProcessor
+        from madmom.features.key import CNNKeyRecognitionProcessor
+        from madmom.features.tempo import TempoEstimationProcessor
+
+        self.key = CNNKeyRecognitionProcessor()
+        self.beats = RNNBeatProcessor()
+        self.tempo = TempoEstimationProcessor(fps=100)
+
+    def analyze(self, wave, sr, path):
+        import librosa
+        from madmom.audio.signal import Signal
+        from madmom.features.key import key_prediction_to_label
+
+        x44 = librosa.resample(wave, orig_sr=sr, target_sr=44100).astype(np.float32)
+        sig = Signal(x44, sample_rate=44100)
+        key_probs = self.key(sig)[0]
+        label = key_prediction_to_label(key_probs[None, :])
+        act = self.beats(sig)
+        tempi = self.tempo(act)
+        bpm = float(tempi[0][0]) if len(tempi) else 0.0
+        x16 = librosa.resample(wave, orig_sr=sr, target_sr=16000)
+        rms_db = 20 * np.log10(np.sqrt(np.mean(x16 ** 2)) + 1e-12)
+        onsets = librosa.onset.onset_detect(y=x16, sr=16000, units="time")
+        onset_rate = len(onsets) / (len(x16) / 16000)
+        chroma = librosa.feature.chroma_cqt(y=x16, sr=16000).mean(axis=1)
+        tonal = max(np.corrcoef(chroma, np.roll(p, k))[0, 1] for p in (KK_MAJOR, KK_MINOR) for k in range(12))
+        a = act - act.mean()
+        ac = np.correlate(a, a, "full")[len(a) - 1:]
+        ac = ac / (ac[0] + 1e-12)
+        rhythmic = float(ac[25:201].max()) if len(ac) > 201 else 0.0
+        music = bool(rms_db > -45 and 0.3 <= onset_rate <= 16 and (tonal >= 0.5 or rhythmic >= 0.3))
+        tags = tagger_top5(path)
+        tonic_name, mode = label.split()
+        return {"key": label, "key_tonic": PITCHES[tonic_name], "key_mode": mode,
+                "key_confidence": float(key_probs.max()), "bpm": bpm, "tags": tags,
+                "rms_dbfs": float(rms_db), "onsets_per_s": float(onset_rate),
+                "tonal_clarity": float(tonal), "rhythmic_clarity": rhythmic, "music": music}
+
+
+def tagger_top5(path):
+    from musicnn.extractor import extractor
+
+    taggram, tags = extractor(path, model="MTT_musicnn", input_length=3, input_overlap=False,
+                              extract_features=False)
+    mean = taggram.mean(axis=0)
+    return [tags[i] for i in np.argsort(-mean)[:5]]
+
+
+def score(rec, asked):
+    """Hits of one clip against what was asked."""
+    out = {}
+    if asked.get("mode"):
+        out["mode_hit"] = rec["key_mode"] == asked["mode"]
+    if asked.get("tonic") is not None:
+        tonic = asked["tonic"] if isinstance(asked["tonic"], int) else PITCHES[asked["tonic"]]
+        out["key_hit"] = out.get("mode_hit", True) and rec["key_tonic"] == tonic
+    if asked.get("bpm"):
+        ratio = rec["bpm"] / asked["bpm"] if asked["bpm"] else 0
+        out["tempo_hit"] = abs(ratio - 1) <= 0.08
+        out["tempo_level_hit"] = any(abs(ratio / m - 1) <= 0.08 for m in (1, 2, 0.5, 1.5, 2 / 3))
+    wanted = [i for i in asked.get("instruments", []) if i in TAGS]
+    if wanted:
+        out["instrument_hits"] = [bool(TAGS[i] & set(rec["tags"])) for i in wanted]
+    return out
+
+
+def load(path):
+    wave, sr = sf.read(path, dtype="float32", always_2d=True)
+    return wave.mean(axis=1), sr
+
+
+def generate(args):
+    prompts = json.load(open(args.prompts))
+    os.makedirs(args.out, exist_ok=True)
+    ear = Ear()
+    recs = []
+    for i, asked in enumerate(prompts[: args.limit]):
+        for seed in range(args.seeds):
+            wav = os.path.join(args.out, f"p{i:02}_s{seed}.wav")
+            cmd = [args.tutti, "generate", asked["prompt"], "--models-dir", args.models_dir,
+                   "--model", args.model, "--duration", str(args.seconds), "--seed", str(seed),
+                   "-o", wav]
+            if args.steps:
+                cmd += ["--steps", str(args.steps)]
+            t0 = time.monotonic()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            wall = time.monotonic() - t0
+            wave, sr = load(wav)
+            rec = {"prompt": asked["prompt"], "seed": seed, "asked": asked, "wall_s": wall,
+                   "audio_s": len(wave) / sr, **ear.analyze(wave, sr, wav)}
+            rec.update(score(rec, asked))
+            recs.append(rec)
+            print(f"{i:2} s{seed} {rec['key']:9} ({rec['key_confidence']:.2f}) {rec['bpm']:6.1f} BPM "
+                  f"{','.join(rec['tags'])} music={rec['music']}  | {asked['prompt']}", flush=True)
+    finish(args.out, recs, f"{args.model} via `tutti generate` ({args.seconds} s, "
+                           f"{'default' if not args.steps else args.steps} steps, {args.seeds} seeds)")
+
+
+def ceiling(args):
+    """The analyzers on the rendered training clips, whose labels are exact."""
+    rows = [json.loads(l) for l in open(os.path.join(args.dataset, "manifest.jsonl")) if l.strip()]
+    os.makedirs(args.out, exist_ok=True)
+    sr = args.sample_rate
+    ear = Ear()
+    recs = []
+    step = max(1, len(rows) // args.clips)
+    for row in rows[::step][: args.clips]:
+        raw = np.fromfile(os.path.join(args.dataset, "audio", f"{row['id']:06}.i16"), dtype="<i2")
+        wave = raw.astype(np.float32) / 32767.0
+        wav = os.path.join(args.out, f"clip{row['id']:06}.wav")
+        sf.write(wav, wave, sr)
+        asked = {"prompt": row.get("caption", ""), "bpm": row["bpm"], "mode": row["mode"].lower(),
+                 "tonic": int(row["tonic"]),
+                 "instruments": sorted({FAMILY_TAG.get(f.replace("_", " ").lower()) for f in
+                                        row.get("families", [])} - {None})}
+        rec = {"prompt": asked["prompt"], "seed": row["id"], "asked": asked, "wall_s": 0.0,
+               "audio_s": len(wave) / sr, **ear.analyze(wave, sr, wav)}
+        rec.update(score(rec, asked))
+        recs.append(rec)
+        os.remove(wav)
+        print(f"{row['id']:6} {row['mode']:5} {rec['key']:9} ({rec['key_confidence']:.2f}) "
+              f"{rec['bpm']:6.1f}/{row['bpm']:.0f} BPM {','.join(rec['tags'])}", flush=True)
+    finish(args.out, recs, f"rendered training clips of {args.dataset} (their exact labels)")
+
+
+def summary(recs):
+    def share(key, sel=lambda r: True):
+        v = [r[key] for r in recs if key in r and sel(r)]
+        return (sum(v), len(v))
+
+    inst = [h for r in recs for h in r.get("instrument_hits", [])]
+    walls = [r["audio_s"] / r["wall_s"] for r in recs if r.get("wall_s")]
+    return {
+        "clips": len(recs),
+        "mode": share("mode_hit"),
+        "mode_minor": share("mode_hit", lambda r: r["asked"].get("mode") == "minor"),
+        "mode_major": share("mode_hit", lambda r: r["asked"].get("mode") == "major"),
+        "key": share("key_hit"),
+        "tempo": share("tempo_hit"),
+        "tempo_level": share("tempo_level_hit"),
+        "instrument": (sum(inst), len(inst)),
+        "music": (sum(r["music"] for r in recs), len(recs)),
+        "key_confidence_median": float(np.median([r["key_confidence"] for r in recs])),
+        "realtime_factor_median": float(np.median(walls)) if walls else None,
+    }
+
+
+def pct(pair):
+    hit, n = pair
+    return f"{100 * hit / n:.0f}% ({hit}/{n})" if n else "-"
+
+
+ROWS = [("mode heard as asked", "mode"), ("... of minor requests", "mode_minor"),
+        ("... of major requests", "mode_major"), ("key (tonic and mode) where a tonic was asked", "key"),
+        ("tempo within 8%", "tempo"), ("tempo within 8% at a metrical level", "tempo_level"),
+        ("asked instrument in the tagger's top five", "instrument"), ("music gate", "music")]
+
+
+def finish(out, recs, what):
+    json.dump(recs, open(os.path.join(out, "results.json"), "w"), indent=1)
+    s = summary(recs)
+    md = [f"# Independent ear: {what}", "",
+          "madmom CNN key + RNN beat/tempo, musicnn MTT tagger (scripts/eval/independent.py).", "",
+          "| measure | result |", "| --- | ---: |"]
+    md += [f"| {name} | {pct(s[k])} |" for name, k in ROWS]
+    md += [f"| key network's top probability, median | {s['key_confidence_median']:.2f} |"]
+    if s["realtime_factor_median"]:
+        md += [f"| real-time factor (audio s / wall s of `tutti generate`, process start and model load included), median | {s['realtime_factor_median']:.2f} |"]
+    md += ["", "| prompt | seed | key heard (p) | BPM heard | tags | music |", "| --- | ---: | --- | ---: | --- | --- |"]
+    md += [f"| {r['prompt'][:80]} | {r['seed']} | {r['key']} ({r['key_confidence']:.2f}) | {r['bpm']:.0f} | "
+           f"{', '.join(r['tags'])} | {'yes' if r['music'] else 'no'} |" for r in recs]
+    open(os.path.join(out, "report.md"), "w").write("\n".join(md) + "\n")
+    print("\n".join(md[:len(ROWS) + 7]))
+
+
+def compare(args):
+    cols = []
+    for d in args.runs:
+        cols.append((os.path.basename(os.path.normpath(d)), summary(json.load(open(os.path.join(d, "results.json"))))))
+    print("| measure | " + " | ".join(n for n, _ in cols) + " |")
+    print("| --- |" + " ---: |" * len(cols))
+    for name, k in ROWS:
+        print(f"| {name} | " + " | ".join(pct(s[k]) for _, s in cols) + " |")
+    print("| key network's top probability, median | " + " | ".join(f"{s['key_confidence_median']:.2f}" for _, s in cols) + " |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("--tutti", required=True)
+    g.add_argument("--models-dir", required=True)
+    g.add_argument("--model", default="tutti-mini")
+    g.add_argument("--out", required=True)
+    g.add_argument("--prompts", default=os.path.join(HERE, "held_out_prompts.json"))
+    g.add_argument("--seeds", type=int, default=2)
+    g.add_argument("--seconds", type=float, default=10.0)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--limit", type=int)
+    c = sub.add_parser("ceiling")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--clips", type=int, default=96)
+    c.add_argument("--sample-rate", type=int, default=16000)
+    c.add_argument("--out", required=True)
+    k = sub.add_parser("compare")
+    k.add_argument("runs", nargs="+")
+    args = ap.parse_args()
+    {"generate": generate, "ceiling": ceiling, "compare": compare}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
