@@ -43,6 +43,10 @@ pub(crate) struct SaoBenchArgs {
     /// Write the last clip's final latent and audio here (safetensors).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replay the denoiser's steps from CUDA graphs (CUDA only; the CPU never graphs).
+    #[arg(long, env = "TUTTI_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    cuda_graphs: bool,
 }
 
 pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
         runs: a.runs,
         threads: a.threads,
         out: a.out,
+        cuda_graphs: a.cuda_graphs,
     };
     // libtorch work blocks: keep it off the async workers.
     let report = tokio::task::spawn_blocking(move || stable_audio::run(&opts)).await??;

@@ -31,7 +31,7 @@ pub use families::stable_audio::{
     layout, model as stable_audio, pack as stable_audio_pack, projection, run as stable_audio_run,
     sat, serve as stable_audio_serve, tiny as tiny_sao,
 };
-pub use nn::{attention, dit, rope};
+pub use nn::{attention, dit, graphed, rope};
 pub use samplers as sampler;
 pub use text::{bert as text_encoder, t5};
 pub use weights::source as tensors;
