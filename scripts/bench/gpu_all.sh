@@ -8,7 +8,10 @@
 #      the denoiser's graphs against eager steps on tiny packs (tutti-model tests/cuda_graphs.rs);
 #   2. bench: scripts/bench/stable_audio_gpu.sh with the sections in SAO_PARTS (default "graphs
 #      peer": graphs against eager on SAO Small at batch 1, 8, 32; tutti and diffusers eager and
-#      compiled on SAO 1.0 at batch 1, 8, 32, $PEER_STEPS steps), then summary.md.
+#      compiled on SAO 1.0 at batch 1, 8, 32, $PEER_STEPS steps, default 50 here), then
+#      summary.md. Estimated (not measured) 3-4 min for tests + graphs, 5-7 min for the peer:
+#      on a 15-minute lease run them as two calls, GPU_PARTS="tests bench" SAO_PARTS=graphs, then
+#      GPU_PARTS=bench SAO_PARTS=peer.
 #
 #     scripts/bench/gpu_all.sh [OUT_DIR]      (default: $OUT, where the device tool collects files)
 #
@@ -49,7 +52,9 @@ if [[ $PARTS == *" bench "* ]]; then
   else
     log "no .whl/: the peer runs only if diffusers and torchsde are installed here"
   fi
-  PEER_SITE=$PEER_SITE SAO_PARTS=${SAO_PARTS:-graphs peer} \
-    scripts/bench/stable_audio_gpu.sh "$OUT/bench" "$BIN/tutti" || failed=1
+  # Sized for a 15-minute lease: the peer at 50 steps (per-step cost dominates both sides, so
+  # the ratio is what 100 steps would give, give or take the decode), compile bounded at 4 min.
+  PEER_SITE=$PEER_SITE SAO_PARTS=${SAO_PARTS:-graphs peer} PEER_STEPS=${PEER_STEPS:-50} \
+    PEER_TIMEOUT=${PEER_TIMEOUT:-240} scripts/bench/stable_audio_gpu.sh "$OUT/bench" "$BIN/tutti" || failed=1
 fi
 exit $failed

@@ -25,11 +25,12 @@ def per_clip(r):
 
 def graphs(r):
     g = r.get("cuda_graphs")
+    attn = ", cuDNN attention first" if r.get("cudnn_attention") else ""
     if g is None:
-        return "off"
+        return "off" + attn
     if g.get("failure"):
-        return "failed: " + g["failure"][:60]
-    return f"{g['captures']} captured, {g['replays']} replays, {g['eager']} eager"
+        return "failed: " + g["failure"][:60] + attn
+    return f"{g['captures']} captured, {g['replays']} replays, {g['eager']} eager{attn}"
 
 
 def graphed(r):
@@ -54,6 +55,8 @@ def main(out):
     # Graphs against eager: the same pack, precision, batch and steps, graphs on and off.
     pairs = {}
     for r in sao:
+        if r.get("cudnn_attention"):
+            continue
         key = (r.get("pack", r["model"]), r["precision"], r["batch"], r["steps"], r["seconds"])
         pairs.setdefault(key, {})["on" if graphed(r) else "off"] = r
     rows = [(k, v) for k, v in pairs.items() if "on" in v and "off" in v]
@@ -81,7 +84,8 @@ def main(out):
         for b in sorted({p["batch"] for p in peer}):
             steps = next(p["steps"] for p in peer if p["batch"] == b)
             ours = [r for r in sao if r.get("pack") == "1.0" and r["batch"] == b and r["steps"] == steps
-                    and r["precision"].startswith("bfloat16") and r["seconds"] == 11 and graphed(r)]
+                    and r["precision"].startswith("bfloat16") and r["seconds"] == 11 and graphed(r)
+                    and not r.get("cudnn_attention")]
             t = 3600 / per_clip(ours[-1]) if ours else None
             got = {p["mode"]: p["clips_per_hour"] for p in peer if p["batch"] == b}
             cell = lambda x: f"{x:.0f}" if x else "not run"

@@ -60,12 +60,12 @@ python3 scripts/bench/random_sao_folder.py open-1.0 "$WORK/1.0" || exit 1
 [ -d "$WORK/pack-1.0" ] || "$TUTTI" model import "$WORK/1.0" -o "$WORK/pack-1.0" >&2 || exit 1
 log "folders ready"
 
-sao() { # model precision batch runs seconds [graphs: true|false] [steps]
+sao() { # model precision batch runs seconds [graphs: true|false] [steps]; $EXTRA: more flags
   local m=$1 p=$2 b=$3 r=$4 s=$5 g=${6:-true} st=${7:-} f
   f=$(mktemp)
   log "bench stable-audio $m $p batch $b ($s s, $r runs, graphs $g${st:+, $st steps})"
   peak_mib "$TUTTI" bench stable-audio --pack "$WORK/pack-$m" --device cuda --precision "$p" \
-    --seconds "$s" --batch "$b" --runs "$r" --cuda-graphs "$g" ${st:+--steps "$st" --guidance 7} >"$f"
+    --seconds "$s" --batch "$b" --runs "$r" --cuda-graphs "$g" ${st:+--steps "$st" --guidance 7} ${EXTRA:-} >"$f"
   log "  exit $?, peak GPU memory $PEAK MiB"
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); r["peak_gpu_mib"] = int(sys.argv[2]); r["pack"] = sys.argv[3]; print(json.dumps(r))' \
     "$f" "${PEAK:-0}" "$m" >>"$OUT/sao.jsonl" || log "  no report"
@@ -91,9 +91,14 @@ if part peer; then
   # tutti at the peer's settings first (graphs on, then off at batch 1), then diffusers.
   for b in 1 8 32; do sao 1.0 bf16 "$b" 2 11 true "$PEER_STEPS"; done
   sao 1.0 bf16 1 2 11 false "$PEER_STEPS"
+  # cuDNN attention first (SAO 1.0's 1,025 tokens): opt-in until this says it wins.
+  EXTRA=--cudnn-attention sao 1.0 bf16 8 2 11 true "$PEER_STEPS"
   for mode in eager compile; do
     log "diffusers StableAudioPipeline ($mode), SAO 1.0 bf16, batch 1 8 32, $PEER_STEPS steps"
-    PYTHONPATH="${PEER_SITE:+$PEER_SITE:}${PYTHONPATH:-}" python3 scripts/bench/diffusers_peer.py "$WORK/1.0" \
+    # A bound per mode: torch.compile's first compiles take minutes; eager's figures stay if
+    # the compiled run overruns.
+    PYTHONPATH="${PEER_SITE:+$PEER_SITE:}${PYTHONPATH:-}" timeout "${PEER_TIMEOUT:-420}" \
+      python3 scripts/bench/diffusers_peer.py "$WORK/1.0" \
       --device cuda --dtype bf16 --batches 1,8,32 --steps "$PEER_STEPS" --guidance 7 --seconds 11 \
       --runs 2 $([ "$mode" = compile ] && echo --compile) >>"$OUT/peer.jsonl" 2>>"$OUT/log.txt"
     log "  exit $?"

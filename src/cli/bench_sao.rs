@@ -47,6 +47,9 @@ pub(crate) struct SaoBenchArgs {
     #[arg(long, env = "TUTTI_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     cuda_graphs: bool,
+    /// Put cuDNN first in scaled-dot-product attention's backend order.
+    #[arg(long)]
+    cudnn_attention: bool,
 }
 
 pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
@@ -64,6 +67,7 @@ pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
         threads: a.threads,
         out: a.out,
         cuda_graphs: a.cuda_graphs,
+        cudnn_attention: a.cudnn_attention,
     };
     // libtorch work blocks: keep it off the async workers.
     let report = tokio::task::spawn_blocking(move || stable_audio::run(&opts)).await??;

@@ -48,6 +48,8 @@ pub struct SaoBenchOptions {
     pub out: Option<PathBuf>,
     /// The denoiser's CUDA graphs (CUDA only; the warm-up step captures the batch's bucket).
     pub cuda_graphs: bool,
+    /// cuDNN first in SDPA's backend order ([`device::put_cudnn_attention_first`]).
+    pub cudnn_attention: bool,
 }
 
 /// One timed clip, seconds.
@@ -78,6 +80,7 @@ pub struct SaoReport {
     pub warmup_s: f64,
     pub loadavg_at_start: Option<f64>,
     pub runs: Vec<SaoRun>,
+    pub cudnn_attention: bool,
     /// What the denoiser's CUDA graphs did (captures, replays, eager forwards, a failure);
     /// `None`: graphs off (the CPU, or turned off).
     pub cuda_graphs: Option<GraphStats>,
@@ -123,6 +126,9 @@ pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
         tch::set_num_threads(n);
     }
     let dev = device::select(&opts.device)?;
+    if opts.cudnn_attention {
+        device::put_cudnn_attention_first()?;
+    }
     let kinds = opts.precision.kinds(dev);
     let loadavg_at_start = read_loadavg();
     let t = Instant::now();
@@ -210,6 +216,7 @@ pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
         warmup_s,
         loadavg_at_start,
         runs,
+        cudnn_attention: opts.cudnn_attention,
         cuda_graphs: model.graph_stats(),
     })
 }

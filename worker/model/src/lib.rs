@@ -59,6 +59,8 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cuda: {0}")]
+    Cuda(#[from] tutti_cuda_graph::Error),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
