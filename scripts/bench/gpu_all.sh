@@ -24,10 +24,12 @@ OUT=${1:-${OUT:?usage: gpu_all.sh OUT_DIR}}
 PARTS=" ${GPU_PARTS:-tests bench} "
 mkdir -p "$OUT"
 ROOT=$PWD
-BIN=$ROOT/.gpu
+BIN=/tmp/gpu-bin
 log() { printf '%s %s\n' "$(date -u +%T)" "$*" | tee -a "$OUT/tests.txt" >&2; }
 
-[ -x "$BIN/tutti" ] || { echo "no .gpu/tutti: run scripts/bench/gpu_pack.sh on the build machine and carry .gpu" >&2; exit 2; }
+[ -f .gpu/bin.tar.xz ] || { echo "no .gpu/bin.tar.xz: run scripts/bench/gpu_pack.sh on the build machine and carry .gpu" >&2; exit 2; }
+rm -rf "$BIN" && mkdir -p "$BIN"
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' .gpu/bin.tar.xz "$BIN" || exit 2
 TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || exit 2
 export TUTTI_TORCH_LIB=$TORCH_LIB
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
