@@ -43,6 +43,13 @@ pub(crate) struct SaoBenchArgs {
     /// Write the last clip's final latent and audio here (safetensors).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replay the denoiser's steps from CUDA graphs (CUDA only; the CPU never graphs).
+    #[arg(long, env = "TUTTI_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    cuda_graphs: bool,
+    /// Put cuDNN first in scaled-dot-product attention's backend order.
+    #[arg(long)]
+    cudnn_attention: bool,
 }
 
 pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
@@ -59,6 +66,8 @@ pub(crate) async fn run(a: SaoBenchArgs) -> anyhow::Result<()> {
         runs: a.runs,
         threads: a.threads,
         out: a.out,
+        cuda_graphs: a.cuda_graphs,
+        cudnn_attention: a.cudnn_attention,
     };
     // libtorch work blocks: keep it off the async workers.
     let report = tokio::task::spawn_blocking(move || stable_audio::run(&opts)).await??;

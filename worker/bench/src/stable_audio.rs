@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Tensor};
 
+use tutti_model::graphed::GraphStats;
 use tutti_model::oobleck::DECODE_CHUNK_FRAMES;
 use tutti_model::stable_audio::StableAudioModel;
 use tutti_model::stable_audio_run::SaoRequest;
@@ -45,6 +46,10 @@ pub struct SaoBenchOptions {
     /// Writes the last run's final latent and decoded audio here (safetensors: `latent`, `audio`),
     /// so the driver can check that both sides computed the same clip.
     pub out: Option<PathBuf>,
+    /// The denoiser's CUDA graphs (CUDA only; the warm-up step captures the batch's bucket).
+    pub cuda_graphs: bool,
+    /// cuDNN first in SDPA's backend order ([`device::put_cudnn_attention_first`]).
+    pub cudnn_attention: bool,
 }
 
 /// One timed clip, seconds.
@@ -75,6 +80,10 @@ pub struct SaoReport {
     pub warmup_s: f64,
     pub loadavg_at_start: Option<f64>,
     pub runs: Vec<SaoRun>,
+    pub cudnn_attention: bool,
+    /// What the denoiser's CUDA graphs did (captures, replays, eager forwards, a failure);
+    /// `None`: graphs off (the CPU, or turned off).
+    pub cuda_graphs: Option<GraphStats>,
 }
 
 fn request(opts: &SaoBenchOptions, model: &StableAudioModel) -> SaoRequest {
@@ -117,10 +126,14 @@ pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
         tch::set_num_threads(n);
     }
     let dev = device::select(&opts.device)?;
+    if opts.cudnn_attention {
+        device::put_cudnn_attention_first()?;
+    }
     let kinds = opts.precision.kinds(dev);
     let loadavg_at_start = read_loadavg();
     let t = Instant::now();
-    let model = StableAudioModel::load(&opts.pack, dev, kinds, false)?;
+    let mut model = StableAudioModel::load(&opts.pack, dev, kinds, false)?;
+    model.set_cuda_graphs(opts.cuda_graphs);
     let load_s = secs_on(dev, t);
     let req = request(opts, &model);
 
@@ -203,5 +216,7 @@ pub fn run(opts: &SaoBenchOptions) -> Result<SaoReport> {
         warmup_s,
         loadavg_at_start,
         runs,
+        cudnn_attention: opts.cudnn_attention,
+        cuda_graphs: model.graph_stats(),
     })
 }

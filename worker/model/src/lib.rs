@@ -31,7 +31,7 @@ pub use families::stable_audio::{
     layout, model as stable_audio, pack as stable_audio_pack, projection, run as stable_audio_run,
     sat, serve as stable_audio_serve, tiny as tiny_sao,
 };
-pub use nn::{attention, dit, rope};
+pub use nn::{attention, dit, graphed, rope};
 pub use samplers as sampler;
 pub use text::{bert as text_encoder, t5};
 pub use weights::source as tensors;
@@ -59,6 +59,8 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cuda: {0}")]
+    Cuda(#[from] tutti_cuda_graph::Error),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use tutti_shared::job::Song;
 use tutti_shared::prompt::Controls;
 
-use crate::samplers::{self, Sampler, SamplerKind, SamplerState, ScheduleConfig};
+use crate::samplers::{self, NoiseAhead, Sampler, SamplerKind, SamplerState, ScheduleConfig};
 use crate::{weights, ModelError, Result};
 
 const FORMAT: &str = "tutti-denoise-state/2";
@@ -95,6 +95,9 @@ pub struct DenoiseState {
     /// The family's conditioning by name (f32 or f64; see the family's module).
     pub(crate) cond: BTreeMap<String, Tensor>,
     pub(crate) sampler_state: SamplerState,
+    /// Per-step noise drawn ahead (stochastic samplers; not checkpointed: it is a function of
+    /// the seeds and steps).
+    pub(crate) noise_ahead: Option<NoiseAhead>,
 }
 
 impl std::fmt::Debug for DenoiseState {
@@ -158,7 +161,8 @@ impl DenoiseState {
             .chain(self.cond.values())
             .chain(self.sampler_state.tensors.values())
             .map(size)
-            .sum()
+            .sum::<usize>()
+            + self.noise_ahead.as_ref().map_or(0, NoiseAhead::bytes)
     }
 
     /// Checkpoint bytes (see the module documentation).
@@ -245,6 +249,7 @@ impl DenoiseState {
             latent,
             cond,
             sampler_state,
+            noise_ahead: None,
         })
     }
 }

@@ -12,7 +12,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::samplers::step_noise;
+use crate::samplers::NoiseAhead;
 use crate::state::{DenoiseState, GenerationParams};
 use crate::{ModelError, Result};
 
@@ -24,8 +24,30 @@ pub struct Rows<'a> {
     pub x: Tensor,
     /// The model timestep of each row, `[n]` f32.
     pub timestep: Tensor,
-    /// Which conditioning row each row reads (0: unconditional, 1: the prompt), `[n]` i64.
-    pub cond_rows: Tensor,
+    /// Whether the rows are the guided pair (unconditional rows first), else the prompt's rows.
+    guided: bool,
+    /// The state's variations.
+    variations: i64,
+}
+
+impl Rows<'_> {
+    /// The rows of a two-row conditioning tensor `[2, ..]` (0: unconditional, 1: the prompt)
+    /// that these rows read, in order: `[n, ..]`, in fresh memory as `index_select` gave them
+    /// (CPU kernels may round differently on a view at another alignment). Made on `cond`'s
+    /// device by slicing: no index tensor crosses from the host on each step.
+    pub fn select_cond(&self, cond: &Tensor) -> Tensor {
+        let v = self.variations;
+        let rows = |i: i64| {
+            let mut size = cond.size();
+            size[0] = v;
+            cond.narrow(0, i, 1).expand(&size, false)
+        };
+        if self.guided {
+            Tensor::cat(&[rows(0), rows(1)], 0)
+        } else {
+            rows(1).copy()
+        }
+    }
 }
 
 /// What a family gives the step loop.
@@ -94,8 +116,14 @@ pub fn step_batch<D: Denoiser + ?Sized>(model: &D, states: &mut [&mut DenoiseSta
         };
         let model_out = model_out.to_device(s.latent.device());
         let next = if s.sampler.is_stochastic() {
-            let noise = step_noise(&seeds(&s.params), s.step, &s.latent.size()[1..])
-                .to_device(s.latent.device());
+            let noise = NoiseAhead::noise(
+                &mut s.noise_ahead,
+                &seeds(&s.params),
+                s.step,
+                s.params.steps,
+                &s.latent.size()[1..],
+                s.latent.device(),
+            );
             s.sampler
                 .step_with_noise(s.step, &s.latent, &model_out, &mut s.sampler_state, &noise)
         } else {
@@ -116,14 +144,8 @@ fn rows_of<'a, D: Denoiser + ?Sized>(model: &D, s: &'a DenoiseState, dev: Device
         .scale_model_input(&s.latent, s.step)
         .to_device(dev)
         .to_kind(Kind::Float);
-    let (x, cond_rows): (Tensor, Vec<i64>) = if model.guided(&s.params) {
-        (
-            Tensor::cat(&[&x, &x], 0),
-            (0..2 * v).map(|r| r / v).collect(),
-        )
-    } else {
-        (x, vec![1; v as usize])
-    };
+    let guided = model.guided(&s.params);
+    let x = if guided { Tensor::cat(&[&x, &x], 0) } else { x };
     Rows {
         state: s,
         timestep: Tensor::full(
@@ -131,7 +153,8 @@ fn rows_of<'a, D: Denoiser + ?Sized>(model: &D, s: &'a DenoiseState, dev: Device
             s.sampler.model_timestep(s.step),
             (Kind::Float, dev),
         ),
-        cond_rows: Tensor::from_slice(&cond_rows).to_device(dev),
+        guided,
+        variations: v,
         x,
     }
 }

@@ -70,9 +70,17 @@ impl Attention {
             .view([b, sk, self.kv_heads, self.head_dim])
             .transpose(1, 2);
         if self.kv_heads != self.heads {
+            // Each key/value head serves `rep` consecutive query heads: `repeat_interleave` on
+            // dim 1, spelled as a broadcast and one copy so that no repeat count is read back
+            // from the device (a captured CUDA graph allows no host synchronisation).
             let rep = self.heads / self.kv_heads;
-            k = k.repeat_interleave_self_int(rep, 1, None);
-            v = v.repeat_interleave_self_int(rep, 1, None);
+            let repeat = |t: &Tensor| {
+                t.unsqueeze(2)
+                    .expand([b, self.kv_heads, rep, sk, self.head_dim], false)
+                    .reshape([b, self.heads, sk, self.head_dim])
+            };
+            k = repeat(&k);
+            v = repeat(&v);
         }
         let (q, k) = match rotary {
             Some(r) => {

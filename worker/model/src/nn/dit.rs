@@ -6,6 +6,9 @@
 //! optional self-attention key mask lets latents of different lengths share a batch (padding at
 //! the end; rotary positions start at the global token, so padding does not move them).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
@@ -140,6 +143,9 @@ impl DitConfig {
         Ok(())
     }
 }
+
+/// Rotary table lengths a denoiser keeps.
+const ROTARY_CACHE_LENGTHS: usize = 8;
 
 /// `StableAudioGaussianFourierProjection(flip_sin_to_cos=True, log=False, set_W_to_weight=False)`.
 #[derive(Debug)]
@@ -301,6 +307,10 @@ pub struct StableAudioDit {
     blocks: Vec<Block>,
     proj_out: nn::Linear,
     postprocess_conv: nn::Conv1D,
+    /// Rotary tables by latent frames and device, made once: a step reads them from device
+    /// memory rather than building them on the host and copying them each time (and a captured
+    /// CUDA graph needs them at a fixed address).
+    rotary_cache: Mutex<HashMap<(i64, Device), Rotary>>,
 }
 
 impl StableAudioDit {
@@ -359,6 +369,7 @@ impl StableAudioDit {
                 1,
                 conv,
             ),
+            rotary_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -366,9 +377,21 @@ impl StableAudioDit {
         &self.cfg
     }
 
-    /// The rotary tables the pipeline passes for latents of `frames` frames.
+    /// The rotary tables the pipeline passes for latents of `frames` frames (cached per length
+    /// and device; the values are [`Rotary::new`]'s).
     pub fn rotary(&self, frames: i64, device: Device) -> Rotary {
-        Rotary::new(self.cfg.rotary_dim(), frames + 1, device)
+        // Tables are never mutated in place, so a poisoned lock still holds good ones.
+        let mut cache = self.rotary_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // A family with ragged lengths (mel) would otherwise keep a table per length ever seen;
+        // a Stable Audio pack has one length. Exact lengths only: a longer table's first rows
+        // need not be the same bits as a table made for the length (vectorised cos/sin tails).
+        if cache.len() >= ROTARY_CACHE_LENGTHS && !cache.contains_key(&(frames, device)) {
+            cache.clear();
+        }
+        cache
+            .entry((frames, device))
+            .or_insert_with(|| Rotary::new(self.cfg.rotary_dim(), frames + 1, device))
+            .shallow_clone()
     }
 
     /// The forward pass; returns `[B, out_channels, T]` in the input's dtype. Run it under

@@ -2,5 +2,6 @@
 
 pub mod attention;
 pub mod dit;
+pub mod graphed;
 pub mod norm;
 pub mod rope;

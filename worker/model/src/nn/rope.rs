@@ -32,6 +32,14 @@ impl Rotary {
         }
     }
 
+    /// The same tables (no copy).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            cos: self.cos.shallow_clone(),
+            sin: self.sin.shallow_clone(),
+        }
+    }
+
     /// Number of rotated channels per head.
     pub fn dim(&self) -> i64 {
         self.cos.size()[1]

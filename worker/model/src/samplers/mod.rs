@@ -14,7 +14,7 @@ pub use cosine_sde::CosineDpmSolverPp2mSde;
 pub use ddim::Ddim;
 pub use dpm_solver::{DpmSolverPp2m, PREV_DENOISED, PREV_STEP};
 pub use flow_euler::FlowEuler;
-pub use noise::{seeded_noise, step_noise, step_noise_seed};
+pub use noise::{seeded_noise, step_noise, step_noise_seed, NoiseAhead, NOISE_AHEAD_STEPS};
 pub use pingpong::PingPong;
 
 use crate::{ModelError, Result};

@@ -427,6 +427,7 @@ impl AceStep {
             latent: Tensor::cat(&noise, 0).to_device(self.device),
             cond: named,
             sampler_state: SamplerState::default(),
+            noise_ahead: None,
         })
     }
 }
@@ -473,7 +474,7 @@ impl Denoiser for AceStep {
                 .null_condition()
                 .to_kind(kind)
                 .expand_as(&cond);
-            encs.push(Tensor::cat(&[null, cond], 0).index_select(0, &r.cond_rows));
+            encs.push(r.select_cond(&Tensor::cat(&[null, cond], 0)));
             xs.push(r.x.transpose(1, 2));
             ts.push(r.timestep.shallow_clone());
             let context = match r.state.cond.get(CONTEXT) {

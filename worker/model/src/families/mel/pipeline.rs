@@ -231,6 +231,7 @@ impl Family for Pipeline {
             latent,
             cond: text_cond::named(text.token_states, text.mask, global_cond),
             sampler_state: SamplerState::default(),
+            noise_ahead: None,
         })
     }
 
@@ -322,8 +323,8 @@ impl Denoiser for Pipeline {
             }
             ts.push(r.timestep.shallow_clone());
             let (l, d) = (cond.states.size()[1], cond.states.size()[2]);
-            let text = cond.states.to_device(dev).index_select(0, &r.cond_rows);
-            let mask = cond.mask.to_device(dev).index_select(0, &r.cond_rows);
+            let text = r.select_cond(&cond.states.to_device(dev));
+            let mask = r.select_cond(&cond.mask.to_device(dev));
             texts.push(if l < max_l {
                 Tensor::cat(
                     &[text, Tensor::zeros([n, max_l - l, d], (Kind::Float, dev))],
@@ -340,7 +341,7 @@ impl Denoiser for Pipeline {
             } else {
                 mask
             });
-            globals.push(cond.global.to_device(dev).index_select(0, &r.cond_rows));
+            globals.push(r.select_cond(&cond.global.to_device(dev)));
         }
         let hidden = Tensor::cat(&xs, 0);
         let timestep = Tensor::cat(&ts, 0);

@@ -12,6 +12,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Deserialize;
 use tch::{nn, Device, Kind};
@@ -22,6 +23,7 @@ use crate::families::stable_audio::layout::{self, Shapes};
 use crate::families::stable_audio::projection::{ProjectionConfig, ProjectionModel};
 use crate::families::stable_audio::sat::{self, SatConfig};
 use crate::nn::dit::{DitConfig, StableAudioDit};
+use crate::nn::graphed::{self, GraphedForward};
 use crate::samplers::{Prediction, ScheduleConfig, SigmaSchedule};
 use crate::text::t5::{FixedTokenizer, T5Config, T5Encoder};
 use crate::weights::source::{read_json, TensorSource};
@@ -404,6 +406,8 @@ pub struct StableAudioModel {
     pub kind: Kind,
     /// The VAE's kind.
     pub vae_kind: Kind,
+    /// The denoiser's CUDA graphs (`run.rs`), `None` when off.
+    pub(crate) graphs: Option<Mutex<GraphedForward>>,
     _dit_vars: nn::VarStore,
 }
 
@@ -489,6 +493,7 @@ impl StableAudioModel {
             device,
             kind,
             vae_kind,
+            graphs: graphed::for_device(device, graphed::enabled_for(device)),
             _dit_vars: vs,
         })
     }

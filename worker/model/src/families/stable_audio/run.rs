@@ -18,6 +18,7 @@ use crate::families::stable_audio::model::StableAudioModel;
 use crate::families::stable_audio::projection::Conditioning;
 use crate::families::text_cond;
 use crate::nn::dit::DitInput;
+use crate::nn::graphed::{self, GraphStats};
 use crate::samplers::{self, SamplerKind, SamplerState};
 use crate::state::{seeded_noise, DenoiseState, GenerationParams};
 use crate::step::{Denoiser, Rows};
@@ -218,6 +219,7 @@ impl StableAudioModel {
             latent,
             cond: text_cond::named(text_states, text_mask, global_cond),
             sampler_state: SamplerState::default(),
+            noise_ahead: None,
         })
     }
 
@@ -282,20 +284,48 @@ impl Denoiser for StableAudioModel {
             xs.push(r.x.shallow_clone());
             ts.push(r.timestep.shallow_clone());
             let cond = text_cond::get(r.state)?;
-            cross.push(cond.states.to_device(dev).index_select(0, &r.cond_rows));
-            global.push(cond.global.to_device(dev).index_select(0, &r.cond_rows));
+            cross.push(r.select_cond(&cond.states.to_device(dev)));
+            global.push(r.select_cond(&cond.global.to_device(dev)));
         }
         let hidden = Tensor::cat(&xs, 0).to_kind(kind);
+        let timestep = Tensor::cat(&ts, 0);
+        let cross = Tensor::cat(&cross, 0).to_kind(kind);
+        let global = Tensor::cat(&global, 0).unsqueeze(1).to_kind(kind);
         let rotary = self.dit.rotary(hidden.size()[2], dev);
-        Ok(self.dit.forward(&DitInput {
-            hidden_states: &hidden,
-            timestep: &Tensor::cat(&ts, 0),
-            encoder_hidden_states: &Tensor::cat(&cross, 0).to_kind(kind),
-            global_hidden_states: &Tensor::cat(&global, 0).unsqueeze(1).to_kind(kind),
-            rotary: &rotary,
-            attention_mask: None,
-            encoder_attention_mask: None,
-            frame_states: None,
-        }))
+        let run = |s: &[Tensor]| {
+            self.dit.forward(&DitInput {
+                hidden_states: &s[0],
+                timestep: &s[1],
+                encoder_hidden_states: &s[2],
+                global_hidden_states: &s[3],
+                rotary: &rotary,
+                attention_mask: None,
+                encoder_attention_mask: None,
+                frame_states: None,
+            })
+        };
+        if let Some(graphs) = &self.graphs {
+            let mut g = graphs.lock().unwrap_or_else(|e| e.into_inner());
+            let inputs = [&hidden, &timestep, &cross, &global];
+            if let Some(out) = g.run(&inputs, &[&rotary.cos, &rotary.sin], &run) {
+                return Ok(out);
+            }
+        }
+        Ok(run(&[hidden, timestep, cross, global]))
+    }
+}
+
+impl StableAudioModel {
+    /// Turns the denoiser's CUDA graphs on or off (on by default on CUDA unless
+    /// `TUTTI_CUDA_GRAPHS=0`; never on the CPU). Turning them on again starts with no graphs.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs = graphed::for_device(self.device, on);
+    }
+
+    /// What the denoiser's graphs have done; `None` when they are off.
+    pub fn graph_stats(&self) -> Option<GraphStats> {
+        self.graphs
+            .as_ref()
+            .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).stats().clone())
     }
 }
