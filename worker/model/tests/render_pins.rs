@@ -2,8 +2,13 @@
 //! chunks with a checkpoint round trip between them, several states in one forward, render) on
 //! tiny random packs, compared with `fixtures/render_pins.safetensors`. The fixture was written
 //! before the model-family seam was cut (issue 25) and the refactor kept the audio bit for bit
-//! on the machine that wrote it; libtorch's CPU kernels may round differently on another
-//! processor, so the comparison allows 1e-5 and says whether the match is exact.
+//! on the machine that wrote it. libtorch's CPU kernels round differently on another processor
+//! (MKL and oneDNN pick their code by instruction set), and the tiny random decoders amplify it:
+//! from the Intel machine that first wrote the pins to an AMD EPYC, latents moved by up to 9.5e-5
+//! and audio by up to 2.3e-2 of its scale. So the fixture records the processor it was written
+//! on (`cpu` in its metadata): on that processor every case must match within 1e-5 (and the test
+//! says whether exactly); on another, latents within 1e-3 and audio within 5e-2, which still
+//! catches any change of sampler, guidance or decoder (those move the numbers by whole units).
 //!
 //! `TUTTI_PIN_WRITE=1` rewrites the fixture (only when a change of audio is intended);
 //! `TUTTI_PIN_DUMP=<dir>` also writes each case's full latent and audio as raw f32 bytes, for a
@@ -196,6 +201,25 @@ fn stable_audio_cases(tmp: &Path, pins: &mut Pins) {
     pins.0.insert("sao_run.audio".into(), audio.flatten(0, -1));
 }
 
+/// The processor, as far as it decides which kernels libtorch runs: its name and the vector
+/// instruction sets MKL and oneDNN dispatch on.
+fn cpu_fingerprint() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let isa: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    format!("{} [{}]", field("model name"), isa.join(" "))
+}
+
 fn strided(name: &str, t: &Tensor) -> Tensor {
     if name.contains(".audio") {
         t.slice(0, 0, t.size()[0], STRIDE).contiguous()
@@ -228,13 +252,17 @@ fn both_families_render_the_pinned_audio() {
             .iter()
             .map(|(k, t)| (k.clone(), strided(k, t)))
             .collect();
+        let meta = std::collections::HashMap::from([("cpu".to_string(), cpu_fingerprint())]);
         std::fs::write(
             &path,
-            weights::to_safetensors_bytes(&tensors, None).unwrap(),
+            weights::to_safetensors_bytes(&tensors, Some(meta)).unwrap(),
         )
         .unwrap();
     }
-    let want = weights::read_safetensors(&path).unwrap().tensors;
+    let pinned = weights::read_safetensors(&path).unwrap();
+    let pinned_cpu = pinned.metadata.get("cpu").cloned().unwrap_or_default();
+    let same_cpu = pinned_cpu == cpu_fingerprint();
+    let want = pinned.tensors;
     let mut names: Vec<&String> = want.keys().collect();
     names.sort();
     let got_names: Vec<&String> = pins.0.keys().collect();
@@ -247,11 +275,24 @@ fn both_families_render_the_pinned_audio() {
         // levels), and a random tiny vocoder's output can be far from unit scale.
         let scale = want.abs().max().double_value(&[]).max(1.0);
         let diff = (&got - want).abs().max().double_value(&[]) / scale;
-        report.push(format!("{name}: max relative diff {diff:e}"));
+        report.push((name.clone(), diff));
+    }
+    let lines: Vec<String> = report
+        .iter()
+        .map(|(name, diff)| format!("{name}: max relative diff {diff:e}"))
+        .collect();
+    for (name, diff) in &report {
+        let tolerance = match (same_cpu, name.contains(".audio")) {
+            (true, _) => 1e-5,
+            (false, false) => 1e-3,
+            (false, true) => 5e-2,
+        };
         assert!(
-            diff <= 1e-5,
-            "{name} moved from its pin by {diff:e}:\n{}",
-            report.join("\n")
+            *diff <= tolerance,
+            "{name} moved from its pin by {diff:e} (tolerance {tolerance:e}; pinned on {pinned_cpu:?}, \
+             running on {:?}):\n{}",
+            cpu_fingerprint(),
+            lines.join("\n")
         );
     }
     let exact = pins
@@ -261,11 +302,11 @@ fn both_families_render_the_pinned_audio() {
     println!(
         "{} cases, {}\n{}",
         pins.0.len(),
-        if exact {
-            "bit-identical to the pins"
-        } else {
-            "within 1e-5 of the pins"
+        match (exact, same_cpu) {
+            (true, _) => "bit-identical to the pins",
+            (false, true) => "within 1e-5 of the pins",
+            (false, false) => "within the tolerances for another processor",
         },
-        report.join("\n")
+        lines.join("\n")
     );
 }
