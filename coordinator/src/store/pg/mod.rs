@@ -217,10 +217,43 @@ impl PgStore {
         scope: Scope<'_>,
         id: Uuid,
     ) -> Result<Option<(JobRecord, bool)>> {
-        let mut tx = PgLifecycle::begin(&self.pool).await?;
-        let changed = crate::lifecycle::cancel(tx.as_mut(), scope, id).await?;
-        tx.commit().await?;
+        let changed = transaction_retried(|| async move {
+            let mut tx = PgLifecycle::begin(&self.pool).await?;
+            let changed = crate::lifecycle::cancel(tx.as_mut(), scope, id).await?;
+            tx.commit().await?;
+            Ok(changed)
+        })
+        .await?;
         Ok(self.get_job_impl(scope, id).await?.map(|j| (j, changed)))
+    }
+}
+
+/// Whether a transaction failed only because Postgres aborted it to break a deadlock (40P01) or
+/// a serialization conflict (40001). It rolled back whole, so running it again is safe: a
+/// caller's cancel, retry or delete racing the dispatcher's round over the same rows should
+/// wait its turn, not come back UNAVAILABLE.
+fn aborted_by_conflict(e: &Error) -> bool {
+    matches!(e, Error::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Runs a transaction (`attempt` begins, works and commits) up to five times while Postgres
+/// aborts it to break a conflict, waiting 20, 40, 80, 160 ms between tries.
+async fn transaction_retried<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0u32;
+    loop {
+        match attempt().await {
+            Err(e) if aborted_by_conflict(&e) && tries < 4 => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "transaction aborted by a conflict; running it again");
+                tokio::time::sleep(Duration::from_millis(10 << tries)).await;
+            }
+            done => return done,
+        }
     }
 }
 
@@ -247,9 +280,13 @@ impl JobStore for PgStore {
         self.cancel_job_impl(scope, id).await
     }
     async fn retry_job(&self, scope: Scope<'_>, id: Uuid) -> Result<Option<(JobRecord, Retried)>> {
-        let mut tx = PgLifecycle::begin(&self.pool).await?;
-        let retried = crate::lifecycle::retry(tx.as_mut(), scope, id).await?;
-        tx.commit().await?;
+        let retried = transaction_retried(|| async move {
+            let mut tx = PgLifecycle::begin(&self.pool).await?;
+            let retried = crate::lifecycle::retry(tx.as_mut(), scope, id).await?;
+            tx.commit().await?;
+            Ok(retried)
+        })
+        .await?;
         let Some(retried) = retried else {
             return Ok(None);
         };
@@ -260,9 +297,13 @@ impl JobStore for PgStore {
         scope: Scope<'_>,
         id: Uuid,
     ) -> Result<Option<(JobRecord, crate::lifecycle::deleted::Deleted)>> {
-        let mut tx = PgLifecycle::begin(&self.pool).await?;
-        let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
-        tx.commit().await?;
+        let deleted = transaction_retried(|| async move {
+            let mut tx = PgLifecycle::begin(&self.pool).await?;
+            let deleted = crate::lifecycle::delete(tx.as_mut(), scope, id).await?;
+            tx.commit().await?;
+            Ok(deleted)
+        })
+        .await?;
         let Some(deleted) = deleted else {
             return Ok(None);
         };
@@ -273,10 +314,13 @@ impl JobStore for PgStore {
         tenant: &str,
         batch: Uuid,
     ) -> Result<Option<Vec<(Uuid, crate::lifecycle::deleted::Deleted)>>> {
-        let mut tx = PgLifecycle::begin(&self.pool).await?;
-        let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
-        tx.commit().await?;
-        Ok(deleted)
+        transaction_retried(|| async move {
+            let mut tx = PgLifecycle::begin(&self.pool).await?;
+            let deleted = crate::lifecycle::delete_batch(tx.as_mut(), tenant, batch).await?;
+            tx.commit().await?;
+            Ok(deleted)
+        })
+        .await
     }
     async fn retry_batch_items(
         &self,
@@ -284,11 +328,15 @@ impl JobStore for PgStore {
         batch: Uuid,
         include_cancelled: bool,
     ) -> Result<Option<Vec<(Uuid, bool)>>> {
-        let mut tx = PgLifecycle::begin(&self.pool).await?;
-        let retried =
-            crate::lifecycle::retry_batch(tx.as_mut(), tenant, batch, include_cancelled).await?;
-        tx.commit().await?;
-        Ok(retried)
+        transaction_retried(|| async move {
+            let mut tx = PgLifecycle::begin(&self.pool).await?;
+            let retried =
+                crate::lifecycle::retry_batch(tx.as_mut(), tenant, batch, include_cancelled)
+                    .await?;
+            tx.commit().await?;
+            Ok(retried)
+        })
+        .await
     }
     async fn begin_round(&self) -> Result<Box<dyn RoundTx + '_>> {
         round::begin_round(&self.pool).await
@@ -490,5 +538,62 @@ impl JobStore for PgStore {
     }
     fn batches(&self) -> &dyn super::BatchStore {
         self
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Postgres itself raises the deadlock's SQLSTATE: the first two tries fail with it and the
+    /// third commits; any other database error comes back at once.
+    #[tokio::test]
+    async fn a_transaction_aborted_by_a_deadlock_runs_again() {
+        let store = crate::store::tests::pg().await;
+        let pool = store.pool();
+        let raise = |code: &'static str| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!(
+                "DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        let calls = AtomicU32::new(0);
+        let got = transaction_retried(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                raise("40P01").await?;
+            }
+            Ok(7)
+        })
+        .await;
+        assert_eq!((got.ok(), calls.load(Ordering::SeqCst)), (Some(7), 3));
+
+        let calls = AtomicU32::new(0);
+        let got: Result<()> = transaction_retried(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            raise("23505").await
+        })
+        .await;
+        assert!(got.is_err_and(|e| !aborted_by_conflict(&e)));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a unique violation is not retried"
+        );
+
+        // A conflict that does not clear gives up after five tries.
+        let calls = AtomicU32::new(0);
+        let got: Result<()> = transaction_retried(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            raise("40001").await
+        })
+        .await;
+        assert!(got.is_err_and(|e| aborted_by_conflict(&e)));
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
     }
 }
