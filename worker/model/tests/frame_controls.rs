@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tch::{Device, Tensor};
 use tutti_model::frame_cond::{BeatGrid, FrameCondConfig, FrameControls};
-use tutti_model::pack::{self, LoadedPack, PackConfig};
+use tutti_model::pack::{self, GuidedControl, LoadedPack, PackConfig};
 use tutti_model::pipeline::{GenerationParams, Pipeline};
 use tutti_model::sampler::SamplerKind;
 use tutti_model::text_encoder::TextEncoderConfig;
@@ -203,4 +203,62 @@ fn packs_without_frame_controls_are_unchanged() {
         assert!(la.equal(&lb), "latents differ at {bpm:?} BPM");
         assert_eq!(aa, ab);
     }
+}
+
+#[test]
+fn guided_controls_leave_the_unconditional_half_without_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, guided) = (tmp.path().join("plain"), tmp.path().join("guided"));
+    let cfg = framed_config(true, true);
+    write_pack_with(&plain, 6, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    let mut gcfg = cfg.clone();
+    gcfg.defaults.guided_controls = vec![GuidedControl::Key, GuidedControl::Mode];
+    write_pack_with(&guided, 6, &gcfg, &TextEncoderConfig::tiny()).unwrap();
+    let toml = std::fs::read_to_string(guided.join(pack::CONFIG_FILE)).unwrap();
+    assert!(
+        toml.contains(r#"guided_controls = ["key", "mode"]"#),
+        "{toml}"
+    );
+    assert_eq!(PackConfig::read(&guided).unwrap().defaults, gcfg.defaults);
+
+    let a = Pipeline::load(&plain, Device::Cpu).unwrap();
+    let b = Pipeline::load(&guided, Device::Cpu).unwrap();
+    // A request that names a key: the guided pack's unconditional half lacks it, so the result
+    // moves; one that names neither key nor mode is the same request in both halves.
+    let keyed = params(Some(120.0));
+    assert!(
+        (generate(&a, &keyed).0 - generate(&b, &keyed).0)
+            .abs()
+            .max()
+            .double_value(&[])
+            > 1e-4
+    );
+    let mut unkeyed = keyed.clone();
+    (unkeyed.controls.key, unkeyed.controls.mode) = (None, None);
+    let (la, aa) = generate(&a, &unkeyed);
+    let (lb, ab) = generate(&b, &unkeyed);
+    assert!(la.equal(&lb), "no key asked, yet the packs differ");
+    assert_eq!(aa, ab);
+    // Guided by the key, a mode-only request and a full one guide differently.
+    let mut mode_only = keyed.clone();
+    mode_only.controls.key = None;
+    assert!(!generate(&b, &mode_only).0.equal(&generate(&b, &keyed).0));
+
+    // The unconditional controls: only the named ones become unknown.
+    let c = keyed.controls;
+    let u = GuidedControl::unconditional(&c, &[GuidedControl::Mode, GuidedControl::Tempo]);
+    assert_eq!(
+        (u.bpm, u.key, u.mode, u.duration_s),
+        (None, c.key, None, c.duration_s)
+    );
+
+    // A pack cannot guide by a control it does not take.
+    let mut bad = tiny_config();
+    bad.conditioners.key = false;
+    bad.defaults.guided_controls = vec![GuidedControl::Key];
+    let err = bad.validate().unwrap_err();
+    assert!(
+        err.contains("guided_controls") && err.contains("Key"),
+        "{err}"
+    );
 }

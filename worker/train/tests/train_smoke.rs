@@ -158,6 +158,9 @@ fn frame_controls_grow_from_a_pack(pack_dir: &Path, paths: &RunPaths, dir: &Path
         .frame_conditioning
         .expect("the pack declares its per-frame controls");
     assert!(f.beat_grid && f.key_profile);
+    // Guidance steers by every control the pack takes.
+    use tutti_model::pack::GuidedControl::{Key, Mode, Tempo};
+    assert_eq!(pc.defaults.guided_controls, [Tempo, Key, Mode]);
     let p = Pipeline::load(&out, Device::Cpu).unwrap();
     let mut params = p.default_params("house with piano, 124 BPM, in F minor", 2.0);
     params.controls = tutti_shared::prompt::parse_controls(&params.prompt, 2.0);

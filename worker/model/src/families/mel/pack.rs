@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
+use tutti_shared::prompt::Controls;
 
 use crate::decoders::mel::MelConfig;
 use crate::decoders::mel_decoder::{self, Decoder, DecoderConfig};
@@ -67,6 +68,39 @@ pub struct Defaults {
     pub guidance_scale: f64,
     /// Steps per denoise task (the farm's chunk size).
     pub chunk_steps: usize,
+    /// The numeric controls guidance steers by as well as the text: the unconditional half
+    /// leaves them unknown (as training's control dropout does), so `guidance_scale` amplifies
+    /// them too. Empty: both halves carry every control, and guidance steers by the text alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guided_controls: Vec<GuidedControl>,
+}
+
+/// A numeric control classifier-free guidance can steer by (see [`Defaults::guided_controls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuidedControl {
+    /// The tempo (its embedding and the beat grid).
+    Tempo,
+    /// The tonic (its embedding and the key profile).
+    Key,
+    /// The mode (its embedding and the key profile).
+    Mode,
+}
+
+impl GuidedControl {
+    /// `controls` as the unconditional half of guidance sees them: every control in `guided`
+    /// unknown.
+    pub fn unconditional(controls: &Controls, guided: &[GuidedControl]) -> Controls {
+        let mut c = *controls;
+        for g in guided {
+            match g {
+                GuidedControl::Tempo => c.bpm = None,
+                GuidedControl::Key => c.key = None,
+                GuidedControl::Mode => c.mode = None,
+            }
+        }
+        c
+    }
 }
 
 /// `[limits]`: what a request may ask for.
@@ -149,6 +183,28 @@ impl PackConfig {
         (duration_s as f64 * self.model.sample_rate as f64).round() as usize
     }
 
+    /// The numeric controls the pack is conditioned on, each of which guidance could steer by.
+    pub fn controls(&self) -> Vec<GuidedControl> {
+        [
+            GuidedControl::Tempo,
+            GuidedControl::Key,
+            GuidedControl::Mode,
+        ]
+        .into_iter()
+        .filter(|c| self.has_control(*c))
+        .collect()
+    }
+
+    /// Whether the pack is conditioned on `control` (a global embedding or a per-frame input).
+    fn has_control(&self, control: GuidedControl) -> bool {
+        let (c, f) = (&self.conditioners, self.frame_conditioning.as_ref());
+        match control {
+            GuidedControl::Tempo => c.tempo.is_some() || f.is_some_and(|f| f.beat_grid),
+            GuidedControl::Key => c.key || f.is_some_and(|f| f.key_profile),
+            GuidedControl::Mode => c.mode || f.is_some_and(|f| f.key_profile),
+        }
+    }
+
     /// Consistency checks that need no weights (the text encoder's width is checked at load).
     pub fn validate(&self) -> Result<(), String> {
         let m = &self.model;
@@ -190,6 +246,11 @@ impl PackConfig {
             ));
         }
         let (df, l) = (&self.defaults, &self.limits);
+        if let Some(g) = df.guided_controls.iter().find(|g| !self.has_control(**g)) {
+            return Err(format!(
+                "defaults.guided_controls names {g:?}, a control this pack does not take"
+            ));
+        }
         if df.steps == 0 || df.steps > l.max_steps || df.chunk_steps == 0 {
             return Err(
                 "defaults.steps must be in 1..=limits.max_steps and defaults.chunk_steps positive"
@@ -430,8 +491,16 @@ pub fn inspect(path: &Path) -> Result<String> {
     let df = &cfg.defaults;
     let _ = writeln!(
         out,
-        "  defaults: sampler {:?}, {} steps, guidance {}, {} steps per chunk; limits: {} steps",
-        df.sampler, df.steps, df.guidance_scale, df.chunk_steps, cfg.limits.max_steps
+        "  defaults: sampler {:?}, {} steps, guidance {} (text{}), {} steps per chunk; limits: {} steps",
+        df.sampler,
+        df.steps,
+        df.guidance_scale,
+        df.guided_controls
+            .iter()
+            .map(|g| format!(", {g:?}").to_lowercase())
+            .collect::<String>(),
+        df.chunk_steps,
+        cfg.limits.max_steps
     );
     let te = path.join(&cfg.text_encoder);
     match std::fs::read_to_string(te.join("config.json"))

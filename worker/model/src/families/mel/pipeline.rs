@@ -4,7 +4,9 @@
 //! Guidance: each state contributes `2 * variations` rows to the batch: its variations conditioned
 //! on the negative prompt (the unconditional half), then on the prompt; the guided output is
 //! `uncond + scale * (cond - uncond)` with the state's own scale. The numeric controls condition
-//! both halves (as Stable Audio duplicates its duration embedding).
+//! both halves (as Stable Audio duplicates its duration embedding), except those the pack's
+//! `defaults.guided_controls` names: the unconditional half leaves them unknown, so guidance
+//! steers by them as by the text.
 //!
 //! Batch invariance: a state's output must not depend on what else is in its forward. Text
 //! tokens are padded to a fixed bucket (`TEXT_BUCKET` tokens: `text_bucket`) and masked in
@@ -29,9 +31,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Kind, Tensor};
 use tutti_shared::models::ModelFamily;
+use tutti_shared::prompt::Controls;
 
 use crate::families::mel::frame_cond::{FrameConditioner, FrameControls};
-use crate::families::mel::pack::{LoadedPack, PackConfig, RenderPack};
+use crate::families::mel::pack::{GuidedControl, LoadedPack, PackConfig, RenderPack};
 use crate::families::{common, text_cond, Family, Render};
 use crate::nn::dit::DitInput;
 use crate::samplers::{self, SamplerState};
@@ -129,30 +132,41 @@ impl Pipeline {
     fn frame_states(&self, fc: &FrameConditioner, rows: &[Rows<'_>], max_t: i64) -> Tensor {
         let fps = self.config.model.latent_frames_per_second;
         let dim = fc.config().dim;
+        let guided = &self.config.defaults.guided_controls;
         let parts: Vec<Tensor> = rows
             .iter()
             .map(|r| {
                 let s = r.state;
                 let (n, t) = (r.x.size()[0], s.latent.size()[2]);
-                let controls = FrameControls::for_request(
-                    &s.params.controls,
-                    &s.params.prompt,
-                    t as usize,
-                    fps,
-                );
-                let f = fc.forward(&[controls], t).to_device(self.device);
-                let f = if t < max_t {
+                let controls =
+                    |c: &Controls| FrameControls::for_request(c, &s.params.prompt, t as usize, fps);
+                let cond = fc.forward(&[controls(&s.params.controls)], t);
+                let uncond = GuidedControl::unconditional(&s.params.controls, guided);
+                // Rows: the variations' unconditional half, then the prompt's (always guided).
+                let f = if uncond == s.params.controls {
+                    cond.expand([n, t, dim], false)
+                } else {
+                    let uncond = fc.forward(&[controls(&uncond)], t);
+                    Tensor::cat(
+                        &[
+                            uncond.expand([n / 2, t, dim], false),
+                            cond.expand([n / 2, t, dim], false),
+                        ],
+                        0,
+                    )
+                }
+                .to_device(self.device);
+                if t < max_t {
                     Tensor::cat(
                         &[
                             f,
-                            Tensor::zeros([1, max_t - t, dim], (Kind::Float, self.device)),
+                            Tensor::zeros([n, max_t - t, dim], (Kind::Float, self.device)),
                         ],
                         1,
                     )
                 } else {
                     f
-                };
-                f.expand([n, max_t, dim], false)
+                }
             })
             .collect();
         Tensor::cat(&parts, 0)
@@ -212,9 +226,11 @@ impl Family for Pipeline {
         let text = pack
             .text_encoder
             .encode(&[&params.negative_prompt, &params.prompt])?;
+        let uncond =
+            GuidedControl::unconditional(&params.controls, &self.config.defaults.guided_controls);
         let numeric = pack
             .conditioners
-            .embed(&[params.controls, params.controls], self.device);
+            .embed(&[uncond, params.controls], self.device);
         let global_cond = Tensor::cat(&[&text.pooled, &numeric], 1);
         let frames = self.config.latent_frames(params.controls.duration_s);
         let channels = self.config.model.latent_channels;

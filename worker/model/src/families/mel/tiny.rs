@@ -68,6 +68,7 @@ pub fn tiny_config() -> PackConfig {
             steps: 8,
             guidance_scale: 3.0,
             chunk_steps: 4,
+            guided_controls: Vec::new(),
         },
         limits: Limits {
             max_steps: 200,
