@@ -414,6 +414,56 @@ pub fn parse_controls(text: &str, duration_s: f32) -> Controls {
     c
 }
 
+/// The instrument families a text names, as [`vocab::INSTRUMENTS`] words in that order: the
+/// caption words themselves and the ways people name them ("synth" is the synth pad, "string
+/// quartet" and "cello" are strings, "rhodes" an electric piano; a guitar named neither acoustic
+/// nor electric is acoustic). "Electric piano" is not also a piano, nor "bass drum" a bass.
+pub fn parse_instruments(text: &str) -> Vec<&'static str> {
+    let lower = text.to_lowercase();
+    let mut named = [false; 10];
+    for m in instrument_regex().captures_iter(&lower) {
+        let Some((i, _)) = m.iter().skip(1).enumerate().find(|(_, g)| g.is_some()) else {
+            continue;
+        };
+        if let Some(slot) = INSTRUMENT_GROUPS.get(i).and_then(|f| named.get_mut(*f)) {
+            *slot = true;
+        }
+    }
+    vocab::INSTRUMENTS
+        .iter()
+        .zip(named)
+        .filter_map(|(w, n)| n.then_some(*w))
+        .collect()
+}
+
+/// The family (index in [`vocab::INSTRUMENTS`]) of each group of [`instrument_regex`].
+const INSTRUMENT_GROUPS: [usize; 11] = [1, 0, 2, 4, 3, 5, 6, 7, 9, 8, 9];
+
+/// One group per way of naming a family. Matches start leftmost and the first alternative that
+/// matches there wins, so "electric piano" is read before its "piano" and "bass drum" (a drum)
+/// before its "bass".
+fn instrument_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(concat!(
+            r"\b(?:",
+            r"(electric pianos?|e-pianos?|rhodes|wurlitzer)",
+            r"|(pianos?)",
+            r"|(organs?|hammond)",
+            r"|(electric guitars?|distorted guitars?|overdriven guitars?)",
+            r"|((?:acoustic |nylon |classical |steel )?guitars?)",
+            r"|(strings?|string quartet|violins?|violas?|cellos?|fiddles?)",
+            r"|(flutes?|piccolos?)",
+            r"|(synth pads?|synths?|synthesizers?|pads)",
+            r"|(bass drums?)",
+            r"|(bass(?: guitar)?|basslines?|bass lines?|sub-bass|808s?)",
+            r"|(drums?|drum kit|percussion|drum machine)",
+            r")\b"
+        ))
+        .expect("valid regex")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +491,40 @@ mod tests {
             assert!(!moods[..i].contains(m), "{m} twice");
         }
         assert_eq!(vocab::INSTRUMENTS.len(), 10);
+    }
+
+    #[test]
+    fn instruments_are_read_in_every_wording() {
+        let cases: [(&str, &[&str]); 9] = [
+            (
+                "lo-fi hip hop with bass, drums and electric piano",
+                &["electric piano", "bass", "drums"],
+            ),
+            ("sad solo piano nocturne", &["piano"]),
+            ("joyful string quartet in D major", &["strings"]),
+            ("dark cello and violins", &["strings"]),
+            (
+                "uplifting house track with synth and drums",
+                &["synth pad", "drums"],
+            ),
+            ("melancholic fingerpicked guitar", &["acoustic guitar"]),
+            (
+                "rock with Electric Guitar, a kick on the bass drum",
+                &["electric guitar", "drums"],
+            ),
+            (
+                "sunny folk melody on flute and acoustic guitar",
+                &["acoustic guitar", "flute"],
+            ),
+            ("a dreamy mood, 80 BPM, bassoon-free ambience", &[]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_instruments(text), want, "{text}");
+        }
+        // Every caption word reads as itself.
+        for w in vocab::INSTRUMENTS {
+            assert_eq!(parse_instruments(&format!("a track with {w}")), [*w], "{w}");
+        }
     }
 
     #[test]

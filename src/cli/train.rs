@@ -162,6 +162,9 @@ pub(crate) struct DenoiserArgs {
     /// Per-frame pitch-class profile of the true key and mode.
     #[arg(long)]
     pub key_profile: bool,
+    /// Per-frame input of the instrument families the caption names (requests: the prompt).
+    #[arg(long)]
+    pub instruments: bool,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +276,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 },
                 beat_grid: a.beat_grid,
                 key_profile: a.key_profile,
+                instruments: a.instruments,
                 ..Default::default()
             };
             let paths = tutti_train::denoiser::RunPaths {

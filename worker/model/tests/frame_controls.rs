@@ -1,6 +1,6 @@
-//! Per-frame controls (beat grid, key profile) on tiny random packs with real libtorch: the grid
-//! comes from the request's tempo and reaches the denoiser, and a pack without the controls
-//! loads and generates as it always did.
+//! Per-frame controls (beat grid, key profile, instruments) on tiny random packs with real
+//! libtorch: the grid comes from the request's tempo and reaches the denoiser, the instruments
+//! from the prompt's words, and a pack without the controls loads and generates as it always did.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -51,6 +51,7 @@ fn framed_config(beat_grid: bool, key_profile: bool) -> PackConfig {
         dim: cfg.denoiser.inner_dim(),
         beat_grid,
         key_profile,
+        instruments: false,
     });
     cfg
 }
@@ -192,6 +193,7 @@ fn packs_without_frame_controls_are_unchanged() {
         dim: cfg.denoiser.inner_dim(),
         beat_grid: true,
         key_profile: true,
+        instruments: false,
     });
     write_pack_with(&grown, 4, &gcfg, &TextEncoderConfig::tiny()).unwrap();
     rewrite_frames(&grown, |t| t.zeros_like());
@@ -261,4 +263,57 @@ fn guided_controls_leave_the_unconditional_half_without_them() {
         err.contains("guided_controls") && err.contains("Key"),
         "{err}"
     );
+}
+
+#[test]
+fn instruments_the_prompt_names_reach_the_denoiser_and_guidance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = framed_config(true, true);
+    if let Some(f) = cfg.frame_conditioning.as_mut() {
+        f.instruments = true;
+    }
+    let (full, blind, guided) = (
+        tmp.path().join("full"),
+        tmp.path().join("blind"),
+        tmp.path().join("guided"),
+    );
+    write_pack_with(&full, 8, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    // The same pack whose instrument projection reads nothing (only its `unknown` vector left).
+    write_pack_with(&blind, 8, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    rewrite_conditioners(&blind, &["frames.instruments.weight"], |t| t.zeros_like());
+    let mut gcfg = cfg.clone();
+    gcfg.defaults.guided_controls = vec![GuidedControl::Instruments];
+    write_pack_with(&guided, 8, &gcfg, &TextEncoderConfig::tiny()).unwrap();
+    assert!(std::fs::read_to_string(full.join(pack::CONFIG_FILE))
+        .unwrap()
+        .contains("instruments = true"));
+
+    let (a, b, g) = (
+        Pipeline::load(&full, Device::Cpu).unwrap(),
+        Pipeline::load(&blind, Device::Cpu).unwrap(),
+        Pipeline::load(&guided, Device::Cpu).unwrap(),
+    );
+    let named = params(Some(100.0)); // "house with piano and drums"
+    let mut unnamed = named.clone();
+    unnamed.prompt = "house at night".into();
+    let differs = |x: &Pipeline, y: &Pipeline, p: &GenerationParams| {
+        !generate(x, p).0.equal(&generate(y, p).0)
+    };
+    // Named instruments move the result; a prompt that names none reads `unknown` in both.
+    assert!(differs(&a, &b, &named));
+    assert!(!differs(&a, &b, &unnamed));
+    // Guided by the instruments: the unconditional half lacks them, so only a prompt that
+    // names some is guided differently.
+    assert!(differs(&a, &g, &named));
+    assert!(!differs(&a, &g, &unnamed));
+    assert!(PackConfig::read(&guided)
+        .unwrap()
+        .controls()
+        .contains(&GuidedControl::Instruments));
+
+    // A pack without the input cannot guide by it.
+    let mut bad = framed_config(true, true);
+    bad.defaults.guided_controls = vec![GuidedControl::Instruments];
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("Instruments"), "{err}");
 }

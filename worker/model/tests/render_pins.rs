@@ -98,6 +98,7 @@ fn mel_cases(tmp: &Path, pins: &mut Pins) {
         dim: cfg.denoiser.inner_dim(),
         beat_grid: true,
         key_profile: true,
+        instruments: false,
     });
     let dir = tmp.join("mel");
     write_pack_with(&dir, 5, &cfg, &TextEncoderConfig::tiny()).unwrap();

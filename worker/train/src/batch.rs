@@ -12,7 +12,7 @@ use tutti_shared::prompt::Controls;
 
 use super::data::{self, ManifestRow};
 use super::Result;
-use tutti_model::frame_cond::{key_features, BeatGrid, FrameControls};
+use tutti_model::frame_cond::{instrument_features, key_features, BeatGrid, FrameControls};
 use tutti_model::text_encoder::TextEncoder;
 
 /// Standard normal samples from `rng` (Box-Muller).
@@ -131,9 +131,11 @@ pub struct BatchSpec {
     pub std: f64,
     pub frames_per_second: f64,
     /// The run's per-frame controls (beat grid from the renders' true beats, key profile from
-    /// their true key and mode), each dropped with `frame_dropout` so it stays optional.
+    /// their true key and mode, instruments as the caption names them), each dropped with
+    /// `frame_dropout` so it stays optional.
     pub beat_grid: bool,
     pub key_profile: bool,
+    pub instruments: bool,
     pub frame_dropout: f64,
 }
 
@@ -185,7 +187,7 @@ pub fn draw(
             c.mode = None;
         }
         controls.push(c);
-        if spec.beat_grid || spec.key_profile {
+        if spec.beat_grid || spec.key_profile || spec.instruments {
             let grid = (spec.beat_grid && row.bpm > 0.0 && !rng.random_bool(spec.frame_dropout))
                 .then(|| {
                     BeatGrid {
@@ -204,7 +206,16 @@ pub fn draw(
                     _ => key_features(Some(row.tonic), None),
                 })
                 .flatten();
-            frame_rows.push(FrameControls { grid, key });
+            // Read from the caption as a request's prompt is read (a caption that names no
+            // instrument, as 20% do, teaches the unknown input as well).
+            let instruments = (spec.instruments && !rng.random_bool(spec.frame_dropout))
+                .then(|| instrument_features(&row.caption))
+                .flatten();
+            frame_rows.push(FrameControls {
+                grid,
+                key,
+                instruments,
+            });
         }
     }
     let shape = [b as i64, n_mels as i64, frames as i64];

@@ -55,6 +55,9 @@ pub struct DenoiserConfig {
     /// Per-frame key profile.
     #[serde(default)]
     pub key_profile: bool,
+    /// The instrument families the caption names, per frame.
+    #[serde(default)]
+    pub instruments: bool,
     /// Chance that a clip's beat grid (and, apart, its key profile) is dropped to "unknown".
     #[serde(default = "frame_dropout")]
     pub frame_dropout: f64,
@@ -88,6 +91,7 @@ impl Default for DenoiserConfig {
             adam: AdamWConfig::default(),
             beat_grid: false,
             key_profile: false,
+            instruments: false,
             frame_dropout: frame_dropout(),
         }
     }
@@ -100,10 +104,11 @@ impl DenoiserConfig {
 
     /// The per-frame controls' config, if the run has any.
     pub fn frame_cond(&self) -> Option<FrameCondConfig> {
-        (self.beat_grid || self.key_profile).then(|| FrameCondConfig {
+        (self.beat_grid || self.key_profile || self.instruments).then(|| FrameCondConfig {
             dim: self.heads * self.head_dim,
             beat_grid: self.beat_grid,
             key_profile: self.key_profile,
+            instruments: self.instruments,
         })
     }
 
@@ -325,8 +330,12 @@ impl Trainer {
             n_mels: to,
             ..cfg.mel.clone()
         } == self.state.mel;
-        let frames_differ = cfg.frame_conditioning.is_some()
-            && cfg.frame_conditioning != self.state.config.frame_cond();
+        // The run may add per-frame controls to the pack's (they start at zero), not drop any.
+        let run_frames = self.state.config.frame_cond();
+        let frames_differ = cfg
+            .frame_conditioning
+            .as_ref()
+            .is_some_and(|f| !run_frames.as_ref().is_some_and(|r| f.is_within(r)));
         if cfg.denoiser != want
             || cfg.conditioners != self.cond_cfg
             || !same_mel
@@ -361,8 +370,12 @@ impl Trainer {
                 Some(("cond", k)) => cond.get(k),
                 _ => None,
             };
-            if src.is_none() && name.starts_with("cond.frames.") && cfg.frame_conditioning.is_none()
-            {
+            let pack_lacks = name.strip_prefix("cond.frames.").is_some_and(|w| {
+                !cfg.frame_conditioning
+                    .as_ref()
+                    .is_some_and(|f| f.declares(w))
+            });
+            if src.is_none() && pack_lacks {
                 // Per-frame controls the pack lacks start at zero: the pack's function exactly.
                 continue;
             }
@@ -415,6 +428,7 @@ impl Trainer {
             frames_per_second: self.state.mel.sample_rate as f64 / self.state.mel.hop_length as f64,
             beat_grid: c.beat_grid,
             key_profile: c.key_profile,
+            instruments: c.instruments,
             frame_dropout: c.frame_dropout,
         }
     }

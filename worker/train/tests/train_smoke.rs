@@ -169,6 +169,52 @@ fn frame_controls_grow_from_a_pack(pack_dir: &Path, paths: &RunPaths, dir: &Path
     p.denoise(&mut st, 2, &mut |_| std::ops::ControlFlow::Continue(()))
         .unwrap();
     assert!(p.render(&st).unwrap()[0].iter().all(|v| v.is_finite()));
+
+    // `--instruments` on a pack that has the other per-frame controls: theirs carry over, the
+    // new projection starts at zero and trains; the reverse (dropping a control) is refused.
+    let more_cfg = DenoiserConfig {
+        instruments: true,
+        ..cfg.clone()
+    };
+    let more = RunPaths {
+        run: dir.join("more"),
+        ..paths.clone()
+    };
+    let mut m = Trainer::open(&more_cfg, &more, Device::Cpu, false).unwrap();
+    m.init_from_pack(&out).unwrap();
+    let sum = |m: &Trainer, k: &str| m.opt.params[k].abs().sum(Kind::Float).double_value(&[]);
+    assert!(
+        sum(&m, "cond.frames.key.weight") > 0.0,
+        "the pack's key projection"
+    );
+    assert_eq!(sum(&m, "cond.frames.instruments.weight"), 0.0);
+    assert!(m.run(3, 100, 1e9, 1, false).unwrap().is_finite());
+    assert!(
+        sum(&m, "cond.frames.instruments.weight") + sum(&m, "cond.frames.instruments.unknown")
+            > 0.0,
+        "the instruments' projection trained"
+    );
+    let out_more = dir.join("pack-more");
+    pack::write_pack(
+        &out_more,
+        &dir.join("more"),
+        None,
+        Some(&paths.text_encoder),
+        "more",
+    )
+    .unwrap();
+    let pc = PackConfig::read(&out_more).unwrap();
+    use tutti_model::pack::GuidedControl::Instruments;
+    assert_eq!(pc.defaults.guided_controls, [Tempo, Key, Mode, Instruments]);
+    let fewer = RunPaths {
+        run: dir.join("fewer"),
+        ..paths.clone()
+    };
+    let mut f = Trainer::open(&cfg, &fewer, Device::Cpu, false).unwrap();
+    assert!(
+        f.init_from_pack(&out_more).is_err(),
+        "a run may not drop a pack's control"
+    );
 }
 
 /// `--init PACK` on a dataset of more mel bands: the layers that touch the bands are widened

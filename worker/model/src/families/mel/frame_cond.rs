@@ -9,22 +9,30 @@
 //! - Key: the Krumhansl-Kessler profile of the asked key and mode rotated to the tonic
 //!   (zero-mean, unit norm; the mean of both modes when only the key is known), then the mode
 //!   as one-hot: 14 numbers, constant over the clip. Without key and mode, `unknown`.
+//! - Instruments: which of the ten instrument families the prompt names
+//!   (`prompt::parse_instruments`, the same reading for a caption in training and a request),
+//!   one number each, constant over the clip. The text encoder sees the words too, but pooled
+//!   with everything else a prompt says; this input names the timbre alone, and guidance can
+//!   steer by it. Naming none: `unknown`.
 //!
 //! Weights (in `conditioners.safetensors`, under `frames.`): `beat.weight` [dim, 4],
-//! `beat.unknown` [dim], `key.weight` [dim, 14], `key.unknown` [dim]. All start at zero, so a
-//! model that gains these controls starts out computing what it computed without them.
+//! `beat.unknown` [dim], `key.weight` [dim, 14], `key.unknown` [dim], `instruments.weight`
+//! [dim, 10], `instruments.unknown` [dim]. All start at zero, so a model that gains these
+//! controls starts out computing what it computed without them.
 //!
 //! A pack declares them with `[frame_conditioning]` in `model.toml`; a pack without the table
 //! gets no frame input at all (its forward is the one it always had).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
-use tutti_shared::prompt::{Controls, Mode};
+use tutti_shared::prompt::{self, vocab, Controls, Mode};
 
 /// Features of one frame of the beat grid.
 pub const GRID_FEATURES: i64 = 4;
 /// Features of a key: 12 pitch classes and the mode one-hot.
 pub const KEY_FEATURES: i64 = 14;
+/// Features of the instruments: one per family of `vocab::INSTRUMENTS`.
+pub const INSTRUMENT_FEATURES: usize = 10;
 
 /// `[frame_conditioning]` in `model.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +43,9 @@ pub struct FrameCondConfig {
     pub beat_grid: bool,
     #[serde(default)]
     pub key_profile: bool,
+    /// The instrument families a prompt names; absent in packs made before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instruments: bool,
 }
 
 impl FrameCondConfig {
@@ -45,10 +56,31 @@ impl FrameCondConfig {
                 self.dim
             ));
         }
-        if !self.beat_grid && !self.key_profile {
-            return Err("frame_conditioning declares neither beat_grid nor key_profile".into());
+        if !self.beat_grid && !self.key_profile && !self.instruments {
+            return Err(
+                "frame_conditioning declares none of beat_grid, key_profile, instruments".into(),
+            );
         }
         Ok(())
+    }
+
+    /// Whether the config declares the projection that weight `name` (under `frames.`) belongs to.
+    pub fn declares(&self, name: &str) -> bool {
+        match name.split('.').next() {
+            Some("beat") => self.beat_grid,
+            Some("key") => self.key_profile,
+            Some("instruments") => self.instruments,
+            _ => false,
+        }
+    }
+
+    /// Whether a pack with `self` can start a run with `run`: the same width, and every part
+    /// of `self` in `run` (the parts the pack lacks start at zero).
+    pub fn is_within(&self, run: &FrameCondConfig) -> bool {
+        self.dim == run.dim
+            && (!self.beat_grid || run.beat_grid)
+            && (!self.key_profile || run.key_profile)
+            && (!self.instruments || run.instruments)
     }
 }
 
@@ -144,12 +176,24 @@ pub fn key_features(key: Option<u8>, mode: Option<Mode>) -> Option<[f32; 14]> {
     Some(out)
 }
 
+/// The instrument features of a text, or `None` when it names no instrument family.
+pub fn instrument_features(text: &str) -> Option<[f32; INSTRUMENT_FEATURES]> {
+    let named = prompt::parse_instruments(text);
+    if named.is_empty() {
+        return None;
+    }
+    Some(std::array::from_fn(|i| {
+        f32::from(vocab::INSTRUMENTS.get(i).is_some_and(|w| named.contains(w)))
+    }))
+}
+
 /// One clip's per-frame controls, as numbers (what [`FrameConditioner::forward`] embeds).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FrameControls {
     /// `[frames * 4]` beat-grid features, or unknown.
     pub grid: Option<Vec<f32>>,
     pub key: Option<[f32; 14]>,
+    pub instruments: Option<[f32; INSTRUMENT_FEATURES]>,
 }
 
 impl FrameControls {
@@ -158,6 +202,7 @@ impl FrameControls {
         Self {
             grid: BeatGrid::for_request(controls, prompt).map(|g| g.features(0, frames, fps)),
             key: key_features(controls.key, controls.mode),
+            instruments: instrument_features(prompt),
         }
     }
 }
@@ -183,6 +228,7 @@ pub struct FrameConditioner {
     cfg: FrameCondConfig,
     beat: Option<Projection>,
     key: Option<Projection>,
+    instruments: Option<Projection>,
 }
 
 impl FrameConditioner {
@@ -196,6 +242,9 @@ impl FrameConditioner {
             key: cfg
                 .key_profile
                 .then(|| Projection::new(&p / "key", cfg.dim, KEY_FEATURES)),
+            instruments: cfg
+                .instruments
+                .then(|| Projection::new(&p / "instruments", cfg.dim, INSTRUMENT_FEATURES as i64)),
         }
     }
 
@@ -210,6 +259,7 @@ impl FrameConditioner {
             .beat
             .as_ref()
             .or(self.key.as_ref())
+            .or(self.instruments.as_ref())
             .map_or(Device::Cpu, |p| p.weight.device());
         let (b, dim) = (rows.len() as i64, self.cfg.dim);
         let mut out = Tensor::zeros([b, frames, dim], (Kind::Float, dev));
@@ -239,20 +289,35 @@ impl FrameConditioner {
             out = out + x.matmul(&p.weight.tr()) * &k + p.unknown.view([1, 1, dim]) * (1.0 - &k);
         }
         if let Some(p) = &self.key {
-            let known: Vec<f32> = rows.iter().map(|r| f32::from(r.key.is_some())).collect();
-            let feats: Vec<f32> = rows
-                .iter()
-                .flat_map(|r| r.key.unwrap_or([0.0; 14]))
-                .collect();
-            let x = Tensor::from_slice(&feats)
-                .to_device(dev)
-                .view([b, KEY_FEATURES]);
-            let k = Tensor::from_slice(&known).to_device(dev).view([b, 1]);
-            let e: Tensor = x.matmul(&p.weight.tr()) * &k + p.unknown.view([1, dim]) * (1.0 - &k);
-            out += e.unsqueeze(1);
+            out += constant(p, rows.iter().map(|r| r.key), dev);
+        }
+        if let Some(p) = &self.instruments {
+            out += constant(p, rows.iter().map(|r| r.instruments), dev);
         }
         out
     }
+}
+
+/// `[B, 1, dim]` states of a control constant over the clip: its projection where known, the
+/// projection's `unknown` vector where not.
+fn constant<const N: usize>(
+    p: &Projection,
+    rows: impl Iterator<Item = Option<[f32; N]>>,
+    dev: Device,
+) -> Tensor {
+    let (mut known, mut feats) = (Vec::new(), Vec::new());
+    for r in rows {
+        known.push(f32::from(r.is_some()));
+        feats.extend(r.unwrap_or([0.0; N]));
+    }
+    let b = known.len() as i64;
+    let x = Tensor::from_slice(&feats)
+        .to_device(dev)
+        .view([b, N as i64]);
+    let k = Tensor::from_slice(&known).to_device(dev).view([b, 1]);
+    let dim = p.unknown.size()[0];
+    let e: Tensor = x.matmul(&p.weight.tr()) * &k + p.unknown.view([1, dim]) * (1.0 - &k);
+    e.unsqueeze(1)
 }
 
 #[cfg(test)]
@@ -310,6 +375,7 @@ mod tests {
             dim: 3,
             beat_grid: true,
             key_profile: true,
+            instruments: true,
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let fc = FrameConditioner::new(vs.root() / "frames", &cfg);
@@ -328,12 +394,15 @@ mod tests {
             FrameControls {
                 grid: Some(g.features(0, 5, 62.5)),
                 key: key_features(Some(2), Some(Mode::Major)),
+                instruments: instrument_features("strings and drums"),
             },
         ];
         let out = tch::no_grad(|| fc.forward(&rows, 5));
         assert_eq!(out.size(), [2, 5, 3]);
         let vars = vs.variables();
-        let unknown = &vars["frames.beat.unknown"] + &vars["frames.key.unknown"];
+        let unknown = &vars["frames.beat.unknown"]
+            + &vars["frames.key.unknown"]
+            + &vars["frames.instruments.unknown"];
         for t in 0..5 {
             assert!(out.get(0).get(t).allclose(&unknown, 1e-6, 1e-6, false));
         }
@@ -342,5 +411,37 @@ mod tests {
             .get(1)
             .get(0)
             .allclose(&out.get(1).get(3), 1e-4, 1e-4, false));
+        // The instruments add their columns: strings (5) and drums (9).
+        let w = &vars["frames.instruments.weight"];
+        let inst = w.select(1, 5) + w.select(1, 9);
+        let rest = &out.get(1).get(0) - inst;
+        let rows_without = [FrameControls {
+            instruments: None,
+            ..rows[1].clone()
+        }];
+        let without = tch::no_grad(|| fc.forward(&rows_without, 5)).get(0).get(0)
+            - &vars["frames.instruments.unknown"];
+        assert!(rest.allclose(&without, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn instrument_features_mark_the_named_families() {
+        let f = instrument_features("brooding trap beat with strings and drums").unwrap();
+        assert_eq!(f, [0., 0., 0., 0., 0., 1., 0., 0., 0., 1.]);
+        assert_eq!(instrument_features("a calm track in D minor, 80 BPM"), None);
+        let cfg = |instruments| FrameCondConfig {
+            dim: 8,
+            beat_grid: true,
+            key_profile: true,
+            instruments,
+        };
+        assert!(cfg(false).is_within(&cfg(true)));
+        assert!(!cfg(true).is_within(&cfg(false)));
+        assert!(!FrameCondConfig {
+            dim: 4,
+            ..cfg(false)
+        }
+        .is_within(&cfg(true)));
+        assert!(cfg(false).declares("key.weight") && !cfg(false).declares("instruments.unknown"));
     }
 }

@@ -85,11 +85,14 @@ pub enum GuidedControl {
     Key,
     /// The mode (its embedding and the key profile).
     Mode,
+    /// The instrument families the prompt names (a per-frame input).
+    Instruments,
 }
 
 impl GuidedControl {
     /// `controls` as the unconditional half of guidance sees them: every control in `guided`
-    /// unknown.
+    /// unknown. (Instruments are read from the prompt, not carried in `Controls`: the pipeline
+    /// leaves them out of the unconditional half's frame inputs itself.)
     pub fn unconditional(controls: &Controls, guided: &[GuidedControl]) -> Controls {
         let mut c = *controls;
         for g in guided {
@@ -97,6 +100,7 @@ impl GuidedControl {
                 GuidedControl::Tempo => c.bpm = None,
                 GuidedControl::Key => c.key = None,
                 GuidedControl::Mode => c.mode = None,
+                GuidedControl::Instruments => {}
             }
         }
         c
@@ -189,6 +193,7 @@ impl PackConfig {
             GuidedControl::Tempo,
             GuidedControl::Key,
             GuidedControl::Mode,
+            GuidedControl::Instruments,
         ]
         .into_iter()
         .filter(|c| self.has_control(*c))
@@ -202,6 +207,7 @@ impl PackConfig {
             GuidedControl::Tempo => c.tempo.is_some() || f.is_some_and(|f| f.beat_grid),
             GuidedControl::Key => c.key || f.is_some_and(|f| f.key_profile),
             GuidedControl::Mode => c.mode || f.is_some_and(|f| f.key_profile),
+            GuidedControl::Instruments => f.is_some_and(|f| f.instruments),
         }
     }
 

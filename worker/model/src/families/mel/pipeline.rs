@@ -140,13 +140,18 @@ impl Pipeline {
                 let (n, t) = (r.x.size()[0], s.latent.size()[2]);
                 let controls =
                     |c: &Controls| FrameControls::for_request(c, &s.params.prompt, t as usize, fps);
-                let cond = fc.forward(&[controls(&s.params.controls)], t);
-                let uncond = GuidedControl::unconditional(&s.params.controls, guided);
+                let asked = controls(&s.params.controls);
+                let cond = fc.forward(std::slice::from_ref(&asked), t);
+                let mut uncond =
+                    controls(&GuidedControl::unconditional(&s.params.controls, guided));
+                if guided.contains(&GuidedControl::Instruments) {
+                    uncond.instruments = None;
+                }
                 // Rows: the variations' unconditional half, then the prompt's (always guided).
-                let f = if uncond == s.params.controls {
+                let f = if uncond == asked {
                     cond.expand([n, t, dim], false)
                 } else {
-                    let uncond = fc.forward(&[controls(&uncond)], t);
+                    let uncond = fc.forward(&[uncond], t);
                     Tensor::cat(
                         &[
                             uncond.expand([n / 2, t, dim], false),
