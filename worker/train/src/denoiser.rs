@@ -58,7 +58,8 @@ pub struct DenoiserConfig {
     /// The instrument families the caption names, per frame.
     #[serde(default)]
     pub instruments: bool,
-    /// Chance that a clip's beat grid (and, apart, its key profile) is dropped to "unknown".
+    /// Chance that a clip's beat grid (and, apart, its key profile and its instruments) is
+    /// dropped to "unknown".
     #[serde(default = "frame_dropout")]
     pub frame_dropout: f64,
 }

@@ -125,7 +125,7 @@ pub struct PackConfig {
     pub denoiser: DitConfig,
     #[serde(default)]
     pub conditioners: ConditionerConfig,
-    /// Per-frame controls (beat grid, key profile); absent in packs made before them.
+    /// Per-frame controls (beat grid, key profile, instruments); absent in packs made before them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_conditioning: Option<FrameCondConfig>,
     #[serde(default)]
