@@ -420,7 +420,7 @@ pub fn parse_controls(text: &str, duration_s: f32) -> Controls {
 /// nor electric is acoustic). "Electric piano" is not also a piano, nor "bass drum" a bass.
 pub fn parse_instruments(text: &str) -> Vec<&'static str> {
     let lower = text.to_lowercase();
-    let mut named = [false; 10];
+    let mut named = [false; vocab::INSTRUMENTS.len()];
     for m in instrument_regex().captures_iter(&lower) {
         let Some((i, _)) = m.iter().skip(1).enumerate().find(|(_, g)| g.is_some()) else {
             continue;

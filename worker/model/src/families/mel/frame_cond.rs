@@ -32,7 +32,7 @@ pub const GRID_FEATURES: i64 = 4;
 /// Features of a key: 12 pitch classes and the mode one-hot.
 pub const KEY_FEATURES: i64 = 14;
 /// Features of the instruments: one per family of `vocab::INSTRUMENTS`.
-pub const INSTRUMENT_FEATURES: usize = 10;
+pub const INSTRUMENT_FEATURES: usize = vocab::INSTRUMENTS.len();
 
 /// `[frame_conditioning]` in `model.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
