@@ -143,6 +143,8 @@ def generate(args):
                    "-o", wav]
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
+            if args.guidance is not None:
+                cmd += ["--guidance", str(args.guidance)]
             t0 = time.monotonic()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             wall = time.monotonic() - t0
@@ -154,7 +156,8 @@ def generate(args):
             print(f"{i:2} s{seed} {rec['key']:9} ({rec['key_confidence']:.2f}) {rec['bpm']:6.1f} BPM "
                   f"{','.join(rec['tags'])} music={rec['music']}  | {asked['prompt']}", flush=True)
     finish(args.out, recs, f"{args.model} via `tutti generate` ({args.seconds} s, "
-                           f"{'default' if not args.steps else args.steps} steps, {args.seeds} seeds)")
+                           f"{'default' if not args.steps else args.steps} steps, "
+                           f"guidance {'default' if args.guidance is None else args.guidance}, {args.seeds} seeds)")
 
 
 def ceiling(args):
@@ -168,6 +171,8 @@ def ceiling(args):
     for row in rows[::step][: args.clips]:
         raw = np.fromfile(os.path.join(args.dataset, "audio", f"{row['id']:06}.i16"), dtype="<i2")
         wave = raw.astype(np.float32) / 32767.0
+        if args.roundtrip_mels:
+            wave = roundtrip(wave, sr, args.roundtrip_mels, args.roundtrip_nfft, args.roundtrip_iters)
         wav = os.path.join(args.out, f"clip{row['id']:06}.wav")
         sf.write(wav, wave, sr)
         asked = {"prompt": row.get("caption", ""), "bpm": row["bpm"], "mode": row["mode"].lower(),
@@ -181,7 +186,23 @@ def ceiling(args):
         os.remove(wav)
         print(f"{row['id']:6} {row['mode']:5} {rec['key']:9} ({rec['key_confidence']:.2f}) "
               f"{rec['bpm']:6.1f}/{row['bpm']:.0f} BPM {','.join(rec['tags'])}", flush=True)
-    finish(args.out, recs, f"rendered training clips of {args.dataset} (their exact labels)")
+    through = (f", through {args.roundtrip_mels} mels (n_fft {args.roundtrip_nfft}) and "
+               f"{args.roundtrip_iters} Griffin-Lim iterations"
+               if args.roundtrip_mels else "")
+    finish(args.out, recs, f"rendered training clips of {args.dataset} (their exact labels){through}")
+
+
+def roundtrip(wave, sr, n_mels, n_fft, iters):
+    """The clip as a mel representation keeps it: magnitude mel (hop 256, 0-8 kHz; the built-in
+    pack's is 64 mels, n_fft 1024) and Griffin-Lim, with librosa's filterbank and Griffin-Lim
+    (tutti's follow them)."""
+    import librosa
+
+    m = librosa.feature.melspectrogram(y=wave, sr=sr, n_fft=n_fft, hop_length=256, n_mels=n_mels,
+                                       fmin=0, fmax=8000, power=1.0)
+    y = librosa.feature.inverse.mel_to_audio(m, sr=sr, n_fft=n_fft, hop_length=256, power=1.0,
+                                             n_iter=iters, fmin=0, fmax=8000)
+    return (y / max(1e-6, float(np.abs(y).max())) * 0.5).astype(np.float32)
 
 
 def summary(recs):
@@ -257,12 +278,17 @@ def main():
     g.add_argument("--seeds", type=int, default=2)
     g.add_argument("--seconds", type=float, default=10.0)
     g.add_argument("--steps", type=int)
+    g.add_argument("--guidance", type=float, help="guidance scale (the pack's default without it)")
     g.add_argument("--limit", type=int)
     c = sub.add_parser("ceiling")
     c.add_argument("--dataset", required=True)
     c.add_argument("--clips", type=int, default=96)
     c.add_argument("--sample-rate", type=int, default=16000)
     c.add_argument("--out", required=True)
+    c.add_argument("--roundtrip-mels", type=int, default=0,
+                   help="score the clips after a mel + Griffin-Lim round trip with this many mels")
+    c.add_argument("--roundtrip-nfft", type=int, default=1024)
+    c.add_argument("--roundtrip-iters", type=int, default=32)
     k = sub.add_parser("compare")
     k.add_argument("runs", nargs="+")
     args = ap.parse_args()
