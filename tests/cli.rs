@@ -156,6 +156,49 @@ fn out_of_range_values_come_back_from_the_validator() {
 }
 
 #[test]
+fn a_deadline_is_a_time_the_validator_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = tiny_pack(dir.path());
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            PROMPT,
+            "--models-dir",
+            &models,
+            "--duration",
+            "1",
+            "--steps",
+            "2",
+            "-o",
+            "d.wav",
+        ];
+        args.extend_from_slice(extra);
+        let out = tutti(&args, dir.path());
+        let (_, stderr) = text(&out);
+        (out.status.code(), stderr)
+    };
+    let (code, stderr) = gen(&["--deadline", "2020-01-01T00:00:00Z"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("deadline: must be in the future, at most 7 days ahead"),
+        "{stderr}"
+    );
+    let (code, stderr) = gen(&["--deadline", "tomorrow"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--deadline"), "{stderr}");
+    let soon =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let (code, stderr) = gen(&["--deadline", &soon, "--cancel-after", "10m"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    // An hour ahead: accepted, and the job finishes well inside it.
+    let (code, stderr) = gen(&["--deadline", &soon]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(dir.path().join("d.wav").exists());
+}
+
+#[test]
 fn a_missing_model_pack_says_how_to_get_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = tutti(

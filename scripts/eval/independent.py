@@ -16,7 +16,9 @@ Run it in the environment `scripts/eval/setup` makes ($TUTTI_HOME/evalenv):
         --model tutti-mini --out eval-ind/shipped --seeds 2
     # the analyzers' own accuracy on the rendered training clips (their labels are exact):
     $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 96 --out eval-ind/ceiling
-    # side by side:
+    # ... and after a 64-mel Griffin-Lim round trip (what the built-in pack's representation keeps):
+    $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 48 --roundtrip-mels 64 --out eval-ind/gl64
+    # side by side (DIR+DIR merges runs over other seeds, e.g. --first-seed 2):
     $E scripts/eval/independent.py compare eval-ind/ceiling eval-ind/shipped eval-ind/candidate
 
 Each run writes results.json (one record a clip) and report.md into --out.
@@ -136,7 +138,7 @@ def generate(args):
     ear = Ear()
     recs = []
     for i, asked in enumerate(prompts[: args.limit]):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             wav = os.path.join(args.out, f"p{i:02}_s{seed}.wav")
             cmd = [args.tutti, "generate", asked["prompt"], "--models-dir", args.models_dir,
                    "--model", args.model, "--duration", str(args.seconds), "--seed", str(seed),
@@ -257,8 +259,9 @@ def finish(out, recs, what):
 
 def compare(args):
     cols = []
-    for d in args.runs:
-        cols.append((os.path.basename(os.path.normpath(d)), summary(json.load(open(os.path.join(d, "results.json"))))))
+    for arg in args.runs:  # DIR, or DIR+DIR+... for runs over other seeds of the same pack
+        recs = [r for d in arg.split("+") for r in json.load(open(os.path.join(d, "results.json")))]
+        cols.append(("+".join(os.path.basename(os.path.normpath(d)) for d in arg.split("+")), summary(recs)))
     print("| measure | " + " | ".join(n for n, _ in cols) + " |")
     print("| --- |" + " ---: |" * len(cols))
     for name, k in ROWS:
@@ -276,6 +279,8 @@ def main():
     g.add_argument("--out", required=True)
     g.add_argument("--prompts", default=os.path.join(HERE, "held_out_prompts.json"))
     g.add_argument("--seeds", type=int, default=2)
+    g.add_argument("--first-seed", type=int, default=0,
+                   help="seeds FIRST.. (generation is deterministic: runs over other seeds can be merged)")
     g.add_argument("--seconds", type=float, default=10.0)
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance", type=float, help="guidance scale (the pack's default without it)")

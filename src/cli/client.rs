@@ -213,6 +213,10 @@ pub(crate) struct GenerateArgs {
     /// stops at its next chunk boundary.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub cancel_after: Option<std::time::Duration>,
+    /// The same as a time: cancel the job if it has not finished by then (RFC 3339, e.g.
+    /// 2026-12-06T18:00:00Z; without a zone, UTC). At most 7 days ahead.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with = "cancel_after")]
+    pub deadline: Option<std::time::SystemTime>,
     /// Call this URL back as the job moves (signed; see `tutti webhook show`).
     #[arg(long)]
     pub webhook: Option<String>,
@@ -389,7 +393,18 @@ impl GenerateArgs {
                 seconds: d.as_secs() as i64,
                 nanos: d.subsec_nanos() as i32,
             }),
-            deadline: None,
+            deadline: self
+                .deadline
+                .map(|t| {
+                    let d = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .context("--deadline is before 1970")?;
+                    anyhow::Ok(tutti_proto::wkt::Timestamp {
+                        seconds: d.as_secs() as i64,
+                        nanos: d.subsec_nanos() as i32,
+                    })
+                })
+                .transpose()?,
             webhook: self.webhook.as_ref().map(|url| pb::Webhook {
                 url: url.clone(),
                 events: self.webhook_events.iter().map(|e| *e as i32).collect(),
