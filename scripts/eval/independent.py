@@ -213,6 +213,13 @@ def summary(recs):
         return (sum(v), len(v))
 
     inst = [h for r in recs for h in r.get("instrument_hits", [])]
+    per_instrument = {}
+    for r in recs:
+        wanted = [i for i in r["asked"].get("instruments", []) if i in TAGS]
+        for name, hit in zip(wanted, r.get("instrument_hits", [])):
+            got = per_instrument.setdefault(name, [0, 0])
+            got[0] += hit
+            got[1] += 1
     walls = [r["audio_s"] / r["wall_s"] for r in recs if r.get("wall_s")]
     return {
         "clips": len(recs),
@@ -223,6 +230,7 @@ def summary(recs):
         "tempo": share("tempo_hit"),
         "tempo_level": share("tempo_level_hit"),
         "instrument": (sum(inst), len(inst)),
+        "per_instrument": {k: tuple(v) for k, v in sorted(per_instrument.items())},
         "music": (sum(r["music"] for r in recs), len(recs)),
         "key_confidence_median": float(np.median([r["key_confidence"] for r in recs])),
         "realtime_factor_median": float(np.median(walls)) if walls else None,
@@ -248,13 +256,14 @@ def finish(out, recs, what):
           "| measure | result |", "| --- | ---: |"]
     md += [f"| {name} | {pct(s[k])} |" for name, k in ROWS]
     md += [f"| key network's top probability, median | {s['key_confidence_median']:.2f} |"]
+    md += [f"| ... {name} | {pct(hits)} |" for name, hits in s["per_instrument"].items()]
     if s["realtime_factor_median"]:
         md += [f"| real-time factor (audio s / wall s of `tutti generate`, process start and model load included), median | {s['realtime_factor_median']:.2f} |"]
     md += ["", "| prompt | seed | key heard (p) | BPM heard | tags | music |", "| --- | ---: | --- | ---: | --- | --- |"]
     md += [f"| {r['prompt'][:80]} | {r['seed']} | {r['key']} ({r['key_confidence']:.2f}) | {r['bpm']:.0f} | "
            f"{', '.join(r['tags'])} | {'yes' if r['music'] else 'no'} |" for r in recs]
     open(os.path.join(out, "report.md"), "w").write("\n".join(md) + "\n")
-    print("\n".join(md[:len(ROWS) + 7]))
+    print("\n".join(md[:len(ROWS) + 7 + len(s["per_instrument"])]))
 
 
 def compare(args):
@@ -267,6 +276,8 @@ def compare(args):
     for name, k in ROWS:
         print(f"| {name} | " + " | ".join(pct(s[k]) for _, s in cols) + " |")
     print("| key network's top probability, median | " + " | ".join(f"{s['key_confidence_median']:.2f}" for _, s in cols) + " |")
+    for name in sorted({n for _, s in cols for n in s["per_instrument"]}):
+        print(f"| ... {name} in the top five | " + " | ".join(pct(s["per_instrument"].get(name, (0, 0))) for _, s in cols) + " |")
 
 
 def main():
