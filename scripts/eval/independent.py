@@ -256,7 +256,7 @@ def finish(out, recs, what):
           "| measure | result |", "| --- | ---: |"]
     md += [f"| {name} | {pct(s[k])} |" for name, k in ROWS]
     md += [f"| key network's top probability, median | {s['key_confidence_median']:.2f} |"]
-    md += [f"| ... {name} | {pct(hits)} |" for name, hits in s["per_instrument"].items()]
+    md += [f"| ... {name} in the top five | {pct(hits)} |" for name, hits in s["per_instrument"].items()]
     if s["realtime_factor_median"]:
         md += [f"| real-time factor (audio s / wall s of `tutti generate`, process start and model load included), median | {s['realtime_factor_median']:.2f} |"]
     md += ["", "| prompt | seed | key heard (p) | BPM heard | tags | music |", "| --- | ---: | --- | ---: | --- | --- |"]
