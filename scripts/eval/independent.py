@@ -18,6 +18,9 @@ Run it in the environment `scripts/eval/setup` makes ($TUTTI_HOME/evalenv):
     $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 96 --out eval-ind/ceiling
     # ... and after a 64-mel Griffin-Lim round trip (what the built-in pack's representation keeps):
     $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 48 --roundtrip-mels 64 --out eval-ind/gl64
+    # the tonics a pack renders minor in (prompts other than the held-out ones; for mode_tonics):
+    $E scripts/eval/independent.py generate ... --prompts scripts/eval/tonic_calibration_prompts.json \\
+        --seeds 1 --out eval-ind/tonics && $E scripts/eval/independent.py tonics eval-ind/tonics
     # side by side (DIR+DIR merges runs over other seeds, e.g. --first-seed 2):
     $E scripts/eval/independent.py compare eval-ind/ceiling eval-ind/shipped eval-ind/candidate
 
@@ -280,6 +283,28 @@ def compare(args):
         print(f"| ... {name} in the top five | " + " | ".join(pct(s["per_instrument"].get(name, (0, 0))) for _, s in cols) + " |")
 
 
+def tonics(args):
+    """Which tonics the model renders a mode in: mode and key hits per asked tonic of a
+    `generate --prompts tonic_calibration_prompts.json` run, and the tonics every context hit
+    (the pack's `[defaults.mode_tonics]` for requests that name a mode alone)."""
+    recs = [r for d in args.runs for r in json.load(open(os.path.join(d, "results.json")))]
+    by = {}
+    for r in recs:
+        a = r["asked"]
+        by.setdefault((a["mode"], a["tonic"]), []).append(r)
+    print("| asked key | mode heard | key heard | key network's top probability, median |")
+    print("| --- | ---: | ---: | ---: |")
+    chosen = {}
+    for (mode, tonic), rs in sorted(by.items(), key=lambda kv: (kv[0][0], PITCHES[kv[0][1]])):
+        mode_hits, key_hits = sum(r["mode_hit"] for r in rs), sum(r["key_hit"] for r in rs)
+        conf = float(np.median([r["key_confidence"] for r in rs]))
+        print(f"| {tonic} {mode} | {mode_hits}/{len(rs)} | {key_hits}/{len(rs)} | {conf:.2f} |")
+        if mode_hits == len(rs):
+            chosen.setdefault(mode, []).append(tonic)
+    for mode, ts in chosen.items():
+        print(f"\n[defaults.mode_tonics] {mode} = {json.dumps(ts)}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -307,8 +332,10 @@ def main():
     c.add_argument("--roundtrip-iters", type=int, default=32)
     k = sub.add_parser("compare")
     k.add_argument("runs", nargs="+")
+    t = sub.add_parser("tonics", help="mode and key heard per asked tonic (a calibration run)")
+    t.add_argument("runs", nargs="+")
     args = ap.parse_args()
-    {"generate": generate, "ceiling": ceiling, "compare": compare}[args.cmd](args)
+    {"generate": generate, "ceiling": ceiling, "compare": compare, "tonics": tonics}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -317,3 +317,56 @@ fn instruments_the_prompt_names_reach_the_denoiser_and_guidance() {
     let err = bad.validate().unwrap_err();
     assert!(err.contains("Instruments"), "{err}");
 }
+
+#[test]
+fn a_mode_without_a_tonic_is_served_in_a_tonic_the_seed_picks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tonics");
+    let mut cfg = framed_config(false, true);
+    cfg.defaults.mode_tonics.minor = vec![pack::Tonic(4), pack::Tonic(7)]; // E, G
+    write_pack_with(&dir, 5, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    let toml = std::fs::read_to_string(dir.join(pack::CONFIG_FILE)).unwrap();
+    assert!(
+        toml.contains(r#"minor = ["E", "G"]"#),
+        "tonics are written by name: {toml}"
+    );
+    let p = Pipeline::load(&dir, Device::Cpu).unwrap();
+    assert_eq!(p.config().defaults.mode_tonics, cfg.defaults.mode_tonics);
+
+    // "in a minor key": the seed picks E (even seeds) or G (odd), and the clip is the one the
+    // request that names the key would get, bit for bit.
+    let mut mode_only = params(Some(100.0));
+    mode_only.controls.key = None;
+    for (seed, tonic) in [(2, 4), (3, 7)] {
+        mode_only.seed = seed;
+        let s = p.prepare(&mode_only).unwrap();
+        assert_eq!(s.params().controls.key, Some(tonic), "seed {seed}");
+        let mut named = mode_only.clone();
+        named.controls.key = Some(tonic);
+        let (a, audio_a) = generate(&p, &mode_only);
+        let (b, audio_b) = generate(&p, &named);
+        assert!(
+            a.equal(&b),
+            "seed {seed}: mode alone and the picked key differ"
+        );
+        assert_eq!(audio_a, audio_b);
+    }
+    // A named tonic is kept, and a mode with no list (major here) goes alone.
+    let named = params(Some(100.0));
+    assert_eq!(p.prepare(&named).unwrap().params().controls.key, Some(5));
+    let mut major = mode_only.clone();
+    major.controls.mode = Some(Mode::Major);
+    assert_eq!(p.prepare(&major).unwrap().params().controls.key, None);
+
+    // A pack without the list serves the mode alone.
+    let plain = tmp.path().join("plain");
+    write_pack_with(
+        &plain,
+        5,
+        &framed_config(false, true),
+        &TextEncoderConfig::tiny(),
+    )
+    .unwrap();
+    let q = Pipeline::load(&plain, Device::Cpu).unwrap();
+    assert_eq!(q.prepare(&mode_only).unwrap().params().controls.key, None);
+}

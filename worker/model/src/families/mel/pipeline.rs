@@ -225,6 +225,13 @@ impl Family for Pipeline {
     /// Encodes the guidance pair and draws the initial noise; step 0.
     fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
         self.validate(params)?;
+        let mut params = params.clone();
+        params.controls = self
+            .config
+            .defaults
+            .mode_tonics
+            .resolve(&params.controls, params.seed);
+        let params = &params;
         let sampler = samplers::build(params.sampler, &self.config.schedule, params.steps)?;
         let pack = self.lock();
         let _guard = tch::no_grad_guard();

@@ -69,6 +69,7 @@ pub fn tiny_config() -> PackConfig {
             guidance_scale: 3.0,
             chunk_steps: 4,
             guided_controls: Vec::new(),
+            mode_tonics: Default::default(),
         },
         limits: Limits {
             max_steps: 200,
