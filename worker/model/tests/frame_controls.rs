@@ -358,6 +358,11 @@ fn a_mode_without_a_tonic_is_served_in_a_tonic_the_seed_picks() {
     major.controls.mode = Some(Mode::Major);
     assert_eq!(p.prepare(&major).unwrap().params().controls.key, None);
 
+    // The shipped pack names the tonics it serves "in a minor key" in.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tutti-mini");
+    let tonics = PackConfig::read(&shipped).unwrap().defaults.mode_tonics;
+    assert!(!tonics.minor.is_empty(), "{tonics:?}");
+
     // A pack without the list serves the mode alone.
     let plain = tmp.path().join("plain");
     write_pack_with(
