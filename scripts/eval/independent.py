@@ -137,6 +137,8 @@ def load(path):
 
 def generate(args):
     prompts = json.load(open(args.prompts))
+    if args.tonics:  # e.g. the tonics a pack's mode_tonics lacks, to measure varispeed
+        prompts = [p for p in prompts if p.get("tonic") in args.tonics.split(",")]
     os.makedirs(args.out, exist_ok=True)
     ear = Ear()
     recs = []
@@ -322,6 +324,7 @@ def main():
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance", type=float, help="guidance scale (the pack's default without it)")
     g.add_argument("--limit", type=int)
+    g.add_argument("--tonics", help="only the prompts asking these tonics (comma-separated: D,Eb)")
     c = sub.add_parser("ceiling")
     c.add_argument("--dataset", required=True)
     c.add_argument("--clips", type=int, default=96)

@@ -230,9 +230,9 @@ pub(crate) struct DatasetArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Mel bands of the log-mel features (16 kHz, n_fft 1024, hop 256 either way); 128 keeps
-    /// the key and the strings that 64 lose (the shipped tutti-mini is on 128; see
+    /// the key and the strings that 64 lose, and the shipped tutti-mini is on 128 (see
     /// models/tutti-mini/README.md, ninth session).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(16..=512))]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(16..=512))]
     pub n_mels: u16,
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]

@@ -59,6 +59,8 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("audio: {0}")]
+    Audio(#[from] tutti_shared::audio::AudioError),
     #[error("cuda: {0}")]
     Cuda(#[from] tutti_cuda_graph::Error),
 }

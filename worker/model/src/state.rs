@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 use tutti_shared::job::Song;
 use tutti_shared::prompt::Controls;
 
+use crate::families::mel::varispeed::Varispeed;
 use crate::samplers::{self, NoiseAhead, Sampler, SamplerKind, SamplerState, ScheduleConfig};
 use crate::{weights, ModelError, Result};
 
@@ -53,6 +54,10 @@ pub struct GenerationParams {
     /// What a song model sings (song families only; older checkpoints have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub song: Option<Song>,
+    /// Set by a mel pack's `prepare`, never by a request: the generation is rendered in another
+    /// key with `controls` scaled to match and played back at another speed (`Varispeed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub varispeed: Option<Varispeed>,
 }
 
 impl GenerationParams {
@@ -79,6 +84,7 @@ impl GenerationParams {
             sampler,
             variations: 1,
             song: None,
+            varispeed: None,
         }
     }
 }

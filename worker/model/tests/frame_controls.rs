@@ -8,7 +8,7 @@ use std::path::Path;
 use tch::{Device, Tensor};
 use tutti_model::frame_cond::{BeatGrid, FrameCondConfig, FrameControls};
 use tutti_model::pack::{self, GuidedControl, LoadedPack, PackConfig};
-use tutti_model::pipeline::{GenerationParams, Pipeline};
+use tutti_model::pipeline::{DenoiseState, GenerationParams, Pipeline};
 use tutti_model::sampler::SamplerKind;
 use tutti_model::text_encoder::TextEncoderConfig;
 use tutti_model::tiny::{tiny_config, write_pack_with};
@@ -32,6 +32,7 @@ fn params(bpm: Option<f32>) -> GenerationParams {
         sampler: SamplerKind::FlowEuler,
         variations: 2,
         song: None,
+        varispeed: None,
     }
 }
 
@@ -374,4 +375,78 @@ fn a_mode_without_a_tonic_is_served_in_a_tonic_the_seed_picks() {
     .unwrap();
     let q = Pipeline::load(&plain, Device::Cpu).unwrap();
     assert_eq!(q.prepare(&mode_only).unwrap().params().controls.key, None);
+}
+
+#[test]
+fn a_tonic_not_listed_is_rendered_in_a_listed_one_and_played_back_in_the_asked_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("varispeed");
+    let mut cfg = framed_config(true, true);
+    cfg.defaults.mode_tonics.minor = vec![pack::Tonic(4)]; // E
+    cfg.defaults.varispeed_semitones = 1;
+    write_pack_with(&dir, 5, &cfg, &TextEncoderConfig::tiny()).unwrap();
+    let toml = std::fs::read_to_string(dir.join(pack::CONFIG_FILE)).unwrap();
+    assert!(toml.contains("varispeed_semitones = 1"), "{toml}");
+    let p = Pipeline::load(&dir, Device::Cpu).unwrap();
+    let sr = p.config().model.sample_rate;
+
+    // F minor, 100 BPM, 2 s: rendered in E minor, slower and longer by the playback speed.
+    let asked = params(Some(100.0));
+    let s = p.prepare(&asked).unwrap();
+    let v = s
+        .params()
+        .varispeed
+        .expect("F minor is served by varispeed");
+    assert_eq!((v.semitones, v.duration_s), (1, 2.0));
+    let speed = v.speed(sr);
+    assert!((speed - 2f64.powf(1.0 / 12.0)).abs() < 1e-3, "{speed}");
+    let c = s.params().controls;
+    assert_eq!((c.key, c.mode), (Some(4), Some(Mode::Minor)));
+    assert!((f64::from(c.bpm.unwrap()) - 100.0 / speed).abs() < 1e-3);
+    assert!((f64::from(c.duration_s) - 2.0 * speed).abs() < 1e-3);
+    // A checkpointed job keeps it.
+    let resumed = DenoiseState::from_checkpoint(&s.to_checkpoint().unwrap(), Device::Cpu).unwrap();
+    assert_eq!(resumed.params(), s.params());
+
+    // The clips are the E-minor rendering at that tempo and length, played back: the asked
+    // length, sample for sample.
+    let (_, audio) = generate(&p, &asked);
+    let mut rendered = asked.clone();
+    rendered.controls = c;
+    let (_, plain) = generate(&p, &rendered);
+    assert_eq!(audio.len(), 2);
+    for (a, r) in audio.iter().zip(&plain) {
+        assert_eq!(a.len(), 2 * sr as usize);
+        assert!(r.len() > a.len());
+        assert_eq!(a, &v.play(r, sr, a.len()).unwrap());
+    }
+
+    // A listed tonic, a key of a mode with no list, a mode alone: as asked.
+    for (key, mode) in [
+        (Some(4), Some(Mode::Minor)),
+        (Some(5), Some(Mode::Major)),
+        (None, Some(Mode::Major)),
+    ] {
+        let mut q = asked.clone();
+        (q.controls.key, q.controls.mode) = (key, mode);
+        let s = p.prepare(&q).unwrap();
+        assert_eq!(s.params().varispeed, None, "{key:?} {mode:?}");
+        assert_eq!(s.params().controls, q.controls);
+    }
+
+    // The shipped pack renders the minor tonics it lacks a semitone away.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tutti-mini");
+    let shipped = PackConfig::read(&shipped).unwrap();
+    assert_eq!(shipped.defaults.varispeed_semitones, 1);
+    assert!(shipped.validate().is_ok());
+
+    // Varispeed needs the tonics to render in, and goes no further than a tritone.
+    let mut bad = framed_config(true, true);
+    bad.defaults.varispeed_semitones = 1;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("mode_tonics"), "{err}");
+    bad.defaults.mode_tonics.minor = vec![pack::Tonic(4)];
+    bad.defaults.varispeed_semitones = 7;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("at most 6"), "{err}");
 }

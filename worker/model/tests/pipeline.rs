@@ -38,6 +38,7 @@ fn params(prompt: &str, seed: u64) -> GenerationParams {
         sampler: SamplerKind::FlowEuler,
         variations: 1,
         song: None,
+        varispeed: None,
     }
 }
 

@@ -87,6 +87,7 @@ fn mel_params(seed: u64, duration_s: f32, sampler: SamplerKind) -> GenerationPar
         sampler,
         variations: 2,
         song: None,
+        varispeed: None,
     }
 }
 

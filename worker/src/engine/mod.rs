@@ -257,6 +257,7 @@ pub fn generation_params(spec: &JobSpec) -> GenerationParams {
         sampler: spec.sampler,
         variations: spec.variations as usize,
         song: spec.song.clone(),
+        varispeed: None,
     }
 }
 

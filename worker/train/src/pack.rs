@@ -84,7 +84,7 @@ pub fn pack_config(
             Some(v) => VocoderConfig::Vocos(v.config.vocos.clone()),
             None => VocoderConfig::GriffinLim(GriffinLimConfig::default()),
         },
-        defaults: Defaults { sampler: SamplerKind::FlowEuler, steps: 50, guidance_scale: 4.0, chunk_steps: 10, guided_controls: Vec::new(), mode_tonics: Default::default() },
+        defaults: Defaults { sampler: SamplerKind::FlowEuler, steps: 50, guidance_scale: 4.0, chunk_steps: 10, guided_controls: Vec::new(), mode_tonics: Default::default(), varispeed_semitones: 0 },
         limits: Limits { max_steps: 200, max_duration_s: d.config.max_duration_s },
         mel,
     };

@@ -6,6 +6,7 @@ pub mod frame_cond;
 pub mod pack;
 pub mod pipeline;
 pub mod tiny;
+pub mod varispeed;
 
 use tch::Device;
 use tutti_shared::models::ModelInfo;

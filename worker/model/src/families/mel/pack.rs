@@ -73,12 +73,21 @@ pub struct Defaults {
     /// them too. Empty: both halves carry every control, and guidance steers by the text alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guided_controls: Vec<GuidedControl>,
-    /// Tonics for a request that names a mode but no tonic ("in a minor key"): the seed picks
-    /// one, so the request is served as the key the model renders best in that mode rather
-    /// than as a mode alone, which the model learns far less well (measured: minor heard in
-    /// 1 of 16 mode-only requests, 12 of 20 with a tonic). Empty: the mode goes alone.
+    /// The tonics the model renders each mode in best. A request that names a mode but no
+    /// tonic ("in a minor key") is served in one the seed picks, rather than as a mode alone,
+    /// which the model learns far less well (measured: minor heard in 1 of 16 mode-only
+    /// requests, 12 of 20 with a tonic). Empty: the mode goes alone.
     #[serde(default, skip_serializing_if = "ModeTonics::is_empty")]
     pub mode_tonics: ModeTonics,
+    /// A request whose tonic `mode_tonics` does not list for its mode is rendered in the
+    /// nearest listed tonic at most this many semitones away and played back at the speed
+    /// that restores the asked key, tempo and length (`varispeed.rs`). 0: every key as asked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub varispeed_semitones: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// `[defaults.mode_tonics]`: the tonics the seed picks from, per mode (pitch names: "E", "Bb").
@@ -317,6 +326,15 @@ impl PackConfig {
         }
         if !df.mode_tonics.is_empty() && !self.has_control(GuidedControl::Key) {
             return Err("defaults.mode_tonics needs a pack conditioned on the key".into());
+        }
+        if df.varispeed_semitones > 6 {
+            return Err("defaults.varispeed_semitones must be at most 6 (a tritone)".into());
+        }
+        if df.varispeed_semitones > 0 && df.mode_tonics.is_empty() {
+            return Err(
+                "defaults.varispeed_semitones needs defaults.mode_tonics (the tonics to render in)"
+                    .into(),
+            );
         }
         if df.steps == 0 || df.steps > l.max_steps || df.chunk_steps == 0 {
             return Err(
@@ -581,6 +599,14 @@ pub fn inspect(path: &Path) -> Result<String> {
             "  a mode without a tonic gets one by seed: major [{}], minor [{}]",
             names(&df.mode_tonics.major),
             names(&df.mode_tonics.minor)
+        );
+    }
+    if df.varispeed_semitones > 0 {
+        let _ = writeln!(
+            out,
+            "  a tonic not listed is rendered in the nearest listed one (within {} semitone{}) and played back at the speed that restores it",
+            df.varispeed_semitones,
+            if df.varispeed_semitones == 1 { "" } else { "s" }
         );
     }
     let te = path.join(&cfg.text_encoder);

@@ -35,6 +35,7 @@ use tutti_shared::prompt::Controls;
 
 use crate::families::mel::frame_cond::{FrameConditioner, FrameControls};
 use crate::families::mel::pack::{GuidedControl, LoadedPack, PackConfig, RenderPack};
+use crate::families::mel::varispeed;
 use crate::families::{common, text_cond, Family, Render};
 use crate::nn::dit::DitInput;
 use crate::samplers::{self, SamplerState};
@@ -226,11 +227,17 @@ impl Family for Pipeline {
     fn prepare(&self, params: &GenerationParams) -> Result<DenoiseState> {
         self.validate(params)?;
         let mut params = params.clone();
-        params.controls = self
-            .config
-            .defaults
-            .mode_tonics
-            .resolve(&params.controls, params.seed);
+        let d = &self.config.defaults;
+        params.controls = d.mode_tonics.resolve(&params.controls, params.seed);
+        if let Some((v, rendered)) = varispeed::plan(
+            &params.controls,
+            &d.mode_tonics,
+            d.varispeed_semitones,
+            self.config.model.sample_rate,
+            self.config.limits.max_duration_s,
+        ) {
+            (params.controls, params.varispeed) = (rendered, Some(v));
+        }
         let params = &params;
         let sampler = samplers::build(params.sampler, &self.config.schedule, params.steps)?;
         let pack = self.lock();
@@ -460,5 +467,12 @@ fn render_with(
     let raw = state.latent.to_device(device) / m.latent_scale + m.latent_shift;
     let wave = decode_vocode(&raw)?;
     let frames = config.samples(state.params.controls.duration_s) as i64;
-    common::finish_clips(&wave.unsqueeze(1), frames, "vocoder")
+    let clips = common::finish_clips(&wave.unsqueeze(1), frames, "vocoder")?;
+    match state.params.varispeed {
+        None => Ok(clips),
+        Some(v) => clips
+            .iter()
+            .map(|c| v.play(c, m.sample_rate, config.samples(v.duration_s)))
+            .collect(),
+    }
 }

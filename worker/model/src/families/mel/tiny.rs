@@ -70,6 +70,7 @@ pub fn tiny_config() -> PackConfig {
             chunk_steps: 4,
             guided_controls: Vec::new(),
             mode_tonics: Default::default(),
+            varispeed_semitones: 0,
         },
         limits: Limits {
             max_steps: 200,

@@ -184,6 +184,7 @@ impl StableAudioModel {
                     sampler: r.sampler,
                     variations: 1,
                     song: None,
+                    varispeed: None,
                 };
                 self.state(p, &pair, seeded_noise(r.seeds[i as usize], &[1, c, t]))
             })
