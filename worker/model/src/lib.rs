@@ -21,6 +21,7 @@ pub mod served;
 pub mod state;
 pub mod step;
 pub mod text;
+pub mod varispeed;
 pub mod weights;
 
 // The flat module names the crate had before its folders, kept so that the other crates and

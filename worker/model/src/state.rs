@@ -18,8 +18,8 @@ use tch::{Device, Kind, Tensor};
 use tutti_shared::job::Song;
 use tutti_shared::prompt::Controls;
 
-use crate::families::mel::varispeed::Varispeed;
 use crate::samplers::{self, NoiseAhead, Sampler, SamplerKind, SamplerState, ScheduleConfig};
+use crate::varispeed::Varispeed;
 use crate::{weights, ModelError, Result};
 
 const FORMAT: &str = "tutti-denoise-state/2";

@@ -81,7 +81,7 @@ pub struct Defaults {
     pub mode_tonics: ModeTonics,
     /// A request whose tonic `mode_tonics` does not list for its mode is rendered in the
     /// nearest listed tonic at most this many semitones away and played back at the speed
-    /// that restores the asked key, tempo and length (`varispeed.rs`). 0: every key as asked.
+    /// that restores the asked key, tempo and length (`crate::varispeed`). 0: every key as asked.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub varispeed_semitones: u8,
 }
