@@ -91,31 +91,19 @@ mod tests {
             assert_eq!(plan(key, mode), None, "{key:?} {mode:?}");
         }
         // Too far, or too long to render.
-        let far = ModeTonics {
+        let g = ModeTonics {
             major: vec![],
             minor: vec![Tonic(7)],
         };
-        assert_eq!(plan_far(&far, 2), None);
-        assert_eq!(plan_far(&far, 5).unwrap().0.semitones, -5);
+        let d_minor = asked(Some(2), Some(Mode::Minor));
+        assert_eq!(super::plan(&d_minor, &g, 2, 16_000, 30.0), None);
+        let (v, _) = super::plan(&d_minor, &g, 5, 16_000, 30.0).unwrap();
+        assert_eq!(v.semitones, -5);
         let long = Controls {
             duration_s: 29.0,
-            ..asked(Some(2), Some(Mode::Minor))
+            ..d_minor
         };
-        assert_eq!(plan_long(&long, &tonics), None);
-    }
-
-    fn plan_far(tonics: &ModeTonics, max: u8) -> Option<(Varispeed, Controls)> {
-        plan(
-            &asked(Some(2), Some(Mode::Minor)),
-            tonics,
-            max,
-            16_000,
-            30.0,
-        )
-    }
-
-    fn plan_long(c: &Controls, tonics: &ModeTonics) -> Option<(Varispeed, Controls)> {
-        plan(c, tonics, 1, 16_000, 30.0)
+        assert_eq!(super::plan(&long, &tonics, 1, 16_000, 30.0), None);
     }
 
     #[test]
