@@ -21,6 +21,8 @@ Run it in the environment `scripts/eval/setup` makes ($TUTTI_HOME/evalenv):
     # the tonics a pack renders minor in (prompts other than the held-out ones; for mode_tonics):
     $E scripts/eval/independent.py generate ... --prompts scripts/eval/tonic_calibration_prompts.json \\
         --seeds 1 --out eval-ind/tonics && $E scripts/eval/independent.py tonics eval-ind/tonics
+    # a training set of the renders heard in their labelled key (for `tutti train denoiser`):
+    $E scripts/eval/independent.py curate --dataset ~/.cache/tutti/train/ds --out ~/.cache/tutti/train/ds-heard
     # side by side (DIR+DIR merges runs over other seeds, e.g. --first-seed 2):
     $E scripts/eval/independent.py compare eval-ind/ceiling eval-ind/shipped eval-ind/candidate
 
@@ -29,6 +31,7 @@ Each run writes results.json (one record a clip) and report.md into --out.
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -199,6 +202,108 @@ def ceiling(args):
     finish(args.out, recs, f"rendered training clips of {args.dataset} (their exact labels){through}")
 
 
+_KEY = None
+
+
+def hear_key(job):
+    """The key network's label of one rendered clip (a worker of `curate`)."""
+    from madmom.audio.signal import Signal
+    from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label
+    import librosa
+
+    global _KEY
+    if _KEY is None:
+        _KEY = CNNKeyRecognitionProcessor()
+    path, sr = job
+    raw = np.fromfile(path, dtype="<i2")
+    x44 = librosa.resample(raw.astype(np.float32) / 32767.0, orig_sr=sr, target_sr=44100)
+    probs = _KEY(Signal(x44.astype(np.float32), sample_rate=44100))[0]
+    tonic_name, mode = key_prediction_to_label(probs[None, :]).split()
+    return {"tonic": PITCHES[tonic_name], "mode": mode, "p": float(probs.max())}
+
+
+def curate(args):
+    """Keeps the training clips the key network hears in their labelled key (tonic and mode): a
+    minor render heard as its relative major teaches the model that the minor control sounds
+    major. Each labelled mode keeps its share of the source. `--modes minor` hears only the
+    minor clips (the network hears all major renders as major) and keeps the others unheard.
+    Writes a dataset folder `--out` that `tutti train denoiser --dataset` reads: the kept rows of
+    the manifest, the settings, and links to the source's mel/ and audio/. What the network heard
+    goes to `--out`/heard.jsonl as it goes, so an interrupted run resumes."""
+    src = os.path.abspath(args.dataset)
+    lines = [l for l in open(os.path.join(src, "manifest.jsonl")) if l.strip()]
+    rows = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line of an interrupted render
+            continue
+        rows[row["id"]] = (row, line.rstrip("\n"))
+    os.makedirs(args.out, exist_ok=True)
+    heard_path = os.path.join(args.out, "heard.jsonl")
+    heard = {}
+    if os.path.exists(heard_path):
+        for line in open(heard_path):
+            try:
+                h = json.loads(line)
+                heard[h["id"]] = h
+            except json.JSONDecodeError:
+                pass
+    modes = set(args.modes.split(",")) if args.modes else None
+    todo = [i for i in sorted(rows) if i not in heard
+            and (modes is None or rows[i][0]["mode"].lower() in modes)]
+    jobs = [(os.path.join(src, "audio", f"{i:06}.i16"), args.sample_rate) for i in todo]
+    with open(heard_path, "a") as log, multiprocessing.Pool(args.workers) as pool:
+        for n, (i, h) in enumerate(zip(todo, pool.imap(hear_key, jobs, chunksize=4))):
+            h["id"] = i
+            heard[i] = h
+            log.write(json.dumps(h) + "\n")
+            log.flush()
+            if n % 200 == 0:
+                print(f"{n}/{len(todo)} heard", flush=True)
+    hits, table = {}, {}
+    for i in sorted(rows):
+        row, line = rows[i]
+        mode = row["mode"].lower()
+        h = heard.get(i)  # None: a mode --modes leaves unheard, kept
+        hit = h is None or (h["mode"] == mode and h["tonic"] == int(row["tonic"]))
+        t = table.setdefault(mode, [0, 0, 0, 0, 0])  # clips, heard, mode heard, key heard, kept
+        t[0] += 1
+        if h is not None:
+            t[1] += 1
+            t[2] += h["mode"] == mode
+            t[3] += hit
+        if hit:
+            hits.setdefault(mode, []).append(line)
+    # Each mode keeps its share of the source, so that dropping more minor clips than major ones
+    # does not teach the model that minor is rarer (every n-th hit of the mode kept best served).
+    scale = min(len(hits.get(m, [])) / t[0] for m, t in table.items())
+    kept = []
+    for m, t in table.items():
+        want = round(scale * t[0])
+        lines = hits.get(m, [])
+        pick = [lines[round(k * len(lines) / want)] for k in range(want)] if want else []
+        t[4] = len(pick)
+        kept += pick
+    kept.sort(key=lambda l: json.loads(l)["id"])
+    with open(os.path.join(args.out, "manifest.jsonl"), "w") as f:
+        f.write("\n".join(kept) + "\n")
+    with open(os.path.join(src, "dataset.json")) as f, open(os.path.join(args.out, "dataset.json"), "w") as g:
+        g.write(f.read())
+    for d in ("mel", "audio"):
+        link = os.path.join(args.out, d)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(src, d), link)
+    md = [f"# Clips of {src} the key network hears in their labelled key", "",
+          "| labelled mode | clips | heard | mode heard | key heard | kept (each mode's share kept) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    md += [f"| {m} | {t[0]} | {t[1]} | {t[2]} ({t[2] / max(1, t[1]):.0%}) | "
+           f"{t[3]} ({t[3] / max(1, t[1]):.0%}) | {t[4]} |" for m, t in sorted(table.items())]
+    md += ["", f"Kept {len(kept)} of {len(rows)} clips."]
+    open(os.path.join(args.out, "curate.md"), "w").write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def roundtrip(wave, sr, n_mels, n_fft, iters):
     """The clip as a mel representation keeps it: magnitude mel (hop 256, 0-8 kHz; the built-in
     pack's is 64 mels, n_fft 1024) and Griffin-Lim, with librosa's filterbank and Griffin-Lim
@@ -334,13 +439,20 @@ def main():
                    help="score the clips after a mel + Griffin-Lim round trip with this many mels")
     c.add_argument("--roundtrip-nfft", type=int, default=1024)
     c.add_argument("--roundtrip-iters", type=int, default=32)
+    u = sub.add_parser("curate", help="a dataset of the clips heard in their labelled key")
+    u.add_argument("--dataset", required=True)
+    u.add_argument("--out", required=True)
+    u.add_argument("--sample-rate", type=int, default=16000)
+    u.add_argument("--modes", help="hear only clips labelled in these modes (comma-separated)")
+    u.add_argument("--workers", type=int, default=1)
     k = sub.add_parser("compare")
     k.add_argument("runs", nargs="+")
     t = sub.add_parser("tonics", help="mode and key heard per asked tonic (a calibration run)")
     t.add_argument("runs", nargs="+")
     t.add_argument("--min-share", type=float, default=2 / 3)
     args = ap.parse_args()
-    {"generate": generate, "ceiling": ceiling, "compare": compare, "tonics": tonics}[args.cmd](args)
+    {"generate": generate, "ceiling": ceiling, "compare": compare, "tonics": tonics,
+     "curate": curate}[args.cmd](args)
 
 
 if __name__ == "__main__":
