@@ -77,13 +77,9 @@ class Ear:
 
     def analyze(self, wave, sr, path):
         import librosa
-        from madmom.audio.signal import Signal
-        from madmom.features.key import key_prediction_to_label
 
-        x44 = librosa.resample(wave, orig_sr=sr, target_sr=44100).astype(np.float32)
-        sig = Signal(x44, sample_rate=44100)
-        key_probs = self.key(sig)[0]
-        label = key_prediction_to_label(key_probs[None, :])
+        sig = signal44(wave, sr)
+        key = hear(self.key, sig)
         act = self.beats(sig)
         tempi = self.tempo(act)
         bpm = float(tempi[0][0]) if len(tempi) else 0.0
@@ -99,11 +95,35 @@ class Ear:
         rhythmic = float(ac[25:201].max()) if len(ac) > 201 else 0.0
         music = bool(rms_db > -45 and 0.3 <= onset_rate <= 16 and (tonal >= 0.5 or rhythmic >= 0.3))
         tags = tagger_top5(path)
-        tonic_name, mode = label.split()
-        return {"key": label, "key_tonic": PITCHES[tonic_name], "key_mode": mode,
-                "key_confidence": float(key_probs.max()), "bpm": bpm, "tags": tags,
+        return {"key": key["label"], "key_tonic": key["tonic"], "key_mode": key["mode"],
+                "key_confidence": key["p"], "bpm": bpm, "tags": tags,
                 "rms_dbfs": float(rms_db), "onsets_per_s": float(onset_rate),
                 "tonal_clarity": float(tonal), "rhythmic_clarity": rhythmic, "music": music}
+
+
+def signal44(wave, sr):
+    """madmom's input: the clip at 44.1 kHz."""
+    import librosa
+    from madmom.audio.signal import Signal
+
+    return Signal(librosa.resample(wave, orig_sr=sr, target_sr=44100).astype(np.float32),
+                  sample_rate=44100)
+
+
+def hear(key_network, sig):
+    """The key network's label of a clip: tonic (pitch class), mode and top probability."""
+    from madmom.features.key import key_prediction_to_label
+
+    probs = key_network(sig)[0]
+    label = key_prediction_to_label(probs[None, :])
+    tonic_name, mode = label.split()
+    return {"label": label, "tonic": PITCHES[tonic_name], "mode": mode, "p": float(probs.max())}
+
+
+def read_render(dataset, clip_id):
+    """A rendered training clip's samples in [-1, 1] (16-bit PCM, as `tutti train dataset` writes)."""
+    raw = np.fromfile(os.path.join(dataset, "audio", f"{clip_id:06}.i16"), dtype="<i2")
+    return raw.astype(np.float32) / 32767.0
 
 
 def tagger_top5(path):
@@ -179,8 +199,7 @@ def ceiling(args):
     recs = []
     step = max(1, len(rows) // args.clips)
     for row in rows[::step][: args.clips]:
-        raw = np.fromfile(os.path.join(args.dataset, "audio", f"{row['id']:06}.i16"), dtype="<i2")
-        wave = raw.astype(np.float32) / 32767.0
+        wave = read_render(args.dataset, row["id"])
         if args.roundtrip_mels:
             wave = roundtrip(wave, sr, args.roundtrip_mels, args.roundtrip_nfft, args.roundtrip_iters)
         wav = os.path.join(args.out, f"clip{row['id']:06}.wav")
@@ -206,20 +225,15 @@ _KEY = None
 
 
 def hear_key(job):
-    """The key network's label of one rendered clip (a worker of `curate`)."""
-    from madmom.audio.signal import Signal
-    from madmom.features.key import CNNKeyRecognitionProcessor, key_prediction_to_label
-    import librosa
+    """The key network's label of one rendered clip (a worker of `curate`, one network each)."""
+    from madmom.features.key import CNNKeyRecognitionProcessor
 
     global _KEY
     if _KEY is None:
         _KEY = CNNKeyRecognitionProcessor()
-    path, sr = job
-    raw = np.fromfile(path, dtype="<i2")
-    x44 = librosa.resample(raw.astype(np.float32) / 32767.0, orig_sr=sr, target_sr=44100)
-    probs = _KEY(Signal(x44.astype(np.float32), sample_rate=44100))[0]
-    tonic_name, mode = key_prediction_to_label(probs[None, :]).split()
-    return {"tonic": PITCHES[tonic_name], "mode": mode, "p": float(probs.max())}
+    dataset, clip_id, sr = job
+    h = hear(_KEY, signal44(read_render(dataset, clip_id), sr))
+    return {"tonic": h["tonic"], "mode": h["mode"], "p": h["p"]}
 
 
 def curate(args):
@@ -252,7 +266,7 @@ def curate(args):
     modes = set(args.modes.split(",")) if args.modes else None
     todo = [i for i in sorted(rows) if i not in heard
             and (modes is None or rows[i][0]["mode"].lower() in modes)]
-    jobs = [(os.path.join(src, "audio", f"{i:06}.i16"), args.sample_rate) for i in todo]
+    jobs = [(src, i, args.sample_rate) for i in todo]
     with open(heard_path, "a") as log, multiprocessing.Pool(args.workers) as pool:
         for n, (i, h) in enumerate(zip(todo, pool.imap(hear_key, jobs, chunksize=4))):
             h["id"] = i
@@ -276,7 +290,7 @@ def curate(args):
         if hit:
             hits.setdefault(mode, []).append(line)
     # Each mode keeps its share of the source, so that dropping more minor clips than major ones
-    # does not teach the model that minor is rarer (every n-th hit of the mode kept best served).
+    # does not teach the model that minor is rarer (the kept hits spread evenly over the ids).
     scale = min(len(hits.get(m, [])) / t[0] for m, t in table.items())
     kept = []
     for m, t in table.items():
