@@ -231,6 +231,49 @@ fn an_unreachable_server_is_named() {
     );
 }
 
+/// A farm that takes the connection and never answers (a TLS 1.3 server that rejected the
+/// client's certificate after the handshake looks like this to the call): the command fails
+/// within `--answer-timeout` and says what to check, instead of waiting forever.
+#[test]
+fn a_farm_that_never_answers_fails_the_call_within_the_answer_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Accepts and holds every connection, reading nothing and writing nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let server = format!("http://{addr}");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(["list", "--server", &server, "--answer-timeout", "1s"])
+        .current_dir(dir.path())
+        .env_remove("TUTTI_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tutti");
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("tutti list still waiting on a silent farm after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not answer within --answer-timeout"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--tls-client-cert"), "{stderr}");
+}
+
 /// `tutti dev` serves the API; `generate --server --no-wait`, `watch` and `job` follow a job.
 #[test]
 fn dev_serves_the_client_commands() {

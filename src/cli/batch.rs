@@ -7,12 +7,11 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::BufReader;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tutti_coordinator::batches::manifest::{ManifestFormat, ManifestReader, RowError};
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::batches_client::BatchesClient;
 
-use super::client::ServerArgs;
+use super::client::{status_err, FarmChannel, ServerArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BatchCommand {
@@ -99,18 +98,18 @@ pub(crate) struct BatchIdArgs {
     pub server: ServerArgs,
 }
 
-type Client = BatchesClient<InterceptedService<Channel, super::client::Bearer>>;
+type Client = BatchesClient<InterceptedService<FarmChannel, super::client::Bearer>>;
 
 /// The farm's Batches service with the command's key and TLS settings (as every client
 /// command: `--api-key`, `--tls-ca`, ...).
 async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
     let (channel, bearer) = super::client::channel_to(&server.server, &server.credentials).await?;
-    // Manifests can be large: allow big responses (rejection reports).
-    Ok(BatchesClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
+    Ok(batches_client(channel, bearer))
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+fn batches_client(channel: FarmChannel, bearer: super::client::Bearer) -> Client {
+    // Manifests can be large: allow big responses (rejection reports).
+    BatchesClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20)
 }
 
 pub(crate) async fn run(cmd: BatchCommand) -> anyhow::Result<()> {
@@ -235,7 +234,9 @@ pub(crate) fn stream_file(
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
-    let mut client = connect(&a.server).await?;
+    let (channel, bearer) =
+        super::client::upload_channel_to(&a.server.server, &a.server.credentials).await?;
+    let mut client = batches_client(channel, bearer);
     let format = a
         .format
         .unwrap_or_else(|| ManifestFormat::from_name(&a.manifest));

@@ -21,7 +21,8 @@ pub(crate) struct ServerArgs {
     pub credentials: Credentials,
 }
 
-/// How a client proves itself to a farm: an API key, and TLS settings.
+/// How a client proves itself to a farm (an API key, TLS settings) and how long it waits for an
+/// answer.
 #[derive(Clone, Default, clap::Args)]
 pub(crate) struct Credentials {
     /// API key (`tt_...`) for a farm that runs with TUTTI_AUTH=required.
@@ -36,7 +37,13 @@ pub(crate) struct Credentials {
     /// Client private key (PEM).
     #[arg(long, env = "TUTTI_TLS_CLIENT_KEY", requires = "tls_client_cert")]
     pub tls_client_key: Option<PathBuf>,
+    /// How long a call waits for the farm to answer (a stream: to start), e.g. "30s".
+    #[arg(long, env = "TUTTI_ANSWER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub answer_timeout: Option<std::time::Duration>,
 }
+
+/// The wait for an answer when `--answer-timeout` is not given.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for Credentials {
             .field("tls_ca", &self.tls_ca)
             .field("tls_client_cert", &self.tls_client_cert)
             .field("tls_client_key", &self.tls_client_key)
+            .field("answer_timeout", &self.answer_timeout)
             .finish()
     }
 }
@@ -99,7 +107,14 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-pub(crate) type Client = GenerationClient<InterceptedService<Channel, Bearer>>;
+/// The channel under every client command: tonic's channel with a deadline on each call's
+/// answer. A deadline at all because an answer can fail to come: a farm that requires client
+/// certificates rejects a client without one after the TLS 1.3 handshake has completed, and the
+/// call queued on that connection can wait forever (rustls/tokio-rustls#38). It wraps the whole
+/// channel, queueing included, which a deadline inside tonic's channel would not cover.
+pub(crate) type FarmChannel = tower::timeout::Timeout<Channel>;
+
+pub(crate) type Client = GenerationClient<InterceptedService<FarmChannel, Bearer>>;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GenerateArgs {
@@ -288,7 +303,24 @@ pub(crate) async fn connect_to(server: &str, credentials: &Credentials) -> anyho
 pub(crate) async fn channel_to(
     server: &str,
     credentials: &Credentials,
-) -> anyhow::Result<(Channel, Bearer)> {
+) -> anyhow::Result<(FarmChannel, Bearer)> {
+    let deadline = credentials.answer_timeout.unwrap_or(ANSWER_TIMEOUT);
+    let (channel, bearer) = open(server, credentials).await?;
+    Ok((FarmChannel::new(channel, deadline), bearer))
+}
+
+/// A channel for a client-streaming upload: its answer comes only once the whole stream is sent,
+/// at the pace of what is uploaded, so no deadline applies.
+pub(crate) async fn upload_channel_to(
+    server: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<(FarmChannel, Bearer)> {
+    let (channel, bearer) = open(server, credentials).await?;
+    // tokio's timer takes a duration this long as "never".
+    Ok((FarmChannel::new(channel, std::time::Duration::MAX), bearer))
+}
+
+async fn open(server: &str, credentials: &Credentials) -> anyhow::Result<(Channel, Bearer)> {
     let tls = credentials.tls()?;
     let bearer = credentials.bearer()?;
     // tonic speaks TLS to https:// addresses only.
@@ -323,6 +355,18 @@ pub(crate) async fn channel_to(
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&s);
+    while let Some(c) = cause {
+        if c.is::<tower::timeout::error::Elapsed>() {
+            return anyhow::anyhow!(
+                "the farm did not answer within --answer-timeout (default {}s); a farm that \
+                 requires client certificates (mutual TLS) drops calls that come without one: \
+                 pass --tls-client-cert and --tls-client-key",
+                ANSWER_TIMEOUT.as_secs()
+            );
+        }
+        cause = c.source();
+    }
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 

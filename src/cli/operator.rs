@@ -3,11 +3,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::operator_client::OperatorClient;
 
-use super::client::{channel_to, status_err, Bearer, ServerArgs};
+use super::client::{channel_to, status_err, Bearer, FarmChannel, ServerArgs};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkersArgs {
@@ -46,7 +45,7 @@ pub(crate) enum DeadLetterCommand {
     },
 }
 
-type Client = OperatorClient<InterceptedService<Channel, Bearer>>;
+type Client = OperatorClient<InterceptedService<FarmChannel, Bearer>>;
 
 async fn client(server: &ServerArgs) -> anyhow::Result<Client> {
     let (channel, bearer) = channel_to(&server.server, &server.credentials).await?;
