@@ -211,6 +211,18 @@ fn device(name: &str) -> anyhow::Result<tch::Device> {
     })
 }
 
+/// A composer style by its manifest name (`lofi_hip_hop`, `ambient`, ...).
+fn parse_style(name: &str) -> Result<tutti_train::music::Style, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        let names: Vec<String> = tutti_train::music::Style::PROCEDURAL
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        format!("not a style: {name:?} (one of {})", names.join(", "))
+    })
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct DatasetArgs {
     /// Output folder (resumable: missing clips are rendered).
@@ -227,6 +239,10 @@ pub(crate) struct DatasetArgs {
     pub corpus: Option<PathBuf>,
     #[arg(long, default_value_t = 0.3)]
     pub corpus_fraction: f64,
+    /// Only the composer's music in these styles (repeatable, e.g. `--style ambient`), to measure
+    /// a change to the composer on what it changes; all styles without it.
+    #[arg(long = "style", value_parser = parse_style)]
+    pub styles: Vec<tutti_train::music::Style>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Mel bands of the log-mel features (16 kHz, n_fft 1024, hop 256 either way); 128 keeps
@@ -245,6 +261,7 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             tch::set_num_threads(a.threads);
             let mut cfg = tutti_train::dataset::DatasetConfig::new(a.clips, a.seconds, a.seed);
             cfg.corpus_fraction = a.corpus_fraction;
+            cfg.styles = a.styles;
             cfg.mel.n_mels = usize::from(a.n_mels);
             let paths = tutti_train::dataset::DatasetPaths {
                 out: a.out.clone(),

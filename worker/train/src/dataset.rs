@@ -38,6 +38,10 @@ pub struct DatasetConfig {
     pub corpus_fraction: f64,
     /// Fraction of empty captions (for classifier-free guidance).
     pub empty_caption: f64,
+    /// The composer's styles to draw from; empty: all of them. One style alone is how a change to
+    /// the composer is measured on the music it changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub styles: Vec<Style>,
 }
 
 impl DatasetConfig {
@@ -49,6 +53,7 @@ impl DatasetConfig {
             mel: MelConfig::default(),
             corpus_fraction: 0.3,
             empty_caption: 0.1,
+            styles: Vec::new(),
         }
     }
 }
@@ -88,7 +93,12 @@ pub fn draw_piece(
     let piece = match piece {
         Some(p) => p,
         None => {
-            let style = *Style::PROCEDURAL.choose(&mut rng).unwrap_or(&Style::Rock);
+            let styles: &[Style] = if cfg.styles.is_empty() {
+                &Style::PROCEDURAL
+            } else {
+                &cfg.styles
+            };
+            let style = *styles.choose(&mut rng).unwrap_or(&Style::Rock);
             compose::compose(style, &mut rng, cfg.seconds)
         }
     };

@@ -116,13 +116,16 @@ fn palette(style: Style) -> (&'static [Family], &'static [Family], bool, bool) {
             true,
             false,
         ),
+        // Ambient, classical and folk have a bass too, each chord's root held through the bar:
+        // with it madmom's key network hears minor renders in their key more often (ambient with
+        // triads 56% -> 63%, classical and folk 74% -> 79%).
         Style::Ambient => (
             &[SynthPad, Strings, Organ],
             &[Piano, Flute, ElectricPiano],
-            false,
+            true,
             false,
         ),
-        Style::Classical | Style::Folk => (&[Piano, Strings], &[Flute, Piano], false, false),
+        Style::Classical | Style::Folk => (&[Piano, Strings], &[Flute, Piano], true, false),
         Style::Pop => (
             &[Piano, ElectricGuitar, SynthPad, AcousticGuitar],
             &[Piano, Flute, ElectricPiano, ElectricGuitar],
@@ -209,7 +212,7 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
     let bass_track = (has_bass && rng.random_bool(0.9)).then(|| {
         let program = match style {
             Style::House | Style::Trap | Style::Techno => 38,
-            Style::Waltz | Style::Jazz => 32,
+            Style::Waltz | Style::Jazz | Style::Ambient | Style::Classical | Style::Folk => 32,
             _ => *[32u8, 33].choose(rng).unwrap_or(&33),
         };
         tracks.push(Track {
@@ -245,7 +248,7 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
         let b0 = bar as f64 * bar_beats;
         let root = prog[bar % 4];
         let vel = base_vel + sec.lift;
-        let tones = chord(chord_base, mode, root, seventh);
+        let tones = chord(chord_base, mode, root, seventh && seventh_fits(mode, root));
         harmony(&mut notes, rng, style, 0, b0, bpb, &tones, vel - 8);
         if let (Some(t), true) = (lead_track, sec.melody) {
             let lift = if sec.name == "chorus" || sec.name == "drop" {
@@ -287,6 +290,14 @@ pub fn compose(style: Style, rng: &mut ChaCha8Rng, seconds: f64) -> Piece {
         notes,
         sections,
     }
+}
+
+/// Whether the chord on `root` may take its seventh. In minor only the dominant does (V7, whose
+/// leading tone pulls to the tonic): i7, iv7 and VI7 each hold a major triad of the key's own notes
+/// (i7 = C Eb G Bb holds E-flat major), and with them madmom's key network heard minor ambient
+/// renders in their key 30% of the time, with triads 56%, and minor lo-fi 78% against 87%.
+fn seventh_fits(mode: Mode, root: i32) -> bool {
+    mode == Mode::Major || root.rem_euclid(7) == 4
 }
 
 fn push(out: &mut Vec<Note>, track: usize, start: f64, dur: f64, pitch: i32, vel: i32) {
@@ -426,10 +437,86 @@ fn bass(
             (*[1.5, 2.5].choose(rng).unwrap_or(&2.5), 1.0, root),
         ],
         Style::Waltz => vec![(0.0, 0.9, root)],
+        // A pedal: the root held through the bar.
+        Style::Ambient | Style::Classical | Style::Folk => vec![(0.0, bpb as f64 * 0.95, root)],
         _ => vec![(0.0, bpb as f64 * 0.9, root), (2.0, 1.8, fifth - 12)],
     };
     for (t, d, p) in hits {
         let v = vel + rng.random_range(-4..=4);
         push(out, track, grooves::swing(style, b0 + t), d, p, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng_for;
+
+    fn minor_pieces(style: Style) -> impl Iterator<Item = Piece> {
+        (0..200)
+            .map(move |i| compose(style, &mut rng_for(3, 9, i), 10.0))
+            .filter(|p| p.mode == Mode::Minor)
+    }
+
+    /// Minor chords carry a seventh only on the dominant, where it holds the leading tone.
+    #[test]
+    fn minor_harmony_takes_a_seventh_on_the_dominant_alone() {
+        let mut sevenths = 0;
+        for style in [Style::LofiHipHop, Style::Ambient, Style::Jazz] {
+            for piece in minor_pieces(style) {
+                let leading = (i32::from(piece.tonic) + 11) % 12;
+                let mut chords: std::collections::BTreeMap<u64, Vec<i32>> = Default::default();
+                for n in piece.notes.iter().filter(|n| n.track == 0) {
+                    chords
+                        .entry((n.start * 1000.0) as u64)
+                        .or_default()
+                        .push(i32::from(n.pitch) % 12);
+                }
+                for (_, pcs) in chords {
+                    if pcs.len() == 4 {
+                        sevenths += 1;
+                        assert!(
+                            pcs.contains(&leading),
+                            "{style:?}: a seventh chord off V {pcs:?}"
+                        );
+                    } else {
+                        assert_eq!(pcs.len(), 3, "{style:?} {pcs:?}");
+                    }
+                }
+            }
+        }
+        assert!(sevenths > 0, "no dominant seventh at all");
+    }
+
+    /// Ambient, classical and folk pieces have a bass on each bar's chord root.
+    #[test]
+    fn slow_styles_have_a_bass_on_the_root() {
+        for style in [Style::Ambient, Style::Classical, Style::Folk] {
+            let pieces: Vec<Piece> = minor_pieces(style).collect();
+            let with_bass: Vec<&Piece> = pieces
+                .iter()
+                .filter(|p| p.tracks.iter().any(|t| t.family == Family::Bass))
+                .collect();
+            assert!(
+                with_bass.len() * 10 >= pieces.len() * 8,
+                "{style:?}: bass in {} of {}",
+                with_bass.len(),
+                pieces.len()
+            );
+            for p in with_bass {
+                let bass = p.tracks.iter().position(|t| t.family == Family::Bass);
+                let lows: Vec<&Note> = p.notes.iter().filter(|n| Some(n.track) == bass).collect();
+                assert!(!lows.is_empty(), "{style:?}: a bass track with no notes");
+                // Every bass note sounds under a chord of the harmony with its pitch class.
+                for n in lows {
+                    let under = p.notes.iter().any(|h| {
+                        h.track == 0
+                            && (h.start - n.start).abs() < 1e-9
+                            && h.pitch % 12 == n.pitch % 12
+                    });
+                    assert!(under, "{style:?}: bass {} off the chord", n.pitch);
+                }
+            }
+        }
     }
 }
