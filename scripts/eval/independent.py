@@ -30,14 +30,23 @@ Each run writes results.json (one record a clip) and report.md into --out.
 """
 
 import argparse
+import atexit
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # musicnn is written for Keras 2
+# numba caches librosa's compiled functions beside librosa's sources by default; two runs
+# compiling at once leave an index that names the other's machine code, and every later run
+# segfaults loading it (librosa.onset's peak picking). Each run (and its workers) gets its own.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tutti-numba-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
