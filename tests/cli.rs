@@ -198,6 +198,42 @@ fn a_deadline_is_a_time_the_validator_checks() {
     assert!(dir.path().join("d.wav").exists());
 }
 
+/// `tutti models` says how the built-in pack serves asked keys: the tonics "in a minor key"
+/// gets and the varispeed reach (read from the shipped `model.toml`, as a farm reads it).
+#[test]
+fn the_catalogue_shows_how_the_built_in_pack_serves_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pack = dir.path().join("models/tutti-mini");
+    std::fs::create_dir_all(&pack).expect("pack dir");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tutti-mini/model.toml");
+    std::fs::copy(shipped, pack.join("model.toml")).expect("copy model.toml");
+    let out = tutti(&["models", "--models-dir", "models"], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "  keys: \"minor\" alone is served in C, C#, E, G, Bb, B (the seed picks); other minor \
+             tonics are rendered up to 1 semitone away and played back in the asked key\n"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("\"major\" alone"), "{stdout}");
+    let out = tutti(
+        &["models", "tutti-mini", "--models-dir", "models", "--json"],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let m: serde_json::Value = serde_json::from_str(&stdout).expect("a Model as JSON");
+    let keys = &m["key_serving"];
+    assert_eq!(
+        keys["minor_tonics"],
+        serde_json::json!(["C", "C#", "E", "G", "Bb", "B"]),
+        "{m}"
+    );
+    assert_eq!(keys["varispeed_semitones"], 1, "{m}");
+}
+
 #[test]
 fn a_missing_model_pack_says_how_to_get_one() {
     let dir = tempfile::tempdir().expect("tempdir");

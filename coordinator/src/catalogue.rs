@@ -135,7 +135,18 @@ pub fn model_pb(v: &Validator, m: &ModelInfo, fleet: Option<&Fleet>) -> pb::Mode
             Vec::new()
         },
         availability: fleet.map(|f| f.availability(m)),
+        key_serving: key_serving(m),
     }
+}
+
+/// The pack's `[defaults] mode_tonics` and `varispeed_semitones`, where it has a list.
+fn key_serving(m: &ModelInfo) -> Option<pb::KeyServing> {
+    let t = &m.defaults.mode_tonics;
+    (!t.major.is_empty() || !t.minor.is_empty()).then(|| pb::KeyServing {
+        major_tonics: t.major.clone(),
+        minor_tonics: t.minor.clone(),
+        varispeed_semitones: m.defaults.varispeed_semitones,
+    })
 }
 
 /// Every pack, by name, each name's newest version first.

@@ -170,6 +170,21 @@ pub struct Defaults {
     pub guidance_scale: f32,
     pub chunk_steps: u32,
     pub duration_s: f32,
+    /// A mel pack's `[defaults.mode_tonics]` as written: the tonics a request naming a mode
+    /// and no tonic is served in (the mel runtime validates and applies it; the catalogue
+    /// shows it).
+    pub mode_tonics: ModeTonicNames,
+    /// How far a tonic the mode's list lacks is moved to a listed one and played back in the
+    /// asked key (0: every key as asked).
+    pub varispeed_semitones: u32,
+}
+
+/// `[defaults.mode_tonics]`: pitch names ("E", "Bb") per mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ModeTonicNames {
+    pub major: Vec<String>,
+    pub minor: Vec<String>,
 }
 
 impl Default for Defaults {
@@ -180,6 +195,8 @@ impl Default for Defaults {
             guidance_scale: 4.0,
             chunk_steps: 10,
             duration_s: 10.0,
+            mode_tonics: ModeTonicNames::default(),
+            varispeed_semitones: 0,
         }
     }
 }
@@ -467,5 +484,21 @@ mod tests {
         assert_eq!(sao.inputs, [NegativePrompt, Guidance, InitAudio]);
         assert_eq!((sao.channels, sao.description.as_str()), (2, "d"));
         assert!(sao.takes(InitAudio) && !sao.takes(Lyrics));
+    }
+
+    #[test]
+    fn the_key_serving_defaults_are_read_as_written() {
+        let bare = pack(HEAD);
+        assert_eq!(bare.defaults.mode_tonics, ModeTonicNames::default());
+        assert_eq!(bare.defaults.varispeed_semitones, 0);
+        let served = pack(&format!(
+            "{HEAD}[defaults]\nsteps = 50\nvarispeed_semitones = 1\n[defaults.mode_tonics]\nminor = [\"C\", \"Bb\"]\n"
+        ));
+        assert_eq!(served.defaults.mode_tonics.minor, ["C", "Bb"]);
+        assert!(served.defaults.mode_tonics.major.is_empty());
+        assert_eq!(
+            (served.defaults.steps, served.defaults.varispeed_semitones),
+            (50, 1)
+        );
     }
 }

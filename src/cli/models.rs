@@ -171,6 +171,9 @@ pub(crate) fn describe(m: &pb::Model) -> String {
             m.max_prompt_tokens, m.max_prompt_chars
         );
     }
+    if let Some(k) = &m.key_serving {
+        out += &keys(k);
+    }
     if m.versions.len() > 1 {
         out += &format!("  versions: {}\n", m.versions.join(", "));
     }
@@ -183,5 +186,28 @@ pub(crate) fn describe(m: &pb::Model) -> String {
         ),
         Some(a) => format!("  workers: not ready: {}\n", a.reason),
     };
+    out
+}
+
+/// How the pack serves asked keys, a line per mode it lists tonics for.
+fn keys(k: &pb::KeyServing) -> String {
+    let mut out = String::new();
+    for (mode, tonics) in [("major", &k.major_tonics), ("minor", &k.minor_tonics)] {
+        if tonics.is_empty() {
+            continue;
+        }
+        out += &format!(
+            "  keys: \"{mode}\" alone is served in {} (the seed picks)",
+            tonics.join(", ")
+        );
+        if k.varispeed_semitones > 0 {
+            out += &format!(
+                "; other {mode} tonics are rendered up to {} semitone{} away and played back in the asked key",
+                k.varispeed_semitones,
+                if k.varispeed_semitones == 1 { "" } else { "s" }
+            );
+        }
+        out.push('\n');
+    }
     out
 }
