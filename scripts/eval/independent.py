@@ -327,6 +327,38 @@ def curate(args):
     print("\n".join(md))
 
 
+def breakdown(args):
+    """Of the clips a `curate` run heard, the share heard in their labelled key by a manifest
+    field (style, tonic, beats_per_bar, bpm in 10-BPM bins, ...): where the composer hides the
+    mode."""
+    rows = {}
+    for line in open(os.path.join(args.dataset, "manifest.jsonl")):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["id"]] = row
+    heard = [json.loads(l) for l in open(args.heard) if l.strip()]
+    for field in args.by.split(","):
+        table = {}
+        for h in heard:
+            row = rows.get(h["id"])
+            if row is None:
+                continue
+            value = row.get(field)
+            if field == "bpm":
+                value = int(value // 10 * 10)
+            elif isinstance(value, list):
+                value = "+".join(map(str, value))
+            hit = h["mode"] == row["mode"].lower() and h["tonic"] == int(row["tonic"])
+            t = table.setdefault(str(value), [0, 0])
+            t[0] += 1
+            t[1] += hit
+        print(f"\n| {field} | clips | heard in their key |\n| --- | ---: | ---: |")
+        for value, (n, hit) in sorted(table.items()):
+            print(f"| {value} | {n} | {hit} ({hit / n:.0%}) |")
+
+
 def roundtrip(wave, sr, n_mels, n_fft, iters):
     """The clip as a mel representation keeps it: magnitude mel (hop 256, 0-8 kHz; the built-in
     pack's is 64 mels, n_fft 1024) and Griffin-Lim, with librosa's filterbank and Griffin-Lim
@@ -468,6 +500,10 @@ def main():
     u.add_argument("--sample-rate", type=int, default=16000)
     u.add_argument("--modes", help="hear only clips labelled in these modes (comma-separated)")
     u.add_argument("--workers", type=int, default=1)
+    b = sub.add_parser("breakdown", help="a curate run's clips heard in their key, by manifest field")
+    b.add_argument("--dataset", required=True)
+    b.add_argument("--heard", required=True, help="a curate run's heard.jsonl")
+    b.add_argument("--by", default="style", help="manifest fields (comma-separated)")
     k = sub.add_parser("compare")
     k.add_argument("runs", nargs="+")
     t = sub.add_parser("tonics", help="mode and key heard per asked tonic (a calibration run)")
@@ -475,7 +511,7 @@ def main():
     t.add_argument("--min-share", type=float, default=2 / 3)
     args = ap.parse_args()
     {"generate": generate, "ceiling": ceiling, "compare": compare, "tonics": tonics,
-     "curate": curate}[args.cmd](args)
+     "curate": curate, "breakdown": breakdown}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ pub(crate) struct DenoiserArgs {
     pub tokens: usize,
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
+    /// Decay the learning rate linearly to zero over the last N steps before `--steps`
+    /// (constant after the warm-up without it); set when a run starts, kept by its resumes.
+    #[arg(long)]
+    pub anneal: Option<u64>,
     /// Shortest training crop, in latent frames (62.5 per second).
     #[arg(long, default_value_t = 96)]
     pub crop_min: usize,
@@ -290,6 +294,9 @@ pub(crate) fn run(cmd: TrainCommand) -> anyhow::Result<()> {
                 crop_max: a.crop_max,
                 adam: tutti_train::optim::AdamWConfig {
                     lr: a.lr,
+                    anneal: a
+                        .anneal
+                        .map(|n| tutti_train::optim::Anneal::last(n, a.run.steps)),
                     ..Default::default()
                 },
                 beat_grid: a.beat_grid,
