@@ -245,6 +245,25 @@ def hear_key(job):
     return {"tonic": h["tonic"], "mode": h["mode"], "p": h["p"]}
 
 
+def read_manifest(dataset):
+    """A rendered dataset's manifest rows by id, each with its line as written."""
+    rows = {}
+    for line in open(os.path.join(dataset, "manifest.jsonl")):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line of an interrupted render
+            continue
+        rows[row["id"]] = (row, line.rstrip("\n"))
+    return rows
+
+
+def in_key(h, row):
+    """Whether the key network heard a clip in its labelled tonic and mode."""
+    return h["mode"] == row["mode"].lower() and h["tonic"] == int(row["tonic"])
+
+
 def curate(args):
     """Keeps the training clips the key network hears in their labelled key (tonic and mode): a
     minor render heard as its relative major teaches the model that the minor control sounds
@@ -254,14 +273,7 @@ def curate(args):
     the manifest, the settings, and links to the source's mel/ and audio/. What the network heard
     goes to `--out`/heard.jsonl as it goes, so an interrupted run resumes."""
     src = os.path.abspath(args.dataset)
-    lines = [l for l in open(os.path.join(src, "manifest.jsonl")) if l.strip()]
-    rows = {}
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of an interrupted render
-            continue
-        rows[row["id"]] = (row, line.rstrip("\n"))
+    rows = read_manifest(src)
     os.makedirs(args.out, exist_ok=True)
     heard_path = os.path.join(args.out, "heard.jsonl")
     heard = {}
@@ -289,7 +301,7 @@ def curate(args):
         row, line = rows[i]
         mode = row["mode"].lower()
         h = heard.get(i)  # None: a mode --modes leaves unheard, kept
-        hit = h is None or (h["mode"] == mode and h["tonic"] == int(row["tonic"]))
+        hit = h is None or in_key(h, row)
         t = table.setdefault(mode, [0, 0, 0, 0, 0])  # clips, heard, mode heard, key heard, kept
         t[0] += 1
         if h is not None:
@@ -331,13 +343,7 @@ def breakdown(args):
     """Of the clips a `curate` run heard, the share heard in their labelled key by a manifest
     field (style, tonic, beats_per_bar, bpm in 10-BPM bins, ...): where the composer hides the
     mode."""
-    rows = {}
-    for line in open(os.path.join(args.dataset, "manifest.jsonl")):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        rows[row["id"]] = row
+    rows = {i: row for i, (row, _) in read_manifest(args.dataset).items()}
     heard = [json.loads(l) for l in open(args.heard) if l.strip()]
     for field in args.by.split(","):
         table = {}
@@ -350,7 +356,7 @@ def breakdown(args):
                 value = int(value // 10 * 10)
             elif isinstance(value, list):
                 value = "+".join(map(str, value))
-            hit = h["mode"] == row["mode"].lower() and h["tonic"] == int(row["tonic"])
+            hit = in_key(h, row)
             t = table.setdefault(str(value), [0, 0])
             t[0] += 1
             t[1] += hit
