@@ -2,7 +2,8 @@
 //! (S3, or the embedded farm's folder), blanks its prompt, keeps its usage record, is
 //! idempotent and NOT_FOUND for another tenant (`tutti delete` too); a tenant's retention sets
 //! each output's `expires_at`, and the janitor's sweep deletes expired objects so that GetJob
-//! hands out no URL for them; the studio's delete button does what DeleteJob does.
+//! hands out no URL for them; an audio-to-audio job's own init clip goes with the job and with
+//! the tenant's input retention; the studio's delete button does what DeleteJob does.
 
 #[macro_use]
 mod common;
@@ -16,7 +17,10 @@ use tutti_coordinator::store::{JobStore, PgStore, SqliteStore};
 use tutti_proto::v1 as pb;
 use tutti_shared::blob::{BlobStore, LocalStore};
 
-both_backends!(deleted_and_expired_outputs_leave_the_blob_store,);
+both_backends!(
+    deleted_and_expired_outputs_leave_the_blob_store,
+    a_jobs_own_init_clip_leaves_with_the_job_and_with_input_retention,
+);
 
 /// The farm's own store and blob store, opened beside it (as an operator tool would).
 async fn stores(farm: &Farm, backend: Backend) -> (Arc<dyn JobStore>, Arc<dyn BlobStore>) {
@@ -239,6 +243,97 @@ async fn deleted_and_expired_outputs_leave_the_blob_store(backend: Backend) {
     assert!(!exists(blobs.as_ref(), &farm, &item_job.outputs[0].uri).await);
     let again = tutti(&["batch", "delete", &batch]);
     assert!(again.contains("deleted    0 items' jobs"), "{again}");
+}
+
+/// An audio-to-audio job stores its init clip for itself alone (`inputs/<tenant>/<clip>.wav`,
+/// in S3 or the embedded farm's folder): DeleteJob removes it with the outputs, and the input
+/// retention sweep removes another job's, leaving the job and its output as they were.
+async fn a_jobs_own_init_clip_leaves_with_the_job_and_with_input_retention(backend: Backend) {
+    let farm = Farm::start(FarmOptions {
+        auth: true,
+        packs: Some(common::packs::stable_audio),
+        ..FarmOptions::on(backend)
+    })
+    .await;
+    farm.operator(&["tenant", "create", "acme", "--retain-inputs-days", "1"]);
+    let acme = farm.create_key("acme", false);
+    let (store, blobs) = stores(&farm, backend).await;
+    let mut a = farm.client_as(Some(&acme)).await;
+    let rate = 44_100;
+    let tone: Vec<f32> = (0..rate)
+        .flat_map(|i| {
+            let s = (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin() * 0.5;
+            [s, s]
+        })
+        .collect();
+    let clip = tutti_shared::audio::encode_wav(&tone, 2, rate as u32).expect("a WAV");
+    let clips = || async { blobs.list("inputs/acme/", 100).await.expect("list") };
+
+    let mut jobs = Vec::new();
+    for prompt in ["a clip to delete", "a clip that expires"] {
+        let before = clips().await;
+        let mut req = request(prompt);
+        req.model = Some(pb::ModelRef {
+            name: "stable-audio-open-small".into(),
+            version: String::new(),
+        });
+        req.duration_seconds = Some(1.0);
+        req.init_audio = clip.clone();
+        req.init_strength = Some(0.5);
+        let job = a.submit_generation(req).await.expect("submit").into_inner();
+        let done = common::wait_ended(&mut a, &job.id).await;
+        assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+        let own: Vec<String> = clips()
+            .await
+            .into_iter()
+            .filter(|k| !before.contains(k))
+            .collect();
+        assert_eq!(own.len(), 1, "one clip of its own: {own:?}");
+        assert_eq!(
+            blobs.get(&own[0]).await.expect("get").as_deref(),
+            Some(clip.as_slice()),
+            "the clip as sent"
+        );
+        jobs.push((done, own[0].clone()));
+    }
+    let ((deleted, deleted_clip), (kept, kept_clip)) = (&jobs[0], &jobs[1]);
+
+    a.delete_job(pb::DeleteJobRequest {
+        id: deleted.id.clone(),
+    })
+    .await
+    .expect("delete");
+    assert!(blobs.get(deleted_clip).await.expect("get").is_none());
+    assert!(!exists(blobs.as_ref(), &farm, &deleted.outputs[0].uri).await);
+    assert!(
+        blobs.get(kept_clip).await.expect("get").is_some(),
+        "another job's clip stays"
+    );
+
+    // Input retention, two days on: the other clip goes; its job and output stay.
+    let later = chrono::Utc::now() + chrono::Duration::days(2);
+    let swept = tutti_coordinator::janitor::expire_inputs(store.as_ref(), blobs.as_ref(), later)
+        .await
+        .expect("sweep");
+    assert_eq!(
+        swept, 1,
+        "only the job that was not deleted had a clip left"
+    );
+    assert!(blobs.get(kept_clip).await.expect("get").is_none());
+    assert!(clips().await.is_empty());
+    let after = a
+        .get_job(pb::GetJobRequest {
+            id: kept.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(state(&after), pb::JobState::Succeeded);
+    assert!(exists(blobs.as_ref(), &farm, &after.outputs[0].uri).await);
+    let again = tutti_coordinator::janitor::expire_inputs(store.as_ref(), blobs.as_ref(), later)
+        .await
+        .expect("sweep again");
+    assert_eq!(again, 0, "a cleared job is not swept twice");
 }
 
 /// The studio's delete button: two clicks, and the card shows the job deleted, without audio.

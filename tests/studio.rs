@@ -578,7 +578,7 @@ async fn a_batch_is_uploaded_followed_and_cancelled(backend: Backend) {
 /// adds what it lacks and writes it into the box, and it submits and plays.
 async fn the_picker_follows_the_catalogue_and_a_plain_prompt_plays(backend: Backend) {
     let farm = Farm::start(FarmOptions {
-        packs: Some(common::packs::stable_audio),
+        packs: Some(common::packs::stable_audio_and_tiny_key_serving),
         coordinator_env: vec![("TUTTI_DEFAULT_MODEL", "tiny".into())],
         ..FarmOptions::on(backend)
     })
@@ -620,6 +620,20 @@ async fn the_picker_follows_the_catalogue_and_a_plain_prompt_plays(backend: Back
         .text(&format!("{} .model-limits", card("tiny")))
         .await
         .starts_with("mono 16 kHz · up to 30 s"),);
+    // How a pack serves asked keys, where it does more than render them as asked.
+    assert_eq!(
+        b.text(&format!("{} .model-keys", card("tiny"))).await,
+        "\"minor\" alone is served in C, E, G; other tonics are rendered up to 1 semitone away \
+         and played back in the asked key"
+    );
+    assert_eq!(
+        b.js(&format!(
+            "return getComputedStyle(document.querySelector('{small} .model-keys')).display"
+        ))
+        .await,
+        "none",
+        "a pack that renders keys as asked says nothing of them"
+    );
     b.wait_js(
         "const s = Array.from(document.querySelectorAll('#models .model-state')); return s.length === 3 && s.every(x => x.dataset.ready === 'true')",
         "every model ready (the worker's heartbeat)",

@@ -11,7 +11,7 @@ use tutti_coordinator::batches::manifest::{ManifestFormat, ManifestReader, RowEr
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::batches_client::BatchesClient;
 
-use super::client::{status_err, FarmChannel, ServerArgs};
+use super::channel::{status_err, Bearer, FarmChannel, ServerArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BatchCommand {
@@ -98,16 +98,16 @@ pub(crate) struct BatchIdArgs {
     pub server: ServerArgs,
 }
 
-type Client = BatchesClient<InterceptedService<FarmChannel, super::client::Bearer>>;
+type Client = BatchesClient<InterceptedService<FarmChannel, Bearer>>;
 
 /// The farm's Batches service with the command's key and TLS settings (as every client
 /// command: `--api-key`, `--tls-ca`, ...).
 async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
-    let (channel, bearer) = super::client::channel_to(&server.server, &server.credentials).await?;
+    let (channel, bearer) = super::channel::channel_to(&server.server, &server.credentials).await?;
     Ok(batches_client(channel, bearer))
 }
 
-fn batches_client(channel: FarmChannel, bearer: super::client::Bearer) -> Client {
+fn batches_client(channel: FarmChannel, bearer: Bearer) -> Client {
     // Manifests can be large: allow big responses (rejection reports).
     BatchesClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20)
 }
@@ -235,7 +235,7 @@ pub(crate) fn stream_file(
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     let (channel, bearer) =
-        super::client::upload_channel_to(&a.server.server, &a.server.credentials).await?;
+        super::channel::upload_channel_to(&a.server.server, &a.server.credentials).await?;
     let mut client = batches_client(channel, bearer);
     let format = a
         .format

@@ -8,6 +8,7 @@ mod bench_batch;
 mod bench_farm;
 mod bench_sao;
 mod bench_timeline;
+mod channel;
 mod client;
 mod embedded;
 mod generate;

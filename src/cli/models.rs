@@ -10,7 +10,8 @@ use tutti_proto::v1 as pb;
 use tutti_shared::job::SamplerKind;
 use tutti_shared::models::ModelRegistry;
 
-use super::client::{self, status_err, Credentials};
+use super::channel::{status_err, Credentials};
+use super::client;
 use super::embedded;
 
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,7 @@ use tonic::service::interceptor::InterceptedService;
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::operator_client::OperatorClient;
 
-use super::client::{channel_to, status_err, Bearer, FarmChannel, ServerArgs};
+use super::channel::{channel_to, status_err, Bearer, FarmChannel, ServerArgs};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkersArgs {

@@ -5,7 +5,8 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use tutti_proto::v1 as pb;
 
-use super::client::{connect_to, status_err, ServerArgs};
+use super::channel::{status_err, ServerArgs};
+use super::client::connect_to;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum GroupBy {

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tutti_proto::v1 as pb;
 use tutti_proto::v1::webhooks_client::WebhooksClient;
 
-use super::client::{channel_to, parse_webhook_event, status_err, ServerArgs};
+use super::channel::{channel_to, status_err, ServerArgs};
+use super::client::parse_webhook_event;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum WebhookCommand {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tutti_model::stable_audio::{import, ImportOptions};
 use tutti_model::tiny_sao;
+use tutti_model::PackConfig;
 
 /// Latent frames of the tiny Stable Audio packs' window (hop 2048 at 44.1 kHz: 1.48 s).
 pub const SAO_FRAMES: i64 = 32;
@@ -40,4 +41,15 @@ pub fn stable_audio(models: &Path) {
         &opts(Some(t5)),
     )
     .expect("import small");
+}
+
+/// The Stable Audio packs, and the tiny pack serving keys as tutti-mini does: "minor" alone in
+/// listed tonics, other minor tonics a semitone away played back in the asked key.
+pub fn stable_audio_and_tiny_key_serving(models: &Path) {
+    stable_audio(models);
+    let tiny = models.join("tiny");
+    let mut cfg = PackConfig::read(&tiny).expect("the tiny pack's model.toml");
+    cfg.defaults.mode_tonics.minor = [0, 4, 7].map(tutti_model::pack::Tonic).to_vec(); // C, E, G
+    cfg.defaults.varispeed_semitones = 1;
+    std::fs::write(tiny.join("model.toml"), cfg.to_toml().expect("as TOML")).expect("write");
 }

@@ -255,7 +255,7 @@ pub trait JobStore: TenantStore + ViewStore + UsageStore + WebhookStore + Send +
     /// Marks outputs' objects deleted.
     async fn outputs_expired(&self, outputs: &[(Uuid, i32)]) -> Result<()>;
     /// Ended jobs whose own init clip is past its tenant's input retention by `now`: at most
-    /// `limit`, as (job, key).
+    /// `limit`, as (job, key). A deleted job is not among them (its delete removed the clip).
     async fn inputs_to_expire(&self, now: DateTime<Utc>, limit: i64)
         -> Result<Vec<(Uuid, String)>>;
     /// Marks the jobs' inputs deleted.

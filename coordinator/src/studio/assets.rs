@@ -5,13 +5,18 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 pub(super) const INDEX: &str = include_str!("assets/index.html");
-pub(super) const SCRIPT: &str = include_str!("assets/studio.js");
 pub(super) const STYLE: &str = include_str!("assets/studio.css");
-/// The batches and operator views (the first script holds what they share).
-pub(super) const BATCHES_SCRIPT: &str = include_str!("assets/batches.js");
-pub(super) const OPERATOR_SCRIPT: &str = include_str!("assets/operator.js");
-pub(super) const USAGE_SCRIPT: &str = include_str!("assets/usage.js");
-pub(super) const WEBHOOKS_SCRIPT: &str = include_str!("assets/webhooks.js");
+/// The page's scripts by path, in the order the page loads them (deferred, so they run in that
+/// order and share one global scope): studio.js holds what the others use.
+pub(super) const SCRIPTS: [(&str, &str); 7] = [
+    ("/studio.js", include_str!("assets/studio.js")),
+    ("/models.js", include_str!("assets/models.js")),
+    ("/pictures.js", include_str!("assets/pictures.js")),
+    ("/batches.js", include_str!("assets/batches.js")),
+    ("/operator.js", include_str!("assets/operator.js")),
+    ("/usage.js", include_str!("assets/usage.js")),
+    ("/webhooks.js", include_str!("assets/webhooks.js")),
+];
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -28,26 +33,26 @@ pub(super) async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX)
 }
 
-pub(super) async fn script() -> Response {
-    asset("text/javascript; charset=utf-8", SCRIPT)
+pub(super) fn script(body: &'static str) -> Response {
+    asset("text/javascript; charset=utf-8", body)
 }
 
 pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
-pub(super) async fn batches_script() -> Response {
-    asset("text/javascript; charset=utf-8", BATCHES_SCRIPT)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub(super) async fn operator_script() -> Response {
-    asset("text/javascript; charset=utf-8", OPERATOR_SCRIPT)
-}
-
-pub(super) async fn usage_script() -> Response {
-    asset("text/javascript; charset=utf-8", USAGE_SCRIPT)
-}
-
-pub(super) async fn webhooks_script() -> Response {
-    asset("text/javascript; charset=utf-8", WEBHOOKS_SCRIPT)
+    #[test]
+    fn the_page_loads_every_script_served_in_the_served_order() {
+        let loaded: Vec<&str> = INDEX
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("<script src=\""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        let served: Vec<&str> = SCRIPTS.iter().map(|(path, _)| *path).collect();
+        assert_eq!(loaded, served);
+    }
 }

@@ -49,15 +49,13 @@ use super::{assets, batches, blobs, guard, models, openapi, rest, webhooks, Stud
 use crate::auth::AuthMode;
 
 pub(super) fn router(studio: Studio, guard: guard::Guard) -> Router {
-    Router::new()
-        .route("/", get(assets::index))
-        .route("/studio.js", get(assets::script))
-        .route("/studio.css", get(assets::style))
-        .route("/batches.js", get(assets::batches_script))
-        .route("/operator.js", get(assets::operator_script))
-        .route("/usage.js", get(assets::usage_script))
-        .route("/webhooks.js", get(assets::webhooks_script))
-        .route("/blobs/{*key}", get(blobs::get))
+    let page = assets::SCRIPTS.iter().fold(
+        Router::new()
+            .route("/", get(assets::index))
+            .route("/studio.css", get(assets::style)),
+        |r, &(path, body)| r.route(path, get(move || async move { assets::script(body) })),
+    );
+    page.route("/blobs/{*key}", get(blobs::get))
         .route("/api/info", get(info))
         .route("/api/prompt/render", post(render_prompt))
         .route("/api/models", get(models::list))

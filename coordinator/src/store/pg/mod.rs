@@ -452,7 +452,7 @@ impl JobStore for PgStore {
         Ok(sqlx::query_as(
             "SELECT j.id, j.spec->'init_audio'->>'key' FROM jobs j JOIN tenants t ON t.name = j.tenant \
              WHERE t.retain_inputs_days IS NOT NULL AND j.inputs_cleared_at IS NULL \
-               AND j.finished_at IS NOT NULL \
+               AND j.finished_at IS NOT NULL AND j.deleted_at IS NULL \
                AND j.spec->'init_audio'->>'key' LIKE 'inputs/' || j.tenant || '/%' \
                AND j.finished_at <= $1::timestamptz - make_interval(days => t.retain_inputs_days) \
              ORDER BY j.finished_at LIMIT $2",

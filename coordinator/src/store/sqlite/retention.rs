@@ -54,7 +54,7 @@ pub(super) async fn inputs_to_expire(
         "SELECT j.id, json_extract(j.spec, '$.init_audio.key') \
          FROM jobs j JOIN tenants t ON t.name = j.tenant \
          WHERE t.retain_inputs_days IS NOT NULL AND j.inputs_cleared_at IS NULL \
-           AND j.finished_at IS NOT NULL \
+           AND j.finished_at IS NOT NULL AND j.deleted_at IS NULL \
            AND json_extract(j.spec, '$.init_audio.key') LIKE 'inputs/' || j.tenant || '/%' \
            AND j.finished_at <= $1 - t.retain_inputs_days * 86400000000 \
          ORDER BY j.finished_at LIMIT $2",

@@ -271,6 +271,23 @@ pub(super) async fn own_init_clips_expire_and_their_jobs_stay_ended(s: &dyn JobS
         .expect("retry")
         .expect("job");
     assert!(matches!(retried, crate::store::Retried::Requeued { .. }));
+    // A deleted job's clip went with its delete: retention does not sweep it again.
+    let other = tutti_shared::job::init_audio_job_key(T, Uuid::new_v4());
+    let (deleted, _) = s
+        .insert_job(T, &with_clip(other.clone()))
+        .await
+        .expect("insert");
+    let (_, d) = s
+        .delete_job(T.into(), deleted.job.id)
+        .await
+        .expect("delete")
+        .expect("job");
+    assert!(d.keys.contains(&other), "{:?}", d.keys);
+    assert!(s
+        .inputs_to_expire(now + Span::days(2), 10)
+        .await
+        .expect("due")
+        .is_empty());
 }
 
 pub(super) async fn batch_manifests_expire_until_the_batch_finishes_again(s: &dyn JobStore) {
