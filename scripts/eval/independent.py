@@ -18,8 +18,11 @@ Run it in the environment `scripts/eval/setup` makes ($TUTTI_HOME/evalenv):
     $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 96 --out eval-ind/ceiling
     # ... and after a 64-mel Griffin-Lim round trip (what the built-in pack's representation keeps):
     $E scripts/eval/independent.py ceiling --dataset ~/.cache/tutti/train/ds --clips 48 --roundtrip-mels 64 --out eval-ind/gl64
-    # the tonics a pack renders minor in (prompts other than the held-out ones; for mode_tonics):
-    $E scripts/eval/independent.py generate ... --prompts scripts/eval/tonic_calibration_prompts.json \\
+    # the tonics a pack renders minor in (prompts other than the held-out ones; for mode_tonics
+    # and for choosing between checkpoints): every minor key in 8 settings (piano, guitar, synth
+    # and drums, strings, lo-fi, strings and flute, trap, jazz; tonic_calibration_prompts.json
+    # holds the first three), worded unlike the held-out prompts:
+    $E scripts/eval/independent.py generate ... --prompts scripts/eval/tonic_calibration_wide_prompts.json \\
         --seeds 1 --out eval-ind/tonics && $E scripts/eval/independent.py tonics eval-ind/tonics
     # a training set of the renders heard in their labelled key (for `tutti train denoiser`):
     $E scripts/eval/independent.py curate --dataset ~/.cache/tutti/train/ds --out ~/.cache/tutti/train/ds-heard
@@ -470,6 +473,16 @@ def tonics(args):
         print(f"| {tonic} {mode} | {mode_hits}/{len(rs)} | {key_hits}/{len(rs)} | {conf:.2f} |")
         if mode_hits >= args.min_share * len(rs):
             chosen.setdefault(mode, []).append(tonic)
+    # The same clips by setting (the prompt with its key left out): what a checkpoint renders in
+    # a mode depends on the setting as much as on the tonic.
+    settings = {}
+    for r in recs:
+        a = r["asked"]
+        settings.setdefault(r["prompt"].replace(f"{a['tonic']} {a['mode']}", f"... {a['mode']}"), []).append(r)
+    print("\n| setting | mode heard | key heard |")
+    print("| --- | ---: | ---: |")
+    for setting, rs in settings.items():
+        print(f"| {setting} | {sum(r['mode_hit'] for r in rs)}/{len(rs)} | {sum(r['key_hit'] for r in rs)}/{len(rs)} |")
     for mode, ts in chosen.items():
         print(f"\n[defaults.mode_tonics] {mode} = {json.dumps(ts)}")
 

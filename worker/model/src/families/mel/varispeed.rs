@@ -1,10 +1,10 @@
 //! Which requests the mel family renders by varispeed ([`crate::varispeed`]): a key the model
 //! renders poorly is rendered in a nearby key it renders well.
 //!
-//! Why: the built-in model is heard in minor about twice as often in some tonics as in others
-//! (issue 29; `scripts/eval/tonic_calibration_prompts.json`, 72 clips: C, C#, E, G, Bb and B
-//! minor 25 of 36, the other six 12 of 36), and a pitch shift of a semitone keeps the mode and
-//! moves the tonic. A semitone changes speed by 6%, which moves timbre far less than a listener
+//! Why: the built-in model is heard in minor far more often in some tonics than in others
+//! (issue 29; `scripts/eval/tonic_calibration_wide_prompts.json`, every minor key in 8 settings
+//! over 2 seeds: C#, D, E, G and A minor 56 of 80 clips, the other seven 42 of 112), and a pitch
+//! shift of a semitone keeps the mode and moves the tonic. A semitone changes speed by 6%, which moves timbre far less than a listener
 //! notices, and the tempo is rendered scaled so that the asked one is heard.
 
 use tutti_shared::prompt::{Controls, Mode};
