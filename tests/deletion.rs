@@ -259,14 +259,7 @@ async fn a_jobs_own_init_clip_leaves_with_the_job_and_with_input_retention(backe
     let acme = farm.create_key("acme", false);
     let (store, blobs) = stores(&farm, backend).await;
     let mut a = farm.client_as(Some(&acme)).await;
-    let rate = 44_100;
-    let tone: Vec<f32> = (0..rate)
-        .flat_map(|i| {
-            let s = (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin() * 0.5;
-            [s, s]
-        })
-        .collect();
-    let clip = tutti_shared::audio::encode_wav(&tone, 2, rate as u32).expect("a WAV");
+    let clip = common::sine_wav(1.0, 44_100, 2);
     let clips = || async { blobs.list("inputs/acme/", 100).await.expect("list") };
 
     let mut jobs = Vec::new();

@@ -68,21 +68,6 @@ fn on_model(prompt: &str, model: &str, duration: f32) -> pb::SubmitGenerationReq
     req
 }
 
-/// A WAV of sines (440 Hz left, 660 Hz right when stereo), `secs` long.
-fn sine_wav(secs: f32, rate: u32, channels: u16) -> Vec<u8> {
-    let n = (secs * rate as f32) as usize;
-    let samples: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            let t = i as f32 / rate as f32;
-            let tau = 2.0 * std::f32::consts::PI;
-            [(tau * 440.0 * t).sin() * 0.5, (tau * 660.0 * t).sin() * 0.5]
-                .into_iter()
-                .take(usize::from(channels))
-        })
-        .collect();
-    tutti_shared::audio::encode_wav(&samples, channels, rate).expect("encode")
-}
-
 /// Channels, rate and frames of a WAV.
 fn wav_shape(bytes: &[u8]) -> (u16, u32, u32) {
     let r = hound::WavReader::new(std::io::Cursor::new(bytes)).expect("a WAV");
@@ -169,7 +154,7 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
     for (field, change, rule) in [
         (
             "init_audio",
-            ("tiny", 2.0, sine_wav(1.0, 16000, 1), None),
+            ("tiny", 2.0, common::sine_wav(1.0, 16000, 1), None),
             "mel family",
         ),
         (
@@ -177,7 +162,7 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
             (
                 "stable-audio-open-small",
                 1.0,
-                sine_wav(1.0, 22050, 2),
+                common::sine_wav(1.0, 22050, 2),
                 None,
             ),
             "44100 Hz",
@@ -197,7 +182,7 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
             (
                 "stable-audio-open-small",
                 1.0,
-                sine_wav(3.0, 44100, 2),
+                common::sine_wav(3.0, 44100, 2),
                 None,
             ),
             "long",
@@ -207,7 +192,7 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
             (
                 "stable-audio-open-small",
                 1.0,
-                sine_wav(1.0, 44100, 2),
+                common::sine_wav(1.0, 44100, 2),
                 Some(0.0),
             ),
             "(0, 1]",
@@ -226,7 +211,7 @@ async fn the_farm_renders_stable_audio_packs_to_stereo_44k_in_chunks() {
         );
     }
     let mut a2a = on_model("a calm piano", "stable-audio-open-small", 1.0);
-    a2a.init_audio = sine_wav(1.0, 44100, 2);
+    a2a.init_audio = common::sine_wav(1.0, 44100, 2);
     a2a.init_strength = Some(0.5);
     let half = client
         .submit_generation(a2a.clone())
@@ -341,7 +326,7 @@ fn generate_embedded_with_an_imported_small_pack() {
     assert!(chunked == whole, "two chunks and one give different audio");
 
     // Audio-to-audio from a clip on disk.
-    std::fs::write(dir.path().join("clip.wav"), sine_wav(1.2, 44100, 1)).expect("write");
+    std::fs::write(dir.path().join("clip.wav"), common::sine_wav(1.2, 44100, 1)).expect("write");
     let mut args = vec![
         "generate",
         "--model",

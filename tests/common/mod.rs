@@ -662,3 +662,18 @@ pub async fn wait_ended(c: &mut KeyedClient, id: &str) -> pb::Job {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A WAV of sines (440 Hz left, 660 Hz right when stereo), `secs` long.
+pub fn sine_wav(secs: f32, rate: u32, channels: u16) -> Vec<u8> {
+    let n = (secs * rate as f32) as usize;
+    let samples: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let t = i as f32 / rate as f32;
+            let tau = 2.0 * std::f32::consts::PI;
+            [(tau * 440.0 * t).sin() * 0.5, (tau * 660.0 * t).sin() * 0.5]
+                .into_iter()
+                .take(usize::from(channels))
+        })
+        .collect();
+    tutti_shared::audio::encode_wav(&samples, channels, rate).expect("encode")
+}
