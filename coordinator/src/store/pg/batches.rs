@@ -490,66 +490,9 @@ impl BatchStore for PgStore {
     }
 
     async fn cancel_batch(&self, tenant: &str, batch: Uuid) -> Result<Option<Vec<Uuid>>> {
-        let mut tx = self.pool().begin().await?;
-        let found = sqlx::query(
-            "UPDATE batches SET cancelled = true, sealed = true WHERE id = $1 AND tenant = $2",
-        )
-        .bind(batch)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !found {
-            return Ok(None);
-        }
-        let cancelled: Vec<(Uuid, String)> = sqlx::query_as(
-            "WITH c AS (SELECT j.id, j.state FROM jobs j JOIN batch_items bi ON bi.job_id = j.id \
-                        WHERE bi.batch_id = $1 AND j.state IN ('queued', 'running') FOR UPDATE OF j) \
-             UPDATE jobs SET state = 'cancelled', finished_at = now() FROM c WHERE jobs.id = c.id \
-             RETURNING jobs.id, c.state",
-        )
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?;
-        let ids: Vec<Uuid> = cancelled.iter().map(|c| c.0).collect();
-        sqlx::query(
-            "UPDATE tasks SET state = 'cancelled', finished_at = now() \
-             WHERE job_id = ANY($1) AND state IN ('pending', 'dispatched')",
-        )
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-        for id in &ids {
-            super::usage::record_usage(&mut tx, *id).await?;
-        }
-        let ev = JobEvent::Cancelled {
-            batch: Some(batch),
-            deadline: false,
-        };
-        sqlx::query(
-            "INSERT INTO job_events (job_id, kind, detail) \
-             SELECT id, $2, $3 FROM unnest($1::uuid[]) id",
-        )
-        .bind(&ids)
-        .bind(ev.kind().as_str())
-        .bind(ev.detail())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(change) = ev.notice() {
-            for id in &ids {
-                notify_job(&mut tx, *id, change).await?;
-            }
-        }
-        notify(&mut tx, TASKS_CHANNEL, "").await?;
-        tx.commit().await?;
-        Ok(Some(
-            cancelled
-                .into_iter()
-                .filter(|(_, was)| was == "running")
-                .map(|(id, _)| id)
-                .collect(),
-        ))
+        // It locks the batch's active jobs while workers and the dispatcher update some of the
+        // same rows: Postgres may abort it to break a deadlock, and then it runs again.
+        super::transaction_retried(|| cancel_batch_once(self.pool(), tenant, batch)).await
     }
 
     async fn batches_to_finish(&self) -> Result<Vec<(String, Uuid)>> {
@@ -601,4 +544,69 @@ impl BatchStore for PgStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// One try of `cancel_batch`: seals the batch and cancels its queued and running jobs; the
+/// ids of those that were running (their workers must stop).
+async fn cancel_batch_once(pool: &PgPool, tenant: &str, batch: Uuid) -> Result<Option<Vec<Uuid>>> {
+    let mut tx = pool.begin().await?;
+    let found = sqlx::query(
+        "UPDATE batches SET cancelled = true, sealed = true WHERE id = $1 AND tenant = $2",
+    )
+    .bind(batch)
+    .bind(tenant)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !found {
+        return Ok(None);
+    }
+    let cancelled: Vec<(Uuid, String)> = sqlx::query_as(
+        "WITH c AS (SELECT j.id, j.state FROM jobs j JOIN batch_items bi ON bi.job_id = j.id \
+                    WHERE bi.batch_id = $1 AND j.state IN ('queued', 'running') FOR UPDATE OF j) \
+         UPDATE jobs SET state = 'cancelled', finished_at = now() FROM c WHERE jobs.id = c.id \
+         RETURNING jobs.id, c.state",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = cancelled.iter().map(|c| c.0).collect();
+    sqlx::query(
+        "UPDATE tasks SET state = 'cancelled', finished_at = now() \
+         WHERE job_id = ANY($1) AND state IN ('pending', 'dispatched')",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    for id in &ids {
+        super::usage::record_usage(&mut tx, *id).await?;
+    }
+    let ev = JobEvent::Cancelled {
+        batch: Some(batch),
+        deadline: false,
+    };
+    sqlx::query(
+        "INSERT INTO job_events (job_id, kind, detail) \
+         SELECT id, $2, $3 FROM unnest($1::uuid[]) id",
+    )
+    .bind(&ids)
+    .bind(ev.kind().as_str())
+    .bind(ev.detail())
+    .execute(&mut *tx)
+    .await?;
+    if let Some(change) = ev.notice() {
+        for id in &ids {
+            notify_job(&mut tx, *id, change).await?;
+        }
+    }
+    notify(&mut tx, TASKS_CHANNEL, "").await?;
+    tx.commit().await?;
+    Ok(Some(
+        cancelled
+            .into_iter()
+            .filter(|(_, was)| was == "running")
+            .map(|(id, _)| id)
+            .collect(),
+    ))
 }
